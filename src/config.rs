@@ -1,0 +1,243 @@
+//! The TOML configuration: schema (serde) and validation.
+//!
+//! Every error names the file, the key and the offending value, so an
+//! operator can fix it without reading the source.
+//!
+//! ```toml
+//! [server]
+//! listen = "127.0.0.1:8100"
+//! workers = 8
+//! max-frame-size = 268435456
+//! invalidation-queue-size = 100
+//!
+//! [[storage]]
+//! name = "1"
+//! kind = "memory"
+//! read-only = false
+//! ```
+
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub storage: Vec<StorageConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServerConfig {
+    /// Address the ZEO listener binds (port 0 picks a free port).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Worker threads executing requests.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Largest frame accepted from a client, in bytes.
+    #[serde(default = "default_max_frame")]
+    pub max_frame_size: usize,
+    /// How many committed transactions `getInvalidations` remembers (ZEO's
+    /// `invalidation-queue-size`).
+    #[serde(default = "default_invq")]
+    pub invalidation_queue_size: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            workers: default_workers(),
+            max_frame_size: default_max_frame(),
+            invalidation_queue_size: default_invq(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8100".into()
+}
+fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get() * 2)
+        .unwrap_or(4)
+        .clamp(4, 64)
+}
+fn default_max_frame() -> usize {
+    crate::zeo::frame::DEFAULT_MAX_FRAME
+}
+fn default_invq() -> usize {
+    100
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum StorageKind {
+    Memory,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StorageConfig {
+    /// The name clients register with (ZEO's default is "1").
+    pub name: String,
+    pub kind: StorageKind,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("cannot read config file {file}: {reason}")]
+    Read { file: PathBuf, reason: String },
+    #[error("config file {file}: {reason}")]
+    Parse { file: PathBuf, reason: String },
+    #[error("config file {file}: key `{key}` has invalid value {value}: {reason}")]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        value: String,
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            file: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parse and validate config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: path.to_path_buf(),
+            reason: e.to_string().trim_end().to_string(),
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, value: String, reason: &str| ConfigError::Invalid {
+            file: path.to_path_buf(),
+            key: key.to_string(),
+            value,
+            reason: reason.to_string(),
+        };
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "server.listen",
+                format!("{:?}", self.server.listen),
+                "expected HOST:PORT with a numeric IP, e.g. \"127.0.0.1:8100\"",
+            ));
+        }
+        if self.server.workers == 0 || self.server.workers > 1024 {
+            return Err(invalid(
+                "server.workers",
+                self.server.workers.to_string(),
+                "must be between 1 and 1024",
+            ));
+        }
+        if self.server.max_frame_size < 1024 || self.server.max_frame_size > u32::MAX as usize {
+            return Err(invalid(
+                "server.max-frame-size",
+                self.server.max_frame_size.to_string(),
+                "must be between 1024 and 4294967295 bytes",
+            ));
+        }
+        if self.server.invalidation_queue_size == 0 {
+            return Err(invalid(
+                "server.invalidation-queue-size",
+                "0".into(),
+                "must be at least 1",
+            ));
+        }
+        if self.storage.is_empty() {
+            return Err(invalid(
+                "storage",
+                "[]".into(),
+                "define at least one [[storage]] with a name and a kind",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, s) in self.storage.iter().enumerate() {
+            if s.name.is_empty() {
+                return Err(invalid(
+                    &format!("storage[{i}].name"),
+                    "\"\"".into(),
+                    "must not be empty",
+                ));
+            }
+            if !seen.insert(s.name.clone()) {
+                return Err(invalid(
+                    &format!("storage[{i}].name"),
+                    format!("{:?}", s.name),
+                    "is used by more than one [[storage]]",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse("[[storage]]\nname = \"1\"\nkind = \"memory\"\n").expect("valid");
+        assert_eq!(c.server.listen, "127.0.0.1:8100");
+        assert_eq!(c.server.invalidation_queue_size, 100);
+        assert_eq!(c.storage[0].kind, StorageKind::Memory);
+        assert!(!c.storage[0].read_only);
+    }
+
+    #[test]
+    fn errors_name_file_key_and_value() {
+        let cases = [
+            (
+                "[server]\nlisten = \"nowhere\"\n[[storage]]\nname=\"1\"\nkind=\"memory\"",
+                "server.listen",
+            ),
+            (
+                "[server]\nworkers = 0\n[[storage]]\nname=\"1\"\nkind=\"memory\"",
+                "server.workers",
+            ),
+            ("[server]\n", "storage"),
+            (
+                "[[storage]]\nname=\"1\"\nkind=\"memory\"\n[[storage]]\nname=\"1\"\nkind=\"memory\"",
+                "storage[1].name",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = parse(text).expect_err(text).to_string();
+            assert!(err.contains("test.toml"), "{err}");
+            assert!(err.contains(&format!("`{key}`")), "{err}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_kinds_are_refused() {
+        for text in [
+            "[server]\nlisten_addr = \"x\"",
+            "[[storage]]\nname=\"1\"\nkind=\"tape\"",
+        ] {
+            let err = parse(text).expect_err(text).to_string();
+            assert!(err.contains("test.toml"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! zeoraid: a RAID-1 controller and ZEO 5 server for ZODB.
+//!
+//! Layers, each knowing only the ones below it:
+//! - [`zeo`]: the ZEO 5 wire protocol (frames, msgpack messages) and a client;
+//! - [`storage`]: the ZODB storage contract and the storages we serve;
+//! - [`server`]: the mio event loop, worker pool, sessions and commit lock;
+//! - [`config`]: the TOML configuration;
+//! - [`bench`]: the load generator behind `zeoraid bench`.
+
+pub mod bench;
+pub mod config;
+pub mod server;
+pub mod storage;
+pub mod zeo;

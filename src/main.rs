@@ -1,0 +1,121 @@
+//! The `zeoraid` command line: `serve` and `bench`. Everything else lives in the library.
+
+use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use zeoraid::config::{Config, StorageKind};
+use zeoraid::server::{Options, Served, Server};
+use zeoraid::storage::memory::MemoryStorage;
+use zeoraid::storage::Storage;
+
+#[derive(Parser)]
+#[command(name = "zeoraid", version, about = "RAID-1 controller and ZEO 5 server for ZODB")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the storages of a TOML config over the ZEO 5 protocol.
+    Serve {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Override `server.listen` (e.g. 127.0.0.1:0 for a free port).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Measure a ZEO server (ours or Python's): commits/s, loads/s, latency.
+    Bench(zeoraid::bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Serve { config, listen } => serve(config, listen),
+        Cmd::Bench(args) => match zeoraid::bench::run(&args) {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("zeoraid bench: {e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn serve(path: PathBuf, listen: Option<String>) -> ExitCode {
+    let mut cfg = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("zeoraid: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(l) = listen {
+        cfg.server.listen = l;
+    }
+    let listen = match cfg.server.listen.parse() {
+        Ok(a) => a,
+        Err(_) => {
+            eprintln!(
+                "zeoraid: --listen {:?} is not HOST:PORT with a numeric IP",
+                cfg.server.listen
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let served: Vec<Served> = cfg
+        .storage
+        .iter()
+        .map(|s| {
+            let storage: Arc<dyn Storage> = match s.kind {
+                StorageKind::Memory => Arc::new(MemoryStorage::new(&s.name, s.read_only)),
+            };
+            (s.name.clone(), storage, s.read_only)
+        })
+        .collect();
+    let opts = Options {
+        listen,
+        workers: cfg.server.workers,
+        max_frame: cfg.server.max_frame_size,
+        invalidation_queue_size: cfg.server.invalidation_queue_size,
+    };
+    let signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("zeoraid: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let server = match Server::start(opts, served) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "zeoraid: cannot listen on {listen}: {e} (is another server using the port? set server.listen in {})",
+                path.display()
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "zeoraid: listening on {}", server.local_addr());
+    let _ = out.flush();
+    let mut signals = signals;
+    if let Some(sig) = signals.forever().next() {
+        log::info!("received signal {sig}; shutting down");
+    }
+    server.shutdown();
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,443 @@
+//! The event loop: the only owner of sockets.
+//!
+//! It accepts connections, performs the handshake (announce `M5`; answer a
+//! `ruok` probe with a JSON status and close), cuts frames, decodes messages
+//! and routes them to the pool; it writes replies and broadcasts that workers
+//! send back, buffering per connection while a socket is full. Bad input
+//! (oversize frame, malformed msgpack, bad handshake) closes only the
+//! offending connection.
+
+use super::session::{self, Session};
+use super::{methods, ConnId, Job, Out, Shared};
+use crate::storage;
+use crate::zeo::frame::{FrameDecoder, FrameError};
+use crate::zeo::message::{self, Message};
+use crate::zeo::PROTOCOL;
+use crossbeam_channel::Receiver;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSlice, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+pub(super) const LISTENER: Token = Token(0);
+pub(super) const WAKER: Token = Token(1);
+const FIRST_CONN: u64 = 2;
+
+enum Payload {
+    Owned(Vec<u8>),
+    Shared(Arc<Vec<u8>>),
+}
+
+impl Payload {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Payload::Owned(v) => v,
+            Payload::Shared(v) => v,
+        }
+    }
+}
+
+/// One queued frame; `pos` counts bytes already written (header included).
+struct OutFrame {
+    header: [u8; 4],
+    payload: Payload,
+    pos: usize,
+}
+
+impl OutFrame {
+    fn new(payload: Payload) -> OutFrame {
+        let len = payload.bytes().len() as u32;
+        OutFrame {
+            header: len.to_be_bytes(),
+            payload,
+            pos: 0,
+        }
+    }
+    fn total(&self) -> usize {
+        4 + self.payload.bytes().len()
+    }
+}
+
+struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    decoder: FrameDecoder,
+    handshake_done: bool,
+    outq: VecDeque<OutFrame>,
+    want_write: bool,
+    close_after_flush: bool,
+    session: Arc<Session>,
+}
+
+struct Loop {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    conns: HashMap<ConnId, Conn>,
+    next_id: u64,
+    shared: Arc<Shared>,
+    max_frame: usize,
+    read_buf: Vec<u8>,
+}
+
+pub(super) fn run(
+    poll: Poll,
+    mut listener: TcpListener,
+    shared: Arc<Shared>,
+    out_rx: Receiver<Out>,
+    max_frame: usize,
+) {
+    if let Err(e) = poll
+        .registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)
+    {
+        log::error!("cannot register the listener: {e}");
+        return;
+    }
+    let mut lp = Loop {
+        poll,
+        listener: Some(listener),
+        conns: HashMap::new(),
+        next_id: FIRST_CONN,
+        shared,
+        max_frame,
+        read_buf: vec![0u8; 64 << 10],
+    };
+    let mut events = Events::with_capacity(1024);
+    loop {
+        if let Err(e) = lp.poll.poll(&mut events, None) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            log::error!("event loop poll failed: {e}; stopping the server loop");
+            break;
+        }
+        for ev in events.iter() {
+            match ev.token() {
+                LISTENER => lp.accept(),
+                WAKER => {}
+                Token(t) => {
+                    let id = t as u64;
+                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        lp.read(id);
+                    }
+                    if ev.is_writable() {
+                        lp.flush(id);
+                    }
+                }
+            }
+        }
+        while let Ok(out) = out_rx.try_recv() {
+            lp.deliver(out);
+        }
+        if lp.shared.stopping.load(Ordering::SeqCst) {
+            lp.stop();
+            break;
+        }
+    }
+}
+
+impl Loop {
+    fn accept(&mut self) {
+        loop {
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
+            match listener.accept() {
+                Ok((mut stream, peer)) => {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    let _ = stream.set_nodelay(true);
+                    if let Err(e) = self.poll.registry().register(
+                        &mut stream,
+                        Token(id as usize),
+                        Interest::READABLE,
+                    ) {
+                        log::error!("cannot register connection from {peer}: {e}");
+                        continue;
+                    }
+                    log::debug!("connection {id} from {peer}");
+                    let session = Arc::new(Session::new(id, peer.to_string()));
+                    self.shared
+                        .sessions
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(id, session.clone());
+                    let mut conn = Conn {
+                        stream,
+                        peer,
+                        decoder: FrameDecoder::new(self.max_frame),
+                        handshake_done: false,
+                        outq: VecDeque::new(),
+                        want_write: false,
+                        close_after_flush: false,
+                        session,
+                    };
+                    conn.outq
+                        .push_back(OutFrame::new(Payload::Owned(PROTOCOL.to_vec())));
+                    self.conns.insert(id, conn);
+                    self.flush(id);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: log and retry on the next event.
+                    log::error!("accept failed: {e} (check the open-file limit, ulimit -n)");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn read(&mut self, id: ConnId) {
+        let mut frames = Vec::new();
+        let mut closed = None;
+        {
+            let Some(conn) = self.conns.get_mut(&id) else {
+                return;
+            };
+            loop {
+                match conn.stream.read(&mut self.read_buf) {
+                    Ok(0) => {
+                        closed = Some(None);
+                        break;
+                    }
+                    Ok(n) => {
+                        conn.decoder.feed(&self.read_buf[..n]);
+                        loop {
+                            match conn.decoder.next_frame() {
+                                Ok(Some(f)) => frames.push(f),
+                                Ok(None) => break,
+                                Err(FrameError::TooLarge { declared, limit }) => {
+                                    closed = Some(Some(format!(
+                                        "closing connection from {}: declared frame of {declared} bytes exceeds max-frame-size {limit}",
+                                        conn.peer
+                                    )));
+                                    break;
+                                }
+                            }
+                        }
+                        if closed.is_some() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        closed = Some(Some(format!(
+                            "connection from {} failed: {e}",
+                            conn.peer
+                        )));
+                        break;
+                    }
+                }
+            }
+        }
+        for f in frames {
+            if !self.conns.contains_key(&id) {
+                return;
+            }
+            self.frame(id, f);
+        }
+        if let Some(reason) = closed {
+            if let Some(r) = reason {
+                log::error!("{r}");
+            }
+            self.close(id);
+        }
+    }
+
+    fn frame(&mut self, id: ConnId, frame: Vec<u8>) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if !conn.handshake_done {
+            if frame == b"ruok" {
+                let status = session::ruok_json(&self.shared);
+                conn.outq
+                    .push_back(OutFrame::new(Payload::Owned(status.into_bytes())));
+                conn.close_after_flush = true;
+                self.flush(id);
+            } else if frame == PROTOCOL {
+                conn.handshake_done = true;
+                log::debug!("connection {id} from {}: handshake M5", conn.peer);
+            } else {
+                log::error!(
+                    "closing connection from {}: bad handshake {:?} (zeoraid speaks the msgpack protocol M5; stock ZEO 5/6 clients adapt automatically)",
+                    conn.peer,
+                    String::from_utf8_lossy(&frame[..frame.len().min(16)])
+                );
+                self.close(id);
+            }
+            return;
+        }
+        let msg = match message::decode(&frame) {
+            Ok(m) => m,
+            Err(e) => {
+                log::error!("closing connection from {}: {e}", conn.peer);
+                self.close(id);
+                return;
+            }
+        };
+        if msg.msgid == -1 || msg.method == message::REPLY {
+            return; // heartbeat
+        }
+        self.route(id, msg);
+    }
+
+    fn route(&mut self, id: ConnId, msg: Message) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let method = match methods::check(&msg.method, msg.arg_list().len()) {
+            Ok(m) => m,
+            Err(refusal) => {
+                if msg.is_oneway() {
+                    log::error!(
+                        "closing connection from {}: one-way call refused: {refusal}",
+                        conn.peer
+                    );
+                    self.close(id);
+                } else {
+                    log::warn!("{}: {refusal}", conn.peer);
+                    let class = match refusal {
+                        methods::Refusal::Unknown(_) => "builtins.AttributeError",
+                        methods::Refusal::Arity { .. } => "builtins.TypeError",
+                    };
+                    let err = storage::Error::Remote {
+                        class: class.into(),
+                        message: refusal.to_string(),
+                    };
+                    conn.outq.push_back(OutFrame::new(Payload::Owned(
+                        message::encode_error(msg.msgid, &err),
+                    )));
+                    self.flush(id);
+                }
+                return;
+            }
+        };
+        let session = conn.session.clone();
+        if method.kind == methods::Kind::Concurrent && session.is_registered() {
+            let _ = self.shared.jobs.send(Job::Concurrent(id, msg));
+        } else if session.enqueue(msg) {
+            let _ = self.shared.jobs.send(Job::Drain(id));
+        }
+    }
+
+    fn deliver(&mut self, out: Out) {
+        match out {
+            Out::Send(id, payload) => {
+                if let Some(conn) = self.conns.get_mut(&id) {
+                    conn.outq.push_back(OutFrame::new(Payload::Owned(payload)));
+                    self.flush(id);
+                }
+            }
+            Out::Broadcast(ids, payload) => {
+                for id in ids {
+                    if let Some(conn) = self.conns.get_mut(&id) {
+                        conn.outq
+                            .push_back(OutFrame::new(Payload::Shared(payload.clone())));
+                        self.flush(id);
+                    }
+                }
+            }
+            Out::Close(id) => self.close(id),
+        }
+    }
+
+    /// Write as much of the queue as the socket takes.
+    fn flush(&mut self, id: ConnId) {
+        let mut failed = None;
+        let mut done_close = false;
+        {
+            let Some(conn) = self.conns.get_mut(&id) else {
+                return;
+            };
+            while !conn.outq.is_empty() {
+                let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(64);
+                for f in conn.outq.iter().take(32) {
+                    if f.pos < 4 {
+                        slices.push(IoSlice::new(&f.header[f.pos..]));
+                        slices.push(IoSlice::new(f.payload.bytes()));
+                    } else {
+                        slices.push(IoSlice::new(&f.payload.bytes()[f.pos - 4..]));
+                    }
+                }
+                match conn.stream.write_vectored(&slices) {
+                    Ok(0) => {
+                        failed = Some("peer stopped reading".to_string());
+                        break;
+                    }
+                    Ok(mut n) => {
+                        while n > 0 {
+                            let Some(front) = conn.outq.front_mut() else {
+                                break;
+                            };
+                            let left = front.total() - front.pos;
+                            if n >= left {
+                                n -= left;
+                                conn.outq.pop_front();
+                            } else {
+                                front.pos += n;
+                                n = 0;
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        failed = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            if failed.is_none() {
+                let want = !conn.outq.is_empty();
+                if want != conn.want_write {
+                    let interest = if want {
+                        Interest::READABLE | Interest::WRITABLE
+                    } else {
+                        Interest::READABLE
+                    };
+                    if let Err(e) = self.poll.registry().reregister(
+                        &mut conn.stream,
+                        Token(id as usize),
+                        interest,
+                    ) {
+                        failed = Some(e.to_string());
+                    }
+                    conn.want_write = want;
+                }
+                done_close = !want && conn.close_after_flush;
+            }
+        }
+        if let Some(e) = failed {
+            log::debug!("connection {id}: write failed: {e}");
+            self.close(id);
+        } else if done_close {
+            self.close(id);
+        }
+    }
+
+    fn close(&mut self, id: ConnId) {
+        if let Some(mut conn) = self.conns.remove(&id) {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+            log::debug!("connection {id} from {} closed", conn.peer);
+            conn.session.mark_closed();
+            let _ = self.shared.jobs.send(Job::Disconnected(id));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.flush(id);
+            self.close(id);
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The ZEO server: a mio event loop that owns every socket, a fixed pool of
+//! worker threads, per-connection sessions, the commit lock with parked
+//! votes, and invalidation broadcast.
+//!
+//! Flow of a request:
+//! 1. `io` (thread `zeoraid-io`) reads bytes, cuts frames, answers the
+//!    handshake, decodes messages and hands them to the pool as [`Job`]s —
+//!    concurrent reads directly, transaction messages through the session's
+//!    ordered queue ([`session`]).
+//! 2. A worker (`zeoraid-worker-N`) runs the method against the
+//!    [`crate::storage::Storage`] and sends the reply back as an [`Out`]
+//!    over a channel, waking the loop with a mio `Waker`.
+//! 3. `io` writes it out, buffering when the socket is full.
+//!
+//! Decisions live in pure modules: [`methods`] (dispatch table),
+//! [`commit_lock`] (who holds the lock, who is next), [`invalidations`]
+//! (bounded history for `getInvalidations`).
+
+pub mod commit_lock;
+pub mod invalidations;
+mod io;
+pub mod methods;
+mod session;
+
+use crate::storage::Storage;
+use crate::zeo::message::Message;
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+pub use session::Session;
+
+/// Connection ids are never reused, so a late reply cannot reach a new peer.
+pub type ConnId = u64;
+
+/// Lock a mutex, recovering from poisoning (a panicking request is caught at
+/// the worker boundary; the data it guarded is still consistent because every
+/// critical section here is short and non-panicking).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Work for the pool.
+pub(crate) enum Job {
+    /// A stateless read; runs immediately.
+    Concurrent(ConnId, Message),
+    /// Process the session's ordered queue.
+    Drain(ConnId),
+    /// The session's parked vote now holds the commit lock.
+    Resume(ConnId),
+    /// The connection is gone: abort its transaction, forget it.
+    Disconnected(ConnId),
+    Stop,
+}
+
+/// Work for the event loop.
+pub(crate) enum Out {
+    Send(ConnId, Vec<u8>),
+    Broadcast(Vec<ConnId>, Arc<Vec<u8>>),
+    Close(ConnId),
+}
+
+/// Per-storage counters, as ZEO's `server_status` reports them.
+#[derive(Default)]
+pub struct Stats {
+    pub loads: AtomicU64,
+    pub stores: AtomicU64,
+    pub commits: AtomicU64,
+    pub aborts: AtomicU64,
+    pub conflicts: AtomicU64,
+    pub active_txns: AtomicU64,
+}
+
+/// A storage served under a name, with its commit lock and invalidation state.
+pub struct StorageEntry {
+    pub name: String,
+    pub storage: Arc<dyn Storage>,
+    pub read_only: bool,
+    pub(crate) lock: Mutex<commit_lock::CommitLock>,
+    pub(crate) invq: Mutex<invalidations::InvalidationHistory>,
+    pub(crate) clients: RwLock<BTreeSet<ConnId>>,
+    pub stats: Stats,
+    pub started: Instant,
+}
+
+/// Server settings (from `[server]` in the config).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub listen: SocketAddr,
+    pub workers: usize,
+    pub max_frame: usize,
+    pub invalidation_queue_size: usize,
+}
+
+/// State shared by the loop and the workers.
+pub(crate) struct Shared {
+    pub storages: HashMap<String, Arc<StorageEntry>>,
+    pub sessions: RwLock<HashMap<ConnId, Arc<Session>>>,
+    pub jobs: Sender<Job>,
+    pub out: Sender<Out>,
+    pub waker: Arc<mio::Waker>,
+    pub stopping: AtomicBool,
+}
+
+impl Shared {
+    pub fn send(&self, out: Out) {
+        if self.out.send(out).is_ok() {
+            if let Err(e) = self.waker.wake() {
+                log::error!("cannot wake the event loop: {e}");
+            }
+        }
+    }
+
+    pub fn session(&self, id: ConnId) -> Option<Arc<Session>> {
+        self.sessions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+    }
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    io: Option<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+/// A storage to serve: (name, storage, read-only).
+pub type Served = (String, Arc<dyn Storage>, bool);
+
+impl Server {
+    /// Bind the listener and start the event loop and the worker pool.
+    pub fn start(opts: Options, storages: Vec<Served>) -> std::io::Result<Server> {
+        let listener = mio::net::TcpListener::bind(opts.listen)?;
+        let addr = listener.local_addr()?;
+        let poll = mio::Poll::new()?;
+        let waker = Arc::new(mio::Waker::new(poll.registry(), io::WAKER)?);
+        let (job_tx, job_rx) = unbounded();
+        let (out_tx, out_rx) = unbounded();
+        let storages = storages
+            .into_iter()
+            .map(|(name, storage, read_only)| {
+                let entry = StorageEntry {
+                    name: name.clone(),
+                    read_only: read_only || storage.is_read_only(),
+                    storage,
+                    lock: Mutex::new(commit_lock::CommitLock::new()),
+                    invq: Mutex::new(invalidations::InvalidationHistory::new(
+                        opts.invalidation_queue_size,
+                    )),
+                    clients: RwLock::new(BTreeSet::new()),
+                    stats: Stats::default(),
+                    started: Instant::now(),
+                };
+                (name, Arc::new(entry))
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            storages,
+            sessions: RwLock::new(HashMap::new()),
+            jobs: job_tx,
+            out: out_tx,
+            waker,
+            stopping: AtomicBool::new(false),
+        });
+        let mut workers = Vec::new();
+        for i in 0..opts.workers.max(1) {
+            let shared = shared.clone();
+            let rx: Receiver<Job> = job_rx.clone();
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("zeoraid-worker-{i}"))
+                    .spawn(move || session::worker(shared, rx))?,
+            );
+        }
+        let io_shared = shared.clone();
+        let max_frame = opts.max_frame;
+        let io = std::thread::Builder::new()
+            .name("zeoraid-io".into())
+            .spawn(move || io::run(poll, listener, io_shared, out_rx, max_frame))?;
+        log::info!("listening on {addr}");
+        Ok(Server {
+            addr,
+            shared,
+            io: Some(io),
+            workers,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Graceful shutdown: stop accepting, close connections (aborting their
+    /// transactions), stop the workers, close the storages, join every thread.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        if self.io.is_none() {
+            return;
+        }
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        let _ = self.shared.waker.wake();
+        if let Some(io) = self.io.take() {
+            if io.join().is_err() {
+                log::error!("the event loop thread panicked");
+            }
+        }
+        // The loop queued a Disconnected job per connection before exiting;
+        // Stop comes after them in the FIFO.
+        for _ in &self.workers {
+            let _ = self.shared.jobs.send(Job::Stop);
+        }
+        for w in self.workers.drain(..) {
+            if w.join().is_err() {
+                log::error!("a worker thread panicked");
+            }
+        }
+        for entry in self.shared.storages.values() {
+            log::info!("closing storage {:?}", entry.name);
+            entry.storage.close();
+        }
+        log::info!("server stopped");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}

@@ -1,0 +1,1090 @@
+//! Per-connection sessions and the worker loop that runs their requests.
+//!
+//! A session is what ZEO calls a `ZEOStorage`: the storage the client
+//! registered with, its transaction buffer (stores are only buffered until
+//! `vote`, as in ZEO 5), its open iterators. Ordered messages go through the
+//! session's queue and are run one at a time, in arrival order; a vote that
+//! finds the commit lock held *parks* the queue and frees the worker, and is
+//! resumed when the lock is handed over ([`super::commit_lock`]).
+
+use super::{lock, ConnId, Job, Out, Shared, StorageEntry};
+use crate::storage::{
+    timestamp, Conflict, Data, Error, Oid, Op, Result, Tid, Txn, TxnIter, TxnMeta, TxnRecord,
+    UndoEntry, Vote,
+};
+use crate::zeo::message::{self, arg, bin, oid_value, opt_tid_value, tid_value, Message};
+use crossbeam_channel::Receiver;
+use rmpv::Value;
+use std::collections::{HashMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+const BLOBS_UNSUPPORTED: &str =
+    "blobs are not supported yet by zeoraid; open the ClientStorage without blob_dir";
+
+#[derive(Default)]
+struct Queue {
+    msgs: VecDeque<Message>,
+    scheduled: bool,
+    parked: bool,
+    closed: bool,
+}
+
+struct TxnState {
+    id: Value,
+    meta: TxnMeta,
+    tid: Option<Tid>,
+    status: u8,
+    ops: Vec<Op>,
+    /// Holds the storage's commit lock and a prepared transaction.
+    locked: bool,
+    invalidated: Vec<Oid>,
+    /// msgid of a vote waiting for the commit lock.
+    pending_vote: Option<i64>,
+}
+
+enum IterState {
+    Txns {
+        iter: TxnIter,
+        last: Option<TxnRecord>,
+    },
+    Records(std::vec::IntoIter<crate::storage::DataRecord>),
+}
+
+#[derive(Default)]
+struct State {
+    txn: Option<TxnState>,
+    iterators: HashMap<i64, IterState>,
+    next_iid: i64,
+    label: String,
+}
+
+/// One client connection's server-side state.
+pub struct Session {
+    pub id: ConnId,
+    pub peer: String,
+    queue: Mutex<Queue>,
+    state: Mutex<State>,
+    storage: OnceLock<Arc<StorageEntry>>,
+    read_only: AtomicBool,
+}
+
+/// What running an ordered message produced.
+enum Flow {
+    Reply(Result<Value>),
+    /// One-way message handled.
+    Done,
+    /// The vote waits for the commit lock.
+    Parked,
+}
+
+impl Session {
+    pub fn new(id: ConnId, peer: String) -> Session {
+        Session {
+            id,
+            peer,
+            queue: Mutex::new(Queue::default()),
+            state: Mutex::new(State::default()),
+            storage: OnceLock::new(),
+            read_only: AtomicBool::new(false),
+        }
+    }
+
+    pub fn is_registered(&self) -> bool {
+        self.storage.get().is_some()
+    }
+
+    /// Queue an ordered message; true when the caller must schedule a drain.
+    pub(crate) fn enqueue(&self, msg: Message) -> bool {
+        let mut q = lock(&self.queue);
+        if q.closed {
+            return false;
+        }
+        q.msgs.push_back(msg);
+        if q.scheduled || q.parked {
+            return false;
+        }
+        q.scheduled = true;
+        true
+    }
+
+    pub(crate) fn mark_closed(&self) {
+        let mut q = lock(&self.queue);
+        q.closed = true;
+        q.msgs.clear();
+    }
+
+    fn entry(&self) -> Result<&Arc<StorageEntry>> {
+        self.storage
+            .get()
+            .ok_or_else(|| Error::Value("register() must be called first".into()))
+    }
+}
+
+/// The worker thread body.
+pub(crate) fn worker(shared: Arc<Shared>, jobs: Receiver<Job>) {
+    while let Ok(job) = jobs.recv() {
+        match job {
+            Job::Stop => break,
+            Job::Concurrent(id, msg) => {
+                if let Some(sess) = shared.session(id) {
+                    let result = guarded(&msg.method, || concurrent(&shared, &sess, &msg));
+                    reply(&shared, id, &msg, result.and_then(|r| r));
+                }
+            }
+            Job::Drain(id) => {
+                if let Some(sess) = shared.session(id) {
+                    drain(&shared, &sess);
+                }
+            }
+            Job::Resume(id) => match shared.session(id) {
+                Some(sess) => resume(&shared, &sess),
+                None => log::debug!("resume for departed connection {id}"),
+            },
+            Job::Disconnected(id) => disconnected(&shared, id),
+        }
+    }
+}
+
+/// Run `f`, turning a panic into an error reply and a log line.
+fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        log::error!("internal error while handling {what}: {msg} (this is a zeoraid bug; please report it with this log)");
+        Error::Remote {
+            class: "ZODB.POSException.StorageError".into(),
+            message: format!("zeoraid internal error in {what}: {msg}; see the server log"),
+        }
+    })
+}
+
+fn reply(shared: &Shared, id: ConnId, msg: &Message, result: Result<Value>) {
+    if msg.is_oneway() {
+        if let Err(e) = result {
+            log::error!("closing connection {id}: one-way {} failed: {e}", msg.method);
+            shared.send(Out::Close(id));
+        }
+        return;
+    }
+    let payload = match &result {
+        Ok(v) => message::encode_reply(msg.msgid, v),
+        Err(e) => {
+            if !matches!(e, Error::PosKey(_) | Error::Conflict { .. }) {
+                log::warn!("{} from connection {id} failed: {e}", msg.method);
+            }
+            message::encode_error(msg.msgid, e)
+        }
+    };
+    shared.send(Out::Send(id, payload));
+}
+
+fn drain(shared: &Arc<Shared>, sess: &Arc<Session>) {
+    loop {
+        let msg = {
+            let mut q = lock(&sess.queue);
+            if q.parked {
+                q.scheduled = false;
+                return;
+            }
+            match q.msgs.pop_front() {
+                Some(m) => m,
+                None => {
+                    q.scheduled = false;
+                    return;
+                }
+            }
+        };
+        let flow = guarded(&msg.method, || ordered(shared, sess, &msg)).unwrap_or_else(|e| Flow::Reply(Err(e)));
+        match flow {
+            Flow::Reply(r) => reply(shared, sess.id, &msg, r),
+            Flow::Done => {}
+            Flow::Parked => {
+                // Parked unless `resume` already ran the vote.
+                let mut q = lock(&sess.queue);
+                if q.parked {
+                    q.scheduled = false;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn resume(shared: &Arc<Shared>, sess: &Arc<Session>) {
+    let outcome = guarded("vote", || {
+        let mut st = lock(&sess.state);
+        let msgid = st.txn.as_mut().and_then(|t| t.pending_vote.take());
+        msgid.map(|m| (m, do_vote(shared, sess, &mut st)))
+    });
+    match outcome {
+        Ok(Some((msgid, result))) => {
+            let msg = Message {
+                msgid,
+                flags: 0,
+                method: "vote".into(),
+                args: Value::Nil,
+            };
+            reply(shared, sess.id, &msg, result);
+        }
+        Ok(None) => {
+            // The transaction went away (aborted or disconnected): pass the lock on.
+            if let Ok(entry) = sess.entry() {
+                release_lock(shared, entry, sess.id);
+            }
+        }
+        Err(e) => log::error!("resuming a vote failed: {e}"),
+    }
+    let mut q = lock(&sess.queue);
+    q.parked = false;
+    if !q.scheduled && !q.msgs.is_empty() && !q.closed {
+        q.scheduled = true;
+        let _ = shared.jobs.send(Job::Drain(sess.id));
+    }
+}
+
+fn release_lock(shared: &Shared, entry: &StorageEntry, id: ConnId) {
+    let next = lock(&entry.lock).release(id);
+    if let Some(next) = next {
+        let _ = shared.jobs.send(Job::Resume(next));
+    }
+}
+
+fn disconnected(shared: &Arc<Shared>, id: ConnId) {
+    let sess = shared
+        .sessions
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id);
+    let Some(sess) = sess else { return };
+    let Some(entry) = sess.storage.get() else {
+        return;
+    };
+    entry
+        .clients
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id);
+    let mut st = lock(&sess.state);
+    if let Some(txn) = st.txn.take() {
+        log::info!(
+            "connection {id} from {} disconnected during a transaction ({}); aborting it",
+            sess.peer,
+            if txn.locked { "locked" } else { "unlocked" }
+        );
+        if txn.locked {
+            entry.storage.tpc_abort();
+        }
+        entry.stats.aborts.fetch_add(1, Ordering::Relaxed);
+        entry.stats.active_txns.fetch_sub(1, Ordering::Relaxed);
+    }
+    drop(st);
+    release_lock(shared, entry, id);
+}
+
+/// Keep only the last store of each oid: after client-side conflict
+/// resolution the client re-stores the resolved state in the same
+/// transaction, and that re-store supersedes the conflicting one.
+pub(crate) fn compact_ops(ops: &[Op]) -> Vec<Op> {
+    let mut last_store: HashMap<Oid, usize> = HashMap::new();
+    for (i, op) in ops.iter().enumerate() {
+        if let Op::Store { oid, .. } = op {
+            last_store.insert(*oid, i);
+        }
+    }
+    ops.iter()
+        .enumerate()
+        .filter(|(i, op)| match op {
+            Op::Store { oid, .. } => last_store.get(oid) == Some(i),
+            _ => true,
+        })
+        .map(|(_, op)| op.clone())
+        .collect()
+}
+
+fn conflict_value(c: &Conflict) -> Value {
+    Value::Map(vec![
+        (Value::from("oid"), oid_value(c.oid)),
+        (
+            Value::from("serials"),
+            Value::Array(vec![tid_value(c.committed), tid_value(c.read)]),
+        ),
+        (Value::from("data"), bin(&c.data)),
+    ])
+}
+
+fn oids_value(oids: &[Oid]) -> Value {
+    Value::Array(oids.iter().map(|o| oid_value(*o)).collect())
+}
+
+/// Run the vote with the commit lock held.
+fn do_vote(shared: &Shared, sess: &Session, st: &mut State) -> Result<Value> {
+    let entry = sess.entry()?.clone();
+    let Some(txn) = st.txn.as_mut() else {
+        release_lock(shared, &entry, sess.id);
+        return Err(Error::Transaction("no current transaction: vote()".into()));
+    };
+    let whole = Txn {
+        meta: txn.meta.clone(),
+        tid: txn.tid,
+        status: txn.status,
+        ops: compact_ops(&txn.ops),
+    };
+    match entry.storage.tpc_vote(&whole) {
+        Ok(Vote::Prepared {
+            resolved,
+            invalidated,
+            ..
+        }) => {
+            txn.locked = true;
+            txn.invalidated = invalidated;
+            Ok(oids_value(&resolved))
+        }
+        Ok(Vote::Conflicts(conflicts)) => {
+            entry
+                .stats
+                .conflicts
+                .fetch_add(conflicts.len() as u64, Ordering::Relaxed);
+            release_lock(shared, &entry, sess.id);
+            Ok(Value::Array(conflicts.iter().map(conflict_value).collect()))
+        }
+        Err(e) => {
+            entry.storage.tpc_abort();
+            st.txn = None;
+            entry.stats.active_txns.fetch_sub(1, Ordering::Relaxed);
+            if matches!(e, Error::Conflict { .. }) {
+                entry.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+            }
+            release_lock(shared, &entry, sess.id);
+            Err(e)
+        }
+    }
+}
+
+fn check_txn<'a>(
+    sess: &Session,
+    st: &'a mut State,
+    id: &Value,
+    method: &str,
+) -> Result<&'a mut TxnState> {
+    if sess.read_only.load(Ordering::Relaxed) {
+        return Err(Error::ReadOnly);
+    }
+    match st.txn.as_mut() {
+        None => Err(Error::Transaction(format!(
+            "no current transaction: {method}()"
+        ))),
+        Some(t) if &t.id != id => Err(Error::Transaction(format!(
+            "{method}({id}) invalid; current transaction = {}",
+            t.id
+        ))),
+        Some(t) => Ok(t),
+    }
+}
+
+fn ext_bytes(v: &Value) -> Vec<u8> {
+    match v {
+        Value::Map(m) if !m.is_empty() => {
+            let mut out = Vec::new();
+            let _ = rmpv::encode::write_value(&mut out, v);
+            out
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The extension mapping as a msgpack map (empty map when none).
+pub(crate) fn ext_value(ext: &[u8]) -> Value {
+    if ext.is_empty() {
+        return Value::Map(vec![]);
+    }
+    let mut cur = ext;
+    match rmpv::decode::read_value(&mut cur) {
+        Ok(v @ Value::Map(_)) => v,
+        _ => Value::Map(vec![]),
+    }
+}
+
+fn data_arg(v: &Value, what: &str) -> Result<Data> {
+    Ok(Arc::from(arg::bytes(v, what)?))
+}
+
+/// Undo ids are FileStorage's base64 of the tid; raw 8-byte tids are accepted too.
+pub(crate) fn undo_id(t: Tid) -> Vec<u8> {
+    base64_8(&t.to_bytes())
+}
+
+pub(crate) fn parse_undo_id(b: &[u8]) -> Result<Tid> {
+    if let Some(t) = Tid::from_slice(b) {
+        return Ok(t);
+    }
+    let trimmed: Vec<u8> = b.iter().copied().filter(|c| !c.is_ascii_whitespace()).collect();
+    unbase64(&trimmed)
+        .and_then(|raw| Tid::from_slice(&raw))
+        .ok_or_else(|| Error::Undo {
+            message: format!(
+                "undo id {:?} is not a transaction id",
+                String::from_utf8_lossy(b)
+            ),
+            oid: None,
+        })
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+fn base64_8(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12);
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(B64[((n >> (18 - 6 * i)) & 63) as usize]);
+            } else {
+                out.push(b'=');
+            }
+        }
+    }
+    out
+}
+
+fn unbase64(input: &[u8]) -> Option<Vec<u8>> {
+    if input.len() % 4 != 0 {
+        return None;
+    }
+    let mut out = Vec::new();
+    for chunk in input.chunks(4) {
+        let mut n = 0u32;
+        let mut pad = 0;
+        for &c in chunk {
+            let v = match c {
+                b'=' => {
+                    pad += 1;
+                    0
+                }
+                _ => B64.iter().position(|&x| x == c)? as u32,
+            };
+            n = n << 6 | v;
+        }
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&bytes[..3 - pad.min(2)]);
+    }
+    Some(out)
+}
+
+fn txn_meta_entries(meta: &TxnMeta) -> Vec<(Value, Value)> {
+    let mut v = vec![
+        (Value::from("user_name"), bin(&meta.user)),
+        (Value::from("description"), bin(&meta.description)),
+    ];
+    if let Value::Map(ext) = ext_value(&meta.extension) {
+        v.extend(ext);
+    }
+    v
+}
+
+fn undo_entry_value(e: &UndoEntry) -> Value {
+    let mut m = vec![
+        (Value::from("id"), bin(&undo_id(e.tid))),
+        (Value::from("time"), Value::F64(timestamp::time_time(e.tid))),
+    ];
+    m.extend(txn_meta_entries(&e.meta));
+    Value::Map(m)
+}
+
+/// Does an undo entry match an `undoInfo` specification (every key equal)?
+fn matches_spec(entry: &Value, spec: &Value) -> bool {
+    let (Value::Map(e), Value::Map(s)) = (entry, spec) else {
+        return true;
+    };
+    s.iter()
+        .all(|(k, v)| e.iter().any(|(ek, ev)| ek == k && ev == v))
+}
+
+/// `last < 0` means "-last entries from first" (ZODB's undoLog convention).
+fn undo_range(first: i64, last: i64) -> (usize, usize) {
+    let first = first.max(0);
+    let last = if last < 0 { first - last } else { last };
+    (first as usize, last.max(first) as usize)
+}
+
+fn size_info_value(entry: &StorageEntry) -> Value {
+    let s = entry.storage.size_info();
+    Value::Map(vec![
+        (Value::from("length"), Value::from(s.objects)),
+        (Value::from("size"), Value::from(s.bytes)),
+    ])
+}
+
+fn get_info(entry: &StorageEntry) -> Value {
+    let s = entry.storage.size_info();
+    let undo = entry.storage.supports_undo();
+    let mut ifaces = vec![
+        "IStorageRestoreable",
+        "IStorageIteration",
+        "IStorageCurrentRecordIteration",
+    ];
+    if undo {
+        ifaces.push("IStorageUndoable");
+    }
+    let interfaces = ifaces
+        .into_iter()
+        .map(|i| Value::Array(vec![Value::from("ZODB.interfaces"), Value::from(i)]))
+        .collect();
+    Value::Map(vec![
+        (Value::from("length"), Value::from(s.objects)),
+        (Value::from("size"), Value::from(s.bytes)),
+        (Value::from("name"), Value::from(entry.storage.name())),
+        (Value::from("supportsUndo"), Value::Boolean(undo)),
+        (Value::from("supports_record_iternext"), Value::Boolean(true)),
+        (Value::from("interfaces"), Value::Array(interfaces)),
+    ])
+}
+
+/// Stateless reads, run concurrently.
+fn concurrent(shared: &Shared, sess: &Session, msg: &Message) -> Result<Value> {
+    let a = msg.arg_list();
+    let entry = sess.entry()?;
+    let st = &entry.storage;
+    let opt = |i: usize| a.get(i).unwrap_or(&Value::Nil);
+    match msg.method.as_str() {
+        "loadBefore" => {
+            entry.stats.loads.fetch_add(1, Ordering::Relaxed);
+            let loaded = st.load_before(arg::oid(&a[0], "oid")?, arg::tid(&a[1], "tid")?)?;
+            Ok(match loaded {
+                None => Value::Nil,
+                Some(l) => Value::Array(vec![bin(&l.data), tid_value(l.start), opt_tid_value(l.end)]),
+            })
+        }
+        "loadSerial" => {
+            entry.stats.loads.fetch_add(1, Ordering::Relaxed);
+            Ok(bin(&st.load_serial(arg::oid(&a[0], "oid")?, arg::tid(&a[1], "serial")?)?))
+        }
+        "getTid" => {
+            let oid = arg::oid(&a[0], "oid")?;
+            match st.load_before(oid, Tid::MAX)? {
+                Some(l) => Ok(tid_value(l.start)),
+                None => Err(Error::PosKey(oid)),
+            }
+        }
+        "history" => {
+            let size = match opt(1) {
+                Value::Nil => 1,
+                v => arg::int(v, "size")?.max(1) as usize,
+            };
+            let h = st.history(arg::oid(&a[0], "oid")?, size)?;
+            Ok(Value::Array(
+                h.iter()
+                    .map(|e| {
+                        let mut m = vec![
+                            (Value::from("time"), Value::F64(timestamp::time_time(e.tid))),
+                            (Value::from("tid"), tid_value(e.tid)),
+                            (Value::from("version"), Value::from("")),
+                            (Value::from("size"), Value::from(e.size)),
+                        ];
+                        m.extend(txn_meta_entries(&e.meta));
+                        Value::Map(m)
+                    })
+                    .collect(),
+            ))
+        }
+        "lastTransaction" => Ok(tid_value(st.last_transaction()?)),
+        "new_oids" | "new_oid" => {
+            if sess.read_only.load(Ordering::Relaxed) || entry.read_only {
+                return Err(Error::ReadOnly);
+            }
+            let n = match opt(0) {
+                Value::Nil => 100,
+                v => arg::int(v, "n")?,
+            };
+            let n = n.clamp(1, 100) as usize;
+            let oids = st.new_oids(if msg.method == "new_oid" { 1 } else { n })?;
+            if msg.method == "new_oid" {
+                return oids.first().map(|o| oid_value(*o)).ok_or_else(|| Error::Value("no oid".into()));
+            }
+            Ok(oids_value(&oids))
+        }
+        "getInvalidations" => {
+            let since = arg::tid(&a[0], "tid")?;
+            Ok(match lock(&entry.invq).since(since) {
+                None => Value::Nil,
+                Some((tid, oids)) => Value::Array(vec![tid_value(tid), oids_value(&oids)]),
+            })
+        }
+        "pack" => {
+            let t = arg::float(&a[0], "time")?;
+            log::info!("pack of storage {:?} to {t} started", entry.name);
+            st.pack(t, true)?;
+            log::info!("pack of storage {:?} complete", entry.name);
+            let info = Arc::new(message::encode_oneway("info", vec![size_info_value(entry)]));
+            let ids: Vec<ConnId> = entry
+                .clients
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .copied()
+                .collect();
+            shared.send(Out::Broadcast(ids, info));
+            Ok(Value::Nil)
+        }
+        "undoLog" | "undoInfo" => {
+            let first = arg::int(opt(0), "first")?;
+            let last = match opt(1) {
+                Value::Nil => -20,
+                v => arg::int(v, "last")?,
+            };
+            let (first, last) = undo_range(first, last);
+            let spec = opt(2);
+            if !st.supports_undo() {
+                return Ok(Value::Array(vec![]));
+            }
+            if msg.method == "undoInfo" && matches!(spec, Value::Map(m) if !m.is_empty()) {
+                let all = st.undo_log(0, usize::MAX)?;
+                let matching: Vec<Value> = all
+                    .iter()
+                    .map(undo_entry_value)
+                    .filter(|v| matches_spec(v, spec))
+                    .skip(first)
+                    .take(last - first)
+                    .collect();
+                return Ok(Value::Array(matching));
+            }
+            Ok(Value::Array(
+                st.undo_log(first, last)?.iter().map(undo_entry_value).collect(),
+            ))
+        }
+        "record_iternext" => {
+            let next = arg::opt_oid(opt(0), "next")?;
+            Ok(match st.record_iternext(next)? {
+                None => Value::Nil,
+                Some((oid, tid, data, next)) => Value::Array(vec![
+                    oid_value(oid),
+                    tid_value(tid),
+                    bin(&data),
+                    next.map(oid_value).unwrap_or(Value::Nil),
+                ]),
+            })
+        }
+        "ping" => Ok(Value::Nil),
+        "server_status" => Ok(json_to_value(&status_json(shared, entry))),
+        "get_info" => Ok(get_info(entry)),
+        "get_size_info" => Ok(size_info_value(entry)),
+        "sendBlob" => Err(Error::Unsupported(BLOBS_UNSUPPORTED.into())),
+        other => Err(Error::Value(format!("{other} cannot run concurrently"))),
+    }
+}
+
+/// Transaction and iterator messages, run in arrival order.
+fn ordered(shared: &Shared, sess: &Session, msg: &Message) -> Flow {
+    let a = msg.arg_list();
+    if msg.method == "vote" {
+        return vote(shared, sess, &mut lock(&sess.state), msg);
+    }
+    if super::methods::lookup(&msg.method).map(|m| m.kind) == Some(super::methods::Kind::Concurrent) {
+        // A read that arrived before register() completed took the ordered path.
+        return Flow::Reply(concurrent(shared, sess, msg));
+    }
+    let mut guard = lock(&sess.state);
+    let st = &mut *guard;
+    let r: Result<Value> = (|| match msg.method.as_str() {
+        "register" => register(shared, sess, a).map(tid_value),
+        "tpc_begin" => {
+            let entry = sess.entry()?;
+            if sess.read_only.load(Ordering::Relaxed) || entry.read_only {
+                return Err(Error::ReadOnly);
+            }
+            if let Some(t) = &st.txn {
+                if t.id == a[0] {
+                    log::info!("duplicate tpc_begin({}) from {}", a[0], sess.peer);
+                    return Ok(Value::Nil);
+                }
+                return Err(Error::Transaction(
+                    "Multiple simultaneous tpc_begin requests from one client.".into(),
+                ));
+            }
+            let status = match a.get(5) {
+                None | Some(Value::Nil) => b' ',
+                Some(v) => arg::bytes(v, "status")?.first().copied().unwrap_or(b' '),
+            };
+            st.txn = Some(TxnState {
+                id: a[0].clone(),
+                meta: TxnMeta {
+                    user: arg::bytes(&a[1], "user")?.to_vec(),
+                    description: arg::bytes(&a[2], "description")?.to_vec(),
+                    extension: ext_bytes(&a[3]),
+                },
+                tid: match a.get(4) {
+                    Some(v) => arg::opt_tid(v, "tid")?,
+                    None => None,
+                },
+                status,
+                ops: Vec::new(),
+                locked: false,
+                invalidated: Vec::new(),
+                pending_vote: None,
+            });
+            entry.stats.active_txns.fetch_add(1, Ordering::Relaxed);
+            Ok(Value::Nil)
+        }
+        "storea" => {
+            let t = check_txn(sess, st, &a[3], "storea")?;
+            t.ops.push(Op::Store {
+                oid: arg::oid(&a[0], "oid")?,
+                serial: arg::tid(&a[1], "serial")?,
+                data: data_arg(&a[2], "data")?,
+            });
+            sess.entry()?.stats.stores.fetch_add(1, Ordering::Relaxed);
+            Ok(Value::Nil)
+        }
+        "deleteObject" => {
+            let t = check_txn(sess, st, &a[2], "deleteObject")?;
+            t.ops.push(Op::Delete {
+                oid: arg::oid(&a[0], "oid")?,
+                serial: arg::tid(&a[1], "serial")?,
+            });
+            Ok(Value::Nil)
+        }
+        "checkCurrentSerialInTransaction" => {
+            let t = check_txn(sess, st, &a[2], "checkCurrentSerialInTransaction")?;
+            t.ops.push(Op::CheckCurrent {
+                oid: arg::oid(&a[0], "oid")?,
+                serial: arg::tid(&a[1], "serial")?,
+            });
+            Ok(Value::Nil)
+        }
+        "restorea" => {
+            let t = check_txn(sess, st, &a[4], "restorea")?;
+            t.ops.push(Op::Restore {
+                oid: arg::oid(&a[0], "oid")?,
+                serial: arg::tid(&a[1], "serial")?,
+                data: match &a[2] {
+                    Value::Nil => None,
+                    v => Some(data_arg(v, "data")?),
+                },
+                prev_txn: arg::opt_tid(&a[3], "prev_txn")?,
+            });
+            Ok(Value::Nil)
+        }
+        "undoa" => {
+            let t = check_txn(sess, st, &a[1], "undoa")?;
+            t.ops.push(Op::Undo {
+                txn: parse_undo_id(arg::bytes(&a[0], "trans_id")?)?,
+            });
+            Ok(Value::Nil)
+        }
+        "tpc_finish" => finish(shared, sess, st, &a[0]),
+        "tpc_abort" => {
+            let entry = sess.entry()?.clone();
+            let matches = st.txn.as_ref().map(|t| t.id == a[0]).unwrap_or(false);
+            if !matches {
+                return Ok(Value::Nil);
+            }
+            if let Some(t) = st.txn.take() {
+                if t.locked {
+                    entry.storage.tpc_abort();
+                }
+                entry.stats.aborts.fetch_add(1, Ordering::Relaxed);
+                entry.stats.active_txns.fetch_sub(1, Ordering::Relaxed);
+            }
+            release_lock(shared, &entry, sess.id);
+            Ok(Value::Nil)
+        }
+        "iterator_start" => {
+            let entry = sess.entry()?;
+            let start = arg::opt_tid(a.first().unwrap_or(&Value::Nil), "start")?;
+            let stop = arg::opt_tid(a.get(1).unwrap_or(&Value::Nil), "stop")?;
+            let iter = entry.storage.iterator(start, stop)?;
+            let iid = st.next_iid;
+            st.next_iid += 1;
+            st.iterators.insert(iid, IterState::Txns { iter, last: None });
+            Ok(Value::from(iid))
+        }
+        "iterator_next" => {
+            let iid = arg::int(&a[0], "iid")?;
+            let Some(IterState::Txns { iter, last }) = st.iterators.get_mut(&iid) else {
+                return Err(Error::Remote { class: "builtins.KeyError".into(), message: iid.to_string() });
+            };
+            match iter.next() {
+                None => {
+                    st.iterators.remove(&iid);
+                    Ok(Value::Nil)
+                }
+                Some(Err(e)) => Err(e),
+                Some(Ok(t)) => {
+                    let v = Value::Array(vec![
+                        tid_value(t.tid),
+                        Value::from(String::from(t.status as char)),
+                        bin(&t.meta.user),
+                        bin(&t.meta.description),
+                        ext_value(&t.meta.extension),
+                    ]);
+                    *last = Some(t);
+                    Ok(v)
+                }
+            }
+        }
+        "iterator_record_start" => {
+            let iid = arg::int(&a[0], "txn_iid")?;
+            let tid = arg::tid(&a[1], "tid")?;
+            let records = match st.iterators.get(&iid) {
+                Some(IterState::Txns { last: Some(t), .. }) if t.tid == tid => t.records.clone(),
+                _ => {
+                    return Err(Error::Value(format!(
+                        "Out-of-order request for record iterator for transaction {tid}"
+                    )))
+                }
+            };
+            let riid = st.next_iid;
+            st.next_iid += 1;
+            st.iterators.insert(riid, IterState::Records(records.into_iter()));
+            Ok(Value::from(riid))
+        }
+        "iterator_record_next" => {
+            let iid = arg::int(&a[0], "iid")?;
+            let Some(IterState::Records(recs)) = st.iterators.get_mut(&iid) else {
+                return Err(Error::Remote { class: "builtins.KeyError".into(), message: iid.to_string() });
+            };
+            match recs.next() {
+                None => {
+                    st.iterators.remove(&iid);
+                    Ok(Value::Nil)
+                }
+                Some(r) => Ok(Value::Array(vec![
+                    oid_value(r.oid),
+                    tid_value(r.tid),
+                    r.data.as_deref().map(bin).unwrap_or(Value::Nil),
+                    opt_tid_value(r.data_txn),
+                ])),
+            }
+        }
+        "iterator_gc" => {
+            if let Value::Array(ids) = &a[0] {
+                for id in ids {
+                    if let Ok(i) = arg::int(id, "iid") {
+                        st.iterators.remove(&i);
+                    }
+                }
+            }
+            Ok(Value::Nil)
+        }
+        "set_client_label" => {
+            st.label = arg::string(&a[0], "label").unwrap_or_default();
+            Ok(Value::Nil)
+        }
+        "storeBlobStart" | "storeBlobChunk" | "storeBlobEnd" | "storeBlobShared" => {
+            Err(Error::Unsupported(BLOBS_UNSUPPORTED.into()))
+        }
+        other => Err(Error::Value(format!("{other} is not an ordered method"))),
+    })();
+    if msg.is_oneway() && r.is_ok() {
+        Flow::Done
+    } else {
+        Flow::Reply(r)
+    }
+}
+
+fn vote(shared: &Shared, sess: &Session, st: &mut State, msg: &Message) -> Flow {
+    let a = msg.arg_list();
+    let entry = match sess.entry() {
+        Ok(e) => e.clone(),
+        Err(e) => return Flow::Reply(Err(e)),
+    };
+    if let Err(e) = check_txn(sess, st, &a[0], "vote") {
+        return Flow::Reply(Err(e));
+    }
+    // Mark parked before asking for the lock so a resume cannot race the drain loop.
+    lock(&sess.queue).parked = true;
+    let granted = lock(&entry.lock).acquire(sess.id);
+    match granted {
+        super::commit_lock::Acquire::Granted => {
+            lock(&sess.queue).parked = false;
+            Flow::Reply(do_vote(shared, sess, st))
+        }
+        super::commit_lock::Acquire::Queued { position } => {
+            log::debug!(
+                "vote from {} waits for the commit lock of {:?} (position {position})",
+                sess.peer,
+                entry.name
+            );
+            if let Some(t) = st.txn.as_mut() {
+                t.pending_vote = Some(msg.msgid);
+            }
+            Flow::Parked
+        }
+    }
+}
+
+fn register(shared: &Shared, sess: &Session, a: &[Value]) -> Result<Tid> {
+    if sess.is_registered() {
+        return Err(Error::Value("duplicate register() call".into()));
+    }
+    let name = arg::string(&a[0], "storage_id")?;
+    let ro = arg::truthy(&a[1]);
+    let entry = shared
+        .storages
+        .get(&name)
+        .cloned()
+        .ok_or_else(|| Error::Value(format!("unknown storage: {name}")))?;
+    if !ro && entry.read_only {
+        return Err(Error::ReadOnly);
+    }
+    sess.read_only.store(ro, Ordering::Relaxed);
+    let last = entry.storage.last_transaction()?;
+    entry
+        .clients
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(sess.id);
+    let _ = sess.storage.set(entry);
+    log::info!("connection {} from {} registered with storage {name:?}{}", sess.id, sess.peer, if ro { " read-only" } else { "" });
+    Ok(last)
+}
+
+fn finish(shared: &Shared, sess: &Session, st: &mut State, id: &Value) -> Result<Value> {
+    let entry = sess.entry()?.clone();
+    let t = check_txn(sess, st, id, "tpc_finish")?;
+    if !t.locked {
+        return Err(Error::Transaction("tpc_finish() called before a successful vote()".into()));
+    }
+    let invalidated = std::mem::take(&mut t.invalidated);
+    let result = entry.storage.tpc_finish();
+    st.txn = None;
+    entry.stats.active_txns.fetch_sub(1, Ordering::Relaxed);
+    let tid = match result {
+        Ok(tid) => tid,
+        Err(e) => {
+            log::error!("tpc_finish on storage {:?} failed: {e}; the transaction is aborted", entry.name);
+            entry.storage.tpc_abort();
+            release_lock(shared, &entry, sess.id);
+            return Err(e);
+        }
+    };
+    entry.stats.commits.fetch_add(1, Ordering::Relaxed);
+    lock(&entry.invq).push(tid, invalidated.clone());
+    let others: Vec<ConnId> = entry
+        .clients
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .copied()
+        .filter(|c| *c != sess.id)
+        .collect();
+    if !others.is_empty() {
+        let inv = message::encode_oneway(
+            "invalidateTransaction",
+            vec![tid_value(tid), oids_value(&invalidated)],
+        );
+        shared.send(Out::Broadcast(others, Arc::new(inv)));
+    }
+    shared.send(Out::Send(
+        sess.id,
+        message::encode_oneway("info", vec![size_info_value(&entry)]),
+    ));
+    release_lock(shared, &entry, sess.id);
+    Ok(tid_value(tid))
+}
+
+/// The status of one storage (ZEO's `server_status`).
+pub(crate) fn status_json(shared: &Shared, entry: &StorageEntry) -> serde_json::Value {
+    let s = &entry.stats;
+    let connections = entry.clients.read().map(|c| c.len()).unwrap_or(0);
+    let last = entry
+        .storage
+        .last_transaction()
+        .map(|t| format!("{:016x}", t.0))
+        .unwrap_or_default();
+    let waiting = lock(&entry.lock).waiting();
+    let _ = shared;
+    serde_json::json!({
+        "storage": entry.name,
+        "connections": connections,
+        "loads": s.loads.load(Ordering::Relaxed),
+        "stores": s.stores.load(Ordering::Relaxed),
+        "commits": s.commits.load(Ordering::Relaxed),
+        "aborts": s.aborts.load(Ordering::Relaxed),
+        "conflicts": s.conflicts.load(Ordering::Relaxed),
+        "active_txns": s.active_txns.load(Ordering::Relaxed),
+        "waiting": waiting,
+        "uptime-seconds": entry.started.elapsed().as_secs(),
+        "last-transaction": last,
+    })
+}
+
+/// The `ruok` probe's answer: a JSON object of every storage's status.
+pub(crate) fn ruok_json(shared: &Shared) -> String {
+    let mut all = serde_json::Map::new();
+    for (name, entry) in &shared.storages {
+        all.insert(name.clone(), status_json(shared, entry));
+    }
+    serde_json::Value::Object(all).to_string()
+}
+
+fn json_to_value(j: &serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match j {
+        J::Null => Value::Nil,
+        J::Bool(b) => Value::Boolean(*b),
+        J::Number(n) => n
+            .as_i64()
+            .map(Value::from)
+            .or_else(|| n.as_u64().map(Value::from))
+            .unwrap_or_else(|| Value::F64(n.as_f64().unwrap_or(0.0))),
+        J::String(s) => Value::from(s.as_str()),
+        J::Array(a) => Value::Array(a.iter().map(json_to_value).collect()),
+        J::Object(o) => Value::Map(
+            o.iter()
+                .map(|(k, v)| (Value::from(k.as_str()), json_to_value(v)))
+                .collect(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_keeps_last_store_per_oid() {
+        let d = |b: &[u8]| -> Data { Arc::from(b) };
+        let ops = vec![
+            Op::Store { oid: Oid(1), serial: Tid(1), data: d(b"a") },
+            Op::CheckCurrent { oid: Oid(3), serial: Tid(1) },
+            Op::Store { oid: Oid(2), serial: Tid(1), data: d(b"b") },
+            Op::Store { oid: Oid(1), serial: Tid(5), data: d(b"resolved") },
+        ];
+        let out = compact_ops(&ops);
+        assert_eq!(out.len(), 3);
+        match &out[2] {
+            Op::Store { oid, serial, data } => {
+                assert_eq!((*oid, *serial, &data[..]), (Oid(1), Tid(5), &b"resolved"[..]))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn undo_ids_match_filestorage_base64() {
+        // base64.encodebytes(bytes.fromhex('03d5e2c100000000'))[:-1] == b'A9XiwQAAAAA='
+        let t = Tid(0x03d5e2c100000000);
+        assert_eq!(undo_id(t), b"A9XiwQAAAAA=".to_vec());
+        for id in [undo_id(t), t.to_bytes().to_vec(), b"A9XiwQAAAAA=\n".to_vec()] {
+            assert_eq!(parse_undo_id(&id), Ok(t));
+        }
+        assert!(parse_undo_id(b"not an id").is_err());
+    }
+
+    #[test]
+    fn undo_range_table() {
+        for (first, last, want) in [(0, -20, (0, 20)), (5, -20, (5, 25)), (0, 10, (0, 10)), (10, 5, (10, 10))] {
+            assert_eq!(undo_range(first, last), want, "{first} {last}");
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The ZODB storage contract as a Rust trait, and its value types.
+//!
+//! Everything the server serves is a [`Storage`]: the in-memory storage, the
+//! file storage, a remote ZEO server reached through [`crate::zeo::client`],
+//! and (later) the RAID array itself. The server owns the per-connection
+//! commit buffer and the commit lock; a storage sees one whole transaction at
+//! vote time ([`Storage::tpc_vote`]) and then exactly one of
+//! [`Storage::tpc_finish`] or [`Storage::tpc_abort`].
+
+pub mod memory;
+pub mod timestamp;
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Object data (a pickle). Shared so loads do not copy it.
+pub type Data = Arc<[u8]>;
+
+/// An object id: 8 bytes big-endian on the wire; ordering matches byte order.
+#[derive(Copy, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Oid(pub u64);
+
+/// A transaction id (a ZODB TimeStamp, see [`timestamp`]).
+#[derive(Copy, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Tid(pub u64);
+
+macro_rules! id8 {
+    ($t:ident) => {
+        impl $t {
+            pub const ZERO: $t = $t(0);
+            pub const MAX: $t = $t(u64::MAX);
+            pub fn to_bytes(self) -> [u8; 8] {
+                self.0.to_be_bytes()
+            }
+            /// From exactly 8 bytes; `None` for any other length.
+            pub fn from_slice(b: &[u8]) -> Option<$t> {
+                let a: [u8; 8] = b.try_into().ok()?;
+                Some($t(u64::from_be_bytes(a)))
+            }
+        }
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "0x{:016x}", self.0)
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "0x{:016x}", self.0)
+            }
+        }
+    };
+}
+id8!(Oid);
+id8!(Tid);
+
+/// Transaction metadata as the client sent it. `extension` is the msgpack
+/// encoding of the extension mapping (what ZEO's M5 protocol carries).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TxnMeta {
+    pub user: Vec<u8>,
+    pub description: Vec<u8>,
+    pub extension: Vec<u8>,
+}
+
+/// One buffered operation of a transaction, applied at vote.
+#[derive(Clone, Debug)]
+pub enum Op {
+    Store {
+        oid: Oid,
+        serial: Tid,
+        data: Data,
+    },
+    Delete {
+        oid: Oid,
+        serial: Tid,
+    },
+    CheckCurrent {
+        oid: Oid,
+        serial: Tid,
+    },
+    /// Copy a record committed elsewhere (recovery, zodbconvert). `data`
+    /// `None` means "no data" (an undone creation).
+    Restore {
+        oid: Oid,
+        serial: Tid,
+        data: Option<Data>,
+        prev_txn: Option<Tid>,
+    },
+    Undo {
+        txn: Tid,
+    },
+}
+
+/// A whole transaction, handed to the storage at vote.
+#[derive(Clone, Debug)]
+pub struct Txn {
+    pub meta: TxnMeta,
+    /// An explicit tid (restore / RAID), or `None` to let the storage choose.
+    pub tid: Option<Tid>,
+    /// `' '` normally, `'p'` for a packed transaction being restored.
+    pub status: u8,
+    pub ops: Vec<Op>,
+}
+
+/// A write conflict the client resolves itself (ZEO 5 client-side resolution).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Conflict {
+    pub oid: Oid,
+    /// (currently committed serial, serial the transaction read)
+    pub committed: Tid,
+    pub read: Tid,
+    pub data: Data,
+}
+
+/// The outcome of a successful vote.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Vote {
+    /// Prepared under `tid`; `resolved` are oids whose new state the client
+    /// must not cache (undo), `invalidated` every oid the commit changes.
+    Prepared {
+        tid: Tid,
+        resolved: Vec<Oid>,
+        invalidated: Vec<Oid>,
+    },
+    /// Nothing was prepared: the client must resolve these and vote again.
+    Conflicts(Vec<Conflict>),
+}
+
+/// `loadBefore` result: data, the tid that wrote it, the tid that replaced it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loaded {
+    pub data: Data,
+    pub start: Tid,
+    pub end: Option<Tid>,
+}
+
+/// One entry of `history(oid)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistoryEntry {
+    pub tid: Tid,
+    pub meta: TxnMeta,
+    pub size: u64,
+}
+
+/// One entry of `undoLog`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UndoEntry {
+    pub tid: Tid,
+    pub meta: TxnMeta,
+}
+
+/// A data record as iterators return it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DataRecord {
+    pub oid: Oid,
+    pub tid: Tid,
+    /// `None`: the object has no data in this transaction (undone creation or delete).
+    pub data: Option<Data>,
+    /// Set when the record reuses the data of an earlier transaction (undo).
+    pub data_txn: Option<Tid>,
+}
+
+/// A committed transaction as iterators return it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TxnRecord {
+    pub tid: Tid,
+    pub status: u8,
+    pub meta: TxnMeta,
+    pub records: Vec<DataRecord>,
+}
+
+/// Errors of the storage layer. Mapped to ZODB exception class names only at
+/// the protocol edge (`zeo::message`).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    #[error("object {0} does not exist (POSKeyError)")]
+    PosKey(Oid),
+    #[error("{message} (oid {oid}, committed {committed}, read {read})")]
+    Conflict {
+        oid: Oid,
+        committed: Tid,
+        read: Tid,
+        message: String,
+        /// ReadConflictError rather than ConflictError.
+        read_conflict: bool,
+    },
+    #[error("the storage is read-only")]
+    ReadOnly,
+    #[error("transaction error: {0}")]
+    Transaction(String),
+    #[error("undo error: {message}")]
+    Undo { message: String, oid: Option<Oid> },
+    #[error("{0}")]
+    Value(String),
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    #[error("storage unavailable: {0}")]
+    Disconnected(String),
+    #[error("I/O error: {0}")]
+    Io(String),
+    /// An exception raised by a remote server, passed on by its class name.
+    #[error("{class}: {message}")]
+    Remote { class: String, message: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Size statistics (`get_size_info`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SizeInfo {
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+/// An iterator over committed transactions, oldest first.
+pub type TxnIter = Box<dyn Iterator<Item = Result<TxnRecord>> + Send>;
+
+/// The ZODB storage contract. Implementations are shared between threads;
+/// loads must not wait for a commit in progress. The caller guarantees that
+/// at most one transaction is between `tpc_vote` and `tpc_finish`/`tpc_abort`
+/// at a time (the server's commit lock).
+pub trait Storage: Send + Sync {
+    /// A human-readable name (`getName`).
+    fn name(&self) -> String;
+    fn is_read_only(&self) -> bool;
+    fn supports_undo(&self) -> bool;
+    /// The tid of the last committed transaction (zero when empty).
+    fn last_transaction(&self) -> Result<Tid>;
+    /// The revision of `oid` current just before `before`, or `None` when the
+    /// object did not exist then. `Err(PosKey)` when it never existed.
+    fn load_before(&self, oid: Oid, before: Tid) -> Result<Option<Loaded>>;
+    /// The data of `oid` written by exactly `serial`.
+    fn load_serial(&self, oid: Oid, serial: Tid) -> Result<Data>;
+    /// Up to `size` revisions of `oid`, newest first.
+    fn history(&self, oid: Oid, size: usize) -> Result<Vec<HistoryEntry>>;
+    /// Allocate `n` new object ids.
+    fn new_oids(&self, n: usize) -> Result<Vec<Oid>>;
+    /// Apply a whole transaction and prepare it for commit (the storage's
+    /// `tpc_begin` + stores + `tpc_vote`). Must not be visible to loads yet.
+    fn tpc_vote(&self, txn: &Txn) -> Result<Vote>;
+    /// Make the prepared transaction durable and visible; returns its tid.
+    fn tpc_finish(&self) -> Result<Tid>;
+    /// Forget the prepared transaction (no-op when none).
+    fn tpc_abort(&self);
+    /// Transactions for `undoLog(first, last)`, newest first.
+    fn undo_log(&self, first: usize, last: usize) -> Result<Vec<UndoEntry>>;
+    /// Committed transactions with `start <= tid <= stop`, oldest first.
+    fn iterator(&self, start: Option<Tid>, stop: Option<Tid>) -> Result<TxnIter>;
+    /// Current records in oid order starting at `next` (`record_iternext`):
+    /// (oid, tid, data, next oid).
+    fn record_iternext(&self, next: Option<Oid>) -> Result<Option<(Oid, Tid, Data, Option<Oid>)>>;
+    /// Pack: forget revisions not needed to read the database as of `t` (Unix time).
+    fn pack(&self, t: f64, gc: bool) -> Result<()>;
+    fn size_info(&self) -> SizeInfo;
+    /// Flush and release resources.
+    fn close(&self) {}
+}

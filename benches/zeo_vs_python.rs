@@ -1,1 +1,254 @@
-fn main() {}
+//! zeoraid's memory storage vs Python `runzeo` with `<mappingstorage>`,
+//! side by side in one run, both driven by `zeoraid bench` logic over the
+//! same msgpack ZEO 5 protocol.
+//!
+//! Run: `cargo bench --bench zeo_vs_python` (release build). Needs a Python
+//! with ZODB 6 + ZEO 6: `$ZEORAID_PYTHON` or `.venv/bin/python` (created by
+//! `bash tests/run-all.sh`). Knobs: `ZEORAID_BENCH_SECONDS` (per run, default
+//! 6), `ZEORAID_BENCH_REPEAT` (default 3; medians are reported),
+//! `ZEORAID_BENCH_IDLE` (idle connections for the memory figure, default 1000).
+//!
+//! Prints medians and zeoraid/Python ratios; asserts nothing about timing.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use zeoraid::bench::{run, BenchArgs};
+use zeoraid::zeo::frame::{read_frame, write_frame};
+use zeoraid::zeo::message;
+
+struct Proc {
+    child: Child,
+    addr: SocketAddr,
+    name: &'static str,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("ZEORAID_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    if !p.exists() {
+        panic!("no Python with ZODB/ZEO: set ZEORAID_PYTHON or run `bash tests/run-all.sh` once to create .venv");
+    }
+    p
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn wait_port(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "server at {addr} did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn start_zeoraid(dir: &std::path::Path) -> Proc {
+    let conf = dir.join("zeoraid.toml");
+    std::fs::write(
+        &conf,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[[storage]]\nname = \"1\"\nkind = \"memory\"\n",
+    )
+    .expect("write config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zeoraid"))
+        .args(["serve", "--config"])
+        .arg(&conf)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start zeoraid");
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("listening line");
+    let addr = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    Proc {
+        child,
+        addr,
+        name: "zeoraid",
+    }
+}
+
+fn start_runzeo(dir: &std::path::Path) -> Proc {
+    let port = free_port();
+    let conf = dir.join("zeo.conf");
+    let mut f = std::fs::File::create(&conf).expect("zeo.conf");
+    writeln!(
+        f,
+        "<zeo>\n  address 127.0.0.1:{port}\n  msgpack true\n</zeo>\n<mappingstorage 1>\n</mappingstorage>\n<eventlog>\n  level WARNING\n  <logfile>\n    path STDERR\n  </logfile>\n</eventlog>"
+    )
+    .expect("write zeo.conf");
+    let child = Command::new(python())
+        .args(["-m", "ZEO.runzeo", "-C"])
+        .arg(&conf)
+        .spawn()
+        .expect("start runzeo");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    wait_port(addr);
+    Proc {
+        child,
+        addr,
+        name: "python runzeo",
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v[v.len() / 2]
+}
+
+#[derive(Default, Clone)]
+struct Figures {
+    commits: f64,
+    commit_p99: f64,
+    loads: f64,
+    load_p99: f64,
+}
+
+fn measure(p: &Proc, clients: usize, seconds: f64, repeat: usize) -> Vec<Figures> {
+    (0..repeat)
+        .map(|_| {
+            let out = run(&BenchArgs {
+                address: p.addr.to_string(),
+                clients,
+                duration: seconds,
+                objects_per_txn: 1,
+                size: 128,
+                storage: "1".into(),
+                json: true,
+            })
+            .unwrap_or_else(|e| panic!("bench against {} failed: {e}", p.name));
+            let j: serde_json::Value = serde_json::from_str(&out).expect("json");
+            let f = |k: &str| j[k].as_f64().unwrap_or(0.0);
+            Figures {
+                commits: f("commits_per_s"),
+                commit_p99: f("commit_p99_ms"),
+                loads: f("loads_per_s"),
+                load_p99: f("load_p99_ms"),
+            }
+        })
+        .collect()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn idle_connections(p: &Proc, n: usize) -> (u64, u64) {
+    let before = rss_kib(p.child.id());
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = TcpStream::connect(p.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+        read_frame(&mut s, 1 << 20).expect("hello");
+        write_frame(&mut s, b"M5").expect("handshake");
+        let reg = message::encode(
+            1,
+            0,
+            "register",
+            &rmpv::Value::Array(vec![rmpv::Value::from("1"), rmpv::Value::Boolean(false)]),
+        );
+        write_frame(&mut s, &reg).expect("register");
+        read_frame(&mut s, 1 << 20).expect("register reply");
+        conns.push(s);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let after = rss_kib(p.child.id());
+    drop(conns);
+    (before, after)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo test --benches` probes with --list
+    }
+    let seconds: f64 = std::env::var("ZEORAID_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6.0);
+    let repeat: usize = std::env::var("ZEORAID_BENCH_REPEAT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let idle: usize = std::env::var("ZEORAID_BENCH_IDLE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ours = start_zeoraid(dir.path());
+    let python = start_runzeo(dir.path());
+    println!(
+        "zeoraid bench, 1 object of 128 bytes per commit, {seconds} s per run (half commits, half loads), median of {repeat}\n"
+    );
+    println!("| clients | server | commits/s | commit p99 ms | loads/s | load p99 ms |");
+    println!("|---|---|---|---|---|---|");
+    for clients in [1usize, 8] {
+        let mut py = Vec::new();
+        let mut rs = Vec::new();
+        // Interleave so both see the same machine conditions.
+        for _ in 0..repeat {
+            py.extend(measure(&python, clients, seconds, 1));
+            rs.extend(measure(&ours, clients, seconds, 1));
+        }
+        let med = |v: &Vec<Figures>| Figures {
+            commits: median(v.iter().map(|f| f.commits).collect()),
+            commit_p99: median(v.iter().map(|f| f.commit_p99).collect()),
+            loads: median(v.iter().map(|f| f.loads).collect()),
+            load_p99: median(v.iter().map(|f| f.load_p99).collect()),
+        };
+        let (p, r) = (med(&py), med(&rs));
+        for (name, f) in [
+            ("python runzeo (mappingstorage)", &p),
+            ("zeoraid (memory)", &r),
+        ] {
+            println!(
+                "| {clients} | {name} | {:.0} | {:.2} | {:.0} | {:.2} |",
+                f.commits, f.commit_p99, f.loads, f.load_p99
+            );
+        }
+        println!(
+            "| {clients} | **ratio zeoraid/python** | **{:.1}x** | | **{:.1}x** | |",
+            r.commits / p.commits.max(1e-9),
+            r.loads / p.loads.max(1e-9)
+        );
+    }
+    println!("\nResident memory with {idle} idle registered connections:\n");
+    println!("| server | RSS before | RSS with {idle} idle connections |");
+    println!("|---|---|---|");
+    for p in [&python, &ours] {
+        let (before, after) = idle_connections(p, idle);
+        println!(
+            "| {} | {:.1} MiB | {:.1} MiB |",
+            p.name,
+            before as f64 / 1024.0,
+            after as f64 / 1024.0
+        );
+    }
+}

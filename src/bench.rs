@@ -1,6 +1,19 @@
 //! `zeoraid bench`: a load generator for any ZEO 5 (msgpack) server.
 //!
-//! (Being written.)
+//! Each simulated client has its own connection (like separate ZODB
+//! processes) and does what a ZODB client does on the wire: a commit is
+//! `tpc_begin` + `storea` × M + `vote` + `tpc_finish`; a load is
+//! `loadBefore(oid, maxtid)` of an object written earlier. The run has two
+//! timed phases, commits then loads, each `duration / 2` long with all
+//! clients busy; it reports throughput and p50/p99 latency of each.
+
+use crate::zeo::client::{Client, ClientOptions};
+use crate::zeo::message::bin;
+use rand::Rng;
+use rmpv::Value;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Command-line arguments of `zeoraid bench`.
 #[derive(clap::Args, Debug, Clone)]
@@ -8,8 +21,265 @@ pub struct BenchArgs {
     /// The ZEO server to measure, HOST:PORT.
     #[arg(long)]
     pub address: String,
+    /// Concurrent clients, each with its own connection.
+    #[arg(long, default_value_t = 1)]
+    pub clients: usize,
+    /// Total run time in seconds (half commits, half loads).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Objects stored per transaction.
+    #[arg(long, default_value_t = 1)]
+    pub objects_per_txn: usize,
+    /// Bytes per object.
+    #[arg(long, default_value_t = 128)]
+    pub size: usize,
+    /// Storage name to register with.
+    #[arg(long, default_value = "1")]
+    pub storage: String,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
+/// Throughput and latency of one phase.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PhaseResult {
+    pub ops: u64,
+    pub per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// The percentile of sorted microsecond samples, in milliseconds.
+pub fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted_us.len() as f64 - 1.0)).round() as usize;
+    sorted_us[rank.min(sorted_us.len() - 1)] as f64 / 1000.0
+}
+
+fn summarize(mut samples: Vec<u32>, elapsed: Duration) -> PhaseResult {
+    samples.sort_unstable();
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    PhaseResult {
+        ops: samples.len() as u64,
+        per_second: samples.len() as f64 / secs,
+        p50_ms: percentile_ms(&samples, 50.0),
+        p99_ms: percentile_ms(&samples, 99.0),
+    }
+}
+
+fn connect(args: &BenchArgs) -> Result<Client, String> {
+    Client::connect(ClientOptions {
+        addr: args.address.clone(),
+        storage: args.storage.clone(),
+        call_timeout: Duration::from_secs(30),
+        ..ClientOptions::default()
+    })
+    .map_err(|e| format!("cannot connect to {}: {e}", args.address))
+}
+
+/// One commit storing `oids` as new objects.
+fn commit(client: &Client, txn_id: i64, oids: &[Value], payload: &[u8]) -> Result<(), String> {
+    let e = |e: crate::storage::Error| e.to_string();
+    client
+        .call_oneway(
+            "tpc_begin",
+            vec![
+                Value::from(txn_id),
+                bin(b"bench"),
+                bin(b"zeoraid bench"),
+                Value::Map(vec![]),
+                Value::Nil,
+                Value::from(" "),
+            ],
+        )
+        .map_err(e)?;
+    for oid in oids {
+        client
+            .call_oneway(
+                "storea",
+                vec![oid.clone(), bin(&[0u8; 8]), bin(payload), Value::from(txn_id)],
+            )
+            .map_err(e)?;
+    }
+    client.call("vote", vec![Value::from(txn_id)]).map_err(e)?;
+    client
+        .call("tpc_finish", vec![Value::from(txn_id)])
+        .map_err(e)?;
+    Ok(())
+}
+
+fn new_oids(client: &Client, n: usize) -> Result<Vec<Value>, String> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        match client.call("new_oids", vec![Value::from(100)]) {
+            Ok(Value::Array(a)) => out.extend(a),
+            Ok(other) => return Err(format!("new_oids answered {other}")),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    out.truncate(n);
+    Ok(out)
+}
+
+/// Run the benchmark and return the report (text or JSON).
 pub fn run(args: &BenchArgs) -> Result<String, String> {
-    Err(format!("bench against {} is not implemented yet", args.address))
+    if args.clients == 0 || args.objects_per_txn == 0 || args.duration <= 0.0 {
+        return Err("--clients, --objects-per-txn and --duration must be positive".into());
+    }
+    let clients: Vec<Client> = (0..args.clients)
+        .map(|_| connect(args))
+        .collect::<Result<_, _>>()?;
+    let phase = Duration::from_secs_f64(args.duration / 2.0);
+    let payload: Arc<Vec<u8>> = Arc::new((0..args.size).map(|i| (i % 251) as u8).collect());
+
+    // Phase 1: commits.
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    let results: Vec<Result<(Vec<u32>, Vec<Value>), String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = clients
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let stop = &stop;
+                let payload = payload.clone();
+                std::thread::Builder::new()
+                    .name(format!("bench-commit-{i}"))
+                    .spawn_scoped(s, move || {
+                        let mut lat = Vec::new();
+                        let mut written = Vec::new();
+                        let mut txn = (i as i64) << 32;
+                        while !stop.load(Ordering::Relaxed) {
+                            let oids = new_oids(c, args.objects_per_txn)?;
+                            txn += 1;
+                            let t0 = Instant::now();
+                            commit(c, txn, &oids, &payload)?;
+                            lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                            written.extend(oids);
+                        }
+                        Ok((lat, written))
+                    })
+            })
+            .collect();
+        std::thread::sleep(phase);
+        stop.store(true, Ordering::Relaxed);
+        handles
+            .into_iter()
+            .map(|h| match h {
+                Ok(h) => h.join().unwrap_or_else(|_| Err("bench thread panicked".into())),
+                Err(e) => Err(format!("cannot start bench thread: {e}")),
+            })
+            .collect()
+    });
+    let commit_elapsed = started.elapsed();
+    let mut commit_lat = Vec::new();
+    let mut written = Vec::new();
+    for r in results {
+        let (lat, w) = r?;
+        commit_lat.extend(lat);
+        written.extend(w);
+    }
+    if written.is_empty() {
+        return Err("no commit completed; nothing to load".into());
+    }
+    let commits = summarize(commit_lat, commit_elapsed);
+
+    // Phase 2: loads of random written objects.
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    let written = &written;
+    let results: Vec<Result<Vec<u32>, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = clients
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let stop = &stop;
+                std::thread::Builder::new()
+                    .name(format!("bench-load-{i}"))
+                    .spawn_scoped(s, move || {
+                        let mut rng = rand::thread_rng();
+                        let mut lat = Vec::new();
+                        let max = bin(&[0xff; 8]);
+                        while !stop.load(Ordering::Relaxed) {
+                            let oid = written[rng.gen_range(0..written.len())].clone();
+                            let t0 = Instant::now();
+                            match c.call("loadBefore", vec![oid, max.clone()]) {
+                                Ok(Value::Array(_)) => {}
+                                Ok(other) => return Err(format!("loadBefore answered {other}")),
+                                Err(e) => return Err(e.to_string()),
+                            }
+                            lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                        }
+                        Ok(lat)
+                    })
+            })
+            .collect();
+        std::thread::sleep(phase);
+        stop.store(true, Ordering::Relaxed);
+        handles
+            .into_iter()
+            .map(|h| match h {
+                Ok(h) => h.join().unwrap_or_else(|_| Err("bench thread panicked".into())),
+                Err(e) => Err(format!("cannot start bench thread: {e}")),
+            })
+            .collect()
+    });
+    let load_elapsed = started.elapsed();
+    let mut load_lat = Vec::new();
+    for r in results {
+        load_lat.extend(r?);
+    }
+    let loads = summarize(load_lat, load_elapsed);
+    for c in &clients {
+        c.close();
+    }
+    Ok(if args.json {
+        serde_json::json!({
+            "address": args.address,
+            "clients": args.clients,
+            "objects_per_txn": args.objects_per_txn,
+            "size": args.size,
+            "commits_per_s": commits.per_second,
+            "commit_p50_ms": commits.p50_ms,
+            "commit_p99_ms": commits.p99_ms,
+            "loads_per_s": loads.per_second,
+            "load_p50_ms": loads.p50_ms,
+            "load_p99_ms": loads.p99_ms,
+        })
+        .to_string()
+    } else {
+        format!(
+            "{} clients, {} object(s)/txn of {} bytes against {}\n\
+             commits: {:>10.1}/s  p50 {:.3} ms  p99 {:.3} ms  ({} commits)\n\
+             loads:   {:>10.1}/s  p50 {:.3} ms  p99 {:.3} ms  ({} loads)",
+            args.clients,
+            args.objects_per_txn,
+            args.size,
+            args.address,
+            commits.per_second,
+            commits.p50_ms,
+            commits.p99_ms,
+            commits.ops,
+            loads.per_second,
+            loads.p50_ms,
+            loads.p99_ms,
+            loads.ops
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles() {
+        let s: Vec<u32> = (1..=100).map(|i| i * 1000).collect();
+        for (p, want) in [(0.0, 1.0), (50.0, 51.0), (99.0, 99.0), (100.0, 100.0)] {
+            assert_eq!(percentile_ms(&s, p), want, "p{p}");
+        }
+        assert_eq!(percentile_ms(&[], 50.0), 0.0);
+    }
 }

@@ -212,6 +212,9 @@ pub struct SizeInfo {
     pub bytes: u64,
 }
 
+/// One `record_iternext` step: (oid, tid, data, next oid).
+pub type CurrentRecord = (Oid, Tid, Data, Option<Oid>);
+
 /// An iterator over committed transactions, oldest first.
 pub type TxnIter = Box<dyn Iterator<Item = Result<TxnRecord>> + Send>;
 
@@ -248,7 +251,7 @@ pub trait Storage: Send + Sync {
     fn iterator(&self, start: Option<Tid>, stop: Option<Tid>) -> Result<TxnIter>;
     /// Current records in oid order starting at `next` (`record_iternext`):
     /// (oid, tid, data, next oid).
-    fn record_iternext(&self, next: Option<Oid>) -> Result<Option<(Oid, Tid, Data, Option<Oid>)>>;
+    fn record_iternext(&self, next: Option<Oid>) -> Result<Option<CurrentRecord>>;
     /// Pack: forget revisions not needed to read the database as of `t` (Unix time).
     fn pack(&self, t: f64, gc: bool) -> Result<()>;
     fn size_info(&self) -> SizeInfo;

@@ -149,8 +149,10 @@ pub fn now() -> f64 {
 mod tests {
     use super::*;
 
+    type Vector = ((i64, u32, u32, u32, u32, f64), u64, f64);
+
     /// Vectors produced by persistent 6.9's `TimeStamp(...)`, `.raw()`, `.timeTime()`.
-    const VECTORS: &[((i64, u32, u32, u32, u32, f64), u64, f64)] = &[
+    const VECTORS: &[Vector] = &[
         ((1900, 1, 1, 0, 0, 0.0), 0x0000000000000000, -2208988800.0),
         ((2026, 11, 25, 8, 30, 12.5), 0x040d3fbe35555555, 1795595412.5),
         (

@@ -100,7 +100,12 @@ fn commit(client: &Client, txn_id: i64, oids: &[Value], payload: &[u8]) -> Resul
         client
             .call_oneway(
                 "storea",
-                vec![oid.clone(), bin(&[0u8; 8]), bin(payload), Value::from(txn_id)],
+                vec![
+                    oid.clone(),
+                    bin(&[0u8; 8]),
+                    bin(payload),
+                    Value::from(txn_id),
+                ],
             )
             .map_err(e)?;
     }
@@ -168,7 +173,9 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
         handles
             .into_iter()
             .map(|h| match h {
-                Ok(h) => h.join().unwrap_or_else(|_| Err("bench thread panicked".into())),
+                Ok(h) => h
+                    .join()
+                    .unwrap_or_else(|_| Err("bench thread panicked".into())),
                 Err(e) => Err(format!("cannot start bench thread: {e}")),
             })
             .collect()
@@ -221,7 +228,9 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
         handles
             .into_iter()
             .map(|h| match h {
-                Ok(h) => h.join().unwrap_or_else(|_| Err("bench thread panicked".into())),
+                Ok(h) => h
+                    .join()
+                    .unwrap_or_else(|_| Err("bench thread panicked".into())),
                 Err(e) => Err(format!("cannot start bench thread: {e}")),
             })
             .collect()

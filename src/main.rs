@@ -11,7 +11,11 @@ use zeoraid::storage::memory::MemoryStorage;
 use zeoraid::storage::Storage;
 
 #[derive(Parser)]
-#[command(name = "zeoraid", version, about = "RAID-1 controller and ZEO 5 server for ZODB")]
+#[command(
+    name = "zeoraid",
+    version,
+    about = "RAID-1 controller and ZEO 5 server for ZODB"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

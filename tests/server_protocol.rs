@@ -70,7 +70,7 @@ impl Raw {
                 oneways.push(m);
                 continue;
             }
-            assert_eq!(m.msgid, msgid);
+            assert_eq!(m.msgid_i64(), Some(msgid));
             return if m.flags == message::FLAG_ERROR {
                 Err(message::error_from_wire(&m.args))
             } else {

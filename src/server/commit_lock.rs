@@ -111,7 +111,11 @@ mod tests {
             ),
             (
                 "release by a stranger changes nothing",
-                vec![Ask(1, Acquire::Granted), Give(9, None), Ask(2, Acquire::Queued { position: 0 })],
+                vec![
+                    Ask(1, Acquire::Granted),
+                    Give(9, None),
+                    Ask(2, Acquire::Queued { position: 0 }),
+                ],
             ),
             (
                 "a queued session asking again keeps its place",

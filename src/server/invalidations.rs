@@ -72,7 +72,11 @@ mod tests {
             assert_eq!(h.since(since), want, "since {since}");
         }
         h.push(Tid(40), vec![Oid(4)]);
-        assert_eq!(h.since(Tid(10)), None, "oldest entry fell out of the window");
+        assert_eq!(
+            h.since(Tid(10)),
+            None,
+            "oldest entry fell out of the window"
+        );
         assert_eq!(h.since(Tid(20)), Some((Tid(40), vec![Oid(3), Oid(4)])));
     }
 }

@@ -226,10 +226,7 @@ impl Loop {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
-                        closed = Some(Some(format!(
-                            "connection from {} failed: {e}",
-                            conn.peer
-                        )));
+                        closed = Some(Some(format!("connection from {} failed: {e}", conn.peer)));
                         break;
                     }
                 }
@@ -281,7 +278,7 @@ impl Loop {
                 return;
             }
         };
-        if msg.msgid == -1 || msg.method == message::REPLY {
+        if msg.is_heartbeat() || msg.method == message::REPLY {
             return; // heartbeat
         }
         self.route(id, msg);
@@ -310,9 +307,10 @@ impl Loop {
                         class: class.into(),
                         message: refusal.to_string(),
                     };
-                    conn.outq.push_back(OutFrame::new(Payload::Owned(
-                        message::encode_error(msg.msgid, &err),
-                    )));
+                    conn.outq
+                        .push_back(OutFrame::new(Payload::Owned(message::encode_error(
+                            &msg.msgid, &err,
+                        ))));
                     self.flush(id);
                 }
                 return;

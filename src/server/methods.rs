@@ -136,11 +136,19 @@ mod tests {
     fn table() {
         let cases: &[(&str, usize, Result<Kind, &str>)] = &[
             ("loadBefore", 2, Ok(Concurrent)),
-            ("loadBefore", 3, Err("loadBefore() takes 2 arguments but 3 were given")),
+            (
+                "loadBefore",
+                3,
+                Err("loadBefore() takes 2 arguments but 3 were given"),
+            ),
             ("storea", 4, Ok(Ordered)),
             ("vote", 1, Ok(Ordered)),
             ("tpc_begin", 6, Ok(Ordered)),
-            ("tpc_begin", 3, Err("tpc_begin() takes 4 to 6 arguments but 3 were given")),
+            (
+                "tpc_begin",
+                3,
+                Err("tpc_begin() takes 4 to 6 arguments but 3 were given"),
+            ),
             ("history", 1, Ok(Concurrent)),
             ("nonsense", 0, Err("unknown method \"nonsense\"")),
             ("__init__", 0, Err("unknown method \"__init__\"")),
@@ -154,7 +162,11 @@ mod tests {
     #[test]
     fn names_are_unique() {
         for (i, a) in METHODS.iter().enumerate() {
-            assert!(METHODS[i + 1..].iter().all(|b| b.name != a.name), "{}", a.name);
+            assert!(
+                METHODS[i + 1..].iter().all(|b| b.name != a.name),
+                "{}",
+                a.name
+            );
         }
     }
 }

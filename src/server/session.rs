@@ -41,7 +41,7 @@ struct TxnState {
     locked: bool,
     invalidated: Vec<Oid>,
     /// msgid of a vote waiting for the commit lock.
-    pending_vote: Option<i64>,
+    pending_vote: Option<Value>,
 }
 
 enum IterState {
@@ -166,18 +166,21 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
 fn reply(shared: &Shared, id: ConnId, msg: &Message, result: Result<Value>) {
     if msg.is_oneway() {
         if let Err(e) = result {
-            log::error!("closing connection {id}: one-way {} failed: {e}", msg.method);
+            log::error!(
+                "closing connection {id}: one-way {} failed: {e}",
+                msg.method
+            );
             shared.send(Out::Close(id));
         }
         return;
     }
     let payload = match &result {
-        Ok(v) => message::encode_reply(msg.msgid, v),
+        Ok(v) => message::encode_reply(&msg.msgid, v),
         Err(e) => {
             if !matches!(e, Error::PosKey(_) | Error::Conflict { .. }) {
                 log::warn!("{} from connection {id} failed: {e}", msg.method);
             }
-            message::encode_error(msg.msgid, e)
+            message::encode_error(&msg.msgid, e)
         }
     };
     shared.send(Out::Send(id, payload));
@@ -199,7 +202,8 @@ fn drain(shared: &Arc<Shared>, sess: &Arc<Session>) {
                 }
             }
         };
-        let flow = guarded(&msg.method, || ordered(shared, sess, &msg)).unwrap_or_else(|e| Flow::Reply(Err(e)));
+        let flow = guarded(&msg.method, || ordered(shared, sess, &msg))
+            .unwrap_or_else(|e| Flow::Reply(Err(e)));
         match flow {
             Flow::Reply(r) => reply(shared, sess.id, &msg, r),
             Flow::Done => {}
@@ -422,7 +426,11 @@ pub(crate) fn parse_undo_id(b: &[u8]) -> Result<Tid> {
     if let Some(t) = Tid::from_slice(b) {
         return Ok(t);
     }
-    let trimmed: Vec<u8> = b.iter().copied().filter(|c| !c.is_ascii_whitespace()).collect();
+    let trimmed: Vec<u8> = b
+        .iter()
+        .copied()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
     unbase64(&trimmed)
         .and_then(|raw| Tid::from_slice(&raw))
         .ok_or_else(|| Error::Undo {
@@ -544,7 +552,10 @@ fn get_info(entry: &StorageEntry) -> Value {
         (Value::from("size"), Value::from(s.bytes)),
         (Value::from("name"), Value::from(entry.storage.name())),
         (Value::from("supportsUndo"), Value::Boolean(undo)),
-        (Value::from("supports_record_iternext"), Value::Boolean(true)),
+        (
+            Value::from("supports_record_iternext"),
+            Value::Boolean(true),
+        ),
         (Value::from("interfaces"), Value::Array(interfaces)),
     ])
 }
@@ -561,12 +572,17 @@ fn concurrent(shared: &Shared, sess: &Session, msg: &Message) -> Result<Value> {
             let loaded = st.load_before(arg::oid(&a[0], "oid")?, arg::tid(&a[1], "tid")?)?;
             Ok(match loaded {
                 None => Value::Nil,
-                Some(l) => Value::Array(vec![bin(&l.data), tid_value(l.start), opt_tid_value(l.end)]),
+                Some(l) => {
+                    Value::Array(vec![bin(&l.data), tid_value(l.start), opt_tid_value(l.end)])
+                }
             })
         }
         "loadSerial" => {
             entry.stats.loads.fetch_add(1, Ordering::Relaxed);
-            Ok(bin(&st.load_serial(arg::oid(&a[0], "oid")?, arg::tid(&a[1], "serial")?)?))
+            Ok(bin(&st.load_serial(
+                arg::oid(&a[0], "oid")?,
+                arg::tid(&a[1], "serial")?,
+            )?))
         }
         "getTid" => {
             let oid = arg::oid(&a[0], "oid")?;
@@ -608,7 +624,10 @@ fn concurrent(shared: &Shared, sess: &Session, msg: &Message) -> Result<Value> {
             let n = n.clamp(1, 100) as usize;
             let oids = st.new_oids(if msg.method == "new_oid" { 1 } else { n })?;
             if msg.method == "new_oid" {
-                return oids.first().map(|o| oid_value(*o)).ok_or_else(|| Error::Value("no oid".into()));
+                return oids
+                    .first()
+                    .map(|o| oid_value(*o))
+                    .ok_or_else(|| Error::Value("no oid".into()));
             }
             Ok(oids_value(&oids))
         }
@@ -658,7 +677,10 @@ fn concurrent(shared: &Shared, sess: &Session, msg: &Message) -> Result<Value> {
                 return Ok(Value::Array(matching));
             }
             Ok(Value::Array(
-                st.undo_log(first, last)?.iter().map(undo_entry_value).collect(),
+                st.undo_log(first, last)?
+                    .iter()
+                    .map(undo_entry_value)
+                    .collect(),
             ))
         }
         "record_iternext" => {
@@ -688,7 +710,8 @@ fn ordered(shared: &Shared, sess: &Session, msg: &Message) -> Flow {
     if msg.method == "vote" {
         return vote(shared, sess, &mut lock(&sess.state), msg);
     }
-    if super::methods::lookup(&msg.method).map(|m| m.kind) == Some(super::methods::Kind::Concurrent) {
+    if super::methods::lookup(&msg.method).map(|m| m.kind) == Some(super::methods::Kind::Concurrent)
+    {
         // A read that arrived before register() completed took the ordered path.
         return Flow::Reply(concurrent(shared, sess, msg));
     }
@@ -804,13 +827,17 @@ fn ordered(shared: &Shared, sess: &Session, msg: &Message) -> Flow {
             let iter = entry.storage.iterator(start, stop)?;
             let iid = st.next_iid;
             st.next_iid += 1;
-            st.iterators.insert(iid, IterState::Txns { iter, last: None });
+            st.iterators
+                .insert(iid, IterState::Txns { iter, last: None });
             Ok(Value::from(iid))
         }
         "iterator_next" => {
             let iid = arg::int(&a[0], "iid")?;
             let Some(IterState::Txns { iter, last }) = st.iterators.get_mut(&iid) else {
-                return Err(Error::Remote { class: "builtins.KeyError".into(), message: iid.to_string() });
+                return Err(Error::Remote {
+                    class: "builtins.KeyError".into(),
+                    message: iid.to_string(),
+                });
             };
             match iter.next() {
                 None => {
@@ -844,13 +871,17 @@ fn ordered(shared: &Shared, sess: &Session, msg: &Message) -> Flow {
             };
             let riid = st.next_iid;
             st.next_iid += 1;
-            st.iterators.insert(riid, IterState::Records(records.into_iter()));
+            st.iterators
+                .insert(riid, IterState::Records(records.into_iter()));
             Ok(Value::from(riid))
         }
         "iterator_record_next" => {
             let iid = arg::int(&a[0], "iid")?;
             let Some(IterState::Records(recs)) = st.iterators.get_mut(&iid) else {
-                return Err(Error::Remote { class: "builtins.KeyError".into(), message: iid.to_string() });
+                return Err(Error::Remote {
+                    class: "builtins.KeyError".into(),
+                    message: iid.to_string(),
+                });
             };
             match recs.next() {
                 None => {
@@ -915,7 +946,7 @@ fn vote(shared: &Shared, sess: &Session, st: &mut State, msg: &Message) -> Flow 
                 entry.name
             );
             if let Some(t) = st.txn.as_mut() {
-                t.pending_vote = Some(msg.msgid);
+                t.pending_vote = Some(msg.msgid.clone());
             }
             Flow::Parked
         }
@@ -944,7 +975,12 @@ fn register(shared: &Shared, sess: &Session, a: &[Value]) -> Result<Tid> {
         .unwrap_or_else(|e| e.into_inner())
         .insert(sess.id);
     let _ = sess.storage.set(entry);
-    log::info!("connection {} from {} registered with storage {name:?}{}", sess.id, sess.peer, if ro { " read-only" } else { "" });
+    log::info!(
+        "connection {} from {} registered with storage {name:?}{}",
+        sess.id,
+        sess.peer,
+        if ro { " read-only" } else { "" }
+    );
     Ok(last)
 }
 
@@ -952,7 +988,9 @@ fn finish(shared: &Shared, sess: &Session, st: &mut State, id: &Value) -> Result
     let entry = sess.entry()?.clone();
     let t = check_txn(sess, st, id, "tpc_finish")?;
     if !t.locked {
-        return Err(Error::Transaction("tpc_finish() called before a successful vote()".into()));
+        return Err(Error::Transaction(
+            "tpc_finish() called before a successful vote()".into(),
+        ));
     }
     let invalidated = std::mem::take(&mut t.invalidated);
     let result = entry.storage.tpc_finish();
@@ -961,7 +999,10 @@ fn finish(shared: &Shared, sess: &Session, st: &mut State, id: &Value) -> Result
     let tid = match result {
         Ok(tid) => tid,
         Err(e) => {
-            log::error!("tpc_finish on storage {:?} failed: {e}; the transaction is aborted", entry.name);
+            log::error!(
+                "tpc_finish on storage {:?} failed: {e}; the transaction is aborted",
+                entry.name
+            );
             entry.storage.tpc_abort();
             release_lock(shared, &entry, sess.id);
             return Err(e);
@@ -1055,16 +1096,34 @@ mod tests {
     fn compact_keeps_last_store_per_oid() {
         let d = |b: &[u8]| -> Data { Arc::from(b) };
         let ops = vec![
-            Op::Store { oid: Oid(1), serial: Tid(1), data: d(b"a") },
-            Op::CheckCurrent { oid: Oid(3), serial: Tid(1) },
-            Op::Store { oid: Oid(2), serial: Tid(1), data: d(b"b") },
-            Op::Store { oid: Oid(1), serial: Tid(5), data: d(b"resolved") },
+            Op::Store {
+                oid: Oid(1),
+                serial: Tid(1),
+                data: d(b"a"),
+            },
+            Op::CheckCurrent {
+                oid: Oid(3),
+                serial: Tid(1),
+            },
+            Op::Store {
+                oid: Oid(2),
+                serial: Tid(1),
+                data: d(b"b"),
+            },
+            Op::Store {
+                oid: Oid(1),
+                serial: Tid(5),
+                data: d(b"resolved"),
+            },
         ];
         let out = compact_ops(&ops);
         assert_eq!(out.len(), 3);
         match &out[2] {
             Op::Store { oid, serial, data } => {
-                assert_eq!((*oid, *serial, &data[..]), (Oid(1), Tid(5), &b"resolved"[..]))
+                assert_eq!(
+                    (*oid, *serial, &data[..]),
+                    (Oid(1), Tid(5), &b"resolved"[..])
+                )
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -1075,7 +1134,11 @@ mod tests {
         // base64.encodebytes(bytes.fromhex('03d5e2c100000000'))[:-1] == b'A9XiwQAAAAA='
         let t = Tid(0x03d5e2c100000000);
         assert_eq!(undo_id(t), b"A9XiwQAAAAA=".to_vec());
-        for id in [undo_id(t), t.to_bytes().to_vec(), b"A9XiwQAAAAA=\n".to_vec()] {
+        for id in [
+            undo_id(t),
+            t.to_bytes().to_vec(),
+            b"A9XiwQAAAAA=\n".to_vec(),
+        ] {
             assert_eq!(parse_undo_id(&id), Ok(t));
         }
         assert!(parse_undo_id(b"not an id").is_err());
@@ -1083,7 +1146,12 @@ mod tests {
 
     #[test]
     fn undo_range_table() {
-        for (first, last, want) in [(0, -20, (0, 20)), (5, -20, (5, 25)), (0, 10, (0, 10)), (10, 5, (10, 10))] {
+        for (first, last, want) in [
+            (0, -20, (0, 20)),
+            (5, -20, (5, 25)),
+            (0, 10, (0, 10)),
+            (10, 5, (10, 10)),
+        ] {
             assert_eq!(undo_range(first, last), want, "{first} {last}");
         }
     }

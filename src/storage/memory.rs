@@ -33,8 +33,8 @@ use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::{
-    timestamp, Conflict, CurrentRecord, Data, DataRecord, Error, HistoryEntry, Loaded, Oid, Op, Result, SizeInfo,
-    Storage, Tid, Txn, TxnIter, TxnMeta, TxnRecord, UndoEntry, Vote,
+    timestamp, Conflict, CurrentRecord, Data, DataRecord, Error, HistoryEntry, Loaded, Oid, Op,
+    Result, SizeInfo, Storage, Tid, Txn, TxnIter, TxnMeta, TxnRecord, UndoEntry, Vote,
 };
 
 /// Transaction status of an ordinary (undoable) transaction.

@@ -22,7 +22,9 @@ pub const REPLY: &str = ".reply";
 /// A decoded message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
-    pub msgid: i64,
+    /// Usually an integer; ZEO's client uses `(oid, tid)` for `loadBefore`
+    /// so it can collapse duplicate loads, so any value is echoed back.
+    pub msgid: Value,
     pub flags: u8,
     pub method: String,
     pub args: Value,
@@ -37,6 +39,19 @@ pub enum DecodeError {
 }
 
 impl Message {
+    /// The msgid as an integer, when it is one.
+    pub fn msgid_i64(&self) -> Option<i64> {
+        match &self.msgid {
+            Value::Integer(i) => i.as_i64(),
+            _ => None,
+        }
+    }
+
+    /// A heartbeat (`msgid` −1).
+    pub fn is_heartbeat(&self) -> bool {
+        self.msgid_i64() == Some(-1)
+    }
+
     pub fn is_oneway(&self) -> bool {
         self.flags & FLAG_ONEWAY != 0 && self.method != REPLY
     }
@@ -70,8 +85,9 @@ pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
         Some(Value::String(s)) => s
             .into_str()
             .ok_or_else(|| DecodeError::Shape("method is not UTF-8".into()))?,
-        Some(Value::Binary(b)) => String::from_utf8(b)
-            .map_err(|_| DecodeError::Shape("method is not UTF-8".into()))?,
+        Some(Value::Binary(b)) => {
+            String::from_utf8(b).map_err(|_| DecodeError::Shape("method is not UTF-8".into()))?
+        }
         other => return Err(DecodeError::Shape(format!("method {:?}", other))),
     };
     let flags = match items.pop() {
@@ -83,12 +99,9 @@ pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
         Some(Value::Nil) => 0,
         other => return Err(DecodeError::Shape(format!("flags {:?}", other))),
     };
-    let msgid = match items.pop() {
-        Some(Value::Integer(i)) => i
-            .as_i64()
-            .ok_or_else(|| DecodeError::Shape(format!("msgid {i}")))?,
-        other => return Err(DecodeError::Shape(format!("msgid {:?}", other))),
-    };
+    let msgid = items
+        .pop()
+        .ok_or_else(|| DecodeError::Shape("no msgid".into()))?;
     Ok(Message {
         msgid,
         flags,
@@ -111,11 +124,11 @@ fn short(v: &Value) -> String {
 }
 
 /// Encode a message; `oneway_bool` writes flags as msgpack `true` as Python does.
-pub fn encode(msgid: i64, flags: u8, method: &str, args: &Value) -> Vec<u8> {
+pub fn encode(msgid: impl Into<Value>, flags: u8, method: &str, args: &Value) -> Vec<u8> {
     let mut out = Vec::with_capacity(32);
     // Writing to a Vec cannot fail.
     let _ = rmp::encode::write_array_len(&mut out, 4);
-    let _ = rmp::encode::write_sint(&mut out, msgid);
+    let _ = rmpv::encode::write_value(&mut out, &msgid.into());
     if flags == FLAG_ONEWAY && method != REPLY {
         let _ = rmp::encode::write_bool(&mut out, true);
     } else {
@@ -127,15 +140,15 @@ pub fn encode(msgid: i64, flags: u8, method: &str, args: &Value) -> Vec<u8> {
 }
 
 /// A reply frame payload.
-pub fn encode_reply(msgid: i64, result: &Value) -> Vec<u8> {
-    encode(msgid, 0, REPLY, result)
+pub fn encode_reply(msgid: &Value, result: &Value) -> Vec<u8> {
+    encode(msgid.clone(), 0, REPLY, result)
 }
 
 /// An error reply frame payload.
-pub fn encode_error(msgid: i64, err: &storage::Error) -> Vec<u8> {
+pub fn encode_error(msgid: &Value, err: &storage::Error) -> Vec<u8> {
     let (class, args) = error_to_wire(err);
     encode(
-        msgid,
+        msgid.clone(),
         FLAG_ERROR,
         REPLY,
         &Value::Array(vec![Value::from(class), args]),
@@ -397,13 +410,34 @@ mod tests {
     fn round_trip_python_shapes() {
         // Python sends flags as booleans; errors use flags 2.
         let cases = vec![
-            (5, 0, "loadBefore", Value::Array(vec![bin(&[0; 8]), bin(&[0xff; 8])])),
-            (0, 1, "storea", Value::Array(vec![bin(&[1; 8]), bin(&[0; 8]), bin(b"data"), Value::from(42)])),
+            (
+                5,
+                0,
+                "loadBefore",
+                Value::Array(vec![bin(&[0; 8]), bin(&[0xff; 8])]),
+            ),
+            (
+                0,
+                1,
+                "storea",
+                Value::Array(vec![
+                    bin(&[1; 8]),
+                    bin(&[0; 8]),
+                    bin(b"data"),
+                    Value::from(42),
+                ]),
+            ),
             (-1, 0, REPLY, Value::Nil),
-            (7, 2, REPLY, Value::Array(vec![Value::from("x"), Value::Array(vec![])])),
+            (
+                7,
+                2,
+                REPLY,
+                Value::Array(vec![Value::from("x"), Value::Array(vec![])]),
+            ),
         ];
         for (msgid, flags, method, args) in cases {
-            let payload = encode(msgid, flags, method, &args);
+            let msgid = Value::from(msgid);
+            let payload = encode(msgid.clone(), flags, method, &args);
             let m = decode(&payload).expect("decodes");
             assert_eq!(
                 m,
@@ -426,18 +460,28 @@ mod tests {
         rmp::encode::write_str(&mut payload, "ping").unwrap();
         rmp::encode::write_array_len(&mut payload, 0).unwrap();
         let m = decode(&payload).unwrap();
-        assert_eq!((m.msgid, m.flags, m.method.as_str()), (3, 0, "ping"));
+        assert_eq!(
+            (m.msgid_i64(), m.flags, m.method.as_str()),
+            (Some(3), 0, "ping")
+        );
+        // ZEO's client uses (oid, tid) as the msgid of loadBefore.
+        let id = Value::Array(vec![bin(&[0; 8]), bin(&[1; 8])]);
+        let m = decode(&encode(id.clone(), 0, "loadBefore", &Value::Array(vec![]))).unwrap();
+        assert_eq!(m.msgid, id);
     }
 
     #[test]
     fn malformed_input_is_an_error() {
         let cases: Vec<Vec<u8>> = vec![
             vec![],
-            vec![0xc1],                     // never-used msgpack byte
-            vec![0x94, 0x01],               // truncated array
-            vec![0x93, 1, 0, 0xa1, b'x'],   // three elements
-            vec![0x94, 0xa1, b'x', 0, 0xa1, b'x', 0x90], // msgid not int
-            encode(1, 0, "x", &Value::Nil).into_iter().chain([0]).collect(), // trailing
+            vec![0xc1],                                     // never-used msgpack byte
+            vec![0x94, 0x01],                               // truncated array
+            vec![0x93, 1, 0, 0xa1, b'x'],                   // three elements
+            vec![0x94, 0x01, 0xa1, b'x', 0xa1, b'x', 0x90], // flags not int
+            encode(1, 0, "x", &Value::Nil)
+                .into_iter()
+                .chain([0])
+                .collect(), // trailing
         ];
         for c in cases {
             assert!(decode(&c).is_err(), "{c:?}");
@@ -483,7 +527,10 @@ mod tests {
         let table = [
             (E::PosKey(Oid(1)), "ZODB.POSException.POSKeyError"),
             (E::ReadOnly, "ZODB.POSException.ReadOnlyError"),
-            (E::Transaction(String::new()), "ZODB.POSException.StorageTransactionError"),
+            (
+                E::Transaction(String::new()),
+                "ZODB.POSException.StorageTransactionError",
+            ),
         ];
         for (e, name) in table {
             assert_eq!(error_to_wire(&e).0, name);

@@ -129,6 +129,9 @@ fn new_oids(client: &Client, n: usize) -> Result<Vec<Value>, String> {
     Ok(out)
 }
 
+/// What one commit thread returns: latencies (µs) and the oids it wrote.
+type CommitOutcome = Result<(Vec<u32>, Vec<Value>), String>;
+
 /// Run the benchmark and return the report (text or JSON).
 pub fn run(args: &BenchArgs) -> Result<String, String> {
     if args.clients == 0 || args.objects_per_txn == 0 || args.duration <= 0.0 {
@@ -143,7 +146,7 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
     // Phase 1: commits.
     let stop = AtomicBool::new(false);
     let started = Instant::now();
-    let results: Vec<Result<(Vec<u32>, Vec<Value>), String>> = std::thread::scope(|s| {
+    let results: Vec<CommitOutcome> = std::thread::scope(|s| {
         let handles: Vec<_> = clients
             .iter()
             .enumerate()

@@ -9,8 +9,8 @@
 
 use super::{lock, ConnId, Job, Out, Shared, StorageEntry};
 use crate::storage::{
-    timestamp, Conflict, Data, Error, Oid, Op, Result, Tid, Txn, TxnIter, TxnMeta, TxnRecord,
-    UndoEntry, Vote,
+    timestamp, undo_id, Conflict, Data, Error, Oid, Op, Result, Tid, Txn, TxnIter, TxnMeta,
+    TxnRecord, UndoEntry, Vote,
 };
 use crate::zeo::message::{self, arg, bin, oid_value, opt_tid_value, tid_value, Message};
 use crossbeam_channel::Receiver;
@@ -205,7 +205,13 @@ fn drain(shared: &Arc<Shared>, sess: &Arc<Session>) {
         let flow = guarded(&msg.method, || ordered(shared, sess, &msg))
             .unwrap_or_else(|e| Flow::Reply(Err(e)));
         match flow {
-            Flow::Reply(r) => reply(shared, sess.id, &msg, r),
+            Flow::Reply(r) => {
+                if msg.is_oneway() && r.is_err() {
+                    // ZEO closes the connection; run nothing more from it.
+                    sess.mark_closed();
+                }
+                reply(shared, sess.id, &msg, r)
+            }
             Flow::Done => {}
             Flow::Parked => {
                 // Parked unless `resume` already ran the vote.
@@ -417,75 +423,15 @@ fn data_arg(v: &Value, what: &str) -> Result<Data> {
     Ok(Arc::from(arg::bytes(v, what)?))
 }
 
-/// Undo ids are FileStorage's base64 of the tid; raw 8-byte tids are accepted too.
-pub(crate) fn undo_id(t: Tid) -> Vec<u8> {
-    base64_8(&t.to_bytes())
-}
-
+/// The transaction named by an undo id, or an UndoError saying why not.
 pub(crate) fn parse_undo_id(b: &[u8]) -> Result<Tid> {
-    if let Some(t) = Tid::from_slice(b) {
-        return Ok(t);
-    }
-    let trimmed: Vec<u8> = b
-        .iter()
-        .copied()
-        .filter(|c| !c.is_ascii_whitespace())
-        .collect();
-    unbase64(&trimmed)
-        .and_then(|raw| Tid::from_slice(&raw))
-        .ok_or_else(|| Error::Undo {
-            message: format!(
-                "undo id {:?} is not a transaction id",
-                String::from_utf8_lossy(b)
-            ),
-            oid: None,
-        })
-}
-
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-fn base64_8(input: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(12);
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(B64[((n >> (18 - 6 * i)) & 63) as usize]);
-            } else {
-                out.push(b'=');
-            }
-        }
-    }
-    out
-}
-
-fn unbase64(input: &[u8]) -> Option<Vec<u8>> {
-    if input.len() % 4 != 0 {
-        return None;
-    }
-    let mut out = Vec::new();
-    for chunk in input.chunks(4) {
-        let mut n = 0u32;
-        let mut pad = 0;
-        for &c in chunk {
-            let v = match c {
-                b'=' => {
-                    pad += 1;
-                    0
-                }
-                _ => B64.iter().position(|&x| x == c)? as u32,
-            };
-            n = n << 6 | v;
-        }
-        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&bytes[..3 - pad.min(2)]);
-    }
-    Some(out)
+    undo_id::parse_undo_id(b).ok_or_else(|| Error::Undo {
+        message: format!(
+            "undo id {:?} is not a transaction id",
+            String::from_utf8_lossy(b)
+        ),
+        oid: None,
+    })
 }
 
 fn txn_meta_entries(meta: &TxnMeta) -> Vec<(Value, Value)> {
@@ -501,7 +447,7 @@ fn txn_meta_entries(meta: &TxnMeta) -> Vec<(Value, Value)> {
 
 fn undo_entry_value(e: &UndoEntry) -> Value {
     let mut m = vec![
-        (Value::from("id"), bin(&undo_id(e.tid))),
+        (Value::from("id"), bin(&undo_id::undo_id(e.tid))),
         (Value::from("time"), Value::F64(timestamp::time_time(e.tid))),
     ];
     m.extend(txn_meta_entries(&e.meta));
@@ -761,7 +707,7 @@ fn ordered(shared: &Shared, sess: &Session, msg: &Message) -> Flow {
             let t = check_txn(sess, st, &a[3], "storea")?;
             t.ops.push(Op::Store {
                 oid: arg::oid(&a[0], "oid")?,
-                serial: arg::tid(&a[1], "serial")?,
+                serial: arg::serial(&a[1], "serial")?,
                 data: data_arg(&a[2], "data")?,
             });
             sess.entry()?.stats.stores.fetch_add(1, Ordering::Relaxed);
@@ -771,7 +717,7 @@ fn ordered(shared: &Shared, sess: &Session, msg: &Message) -> Flow {
             let t = check_txn(sess, st, &a[2], "deleteObject")?;
             t.ops.push(Op::Delete {
                 oid: arg::oid(&a[0], "oid")?,
-                serial: arg::tid(&a[1], "serial")?,
+                serial: arg::serial(&a[1], "serial")?,
             });
             Ok(Value::Nil)
         }
@@ -779,7 +725,7 @@ fn ordered(shared: &Shared, sess: &Session, msg: &Message) -> Flow {
             let t = check_txn(sess, st, &a[2], "checkCurrentSerialInTransaction")?;
             t.ops.push(Op::CheckCurrent {
                 oid: arg::oid(&a[0], "oid")?,
-                serial: arg::tid(&a[1], "serial")?,
+                serial: arg::serial(&a[1], "serial")?,
             });
             Ok(Value::Nil)
         }
@@ -787,7 +733,7 @@ fn ordered(shared: &Shared, sess: &Session, msg: &Message) -> Flow {
             let t = check_txn(sess, st, &a[4], "restorea")?;
             t.ops.push(Op::Restore {
                 oid: arg::oid(&a[0], "oid")?,
-                serial: arg::tid(&a[1], "serial")?,
+                serial: arg::serial(&a[1], "serial")?,
                 data: match &a[2] {
                     Value::Nil => None,
                     v => Some(data_arg(v, "data")?),
@@ -1130,18 +1076,12 @@ mod tests {
     }
 
     #[test]
-    fn undo_ids_match_filestorage_base64() {
-        // base64.encodebytes(bytes.fromhex('03d5e2c100000000'))[:-1] == b'A9XiwQAAAAA='
-        let t = Tid(0x03d5e2c100000000);
-        assert_eq!(undo_id(t), b"A9XiwQAAAAA=".to_vec());
-        for id in [
-            undo_id(t),
-            t.to_bytes().to_vec(),
-            b"A9XiwQAAAAA=\n".to_vec(),
-        ] {
-            assert_eq!(parse_undo_id(&id), Ok(t));
-        }
-        assert!(parse_undo_id(b"not an id").is_err());
+    fn bad_undo_ids_are_undo_errors() {
+        assert!(matches!(
+            parse_undo_id(b"not an id"),
+            Err(Error::Undo { .. })
+        ));
+        assert_eq!(parse_undo_id(b"A9XiwQAAAAA="), Ok(Tid(0x03d5e2c100000000)));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod memory;
 pub mod timestamp;
+pub mod undo_id;
 
 use std::fmt;
 use std::sync::Arc;

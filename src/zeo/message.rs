@@ -226,12 +226,19 @@ pub fn error_to_wire(err: &storage::Error) -> (String, Value) {
         ),
         E::ReadOnly => (format!("{POS}ReadOnlyError"), Value::Array(vec![])),
         E::Transaction(m) => (format!("{POS}StorageTransactionError"), msg(m)),
+        // Stock msgpack clients can only rebuild the UndoError subclass
+        // MultipleUndoErrors (ZEO's `exc_factories`); a plain UndoError would
+        // reach the application as an opaque ServerException.
         E::Undo { message, oid } => (
-            format!("{POS}UndoError"),
-            map(vec![
-                ("_reason", Value::from(message.as_str())),
-                ("_oid", oid.map(oid_value).unwrap_or(Value::Nil)),
-            ]),
+            format!("{POS}MultipleUndoErrors"),
+            map(vec![(
+                "_errs",
+                // Each entry is UndoError's (reason, oid) constructor args.
+                Value::Array(vec![Value::Array(vec![
+                    Value::from(message.as_str()),
+                    oid.map(oid_value).unwrap_or(Value::Nil),
+                ])]),
+            )]),
         ),
         E::Value(m) => ("builtins.ValueError".into(), msg(m)),
         E::Unsupported(m) => (format!("{POS}Unsupported"), msg(m)),
@@ -310,7 +317,30 @@ pub fn error_from_wire(result: &Value) -> storage::Error {
         }
         "ReadOnlyError" => E::ReadOnly,
         "StorageTransactionError" => E::Transaction(text()),
-        "UndoError" | "MultipleUndoErrors" => E::Undo {
+        "MultipleUndoErrors" => {
+            let first = match lookup(args, "_errs") {
+                Some(Value::Array(errs)) => errs.first(),
+                _ => None,
+            };
+            match first {
+                Some(Value::Array(e)) => E::Undo {
+                    message: e
+                        .first()
+                        .and_then(|m| m.as_str())
+                        .unwrap_or("undo error")
+                        .to_string(),
+                    oid: e
+                        .get(1)
+                        .and_then(|o| o.as_slice())
+                        .and_then(Oid::from_slice),
+                },
+                _ => E::Undo {
+                    message: text(),
+                    oid: None,
+                },
+            }
+        }
+        "UndoError" => E::Undo {
             message: lookup(args, "_reason")
                 .and_then(|v| v.as_str())
                 .map(str::to_string)
@@ -350,6 +380,14 @@ pub mod arg {
     }
     pub fn tid(v: &Value, what: &str) -> Result<Tid, Error> {
         Tid::from_slice(bytes(v, what)?).ok_or_else(|| bad(what, v))
+    }
+    /// A serial where `None` means "new object" (ZODB passes `None` for the
+    /// first revision; storages treat it as z64).
+    pub fn serial(v: &Value, what: &str) -> Result<Tid, Error> {
+        match v {
+            Value::Nil => Ok(Tid::ZERO),
+            other => tid(other, what),
+        }
     }
     pub fn opt_tid(v: &Value, what: &str) -> Result<Option<Tid>, Error> {
         match v {
@@ -530,6 +568,13 @@ mod tests {
             (
                 E::Transaction(String::new()),
                 "ZODB.POSException.StorageTransactionError",
+            ),
+            (
+                E::Undo {
+                    message: "x".into(),
+                    oid: None,
+                },
+                "ZODB.POSException.MultipleUndoErrors",
             ),
         ];
         for (e, name) in table {

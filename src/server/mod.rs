@@ -83,6 +83,9 @@ pub struct StorageEntry {
     pub(crate) lock: Mutex<commit_lock::CommitLock>,
     pub(crate) invq: Mutex<invalidations::InvalidationHistory>,
     pub(crate) clients: RwLock<BTreeSet<ConnId>>,
+    /// Readers: a load and the queueing of its reply. Writer: making a
+    /// transaction visible and queueing its invalidations.
+    pub(crate) visibility: RwLock<()>,
     pub stats: Stats,
     pub started: Instant,
 }
@@ -156,6 +159,7 @@ impl Server {
                         opts.invalidation_queue_size,
                     )),
                     clients: RwLock::new(BTreeSet::new()),
+                    visibility: RwLock::new(()),
                     stats: Stats::default(),
                     started: Instant::now(),
                 };

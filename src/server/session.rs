@@ -129,6 +129,13 @@ pub(crate) fn worker(shared: Arc<Shared>, jobs: Receiver<Job>) {
             Job::Stop => break,
             Job::Concurrent(id, msg) => {
                 if let Some(sess) = shared.session(id) {
+                    // A load's reply is queued under the storage's visibility
+                    // lock (see `finish`), so a client never receives a state
+                    // older than an invalidation it has already seen.
+                    let entry = sess.storage.get().cloned();
+                    let _visible = entry
+                        .as_ref()
+                        .map(|e| e.visibility.read().unwrap_or_else(|p| p.into_inner()));
                     let result = guarded(&msg.method, || concurrent(&shared, &sess, &msg));
                     reply(&shared, id, &msg, result.and_then(|r| r));
                 }
@@ -939,6 +946,12 @@ fn finish(shared: &Shared, sess: &Session, st: &mut State, id: &Value) -> Result
         ));
     }
     let invalidated = std::mem::take(&mut t.invalidated);
+    // Making the transaction visible and queueing its invalidations happen
+    // under the write side of the visibility lock: every load reply is queued
+    // either before both (old state, then the invalidation) or after both
+    // (new state). Without it a client can cache a stale state as current
+    // (ZEO issue #155, ZODB's test_race_load_vs_external_invalidate).
+    let visible = entry.visibility.write().unwrap_or_else(|p| p.into_inner());
     let result = entry.storage.tpc_finish();
     st.txn = None;
     entry.stats.active_txns.fetch_sub(1, Ordering::Relaxed);
@@ -949,6 +962,7 @@ fn finish(shared: &Shared, sess: &Session, st: &mut State, id: &Value) -> Result
                 "tpc_finish on storage {:?} failed: {e}; the transaction is aborted",
                 entry.name
             );
+            drop(visible);
             entry.storage.tpc_abort();
             release_lock(shared, &entry, sess.id);
             return Err(e);
@@ -971,6 +985,7 @@ fn finish(shared: &Shared, sess: &Session, st: &mut State, id: &Value) -> Result
         );
         shared.send(Out::Broadcast(others, Arc::new(inv)));
     }
+    drop(visible);
     shared.send(Out::Send(
         sess.id,
         message::encode_oneway("info", vec![size_info_value(&entry)]),

@@ -1,0 +1,499 @@
+"""Start and stop a ZEO server for the interop tests.
+
+The interop suite talks to the server only through stock ZEO clients, so
+the server under test is a black box behind ``(host, port)``.  Two targets
+can stand behind it, chosen by the environment variable
+``ZEORAID_INTEROP_TARGET``:
+
+``zeoraid`` (the default)
+    The binary named by ``ZEORAID_BIN`` (``target/debug/zeoraid``), started
+    as ``zeoraid serve --config FILE`` with a TOML config written to a fresh
+    temporary directory.  When it listens it prints exactly one line to
+    stdout, ``zeoraid: listening on HOST:PORT``; its logs go to stderr.
+
+``runzeo``
+    Stock Python ``ZEO.runzeo`` (through ``runzeo_shim.py``, which prints the
+    same listening line), with ``msgpack true`` so it speaks the protocol
+    zeoraid speaks.  This validates the harness and the tests themselves
+    against the reference implementation, configured as ZEO's own test
+    suite configures it.  Conflicts are resolved on the server, as ZEO does
+    by default; ``ZEORAID_INTEROP_RUNZEO_CLIENT_CR=1`` adds
+    ``client-conflict-resolution true``, which is how zeoraid behaves (it
+    never unpickles, so the client resolves conflicts after ``vote``; the
+    one thing that cannot work that way is conflict resolution *inside an
+    undo*, which ZODB only does in the server).  zeoraid's ``memory``
+    storages support undo, history and iteration, which ``MappingStorage``
+    does not, so runzeo serves every storage as a ``<filestorage>`` unless
+    ``ZEORAID_INTEROP_RUNZEO_STORAGE=mapping``.
+
+Typical use::
+
+    server = Server([StorageSpec(name="1", kind="memory")])
+    host, port = server.start()
+    try:
+        ...  # ZEO.ClientStorage.ClientStorage((host, port)) etc.
+    finally:
+        server.stop()
+        server.cleanup()
+
+Everything the server wrote to stderr is kept in a file in its temporary
+directory; ``log_tail()`` returns the end of it so a failing test can show
+what the server said.
+"""
+
+import atexit
+import ctypes
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+
+
+TARGET_ENV = "ZEORAID_INTEROP_TARGET"
+BIN_ENV = "ZEORAID_BIN"
+RUNZEO_STORAGE_ENV = "ZEORAID_INTEROP_RUNZEO_STORAGE"
+RUNZEO_PYTHON_ENV = "ZEORAID_RUNZEO_PYTHON"
+RUNZEO_CLIENT_CR_ENV = "ZEORAID_INTEROP_RUNZEO_CLIENT_CR"
+
+TARGETS = ("zeoraid", "runzeo")
+
+# How long a server may take to print its listening line, and how long it
+# may take to exit after SIGTERM before it is killed.
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0
+
+# The one line a server prints on stdout once it accepts connections.
+LISTEN_RE = re.compile(
+    r"^zeoraid: listening on (?P<host>\[[^\]]+\]|[^\s:]+):(?P<port>\d+)\s*$")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# The directory relative paths in the environment are taken from: ZODB's
+# test setUp changes directory, so it is captured at import time.
+_INITIAL_CWD = os.getcwd()
+
+# Captured at import time: ZODB's test setUp points tempfile.tempdir at a
+# per-test directory that it deletes in tearDown, and server directories
+# must not live (or die) inside it.
+_BASE_TMP = tempfile.gettempdir()
+
+
+class HarnessError(RuntimeError):
+    """The harness could not start or stop a server (not a test failure of
+    the server's protocol behaviour, but still a failure)."""
+
+
+def target():
+    """The server implementation under test: 'zeoraid' or 'runzeo'."""
+    value = os.environ.get(TARGET_ENV, "zeoraid").strip() or "zeoraid"
+    if value not in TARGETS:
+        raise HarnessError(
+            f"{TARGET_ENV}={value!r}: expected one of {', '.join(TARGETS)}")
+    return value
+
+
+def zeoraid_binary():
+    """Path of the zeoraid binary from $ZEORAID_BIN; fails loudly if unusable
+    (a missing binary must fail the suite, never skip it)."""
+    path = os.environ.get(BIN_ENV)
+    if not path:
+        raise HarnessError(
+            f"{BIN_ENV} is not set: point it at the zeoraid binary "
+            "(e.g. target/debug/zeoraid after `cargo build --bins`), or set "
+            f"{TARGET_ENV}=runzeo to test against stock Python runzeo")
+    path = os.path.join(_INITIAL_CWD, path)   # no-op if already absolute
+    if not os.path.isfile(path):
+        raise HarnessError(f"{BIN_ENV}={path!r}: no such file "
+                           "(run `cargo build --bins` first)")
+    if not os.access(path, os.X_OK):
+        raise HarnessError(f"{BIN_ENV}={path!r}: not executable")
+    return path
+
+
+@dataclass
+class StorageSpec:
+    """One ``[[storage]]`` section of the server config."""
+    name: str = "1"          # ZEO's default storage name
+    kind: str = "memory"     # "memory" or "file"
+    read_only: bool = False
+    path: str = None         # kind="file": data file; default in server dir
+
+
+# ---------------------------------------------------------------------------
+# Making sure no server outlives the test process.
+#
+# atexit covers normal exits; PR_SET_PDEATHSIG covers the test process being
+# killed (e.g. by the per-test watchdog in harness.py, which exits through
+# os._exit and so skips atexit).  Note that Linux delivers the death signal
+# when the *thread* that forked the server exits, so servers must be started
+# from a long-lived thread (the harness only starts them from the main one).
+
+_live_servers = set()
+_live_lock = threading.Lock()
+
+
+def _kill_live_servers():
+    """Kill every server still running and delete its directory."""
+    with _live_lock:
+        servers = list(_live_servers)
+    for server in servers:
+        server._kill_quietly()
+        shutil.rmtree(server.dir, ignore_errors=True)
+
+
+atexit.register(_kill_live_servers)
+
+try:
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _PRCTL = None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent():
+    # Runs in the child between fork and exec: keep it minimal.
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------
+
+
+class Server:
+    """One server process (zeoraid or runzeo) serving ``storages``."""
+
+    def __init__(self, storages=None, workers=4, invalidation_queue_size=100,
+                 target_name=None, extra_toml=""):
+        self.storages = list(storages or [StorageSpec()])
+        self.workers = workers
+        self.invalidation_queue_size = invalidation_queue_size
+        self.target = target_name or target()
+        self.extra_toml = extra_toml
+        self.dir = tempfile.mkdtemp(prefix="zeoraid-interop-", dir=_BASE_TMP)
+        self.config_path = None
+        self.stderr_path = os.path.join(self.dir, "server.stderr")
+        self.argv = None
+        self.proc = None
+        self.addr = None
+        self.returncode = None
+        self.killed = False            # needed SIGKILL after SIGTERM timed out
+        self._stop_timeout = STOP_TIMEOUT
+        self.exited_early = False      # process was gone before stop()
+        self._stdout_lines = []
+        self._reader = None
+
+    # -- configuration -------------------------------------------------------
+
+    def _storage_path(self, spec):
+        return spec.path or os.path.join(self.dir, f"storage-{spec.name}.fs")
+
+    def _zeoraid_config(self):
+        # json.dumps yields valid TOML basic strings for our values.
+        q = json.dumps
+        lines = [
+            "[server]",
+            f"listen = {q('127.0.0.1:0')}",
+            f"workers = {int(self.workers)}",
+            f"invalidation-queue-size = {int(self.invalidation_queue_size)}",
+            "",
+        ]
+        for spec in self.storages:
+            lines += [
+                "[[storage]]",
+                f"name = {q(spec.name)}",
+                f"kind = {q(spec.kind)}",
+                f"read-only = {'true' if spec.read_only else 'false'}",
+            ]
+            if spec.kind == "file":
+                lines.append(f"path = {q(self._storage_path(spec))}")
+            lines.append("")
+        if self.extra_toml:
+            lines.append(self.extra_toml)
+        return "\n".join(lines) + "\n"
+
+    def _runzeo_config(self):
+        lines = [
+            "<zeo>",
+            "  address 127.0.0.1:0",
+            "  msgpack true",
+            f"  invalidation-queue-size {int(self.invalidation_queue_size)}",
+        ]
+        if os.environ.get(RUNZEO_CLIENT_CR_ENV, "0") not in ("", "0"):
+            # As zeoraid: conflicts go back to the client after vote.
+            lines.append("  client-conflict-resolution true")
+        lines.append("</zeo>")
+        flavour = os.environ.get(RUNZEO_STORAGE_ENV, "file")
+        if flavour not in ("file", "mapping"):
+            raise HarnessError(
+                f"{RUNZEO_STORAGE_ENV}={flavour!r}: expected file or mapping")
+        for spec in self.storages:
+            if spec.kind == "memory" and flavour == "mapping":
+                if spec.read_only:
+                    raise HarnessError(
+                        "runzeo: a read-only mappingstorage cannot be "
+                        "configured; use the file flavour")
+                lines += [f"<mappingstorage {spec.name}>",
+                          "</mappingstorage>"]
+                continue
+            path = self._storage_path(spec)
+            if spec.read_only and not os.path.exists(path):
+                # A read-only FileStorage must exist: create an empty one.
+                import ZODB.FileStorage
+                ZODB.FileStorage.FileStorage(path).close()
+            lines += [f"<filestorage {spec.name}>",
+                      f"  path {path}",
+                      f"  read-only {'true' if spec.read_only else 'false'}",
+                      "</filestorage>"]
+        return "\n".join(lines) + "\n"
+
+    def _prepare(self):
+        if self.target == "zeoraid":
+            self.config_path = os.path.join(self.dir, "zeoraid.toml")
+            text = self._zeoraid_config()
+            self.argv = [zeoraid_binary(), "serve", "--config",
+                         self.config_path]
+        else:
+            self.config_path = os.path.join(self.dir, "zeo.conf")
+            text = self._runzeo_config()
+            python = os.environ.get(RUNZEO_PYTHON_ENV) or sys.executable
+            self.argv = [python, os.path.join(HERE, "runzeo_shim.py"),
+                         "-C", self.config_path]
+        with open(self.config_path, "w") as f:
+            f.write(text)
+
+    # -- life cycle ----------------------------------------------------------
+
+    def start(self, timeout=START_TIMEOUT):
+        """Start the server; return (host, port) once it listens.
+
+        Raises HarnessError (with the server's stderr) if it exits or stays
+        silent for ``timeout`` seconds."""
+        if self.proc is not None:
+            raise HarnessError("server already started")
+        self._prepare()
+        env = dict(os.environ)
+        env.setdefault("RUST_BACKTRACE", "1")
+        stderr = open(self.stderr_path, "ab")
+        try:
+            self.proc = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=stderr, cwd=self.dir, env=env,
+                preexec_fn=_die_with_parent)
+        except OSError as exc:
+            raise HarnessError(f"cannot start {self.argv[0]}: {exc}") from exc
+        finally:
+            stderr.close()
+        with _live_lock:
+            _live_servers.add(self)
+
+        # A reader thread owns stdout: it hands over the first line and keeps
+        # draining afterwards so the server can never block on a full pipe.
+        first_line = queue.Queue()
+        self._reader = threading.Thread(
+            target=self._read_stdout, args=(first_line,),
+            name=f"zeoraid-stdout-{self.proc.pid}", daemon=True)
+        self._reader.start()
+
+        deadline = time.monotonic() + timeout
+        line = None
+        while line is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._kill_quietly()
+                raise HarnessError(
+                    f"server did not print its listening line within "
+                    f"{timeout:g}s\n{self.describe()}")
+            try:
+                line = first_line.get(timeout=min(left, 0.2))
+            except queue.Empty:
+                continue
+        if line == "":  # EOF: the process closed stdout, i.e. it exited
+            rc = self._wait_briefly()
+            self._forget()
+            raise HarnessError(
+                f"server exited (rc={rc}) before listening\n"
+                f"{self.describe()}")
+        m = LISTEN_RE.match(line.rstrip("\r\n"))
+        if not m:
+            self._kill_quietly()
+            raise HarnessError(
+                f"unexpected first stdout line {line!r} (expected "
+                f"'zeoraid: listening on HOST:PORT')\n{self.describe()}")
+        host = m.group("host").strip("[]")
+        self.addr = (host, int(m.group("port")))
+        return self.addr
+
+    def _read_stdout(self, first_line):
+        handed_over = False
+        for raw in iter(self.proc.stdout.readline, b""):
+            line = raw.decode("utf-8", "replace")
+            self._stdout_lines.append(line)
+            if not handed_over:
+                first_line.put(line)
+                handed_over = True
+        if not handed_over:
+            first_line.put("")  # EOF marker
+        self.proc.stdout.close()
+
+    def _wait_briefly(self):
+        try:
+            return self.proc.wait(2)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def is_running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout=STOP_TIMEOUT):
+        """SIGTERM, wait up to ``timeout`` s, then SIGKILL.  Returns the exit
+        code; sets ``killed``/``exited_early`` so callers can check that the
+        shutdown was graceful."""
+        if self.proc is None:
+            return self.returncode
+        self._stop_timeout = timeout
+        if self.proc.poll() is not None:
+            self.exited_early = True
+        else:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.killed = True
+                self.proc.kill()
+                self.proc.wait()
+        self.returncode = self.proc.returncode
+        self._forget()
+        return self.returncode
+
+    def graceful_problem(self):
+        """None if the last stop() was a clean exit 0 after SIGTERM, else a
+        sentence saying what went wrong."""
+        if self.exited_early:
+            return (f"server had already exited (rc={self.returncode}) "
+                    "before the test stopped it")
+        if self.killed:
+            return (f"server did not exit within {self._stop_timeout:g}s of "
+                    "SIGTERM and was killed")
+        if self.returncode not in (0, None):
+            return f"server exited with rc={self.returncode} after SIGTERM"
+        return None
+
+    def _forget(self):
+        if self._reader is not None:
+            self._reader.join(5)
+        with _live_lock:
+            _live_servers.discard(self)
+
+    def _kill_quietly(self):
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            try:
+                proc.kill()
+                proc.wait(5)
+            except Exception:
+                pass
+        if proc is not None:
+            self.returncode = proc.returncode
+        with _live_lock:
+            _live_servers.discard(self)
+
+    def cleanup(self):
+        """Stop if needed and delete the temporary directory."""
+        if self.is_running():
+            self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        self.cleanup()
+
+    # -- diagnostics ---------------------------------------------------------
+
+    def log_tail(self, max_chars=20000):
+        """The end of what the server wrote to stderr (and any stdout after
+        the listening line)."""
+        try:
+            with open(self.stderr_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                f.seek(max(0, size - max_chars))
+                text = f.read().decode("utf-8", "replace")
+                if size > max_chars:
+                    text = f"[... {size - max_chars} bytes cut ...]\n" + text
+        except OSError:
+            text = "(no stderr file)"
+        extra = "".join(self._stdout_lines[1:])
+        if extra:
+            text += "\n--- stdout after the listening line ---\n" + extra
+        return text
+
+    def describe(self):
+        """Command, config and stderr: what a human needs to reproduce."""
+        config = ""
+        if self.config_path and os.path.exists(self.config_path):
+            with open(self.config_path) as f:
+                config = f.read()
+        return (f"target: {self.target}\n"
+                f"command: {' '.join(self.argv or [])}\n"
+                f"--- config ---\n{config}"
+                f"--- server stderr ---\n{self.log_tail()}")
+
+
+class ServerFixture:
+    """Mixin for unittest.TestCase: servers started by a test are stopped
+    (and checked for a graceful exit) by ``stop_servers()``, and their
+    stderr is offered to the runner through ``interop_logs()`` when the test
+    fails."""
+
+    def start_server(self, storages=None, **kwargs):
+        """Start a Server, remember it for cleanup; return it (listening)."""
+        if not hasattr(self, "_interop_servers"):
+            self._interop_servers = []
+        server = Server(storages, **kwargs)
+        self._interop_servers.append(server)
+        server.start()
+        return server
+
+    def stop_servers(self):
+        """Stop every server this test started.  Raises AssertionError if
+        one did not shut down gracefully (exit 0 soon after SIGTERM): that is
+        part of what zeoraid promises (DESIGN.md, rule 4)."""
+        problems = []
+        for server in getattr(self, "_interop_servers", []):
+            if server.proc is None:
+                continue
+            server.stop()
+            problem = server.graceful_problem()
+            if problem:
+                problems.append(f"{server.addr}: {problem}")
+        if problems:
+            raise AssertionError("; ".join(problems))
+
+    def interop_logs(self):
+        """(label, text) for each server this test started."""
+        logs = []
+        for server in getattr(self, "_interop_servers", []):
+            label = f"{server.target} server {server.addr} stderr"
+            logs.append((label, server.log_tail()))
+        return logs
+
+    def interop_cleanup(self):
+        """Kill leftovers and delete the servers' temporary directories.
+        Called by the runner (harness.py) after it has reported the test,
+        so a failing test's server logs are still there to be shown."""
+        for server in getattr(self, "_interop_servers", []):
+            server.cleanup()
+        self._interop_servers = []

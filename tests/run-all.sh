@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# The zeoraid test command (README: `bash tests/run-all.sh`).
+#
+#   1. Python environment: .venv at the crate root with the pinned stock
+#      ZODB/ZEO from tests/interop/requirements.txt (created or repaired only
+#      when something is missing, so a second run skips this in a second).
+#   2. cargo build --bins
+#   3. cargo test, with ZEORAID_PYTHON=.venv/bin/python exported: Rust tests
+#      use it to start Python runzeo servers and Python ZEO clients.
+#   4. The interop suite (tests/interop/run.py): stock ZEO.ClientStorage and
+#      ZODB's storage conformance tests against target/debug/zeoraid.
+#
+# Every stage runs even if an earlier test stage failed (a failed build
+# stops everything); the exit code is non-zero if anything failed.  The
+# last line is the total over cargo test and the interop suite:
+# "N passed, N failed, N skipped".
+#
+# Environment:
+#   ZEORAID_BOOTSTRAP_PYTHON  interpreter that creates .venv (default python3)
+#   CARGO_TARGET_DIR          honoured for finding the zeoraid binary
+#   ZEORAID_INTEROP_*         passed through to tests/interop/run.py
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+VENV=$ROOT/.venv
+REQUIREMENTS=$ROOT/tests/interop/requirements.txt
+BOOTSTRAP_PYTHON=${ZEORAID_BOOTSTRAP_PYTHON:-python3}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+LOG_DIR=$TARGET_DIR/run-all
+mkdir -p "$LOG_DIR"
+
+section() {
+    printf '\n==================== %s ====================\n' "$*"
+}
+
+die() {
+    printf 'run-all: FAILED: %s\n' "$*" >&2
+    exit 1
+}
+
+started=$SECONDS
+
+# ---------------------------------------------------------------------------
+section "python environment (.venv)"
+
+# True if .venv's python runs and has every pinned name==version installed.
+venv_satisfied() {
+    [ -x "$VENV/bin/python" ] || return 1
+    "$VENV/bin/python" - "$REQUIREMENTS" <<'EOF' 2>/dev/null
+import sys
+from importlib.metadata import PackageNotFoundError, version
+missing = []
+for line in open(sys.argv[1]):
+    line = line.split("#", 1)[0].strip()
+    if not line:
+        continue
+    name, _, pinned = line.partition("==")
+    try:
+        if version(name.strip()) != pinned.strip():
+            missing.append(line)
+    except PackageNotFoundError:
+        missing.append(line)
+if missing:
+    print("not installed as pinned:", ", ".join(missing))
+    sys.exit(1)
+EOF
+}
+
+if venv_satisfied; then
+    echo ".venv is up to date with $(basename "$REQUIREMENTS")"
+else
+    command -v "$BOOTSTRAP_PYTHON" >/dev/null 2>&1 \
+        || die "$BOOTSTRAP_PYTHON not found: the interop suite needs CPython 3 (Debian: apt-get install python3 python3-venv)"
+    # A venv whose interpreter no longer runs (moved, python upgraded) is
+    # rebuilt from scratch; an intact one only gets the missing packages.
+    if [ -e "$VENV" ] && ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
+        echo "removing broken $VENV"
+        rm -rf "$VENV"
+    fi
+    if [ ! -x "$VENV/bin/python" ]; then
+        echo "creating $VENV with $("$BOOTSTRAP_PYTHON" --version 2>&1) ($(command -v "$BOOTSTRAP_PYTHON"))"
+        "$BOOTSTRAP_PYTHON" -m venv "$VENV" \
+            || die "cannot create $VENV with $BOOTSTRAP_PYTHON -m venv (Debian: apt-get install python3-venv)"
+    fi
+    echo "installing $(basename "$REQUIREMENTS") into $VENV"
+    "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input \
+        --quiet -r "$REQUIREMENTS" \
+        || die "pip install -r $REQUIREMENTS failed"
+    venv_satisfied || die "$VENV still lacks the pinned packages after pip install"
+fi
+"$VENV/bin/python" -c 'import sys, ZODB, ZEO, msgpack; print("python", sys.version.split()[0], "- ZODB/ZEO importable")' \
+    || die "$VENV/bin/python cannot import ZODB, ZEO and msgpack"
+
+export ZEORAID_PYTHON=$VENV/bin/python
+
+# ---------------------------------------------------------------------------
+section "cargo build --bins"
+cargo build --bins || die "cargo build --bins failed"
+ZEORAID_BIN=$TARGET_DIR/debug/zeoraid
+[ -x "$ZEORAID_BIN" ] || die "cargo build produced no $ZEORAID_BIN"
+
+status=0
+
+# ---------------------------------------------------------------------------
+section "cargo test (ZEORAID_PYTHON=$ZEORAID_PYTHON)"
+cargo_log=$LOG_DIR/cargo-test.log
+if cargo test 2>&1 | tee "$cargo_log"; then
+    cargo_status=0
+else
+    cargo_status=1
+    status=1
+fi
+# Sum the "test result: ok. N passed; N failed; N ignored; ..." lines.
+read -r cargo_passed cargo_failed cargo_ignored < <(awk '
+    /^test result:/ {
+        for (i = 1; i <= NF; i++) {
+            n = $(i - 1) + 0
+            if ($i ~ /^passed/)  p += n
+            if ($i ~ /^failed/)  f += n
+            if ($i ~ /^ignored/) g += n
+        }
+    }
+    END { printf "%d %d %d\n", p, f, g }' "$cargo_log")
+if [ "$cargo_status" -ne 0 ] && [ "$cargo_failed" -eq 0 ]; then
+    cargo_failed=1   # failed without a test failing (e.g. a compile error)
+fi
+
+# ---------------------------------------------------------------------------
+section "interop suite (stock Python ZODB/ZEO against $ZEORAID_BIN)"
+interop_log=$LOG_DIR/interop.log
+if ZEORAID_BIN=$ZEORAID_BIN "$VENV/bin/python" "$ROOT/tests/interop/run.py" 2>&1 \
+        | tee "$interop_log"; then
+    interop_status=0
+else
+    interop_status=1
+    status=1
+fi
+# run.py's last line is "N passed, N failed, N skipped".
+read -r interop_passed interop_failed interop_skipped < <(awk '
+    /^[0-9]+ passed, [0-9]+ failed/ { p = $1; f = $3; s = ($5 == "" ? 0 : $5) }
+    END { printf "%d %d %d\n", p, f, s }' "$interop_log")
+if [ "$interop_status" -ne 0 ] && [ "$interop_failed" -eq 0 ]; then
+    interop_failed=1   # the runner itself failed
+fi
+
+# ---------------------------------------------------------------------------
+section "summary"
+printf 'cargo test: %d passed, %d failed, %d ignored%s\n' \
+    "$cargo_passed" "$cargo_failed" "$cargo_ignored" \
+    "$([ "$cargo_status" -eq 0 ] && echo "" || echo "  (FAILED)")"
+printf 'interop:    %d passed, %d failed, %d skipped%s\n' \
+    "$interop_passed" "$interop_failed" "$interop_skipped" \
+    "$([ "$interop_status" -eq 0 ] && echo "" || echo "  (FAILED)")"
+printf 'logs: %s, %s; took %ds\n' "$cargo_log" "$interop_log" "$((SECONDS - started))"
+printf '%d passed, %d failed, %d skipped\n' \
+    "$((cargo_passed + interop_passed))" \
+    "$((cargo_failed + interop_failed))" \
+    "$((cargo_ignored + interop_skipped))"
+exit "$status"

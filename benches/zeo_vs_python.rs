@@ -96,7 +96,7 @@ fn start_runzeo(dir: &std::path::Path) -> Proc {
     let mut f = std::fs::File::create(&conf).expect("zeo.conf");
     writeln!(
         f,
-        "<zeo>\n  address 127.0.0.1:{port}\n  msgpack true\n</zeo>\n<mappingstorage 1>\n</mappingstorage>\n<eventlog>\n  level WARNING\n  <logfile>\n    path STDERR\n  </logfile>\n</eventlog>"
+        "<zeo>\n  address 127.0.0.1:{port}\n  msgpack true\n</zeo>\n<mappingstorage 1>\n</mappingstorage>\n<eventlog>\n  level ERROR\n  <logfile>\n    path STDERR\n  </logfile>\n</eventlog>"
     )
     .expect("write zeo.conf");
     let child = Command::new(python())
@@ -124,9 +124,11 @@ struct Figures {
     commit_p99: f64,
     loads: f64,
     load_p99: f64,
+    /// Loads/s with 16 requests in flight per connection.
+    loads_pipelined: f64,
 }
 
-fn measure(p: &Proc, clients: usize, seconds: f64, repeat: usize) -> Vec<Figures> {
+fn measure(p: &Proc, clients: usize, pipeline: usize, seconds: f64, repeat: usize) -> Vec<Figures> {
     (0..repeat)
         .map(|_| {
             let out = run(&BenchArgs {
@@ -135,6 +137,7 @@ fn measure(p: &Proc, clients: usize, seconds: f64, repeat: usize) -> Vec<Figures
                 duration: seconds,
                 objects_per_txn: 1,
                 size: 128,
+                pipeline,
                 storage: "1".into(),
                 json: true,
             })
@@ -146,6 +149,7 @@ fn measure(p: &Proc, clients: usize, seconds: f64, repeat: usize) -> Vec<Figures
                 commit_p99: f("commit_p99_ms"),
                 loads: f("loads_per_s"),
                 load_p99: f("load_p99_ms"),
+                loads_pipelined: 0.0,
             }
         })
         .collect()
@@ -202,26 +206,49 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);
     let dir = tempfile::tempdir().expect("tempdir");
+    // Idle connections first, on fresh servers, so stored data does not
+    // blur the per-connection cost.
+    {
+        let ours = start_zeoraid(dir.path());
+        let python = start_runzeo(dir.path());
+        println!("Resident memory with {idle} idle registered connections (fresh servers):\n");
+        println!("| server | RSS before | RSS with {idle} idle connections |");
+        println!("|---|---|---|");
+        for p in [&python, &ours] {
+            let (before, after) = idle_connections(p, idle);
+            println!(
+                "| {} | {:.1} MiB | {:.1} MiB |",
+                p.name,
+                before as f64 / 1024.0,
+                after as f64 / 1024.0
+            );
+        }
+        println!();
+    }
     let ours = start_zeoraid(dir.path());
     let python = start_runzeo(dir.path());
     println!(
         "zeoraid bench, 1 object of 128 bytes per commit, {seconds} s per run (half commits, half loads), median of {repeat}\n"
     );
-    println!("| clients | server | commits/s | commit p99 ms | loads/s | load p99 ms |");
-    println!("|---|---|---|---|---|---|");
+    println!("| clients | server | commits/s | commit p99 ms | loads/s | load p99 ms | loads/s, 16 in flight |");
+    println!("|---|---|---|---|---|---|---|");
     for clients in [1usize, 8] {
         let mut py = Vec::new();
         let mut rs = Vec::new();
         // Interleave so both see the same machine conditions.
         for _ in 0..repeat {
-            py.extend(measure(&python, clients, seconds, 1));
-            rs.extend(measure(&ours, clients, seconds, 1));
+            for (p, out) in [(&python, &mut py), (&ours, &mut rs)] {
+                let mut f = measure(p, clients, 1, seconds, 1).remove(0);
+                f.loads_pipelined = measure(p, clients, 16, seconds, 1).remove(0).loads;
+                out.push(f);
+            }
         }
         let med = |v: &Vec<Figures>| Figures {
             commits: median(v.iter().map(|f| f.commits).collect()),
             commit_p99: median(v.iter().map(|f| f.commit_p99).collect()),
             loads: median(v.iter().map(|f| f.loads).collect()),
             load_p99: median(v.iter().map(|f| f.load_p99).collect()),
+            loads_pipelined: median(v.iter().map(|f| f.loads_pipelined).collect()),
         };
         let (p, r) = (med(&py), med(&rs));
         for (name, f) in [
@@ -229,26 +256,15 @@ fn main() {
             ("zeoraid (memory)", &r),
         ] {
             println!(
-                "| {clients} | {name} | {:.0} | {:.2} | {:.0} | {:.2} |",
-                f.commits, f.commit_p99, f.loads, f.load_p99
+                "| {clients} | {name} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} |",
+                f.commits, f.commit_p99, f.loads, f.load_p99, f.loads_pipelined
             );
         }
         println!(
-            "| {clients} | **ratio zeoraid/python** | **{:.1}x** | | **{:.1}x** | |",
+            "| {clients} | **ratio zeoraid/python** | **{:.1}x** | | **{:.1}x** | | **{:.1}x** |",
             r.commits / p.commits.max(1e-9),
-            r.loads / p.loads.max(1e-9)
-        );
-    }
-    println!("\nResident memory with {idle} idle registered connections:\n");
-    println!("| server | RSS before | RSS with {idle} idle connections |");
-    println!("|---|---|---|");
-    for p in [&python, &ours] {
-        let (before, after) = idle_connections(p, idle);
-        println!(
-            "| {} | {:.1} MiB | {:.1} MiB |",
-            p.name,
-            before as f64 / 1024.0,
-            after as f64 / 1024.0
+            r.loads / p.loads.max(1e-9),
+            r.loads_pipelined / p.loads_pipelined.max(1e-9)
         );
     }
 }

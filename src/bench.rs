@@ -8,9 +8,12 @@
 //! clients busy; it reports throughput and p50/p99 latency of each.
 
 use crate::zeo::client::{Client, ClientOptions};
-use crate::zeo::message::bin;
+use crate::zeo::frame;
+use crate::zeo::message::{self, bin};
 use rand::Rng;
 use rmpv::Value;
+use std::io::{BufReader, Write};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +36,10 @@ pub struct BenchArgs {
     /// Bytes per object.
     #[arg(long, default_value_t = 128)]
     pub size: usize,
+    /// Loads each client keeps in flight on its connection (ZODB clients
+    /// pipeline loads from many threads over one connection and prefetch).
+    #[arg(long, default_value_t = 1)]
+    pub pipeline: usize,
     /// Storage name to register with.
     #[arg(long, default_value = "1")]
     pub storage: String,
@@ -129,6 +136,96 @@ fn new_oids(client: &Client, n: usize) -> Result<Vec<Value>, String> {
     Ok(out)
 }
 
+/// A plain blocking ZEO connection for pipelined loads.
+struct RawConn {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+    next: i64,
+    out: Vec<u8>,
+}
+
+impl RawConn {
+    fn connect(addr: &str, storage: &str) -> Result<RawConn, String> {
+        let e = |what: &str, err: std::io::Error| format!("{what} {addr}: {err}");
+        let stream = TcpStream::connect(addr).map_err(|err| e("cannot connect to", err))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|err| e("cannot configure", err))?;
+        let _ = stream.set_nodelay(true);
+        let reader = BufReader::new(stream.try_clone().map_err(|err| e("cannot clone", err))?);
+        let mut c = RawConn {
+            stream,
+            reader,
+            next: 1,
+            out: Vec::new(),
+        };
+        let hello =
+            frame::read_frame(&mut c.reader, 1 << 20).map_err(|err| e("no handshake from", err))?;
+        if hello.first() != Some(&b'M') {
+            return Err(format!(
+                "{addr} does not speak the msgpack protocol (start runzeo with `msgpack true`)"
+            ));
+        }
+        frame::write_frame(&mut c.stream, b"M5").map_err(|err| e("cannot write to", err))?;
+        c.send(
+            "register",
+            vec![Value::from(storage), Value::Boolean(false)],
+        );
+        c.flush().map_err(|err| e("cannot write to", err))?;
+        c.reply()?;
+        Ok(c)
+    }
+
+    fn send(&mut self, method: &str, args: Vec<Value>) {
+        let payload = message::encode(self.next, 0, method, &Value::Array(args));
+        self.next += 1;
+        self.out
+            .extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        self.out.extend_from_slice(&payload);
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.write_all(&self.out)?;
+        self.out.clear();
+        Ok(())
+    }
+
+    /// The next reply, skipping server-initiated calls (invalidations, info).
+    fn reply(&mut self) -> Result<Value, String> {
+        loop {
+            let f = frame::read_frame(&mut self.reader, 1 << 30)
+                .map_err(|e| format!("reading a reply: {e}"))?;
+            let m = message::decode(&f).map_err(|e| e.to_string())?;
+            if m.method != message::REPLY {
+                continue;
+            }
+            if m.flags == message::FLAG_ERROR {
+                return Err(message::error_from_wire(&m.args).to_string());
+            }
+            return Ok(m.args);
+        }
+    }
+
+    /// Pipeline one `loadBefore` per oid; latency of each in µs.
+    fn load_batch(&mut self, oids: &[Value]) -> Result<Vec<u32>, String> {
+        let max = bin(&[0xff; 8]);
+        for oid in oids {
+            self.send("loadBefore", vec![oid.clone(), max.clone()]);
+        }
+        let t0 = Instant::now();
+        self.flush().map_err(|e| format!("sending loads: {e}"))?;
+        let mut lat = Vec::with_capacity(oids.len());
+        for _ in oids {
+            match self.reply()? {
+                Value::Array(_) => {}
+                other => return Err(format!("loadBefore answered {other}")),
+            }
+            lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        }
+        Ok(lat)
+    }
+}
+
 /// What one commit thread returns: latencies (µs) and the oids it wrote.
 type CommitOutcome = Result<(Vec<u32>, Vec<Value>), String>;
 
@@ -196,31 +293,37 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
     }
     let commits = summarize(commit_lat, commit_elapsed);
 
-    // Phase 2: loads of random written objects.
+    // Phase 2: loads of random written objects, over plain blocking
+    // connections (one per client) so the generator costs little: a batch of
+    // `pipeline` loadBefore requests is written, then its replies are read.
+    for c in &clients {
+        c.close();
+    }
     let stop = AtomicBool::new(false);
-    let started = Instant::now();
     let written = &written;
+    let mut raws: Vec<RawConn> = (0..args.clients)
+        .map(|_| RawConn::connect(&args.address, &args.storage))
+        .collect::<Result<_, _>>()?;
+    let started = Instant::now();
+    let depth = args.pipeline.max(1);
     let results: Vec<Result<Vec<u32>, String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = clients
-            .iter()
+        let handles: Vec<_> = raws
+            .iter_mut()
             .enumerate()
-            .map(|(i, c)| {
+            .map(|(i, raw)| {
                 let stop = &stop;
                 std::thread::Builder::new()
                     .name(format!("bench-load-{i}"))
                     .spawn_scoped(s, move || {
                         let mut rng = rand::thread_rng();
                         let mut lat = Vec::new();
-                        let max = bin(&[0xff; 8]);
+                        let mut batch = Vec::with_capacity(depth);
                         while !stop.load(Ordering::Relaxed) {
-                            let oid = written[rng.gen_range(0..written.len())].clone();
-                            let t0 = Instant::now();
-                            match c.call("loadBefore", vec![oid, max.clone()]) {
-                                Ok(Value::Array(_)) => {}
-                                Ok(other) => return Err(format!("loadBefore answered {other}")),
-                                Err(e) => return Err(e.to_string()),
+                            batch.clear();
+                            for _ in 0..depth {
+                                batch.push(written[rng.gen_range(0..written.len())].clone());
                             }
-                            lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                            lat.extend(raw.load_batch(&batch)?);
                         }
                         Ok(lat)
                     })
@@ -244,15 +347,13 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
         load_lat.extend(r?);
     }
     let loads = summarize(load_lat, load_elapsed);
-    for c in &clients {
-        c.close();
-    }
     Ok(if args.json {
         serde_json::json!({
             "address": args.address,
             "clients": args.clients,
             "objects_per_txn": args.objects_per_txn,
             "size": args.size,
+            "pipeline": args.pipeline,
             "commits_per_s": commits.per_second,
             "commit_p50_ms": commits.p50_ms,
             "commit_p99_ms": commits.p99_ms,
@@ -265,7 +366,7 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
         format!(
             "{} clients, {} object(s)/txn of {} bytes against {}\n\
              commits: {:>10.1}/s  p50 {:.3} ms  p99 {:.3} ms  ({} commits)\n\
-             loads:   {:>10.1}/s  p50 {:.3} ms  p99 {:.3} ms  ({} loads)",
+             loads:   {:>10.1}/s  p50 {:.3} ms  p99 {:.3} ms  ({} loads, {} in flight per client)",
             args.clients,
             args.objects_per_txn,
             args.size,
@@ -277,7 +378,8 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
             loads.per_second,
             loads.p50_ms,
             loads.p99_ms,
-            loads.ops
+            loads.ops,
+            args.pipeline
         )
     })
 }

@@ -80,6 +80,8 @@ struct Loop {
     shared: Arc<Shared>,
     max_frame: usize,
     read_buf: Vec<u8>,
+    /// Connections with queued output not yet written this turn.
+    dirty: Vec<ConnId>,
 }
 
 pub(super) fn run(
@@ -104,6 +106,7 @@ pub(super) fn run(
         shared,
         max_frame,
         read_buf: vec![0u8; 64 << 10],
+        dirty: Vec::new(),
     };
     let mut events = Events::with_capacity(1024);
     loop {
@@ -129,9 +132,11 @@ pub(super) fn run(
                 }
             }
         }
+        lp.shared.wake_pending.store(false, Ordering::SeqCst);
         while let Ok(out) = out_rx.try_recv() {
             lp.deliver(out);
         }
+        lp.flush_dirty();
         if lp.shared.stopping.load(Ordering::SeqCst) {
             lp.stop();
             break;
@@ -232,11 +237,16 @@ impl Loop {
                 }
             }
         }
+        let mut reads = Vec::new();
         for f in frames {
             if !self.conns.contains_key(&id) {
                 return;
             }
-            self.frame(id, f);
+            self.frame(id, f, &mut reads);
+        }
+        if !reads.is_empty() {
+            // One job for the whole burst: one worker wake-up, one reply write.
+            let _ = self.shared.jobs.send(Job::Concurrent(id, reads));
         }
         if let Some(reason) = closed {
             if let Some(r) = reason {
@@ -246,7 +256,8 @@ impl Loop {
         }
     }
 
-    fn frame(&mut self, id: ConnId, frame: Vec<u8>) {
+    /// Handle one frame; stateless reads are appended to `reads`.
+    fn frame(&mut self, id: ConnId, frame: Vec<u8>, reads: &mut Vec<Message>) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -281,10 +292,10 @@ impl Loop {
         if msg.is_heartbeat() || msg.method == message::REPLY {
             return; // heartbeat
         }
-        self.route(id, msg);
+        self.route(id, msg, reads);
     }
 
-    fn route(&mut self, id: ConnId, msg: Message) {
+    fn route(&mut self, id: ConnId, msg: Message, reads: &mut Vec<Message>) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -318,31 +329,49 @@ impl Loop {
         };
         let session = conn.session.clone();
         if method.kind == methods::Kind::Concurrent && session.is_registered() {
-            let _ = self.shared.jobs.send(Job::Concurrent(id, msg));
+            reads.push(msg);
         } else if session.enqueue(msg) {
             let _ = self.shared.jobs.send(Job::Drain(id));
         }
     }
 
+    /// Queue what a worker sent; sockets are written once per loop turn
+    /// (`flush_dirty`), so replies that arrive together go out in one writev.
     fn deliver(&mut self, out: Out) {
         match out {
-            Out::Send(id, payload) => {
-                if let Some(conn) = self.conns.get_mut(&id) {
-                    conn.outq.push_back(OutFrame::new(Payload::Owned(payload)));
-                    self.flush(id);
+            Out::Send(id, payload) => self.queue(id, Payload::Owned(payload)),
+            Out::SendMany(id, payloads) => {
+                for p in payloads {
+                    self.queue(id, Payload::Owned(p));
                 }
             }
             Out::Broadcast(ids, payload) => {
                 for id in ids {
-                    if let Some(conn) = self.conns.get_mut(&id) {
-                        conn.outq
-                            .push_back(OutFrame::new(Payload::Shared(payload.clone())));
-                        self.flush(id);
-                    }
+                    self.queue(id, Payload::Shared(payload.clone()));
                 }
             }
-            Out::Close(id) => self.close(id),
+            Out::Close(id) => {
+                self.flush(id);
+                self.close(id);
+            }
         }
+    }
+
+    fn queue(&mut self, id: ConnId, payload: Payload) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.outq.push_back(OutFrame::new(payload));
+            self.dirty.push(id);
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for id in dirty.drain(..) {
+            self.flush(id);
+        }
+        self.dirty = dirty;
     }
 
     /// Write as much of the queue as the socket takes.

@@ -46,8 +46,8 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Work for the pool.
 pub(crate) enum Job {
-    /// A stateless read; runs immediately.
-    Concurrent(ConnId, Message),
+    /// Stateless reads (one read burst of one connection); run immediately.
+    Concurrent(ConnId, Vec<Message>),
     /// Process the session's ordered queue.
     Drain(ConnId),
     /// The session's parked vote now holds the commit lock.
@@ -60,6 +60,7 @@ pub(crate) enum Job {
 /// Work for the event loop.
 pub(crate) enum Out {
     Send(ConnId, Vec<u8>),
+    SendMany(ConnId, Vec<Vec<u8>>),
     Broadcast(Vec<ConnId>, Arc<Vec<u8>>),
     Close(ConnId),
 }
@@ -106,12 +107,16 @@ pub(crate) struct Shared {
     pub jobs: Sender<Job>,
     pub out: Sender<Out>,
     pub waker: Arc<mio::Waker>,
+    /// Set by `send` when it woke the loop; cleared by the loop before it drains.
+    pub wake_pending: AtomicBool,
     pub stopping: AtomicBool,
 }
 
 impl Shared {
+    /// Hand work to the event loop, waking it unless a wake is already
+    /// pending (saves a syscall per reply when the loop is busy).
     pub fn send(&self, out: Out) {
-        if self.out.send(out).is_ok() {
+        if self.out.send(out).is_ok() && !self.wake_pending.swap(true, Ordering::AcqRel) {
             if let Err(e) = self.waker.wake() {
                 log::error!("cannot wake the event loop: {e}");
             }
@@ -172,6 +177,7 @@ impl Server {
             jobs: job_tx,
             out: out_tx,
             waker,
+            wake_pending: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
         });
         let mut workers = Vec::new();

@@ -127,17 +127,26 @@ pub(crate) fn worker(shared: Arc<Shared>, jobs: Receiver<Job>) {
     while let Ok(job) = jobs.recv() {
         match job {
             Job::Stop => break,
-            Job::Concurrent(id, msg) => {
+            Job::Concurrent(id, msgs) => {
                 if let Some(sess) = shared.session(id) {
-                    // A load's reply is queued under the storage's visibility
+                    // Load replies are queued under the storage's visibility
                     // lock (see `finish`), so a client never receives a state
                     // older than an invalidation it has already seen.
                     let entry = sess.storage.get().cloned();
                     let _visible = entry
                         .as_ref()
                         .map(|e| e.visibility.read().unwrap_or_else(|p| p.into_inner()));
-                    let result = guarded(&msg.method, || concurrent(&shared, &sess, &msg));
-                    reply(&shared, id, &msg, result.and_then(|r| r));
+                    let mut replies = Vec::with_capacity(msgs.len());
+                    for msg in &msgs {
+                        let result = guarded(&msg.method, || concurrent(&shared, &sess, msg))
+                            .and_then(|r| r);
+                        if msg.is_oneway() && result.is_err() {
+                            reply(&shared, id, msg, result);
+                        } else if let Some(payload) = encode_reply(id, msg, result) {
+                            replies.push(payload);
+                        }
+                    }
+                    shared.send(Out::SendMany(id, replies));
                 }
             }
             Job::Drain(id) => {
@@ -181,7 +190,17 @@ fn reply(shared: &Shared, id: ConnId, msg: &Message, result: Result<Value>) {
         }
         return;
     }
-    let payload = match &result {
+    if let Some(payload) = encode_reply(id, msg, result) {
+        shared.send(Out::Send(id, payload));
+    }
+}
+
+/// The reply frame for a call (`None` for one-way messages).
+fn encode_reply(id: ConnId, msg: &Message, result: Result<Value>) -> Option<Vec<u8>> {
+    if msg.is_oneway() {
+        return None;
+    }
+    Some(match &result {
         Ok(v) => message::encode_reply(&msg.msgid, v),
         Err(e) => {
             if !matches!(e, Error::PosKey(_) | Error::Conflict { .. }) {
@@ -189,8 +208,7 @@ fn reply(shared: &Shared, id: ConnId, msg: &Message, result: Result<Value>) {
             }
             message::encode_error(&msg.msgid, e)
         }
-    };
-    shared.send(Out::Send(id, payload));
+    })
 }
 
 fn drain(shared: &Arc<Shared>, sess: &Arc<Session>) {

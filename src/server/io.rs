@@ -329,7 +329,17 @@ impl Loop {
         };
         let session = conn.session.clone();
         if method.kind == methods::Kind::Concurrent && session.is_registered() {
-            reads.push(msg);
+            if session.reads_never_block() && methods::is_point_read(&msg.method) {
+                // In-memory point reads: answering here saves two thread
+                // hand-offs per request.
+                match session::run_inline(&self.shared, &session, &msg) {
+                    Ok(Some(payload)) => self.queue(id, Payload::Owned(payload)),
+                    Ok(None) => {}
+                    Err(()) => self.close(id),
+                }
+            } else {
+                reads.push(msg);
+            }
         } else if session.enqueue(msg) {
             let _ = self.shared.jobs.send(Job::Drain(id));
         }

@@ -74,6 +74,15 @@ pub const METHODS: &[Method] = &[
     m("sendBlob", 2, 2, Concurrent),
 ];
 
+/// Point reads: cheap, bounded work that may run on the event loop itself
+/// when the storage's reads never block.
+pub fn is_point_read(name: &str) -> bool {
+    matches!(
+        name,
+        "loadBefore" | "loadSerial" | "getTid" | "lastTransaction" | "ping" | "get_size_info"
+    )
+}
+
 /// Look a method up by name.
 pub fn lookup(name: &str) -> Option<&'static Method> {
     METHODS.iter().find(|m| m.name == name)

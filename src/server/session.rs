@@ -95,6 +95,14 @@ impl Session {
         self.storage.get().is_some()
     }
 
+    /// The registered storage answers point reads without blocking.
+    pub fn reads_never_block(&self) -> bool {
+        self.storage
+            .get()
+            .map(|e| e.storage.reads_never_block())
+            .unwrap_or(false)
+    }
+
     /// Queue an ordered message; true when the caller must schedule a drain.
     pub(crate) fn enqueue(&self, msg: Message) -> bool {
         let mut q = lock(&self.queue);
@@ -161,6 +169,24 @@ pub(crate) fn worker(shared: Arc<Shared>, jobs: Receiver<Job>) {
             Job::Disconnected(id) => disconnected(&shared, id),
         }
     }
+}
+
+/// Answer a point read on the calling (event loop) thread: the reply
+/// payload, `None` for a one-way call, `Err` when the connection must close.
+pub(crate) fn run_inline(
+    shared: &Shared,
+    sess: &Session,
+    msg: &Message,
+) -> std::result::Result<Option<Vec<u8>>, ()> {
+    let entry = sess.storage.get().cloned();
+    let _visible = entry
+        .as_ref()
+        .map(|e| e.visibility.read().unwrap_or_else(|p| p.into_inner()));
+    let result = guarded(&msg.method, || concurrent(shared, sess, msg)).and_then(|r| r);
+    if msg.is_oneway() && result.is_err() {
+        return Err(());
+    }
+    Ok(encode_reply(sess.id, msg, result))
 }
 
 /// Run `f`, turning a panic into an error reply and a log line.

@@ -256,6 +256,12 @@ pub trait Storage: Send + Sync {
     /// Pack: forget revisions not needed to read the database as of `t` (Unix time).
     fn pack(&self, t: f64, gc: bool) -> Result<()>;
     fn size_info(&self) -> SizeInfo;
+    /// True when point reads (`load_before`, `load_serial`, ...) never wait
+    /// for IO (memory storage): the server then answers them on its event
+    /// loop instead of handing them to a worker.
+    fn reads_never_block(&self) -> bool {
+        false
+    }
     /// Flush and release resources.
     fn close(&self) {}
 }

@@ -78,7 +78,10 @@ fn default_invq() -> usize {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum StorageKind {
+    /// In-memory MVCC storage (lost on exit; tests and caches).
     Memory,
+    /// A ZODB `Data.fs` file, compatible with Python's FileStorage.
+    File,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -89,6 +92,21 @@ pub struct StorageConfig {
     pub kind: StorageKind,
     #[serde(default)]
     pub read_only: bool,
+    /// `kind = "file"`: the Data.fs path (relative paths are relative to the
+    /// config file's directory).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// `kind = "file"`: fsync before acknowledging a commit. `false` is
+    /// unsafe: a power loss can lose acknowledged commits.
+    #[serde(default = "yes")]
+    pub sync: bool,
+    /// Pack removes objects unreachable from the root (ZODB's `pack-gc`).
+    #[serde(default = "yes")]
+    pub pack_gc: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -122,7 +140,17 @@ impl Config {
             file: path.to_path_buf(),
             reason: e.to_string().trim_end().to_string(),
         })?;
+        let mut cfg = cfg;
         cfg.validate(path)?;
+        // Relative storage paths are relative to the config file.
+        let base = path.parent().unwrap_or(Path::new("."));
+        for s in &mut cfg.storage {
+            if let Some(p) = &s.path {
+                if p.is_relative() {
+                    s.path = Some(base.join(p));
+                }
+            }
+        }
         Ok(cfg)
     }
 
@@ -170,6 +198,23 @@ impl Config {
         }
         let mut seen = HashSet::new();
         for (i, s) in self.storage.iter().enumerate() {
+            match (s.kind, &s.path) {
+                (StorageKind::File, None) => {
+                    return Err(invalid(
+                        &format!("storage[{i}].path"),
+                        "(missing)".into(),
+                        "a storage of kind \"file\" needs path = \"/where/Data.fs\"",
+                    ))
+                }
+                (StorageKind::Memory, Some(p)) => {
+                    return Err(invalid(
+                        &format!("storage[{i}].path"),
+                        format!("{:?}", p.display().to_string()),
+                        "only a storage of kind \"file\" has a path",
+                    ))
+                }
+                _ => {}
+            }
             if s.name.is_empty() {
                 return Err(invalid(
                     &format!("storage[{i}].name"),
@@ -226,6 +271,30 @@ mod tests {
         for (text, key) in cases {
             let err = parse(text).expect_err(text).to_string();
             assert!(err.contains("test.toml"), "{err}");
+            assert!(err.contains(&format!("`{key}`")), "{err}");
+        }
+    }
+
+    #[test]
+    fn file_storage_needs_a_path_relative_to_the_config() {
+        let c = Config::parse(
+            "[[storage]]\nname=\"1\"\nkind=\"file\"\npath=\"data/Data.fs\"\n",
+            Path::new("/etc/zeoraid/z.toml"),
+        )
+        .expect("valid");
+        assert_eq!(
+            c.storage[0].path.as_deref(),
+            Some(Path::new("/etc/zeoraid/data/Data.fs"))
+        );
+        assert!(c.storage[0].sync && c.storage[0].pack_gc);
+        for (text, key) in [
+            ("[[storage]]\nname=\"1\"\nkind=\"file\"", "storage[0].path"),
+            (
+                "[[storage]]\nname=\"1\"\nkind=\"memory\"\npath=\"x\"",
+                "storage[0].path",
+            ),
+        ] {
+            let err = parse(text).expect_err(text).to_string();
             assert!(err.contains(&format!("`{key}`")), "{err}");
         }
     }

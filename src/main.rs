@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use zeoraid::config::{Config, StorageKind};
+use zeoraid::config::{Config, StorageConfig, StorageKind};
 use zeoraid::server::{Options, Served, Server};
 use zeoraid::storage::memory::MemoryStorage;
 use zeoraid::storage::Storage;
@@ -56,6 +56,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// Open one configured storage.
+fn open_storage(s: &StorageConfig) -> Result<Arc<dyn Storage>, String> {
+    match s.kind {
+        StorageKind::Memory => Ok(Arc::new(MemoryStorage::new(&s.name, s.read_only))),
+        StorageKind::File => Err("kind = \"file\" is not available in this build yet".into()),
+    }
+}
+
 fn serve(path: PathBuf, listen: Option<String>) -> ExitCode {
     let mut cfg = match Config::load(&path) {
         Ok(c) => c,
@@ -77,16 +85,20 @@ fn serve(path: PathBuf, listen: Option<String>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let served: Vec<Served> = cfg
-        .storage
-        .iter()
-        .map(|s| {
-            let storage: Arc<dyn Storage> = match s.kind {
-                StorageKind::Memory => Arc::new(MemoryStorage::new(&s.name, s.read_only)),
-            };
-            (s.name.clone(), storage, s.read_only)
-        })
-        .collect();
+    let mut served: Vec<Served> = Vec::new();
+    for s in &cfg.storage {
+        match open_storage(s) {
+            Ok(storage) => served.push((s.name.clone(), storage, s.read_only)),
+            Err(e) => {
+                eprintln!(
+                    "zeoraid: cannot open storage {:?} from {}: {e}",
+                    s.name,
+                    path.display()
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
     let opts = Options {
         listen,
         workers: cfg.server.workers,

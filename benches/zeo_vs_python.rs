@@ -1,8 +1,11 @@
-//! zeoraid's memory storage vs Python `runzeo` with `<mappingstorage>`,
-//! side by side in one run, both driven by `zeoraid bench` logic over the
-//! same msgpack ZEO 5 protocol.
+//! zeoraid vs Python `runzeo`, side by side in one run, both driven by the
+//! `zeoraid bench` load generator over the same msgpack ZEO 5 protocol:
+//! - `memory`: zeoraid's memory storage vs runzeo's `<mappingstorage>`;
+//! - `file`: zeoraid's file storage vs runzeo's `<filestorage>`, both
+//!   fsyncing every commit.
 //!
-//! Run: `cargo bench --bench zeo_vs_python` (release build). Needs a Python
+//! Run: `cargo bench --bench zeo_vs_python [-- memory|file]` (release build;
+//! both by default). Needs a Python
 //! with ZODB 6 + ZEO 6: `$ZEORAID_PYTHON` or `.venv/bin/python` (created by
 //! `bash tests/run-all.sh`). Knobs: `ZEORAID_BENCH_SECONDS` (per run, default
 //! 6), `ZEORAID_BENCH_REPEAT` (default 3; medians are reported),
@@ -58,11 +61,29 @@ fn wait_port(addr: SocketAddr) {
     }
 }
 
-fn start_zeoraid(dir: &std::path::Path) -> Proc {
+/// Which storage both servers use.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Memory,
+    File,
+}
+
+fn start_zeoraid(dir: &std::path::Path, kind: Kind) -> Proc {
     let conf = dir.join("zeoraid.toml");
+    let storage = match kind {
+        Kind::Memory => "kind = \"memory\"".to_string(),
+        Kind::File => {
+            let data = dir.join("zeoraid-data");
+            std::fs::create_dir_all(&data).expect("data dir");
+            format!(
+                "kind = \"file\"\npath = {:?}",
+                data.join("Data.fs").display().to_string()
+            )
+        }
+    };
     std::fs::write(
         &conf,
-        "[server]\nlisten = \"127.0.0.1:0\"\n[[storage]]\nname = \"1\"\nkind = \"memory\"\n",
+        format!("[server]\nlisten = \"127.0.0.1:0\"\n[[storage]]\nname = \"1\"\n{storage}\n"),
     )
     .expect("write config");
     let mut child = Command::new(env!("CARGO_BIN_EXE_zeoraid"))
@@ -90,13 +111,21 @@ fn start_zeoraid(dir: &std::path::Path) -> Proc {
     }
 }
 
-fn start_runzeo(dir: &std::path::Path) -> Proc {
+fn start_runzeo(dir: &std::path::Path, kind: Kind) -> Proc {
     let port = free_port();
     let conf = dir.join("zeo.conf");
     let mut f = std::fs::File::create(&conf).expect("zeo.conf");
     writeln!(
         f,
-        "<zeo>\n  address 127.0.0.1:{port}\n  msgpack true\n</zeo>\n<mappingstorage 1>\n</mappingstorage>\n<eventlog>\n  level ERROR\n  <logfile>\n    path STDERR\n  </logfile>\n</eventlog>"
+        "<zeo>\n  address 127.0.0.1:{port}\n  msgpack true\n</zeo>\n{}\n<eventlog>\n  level ERROR\n  <logfile>\n    path STDERR\n  </logfile>\n</eventlog>",
+        match kind {
+            Kind::Memory => "<mappingstorage 1>\n</mappingstorage>".to_string(),
+            Kind::File => {
+                let data = dir.join("python-data");
+                std::fs::create_dir_all(&data).expect("data dir");
+                format!("<filestorage 1>\n  path {}\n</filestorage>", data.join("Data.fs").display())
+            }
+        }
     )
     .expect("write zeo.conf");
     let child = Command::new(python())
@@ -205,12 +234,33 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let want = |k: &str| args.is_empty() || args.iter().any(|a| a == k);
+    if want("memory") {
+        compare(Kind::Memory, seconds, repeat, Some(idle));
+    }
+    if want("file") {
+        compare(Kind::File, seconds, repeat, None);
+    }
+}
+
+fn compare(kind: Kind, seconds: f64, repeat: usize, idle: Option<usize>) {
     let dir = tempfile::tempdir().expect("tempdir");
+    let (py_name, our_name) = match kind {
+        Kind::Memory => ("python runzeo (mappingstorage)", "zeoraid (memory)"),
+        Kind::File => (
+            "python runzeo (filestorage, fsync)",
+            "zeoraid (file, fsync)",
+        ),
+    };
     // Idle connections first, on fresh servers, so stored data does not
     // blur the per-connection cost.
-    {
-        let ours = start_zeoraid(dir.path());
-        let python = start_runzeo(dir.path());
+    if let Some(idle) = idle {
+        let ours = start_zeoraid(dir.path(), kind);
+        let python = start_runzeo(dir.path(), kind);
         println!("Resident memory with {idle} idle registered connections (fresh servers):\n");
         println!("| server | RSS before | RSS with {idle} idle connections |");
         println!("|---|---|---|");
@@ -225,10 +275,11 @@ fn main() {
         }
         println!();
     }
-    let ours = start_zeoraid(dir.path());
-    let python = start_runzeo(dir.path());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ours = start_zeoraid(dir.path(), kind);
+    let python = start_runzeo(dir.path(), kind);
     println!(
-        "zeoraid bench, 1 object of 128 bytes per commit, {seconds} s per run (half commits, half loads), median of {repeat}\n"
+        "{our_name} vs {py_name}: 1 object of 128 bytes per commit, {seconds} s per run (half commits, half loads), median of {repeat}\n"
     );
     println!("| clients | server | commits/s | commit p99 ms | loads/s | load p99 ms | loads/s, 16 in flight |");
     println!("|---|---|---|---|---|---|---|");
@@ -251,10 +302,7 @@ fn main() {
             loads_pipelined: median(v.iter().map(|f| f.loads_pipelined).collect()),
         };
         let (p, r) = (med(&py), med(&rs));
-        for (name, f) in [
-            ("python runzeo (mappingstorage)", &p),
-            ("zeoraid (memory)", &r),
-        ] {
+        for (name, f) in [(py_name, &p), (our_name, &r)] {
             println!(
                 "| {clients} | {name} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} |",
                 f.commits, f.commit_p99, f.loads, f.load_p99, f.loads_pipelined
@@ -267,4 +315,5 @@ fn main() {
             r.loads_pipelined / p.loads_pipelined.max(1e-9)
         );
     }
+    println!();
 }

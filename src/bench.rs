@@ -220,52 +220,36 @@ impl RawConn {
                 Value::Array(_) => {}
                 other => return Err(format!("loadBefore answered {other}")),
             }
-            lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+            lat.push(micros(t0));
         }
         Ok(lat)
     }
 }
 
-/// What one commit thread returns: latencies (µs) and the oids it wrote.
-type CommitOutcome = Result<(Vec<u32>, Vec<Value>), String>;
+fn micros(t0: Instant) -> u32 {
+    t0.elapsed().as_micros().min(u32::MAX as u128) as u32
+}
 
-/// Run the benchmark and return the report (text or JSON).
-pub fn run(args: &BenchArgs) -> Result<String, String> {
-    if args.clients == 0 || args.objects_per_txn == 0 || args.duration <= 0.0 {
-        return Err("--clients, --objects-per-txn and --duration must be positive".into());
-    }
-    let clients: Vec<Client> = (0..args.clients)
-        .map(|_| connect(args))
-        .collect::<Result<_, _>>()?;
-    let phase = Duration::from_secs_f64(args.duration / 2.0);
-    let payload: Arc<Vec<u8>> = Arc::new((0..args.size).map(|i| (i % 251) as u8).collect());
-
-    // Phase 1: commits.
+/// Run `work(i, item, stop)` on one named thread per item for `phase`, then
+/// raise `stop` and collect every thread's result (a panic or a failed spawn
+/// becomes that thread's error). Returns the results and the elapsed time.
+fn timed_phase<I: Send, T: Send>(
+    items: Vec<I>,
+    phase: Duration,
+    what: &str,
+    work: impl Fn(usize, I, &AtomicBool) -> Result<T, String> + Sync,
+) -> (Vec<Result<T, String>>, Duration) {
     let stop = AtomicBool::new(false);
     let started = Instant::now();
-    let results: Vec<CommitOutcome> = std::thread::scope(|s| {
-        let handles: Vec<_> = clients
-            .iter()
+    let results = std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .into_iter()
             .enumerate()
-            .map(|(i, c)| {
-                let stop = &stop;
-                let payload = payload.clone();
+            .map(|(i, item)| {
+                let (stop, work) = (&stop, &work);
                 std::thread::Builder::new()
-                    .name(format!("bench-commit-{i}"))
-                    .spawn_scoped(s, move || {
-                        let mut lat = Vec::new();
-                        let mut written = Vec::new();
-                        let mut txn = (i as i64) << 32;
-                        while !stop.load(Ordering::Relaxed) {
-                            let oids = new_oids(c, args.objects_per_txn)?;
-                            txn += 1;
-                            let t0 = Instant::now();
-                            commit(c, txn, &oids, &payload)?;
-                            lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                            written.extend(oids);
-                        }
-                        Ok((lat, written))
-                    })
+                    .name(format!("bench-{what}-{i}"))
+                    .spawn_scoped(s, move || work(i, item, stop))
             })
             .collect();
         std::thread::sleep(phase);
@@ -280,7 +264,36 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
             })
             .collect()
     });
-    let commit_elapsed = started.elapsed();
+    (results, started.elapsed())
+}
+
+/// Run the benchmark and return the report (text or JSON).
+pub fn run(args: &BenchArgs) -> Result<String, String> {
+    if args.clients == 0 || args.objects_per_txn == 0 || args.duration <= 0.0 {
+        return Err("--clients, --objects-per-txn and --duration must be positive".into());
+    }
+    let clients: Vec<Client> = (0..args.clients)
+        .map(|_| connect(args))
+        .collect::<Result<_, _>>()?;
+    let phase = Duration::from_secs_f64(args.duration / 2.0);
+    let payload: Arc<Vec<u8>> = Arc::new((0..args.size).map(|i| (i % 251) as u8).collect());
+
+    // Phase 1: commits.
+    let (results, commit_elapsed) =
+        timed_phase(clients.iter().collect(), phase, "commit", |i, c, stop| {
+            let mut lat = Vec::new();
+            let mut written = Vec::new();
+            let mut txn = (i as i64) << 32;
+            while !stop.load(Ordering::Relaxed) {
+                let oids = new_oids(c, args.objects_per_txn)?;
+                txn += 1;
+                let t0 = Instant::now();
+                commit(c, txn, &oids, &payload)?;
+                lat.push(micros(t0));
+                written.extend(oids);
+            }
+            Ok((lat, written))
+        });
     let mut commit_lat = Vec::new();
     let mut written = Vec::new();
     for r in results {
@@ -299,49 +312,25 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
     for c in &clients {
         c.close();
     }
-    let stop = AtomicBool::new(false);
     let written = &written;
     let mut raws: Vec<RawConn> = (0..args.clients)
         .map(|_| RawConn::connect(&args.address, &args.storage))
         .collect::<Result<_, _>>()?;
-    let started = Instant::now();
     let depth = args.pipeline.max(1);
-    let results: Vec<Result<Vec<u32>, String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = raws
-            .iter_mut()
-            .enumerate()
-            .map(|(i, raw)| {
-                let stop = &stop;
-                std::thread::Builder::new()
-                    .name(format!("bench-load-{i}"))
-                    .spawn_scoped(s, move || {
-                        let mut rng = rand::thread_rng();
-                        let mut lat = Vec::new();
-                        let mut batch = Vec::with_capacity(depth);
-                        while !stop.load(Ordering::Relaxed) {
-                            batch.clear();
-                            for _ in 0..depth {
-                                batch.push(written[rng.gen_range(0..written.len())].clone());
-                            }
-                            lat.extend(raw.load_batch(&batch)?);
-                        }
-                        Ok(lat)
-                    })
-            })
-            .collect();
-        std::thread::sleep(phase);
-        stop.store(true, Ordering::Relaxed);
-        handles
-            .into_iter()
-            .map(|h| match h {
-                Ok(h) => h
-                    .join()
-                    .unwrap_or_else(|_| Err("bench thread panicked".into())),
-                Err(e) => Err(format!("cannot start bench thread: {e}")),
-            })
-            .collect()
-    });
-    let load_elapsed = started.elapsed();
+    let (results, load_elapsed) =
+        timed_phase(raws.iter_mut().collect(), phase, "load", |_, raw, stop| {
+            let mut rng = rand::thread_rng();
+            let mut lat = Vec::new();
+            let mut batch = Vec::with_capacity(depth);
+            while !stop.load(Ordering::Relaxed) {
+                batch.clear();
+                for _ in 0..depth {
+                    batch.push(written[rng.gen_range(0..written.len())].clone());
+                }
+                lat.extend(raw.load_batch(&batch)?);
+            }
+            Ok(lat)
+        });
     let mut load_lat = Vec::new();
     for r in results {
         load_lat.extend(r?);

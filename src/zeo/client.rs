@@ -64,7 +64,7 @@ use crate::storage::{
     Txn, TxnIter, TxnMeta, TxnRecord, UndoEntry, Vote,
 };
 use crate::zeo::frame::{self, FrameDecoder};
-use crate::zeo::message::{self, Message, FLAG_ERROR, REPLY};
+use crate::zeo::message::{self, short, Message, FLAG_ERROR, REPLY};
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use rmpv::Value;
 use std::collections::{HashMap, HashSet};
@@ -277,19 +277,6 @@ fn write_frames<W: Write + ?Sized>(w: &mut W, frames: &[OutFrame<'_>]) -> io::Re
         w.write_all(&buf)?;
     }
     w.flush()
-}
-
-fn short(v: &Value) -> String {
-    let mut s = format!("{v}");
-    if s.len() > 100 {
-        let mut cut = 100;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push('…');
-    }
-    s
 }
 
 fn malformed(what: &str, v: &Value) -> Error {

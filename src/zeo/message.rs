@@ -110,10 +110,11 @@ pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
     })
 }
 
-fn short(v: &Value) -> String {
+/// A value rendered for an error message, cut to 100 bytes.
+pub fn short(v: &Value) -> String {
     let mut s = format!("{v}");
-    if s.len() > 80 {
-        let mut cut = 80;
+    if s.len() > 100 {
+        let mut cut = 100;
         while !s.is_char_boundary(cut) {
             cut -= 1;
         }

@@ -129,6 +129,23 @@ def skip_long_tests(cls):
             setattr(cls, name, unittest.skip(reason)(wrapper))
 
 
+def prepare_module(classes, known, mark):
+    """Apply ``known`` failures (marking them only when ``mark``) and the
+    long-test skips to ``classes``; return the module's ``load_suite``."""
+    apply_known_failures(classes, known, mark=mark)
+    for cls in classes:
+        skip_long_tests(cls)
+
+    def load_suite(name_filter=None):
+        """All tests of the module, in a fixed order."""
+        suite = unittest.TestSuite()
+        for cls in classes:
+            suite.addTest(load_class(cls, name_filter))
+        return suite
+
+    return load_suite
+
+
 # ---------------------------------------------------------------------------
 # Timeouts
 

@@ -331,16 +331,7 @@ class InvalidationTests(ServerFixture, unittest.TestCase):
 
 TEST_CLASSES = [InvalidationTests]
 
-harness.apply_known_failures(
-    TEST_CLASSES, KNOWN_FAILURES,
-    mark=zeoraid_server.target() == "zeoraid")
-for _cls in TEST_CLASSES:
-    harness.skip_long_tests(_cls)
-
-
-def load_suite(name_filter=None):
-    """All tests of this module, in a fixed order."""
-    suite = unittest.TestSuite()
-    for cls in TEST_CLASSES:
-        suite.addTest(harness.load_class(cls, name_filter))
-    return suite
+# Known failures apply to zeoraid only; under runzeo the names are still
+# checked so a typo is caught either way.
+load_suite = harness.prepare_module(
+    TEST_CLASSES, KNOWN_FAILURES, mark=zeoraid_server.target() == "zeoraid")

@@ -13,7 +13,7 @@ use rmpv::Value;
 use std::fs::File;
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::thread;
@@ -22,38 +22,12 @@ use zeoraid::storage::{timestamp, Error, Oid, Op, Storage, Tid, Txn, TxnMeta, Vo
 use zeoraid::zeo::client::{encode_ext, Client, ClientOptions, EventHandler, ServerEvent};
 use zeoraid::zeo::{frame, message};
 
+mod common;
+use common::python;
+
 // ---------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------
-
-/// The venv python, checked to import ZODB, ZEO and msgpack. Panics (fails
-/// the test) with instructions when there is none.
-fn python() -> PathBuf {
-    let (py, origin) = match std::env::var_os("ZEORAID_PYTHON") {
-        Some(p) => (PathBuf::from(p), "$ZEORAID_PYTHON"),
-        None => (
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"),
-            "the crate's .venv/bin/python (ZEORAID_PYTHON is unset)",
-        ),
-    };
-    let out = Command::new(&py)
-        .args(["-c", "import ZODB, ZEO, msgpack"])
-        .output();
-    match out {
-        Ok(o) if o.status.success() => py,
-        Ok(o) => panic!(
-            "{origin} = {} cannot import ZODB, ZEO and msgpack:\n{}\n\
-             Point ZEORAID_PYTHON at a virtualenv python with `pip install ZODB ZEO msgpack`.",
-            py.display(),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-        Err(e) => panic!(
-            "cannot run {origin} = {}: {e}\n\
-             Point ZEORAID_PYTHON at a virtualenv python with `pip install ZODB ZEO msgpack`.",
-            py.display()
-        ),
-    }
-}
 
 fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");

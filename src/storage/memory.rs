@@ -18,7 +18,11 @@
 //!   later transaction";
 //! - pack keeps, per object, the newest revision at the pack time (if it has
 //!   data) and everything later, drops transactions left empty and marks the
-//!   surviving old ones packed (`'p'`), which also ends the undo log.
+//!   surviving old ones packed (`'p'`), which also ends the undo log;
+//! - pack with `gc` also drops, up to the pack time, every object not
+//!   reachable from the root at the pack time, by FileStorage's rules
+//!   ([`super::gc`]: revisions later undo records point back at are kept,
+//!   objects written after the pack time keep those later revisions).
 //!
 //! Concurrency: committed state sits behind an [`RwLock`] taken for short
 //! critical sections; the voted ("prepared") transaction sits in its own
@@ -32,9 +36,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use super::gc::{self, GcError, PackGc};
 use super::{
-    timestamp, Conflict, CurrentRecord, Data, DataRecord, Error, HistoryEntry, Loaded, Oid, Op,
-    Result, SizeInfo, Storage, Tid, Txn, TxnIter, TxnMeta, TxnRecord, UndoEntry, Vote,
+    pickle_refs, timestamp, Conflict, CurrentRecord, Data, DataRecord, Error, HistoryEntry, Loaded,
+    Oid, Op, Result, SizeInfo, Storage, Tid, Txn, TxnIter, TxnMeta, TxnRecord, UndoEntry, Vote,
 };
 
 /// Transaction status of an ordinary (undoable) transaction.
@@ -163,8 +168,9 @@ impl Committed {
     }
 
     /// Apply a pack planned for `todo` (objects with revisions to drop or
-    /// backpointers to resolve) as of `packtid`.
-    fn apply_pack(&mut self, packtid: Tid, todo: &[Oid]) {
+    /// backpointers to resolve) as of `packtid`. With a GC plan, the
+    /// revisions up to `packtid` that survive are exactly those it keeps.
+    fn apply_pack(&mut self, packtid: Tid, todo: &[Oid], gc: Option<&PackGc<Tid>>) {
         let mut touched: BTreeSet<Tid> = BTreeSet::new();
         for oid in todo {
             let Some(revs) = self.objects.get_mut(oid) else {
@@ -173,24 +179,28 @@ impl Committed {
             let was_live = is_live(revs);
             // Revisions up to packtid cannot have changed since planning
             // (later commits only append), so the cut is recomputed here.
-            let cut = pack_cut(revs, packtid);
-            for r in revs.drain(..cut.drop) {
-                self.bytes = self.bytes.saturating_sub(r.size());
-                touched.insert(r.tid);
-            }
-            let first = revs.first().map(|r| r.tid);
-            for r in revs.iter_mut() {
+            let keep = pack_keep(revs, packtid, |tid| gc.map(|g| g.keeps(*oid, tid)));
+            let mut i = 0;
+            revs.retain(|r| {
+                let kept = keep.get(i).copied().unwrap_or(true);
+                i += 1;
+                if !kept {
+                    self.bytes = self.bytes.saturating_sub(r.size());
+                    touched.insert(r.tid);
+                }
+                kept
+            });
+            for k in 0..revs.len() {
                 // Packed records never point back (FileStorage copies the
                 // data); later ones lose pointers into what was dropped.
-                let resolve = match (r.data_txn, first) {
-                    (None, _) => false,
-                    (Some(_), _) if r.tid <= packtid => true,
-                    (Some(d), Some(f)) => d < f,
-                    (Some(_), None) => true,
+                let resolve = match revs[k].data_txn {
+                    None => false,
+                    Some(_) if revs[k].tid <= packtid => true,
+                    Some(d) => find_revision(revs, d).is_none(),
                 };
                 if resolve {
-                    r.data_txn = None;
-                    touched.insert(r.tid);
+                    revs[k].data_txn = None;
+                    touched.insert(revs[k].tid);
                 }
             }
             let now_live = is_live(revs);
@@ -300,8 +310,11 @@ impl MemoryStorage {
     }
 
     /// The objects a pack to `packtid` has work on, found in batches so
-    /// that loads and commits interleave with the scan.
-    fn plan_pack(&self, packtid: Tid) -> Vec<Oid> {
+    /// that loads and commits interleave with the scan. With GC, that is
+    /// also every object with revisions up to `packtid` that is not
+    /// reachable at the pack time (steps 2 and 3 of GC only make more
+    /// objects reachable, so this is a superset).
+    fn plan_pack(&self, packtid: Tid, gc: Option<&PackGc<Tid>>) -> Vec<Oid> {
         let mut todo = Vec::new();
         let mut cursor: Option<Oid> = None;
         loop {
@@ -314,7 +327,9 @@ impl MemoryStorage {
             for (oid, revs) in st.objects.range((lower, Bound::Unbounded)).take(PACK_BATCH) {
                 seen += 1;
                 cursor = Some(*oid);
-                if pack_cut(revs, packtid).has_work() {
+                let unreachable = gc.is_some_and(|g| !g.is_reachable(*oid))
+                    && revs.first().is_some_and(|r| r.tid <= packtid);
+                if unreachable || pack_cut(revs, packtid).has_work() {
                     todo.push(*oid);
                 }
             }
@@ -323,10 +338,98 @@ impl MemoryStorage {
             }
         }
     }
+
+    /// GC step 1: what is reachable from the root as of `packtid`. Revisions
+    /// up to `packtid` change only by pack (serialised by `pack_lock`), so
+    /// the walk takes the read lock per object.
+    fn gc_at_packtime(&self, packtid: Tid) -> Result<PackGc<Tid>> {
+        let mut plan = PackGc::new();
+        plan.mark_from([gc::ROOT], |oid| {
+            current_at(self.read().objects.get(&oid)?, packtid)
+        })
+        .map_err(gc_error)?;
+        if !plan.is_reachable(gc::ROOT) {
+            // FileStorage refuses (KeyError) unless nothing exists then.
+            let st = self.read();
+            if let Some(oid) = st
+                .objects
+                .iter()
+                .find(|(_, revs)| current_at(revs, packtid).is_some())
+                .map(|(oid, _)| *oid)
+            {
+                return Err(Error::Value(format!(
+                    "pack with garbage collection refused: the root object {} \
+                     does not exist at the pack time, but object {oid} does",
+                    gc::ROOT
+                )));
+            }
+        }
+        Ok(plan)
+    }
+}
+
+impl Committed {
+    /// GC steps 2 and 3 (under the write lock, so no commit slips in before
+    /// the pack is applied): records after `packtid` that point back at a
+    /// revision up to `packtid` keep it, and may make more objects reachable.
+    fn gc_from_future(&self, packtid: Tid, plan: &mut PackGc<Tid>) -> Result<()> {
+        let mut extra_roots = Vec::new();
+        for (tid, entry) in self
+            .txns
+            .range((Bound::Excluded(packtid), Bound::Unbounded))
+        {
+            for rec in &entry.records {
+                let Some(back) = self.revision(rec.oid, *tid).and_then(|r| r.data_txn) else {
+                    continue;
+                };
+                if back <= packtid && plan.note_future_backpointer(rec.oid, back) {
+                    extra_roots.push((rec.oid, back));
+                }
+            }
+        }
+        for (oid, back) in extra_roots {
+            let Some(data) = self.revision(oid, back).and_then(|r| r.data.clone()) else {
+                continue;
+            };
+            let refs = pickle_refs::references(&data)
+                .map_err(|error| gc_error(GcError::Unreadable { oid, error }))?;
+            plan.mark_from(refs, |o| current_at(self.objects.get(&o)?, packtid))
+                .map_err(gc_error)?;
+        }
+        Ok(())
+    }
+}
+
+fn gc_error(e: GcError) -> Error {
+    Error::Value(format!("pack garbage collection failed: {e}"))
 }
 
 // ---------------------------------------------------------------------------
 // Pure decisions.
+
+/// The revision current at `packtid` and its data, if it has data.
+fn current_at(revs: &[Revision], packtid: Tid) -> Option<(Tid, Data)> {
+    let n = revs.partition_point(|r| r.tid <= packtid);
+    let r = revs.get(n.checked_sub(1)?)?;
+    r.data.as_ref().map(|d| (r.tid, d.clone()))
+}
+
+/// Which revisions survive a pack at `packtid`, one flag per revision.
+/// Later revisions always survive. Up to `packtid`, `gc_keeps(tid)` decides
+/// when it answers (`Some`, garbage collection on); otherwise [`pack_cut`].
+fn pack_keep(revs: &[Revision], packtid: Tid, gc_keeps: impl Fn(Tid) -> Option<bool>) -> Vec<bool> {
+    let cut = pack_cut(revs, packtid);
+    revs.iter()
+        .enumerate()
+        .map(|(i, r)| {
+            if r.tid > packtid {
+                true
+            } else {
+                gc_keeps(r.tid).unwrap_or(i >= cut.drop)
+            }
+        })
+        .collect()
+}
 
 fn find_revision(revs: &[Revision], tid: Tid) -> Option<usize> {
     revs.binary_search_by_key(&tid, |r| r.tid).ok()
@@ -916,10 +1019,10 @@ impl Storage for MemoryStorage {
     /// "tomorrow" packs as of now; commits during the pack are untouched).
     /// A pack not later than the previous one does nothing.
     ///
-    /// `gc` is ignored for now: removing objects unreachable from the root
-    /// needs a pickle reference scanner, which comes later; until then pack
-    /// behaves like FileStorage with `pack_gc = false`.
-    fn pack(&self, t: f64, _gc: bool) -> Result<()> {
+    /// With `gc`, objects not reachable from the root at the pack time lose
+    /// their revisions up to it, as FileStorage's pack GC does (see
+    /// [`super::gc`]); a record GC cannot scan fails the pack, unchanged.
+    fn pack(&self, t: f64, gc: bool) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
@@ -942,8 +1045,17 @@ impl Storage for MemoryStorage {
             }
             packtid
         };
-        let todo = self.plan_pack(packtid);
-        self.write().apply_pack(packtid, &todo);
+        let mut plan = if gc {
+            Some(self.gc_at_packtime(packtid)?)
+        } else {
+            None
+        };
+        let todo = self.plan_pack(packtid, plan.as_ref());
+        let mut st = self.write();
+        if let Some(plan) = plan.as_mut() {
+            st.gc_from_future(packtid, plan)?;
+        }
+        st.apply_pack(packtid, &todo, plan.as_ref());
         Ok(())
     }
 
@@ -953,6 +1065,10 @@ impl Storage for MemoryStorage {
             objects: st.live,
             bytes: st.bytes,
         }
+    }
+
+    fn reads_never_block(&self) -> bool {
+        true
     }
 }
 
@@ -2602,7 +2718,7 @@ mod tests {
         assert!(matches!(s.pack(f64::NAN, false), Err(Error::Value(_))));
         assert!(matches!(s.pack(f64::INFINITY, false), Err(Error::Value(_))));
         // Tomorrow: packs as of the last transaction.
-        s.pack(timestamp::now() + 86_400.0, true).expect("pack");
+        s.pack(timestamp::now() + 86_400.0, false).expect("pack");
         assert_eq!(s.history(o(1), 10).map(|h| h.len()), Ok(1));
         assert_eq!(
             records(&s)
@@ -2646,7 +2762,7 @@ mod tests {
             packtimes.push(timestamp::time_time(tid) + 1.0);
         }
         for p in packtimes {
-            s.pack(p, true).expect("pack");
+            s.pack(p, false).expect("pack");
             assert_eq!(value(&s, 1), "3");
             assert_eq!(value(&s, 2), "2");
             assert_eq!(value(&s, 0), "root");
@@ -2655,6 +2771,285 @@ mod tests {
         // Everything is packed: every object has one revision.
         for oid in 0..3 {
             assert_eq!(s.history(o(oid), 100).map(|h| h.len()), Ok(1));
+        }
+    }
+
+    // -- pack with garbage collection ----------------------------------------
+
+    /// A ZODB-like record: protocol 3, class `m.K`, state a tuple of
+    /// `(oid, class)` references and the text `tag`.
+    fn pk(refs: &[u64], tag: &str) -> Data {
+        let mut v = b"\x80\x03cm\nK\nq\x00.\x80\x03(".to_vec();
+        for r in refs {
+            v.extend_from_slice(b"C\x08");
+            v.extend_from_slice(&r.to_be_bytes());
+            v.extend_from_slice(b"h\x00\x86Q");
+        }
+        v.push(0x8c);
+        v.push(tag.len() as u8);
+        v.extend_from_slice(tag.as_bytes());
+        v.extend_from_slice(b"t.");
+        Arc::from(v)
+    }
+
+    fn put(oid: u64, serial: Tid, refs: &[u64], tag: &str) -> Op {
+        Op::Store {
+            oid: o(oid),
+            serial,
+            data: pk(refs, tag),
+        }
+    }
+
+    fn exists(s: &MemoryStorage, oid: u64) -> bool {
+        s.history(o(oid), 1).is_ok()
+    }
+
+    fn revisions(s: &MemoryStorage, oid: u64) -> Vec<Tid> {
+        let mut v: Vec<Tid> = s
+            .history(o(oid), 100)
+            .map(|h| h.iter().map(|e| e.tid).collect())
+            .unwrap_or_default();
+        v.reverse();
+        v
+    }
+
+    #[test]
+    fn gc_removes_unreachable_objects_and_cycles() {
+        let s = mem();
+        // 0 -> 1 -> 2; 3 alone; 4 <-> 5 a cycle nobody reaches; 6 -> 0
+        // (reaches the root, but nothing reaches 6).
+        let a = commit(
+            &s,
+            Some(t(10)),
+            vec![
+                put(0, Tid::ZERO, &[1], "root"),
+                put(1, Tid::ZERO, &[2], "one"),
+                put(2, Tid::ZERO, &[], "two"),
+                put(3, Tid::ZERO, &[], "three"),
+                put(4, Tid::ZERO, &[5], "four"),
+                put(5, Tid::ZERO, &[4], "five"),
+                put(6, Tid::ZERO, &[0], "six"),
+            ],
+        );
+        commit(&s, Some(t(20)), vec![put(1, a, &[2], "one'")]);
+        assert_eq!(s.size_info().objects, 7);
+        s.pack(at(30, 0.0), true).expect("pack");
+        for oid in 0..=2 {
+            assert!(exists(&s, oid), "{oid} is reachable");
+        }
+        for oid in 3..=6 {
+            assert!(!exists(&s, oid), "{oid} is garbage");
+            assert_eq!(s.load_before(o(oid), Tid::MAX), Err(Error::PosKey(o(oid))));
+        }
+        assert_eq!(revisions(&s, 1), vec![t(20)]);
+        assert_eq!(s.size_info().objects, 3);
+        let recs = records(&s);
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[0].records.len(), 2, "t10 keeps 0 and 2");
+        assert!(recs.iter().all(|r| r.status == b'p'));
+        assert_consistent(&s);
+        // The same pack without GC would have kept everything.
+        let s2 = mem();
+        commit(
+            &s2,
+            Some(t(10)),
+            vec![put(0, Tid::ZERO, &[], "root"), put(3, Tid::ZERO, &[], "x")],
+        );
+        s2.pack(at(30, 0.0), false).expect("pack");
+        assert!(exists(&s2, 3));
+    }
+
+    #[test]
+    fn gc_follows_the_state_at_the_pack_time() {
+        let s = mem();
+        let a = commit(
+            &s,
+            Some(t(10)),
+            vec![
+                put(0, Tid::ZERO, &[1, 3], "root"),
+                put(1, Tid::ZERO, &[], "one"),
+                put(2, Tid::ZERO, &[], "two"),
+                put(3, Tid::ZERO, &[], "three"),
+                put(4, Tid::ZERO, &[], "four"),
+            ],
+        );
+        // After the pack time (t25): root drops 1 and links 4; 2, unreachable
+        // at the pack time, is modified; 7 is created unreachable.
+        let b = commit(&s, Some(t(30)), vec![put(0, a, &[3, 4], "root'")]);
+        commit(
+            &s,
+            Some(t(40)),
+            vec![put(2, a, &[], "two'"), put(7, Tid::ZERO, &[], "seven")],
+        );
+        s.pack(at(25, 0.0), true).expect("pack");
+        // Reachable at the pack time: kept, although unlinked later.
+        assert_eq!(revisions(&s, 1), vec![t(10)]);
+        assert_eq!(revisions(&s, 3), vec![t(10)]);
+        assert_eq!(revisions(&s, 0), vec![t(10), b]);
+        // Written after the pack time: those revisions are kept, the old
+        // unreachable one goes (FileStorage drops it too).
+        assert_eq!(revisions(&s, 2), vec![t(40)]);
+        assert_eq!(revisions(&s, 7), vec![t(40)]);
+        assert!(value(&s, 2).contains("two'"));
+        // Unreachable at the pack time and only linked later, never
+        // rewritten: FileStorage's GC removes it as well (pack times must
+        // lie before anything a client may still link).
+        assert!(!exists(&s, 4));
+        assert_consistent(&s);
+    }
+
+    #[test]
+    fn gc_keeps_what_a_later_undo_brings_back() {
+        // testPackUnlinkedFromRoot's shape with explicit times: root links 1,
+        // then unlinks it; after the pack time that unlink is undone.
+        let s = mem();
+        let a = commit(
+            &s,
+            Some(t(10)),
+            vec![
+                put(0, Tid::ZERO, &[1], "root"),
+                put(1, Tid::ZERO, &[2], "one"),
+                put(2, Tid::ZERO, &[], "two"),
+            ],
+        );
+        let b = commit(&s, Some(t(20)), vec![put(0, a, &[], "root'")]);
+        let c = commit(&s, Some(t(30)), vec![undo(b)]);
+        assert_eq!(s.read().revision(o(0), c).and_then(|r| r.data_txn), Some(a));
+        s.pack(at(25, 0.0), true).expect("pack");
+        // 1 and 2 were unreachable at t25, but the undo at t30 points back
+        // at root@t10, whose references are followed (fspack's extra roots),
+        // and root@t10 itself is kept.
+        assert_eq!(revisions(&s, 0), vec![a, b, c]);
+        assert_eq!(revisions(&s, 1), vec![a]);
+        assert_eq!(revisions(&s, 2), vec![a]);
+        assert_eq!(s.load_serial(o(0), a), Ok(pk(&[1], "root")));
+        assert_eq!(
+            s.load_before(o(1), Tid::MAX).map(|l| l.map(|l| l.data)),
+            Ok(Some(pk(&[2], "one")))
+        );
+        assert_consistent(&s);
+        // Without the undo they would have gone.
+        let s = mem();
+        let a = commit(
+            &s,
+            Some(t(10)),
+            vec![
+                put(0, Tid::ZERO, &[1], "root"),
+                put(1, Tid::ZERO, &[], "one"),
+            ],
+        );
+        commit(&s, Some(t(20)), vec![put(0, a, &[], "root'")]);
+        s.pack(at(25, 0.0), true).expect("pack");
+        assert!(!exists(&s, 1));
+        assert_eq!(revisions(&s, 0), vec![t(20)]);
+        assert_consistent(&s);
+    }
+
+    #[test]
+    fn gc_refuses_what_it_cannot_read() {
+        // An unreadable reachable record fails the pack and changes nothing.
+        let s = mem();
+        let a = commit(
+            &s,
+            Some(t(10)),
+            vec![
+                put(0, Tid::ZERO, &[1], "root"),
+                store(1, Tid::ZERO, "not a pickle"),
+                put(2, Tid::ZERO, &[], "garbage"),
+            ],
+        );
+        commit(&s, Some(t(20)), vec![put(0, a, &[1], "root'")]);
+        match s.pack(at(30, 0.0), true) {
+            Err(Error::Value(m)) => assert!(m.contains("0x0000000000000001"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(revisions(&s, 0), vec![t(10), t(20)]);
+        assert!(exists(&s, 2));
+        assert!(records(&s).iter().all(|r| r.status == b' '));
+        // An unreadable unreachable record is simply garbage.
+        let s = mem();
+        commit(
+            &s,
+            Some(t(10)),
+            vec![put(0, Tid::ZERO, &[], "root"), store(1, Tid::ZERO, "junk")],
+        );
+        s.pack(at(30, 0.0), true).expect("pack");
+        assert!(!exists(&s, 1));
+        assert_consistent(&s);
+    }
+
+    #[test]
+    fn gc_without_a_root() {
+        // Objects but no root at the pack time: refused (FileStorage's
+        // KeyError), nothing changed.
+        let s = mem();
+        commit(&s, Some(t(10)), vec![put(1, Tid::ZERO, &[], "one")]);
+        assert!(matches!(s.pack(at(30, 0.0), true), Err(Error::Value(_))));
+        assert!(exists(&s, 1));
+        // Nothing at the pack time yet: nothing to do.
+        let s = mem();
+        commit(&s, Some(t(10)), vec![put(0, Tid::ZERO, &[1], "root")]);
+        commit(&s, Some(t(20)), vec![put(1, Tid::ZERO, &[], "one")]);
+        s.pack(at(5, 0.0), true).expect("pack");
+        assert!(exists(&s, 0) && exists(&s, 1));
+        // Root deleted (no data) at the pack time while others live: refused.
+        let s = mem();
+        let a = commit(
+            &s,
+            Some(t(10)),
+            vec![
+                put(0, Tid::ZERO, &[], "root"),
+                put(1, Tid::ZERO, &[], "one"),
+            ],
+        );
+        commit(
+            &s,
+            Some(t(20)),
+            vec![Op::Delete {
+                oid: o(0),
+                serial: a,
+            }],
+        );
+        assert!(matches!(s.pack(at(30, 0.0), true), Err(Error::Value(_))));
+        assert!(exists(&s, 1));
+    }
+
+    #[test]
+    fn pack_keep_table() {
+        let revs = vec![
+            rev(Tid(10), Some("a"), None),
+            rev(Tid(20), Some("b"), None),
+            rev(Tid(30), Some("c"), None),
+        ];
+        let none = |_: Tid| None;
+        assert_eq!(pack_keep(&revs, Tid(25), none), vec![false, true, true]);
+        assert_eq!(pack_keep(&revs, Tid(5), none), vec![true, true, true]);
+        let gc_drop = |_: Tid| Some(false);
+        assert_eq!(pack_keep(&revs, Tid(25), gc_drop), vec![false, false, true]);
+        let gc_first = |t: Tid| Some(t == Tid(10));
+        assert_eq!(pack_keep(&revs, Tid(25), gc_first), vec![true, false, true]);
+        assert_eq!(
+            pack_keep(&revs, Tid::MAX, gc_first),
+            vec![true, false, false]
+        );
+        assert_eq!(pack_keep(&[], Tid(25), gc_first), Vec::<bool>::new());
+    }
+
+    #[test]
+    fn current_at_table() {
+        let revs = vec![
+            rev(Tid(10), Some("a"), None),
+            rev(Tid(20), None, None),
+            rev(Tid(30), Some("c"), Some(Tid(10))),
+        ];
+        let cases = [
+            (Tid(5), None),
+            (Tid(10), Some((Tid(10), d("a")))),
+            (Tid(25), None),
+            (Tid(30), Some((Tid(30), d("c")))),
+        ];
+        for (packtid, want) in cases {
+            assert_eq!(current_at(&revs, packtid), want, "{packtid}");
         }
     }
 

@@ -7,7 +7,9 @@
 //! vote time ([`Storage::tpc_vote`]) and then exactly one of
 //! [`Storage::tpc_finish`] or [`Storage::tpc_abort`].
 
+pub mod gc;
 pub mod memory;
+pub mod pickle_refs;
 pub mod timestamp;
 pub mod undo_id;
 

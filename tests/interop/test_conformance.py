@@ -55,17 +55,12 @@ from zeoraid_server import StorageSpec
 
 
 # Test name (method name, or "Class.method") -> why zeoraid fails it.
-_NEEDS_GC = (
-    "pack must garbage-collect objects unreachable from the root; that needs "
-    "the pickle reference scanner, which arrives with the file storage issue")
 _NEEDS_SERVER_RESOLUTION = (
     "undoing a transaction whose objects changed later needs conflict "
     "resolution on the server with the application's Python classes "
     "(FileStorage does it in-process); zeoraid has no Python. Stock runzeo "
     "with client-side conflict resolution fails it the same way")
 KNOWN_FAILURES = {
-    "testPackAllRevisions": _NEEDS_GC,
-    "testPackWithMultiDatabaseReferences": _NEEDS_GC,
     "testUndoConflictResolution": _NEEDS_SERVER_RESOLUTION,
     "testUndoMultipleConflictResolution": _NEEDS_SERVER_RESOLUTION,
     "testUndoMultipleConflictResolutionReversed": _NEEDS_SERVER_RESOLUTION,

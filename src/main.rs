@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use zeoraid::config::{Config, StorageConfig, StorageKind};
 use zeoraid::server::{Options, Served, Server};
+use zeoraid::storage::file::{FileOptions, FileStorage};
 use zeoraid::storage::memory::MemoryStorage;
 use zeoraid::storage::Storage;
 
@@ -60,7 +61,34 @@ fn main() -> ExitCode {
 fn open_storage(s: &StorageConfig) -> Result<Arc<dyn Storage>, String> {
     match s.kind {
         StorageKind::Memory => Ok(Arc::new(MemoryStorage::new(&s.name, s.read_only))),
-        StorageKind::File => Err("kind = \"file\" is not available in this build yet".into()),
+        StorageKind::File => {
+            let path = s
+                .path
+                .as_deref()
+                .ok_or_else(|| "kind = \"file\" needs a path".to_string())?;
+            if let Some(dir) = path.parent() {
+                if !s.read_only && !dir.as_os_str().is_empty() {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        format!("cannot create the directory {}: {e}", dir.display())
+                    })?;
+                }
+            }
+            let opts = FileOptions {
+                read_only: s.read_only,
+                sync: s.sync,
+                pack_gc: s.pack_gc,
+                create: !s.read_only,
+            };
+            if !s.sync {
+                log::warn!(
+                    "storage {:?}: sync = false — a power loss can lose acknowledged commits",
+                    s.name
+                );
+            }
+            FileStorage::open(path, opts)
+                .map(|f| Arc::new(f) as Arc<dyn Storage>)
+                .map_err(|e| e.to_string())
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! vote time ([`Storage::tpc_vote`]) and then exactly one of
 //! [`Storage::tpc_finish`] or [`Storage::tpc_abort`].
 
+pub mod file;
 pub mod gc;
 pub mod memory;
 pub mod pickle_refs;

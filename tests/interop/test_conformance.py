@@ -264,6 +264,14 @@ class MemoryStorageConformance(
         wrapped.__wrapped__(self)
 
 
+class FileStorageConformance(MemoryStorageConformance):
+    """The same suites against a zeoraid ``kind = "file"`` storage (a
+    Data.fs in ZODB's FileStorage format), which is what testZEO runs them
+    against in ZEO itself."""
+
+    storage_kind = "file"
+
+
 class ReadOnlyServerStorageTests(ZEOServerTestBase):
     """A storage configured ``read-only = true`` on the server."""
 
@@ -301,7 +309,8 @@ class ReadOnlyServerStorageTests(ZEOServerTestBase):
             client.close()
 
 
-TEST_CLASSES = [MemoryStorageConformance, ReadOnlyServerStorageTests]
+TEST_CLASSES = [MemoryStorageConformance, FileStorageConformance,
+                ReadOnlyServerStorageTests]
 
 # Known failures apply to zeoraid only; under runzeo the names are still
 # checked so a typo is caught either way.

@@ -1,0 +1,1268 @@
+//! `FileStorage`: the ZODB `Data.fs` format, durable and crash-safe, byte
+//! compatible with Python 3 ZODB's `FileStorage` (magic `FS30`; Python 2's
+//! `FS21` files are read too): a file written here opens in Python, passes
+//! its `fstest`, and the other way round.
+//!
+//! - [`format`](mod@format): record layouts and the checks applied to them (pure);
+//! - [`pickle`]: the transaction extension (a pickled dict in the file, a
+//!   msgpack map on the wire);
+//! - [`records`]: positional reads, backpointer chasing;
+//! - [`index`]: the in-memory object index, the open-time scan with
+//!   Python's crash-recovery rules, and our index file;
+//! - [`lock`]: the lock file (`Data.fs.lock`), shared with Python's;
+//! - `pack`: pack (with [`crate::storage::gc`]) into `Data.fs.pack` and swap.
+//!
+//! Commit: the whole transaction is written at vote after the last committed
+//! one with the checkpoint status `'c'` (a failed write truncates it away
+//! again, so a full disk leaves the file valid); finish flips the status to
+//! `' '` and fsyncs (`sync = true`), then installs the new positions in the
+//! index; abort truncates. At open, a trailing transaction that is truncated
+//! or still `'c'` is an unfinished commit: it is copied to `Data.fs.trN`
+//! and cut off (with a warning naming the file and position), exactly as
+//! Python's `read_index` does. Damage before the end is an error naming the
+//! file and byte position; read-only opens never write.
+//!
+//! Concurrency: loads read with `read_at` on a shared file handle and never
+//! wait for a commit: the committed state (file handle, index, end position)
+//! sits behind an `RwLock` that only finish and the end of a pack write. The
+//! voted transaction sits in the `commit` mutex, which pack also takes for
+//! its final swap; a voted transaction is moved into the packed file then. The index file is
+//! saved at close, after a pack, and every `INDEX_SAVE_EVERY` (10 000) commits on a
+//! background thread.
+//!
+//! Semantics (load_before on deleted objects, undo decisions and messages,
+//! undo log stopping at packed transactions, restore backpointers, what pack
+//! keeps, with and without garbage collection) are those of
+//! [`MemoryStorage`](crate::storage::memory::MemoryStorage), so RAID mirrors
+//! of either kind answer alike (a differential test checks it). Differences
+//! from Python's FileStorage, all deliberate: one record per object and
+//! transaction (a second store replaces the first), `history` sizes count
+//! the data a backpointer reaches, pack keeps previous pointers in packed
+//! records, empty object data is refused (the format cannot hold it), and
+//! `size_info().bytes` is the file size (`getSize`).
+
+pub mod format;
+pub mod index;
+pub mod lock;
+mod pack;
+pub mod pickle;
+pub mod records;
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use self::format::{
+    DataHeader, TxnHeader, MAGIC, STATUS_CHECKPOINT, STATUS_NORMAL, STATUS_OFFSET, STATUS_PACKED,
+};
+use self::index::Index;
+use self::records::{corrupt, io_err, Src};
+use super::{
+    timestamp, Conflict, CurrentRecord, Data, DataRecord, Error, HistoryEntry, Loaded, Oid, Op,
+    Result, SizeInfo, Storage, Tid, Txn, TxnIter, TxnRecord, UndoEntry, Vote,
+};
+
+/// The most oids one `new_oids` call hands out (as the memory storage).
+pub const MAX_NEW_OIDS: usize = 65_536;
+
+const CONFLICT_MESSAGE: &str = "database conflict error";
+const READ_CONFLICT_MESSAGE: &str = "database read conflict error";
+const UNDO_INVALID_TXN: &str = "Invalid transaction id";
+const UNDO_NOT_UNDOABLE: &str = "non-undoable transaction";
+const UNDO_INVALID_RECORD: &str = "Invalid undo transaction id";
+const UNDO_LOADBACK_FAILED: &str = "_loadBack() failed";
+const UNDO_ADD_CONFLICT: &str =
+    "Can't undo an add transaction followed by conflicting transactions.";
+const UNDO_MODIFIED_LATER: &str = "Some data were modified by a later transaction";
+
+/// Save the index file in the background after this many commits.
+const INDEX_SAVE_EVERY: u64 = 10_000;
+
+/// Statuses a transaction may be committed (restored) with.
+const VALID_STATUSES: &[u8] = b" pu";
+
+/// How to open a [`FileStorage`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FileOptions {
+    /// Refuse writes; never modify the file (not even to discard an
+    /// unfinished tail) and take no lock, as Python's `read_only=True`.
+    pub read_only: bool,
+    /// fsync at every commit (default true).
+    pub sync: bool,
+    /// Remove unreachable objects when packing with `gc` (default true).
+    pub pack_gc: bool,
+    /// Create the file when it does not exist (default true). Unlike
+    /// Python's `create=True`, an existing file is never emptied.
+    pub create: bool,
+}
+
+impl Default for FileOptions {
+    fn default() -> FileOptions {
+        FileOptions {
+            read_only: false,
+            sync: true,
+            pack_gc: true,
+            create: true,
+        }
+    }
+}
+
+/// Everything committed: only `tpc_finish` and the end of `pack` write it.
+struct Committed {
+    file: Arc<File>,
+    index: Index,
+    /// Just after the last committed transaction.
+    pos: u64,
+    last_tid: Tid,
+}
+
+/// Index updates of a transaction: (oid, record position, has data).
+type Updates = Vec<(Oid, u64, bool)>;
+
+/// The voted transaction, written after `start` with status `'c'`.
+struct Prepared {
+    tid: Tid,
+    status: u8,
+    start: u64,
+    end: u64,
+    updates: Updates,
+}
+
+/// A FileStorage on a `Data.fs` file (see the module documentation).
+pub struct FileStorage {
+    path: PathBuf,
+    name: String,
+    opts: FileOptions,
+    state: Arc<RwLock<Committed>>,
+    /// Serialises index file writes with each other and with pack's swap.
+    save_lock: Arc<Mutex<()>>,
+    /// The background index saver, if one ran (joined before the next,
+    /// at close and at drop).
+    saver: Mutex<Option<std::thread::JoinHandle<()>>>,
+    commits_since_save: std::sync::atomic::AtomicU64,
+    index_save_every: u64,
+    /// The voted transaction; held by pack for its final swap.
+    commit: Mutex<Option<Prepared>>,
+    max_oid: Mutex<u64>,
+    pack_lock: Mutex<()>,
+    /// The time of the last pack (clamped to the then last transaction).
+    pack_tid: Mutex<Option<Tid>>,
+    closed: AtomicBool,
+    _lock: Option<lock::LockFile>,
+    #[cfg(test)]
+    fail_writes: AtomicBool,
+}
+
+/// The path with `suffix` appended (`Data.fs` → `Data.fs.lock`).
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+impl FileStorage {
+    /// Open (or create) the storage file at `path`.
+    pub fn open(path: &Path, opts: FileOptions) -> Result<FileStorage> {
+        let name = path.display().to_string();
+        let lock = if opts.read_only {
+            None
+        } else {
+            Some(lock::lock(&with_suffix(path, ".lock"))?)
+        };
+        let exists = path.exists();
+        let file = if opts.read_only {
+            File::open(path).map_err(|e| Error::Io(format!("{name}: {e}")))?
+        } else {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(opts.create)
+                .truncate(false)
+                .open(path)
+                .map_err(|e| Error::Io(format!("{name}: {e}")))?
+        };
+        let mut size = file
+            .metadata()
+            .map_err(|e| Error::Io(format!("{name}: {e}")))?
+            .len();
+        if size == 0 {
+            if opts.read_only {
+                if !exists {
+                    return Err(Error::Io(format!("{name}: no such file")));
+                }
+            } else {
+                file.write_all_at(MAGIC, 0)
+                    .and_then(|()| file.sync_all())
+                    .map_err(|e| io_err(&name, 0, &e))?;
+                size = 4;
+            }
+        }
+        let src = Src {
+            file: &file,
+            name: &name,
+        };
+        let mut magic = [0u8; 4];
+        // An empty file opened read-only is an empty storage (as in Python).
+        let empty_ro = size == 0 && opts.read_only;
+        if !empty_ro
+            && (size < 4 || src.read_exact(0, &mut magic).is_err() || !format::known_magic(&magic))
+        {
+            return Err(corrupt(&name, 0, "not a FileStorage file (bad magic)"));
+        }
+        let ix_path = with_suffix(path, ".zeoraid-index");
+        let (mut index, start, ltid, used_index) = match index::load_index_file(&ix_path, src, size)
+        {
+            Some((ix, pos, tid)) => (ix, pos, tid, true),
+            None => (Index::default(), 4, Tid::ZERO, false),
+        };
+        let end = index::scan(src, &mut index, start, ltid, size)?;
+        if let Some(why) = &end.discard {
+            log::warn!("{name}: {why} at byte {}: discarding it", end.pos);
+            if !opts.read_only {
+                index::discard_tail(&file, &name, end.pos, size)?;
+            }
+        }
+        let max_oid = index.max_oid().unwrap_or(0);
+        let fs = FileStorage {
+            path: path.to_path_buf(),
+            name,
+            opts,
+            state: Arc::new(RwLock::new(Committed {
+                file: Arc::new(file),
+                index,
+                pos: end.pos,
+                last_tid: end.last_tid,
+            })),
+            save_lock: Arc::new(Mutex::new(())),
+            saver: Mutex::new(None),
+            commits_since_save: std::sync::atomic::AtomicU64::new(0),
+            index_save_every: INDEX_SAVE_EVERY,
+            commit: Mutex::new(None),
+            max_oid: Mutex::new(max_oid),
+            pack_lock: Mutex::new(()),
+            pack_tid: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            _lock: lock,
+            #[cfg(test)]
+            fail_writes: AtomicBool::new(false),
+        };
+        if !used_index || end.pos != start {
+            fs.save_index();
+        }
+        Ok(fs)
+    }
+
+    /// The storage file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Committed> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Committed> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn slot(&self) -> MutexGuard<'_, Option<Prepared>> {
+        self.commit.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn max_oid(&self) -> MutexGuard<'_, u64> {
+        self.max_oid.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn index_path(&self) -> PathBuf {
+        with_suffix(&self.path, ".zeoraid-index")
+    }
+
+    /// Save the index file (not when read-only); failures are logged.
+    fn save_index(&self) {
+        if self.opts.read_only {
+            return;
+        }
+        save_index_now(&self.state, &self.save_lock, &self.index_path(), &self.name);
+        self.commits_since_save.store(0, Ordering::Relaxed);
+    }
+
+    /// Every [`INDEX_SAVE_EVERY`] commits, save the index file on a named
+    /// background thread (skipped while the previous one still runs).
+    fn maybe_save_index_in_background(&self) {
+        let n = self.commits_since_save.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.opts.read_only || n < self.index_save_every {
+            return;
+        }
+        let mut saver = self.saver.lock().unwrap_or_else(PoisonError::into_inner);
+        if saver.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        if let Some(h) = saver.take() {
+            let _ = h.join();
+        }
+        self.commits_since_save.store(0, Ordering::Relaxed);
+        let (state, lock) = (self.state.clone(), self.save_lock.clone());
+        let (path, name) = (self.index_path(), self.name.clone());
+        match std::thread::Builder::new()
+            .name("zeoraid-fs-index".to_string())
+            .spawn(move || save_index_now(&state, &lock, &path, &name))
+        {
+            Ok(h) => *saver = Some(h),
+            Err(e) => log::warn!("{}: cannot start the index saver: {e}", self.name),
+        }
+    }
+
+    fn join_saver(&self) {
+        let h = self
+            .saver
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(h) = h {
+            let _ = h.join();
+        }
+    }
+
+    /// The file handle and end position, for a consistent snapshot.
+    fn snapshot(&self) -> (Arc<File>, u64) {
+        let st = self.read();
+        (st.file.clone(), st.pos)
+    }
+
+    fn write_at(&self, file: &File, buf: &[u8], pos: u64) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self.fail_writes.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("injected write failure (disk full)"));
+        }
+        file.write_all_at(buf, pos)
+    }
+}
+
+/// Write the index file from a consistent snapshot of `state`.
+fn save_index_now(state: &RwLock<Committed>, lock: &Mutex<()>, path: &Path, name: &str) {
+    let _saving = lock.lock().unwrap_or_else(PoisonError::into_inner);
+    let (img_index, pos, tid) = {
+        let st = state.read().unwrap_or_else(PoisonError::into_inner);
+        (st.index.clone(), st.pos, st.last_tid)
+    };
+    if let Err(e) = index::save_index_file(path, &img_index, pos, tid) {
+        log::warn!("{name}: cannot save the index file: {e}");
+    }
+}
+
+impl Drop for FileStorage {
+    fn drop(&mut self) {
+        self.join_saver();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Pure decisions.
+
+/// The tid of a new transaction (as the memory storage's `choose_tid`).
+fn choose_tid(explicit: Option<Tid>, last: Tid, now_unix: f64) -> Result<Tid> {
+    match explicit {
+        Some(t) if t > last => Ok(t),
+        Some(t) => Err(Error::Transaction(format!(
+            "transaction id {t} is not later than the last transaction {last}"
+        ))),
+        None => Ok(timestamp::new_tid(now_unix, last)),
+    }
+}
+
+/// What a staged data record holds in the file.
+#[derive(Clone, Debug, PartialEq)]
+enum Payload {
+    Data(Data),
+    /// A backpointer (0: no data).
+    Back(u64),
+}
+
+/// The state of an object as undo sees it: the record's tid, where its data
+/// lives (`data_ptr`, FileStorage's `cdataptr`; `None` for inline data of a
+/// staged record) and the data itself.
+#[derive(Clone, Debug, PartialEq)]
+struct UndoView {
+    pos: Option<u64>,
+    data_ptr: Option<u64>,
+    data: Option<Data>,
+}
+
+/// FileStorage's `_transactionalUndoRecord` without conflict resolution:
+/// undoing the record at `undone_pos` (with data `undone`) whose previous
+/// record is at `pre` (0: none, a creation), given the current state.
+/// Returns the backpointer to write; `Err` is the UndoError reason.
+fn undo_decision(
+    undone_pos: u64,
+    undone: Option<&Data>,
+    pre: u64,
+    current: &UndoView,
+) -> std::result::Result<u64, &'static str> {
+    let same_record = current.pos == Some(undone_pos) || current.data_ptr == Some(undone_pos);
+    if !same_record {
+        let (Some(u), Some(c)) = (undone, &current.data) else {
+            return Err(UNDO_LOADBACK_FAILED);
+        };
+        if u[..] != c[..] {
+            return Err(if pre == 0 {
+                UNDO_ADD_CONFLICT
+            } else {
+                UNDO_MODIFIED_LATER
+            });
+        }
+    }
+    Ok(pre)
+}
+
+/// The undo log window `[first, last)` over (tid, status) newest first:
+/// ordinary transactions up to the first packed one (`UndoSearch`).
+fn undo_window_positions(statuses: &[u8], first: usize, last: usize) -> Vec<usize> {
+    statuses
+        .iter()
+        .enumerate()
+        .take_while(|(_, s)| **s != STATUS_PACKED)
+        .filter(|(_, s)| **s == STATUS_NORMAL)
+        .map(|(i, _)| i)
+        .skip(first)
+        .take(last.saturating_sub(first))
+        .collect()
+}
+
+/// The backpointer a restored record keeps (`prev` is the position and data
+/// of the object's record in `prev_txn`, when this file has it): point back
+/// only when the data is the same (FileStorage treats `prev_txn` as a hint).
+fn restore_payload(prev: Option<(u64, Option<&Data>)>, data: &Option<Data>) -> Payload {
+    match (prev, data) {
+        (Some((p, None)), None) => Payload::Back(p),
+        (Some((p, Some(a))), Some(b)) if a[..] == b[..] => Payload::Back(p),
+        (_, Some(b)) => Payload::Data(b.clone()),
+        (_, None) => Payload::Back(0),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Vote.
+
+struct Staged {
+    oid: Oid,
+    payload: Payload,
+    /// The resolved state (for later undos in the same transaction).
+    data: Option<Data>,
+}
+
+struct Staging<'a> {
+    src: Src<'a>,
+    index: &'a Index,
+    end: u64,
+    tid: Tid,
+    records: Vec<Staged>,
+    at: HashMap<Oid, usize>,
+    conflicts: Vec<Conflict>,
+    resolved: Vec<Oid>,
+    invalidated: Vec<Oid>,
+    max_oid: u64,
+}
+
+impl<'a> Staging<'a> {
+    fn put(&mut self, oid: Oid, payload: Payload, data: Option<Data>) {
+        let rec = Staged { oid, payload, data };
+        match self.at.get(&oid) {
+            Some(&i) => self.records[i] = rec,
+            None => {
+                self.at.insert(oid, self.records.len());
+                self.records.push(rec);
+                self.invalidated.push(oid);
+            }
+        }
+        self.max_oid = self.max_oid.max(oid.0);
+    }
+
+    fn committed(&self, oid: Oid) -> Result<Option<(u64, DataHeader)>> {
+        match self.index.pos(oid) {
+            None => Ok(None),
+            Some(p) => {
+                let h = self.src.data_header(p)?;
+                if h.oid != oid {
+                    return Err(corrupt(self.src.name, p, "index points at another object"));
+                }
+                Ok(Some((p, h)))
+            }
+        }
+    }
+
+    fn apply(&mut self, op: &Op) -> Result<()> {
+        match op {
+            Op::Store { oid, serial, data } => self.store(*oid, *serial, data),
+            Op::Delete { oid, serial } => self.delete(*oid, *serial),
+            Op::CheckCurrent { oid, serial } => self.check_current(*oid, *serial),
+            Op::Restore {
+                oid,
+                serial,
+                data,
+                prev_txn,
+            } => self.restore(*oid, *serial, data, *prev_txn),
+            Op::Undo { txn } => self.undo(*txn),
+        }
+    }
+
+    fn store(&mut self, oid: Oid, serial: Tid, data: &Data) -> Result<()> {
+        if data.is_empty() {
+            return Err(Error::Value(format!(
+                "{oid}: empty object data cannot be stored in a FileStorage"
+            )));
+        }
+        let committed = self.committed(oid)?.map(|(_, h)| h.tid);
+        if matches!(committed, Some(c) if c != serial) {
+            let conflict = Conflict {
+                oid,
+                committed: committed.unwrap_or(Tid::ZERO),
+                read: serial,
+                data: data.clone(),
+            };
+            match self.conflicts.iter_mut().find(|c| c.oid == oid) {
+                Some(c) => *c = conflict,
+                None => self.conflicts.push(conflict),
+            }
+            return Ok(());
+        }
+        self.conflicts.retain(|c| c.oid != oid);
+        self.put(oid, Payload::Data(data.clone()), Some(data.clone()));
+        Ok(())
+    }
+
+    fn delete(&mut self, oid: Oid, serial: Tid) -> Result<()> {
+        let committed = self.committed(oid)?.ok_or(Error::PosKey(oid))?.1.tid;
+        if committed != serial {
+            return Err(Error::Conflict {
+                oid,
+                committed,
+                read: serial,
+                message: CONFLICT_MESSAGE.to_string(),
+                read_conflict: false,
+            });
+        }
+        self.put(oid, Payload::Back(0), None);
+        Ok(())
+    }
+
+    fn check_current(&mut self, oid: Oid, serial: Tid) -> Result<()> {
+        let committed = match (self.index.get(oid), self.committed(oid)?) {
+            (Some((_, true)), Some((_, h))) => h.tid,
+            _ => return Err(Error::PosKey(oid)),
+        };
+        if committed != serial {
+            return Err(Error::Conflict {
+                oid,
+                committed,
+                read: serial,
+                message: READ_CONFLICT_MESSAGE.to_string(),
+                read_conflict: true,
+            });
+        }
+        Ok(())
+    }
+
+    fn restore(
+        &mut self,
+        oid: Oid,
+        serial: Tid,
+        data: &Option<Data>,
+        prev_txn: Option<Tid>,
+    ) -> Result<()> {
+        if serial != self.tid {
+            return Err(Error::Transaction(format!(
+                "restore of {oid} under {serial} in transaction {}",
+                self.tid
+            )));
+        }
+        if data.as_ref().is_some_and(|d| d.is_empty()) {
+            return Err(Error::Value(format!(
+                "{oid}: empty object data cannot be stored in a FileStorage"
+            )));
+        }
+        let prev = match prev_txn {
+            Some(t) => match find_txn(self.src, self.end, t, false)? {
+                Some((tpos, th)) => match record_in_txn(self.src, tpos, &th, oid)? {
+                    Some((p, h)) => Some((p, self.src.record_data(p, &h)?)),
+                    None => None,
+                },
+                None => None,
+            },
+            None => None,
+        };
+        let payload = restore_payload(prev.as_ref().map(|(p, d)| (*p, d.as_ref())), data);
+        let resolved = match &payload {
+            Payload::Data(d) => Some(d.clone()),
+            Payload::Back(_) => prev.and_then(|(_, d)| d),
+        };
+        self.put(oid, payload, resolved);
+        Ok(())
+    }
+
+    /// The object's state as this transaction sees it so far.
+    fn view(&self, oid: Oid) -> Result<Option<UndoView>> {
+        if let Some(&i) = self.at.get(&oid) {
+            let r = &self.records[i];
+            return Ok(Some(UndoView {
+                pos: None,
+                data_ptr: match r.payload {
+                    Payload::Back(p) if p != 0 => Some(p),
+                    _ => None,
+                },
+                data: r.data.clone(),
+            }));
+        }
+        let Some((p, h)) = self.committed(oid)? else {
+            return Ok(None);
+        };
+        let data_ptr = if h.plen != 0 {
+            Some(p)
+        } else if h.back != 0 {
+            Some(h.back)
+        } else {
+            None
+        };
+        Ok(Some(UndoView {
+            pos: Some(p),
+            data_ptr,
+            data: self.src.record_data(p, &h)?,
+        }))
+    }
+
+    fn undo(&mut self, target: Tid) -> Result<()> {
+        let invalid = |m: &str| Error::Undo {
+            message: m.to_string(),
+            oid: None,
+        };
+        let Some((tpos, th)) = find_txn(self.src, self.end, target, true)? else {
+            return Err(invalid(UNDO_INVALID_TXN));
+        };
+        if th.status != STATUS_NORMAL {
+            return Err(invalid(UNDO_NOT_UNDOABLE));
+        }
+        let mut failures: Vec<(Oid, &'static str)> = Vec::new();
+        let tend = tpos.saturating_add(th.tlen);
+        let mut pos = tpos + th.header_len();
+        while pos < tend {
+            let h = self.src.data_header(pos)?;
+            failures.retain(|(o, _)| *o != h.oid);
+            let outcome = match self.view(h.oid)? {
+                None => Err(UNDO_INVALID_RECORD),
+                Some(current) => {
+                    let undone = self.src.record_data(pos, &h)?;
+                    undo_decision(pos, undone.as_ref(), h.prev, &current)
+                }
+            };
+            match outcome {
+                Ok(back) => {
+                    let data = self.src.load_back(back)?.map(|(d, _)| d);
+                    self.put(h.oid, Payload::Back(back), data);
+                    if !self.resolved.contains(&h.oid) {
+                        self.resolved.push(h.oid);
+                    }
+                }
+                Err(m) => failures.push((h.oid, m)),
+            }
+            pos = pos.saturating_add(h.record_len());
+        }
+        match failures.first() {
+            Some((oid, m)) => Err(Error::Undo {
+                message: m.to_string(),
+                oid: Some(*oid),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Find the transaction `tid` walking back from `end`; with `stop_at_pack`
+/// the walk ends at the first packed transaction (after comparing it), as
+/// FileStorage's `_txn_find`.
+fn find_txn(
+    src: Src<'_>,
+    end: u64,
+    tid: Tid,
+    stop_at_pack: bool,
+) -> Result<Option<(u64, TxnHeader)>> {
+    let mut pos = end;
+    while pos > 4 {
+        let (tpos, h) = src.txn_before(pos)?;
+        if h.tid == tid {
+            return Ok(Some((tpos, h)));
+        }
+        if h.tid < tid || (stop_at_pack && h.status == STATUS_PACKED) {
+            break;
+        }
+        pos = tpos;
+    }
+    Ok(None)
+}
+
+/// The last record of `oid` in the transaction at `tpos` (`_data_find`).
+fn record_in_txn(
+    src: Src<'_>,
+    tpos: u64,
+    th: &TxnHeader,
+    oid: Oid,
+) -> Result<Option<(u64, DataHeader)>> {
+    let tend = tpos.saturating_add(th.tlen);
+    let mut pos = tpos + th.header_len();
+    let mut found = None;
+    while pos < tend {
+        let h = src.data_header(pos)?;
+        if h.oid == oid {
+            found = Some((pos, h));
+        }
+        pos = pos.saturating_add(h.record_len());
+    }
+    Ok(found)
+}
+
+/// Encode a whole transaction: header (status `'c'`), records, length.
+/// Returns the bytes and the (oid, position, has data) of each record.
+fn encode_txn(
+    tid: Tid,
+    start: u64,
+    meta: (&[u8], &[u8], &[u8]),
+    records: &[Staged],
+    index: &Index,
+) -> Result<(Vec<u8>, Updates)> {
+    let (user, desc, ext) = meta;
+    let len16 = |b: &[u8], what: &str| {
+        u16::try_from(b.len()).map_err(|_| Error::Transaction(format!("{what} too long")))
+    };
+    let mut h = TxnHeader {
+        tid,
+        tlen: 0,
+        status: STATUS_CHECKPOINT,
+        ulen: len16(user, "user name")?,
+        dlen: len16(desc, "description")?,
+        elen: len16(ext, "extension data")?,
+    };
+    let mut out = Vec::with_capacity(
+        h.header_len() as usize
+            + records
+                .iter()
+                .map(|r| match &r.payload {
+                    Payload::Data(d) => 42 + d.len(),
+                    Payload::Back(_) => 50,
+                })
+                .sum::<usize>()
+            + 8,
+    );
+    out.extend_from_slice(&h.encode());
+    out.extend_from_slice(user);
+    out.extend_from_slice(desc);
+    out.extend_from_slice(ext);
+    let mut updates = Vec::with_capacity(records.len());
+    for r in records {
+        let here = start + out.len() as u64;
+        let (plen, back) = match &r.payload {
+            Payload::Data(d) => (d.len() as u64, 0),
+            Payload::Back(b) => (0, *b),
+        };
+        let dh = DataHeader {
+            oid: r.oid,
+            tid,
+            prev: index.pos(r.oid).unwrap_or(0),
+            tloc: start,
+            vlen: 0,
+            plen,
+            back,
+        };
+        dh.encode_into(&mut out);
+        if let Payload::Data(d) = &r.payload {
+            out.extend_from_slice(d);
+        }
+        updates.push((r.oid, here, r.data.is_some()));
+    }
+    h.tlen = out.len() as u64;
+    out[8..16].copy_from_slice(&h.tlen.to_be_bytes());
+    out.extend_from_slice(&h.tlen.to_be_bytes());
+    Ok((out, updates))
+}
+
+// ---------------------------------------------------------------------------
+// Iteration.
+
+struct FileIter {
+    file: Arc<File>,
+    name: String,
+    pos: u64,
+    end: u64,
+    stop: Option<Tid>,
+    done: bool,
+}
+
+impl FileIter {
+    fn read_txn(&self, pos: u64, th: &TxnHeader) -> Result<TxnRecord> {
+        let src = Src {
+            file: &self.file,
+            name: &self.name,
+        };
+        let meta = src.txn_meta(pos, th)?;
+        let tend = pos.saturating_add(th.tlen);
+        let mut p = pos + th.header_len();
+        let mut records = Vec::new();
+        while p < tend {
+            let h = src.data_header(p)?;
+            if p.saturating_add(h.record_len()) > tend || h.tloc != pos {
+                return Err(corrupt(
+                    &self.name,
+                    p,
+                    "data record exceeds transaction record",
+                ));
+            }
+            let (data, data_txn) = if h.plen != 0 {
+                (
+                    Some(Arc::from(src.read_vec(p + format::DATA_HDR_LEN, h.plen)?)),
+                    None,
+                )
+            } else if h.back == 0 {
+                (None, None)
+            } else {
+                let data = src.load_back(h.back)?.map(|(d, _)| d);
+                (data, Some(src.data_header(h.back)?.tid))
+            };
+            records.push(DataRecord {
+                oid: h.oid,
+                tid: h.tid,
+                data,
+                data_txn,
+            });
+            p = p.saturating_add(h.record_len());
+        }
+        Ok(TxnRecord {
+            tid: th.tid,
+            status: th.status,
+            meta,
+            records,
+        })
+    }
+}
+
+impl Iterator for FileIter {
+    type Item = Result<TxnRecord>;
+
+    fn next(&mut self) -> Option<Result<TxnRecord>> {
+        if self.done || self.pos >= self.end {
+            return None;
+        }
+        let src = Src {
+            file: &self.file,
+            name: &self.name,
+        };
+        let pos = self.pos;
+        let th = match src.txn_header(pos) {
+            Ok(h) => h,
+            Err(e) => {
+                self.done = true;
+                return Some(Err(e));
+            }
+        };
+        if self.stop.is_some_and(|s| th.tid > s) {
+            self.done = true;
+            return None;
+        }
+        self.pos = pos.saturating_add(th.tlen).saturating_add(8);
+        let r = self.read_txn(pos, &th);
+        if r.is_err() {
+            self.done = true;
+        }
+        Some(r)
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+impl Storage for FileStorage {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn is_read_only(&self) -> bool {
+        self.opts.read_only
+    }
+
+    fn supports_undo(&self) -> bool {
+        true
+    }
+
+    fn last_transaction(&self) -> Result<Tid> {
+        Ok(self.read().last_tid)
+    }
+
+    fn load_before(&self, oid: Oid, before: Tid) -> Result<Option<Loaded>> {
+        let (file, start) = {
+            let st = self.read();
+            (st.file.clone(), st.index.pos(oid))
+        };
+        let src = Src {
+            file: &file,
+            name: &self.name,
+        };
+        let mut pos = start.ok_or(Error::PosKey(oid))?;
+        let mut end = None;
+        loop {
+            let h = src.data_header(pos)?;
+            if h.oid != oid {
+                return Err(corrupt(
+                    &self.name,
+                    pos,
+                    "record of another object in a chain",
+                ));
+            }
+            if h.tid < before {
+                return match src.record_data(pos, &h)? {
+                    Some(data) => Ok(Some(Loaded {
+                        data,
+                        start: h.tid,
+                        end,
+                    })),
+                    None => Err(Error::PosKey(oid)),
+                };
+            }
+            end = Some(h.tid);
+            if h.prev == 0 {
+                return Ok(None);
+            }
+            if h.prev >= pos {
+                return Err(corrupt(&self.name, pos, "invalid previous pointer"));
+            }
+            pos = h.prev;
+        }
+    }
+
+    fn load_serial(&self, oid: Oid, serial: Tid) -> Result<Data> {
+        let (file, start) = {
+            let st = self.read();
+            (st.file.clone(), st.index.pos(oid))
+        };
+        let src = Src {
+            file: &file,
+            name: &self.name,
+        };
+        let mut pos = start.ok_or(Error::PosKey(oid))?;
+        loop {
+            let h = src.data_header(pos)?;
+            if h.oid != oid {
+                return Err(corrupt(
+                    &self.name,
+                    pos,
+                    "record of another object in a chain",
+                ));
+            }
+            if h.tid == serial {
+                return src.record_data(pos, &h)?.ok_or(Error::PosKey(oid));
+            }
+            if h.tid < serial || h.prev == 0 {
+                return Err(Error::PosKey(oid));
+            }
+            if h.prev >= pos {
+                return Err(corrupt(&self.name, pos, "invalid previous pointer"));
+            }
+            pos = h.prev;
+        }
+    }
+
+    /// Newest first; `size` is the data length (0 without data), as the
+    /// memory storage reports it (FileStorage reports 0 for backpointers).
+    fn history(&self, oid: Oid, size: usize) -> Result<Vec<HistoryEntry>> {
+        let (file, start) = {
+            let st = self.read();
+            (st.file.clone(), st.index.pos(oid))
+        };
+        let src = Src {
+            file: &file,
+            name: &self.name,
+        };
+        let mut pos = start.ok_or(Error::PosKey(oid))?;
+        let mut out = Vec::new();
+        while out.len() < size {
+            let h = src.data_header(pos)?;
+            let th = src.txn_header(h.tloc)?;
+            if th.tid != h.tid {
+                return Err(corrupt(&self.name, pos, "record and transaction disagree"));
+            }
+            let size = if h.plen != 0 {
+                h.plen
+            } else {
+                src.load_back(h.back)?.map_or(0, |(d, _)| d.len() as u64)
+            };
+            out.push(HistoryEntry {
+                tid: h.tid,
+                meta: src.txn_meta(h.tloc, &th)?,
+                size,
+            });
+            if h.prev == 0 {
+                break;
+            }
+            if h.prev >= pos {
+                return Err(corrupt(&self.name, pos, "invalid previous pointer"));
+            }
+            pos = h.prev;
+        }
+        Ok(out)
+    }
+
+    fn new_oids(&self, n: usize) -> Result<Vec<Oid>> {
+        if self.opts.read_only {
+            return Err(Error::ReadOnly);
+        }
+        if n > MAX_NEW_OIDS {
+            return Err(Error::Value(format!(
+                "new_oids({n}): at most {MAX_NEW_OIDS} at a time"
+            )));
+        }
+        let mut max = self.max_oid();
+        let end = u64::try_from(n)
+            .ok()
+            .and_then(|n| max.checked_add(n))
+            .ok_or_else(|| Error::Value("the oid space is exhausted".to_string()))?;
+        let oids = (*max + 1..=end).map(Oid).collect();
+        *max = end;
+        Ok(oids)
+    }
+
+    fn tpc_vote(&self, txn: &Txn) -> Result<Vote> {
+        if self.opts.read_only {
+            return Err(Error::ReadOnly);
+        }
+        if !VALID_STATUSES.contains(&txn.status) {
+            return Err(Error::Value(format!(
+                "invalid transaction status {:?}",
+                char::from(txn.status)
+            )));
+        }
+        let mut slot = self.slot();
+        if slot.is_some() {
+            return Err(Error::Transaction(
+                "another transaction is already voted".to_string(),
+            ));
+        }
+        let ext = pickle::ext_to_pickle(&txn.meta.extension).map_err(Error::Value)?;
+        // Only finish and the pack swap change the committed state, and both
+        // hold `commit`, which we hold: this read guard sees a stable state.
+        let st = self.read();
+        let tid = choose_tid(txn.tid, st.last_tid, timestamp::now())?;
+        let mut stage = Staging {
+            src: Src {
+                file: &st.file,
+                name: &self.name,
+            },
+            index: &st.index,
+            end: st.pos,
+            tid,
+            records: Vec::new(),
+            at: HashMap::new(),
+            conflicts: Vec::new(),
+            resolved: Vec::new(),
+            invalidated: Vec::new(),
+            max_oid: 0,
+        };
+        for op in &txn.ops {
+            stage.apply(op)?;
+        }
+        if !stage.conflicts.is_empty() {
+            return Ok(Vote::Conflicts(stage.conflicts));
+        }
+        let start = st.pos;
+        let (bytes, updates) = encode_txn(
+            tid,
+            start,
+            (&txn.meta.user, &txn.meta.description, &ext),
+            &stage.records,
+            &st.index,
+        )?;
+        if let Err(e) = self.write_at(&st.file, &bytes, start) {
+            // Maybe the disk is full: leave no partial transaction behind.
+            if let Err(t) = st.file.set_len(start) {
+                log::error!("{}: cannot truncate back to byte {start}: {t}", self.name);
+            }
+            return Err(io_err(&self.name, start, &e));
+        }
+        let Staging {
+            resolved,
+            invalidated,
+            max_oid,
+            ..
+        } = stage;
+        {
+            let mut max = self.max_oid();
+            *max = (*max).max(max_oid);
+        }
+        *slot = Some(Prepared {
+            tid,
+            status: txn.status,
+            start,
+            end: start + bytes.len() as u64,
+            updates,
+        });
+        Ok(Vote::Prepared {
+            tid,
+            resolved,
+            invalidated,
+        })
+    }
+
+    fn tpc_finish(&self) -> Result<Tid> {
+        let mut slot = self.slot();
+        let p = slot.take().ok_or_else(|| {
+            Error::Transaction("tpc_finish without a voted transaction".to_string())
+        })?;
+        let file = self.read().file.clone();
+        let flip = self
+            .write_at(&file, &[p.status], p.start + STATUS_OFFSET)
+            .and_then(|()| {
+                if self.opts.sync {
+                    file.sync_data()
+                } else {
+                    Ok(())
+                }
+            });
+        if let Err(e) = flip {
+            let _ = file.set_len(p.start);
+            return Err(io_err(&self.name, p.start, &e));
+        }
+        let mut st = self.write();
+        for (oid, pos, has) in &p.updates {
+            st.index.set(*oid, *pos, *has);
+        }
+        st.pos = p.end;
+        st.last_tid = p.tid;
+        drop(st);
+        drop(slot);
+        self.maybe_save_index_in_background();
+        Ok(p.tid)
+    }
+
+    fn tpc_abort(&self) {
+        let mut slot = self.slot();
+        if let Some(p) = slot.take() {
+            let file = self.read().file.clone();
+            if let Err(e) = file.set_len(p.start) {
+                log::error!(
+                    "{}: abort cannot truncate to byte {}: {e}",
+                    self.name,
+                    p.start
+                );
+            }
+        }
+    }
+
+    fn undo_log(&self, first: usize, last: usize) -> Result<Vec<UndoEntry>> {
+        let (file, end) = self.snapshot();
+        let src = Src {
+            file: &file,
+            name: &self.name,
+        };
+        let mut found: Vec<(u64, TxnHeader)> = Vec::new();
+        let mut statuses = Vec::new();
+        let mut pos = end;
+        let mut normal = 0usize;
+        while pos > 4 && normal < last {
+            let (tpos, h) = src.txn_before(pos)?;
+            statuses.push(h.status);
+            found.push((tpos, h));
+            if h.status == STATUS_PACKED {
+                break;
+            }
+            if h.status == STATUS_NORMAL {
+                normal += 1;
+            }
+            pos = tpos;
+        }
+        undo_window_positions(&statuses, first, last)
+            .into_iter()
+            .map(|i| {
+                let (tpos, h) = &found[i];
+                Ok(UndoEntry {
+                    tid: h.tid,
+                    meta: src.txn_meta(*tpos, h)?,
+                })
+            })
+            .collect()
+    }
+
+    /// A snapshot taken now: later commits and packs do not show.
+    fn iterator(&self, start: Option<Tid>, stop: Option<Tid>) -> Result<TxnIter> {
+        let (file, end) = self.snapshot();
+        let mut pos = 4;
+        if let Some(s) = start {
+            // Walk back from the end: costs O(transactions after start).
+            let src = Src {
+                file: &file,
+                name: &self.name,
+            };
+            pos = end;
+            while pos > 4 {
+                let (tpos, h) = src.txn_before(pos)?;
+                if h.tid < s {
+                    break;
+                }
+                pos = tpos;
+            }
+        }
+        Ok(Box::new(FileIter {
+            file,
+            name: self.name.clone(),
+            pos,
+            end,
+            stop,
+            done: matches!((start, stop), (Some(a), Some(b)) if a > b),
+        }))
+    }
+
+    fn record_iternext(&self, next: Option<Oid>) -> Result<Option<CurrentRecord>> {
+        let (file, first, following) = {
+            let st = self.read();
+            let (first, following) = st.index.live_from(next.unwrap_or(Oid::ZERO));
+            (st.file.clone(), first, following)
+        };
+        let Some((oid, pos)) = first else {
+            return Ok(None);
+        };
+        let src = Src {
+            file: &file,
+            name: &self.name,
+        };
+        let h = src.data_header(pos)?;
+        let data = src.record_data(pos, &h)?.ok_or(Error::PosKey(oid))?;
+        Ok(Some((oid, h.tid, data, following)))
+    }
+
+    fn pack(&self, t: f64, gc: bool) -> Result<()> {
+        if self.opts.read_only {
+            return Err(Error::ReadOnly);
+        }
+        if !t.is_finite() {
+            return Err(Error::Value(format!("invalid pack time {t}")));
+        }
+        self.pack_to(timestamp::from_unix(t), gc && self.opts.pack_gc)
+    }
+
+    /// `objects`: objects whose current record has data; `bytes`: the size
+    /// of the committed file (FileStorage's `getSize`).
+    fn size_info(&self) -> SizeInfo {
+        let st = self.read();
+        SizeInfo {
+            objects: st.index.live(),
+            bytes: st.pos,
+        }
+    }
+
+    /// Save the index file (once); the lock is released when dropped.
+    fn close(&self) {
+        if !self.closed.swap(true, Ordering::SeqCst) {
+            self.tpc_abort();
+            self.join_saver();
+            self.save_index();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

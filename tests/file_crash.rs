@@ -1,0 +1,116 @@
+//! Crash safety of `kind = "file"`: a writer commits as fast as it can while
+//! the server is killed with SIGKILL at random moments and restarted. Every
+//! commit that was acknowledged must be there after each restart, and the
+//! final file must pass ZODB's own `fstest`.
+
+mod common;
+
+use common::{python, ZeoraidProcess};
+use rand::Rng;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use zeoraid::storage::{Oid, Op, Storage, Tid, Txn, TxnMeta, Vote};
+use zeoraid::zeo::client::{Client, ClientOptions};
+
+const ROUNDS: usize = 5;
+
+fn connect(p: &ZeoraidProcess) -> Client {
+    Client::connect(ClientOptions {
+        addr: p.addr.to_string(),
+        call_timeout: Duration::from_secs(5),
+        ..ClientOptions::default()
+    })
+    .expect("connect")
+}
+
+type Acked = Arc<Mutex<Vec<(Oid, Tid, Vec<u8>)>>>;
+
+/// Commit new objects until the server goes away; record what was acknowledged.
+fn writer(c: &Client, acked: &Acked, stop: &AtomicBool, round: usize) {
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(oids) = c.new_oids(1) else { return };
+        let data = format!("round {round} commit {n}").into_bytes();
+        n += 1;
+        let txn = Txn {
+            meta: TxnMeta::default(),
+            tid: None,
+            status: b' ',
+            ops: vec![Op::Store {
+                oid: oids[0],
+                serial: Tid::ZERO,
+                data: Arc::from(data.clone()),
+            }],
+        };
+        match c.tpc_vote(&txn) {
+            Ok(Vote::Prepared { .. }) => {}
+            _ => return,
+        }
+        match c.tpc_finish() {
+            Ok(tid) => acked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((oids[0], tid, data)),
+            Err(_) => return,
+        }
+    }
+}
+
+fn verify(p: &ZeoraidProcess, acked: &Acked) {
+    let c = connect(p);
+    let acked = acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for (oid, tid, data) in &acked {
+        let l = c
+            .load_before(*oid, Tid::MAX)
+            .unwrap_or_else(|e| panic!("acknowledged commit {tid} of {oid} lost: {e}"))
+            .unwrap_or_else(|| panic!("acknowledged commit {tid} of {oid} lost"));
+        assert_eq!((&l.data[..], l.start), (&data[..], *tid), "{oid}");
+    }
+    c.close();
+}
+
+#[test]
+fn sigkill_loses_no_acknowledged_commit_and_fstest_passes() {
+    let py = python();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = "[[storage]]\nname = \"1\"\nkind = \"file\"\npath = \"Data.fs\"\n";
+    let acked: Acked = Arc::new(Mutex::new(Vec::new()));
+    let mut rng = rand::thread_rng();
+    for round in 0..ROUNDS {
+        let p = ZeoraidProcess::start(dir.path(), config);
+        verify(&p, &acked);
+        let stop = AtomicBool::new(false);
+        let c = connect(&p);
+        std::thread::scope(|s| {
+            let h = s.spawn(|| writer(&c, &acked, &stop, round));
+            std::thread::sleep(Duration::from_millis(rng.gen_range(100..600)));
+            p.kill9();
+            stop.store(true, Ordering::Relaxed);
+            let _ = h.join();
+        });
+        c.close();
+    }
+    let mut p = ZeoraidProcess::start(dir.path(), config);
+    verify(&p, &acked);
+    let n = acked.lock().unwrap_or_else(|e| e.into_inner()).len();
+    assert!(n > ROUNDS, "the writer committed only {n} transactions");
+    // Graceful stop, then ZODB's own checker on the file.
+    let _ = Command::new("kill")
+        .args(["-TERM", &p.child.id().to_string()])
+        .status();
+    let _ = p.child.wait();
+    drop(p);
+    let out = Command::new(py)
+        .args(["-m", "ZODB.scripts.fstest"])
+        .arg(dir.path().join("Data.fs"))
+        .output()
+        .expect("run fstest");
+    assert!(
+        out.status.success(),
+        "fstest failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

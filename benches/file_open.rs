@@ -52,7 +52,11 @@ fn build(path: &std::path::Path, mib: u64) -> u64 {
     let per_txn = 500u64;
     let data: Arc<[u8]> = Arc::from(vec![7u8; record]);
     let mut serials = vec![Tid::ZERO; objects as usize];
-    let first = fs.new_oids(objects as usize).expect("oids");
+    let mut first = Vec::with_capacity(objects as usize);
+    while first.len() < objects as usize {
+        let n = (objects as usize - first.len()).min(65_536);
+        first.extend(fs.new_oids(n).expect("oids"));
+    }
     for pass in 0..2 {
         for chunk in (0..objects).collect::<Vec<_>>().chunks(per_txn as usize) {
             let ops = chunk

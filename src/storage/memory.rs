@@ -29,42 +29,26 @@
 //! [`Mutex`], so loads never wait for a commit in progress and only
 //! `tpc_finish` takes the write lock, to install a whole transaction at once.
 //! Pack plans under the read lock in batches and applies under one write lock.
-//! Decisions (tid choice, serial checks, undo, pack cuts, undo-log windows)
-//! are small pure functions, tested table-driven below.
+//! Decisions are small pure functions, tested table-driven: those the file
+//! storage applies too (tid choice, serial checks, undo, undo-log windows)
+//! in [`super::rules`], the in-memory ones (pack cuts, revision lookups)
+//! below.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::gc::{self, GcError, PackGc};
+use super::rules::{self, UndoView, STATUS_PACKED, UNDO_INVALID_RECORD};
 use super::{
     pickle_refs, timestamp, Conflict, CurrentRecord, Data, DataRecord, Error, HistoryEntry, Loaded,
     Oid, Op, Result, SizeInfo, Storage, Tid, Txn, TxnIter, TxnMeta, TxnRecord, UndoEntry, Vote,
 };
 
-/// Transaction status of an ordinary (undoable) transaction.
-const STATUS_NORMAL: u8 = b' ';
-/// Transaction status of a transaction touched by pack (not undoable).
-const STATUS_PACKED: u8 = b'p';
-/// Statuses a transaction may be committed (restored) with; `'u'` is
-/// FileStorage's legacy "undone" mark, accepted but never undoable.
-const VALID_STATUSES: &[u8] = b" pu";
-
-/// The most oids one `new_oids` call hands out (ZEO clients ask for 100).
-pub const MAX_NEW_OIDS: usize = 65_536;
+pub use super::rules::MAX_NEW_OIDS;
 
 /// Objects examined per read-lock acquisition while planning a pack.
 const PACK_BATCH: usize = 4096;
-
-const CONFLICT_MESSAGE: &str = "database conflict error";
-const READ_CONFLICT_MESSAGE: &str = "database read conflict error";
-const UNDO_INVALID_TXN: &str = "Invalid transaction id";
-const UNDO_NOT_UNDOABLE: &str = "non-undoable transaction";
-const UNDO_INVALID_RECORD: &str = "Invalid undo transaction id";
-const UNDO_LOADBACK_FAILED: &str = "_loadBack() failed";
-const UNDO_ADD_CONFLICT: &str =
-    "Can't undo an add transaction followed by conflicting transactions.";
-const UNDO_MODIFIED_LATER: &str = "Some data were modified by a later transaction";
 
 /// One revision of one object.
 #[derive(Clone, Debug, PartialEq)]
@@ -347,7 +331,7 @@ impl MemoryStorage {
         plan.mark_from([gc::ROOT], |oid| {
             current_at(self.read().objects.get(&oid)?, packtid)
         })
-        .map_err(gc_error)?;
+        .map_err(rules::gc_error)?;
         if !plan.is_reachable(gc::ROOT) {
             // FileStorage refuses (KeyError) unless nothing exists then.
             let st = self.read();
@@ -357,11 +341,7 @@ impl MemoryStorage {
                 .find(|(_, revs)| current_at(revs, packtid).is_some())
                 .map(|(oid, _)| *oid)
             {
-                return Err(Error::Value(format!(
-                    "pack with garbage collection refused: the root object {} \
-                     does not exist at the pack time, but object {oid} does",
-                    gc::ROOT
-                )));
+                return Err(rules::gc_without_root(oid));
             }
         }
         Ok(plan)
@@ -392,16 +372,12 @@ impl Committed {
                 continue;
             };
             let refs = pickle_refs::references(&data)
-                .map_err(|error| gc_error(GcError::Unreadable { oid, error }))?;
+                .map_err(|error| rules::gc_error(GcError::Unreadable { oid, error }))?;
             plan.mark_from(refs, |o| current_at(self.objects.get(&o)?, packtid))
-                .map_err(gc_error)?;
+                .map_err(rules::gc_error)?;
         }
         Ok(())
     }
-}
-
-fn gc_error(e: GcError) -> Error {
-    Error::Value(format!("pack garbage collection failed: {e}"))
 }
 
 // ---------------------------------------------------------------------------
@@ -447,25 +423,6 @@ fn adjust_live(live: u64, was: bool, now: bool) -> u64 {
     }
 }
 
-/// The tid of a new transaction: the explicit one (restore, RAID) if it is
-/// newer than `last`, else a fresh TimeStamp after `last`.
-fn choose_tid(explicit: Option<Tid>, last: Tid, now_unix: f64) -> Result<Tid> {
-    match explicit {
-        Some(t) if t > last => Ok(t),
-        Some(t) => Err(Error::Transaction(format!(
-            "transaction id {t} is not later than the last transaction {last}"
-        ))),
-        None => Ok(timestamp::new_tid(now_unix, last)),
-    }
-}
-
-/// Whether a store with `serial` conflicts with the committed revision.
-/// As in FileStorage, an object that does not exist yet never conflicts;
-/// an undone creation still has its (data-less) revision's tid.
-fn store_conflicts(committed: Option<Tid>, serial: Tid) -> bool {
-    matches!(committed, Some(c) if c != serial)
-}
-
 /// What `loadBefore` finds among an object's revisions.
 #[derive(Debug, PartialEq)]
 enum Before {
@@ -486,32 +443,20 @@ fn pick_before(revs: &[Revision], before: Tid) -> Before {
     }
 }
 
-fn same_data(a: &Data, b: &Data) -> bool {
-    Arc::ptr_eq(a, b) || a[..] == b[..]
-}
-
-/// FileStorage's `_transactionalUndoRecord` without conflict resolution:
-/// the (data, data_txn) of the record that undoes `undone`, given the
+/// The (data, data_txn) of the record that undoes `undone`, given the
 /// revision before it and the object's current revision (staged or
-/// committed). `Err` is the UndoError reason.
+/// committed), by [`rules::undo_check`]. `Err` is the UndoError reason.
 fn undo_record(
     undone: &Revision,
     pre: Option<&Revision>,
     current: &Revision,
 ) -> std::result::Result<(Option<Data>, Option<Tid>), &'static str> {
-    if current.tid != undone.tid && current.data_ptr() != Some(undone.tid) {
-        // Something later changed the object: undo only if the current
-        // state is the state being undone.
-        let (Some(u), Some(c)) = (&undone.data, &current.data) else {
-            return Err(UNDO_LOADBACK_FAILED);
-        };
-        if !same_data(u, c) {
-            return Err(match pre {
-                None => UNDO_ADD_CONFLICT,
-                Some(_) => UNDO_MODIFIED_LATER,
-            });
-        }
-    }
+    let view = UndoView {
+        record: Some(current.tid),
+        data_ptr: current.data_ptr(),
+        data: current.data.clone(),
+    };
+    rules::undo_check(undone.tid, undone.data.as_ref(), pre.is_none(), &view)?;
     Ok(match pre {
         // Undo of the creation: no data, no backpointer.
         None => (None, None),
@@ -521,39 +466,24 @@ fn undo_record(
 
 /// Whether the transaction `target` may be undone: it must exist, and no
 /// packed transaction may be newer (FileStorage's `_txn_find` stops there),
-/// and it must have the ordinary status.
+/// and it must have the ordinary status ([`rules::undo_target`]).
 fn check_undo_target(
     entry: Option<&TxnEntry>,
     target: Tid,
     last_packed: Option<Tid>,
 ) -> Result<&TxnEntry> {
-    let invalid = |m: &str| Error::Undo {
-        message: m.to_string(),
-        oid: None,
-    };
-    let Some(entry) = entry else {
-        return Err(invalid(UNDO_INVALID_TXN));
-    };
-    if last_packed.is_some_and(|p| p > target) {
-        return Err(invalid(UNDO_INVALID_TXN));
-    }
-    if entry.status != STATUS_NORMAL {
-        return Err(invalid(UNDO_NOT_UNDOABLE));
-    }
-    Ok(entry)
+    let reachable = last_packed.is_none_or(|p| p <= target);
+    rules::undo_target(entry.filter(|_| reachable), |e| e.status)
 }
 
-/// The undo log window `[first, last)` over transactions newest first: the
-/// ordinary ones, up to the first packed one (FileStorage's `UndoSearch`).
+/// The undo log window `[first, last)` over transactions newest first
+/// ([`rules::undo_window`]).
 fn undo_window<'a, I>(newest_first: I, first: usize, last: usize) -> Vec<UndoEntry>
 where
     I: Iterator<Item = &'a TxnEntry>,
 {
-    newest_first
-        .take_while(|e| e.status != STATUS_PACKED)
-        .filter(|e| e.status == STATUS_NORMAL)
-        .skip(first)
-        .take(last.saturating_sub(first))
+    rules::undo_window(newest_first, |e| e.status, first, last)
+        .into_iter()
         .map(|e| UndoEntry {
             tid: e.tid,
             meta: e.meta.clone(),
@@ -596,19 +526,15 @@ fn pack_cut(revs: &[Revision], packtid: Tid) -> PackCut {
     }
 }
 
-/// The backpointer a restored record keeps: `prev_txn` if this storage has
-/// that revision of the object with the same data (FileStorage treats
-/// `prev_txn` as a hint). Returns the data to hold (shared when possible).
+/// The backpointer a restored record keeps ([`rules::restore_backpointer`]):
+/// `prev_txn`'s revision of the object, if this storage has it with the same
+/// data. Returns the data to hold (shared when possible).
 fn restore_backpointer(
     prev: Option<&Revision>,
     data: &Option<Data>,
 ) -> (Option<Data>, Option<Tid>) {
-    match prev {
-        Some(p) => match (&p.data, data) {
-            (None, None) => (None, Some(p.tid)),
-            (Some(a), Some(b)) if same_data(a, b) => (Some(a.clone()), Some(p.tid)),
-            _ => (data.clone(), None),
-        },
+    match rules::restore_backpointer(prev.map(|p| (p, p.data.as_ref())), data) {
+        Some(p) => (p.data.clone(), Some(p.tid)),
         None => (data.clone(), None),
     }
 }
@@ -699,58 +625,26 @@ impl<'a> Staging<'a> {
         }
     }
 
-    /// A store checks the committed serial; a conflict is collected for the
-    /// client to resolve, and a later successful store of the same object
-    /// (the resolved re-store) clears it, as ZEO's server does.
+    /// A store checks the committed serial; conflicts are collected for
+    /// the client to resolve ([`rules::note_store`]).
     fn store(&mut self, oid: Oid, serial: Tid, data: &Data) {
         let committed = self.state.current(oid).map(|r| r.tid);
-        if store_conflicts(committed, serial) {
-            let conflict = Conflict {
-                oid,
-                committed: committed.unwrap_or(Tid::ZERO),
-                read: serial,
-                data: data.clone(),
-            };
-            match self.conflicts.iter_mut().find(|c| c.oid == oid) {
-                Some(c) => *c = conflict,
-                None => self.conflicts.push(conflict),
-            }
-            return;
+        let conflict = rules::store_conflict(oid, committed, serial, data);
+        if rules::note_store(&mut self.conflicts, oid, conflict) {
+            self.put(oid, Some(data.clone()), None);
         }
-        self.conflicts.retain(|c| c.oid != oid);
-        self.put(oid, Some(data.clone()), None);
     }
 
     fn delete(&mut self, oid: Oid, serial: Tid) -> Result<()> {
-        let committed = self.state.current(oid).ok_or(Error::PosKey(oid))?.tid;
-        if committed != serial {
-            return Err(Error::Conflict {
-                oid,
-                committed,
-                read: serial,
-                message: CONFLICT_MESSAGE.to_string(),
-                read_conflict: false,
-            });
-        }
+        let committed = self.state.current(oid).map(|r| r.tid);
+        rules::check_delete(oid, committed, serial)?;
         self.put(oid, None, None);
         Ok(())
     }
 
     fn check_current(&mut self, oid: Oid, serial: Tid) -> Result<()> {
-        let committed = match self.state.current(oid) {
-            Some(r) if r.data.is_some() => r.tid,
-            _ => return Err(Error::PosKey(oid)),
-        };
-        if committed != serial {
-            return Err(Error::Conflict {
-                oid,
-                committed,
-                read: serial,
-                message: READ_CONFLICT_MESSAGE.to_string(),
-                read_conflict: true,
-            });
-        }
-        Ok(())
+        let committed = self.state.current(oid).filter(|r| r.data.is_some());
+        rules::check_current(oid, committed.map(|r| r.tid), serial)
     }
 
     fn restore(
@@ -760,12 +654,7 @@ impl<'a> Staging<'a> {
         data: &Option<Data>,
         prev_txn: Option<Tid>,
     ) -> Result<()> {
-        if serial != self.tid {
-            return Err(Error::Transaction(format!(
-                "restore of {oid} under {serial} in transaction {}",
-                self.tid
-            )));
-        }
+        rules::check_restore_serial(oid, serial, self.tid)?;
         let prev = prev_txn.and_then(|p| self.state.revision(oid, p));
         let (data, data_txn) = restore_backpointer(prev, data);
         self.put(oid, data, data_txn);
@@ -799,13 +688,7 @@ impl<'a> Staging<'a> {
                 }
             }
         }
-        match failure {
-            Some((oid, m)) => Err(Error::Undo {
-                message: m.to_string(),
-                oid: Some(oid),
-            }),
-            None => Ok(()),
-        }
+        rules::undo_outcome(failure)
     }
 }
 
@@ -881,31 +764,11 @@ impl Storage for MemoryStorage {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
-        if n > MAX_NEW_OIDS {
-            return Err(Error::Value(format!(
-                "new_oids({n}): at most {MAX_NEW_OIDS} at a time"
-            )));
-        }
-        let mut max = self.max_oid();
-        let end = u64::try_from(n)
-            .ok()
-            .and_then(|n| max.checked_add(n))
-            .ok_or_else(|| Error::Value("the oid space is exhausted".to_string()))?;
-        let oids = (*max + 1..=end).map(Oid).collect();
-        *max = end;
-        Ok(oids)
+        rules::allocate_oids(&mut self.max_oid(), n)
     }
 
     fn tpc_vote(&self, txn: &Txn) -> Result<Vote> {
-        if self.read_only {
-            return Err(Error::ReadOnly);
-        }
-        if !VALID_STATUSES.contains(&txn.status) {
-            return Err(Error::Value(format!(
-                "invalid transaction status {:?}",
-                char::from(txn.status)
-            )));
-        }
+        rules::check_vote(self.read_only, txn.status)?;
         let mut slot = self.prepared();
         if slot.is_some() {
             return Err(Error::Transaction(
@@ -913,7 +776,7 @@ impl Storage for MemoryStorage {
             ));
         }
         let st = self.read();
-        let tid = choose_tid(txn.tid, st.last_tid, timestamp::now())?;
+        let tid = rules::choose_tid(txn.tid, st.last_tid, timestamp::now())?;
         let mut stage = Staging::new(&st, tid);
         for op in &txn.ops {
             stage.apply(op)?;
@@ -1026,24 +889,20 @@ impl Storage for MemoryStorage {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
-        if !t.is_finite() {
-            return Err(Error::Value(format!("invalid pack time {t}")));
-        }
+        let requested = rules::pack_time(t)?;
         let _packing = self
             .pack_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let requested = timestamp::from_unix(t);
         let packtid = {
             let st = self.read();
             if st.objects.is_empty() {
                 return Ok(());
             }
-            let packtid = requested.min(st.last_tid);
-            if st.pack_tid.is_some_and(|p| packtid <= p) {
-                return Ok(());
+            match rules::pack_tid(requested, st.last_tid, st.pack_tid) {
+                Some(packtid) => packtid,
+                None => return Ok(()),
             }
-            packtid
         };
         let mut plan = if gc {
             Some(self.gc_at_packtime(packtid)?)
@@ -1075,79 +934,18 @@ impl Storage for MemoryStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::rules::{
+        UNDO_ADD_CONFLICT, UNDO_INVALID_TXN, UNDO_LOADBACK_FAILED, UNDO_MODIFIED_LATER,
+        UNDO_NOT_UNDOABLE,
+    };
+    use crate::storage::testutil::{
+        at, commit, commit_txn, d, meta, o, records, restore_txn, store, t, txn, undo, undo_tids,
+    };
 
-    // -- helpers ------------------------------------------------------------
-
-    const BASE: f64 = 1_700_000_000.0;
-
-    /// A tid `i` seconds after BASE.
-    fn t(i: u32) -> Tid {
-        timestamp::from_unix(BASE + f64::from(i))
-    }
-
-    /// The Unix time of `t(i)` plus `frac` seconds (for pack times).
-    fn at(i: u32, frac: f64) -> f64 {
-        BASE + f64::from(i) + frac
-    }
-
-    fn d(s: &str) -> Data {
-        Arc::from(s.as_bytes())
-    }
-
-    fn o(n: u64) -> Oid {
-        Oid(n)
-    }
+    // -- helpers (the shared ones are in `storage::testutil`) -----------------
 
     fn mem() -> MemoryStorage {
         MemoryStorage::new("test", false)
-    }
-
-    fn meta(desc: &str) -> TxnMeta {
-        TxnMeta {
-            user: b"u".to_vec(),
-            description: desc.as_bytes().to_vec(),
-            extension: Vec::new(),
-        }
-    }
-
-    fn txn(tid: Option<Tid>, ops: Vec<Op>) -> Txn {
-        Txn {
-            meta: meta("t"),
-            tid,
-            status: b' ',
-            ops,
-        }
-    }
-
-    fn store(oid: u64, serial: Tid, data: &str) -> Op {
-        Op::Store {
-            oid: o(oid),
-            serial,
-            data: d(data),
-        }
-    }
-
-    fn undo(tid: Tid) -> Op {
-        Op::Undo { txn: tid }
-    }
-
-    /// Vote and finish; panics (test only) on anything but Prepared.
-    fn commit_txn(s: &MemoryStorage, tx: Txn) -> (Tid, Vec<Oid>, Vec<Oid>) {
-        match s.tpc_vote(&tx) {
-            Ok(Vote::Prepared {
-                tid,
-                resolved,
-                invalidated,
-            }) => {
-                assert_eq!(s.tpc_finish(), Ok(tid));
-                (tid, resolved, invalidated)
-            }
-            other => panic!("expected Prepared, got {other:?}"),
-        }
-    }
-
-    fn commit(s: &MemoryStorage, tid: Option<Tid>, ops: Vec<Op>) -> Tid {
-        commit_txn(s, txn(tid, ops)).0
     }
 
     fn commit_desc(s: &MemoryStorage, tid: Option<Tid>, desc: &str, ops: Vec<Op>) -> Tid {
@@ -1180,21 +978,6 @@ mod tests {
             Ok((v, _)) => v,
             Err(e) => format!("{e:?}"),
         }
-    }
-
-    fn records(s: &MemoryStorage) -> Vec<TxnRecord> {
-        match s.iterator(None, None) {
-            Ok(it) => it.map(|r| r.expect("iteration")).collect(),
-            Err(e) => panic!("iterator: {e:?}"),
-        }
-    }
-
-    fn undo_tids(s: &MemoryStorage) -> Vec<Tid> {
-        s.undo_log(0, 1_000_000)
-            .expect("undo log")
-            .iter()
-            .map(|e| e.tid)
-            .collect()
     }
 
     fn undo_err(message: &str, oid: Option<u64>) -> Error {
@@ -1299,32 +1082,6 @@ mod tests {
         assert_eq!(s.last_transaction(), Ok(Tid::ZERO));
         assert_eq!(s.load_before(o(1), Tid::MAX), Err(Error::PosKey(o(1))));
         assert_eq!(s.undo_log(0, 20), Ok(vec![]));
-    }
-
-    #[test]
-    fn choose_tid_table() {
-        let now = BASE + 10.0;
-        let cases: &[(Option<Tid>, Tid, std::result::Result<Tid, ()>)] = &[
-            (None, Tid::ZERO, Ok(timestamp::from_unix(now))),
-            (None, t(5), Ok(timestamp::from_unix(now))),
-            // The clock is behind the last transaction: successor.
-            (None, t(20), Ok(timestamp::successor(t(20)))),
-            (Some(t(3)), t(2), Ok(t(3))),
-            (Some(Tid(1)), Tid::ZERO, Ok(Tid(1))),
-            (Some(t(2)), t(2), Err(())),
-            (Some(t(1)), t(2), Err(())),
-            (Some(Tid::ZERO), Tid::ZERO, Err(())),
-        ];
-        for (explicit, last, want) in cases {
-            let got = choose_tid(*explicit, *last, now);
-            match want {
-                Ok(w) => assert_eq!(got, Ok(*w), "{explicit:?} after {last}"),
-                Err(()) => assert!(
-                    matches!(got, Err(Error::Transaction(_))),
-                    "{explicit:?} after {last}: {got:?}"
-                ),
-            }
-        }
     }
 
     #[test]
@@ -1505,24 +1262,6 @@ mod tests {
     }
 
     // -- conflicts --------------------------------------------------------------
-
-    #[test]
-    fn store_conflicts_table() {
-        let cases = [
-            (None, Tid::ZERO, false),
-            (None, t(1), false), // FileStorage: a new object never conflicts
-            (Some(t(1)), t(1), false),
-            (Some(t(2)), t(1), true),
-            (Some(t(1)), Tid::ZERO, true),
-        ];
-        for (committed, serial, want) in cases {
-            assert_eq!(
-                store_conflicts(committed, serial),
-                want,
-                "{committed:?} {serial}"
-            );
-        }
-    }
 
     #[test]
     fn conflicts_are_collected_and_stage_nothing() {
@@ -2374,25 +2113,7 @@ mod tests {
         // Copy everything, as copyTransactionsFrom / RAID recovery does.
         let dst = mem();
         for txn_rec in records(&src) {
-            let ops = txn_rec
-                .records
-                .iter()
-                .map(|r| Op::Restore {
-                    oid: r.oid,
-                    serial: r.tid,
-                    data: r.data.clone(),
-                    prev_txn: r.data_txn,
-                })
-                .collect();
-            let (tid, resolved, inv) = commit_txn(
-                &dst,
-                Txn {
-                    meta: txn_rec.meta.clone(),
-                    tid: Some(txn_rec.tid),
-                    status: txn_rec.status,
-                    ops,
-                },
-            );
+            let (tid, resolved, inv) = commit_txn(&dst, restore_txn(&txn_rec));
             assert_eq!(tid, txn_rec.tid);
             assert!(resolved.is_empty());
             assert_eq!(inv.len(), txn_rec.records.len());
@@ -3125,7 +2846,7 @@ mod tests {
     #[test]
     fn loads_proceed_during_a_prepared_commit_and_packs() {
         let s = Arc::new(mem());
-        let mut serial = commit(&s, None, vec![store(1, Tid::ZERO, "0")]);
+        let mut serial = commit(s.as_ref(), None, vec![store(1, Tid::ZERO, "0")]);
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         // Readers start before the commits do, and load at least once.
         let started = Arc::new(std::sync::Barrier::new(3));

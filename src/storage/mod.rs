@@ -6,11 +6,17 @@
 //! commit buffer and the commit lock; a storage sees one whole transaction at
 //! vote time ([`Storage::tpc_vote`]) and then exactly one of
 //! [`Storage::tpc_finish`] or [`Storage::tpc_abort`].
+//!
+//! The rules the memory and file storages share (serial checks, undo
+//! decisions, tid choice, ...) are pure functions in [`rules`].
 
 pub mod file;
 pub mod gc;
 pub mod memory;
 pub mod pickle_refs;
+pub mod rules;
+#[cfg(test)]
+pub(crate) mod testutil;
 pub mod timestamp;
 pub mod undo_id;
 

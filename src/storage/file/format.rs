@@ -35,9 +35,9 @@ pub const DATA_HDR_LEN: u64 = 42;
 /// Offset of the status byte inside a transaction header.
 pub const STATUS_OFFSET: u64 = 16;
 
-pub const STATUS_NORMAL: u8 = b' ';
-pub const STATUS_PACKED: u8 = b'p';
-pub const STATUS_UNDONE: u8 = b'u';
+/// The transaction statuses ZODB knows (`' '`, `'p'`, `'u'`).
+pub use crate::storage::rules::{STATUS_NORMAL, STATUS_PACKED, STATUS_UNDONE};
+/// A transaction being committed (written at vote, flipped at finish).
 pub const STATUS_CHECKPOINT: u8 = b'c';
 
 fn u64_at(b: &[u8], at: usize) -> u64 {

@@ -33,7 +33,8 @@
 //! Semantics (load_before on deleted objects, undo decisions and messages,
 //! undo log stopping at packed transactions, restore backpointers, what pack
 //! keeps, with and without garbage collection) are those of
-//! [`MemoryStorage`](crate::storage::memory::MemoryStorage), so RAID mirrors
+//! [`MemoryStorage`](crate::storage::memory::MemoryStorage); the decisions
+//! both make are shared in [`crate::storage::rules`]. So RAID mirrors
 //! of either kind answer alike (a differential test checks it). Differences
 //! from Python's FileStorage, all deliberate: one record per object and
 //! transaction (a second store replaces the first), `history` sizes count
@@ -60,29 +61,16 @@ use self::format::{
 };
 use self::index::Index;
 use self::records::{corrupt, io_err, Src};
+use super::rules::{self, UndoView, UNDO_INVALID_RECORD};
 use super::{
     timestamp, Conflict, CurrentRecord, Data, DataRecord, Error, HistoryEntry, Loaded, Oid, Op,
     Result, SizeInfo, Storage, Tid, Txn, TxnIter, TxnRecord, UndoEntry, Vote,
 };
 
-/// The most oids one `new_oids` call hands out (as the memory storage).
-pub const MAX_NEW_OIDS: usize = 65_536;
-
-const CONFLICT_MESSAGE: &str = "database conflict error";
-const READ_CONFLICT_MESSAGE: &str = "database read conflict error";
-const UNDO_INVALID_TXN: &str = "Invalid transaction id";
-const UNDO_NOT_UNDOABLE: &str = "non-undoable transaction";
-const UNDO_INVALID_RECORD: &str = "Invalid undo transaction id";
-const UNDO_LOADBACK_FAILED: &str = "_loadBack() failed";
-const UNDO_ADD_CONFLICT: &str =
-    "Can't undo an add transaction followed by conflicting transactions.";
-const UNDO_MODIFIED_LATER: &str = "Some data were modified by a later transaction";
+pub use super::rules::MAX_NEW_OIDS;
 
 /// Save the index file in the background after this many commits.
 const INDEX_SAVE_EVERY: u64 = 10_000;
-
-/// Statuses a transaction may be committed (restored) with.
-const VALID_STATUSES: &[u8] = b" pu";
 
 /// How to open a [`FileStorage`].
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -360,18 +348,7 @@ impl Drop for FileStorage {
 }
 
 // ---------------------------------------------------------------------------
-// Pure decisions.
-
-/// The tid of a new transaction (as the memory storage's `choose_tid`).
-fn choose_tid(explicit: Option<Tid>, last: Tid, now_unix: f64) -> Result<Tid> {
-    match explicit {
-        Some(t) if t > last => Ok(t),
-        Some(t) => Err(Error::Transaction(format!(
-            "transaction id {t} is not later than the last transaction {last}"
-        ))),
-        None => Ok(timestamp::new_tid(now_unix, last)),
-    }
-}
+// Pure decisions (those the memory storage makes too are in `rules`).
 
 /// What a staged data record holds in the file.
 #[derive(Clone, Debug, PartialEq)]
@@ -381,65 +358,13 @@ enum Payload {
     Back(u64),
 }
 
-/// The state of an object as undo sees it: the record's tid, where its data
-/// lives (`data_ptr`, FileStorage's `cdataptr`; `None` for inline data of a
-/// staged record) and the data itself.
-#[derive(Clone, Debug, PartialEq)]
-struct UndoView {
-    pos: Option<u64>,
-    data_ptr: Option<u64>,
-    data: Option<Data>,
-}
-
-/// FileStorage's `_transactionalUndoRecord` without conflict resolution:
-/// undoing the record at `undone_pos` (with data `undone`) whose previous
-/// record is at `pre` (0: none, a creation), given the current state.
-/// Returns the backpointer to write; `Err` is the UndoError reason.
-fn undo_decision(
-    undone_pos: u64,
-    undone: Option<&Data>,
-    pre: u64,
-    current: &UndoView,
-) -> std::result::Result<u64, &'static str> {
-    let same_record = current.pos == Some(undone_pos) || current.data_ptr == Some(undone_pos);
-    if !same_record {
-        let (Some(u), Some(c)) = (undone, &current.data) else {
-            return Err(UNDO_LOADBACK_FAILED);
-        };
-        if u[..] != c[..] {
-            return Err(if pre == 0 {
-                UNDO_ADD_CONFLICT
-            } else {
-                UNDO_MODIFIED_LATER
-            });
-        }
-    }
-    Ok(pre)
-}
-
-/// The undo log window `[first, last)` over (tid, status) newest first:
-/// ordinary transactions up to the first packed one (`UndoSearch`).
-fn undo_window_positions(statuses: &[u8], first: usize, last: usize) -> Vec<usize> {
-    statuses
-        .iter()
-        .enumerate()
-        .take_while(|(_, s)| **s != STATUS_PACKED)
-        .filter(|(_, s)| **s == STATUS_NORMAL)
-        .map(|(i, _)| i)
-        .skip(first)
-        .take(last.saturating_sub(first))
-        .collect()
-}
-
-/// The backpointer a restored record keeps (`prev` is the position and data
-/// of the object's record in `prev_txn`, when this file has it): point back
-/// only when the data is the same (FileStorage treats `prev_txn` as a hint).
+/// The payload of a restored record: a backpointer to `prev` (the position
+/// and data of the object's record in `prev_txn`, when this file has it) by
+/// [`rules::restore_backpointer`], else the data itself.
 fn restore_payload(prev: Option<(u64, Option<&Data>)>, data: &Option<Data>) -> Payload {
-    match (prev, data) {
-        (Some((p, None)), None) => Payload::Back(p),
-        (Some((p, Some(a))), Some(b)) if a[..] == b[..] => Payload::Back(p),
-        (_, Some(b)) => Payload::Data(b.clone()),
-        (_, None) => Payload::Back(0),
+    match rules::restore_backpointer(prev, data) {
+        Some(p) => Payload::Back(p),
+        None => data.clone().map_or(Payload::Back(0), Payload::Data),
     }
 }
 
@@ -515,54 +440,24 @@ impl<'a> Staging<'a> {
             )));
         }
         let committed = self.committed(oid)?.map(|(_, h)| h.tid);
-        if matches!(committed, Some(c) if c != serial) {
-            let conflict = Conflict {
-                oid,
-                committed: committed.unwrap_or(Tid::ZERO),
-                read: serial,
-                data: data.clone(),
-            };
-            match self.conflicts.iter_mut().find(|c| c.oid == oid) {
-                Some(c) => *c = conflict,
-                None => self.conflicts.push(conflict),
-            }
-            return Ok(());
+        let conflict = rules::store_conflict(oid, committed, serial, data);
+        if rules::note_store(&mut self.conflicts, oid, conflict) {
+            self.put(oid, Payload::Data(data.clone()), Some(data.clone()));
         }
-        self.conflicts.retain(|c| c.oid != oid);
-        self.put(oid, Payload::Data(data.clone()), Some(data.clone()));
         Ok(())
     }
 
     fn delete(&mut self, oid: Oid, serial: Tid) -> Result<()> {
-        let committed = self.committed(oid)?.ok_or(Error::PosKey(oid))?.1.tid;
-        if committed != serial {
-            return Err(Error::Conflict {
-                oid,
-                committed,
-                read: serial,
-                message: CONFLICT_MESSAGE.to_string(),
-                read_conflict: false,
-            });
-        }
+        let committed = self.committed(oid)?.map(|(_, h)| h.tid);
+        rules::check_delete(oid, committed, serial)?;
         self.put(oid, Payload::Back(0), None);
         Ok(())
     }
 
     fn check_current(&mut self, oid: Oid, serial: Tid) -> Result<()> {
-        let committed = match (self.index.get(oid), self.committed(oid)?) {
-            (Some((_, true)), Some((_, h))) => h.tid,
-            _ => return Err(Error::PosKey(oid)),
-        };
-        if committed != serial {
-            return Err(Error::Conflict {
-                oid,
-                committed,
-                read: serial,
-                message: READ_CONFLICT_MESSAGE.to_string(),
-                read_conflict: true,
-            });
-        }
-        Ok(())
+        let has_data = matches!(self.index.get(oid), Some((_, true)));
+        let committed = self.committed(oid)?.filter(|_| has_data);
+        rules::check_current(oid, committed.map(|(_, h)| h.tid), serial)
     }
 
     fn restore(
@@ -572,12 +467,7 @@ impl<'a> Staging<'a> {
         data: &Option<Data>,
         prev_txn: Option<Tid>,
     ) -> Result<()> {
-        if serial != self.tid {
-            return Err(Error::Transaction(format!(
-                "restore of {oid} under {serial} in transaction {}",
-                self.tid
-            )));
-        }
+        rules::check_restore_serial(oid, serial, self.tid)?;
         if data.as_ref().is_some_and(|d| d.is_empty()) {
             return Err(Error::Value(format!(
                 "{oid}: empty object data cannot be stored in a FileStorage"
@@ -603,11 +493,11 @@ impl<'a> Staging<'a> {
     }
 
     /// The object's state as this transaction sees it so far.
-    fn view(&self, oid: Oid) -> Result<Option<UndoView>> {
+    fn view(&self, oid: Oid) -> Result<Option<UndoView<u64>>> {
         if let Some(&i) = self.at.get(&oid) {
             let r = &self.records[i];
             return Ok(Some(UndoView {
-                pos: None,
+                record: None,
                 data_ptr: match r.payload {
                     Payload::Back(p) if p != 0 => Some(p),
                     _ => None,
@@ -626,23 +516,17 @@ impl<'a> Staging<'a> {
             None
         };
         Ok(Some(UndoView {
-            pos: Some(p),
+            record: Some(p),
             data_ptr,
             data: self.src.record_data(p, &h)?,
         }))
     }
 
+    /// Undo by [`rules::undo_check`]: the undo record points back at the
+    /// undone record's predecessor (0 for a creation: no data).
     fn undo(&mut self, target: Tid) -> Result<()> {
-        let invalid = |m: &str| Error::Undo {
-            message: m.to_string(),
-            oid: None,
-        };
-        let Some((tpos, th)) = find_txn(self.src, self.end, target, true)? else {
-            return Err(invalid(UNDO_INVALID_TXN));
-        };
-        if th.status != STATUS_NORMAL {
-            return Err(invalid(UNDO_NOT_UNDOABLE));
-        }
+        let found = find_txn(self.src, self.end, target, true)?;
+        let (tpos, th) = rules::undo_target(found, |(_, th)| th.status)?;
         let mut failures: Vec<(Oid, &'static str)> = Vec::new();
         let tend = tpos.saturating_add(th.tlen);
         let mut pos = tpos + th.header_len();
@@ -653,7 +537,7 @@ impl<'a> Staging<'a> {
                 None => Err(UNDO_INVALID_RECORD),
                 Some(current) => {
                     let undone = self.src.record_data(pos, &h)?;
-                    undo_decision(pos, undone.as_ref(), h.prev, &current)
+                    rules::undo_check(pos, undone.as_ref(), h.prev == 0, &current).map(|()| h.prev)
                 }
             };
             match outcome {
@@ -668,13 +552,7 @@ impl<'a> Staging<'a> {
             }
             pos = pos.saturating_add(h.record_len());
         }
-        match failures.first() {
-            Some((oid, m)) => Err(Error::Undo {
-                message: m.to_string(),
-                oid: Some(*oid),
-            }),
-            None => Ok(()),
-        }
+        rules::undo_outcome(failures.first().copied())
     }
 }
 
@@ -1012,31 +890,11 @@ impl Storage for FileStorage {
         if self.opts.read_only {
             return Err(Error::ReadOnly);
         }
-        if n > MAX_NEW_OIDS {
-            return Err(Error::Value(format!(
-                "new_oids({n}): at most {MAX_NEW_OIDS} at a time"
-            )));
-        }
-        let mut max = self.max_oid();
-        let end = u64::try_from(n)
-            .ok()
-            .and_then(|n| max.checked_add(n))
-            .ok_or_else(|| Error::Value("the oid space is exhausted".to_string()))?;
-        let oids = (*max + 1..=end).map(Oid).collect();
-        *max = end;
-        Ok(oids)
+        rules::allocate_oids(&mut self.max_oid(), n)
     }
 
     fn tpc_vote(&self, txn: &Txn) -> Result<Vote> {
-        if self.opts.read_only {
-            return Err(Error::ReadOnly);
-        }
-        if !VALID_STATUSES.contains(&txn.status) {
-            return Err(Error::Value(format!(
-                "invalid transaction status {:?}",
-                char::from(txn.status)
-            )));
-        }
+        rules::check_vote(self.opts.read_only, txn.status)?;
         let mut slot = self.slot();
         if slot.is_some() {
             return Err(Error::Transaction(
@@ -1047,7 +905,7 @@ impl Storage for FileStorage {
         // Only finish and the pack swap change the committed state, and both
         // hold `commit`, which we hold: this read guard sees a stable state.
         let st = self.read();
-        let tid = choose_tid(txn.tid, st.last_tid, timestamp::now())?;
+        let tid = rules::choose_tid(txn.tid, st.last_tid, timestamp::now())?;
         let mut stage = Staging {
             src: Src {
                 file: &st.file,
@@ -1160,12 +1018,10 @@ impl Storage for FileStorage {
             name: &self.name,
         };
         let mut found: Vec<(u64, TxnHeader)> = Vec::new();
-        let mut statuses = Vec::new();
         let mut pos = end;
         let mut normal = 0usize;
         while pos > 4 && normal < last {
             let (tpos, h) = src.txn_before(pos)?;
-            statuses.push(h.status);
             found.push((tpos, h));
             if h.status == STATUS_PACKED {
                 break;
@@ -1175,10 +1031,9 @@ impl Storage for FileStorage {
             }
             pos = tpos;
         }
-        undo_window_positions(&statuses, first, last)
+        rules::undo_window(&found, |(_, h)| h.status, first, last)
             .into_iter()
-            .map(|i| {
-                let (tpos, h) = &found[i];
+            .map(|(tpos, h)| {
                 Ok(UndoEntry {
                     tid: h.tid,
                     meta: src.txn_meta(*tpos, h)?,
@@ -1238,10 +1093,7 @@ impl Storage for FileStorage {
         if self.opts.read_only {
             return Err(Error::ReadOnly);
         }
-        if !t.is_finite() {
-            return Err(Error::Value(format!("invalid pack time {t}")));
-        }
-        self.pack_to(timestamp::from_unix(t), gc && self.opts.pack_gc)
+        self.pack_to(rules::pack_time(t)?, gc && self.opts.pack_gc)
     }
 
     /// `objects`: objects whose current record has data; `bytes`: the size

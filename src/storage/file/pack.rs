@@ -37,6 +37,7 @@ use super::index::Index;
 use super::records::{corrupt, io_err, Src};
 use super::{with_suffix, FileStorage};
 use crate::storage::gc::{self, GcError, PackGc};
+use crate::storage::rules::{self, gc_error};
 use crate::storage::{pickle_refs, Data, Error, Oid, Result, Tid};
 
 /// Copy what was committed during the pack without locks while more than
@@ -74,10 +75,6 @@ struct Plan {
 /// Whether a pack changed anything, from what the copy counted.
 fn pack_has_work(unpacked_txns: usize, dropped: usize, inline_backpointers: usize) -> bool {
     unpacked_txns > 0 || dropped > 0 || inline_backpointers > 0
-}
-
-fn gc_error(e: GcError) -> Error {
-    Error::Value(format!("pack garbage collection failed: {e}"))
 }
 
 /// Iterate transactions `[from, to)`: (position, header).
@@ -200,11 +197,7 @@ fn collect_garbage(
     if !g.is_reachable(gc::ROOT) {
         // FileStorage refuses (KeyError) unless nothing exists then.
         if let Some((oid, _)) = cur.iter().find(|(_, (_, has))| *has) {
-            return Err(Error::Value(format!(
-                "pack with garbage collection refused: the root object {} \
-                 does not exist at the pack time, but object {oid} does",
-                gc::ROOT
-            )));
+            return Err(rules::gc_without_root(*oid));
         }
     }
     let mut extra = Vec::new();
@@ -399,21 +392,22 @@ impl FileStorage {
             .pack_lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (file, end, packtid) = {
+        let (file, end, last_tid) = {
             let st = self.read();
             if st.index.is_empty() {
                 return Ok(());
             }
-            (st.file.clone(), st.pos, requested.min(st.last_tid))
+            (st.file.clone(), st.pos, st.last_tid)
         };
         let mut last_pack = self
             .pack_tid
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if last_pack.is_some_and(|p| packtid <= p) {
-            // Not later than the previous pack: nothing to do (as the memory storage).
+        // Clamped to the last transaction; not later than the previous pack:
+        // nothing to do ([`rules::pack_tid`], as the memory storage).
+        let Some(packtid) = rules::pack_tid(requested, last_tid, *last_pack) else {
             return Ok(());
-        }
+        };
         let src = Src {
             file: &file,
             name: &self.name,

@@ -1,29 +1,15 @@
-//! Unit tests of the file storage: pure decisions (tables), every storage
-//! method, crash recovery, disk-full, and a differential run against the
-//! memory storage (same operations, same answers).
+//! Unit tests of the file storage: its own pure decisions (tables; the
+//! shared ones are tested in `storage::rules`), every storage method, crash
+//! recovery, disk-full, and a differential run against the memory storage
+//! (same operations, same answers).
 
 use super::format::TXN_HDR_LEN;
 use super::*;
 use crate::storage::memory::MemoryStorage;
-use crate::storage::TxnMeta;
-
-const BASE: f64 = 1_700_000_000.0;
-
-fn t(i: u32) -> Tid {
-    timestamp::from_unix(BASE + f64::from(i))
-}
-
-fn at(i: u32, frac: f64) -> f64 {
-    BASE + f64::from(i) + frac
-}
-
-fn d(s: &str) -> Data {
-    Arc::from(s.as_bytes())
-}
-
-fn o(n: u64) -> Oid {
-    Oid(n)
-}
+use crate::storage::rules::{UNDO_ADD_CONFLICT, UNDO_INVALID_TXN};
+use crate::storage::testutil::{
+    at, commit, commit_txn, d, meta, o, records, restore_txn, store, t, txn, undo, undo_tids,
+};
 
 struct Tmp {
     _dir: tempfile::TempDir,
@@ -51,53 +37,6 @@ fn open_ro(p: &Path) -> FileStorage {
     .expect("open read-only")
 }
 
-fn meta(desc: &str) -> TxnMeta {
-    TxnMeta {
-        user: b"u".to_vec(),
-        description: desc.as_bytes().to_vec(),
-        extension: Vec::new(),
-    }
-}
-
-fn txn(tid: Option<Tid>, ops: Vec<Op>) -> Txn {
-    Txn {
-        meta: meta("t"),
-        tid,
-        status: b' ',
-        ops,
-    }
-}
-
-fn store(oid: u64, serial: Tid, data: &str) -> Op {
-    Op::Store {
-        oid: o(oid),
-        serial,
-        data: d(data),
-    }
-}
-
-fn undo(tid: Tid) -> Op {
-    Op::Undo { txn: tid }
-}
-
-fn commit_txn(s: &dyn Storage, tx: Txn) -> (Tid, Vec<Oid>, Vec<Oid>) {
-    match s.tpc_vote(&tx) {
-        Ok(Vote::Prepared {
-            tid,
-            resolved,
-            invalidated,
-        }) => {
-            assert_eq!(s.tpc_finish(), Ok(tid));
-            (tid, resolved, invalidated)
-        }
-        other => panic!("expected Prepared, got {other:?}"),
-    }
-}
-
-fn commit(s: &dyn Storage, tid: Option<Tid>, ops: Vec<Op>) -> Tid {
-    commit_txn(s, txn(tid, ops)).0
-}
-
 fn value(s: &dyn Storage, oid: u64) -> String {
     match s.load_before(o(oid), Tid::MAX) {
         Ok(Some(l)) => String::from_utf8_lossy(&l.data).into_owned(),
@@ -106,151 +45,7 @@ fn value(s: &dyn Storage, oid: u64) -> String {
     }
 }
 
-fn records(s: &dyn Storage) -> Vec<TxnRecord> {
-    s.iterator(None, None)
-        .expect("iterator")
-        .map(|r| r.expect("iteration"))
-        .collect()
-}
-
-fn undo_tids(s: &dyn Storage) -> Vec<Tid> {
-    s.undo_log(0, 1_000_000)
-        .expect("undo log")
-        .iter()
-        .map(|e| e.tid)
-        .collect()
-}
-
 // -- pure decisions -------------------------------------------------------
-
-#[test]
-fn choose_tid_table() {
-    let now = BASE + 10.0;
-    let cases: &[(Option<Tid>, Tid, Option<Tid>)] = &[
-        (None, Tid::ZERO, Some(timestamp::from_unix(now))),
-        (None, t(20), Some(timestamp::successor(t(20)))),
-        (Some(t(3)), t(2), Some(t(3))),
-        (Some(t(2)), t(2), None),
-        (Some(t(1)), t(2), None),
-    ];
-    for (explicit, last, want) in cases {
-        assert_eq!(
-            choose_tid(*explicit, *last, now).ok(),
-            *want,
-            "{explicit:?} {last}"
-        );
-    }
-}
-
-#[test]
-fn undo_decision_table() {
-    let a = d("a");
-    let b = d("b");
-    let view = |pos: Option<u64>, ptr: Option<u64>, data: Option<&Data>| UndoView {
-        pos,
-        data_ptr: ptr,
-        data: data.cloned(),
-    };
-    // (undone pos, undone data, pre, current, result)
-    type Case<'a> = (
-        u64,
-        Option<&'a Data>,
-        u64,
-        UndoView,
-        std::result::Result<u64, &'a str>,
-    );
-    let cases: Vec<Case> = vec![
-        // The undone record is current: point at its predecessor.
-        (
-            100,
-            Some(&a),
-            50,
-            view(Some(100), Some(100), Some(&a)),
-            Ok(50),
-        ),
-        // Undo of a creation: backpointer 0.
-        (
-            100,
-            Some(&a),
-            0,
-            view(Some(100), Some(100), Some(&a)),
-            Ok(0),
-        ),
-        // Current record points back at the undone one.
-        (
-            100,
-            Some(&a),
-            50,
-            view(Some(200), Some(100), Some(&a)),
-            Ok(50),
-        ),
-        // Later record with equal data.
-        (
-            100,
-            Some(&a),
-            50,
-            view(Some(200), Some(200), Some(&a)),
-            Ok(50),
-        ),
-        (100, Some(&a), 50, view(None, None, Some(&a)), Ok(50)),
-        // Later record with other data.
-        (
-            100,
-            Some(&a),
-            50,
-            view(Some(200), Some(200), Some(&b)),
-            Err(UNDO_MODIFIED_LATER),
-        ),
-        (
-            100,
-            Some(&a),
-            0,
-            view(Some(200), Some(200), Some(&b)),
-            Err(UNDO_ADD_CONFLICT),
-        ),
-        // Later delete, or undone record without data.
-        (
-            100,
-            Some(&a),
-            50,
-            view(Some(200), None, None),
-            Err(UNDO_LOADBACK_FAILED),
-        ),
-        (
-            100,
-            None,
-            50,
-            view(Some(200), Some(200), Some(&a)),
-            Err(UNDO_LOADBACK_FAILED),
-        ),
-    ];
-    for (i, (pos, undone, pre, cur, want)) in cases.into_iter().enumerate() {
-        assert_eq!(undo_decision(pos, undone, pre, &cur), want, "case {i}");
-    }
-}
-
-#[test]
-fn undo_window_table() {
-    let n = STATUS_NORMAL;
-    let p = STATUS_PACKED;
-    let u = b'u';
-    // (statuses newest first, first, last, indexes)
-    let cases: Vec<(Vec<u8>, usize, usize, Vec<usize>)> = vec![
-        (vec![n, n, n], 0, 20, vec![0, 1, 2]),
-        (vec![n, n, n], 1, 2, vec![1]),
-        (vec![n, u, n], 0, 20, vec![0, 2]),
-        (vec![n, p, n], 0, 20, vec![0]),
-        (vec![p, n], 0, 20, vec![]),
-        (vec![n, n], 5, 3, vec![]),
-    ];
-    for (st, first, last, want) in cases {
-        assert_eq!(
-            undo_window_positions(&st, first, last),
-            want,
-            "{st:?} {first} {last}"
-        );
-    }
-}
 
 #[test]
 fn restore_payload_table() {
@@ -914,25 +709,7 @@ fn restore_copies_with_backpointers() {
     let tp = tmp();
     let dst = open(&tp.path);
     for rec in records(&src) {
-        let ops = rec
-            .records
-            .iter()
-            .map(|r| Op::Restore {
-                oid: r.oid,
-                serial: r.tid,
-                data: r.data.clone(),
-                prev_txn: r.data_txn,
-            })
-            .collect();
-        commit_txn(
-            &dst,
-            Txn {
-                meta: rec.meta.clone(),
-                tid: Some(rec.tid),
-                status: rec.status,
-                ops,
-            },
-        );
+        commit_txn(&dst, restore_txn(&rec));
     }
     assert_eq!(records(&dst), records(&src));
     let e = dst.tpc_vote(&Txn {

@@ -263,7 +263,7 @@ impl Loop {
         };
         if !conn.handshake_done {
             if frame == b"ruok" {
-                let status = session::ruok_json(&self.shared);
+                let status = super::status::ruok_json(&self.shared);
                 conn.outq
                     .push_back(OutFrame::new(Payload::Owned(status.into_bytes())));
                 conn.close_after_flush = true;

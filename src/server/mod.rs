@@ -14,13 +14,17 @@
 //!
 //! Decisions live in pure modules: [`methods`] (dispatch table),
 //! [`commit_lock`] (who holds the lock, who is next), [`invalidations`]
-//! (bounded history for `getInvalidations`).
+//! (bounded history for `getInvalidations`). `wire` shapes values as ZEO's
+//! Python side expects them; `status` answers `get_info`, `server_status`
+//! and `ruok`.
 
 pub mod commit_lock;
 pub mod invalidations;
 mod io;
 pub mod methods;
 mod session;
+mod status;
+mod wire;
 
 use crate::storage::Storage;
 use crate::zeo::message::Message;

@@ -7,10 +7,14 @@
 //! finds the commit lock held *parks* the queue and frees the worker, and is
 //! resumed when the lock is handed over ([`super::commit_lock`]).
 
+use super::status::{get_info, size_info_value, status_json};
+use super::wire::{
+    conflict_value, data_arg, ext_bytes, ext_value, json_to_value, matches_spec, oids_value,
+    parse_undo_id, txn_meta_entries, undo_entry_value, undo_range,
+};
 use super::{lock, ConnId, Job, Out, Shared, StorageEntry};
 use crate::storage::{
-    timestamp, undo_id, Conflict, Data, Error, Oid, Op, Result, Tid, Txn, TxnIter, TxnMeta,
-    TxnRecord, UndoEntry, Vote,
+    timestamp, Error, Oid, Op, Result, Tid, Txn, TxnIter, TxnMeta, TxnRecord, Vote,
 };
 use crate::zeo::message::{self, arg, bin, oid_value, opt_tid_value, tid_value, Message};
 use crossbeam_channel::Receiver;
@@ -367,21 +371,6 @@ pub(crate) fn compact_ops(ops: &[Op]) -> Vec<Op> {
         .collect()
 }
 
-fn conflict_value(c: &Conflict) -> Value {
-    Value::Map(vec![
-        (Value::from("oid"), oid_value(c.oid)),
-        (
-            Value::from("serials"),
-            Value::Array(vec![tid_value(c.committed), tid_value(c.read)]),
-        ),
-        (Value::from("data"), bin(&c.data)),
-    ])
-}
-
-fn oids_value(oids: &[Oid]) -> Value {
-    Value::Array(oids.iter().map(|o| oid_value(*o)).collect())
-}
-
 /// Run the vote with the commit lock held.
 fn do_vote(shared: &Shared, sess: &Session, st: &mut State) -> Result<Value> {
     let entry = sess.entry()?.clone();
@@ -445,116 +434,6 @@ fn check_txn<'a>(
         ))),
         Some(t) => Ok(t),
     }
-}
-
-fn ext_bytes(v: &Value) -> Vec<u8> {
-    match v {
-        Value::Map(m) if !m.is_empty() => {
-            let mut out = Vec::new();
-            let _ = rmpv::encode::write_value(&mut out, v);
-            out
-        }
-        _ => Vec::new(),
-    }
-}
-
-/// The extension mapping as a msgpack map (empty map when none).
-pub(crate) fn ext_value(ext: &[u8]) -> Value {
-    if ext.is_empty() {
-        return Value::Map(vec![]);
-    }
-    let mut cur = ext;
-    match rmpv::decode::read_value(&mut cur) {
-        Ok(v @ Value::Map(_)) => v,
-        _ => Value::Map(vec![]),
-    }
-}
-
-fn data_arg(v: &Value, what: &str) -> Result<Data> {
-    Ok(Arc::from(arg::bytes(v, what)?))
-}
-
-/// The transaction named by an undo id, or an UndoError saying why not.
-pub(crate) fn parse_undo_id(b: &[u8]) -> Result<Tid> {
-    undo_id::parse_undo_id(b).ok_or_else(|| Error::Undo {
-        message: format!(
-            "undo id {:?} is not a transaction id",
-            String::from_utf8_lossy(b)
-        ),
-        oid: None,
-    })
-}
-
-fn txn_meta_entries(meta: &TxnMeta) -> Vec<(Value, Value)> {
-    let mut v = vec![
-        (Value::from("user_name"), bin(&meta.user)),
-        (Value::from("description"), bin(&meta.description)),
-    ];
-    if let Value::Map(ext) = ext_value(&meta.extension) {
-        v.extend(ext);
-    }
-    v
-}
-
-fn undo_entry_value(e: &UndoEntry) -> Value {
-    let mut m = vec![
-        (Value::from("id"), bin(&undo_id::undo_id(e.tid))),
-        (Value::from("time"), Value::F64(timestamp::time_time(e.tid))),
-    ];
-    m.extend(txn_meta_entries(&e.meta));
-    Value::Map(m)
-}
-
-/// Does an undo entry match an `undoInfo` specification (every key equal)?
-fn matches_spec(entry: &Value, spec: &Value) -> bool {
-    let (Value::Map(e), Value::Map(s)) = (entry, spec) else {
-        return true;
-    };
-    s.iter()
-        .all(|(k, v)| e.iter().any(|(ek, ev)| ek == k && ev == v))
-}
-
-/// `last < 0` means "-last entries from first" (ZODB's undoLog convention).
-fn undo_range(first: i64, last: i64) -> (usize, usize) {
-    let first = first.max(0);
-    let last = if last < 0 { first - last } else { last };
-    (first as usize, last.max(first) as usize)
-}
-
-fn size_info_value(entry: &StorageEntry) -> Value {
-    let s = entry.storage.size_info();
-    Value::Map(vec![
-        (Value::from("length"), Value::from(s.objects)),
-        (Value::from("size"), Value::from(s.bytes)),
-    ])
-}
-
-fn get_info(entry: &StorageEntry) -> Value {
-    let s = entry.storage.size_info();
-    let undo = entry.storage.supports_undo();
-    let mut ifaces = vec![
-        "IStorageRestoreable",
-        "IStorageIteration",
-        "IStorageCurrentRecordIteration",
-    ];
-    if undo {
-        ifaces.push("IStorageUndoable");
-    }
-    let interfaces = ifaces
-        .into_iter()
-        .map(|i| Value::Array(vec![Value::from("ZODB.interfaces"), Value::from(i)]))
-        .collect();
-    Value::Map(vec![
-        (Value::from("length"), Value::from(s.objects)),
-        (Value::from("size"), Value::from(s.bytes)),
-        (Value::from("name"), Value::from(entry.storage.name())),
-        (Value::from("supportsUndo"), Value::Boolean(undo)),
-        (
-            Value::from("supports_record_iternext"),
-            Value::Boolean(true),
-        ),
-        (Value::from("interfaces"), Value::Array(interfaces)),
-    ])
 }
 
 /// Stateless reads, run concurrently.
@@ -693,7 +572,7 @@ fn concurrent(shared: &Shared, sess: &Session, msg: &Message) -> Result<Value> {
             })
         }
         "ping" => Ok(Value::Nil),
-        "server_status" => Ok(json_to_value(&status_json(shared, entry))),
+        "server_status" => Ok(json_to_value(&status_json(entry))),
         "get_info" => Ok(get_info(entry)),
         "get_size_info" => Ok(size_info_value(entry)),
         "sendBlob" => Err(Error::Unsupported(BLOBS_UNSUPPORTED.into())),
@@ -1038,64 +917,10 @@ fn finish(shared: &Shared, sess: &Session, st: &mut State, id: &Value) -> Result
     Ok(tid_value(tid))
 }
 
-/// The status of one storage (ZEO's `server_status`).
-pub(crate) fn status_json(shared: &Shared, entry: &StorageEntry) -> serde_json::Value {
-    let s = &entry.stats;
-    let connections = entry.clients.read().map(|c| c.len()).unwrap_or(0);
-    let last = entry
-        .storage
-        .last_transaction()
-        .map(|t| format!("{:016x}", t.0))
-        .unwrap_or_default();
-    let waiting = lock(&entry.lock).waiting();
-    let _ = shared;
-    serde_json::json!({
-        "storage": entry.name,
-        "connections": connections,
-        "loads": s.loads.load(Ordering::Relaxed),
-        "stores": s.stores.load(Ordering::Relaxed),
-        "commits": s.commits.load(Ordering::Relaxed),
-        "aborts": s.aborts.load(Ordering::Relaxed),
-        "conflicts": s.conflicts.load(Ordering::Relaxed),
-        "active_txns": s.active_txns.load(Ordering::Relaxed),
-        "waiting": waiting,
-        "uptime-seconds": entry.started.elapsed().as_secs(),
-        "last-transaction": last,
-    })
-}
-
-/// The `ruok` probe's answer: a JSON object of every storage's status.
-pub(crate) fn ruok_json(shared: &Shared) -> String {
-    let mut all = serde_json::Map::new();
-    for (name, entry) in &shared.storages {
-        all.insert(name.clone(), status_json(shared, entry));
-    }
-    serde_json::Value::Object(all).to_string()
-}
-
-fn json_to_value(j: &serde_json::Value) -> Value {
-    use serde_json::Value as J;
-    match j {
-        J::Null => Value::Nil,
-        J::Bool(b) => Value::Boolean(*b),
-        J::Number(n) => n
-            .as_i64()
-            .map(Value::from)
-            .or_else(|| n.as_u64().map(Value::from))
-            .unwrap_or_else(|| Value::F64(n.as_f64().unwrap_or(0.0))),
-        J::String(s) => Value::from(s.as_str()),
-        J::Array(a) => Value::Array(a.iter().map(json_to_value).collect()),
-        J::Object(o) => Value::Map(
-            o.iter()
-                .map(|(k, v)| (Value::from(k.as_str()), json_to_value(v)))
-                .collect(),
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::Data;
 
     #[test]
     fn compact_keeps_last_store_per_oid() {
@@ -1131,27 +956,6 @@ mod tests {
                 )
             }
             other => panic!("unexpected {other:?}"),
-        }
-    }
-
-    #[test]
-    fn bad_undo_ids_are_undo_errors() {
-        assert!(matches!(
-            parse_undo_id(b"not an id"),
-            Err(Error::Undo { .. })
-        ));
-        assert_eq!(parse_undo_id(b"A9XiwQAAAAA="), Ok(Tid(0x03d5e2c100000000)));
-    }
-
-    #[test]
-    fn undo_range_table() {
-        for (first, last, want) in [
-            (0, -20, (0, 20)),
-            (5, -20, (5, 25)),
-            (0, 10, (0, 10)),
-            (10, 5, (10, 10)),
-        ] {
-            assert_eq!(undo_range(first, last), want, "{first} {last}");
         }
     }
 }

@@ -1,0 +1,76 @@
+//! What the server reports about itself: `get_info`, size info, ZEO's
+//! `server_status` and the JSON answer to a `ruok` probe.
+
+use super::{lock, Shared, StorageEntry};
+use rmpv::Value;
+use std::sync::atomic::Ordering;
+
+pub(crate) fn size_info_value(entry: &StorageEntry) -> Value {
+    let s = entry.storage.size_info();
+    Value::Map(vec![
+        (Value::from("length"), Value::from(s.objects)),
+        (Value::from("size"), Value::from(s.bytes)),
+    ])
+}
+
+pub(crate) fn get_info(entry: &StorageEntry) -> Value {
+    let s = entry.storage.size_info();
+    let undo = entry.storage.supports_undo();
+    let mut ifaces = vec![
+        "IStorageRestoreable",
+        "IStorageIteration",
+        "IStorageCurrentRecordIteration",
+    ];
+    if undo {
+        ifaces.push("IStorageUndoable");
+    }
+    let interfaces = ifaces
+        .into_iter()
+        .map(|i| Value::Array(vec![Value::from("ZODB.interfaces"), Value::from(i)]))
+        .collect();
+    Value::Map(vec![
+        (Value::from("length"), Value::from(s.objects)),
+        (Value::from("size"), Value::from(s.bytes)),
+        (Value::from("name"), Value::from(entry.storage.name())),
+        (Value::from("supportsUndo"), Value::Boolean(undo)),
+        (
+            Value::from("supports_record_iternext"),
+            Value::Boolean(true),
+        ),
+        (Value::from("interfaces"), Value::Array(interfaces)),
+    ])
+}
+
+/// The status of one storage (ZEO's `server_status`).
+pub(crate) fn status_json(entry: &StorageEntry) -> serde_json::Value {
+    let s = &entry.stats;
+    let connections = entry.clients.read().map(|c| c.len()).unwrap_or(0);
+    let last = entry
+        .storage
+        .last_transaction()
+        .map(|t| format!("{:016x}", t.0))
+        .unwrap_or_default();
+    let waiting = lock(&entry.lock).waiting();
+    serde_json::json!({
+        "storage": entry.name,
+        "connections": connections,
+        "loads": s.loads.load(Ordering::Relaxed),
+        "stores": s.stores.load(Ordering::Relaxed),
+        "commits": s.commits.load(Ordering::Relaxed),
+        "aborts": s.aborts.load(Ordering::Relaxed),
+        "conflicts": s.conflicts.load(Ordering::Relaxed),
+        "active_txns": s.active_txns.load(Ordering::Relaxed),
+        "waiting": waiting,
+        "uptime-seconds": entry.started.elapsed().as_secs(),
+        "last-transaction": last,
+    })
+}
+
+/// The `ruok` probe's answer: a JSON object of every storage's status.
+pub(crate) fn ruok_json(shared: &Shared) -> String {
+    let mut all = serde_json::Map::new();
+    for (name, entry) in &shared.storages {
+        all.insert(name.clone(), status_json(entry));
+    }
+    serde_json::Value::Object(all).to_string()
+}

@@ -244,6 +244,15 @@ impl FileStorage {
     }
 
     /// The storage file's path.
+    /// The file and the position of `oid`'s newest data record (taken
+    /// together under the state lock, so a pack swap cannot split them);
+    /// `PosKey` when the object is unknown.
+    fn newest_record(&self, oid: Oid) -> Result<(Arc<File>, u64)> {
+        let st = self.read();
+        let pos = st.index.pos(oid).ok_or(Error::PosKey(oid))?;
+        Ok((st.file.clone(), pos))
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -774,15 +783,11 @@ impl Storage for FileStorage {
     }
 
     fn load_before(&self, oid: Oid, before: Tid) -> Result<Option<Loaded>> {
-        let (file, start) = {
-            let st = self.read();
-            (st.file.clone(), st.index.pos(oid))
-        };
+        let (file, mut pos) = self.newest_record(oid)?;
         let src = Src {
             file: &file,
             name: &self.name,
         };
-        let mut pos = start.ok_or(Error::PosKey(oid))?;
         let mut end = None;
         loop {
             let h = src.data_header(pos)?;
@@ -815,15 +820,11 @@ impl Storage for FileStorage {
     }
 
     fn load_serial(&self, oid: Oid, serial: Tid) -> Result<Data> {
-        let (file, start) = {
-            let st = self.read();
-            (st.file.clone(), st.index.pos(oid))
-        };
+        let (file, mut pos) = self.newest_record(oid)?;
         let src = Src {
             file: &file,
             name: &self.name,
         };
-        let mut pos = start.ok_or(Error::PosKey(oid))?;
         loop {
             let h = src.data_header(pos)?;
             if h.oid != oid {
@@ -849,15 +850,11 @@ impl Storage for FileStorage {
     /// Newest first; `size` is the data length (0 without data), as the
     /// memory storage reports it (FileStorage reports 0 for backpointers).
     fn history(&self, oid: Oid, size: usize) -> Result<Vec<HistoryEntry>> {
-        let (file, start) = {
-            let st = self.read();
-            (st.file.clone(), st.index.pos(oid))
-        };
+        let (file, mut pos) = self.newest_record(oid)?;
         let src = Src {
             file: &file,
             name: &self.name,
         };
-        let mut pos = start.ok_or(Error::PosKey(oid))?;
         let mut out = Vec::new();
         while out.len() < size {
             let h = src.data_header(pos)?;

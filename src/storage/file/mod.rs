@@ -789,8 +789,16 @@ impl Storage for FileStorage {
             name: &self.name,
         };
         let mut end = None;
+        let mut first = true;
         loop {
-            let h = src.data_header(pos)?;
+            // Usually the newest record is the one wanted: read it and its
+            // data at once. Older records in the chain are reached by headers.
+            let (h, prefetched) = if first {
+                src.data_header_prefetch(pos)?
+            } else {
+                (src.data_header(pos)?, None)
+            };
+            first = false;
             if h.oid != oid {
                 return Err(corrupt(
                     &self.name,
@@ -799,7 +807,11 @@ impl Storage for FileStorage {
                 ));
             }
             if h.tid < before {
-                return match src.record_data(pos, &h)? {
+                let data = match prefetched {
+                    Some(d) => Some(d),
+                    None => src.record_data(pos, &h)?,
+                };
+                return match data {
                     Some(data) => Ok(Some(Loaded {
                         data,
                         start: h.tid,

@@ -20,6 +20,24 @@ pub fn io_err(name: &str, pos: u64, e: &std::io::Error) -> Error {
     Error::Io(format!("{name}: {e} at byte {pos}"))
 }
 
+/// Bytes read speculatively with a data header (header + small object).
+pub const PREFETCH: usize = 4096;
+
+/// Read as much as is there (up to `buf.len()`) at `pos`: short only at the
+/// end of the file.
+fn read_some_at(file: &File, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], pos + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
 /// A file being read, with its name for error messages.
 #[derive(Clone, Copy)]
 pub struct Src<'a> {
@@ -110,6 +128,29 @@ impl Src<'_> {
             Ok(Some(Arc::from(d)))
         } else {
             Ok(self.load_back(h.back)?.map(|(d, _)| d))
+        }
+    }
+
+    /// The data header at `pos` and, when the record holds its own data of
+    /// at most [`PREFETCH`] bytes, that data too — one read instead of two
+    /// for the common small object. `None` data means "use `record_data`".
+    pub fn data_header_prefetch(&self, pos: u64) -> Result<(DataHeader, Option<Data>)> {
+        let mut buf = [0u8; PREFETCH];
+        let got = read_some_at(self.file, &mut buf, pos).map_err(|e| io_err(self.name, pos, &e))?;
+        let fixed = DATA_HDR_LEN as usize;
+        if got < fixed {
+            return Ok((self.data_header(pos)?, None));
+        }
+        let mut fb = [0u8; DATA_HDR_LEN as usize];
+        fb.copy_from_slice(&buf[..fixed]);
+        let h = DataHeader::decode(&fb);
+        match usize::try_from(h.plen) {
+            Ok(n) if h.vlen == 0 && n > 0 && fixed + n <= got => {
+                Ok((h, Some(Arc::from(&buf[fixed..fixed + n]))))
+            }
+            // Backpointer, version, or a record larger than the prefetch:
+            // the general path validates and reads it.
+            _ => Ok((self.data_header(pos)?, None)),
         }
     }
 

@@ -1099,3 +1099,40 @@ fn differential(gc: bool) {
     drop(f);
     assert_eq!(observe(&open(&tp.path), 5), final_view);
 }
+
+#[test]
+fn loads_of_every_size_around_the_prefetch() {
+    // The newest record is read with its data in one pread when it fits in
+    // records::PREFETCH; larger ones, and the last record of the file (a
+    // short read), take the general path. All must load the same.
+    let tp = tmp();
+    let s = open(&tp.path);
+    let sizes = [
+        1usize,
+        100,
+        super::records::PREFETCH - 43,
+        super::records::PREFETCH - 42,
+        super::records::PREFETCH - 41,
+        super::records::PREFETCH,
+        3 * super::records::PREFETCH,
+    ];
+    let mut tid = Tid::ZERO;
+    for (i, n) in sizes.iter().enumerate() {
+        let data = "x".repeat(*n);
+        tid = commit(
+            &s,
+            Some(t(i as u32 + 1)),
+            vec![store(i as u64 + 1, Tid::ZERO, &data)],
+        );
+        // Loaded while it is the last record of the file, and again later.
+        assert_eq!(value(&s, i as u64 + 1).len(), *n, "size {n} at the end");
+    }
+    for (i, n) in sizes.iter().enumerate() {
+        assert_eq!(value(&s, i as u64 + 1), "x".repeat(*n), "size {n}");
+    }
+    // A record without data of its own (undo through a backpointer).
+    let a = commit(&s, None, vec![store(1, t(1), "second")]);
+    commit(&s, None, vec![undo(a)]);
+    assert_eq!(value(&s, 1), "x");
+    assert!(tid > Tid::ZERO);
+}

@@ -46,6 +46,11 @@ pub struct ServerConfig {
     /// `invalidation-queue-size`).
     #[serde(default = "default_invq")]
     pub invalidation_queue_size: usize,
+    /// Seconds a client may hold a storage's commit lock (between vote and
+    /// finish) before its connection is closed and its transaction aborted
+    /// (ZEO's `transaction-timeout`). Unset: no limit, as ZEO.
+    #[serde(default)]
+    pub transaction_timeout: Option<f64>,
 }
 
 impl Default for ServerConfig {
@@ -55,6 +60,7 @@ impl Default for ServerConfig {
             workers: default_workers(),
             max_frame_size: default_max_frame(),
             invalidation_queue_size: default_invq(),
+            transaction_timeout: None,
         }
     }
 }
@@ -188,6 +194,15 @@ impl Config {
                 "0".into(),
                 "must be at least 1",
             ));
+        }
+        if let Some(t) = self.server.transaction_timeout {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(invalid(
+                    "server.transaction-timeout",
+                    t.to_string(),
+                    "must be a positive number of seconds (leave it out for no limit)",
+                ));
+            }
         }
         if self.storage.is_empty() {
             return Err(invalid(

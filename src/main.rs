@@ -132,6 +132,10 @@ fn serve(path: PathBuf, listen: Option<String>) -> ExitCode {
         workers: cfg.server.workers,
         max_frame: cfg.server.max_frame_size,
         invalidation_queue_size: cfg.server.invalidation_queue_size,
+        transaction_timeout: cfg
+            .server
+            .transaction_timeout
+            .map(std::time::Duration::from_secs_f64),
     };
     let signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,

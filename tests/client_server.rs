@@ -18,6 +18,7 @@ fn start() -> Server {
             workers: 4,
             max_frame: 1 << 24,
             invalidation_queue_size: 100,
+            transaction_timeout: None,
         },
         vec![("1".into(), Arc::new(MemoryStorage::new("1", false)), false)],
     )

@@ -14,12 +14,17 @@ use zeoraid::zeo::frame::{read_frame, write_frame};
 use zeoraid::zeo::message::{self, bin, Message};
 
 fn start_with(storage: Arc<dyn Storage>) -> Server {
+    start_opts(storage, None)
+}
+
+fn start_opts(storage: Arc<dyn Storage>, transaction_timeout: Option<Duration>) -> Server {
     Server::start(
         Options {
             listen: "127.0.0.1:0".parse().unwrap(),
             workers: 4,
             max_frame: 1 << 20,
             invalidation_queue_size: 10,
+            transaction_timeout,
         },
         vec![("1".into(), storage, false)],
     )
@@ -443,4 +448,28 @@ fn graceful_shutdown_joins_and_closes_clients() {
     begin_store(&mut r, 1, &[(1, Tid::ZERO, b"x")]);
     server.shutdown();
     assert!(r.closed());
+}
+
+#[test]
+fn a_client_stalled_after_vote_is_cut_off_by_the_transaction_timeout() {
+    let server = start_opts(
+        Arc::new(MemoryStorage::new("1", false)),
+        Some(Duration::from_millis(300)),
+    );
+    let mut a = Raw::registered(server.local_addr());
+    begin_store(&mut a, 1, &[(1, Tid::ZERO, b"stalled")]);
+    a.call("vote", vec![Value::from(1)])
+        .expect("a votes and then stalls");
+    // b's vote waits for the lock until the watchdog closes a's connection.
+    let mut b = Raw::registered(server.local_addr());
+    let started = std::time::Instant::now();
+    let tid = commit(&mut b, 7, &[(2, Tid::ZERO, b"b")]);
+    assert!(tid > Tid::ZERO);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(a.closed(), "the stalled client was disconnected");
+    assert_eq!(
+        b.call("loadBefore", vec![oid(1), bin(&[0xff; 8])]),
+        Err(Error::PosKey(Oid(1))),
+        "the stalled transaction was aborted"
+    );
 }

@@ -5,9 +5,12 @@
 //! worker returns to the pool and the session waits in a FIFO queue. When the
 //! holder releases, [`CommitLock::release`] names the next session, which the
 //! caller resumes on a worker. No thread ever blocks on this lock, so a fixed
-//! pool cannot deadlock on it.
+//! pool cannot deadlock on it. The lock remembers since when its holder has
+//! had it (time is passed in), so a watchdog can end transactions that hold
+//! it longer than `transaction-timeout`.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 /// What `acquire` decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +22,8 @@ pub enum Acquire {
 #[derive(Debug, Default)]
 pub struct CommitLock {
     holder: Option<u64>,
+    /// When the current holder got the lock.
+    since: Option<Instant>,
     waiting: VecDeque<u64>,
 }
 
@@ -27,11 +32,12 @@ impl CommitLock {
         CommitLock::default()
     }
 
-    /// Ask for the lock on behalf of `session`.
-    pub fn acquire(&mut self, session: u64) -> Acquire {
+    /// Ask for the lock on behalf of `session` at time `now`.
+    pub fn acquire(&mut self, session: u64, now: Instant) -> Acquire {
         match self.holder {
             None => {
                 self.holder = Some(session);
+                self.since = Some(now);
                 Acquire::Granted
             }
             Some(h) if h == session => Acquire::Granted,
@@ -48,15 +54,24 @@ impl CommitLock {
     }
 
     /// `session` gives up the lock or its place in the queue (finish, abort,
-    /// disconnect). Returns the session that now holds the lock and must be
-    /// resumed, if the lock changed hands.
-    pub fn release(&mut self, session: u64) -> Option<u64> {
+    /// disconnect) at time `now`. Returns the session that now holds the lock
+    /// and must be resumed, if the lock changed hands.
+    pub fn release(&mut self, session: u64, now: Instant) -> Option<u64> {
         self.waiting.retain(|&s| s != session);
         if self.holder == Some(session) {
             self.holder = self.waiting.pop_front();
+            self.since = self.holder.map(|_| now);
             return self.holder;
         }
         None
+    }
+
+    /// The holder, if it has held the lock for longer than `timeout` at `now`.
+    pub fn overdue(&self, now: Instant, timeout: Duration) -> Option<u64> {
+        match (self.holder, self.since) {
+            (Some(h), Some(since)) if now.saturating_duration_since(since) > timeout => Some(h),
+            _ => None,
+        }
     }
 
     pub fn holder(&self) -> Option<u64> {
@@ -128,12 +143,33 @@ mod tests {
         ];
         for (name, steps) in cases {
             let mut lock = CommitLock::new();
+            let now = Instant::now();
             for step in steps {
                 match step {
-                    Ask(s, want) => assert_eq!(lock.acquire(s), want, "{name}: acquire {s}"),
-                    Give(s, want) => assert_eq!(lock.release(s), want, "{name}: release {s}"),
+                    Ask(s, want) => assert_eq!(lock.acquire(s, now), want, "{name}: acquire {s}"),
+                    Give(s, want) => assert_eq!(lock.release(s, now), want, "{name}: release {s}"),
                 }
             }
         }
+    }
+
+    #[test]
+    fn overdue_table() {
+        let t0 = Instant::now();
+        let secs = Duration::from_secs;
+        let mut lock = CommitLock::new();
+        assert_eq!(lock.overdue(t0 + secs(100), secs(1)), None, "free lock");
+        lock.acquire(1, t0);
+        lock.acquire(2, t0);
+        let cases = [(t0, None), (t0 + secs(1), None), (t0 + secs(2), Some(1))];
+        for (now, want) in cases {
+            assert_eq!(lock.overdue(now, secs(1)), want);
+        }
+        // The next holder's clock starts when it gets the lock.
+        assert_eq!(lock.release(1, t0 + secs(5)), Some(2));
+        assert_eq!(lock.overdue(t0 + secs(5), secs(1)), None);
+        assert_eq!(lock.overdue(t0 + secs(7), secs(1)), Some(2));
+        lock.release(2, t0 + secs(8));
+        assert_eq!(lock.overdue(t0 + secs(100), secs(1)), None);
     }
 }

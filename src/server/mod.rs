@@ -24,6 +24,7 @@ mod io;
 pub mod methods;
 mod session;
 mod status;
+mod watchdog;
 mod wire;
 
 use crate::storage::Storage;
@@ -102,6 +103,9 @@ pub struct Options {
     pub workers: usize,
     pub max_frame: usize,
     pub invalidation_queue_size: usize,
+    /// Close a client that holds a commit lock (between vote and finish)
+    /// longer than this; `None`: no limit (ZEO's default).
+    pub transaction_timeout: Option<std::time::Duration>,
 }
 
 /// State shared by the loop and the workers.
@@ -142,6 +146,8 @@ pub struct Server {
     shared: Arc<Shared>,
     io: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
+    /// Dropping the sender stops the watchdog thread.
+    watchdog: Option<(crossbeam_channel::Sender<()>, JoinHandle<()>)>,
 }
 
 /// A storage to serve: (name, storage, read-only).
@@ -194,6 +200,17 @@ impl Server {
                     .spawn(move || session::worker(shared, rx))?,
             );
         }
+        let watchdog = match opts.transaction_timeout {
+            Some(timeout) => {
+                let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
+                let shared = shared.clone();
+                let handle = std::thread::Builder::new()
+                    .name("zeoraid-txn-watchdog".into())
+                    .spawn(move || watchdog::run(shared, timeout, stop_rx))?;
+                Some((stop_tx, handle))
+            }
+            None => None,
+        };
         let io_shared = shared.clone();
         let max_frame = opts.max_frame;
         let io = std::thread::Builder::new()
@@ -205,6 +222,7 @@ impl Server {
             shared,
             io: Some(io),
             workers,
+            watchdog,
         })
     }
 
@@ -221,6 +239,12 @@ impl Server {
     fn stop_and_join(&mut self) {
         if self.io.is_none() {
             return;
+        }
+        if let Some((stop, handle)) = self.watchdog.take() {
+            drop(stop);
+            if handle.join().is_err() {
+                log::error!("the transaction watchdog thread panicked");
+            }
         }
         self.shared.stopping.store(true, Ordering::SeqCst);
         let _ = self.shared.waker.wake();

@@ -23,6 +23,7 @@ use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 const BLOBS_UNSUPPORTED: &str =
     "blobs are not supported yet by zeoraid; open the ClientStorage without blob_dir";
@@ -313,7 +314,7 @@ fn resume(shared: &Arc<Shared>, sess: &Arc<Session>) {
 }
 
 fn release_lock(shared: &Shared, entry: &StorageEntry, id: ConnId) {
-    let next = lock(&entry.lock).release(id);
+    let next = lock(&entry.lock).release(id, Instant::now());
     if let Some(next) = next {
         let _ = shared.jobs.send(Job::Resume(next));
     }
@@ -809,7 +810,7 @@ fn vote(shared: &Shared, sess: &Session, st: &mut State, msg: &Message) -> Flow 
     }
     // Mark parked before asking for the lock so a resume cannot race the drain loop.
     lock(&sess.queue).parked = true;
-    let granted = lock(&entry.lock).acquire(sess.id);
+    let granted = lock(&entry.lock).acquire(sess.id, Instant::now());
     match granted {
         super::commit_lock::Acquire::Granted => {
             lock(&sess.queue).parked = false;

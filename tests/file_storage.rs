@@ -63,6 +63,22 @@ fs.close()
 print(json.dumps(out, sort_keys=True))
 "#;
 
+/// A Python helper both writer scripts use: undo the transaction with
+/// description `note` (uses the script's `db` and `transaction`).
+const PY_UNDO: &str = r#"
+def undo(note):
+    for d in db.undoLog(0, 100):
+        desc = d["description"]
+        if isinstance(desc, bytes):
+            desc = desc.decode()
+        if desc == note:
+            db.undo(d["id"])
+            transaction.get().note("undo " + note)
+            transaction.commit()
+            return
+    raise SystemExit("no such transaction: " + note)
+"#;
+
 /// Write a Data.fs with stock ZODB.
 const PY_WRITE: &str = r#"
 import sys, time, transaction, ZODB
@@ -78,17 +94,6 @@ def commit(note, **ext):
     for k, v in ext.items():
         t.setExtendedInfo(k, v)
     t.commit()
-def undo(note):
-    for d in db.undoLog(0, 100):
-        desc = d["description"]
-        if isinstance(desc, bytes):
-            desc = desc.decode()
-        if desc == note:
-            db.undo(d["id"])
-            transaction.get().note("undo " + note)
-            transaction.commit()
-            return
-    raise SystemExit("no such transaction: " + note)
 root["a"] = PersistentMapping(x=1); commit("one", color="red", n=3)
 root["b"] = PersistentMapping(y=2); commit("two")
 root["a"]["x"] = 2; commit("three", tags=["p", "q"], ok=True, f=0.5, raw=b"\x00\xff")
@@ -104,20 +109,9 @@ db.close()
 "#;
 
 fn run_py(script: &str, args: &[&str]) -> String {
-    let py = common::python();
-    let out = Command::new(&py)
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "python failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let mut all = vec!["-c", script];
+    all.extend_from_slice(args);
+    common::run_python(&all)
 }
 
 fn hex(b: &[u8]) -> String {
@@ -211,7 +205,10 @@ fn py_dump(path: &Path) -> Value {
 fn python_written_file_reads_identically() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("Data.fs");
-    run_py(PY_WRITE, &[path.to_str().expect("utf-8 path")]);
+    run_py(
+        &[PY_UNDO, PY_WRITE].concat(),
+        &[path.to_str().expect("utf-8 path")],
+    );
     let want = py_dump(&path);
     let statuses: Vec<&str> = want["txns"]
         .as_array()
@@ -366,18 +363,7 @@ fn our_file_reads_identically_in_python_and_passes_fstest() {
     );
     assert_eq!(out.trim(), "LockError");
     drop(s);
-    let py = common::python();
-    let out = Command::new(&py)
-        .args(["-m", "ZODB.scripts.fstest", "-v"])
-        .arg(&path)
-        .output()
-        .expect("fstest");
-    assert!(
-        out.status.success(),
-        "fstest: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_fstest_clean(&path);
 }
 
 fn commit_restore(s: &FileStorage, tid: Tid, data: zeoraid::storage::Data, prev: Tid) {
@@ -446,17 +432,6 @@ root = conn.root()
 def commit(note):
     transaction.get().note(note)
     transaction.commit()
-def undo(note):
-    for d in db.undoLog(0, 100):
-        desc = d["description"]
-        if isinstance(desc, bytes):
-            desc = desc.decode()
-        if desc == note:
-            db.undo(d["id"])
-            transaction.get().note("undo " + note)
-            transaction.commit()
-            return
-    raise SystemExit("no such transaction: " + note)
 root["a"] = PM(x=1); commit("1")
 root["b"] = PM(y=1); commit("2")
 root["a"]["x"] = 2; commit("3")
@@ -484,7 +459,10 @@ fn our_pack_with_gc_matches_python_pack() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ours = dir.path().join("ours.fs");
     let theirs = dir.path().join("theirs.fs");
-    run_py(PY_HISTORY, &[theirs.to_str().expect("path")]);
+    run_py(
+        &[PY_UNDO, PY_HISTORY].concat(),
+        &[theirs.to_str().expect("path")],
+    );
     std::fs::copy(&theirs, &ours).expect("copy");
     let before = py_dump(&theirs);
     // Pack between the sixth and seventh transactions.
@@ -513,16 +491,5 @@ fn our_pack_with_gc_matches_python_pack() {
     assert_ne!(want, before, "Python's pack changed nothing");
     assert_eq!(py_dump(&ours), want);
     assert_eq!(after, want);
-    let py = common::python();
-    let out = Command::new(&py)
-        .args(["-m", "ZODB.scripts.fstest"])
-        .arg(&ours)
-        .output()
-        .expect("fstest");
-    assert!(
-        out.status.success(),
-        "fstest: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_fstest_clean(&ours);
 }

@@ -2,6 +2,7 @@
 //! stock ZODB/ZEO, and a `zeoraid serve` child process.
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,31 @@ pub fn python() -> PathBuf {
             py.display()
         ),
     }
+}
+
+/// Run the venv python with `args` and return its stdout; a failure fails
+/// the test with its stdout and stderr.
+pub fn run_python<S: AsRef<OsStr>>(args: &[S]) -> String {
+    let out = Command::new(python())
+        .args(args)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "python failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// ZODB's own checker finds no error in the Data.fs at `path`.
+pub fn assert_fstest_clean(path: &Path) {
+    run_python(&[
+        OsStr::new("-m"),
+        OsStr::new("ZODB.scripts.fstest"),
+        path.as_os_str(),
+    ]);
 }
 
 /// A `zeoraid serve` child process, killed on drop.

@@ -93,6 +93,15 @@ fn open_storage(s: &StorageConfig) -> Result<Arc<dyn Storage>, String> {
 }
 
 fn serve(path: PathBuf, listen: Option<String>) -> ExitCode {
+    // A write past the file-size limit (RLIMIT_FSIZE) must fail that commit
+    // with EFBIG, like a full disk, instead of killing the server.
+    if let Err(e) = signal_hook::flag::register(
+        signal_hook::consts::SIGXFSZ,
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    ) {
+        eprintln!("zeoraid: cannot install the SIGXFSZ handler: {e}");
+        return ExitCode::from(1);
+    }
     let mut cfg = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {

@@ -7,7 +7,8 @@
 //! per transaction, fsync off while building), closes it (which writes the
 //! index file), then opens it `ZEORAID_BENCH_REPEAT` times (default 3) with
 //! the index and the same number of times without (full scan), reporting
-//! medians. Each open runs in a fresh child process (this binary with
+//! medians, warm (file in the page cache) and cold (page cache dropped first,
+//! which needs root; reported as n/a otherwise). Each open runs in a fresh child process (this binary with
 //! `--measure-open PATH`), so the memory per object is the growth of a clean
 //! process's resident set across the open, divided by the number of objects.
 
@@ -98,6 +99,12 @@ fn measure_open(path: &str) {
     fs.close();
 }
 
+/// Drop the kernel's page cache (root only); false when not permitted.
+fn drop_caches() -> bool {
+    let _ = std::process::Command::new("sync").status();
+    std::fs::write("/proc/sys/vm/drop_caches", b"3").is_ok()
+}
+
 fn open_in_child(path: &std::path::Path) -> (f64, f64) {
     let exe = std::env::current_exe().expect("current exe");
     let out = std::process::Command::new(exe)
@@ -138,29 +145,51 @@ fn main() {
     let index = dir.path().join("Data.fs.zeoraid-index");
     let mut with = Vec::new();
     let mut without = Vec::new();
+    let mut cold_with = Vec::new();
+    let mut cold_without = Vec::new();
     let mut per_object = Vec::new();
+    let mut can_drop = true;
     for _ in 0..repeat {
         for use_index in [true, false] {
-            if !use_index {
-                let _ = std::fs::remove_file(&index);
-            }
-            // The child's close writes the index file again.
-            let (secs, grown) = open_in_child(&path);
-            per_object.push(grown / objects as f64);
-            if use_index {
-                with.push(secs);
-            } else {
-                without.push(secs);
+            // Cold first: the cold open itself warms the cache for the warm one.
+            for cold in [true, false] {
+                if !use_index {
+                    let _ = std::fs::remove_file(&index);
+                }
+                if cold {
+                    can_drop = can_drop && drop_caches();
+                    if !can_drop {
+                        continue;
+                    }
+                }
+                // The child's close writes the index file again.
+                let (secs, grown) = open_in_child(&path);
+                per_object.push(grown / objects as f64);
+                match (use_index, cold) {
+                    (true, false) => with.push(secs),
+                    (false, false) => without.push(secs),
+                    (true, true) => cold_with.push(secs),
+                    (false, true) => cold_without.push(secs),
+                }
             }
         }
     }
-    println!("| Data.fs | objects | open with index file | open without (scan) | index memory per object |");
-    println!("|---|---|---|---|---|");
+    let fmt = |v: Vec<f64>| {
+        if v.is_empty() {
+            "n/a (needs root to drop the page cache)".to_string()
+        } else {
+            format!("{:.3} s", median(v))
+        }
+    };
+    println!("| Data.fs | objects | open with index file | open without (scan) | cold cache, with index | cold cache, scan | index memory per object |");
+    println!("|---|---|---|---|---|---|---|");
     println!(
-        "| {:.0} MiB | {objects} | {:.3} s | {:.3} s | {:.0} bytes |",
+        "| {:.0} MiB | {objects} | {} | {} | {} | {} | {:.0} bytes |",
         size as f64 / (1 << 20) as f64,
-        median(with),
-        median(without),
+        fmt(with),
+        fmt(without),
+        fmt(cold_with),
+        fmt(cold_without),
         median(per_object)
     );
 }

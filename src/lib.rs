@@ -9,6 +9,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod locks;
 pub mod server;
 pub mod storage;
 pub mod zeo;

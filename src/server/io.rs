@@ -9,6 +9,7 @@
 
 use super::session::{self, Session};
 use super::{methods, ConnId, Job, Out, Shared};
+use crate::locks::write;
 use crate::storage;
 use crate::zeo::frame::{FrameDecoder, FrameError};
 use crate::zeo::message::{self, Message};
@@ -165,11 +166,7 @@ impl Loop {
                     }
                     log::debug!("connection {id} from {peer}");
                     let session = Arc::new(Session::new(id, peer.to_string()));
-                    self.shared
-                        .sessions
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(id, session.clone());
+                    write(&self.shared.sessions).insert(id, session.clone());
                     let mut conn = Conn {
                         stream,
                         peer,

@@ -27,13 +27,14 @@ mod status;
 mod watchdog;
 mod wire;
 
+use crate::locks::read;
 use crate::storage::Storage;
 use crate::zeo::message::Message;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -42,12 +43,7 @@ pub use session::Session;
 /// Connection ids are never reused, so a late reply cannot reach a new peer.
 pub type ConnId = u64;
 
-/// Lock a mutex, recovering from poisoning (a panicking request is caught at
-/// the worker boundary; the data it guarded is still consistent because every
-/// critical section here is short and non-panicking).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub(crate) use crate::locks::lock;
 
 /// Work for the pool.
 pub(crate) enum Job {
@@ -132,11 +128,7 @@ impl Shared {
     }
 
     pub fn session(&self, id: ConnId) -> Option<Arc<Session>> {
-        self.sessions
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .cloned()
+        read(&self.sessions).get(&id).cloned()
     }
 }
 

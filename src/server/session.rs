@@ -13,6 +13,7 @@ use super::wire::{
     parse_undo_id, txn_meta_entries, undo_entry_value, undo_range,
 };
 use super::{lock, ConnId, Job, Out, Shared, StorageEntry};
+use crate::locks::{read, write};
 use crate::storage::{
     timestamp, Error, Oid, Op, Result, Tid, Txn, TxnIter, TxnMeta, TxnRecord, Vote,
 };
@@ -146,9 +147,7 @@ pub(crate) fn worker(shared: Arc<Shared>, jobs: Receiver<Job>) {
                     // lock (see `finish`), so a client never receives a state
                     // older than an invalidation it has already seen.
                     let entry = sess.storage.get().cloned();
-                    let _visible = entry
-                        .as_ref()
-                        .map(|e| e.visibility.read().unwrap_or_else(|p| p.into_inner()));
+                    let _visible = entry.as_ref().map(|e| read(&e.visibility));
                     let mut replies = Vec::with_capacity(msgs.len());
                     for msg in &msgs {
                         let result = guarded(&msg.method, || concurrent(&shared, &sess, msg))
@@ -184,9 +183,7 @@ pub(crate) fn run_inline(
     msg: &Message,
 ) -> std::result::Result<Option<Vec<u8>>, ()> {
     let entry = sess.storage.get().cloned();
-    let _visible = entry
-        .as_ref()
-        .map(|e| e.visibility.read().unwrap_or_else(|p| p.into_inner()));
+    let _visible = entry.as_ref().map(|e| read(&e.visibility));
     let result = guarded(&msg.method, || concurrent(shared, sess, msg)).and_then(|r| r);
     if msg.is_oneway() && result.is_err() {
         return Err(());
@@ -321,20 +318,12 @@ fn release_lock(shared: &Shared, entry: &StorageEntry, id: ConnId) {
 }
 
 fn disconnected(shared: &Arc<Shared>, id: ConnId) {
-    let sess = shared
-        .sessions
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&id);
+    let sess = write(&shared.sessions).remove(&id);
     let Some(sess) = sess else { return };
     let Some(entry) = sess.storage.get() else {
         return;
     };
-    entry
-        .clients
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&id);
+    write(&entry.clients).remove(&id);
     let mut st = lock(&sess.state);
     if let Some(txn) = st.txn.take() {
         log::info!(
@@ -521,13 +510,7 @@ fn concurrent(shared: &Shared, sess: &Session, msg: &Message) -> Result<Value> {
             st.pack(t, true)?;
             log::info!("pack of storage {:?} complete", entry.name);
             let info = Arc::new(message::encode_oneway("info", vec![size_info_value(entry)]));
-            let ids: Vec<ConnId> = entry
-                .clients
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .copied()
-                .collect();
+            let ids: Vec<ConnId> = read(&entry.clients).iter().copied().collect();
             shared.send(Out::Broadcast(ids, info));
             Ok(Value::Nil)
         }
@@ -846,11 +829,7 @@ fn register(shared: &Shared, sess: &Session, a: &[Value]) -> Result<Tid> {
     }
     sess.read_only.store(ro, Ordering::Relaxed);
     let last = entry.storage.last_transaction()?;
-    entry
-        .clients
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(sess.id);
+    write(&entry.clients).insert(sess.id);
     let _ = sess.storage.set(entry);
     log::info!(
         "connection {} from {} registered with storage {name:?}{}",
@@ -875,7 +854,7 @@ fn finish(shared: &Shared, sess: &Session, st: &mut State, id: &Value) -> Result
     // either before both (old state, then the invalidation) or after both
     // (new state). Without it a client can cache a stale state as current
     // (ZEO issue #155, ZODB's test_race_load_vs_external_invalidate).
-    let visible = entry.visibility.write().unwrap_or_else(|p| p.into_inner());
+    let visible = write(&entry.visibility);
     let result = entry.storage.tpc_finish();
     st.txn = None;
     entry.stats.active_txns.fetch_sub(1, Ordering::Relaxed);
@@ -894,10 +873,7 @@ fn finish(shared: &Shared, sess: &Session, st: &mut State, id: &Value) -> Result
     };
     entry.stats.commits.fetch_add(1, Ordering::Relaxed);
     lock(&entry.invq).push(tid, invalidated.clone());
-    let others: Vec<ConnId> = entry
-        .clients
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
+    let others: Vec<ConnId> = read(&entry.clients)
         .iter()
         .copied()
         .filter(|c| *c != sess.id)

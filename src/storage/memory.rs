@@ -34,9 +34,10 @@
 //! in [`super::rules`], the in-memory ones (pack cuts, revision lookups)
 //! below.
 
+use crate::locks::{lock, read, write};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::gc::{self, GcError, PackGc};
 use super::rules::{self, UndoView, STATUS_PACKED, UNDO_INVALID_RECORD};
@@ -278,19 +279,19 @@ impl MemoryStorage {
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Committed> {
-        self.state.read().unwrap_or_else(PoisonError::into_inner)
+        read(&self.state)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Committed> {
-        self.state.write().unwrap_or_else(PoisonError::into_inner)
+        write(&self.state)
     }
 
     fn prepared(&self) -> MutexGuard<'_, Option<Prepared>> {
-        self.prepared.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.prepared)
     }
 
     fn max_oid(&self) -> MutexGuard<'_, u64> {
-        self.max_oid.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.max_oid)
     }
 
     /// The objects a pack to `packtid` has work on, found in batches so
@@ -890,10 +891,7 @@ impl Storage for MemoryStorage {
             return Err(Error::ReadOnly);
         }
         let requested = rules::pack_time(t)?;
-        let _packing = self
-            .pack_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _packing = lock(&self.pack_lock);
         let packtid = {
             let st = self.read();
             if st.objects.is_empty() {

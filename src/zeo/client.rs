@@ -58,6 +58,7 @@
 //!   The first connection emits no `Connected`; see
 //!   [`Client::registered_last_tid`].
 
+use crate::locks::{lock, read, write};
 use crate::storage::undo_id::{parse_undo_id, undo_id};
 use crate::storage::{
     self, Conflict, Data, DataRecord, Error, HistoryEntry, Loaded, Oid, Op, SizeInfo, Storage, Tid,
@@ -71,7 +72,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -147,10 +148,6 @@ const PACK_TIMEOUT_FACTOR: u32 = 60;
 const OIDS_PER_CALL: usize = 100;
 /// Object data above this size is written straight from the caller's buffer.
 const COALESCE_LIMIT: usize = 32 << 10;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 // ---------------------------------------------------------------------------
 // Pure logic: backoff, protocol check, frame encoding, reply shapes.
@@ -926,11 +923,7 @@ impl Inner {
     }
 
     fn emit(&self, ev: ServerEvent) {
-        let handler = self
-            .handler
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let handler = read(&self.handler).clone();
         if let Some(h) = handler {
             let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(ev)));
             if caught.is_err() {
@@ -1399,11 +1392,7 @@ impl Client {
     /// Replace the event handler (runs on the reader thread; must not make
     /// synchronous calls on this client).
     pub fn set_event_handler(&self, f: EventHandler) {
-        *self
-            .inner
-            .handler
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = Some(f);
+        *write(&self.inner.handler) = Some(f);
     }
 
     /// The server address this client talks to.

@@ -49,12 +49,13 @@ mod pack;
 pub mod pickle;
 pub mod records;
 
+use crate::locks::{lock, read, write};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use self::format::{
     DataHeader, TxnHeader, MAGIC, STATUS_CHECKPOINT, STATUS_NORMAL, STATUS_OFFSET, STATUS_PACKED,
@@ -258,19 +259,19 @@ impl FileStorage {
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Committed> {
-        self.state.read().unwrap_or_else(PoisonError::into_inner)
+        read(&self.state)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Committed> {
-        self.state.write().unwrap_or_else(PoisonError::into_inner)
+        write(&self.state)
     }
 
     fn slot(&self) -> MutexGuard<'_, Option<Prepared>> {
-        self.commit.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.commit)
     }
 
     fn max_oid(&self) -> MutexGuard<'_, u64> {
-        self.max_oid.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.max_oid)
     }
 
     fn index_path(&self) -> PathBuf {
@@ -293,7 +294,7 @@ impl FileStorage {
         if self.opts.read_only || n < self.index_save_every {
             return;
         }
-        let mut saver = self.saver.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut saver = lock(&self.saver);
         if saver.as_ref().is_some_and(|h| !h.is_finished()) {
             return;
         }
@@ -313,11 +314,7 @@ impl FileStorage {
     }
 
     fn join_saver(&self) {
-        let h = self
-            .saver
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let h = lock(&self.saver).take();
         if let Some(h) = h {
             let _ = h.join();
         }
@@ -339,10 +336,10 @@ impl FileStorage {
 }
 
 /// Write the index file from a consistent snapshot of `state`.
-fn save_index_now(state: &RwLock<Committed>, lock: &Mutex<()>, path: &Path, name: &str) {
-    let _saving = lock.lock().unwrap_or_else(PoisonError::into_inner);
+fn save_index_now(state: &RwLock<Committed>, saving: &Mutex<()>, path: &Path, name: &str) {
+    let _saving = lock(saving);
     let (img_index, pos, tid) = {
-        let st = state.read().unwrap_or_else(PoisonError::into_inner);
+        let st = read(state);
         (st.index.clone(), st.pos, st.last_tid)
     };
     if let Err(e) = index::save_index_file(path, &img_index, pos, tid) {

@@ -26,6 +26,7 @@
 //! among them pointing back at a revision dropped by the pack gets its data
 //! inline, so nothing is lost, only that backpointer.
 
+use crate::locks::lock;
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -388,10 +389,7 @@ impl Out {
 impl FileStorage {
     /// Pack as of `requested`, clamped to the last transaction.
     pub(super) fn pack_to(&self, requested: Tid, collect: bool) -> Result<()> {
-        let _packing = self
-            .pack_lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _packing = lock(&self.pack_lock);
         let (file, end, last_tid) = {
             let st = self.read();
             if st.index.is_empty() {
@@ -399,10 +397,7 @@ impl FileStorage {
             }
             (st.file.clone(), st.pos, st.last_tid)
         };
-        let mut last_pack = self
-            .pack_tid
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut last_pack = lock(&self.pack_tid);
         // Clamped to the last transaction; not later than the previous pack:
         // nothing to do ([`rules::pack_tid`], as the memory storage).
         let Some(packtid) = rules::pack_tid(requested, last_tid, *last_pack) else {
@@ -497,10 +492,7 @@ impl FileStorage {
         f.sync_all().map_err(|e| io_err(&pack_name, new_end, &e))?;
         let old_path = with_suffix(&self.path, ".old");
         // No index file of the old file may be written after this point.
-        let saving = self
-            .save_lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let saving = lock(&self.save_lock);
         let _ = std::fs::remove_file(self.index_path());
         // Python's own index of the old file would not match the new one.
         let _ = std::fs::remove_file(with_suffix(&self.path, ".index"));

@@ -19,6 +19,7 @@
 //! and `ruok`.
 
 pub mod commit_lock;
+mod committer;
 pub mod invalidations;
 mod io;
 pub mod methods;
@@ -88,6 +89,8 @@ pub struct StorageEntry {
     /// Readers: a load and the queueing of its reply. Writer: making a
     /// transaction visible and queueing its invalidations.
     pub(crate) visibility: RwLock<()>,
+    /// The storage's commit thread, when it does group commit.
+    pub(crate) committer: Option<Sender<committer::Msg>>,
     pub stats: Stats,
     pub started: Instant,
 }
@@ -138,6 +141,8 @@ pub struct Server {
     shared: Arc<Shared>,
     io: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
+    /// Group-commit threads, one per storage that does group commit.
+    committers: Vec<(Sender<committer::Msg>, JoinHandle<()>)>,
     /// Dropping the sender stops the watchdog thread.
     watchdog: Option<(crossbeam_channel::Sender<()>, JoinHandle<()>)>,
 }
@@ -154,9 +159,15 @@ impl Server {
         let waker = Arc::new(mio::Waker::new(poll.registry(), io::WAKER)?);
         let (job_tx, job_rx) = unbounded();
         let (out_tx, out_rx) = unbounded();
+        let mut commit_rx = Vec::new();
         let storages = storages
             .into_iter()
             .map(|(name, storage, read_only)| {
+                let committer = storage.group_commit().then(|| {
+                    let (tx, rx) = unbounded();
+                    commit_rx.push((name.clone(), tx.clone(), rx));
+                    tx
+                });
                 let entry = StorageEntry {
                     name: name.clone(),
                     read_only: read_only || storage.is_read_only(),
@@ -167,6 +178,7 @@ impl Server {
                     )),
                     clients: RwLock::new(BTreeSet::new()),
                     visibility: RwLock::new(()),
+                    committer,
                     stats: Stats::default(),
                     started: Instant::now(),
                 };
@@ -192,6 +204,14 @@ impl Server {
                     .spawn(move || session::worker(shared, rx))?,
             );
         }
+        let mut committers = Vec::new();
+        for (name, tx, rx) in commit_rx {
+            let (shared, entry) = (shared.clone(), shared.storages[&name].clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("zeoraid-commit-{name}"))
+                .spawn(move || committer::run(shared, entry, rx))?;
+            committers.push((tx, handle));
+        }
         let watchdog = match opts.transaction_timeout {
             Some(timeout) => {
                 let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
@@ -214,6 +234,7 @@ impl Server {
             shared,
             io: Some(io),
             workers,
+            committers,
             watchdog,
         })
     }
@@ -253,6 +274,13 @@ impl Server {
         for w in self.workers.drain(..) {
             if w.join().is_err() {
                 log::error!("a worker thread panicked");
+            }
+        }
+        // Acknowledge what was logged before closing the storages.
+        for (tx, handle) in self.committers.drain(..) {
+            let _ = tx.send(committer::Msg::Stop);
+            if handle.join().is_err() {
+                log::error!("a commit thread panicked");
             }
         }
         for entry in self.shared.storages.values() {

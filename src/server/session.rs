@@ -7,6 +7,7 @@
 //! finds the commit lock held *parks* the queue and frees the worker, and is
 //! resumed when the lock is handed over ([`super::commit_lock`]).
 
+use super::committer::{Finished, Msg as CommitMsg};
 use super::status::{get_info, size_info_value, status_json};
 use super::wire::{
     conflict_value, data_arg, ext_bytes, ext_value, json_to_value, matches_spec, oids_value,
@@ -143,13 +144,23 @@ pub(crate) fn worker(shared: Arc<Shared>, jobs: Receiver<Job>) {
             Job::Stop => break,
             Job::Concurrent(id, msgs) => {
                 if let Some(sess) = shared.session(id) {
-                    // Load replies are queued under the storage's visibility
-                    // lock (see `finish`), so a client never receives a state
-                    // older than an invalidation it has already seen.
+                    // Point-read replies are queued under the storage's
+                    // visibility lock (see `announce`), so a client never
+                    // receives a state older than an invalidation it has
+                    // already seen. Long reads (pack, undoLog, history...)
+                    // run without it: publication must not wait for them.
                     let entry = sess.storage.get().cloned();
-                    let _visible = entry.as_ref().map(|e| read(&e.visibility));
+                    let mut visible = None;
                     let mut replies = Vec::with_capacity(msgs.len());
                     for msg in &msgs {
+                        let point = super::methods::is_point_read(&msg.method);
+                        if !point && visible.is_some() {
+                            shared.send(Out::SendMany(id, std::mem::take(&mut replies)));
+                            visible = None;
+                        }
+                        if point && visible.is_none() {
+                            visible = entry.as_ref().map(|e| read(&e.visibility));
+                        }
                         let result = guarded(&msg.method, || concurrent(&shared, &sess, msg))
                             .and_then(|r| r);
                         if msg.is_oneway() && result.is_err() {
@@ -159,6 +170,7 @@ pub(crate) fn worker(shared: Arc<Shared>, jobs: Receiver<Job>) {
                         }
                     }
                     shared.send(Out::SendMany(id, replies));
+                    drop(visible);
                 }
             }
             Job::Drain(id) => {
@@ -192,7 +204,7 @@ pub(crate) fn run_inline(
 }
 
 /// Run `f`, turning a panic into an error reply and a log line.
-fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
+pub(super) fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
         let msg = p
             .downcast_ref::<&str>()
@@ -570,6 +582,9 @@ fn ordered(shared: &Shared, sess: &Session, msg: &Message) -> Flow {
     if msg.method == "vote" {
         return vote(shared, sess, &mut lock(&sess.state), msg);
     }
+    if msg.method == "tpc_finish" {
+        return finish(shared, sess, &mut lock(&sess.state), msg);
+    }
     if super::methods::lookup(&msg.method).map(|m| m.kind) == Some(super::methods::Kind::Concurrent)
     {
         // A read that arrived before register() completed took the ordered path.
@@ -663,7 +678,6 @@ fn ordered(shared: &Shared, sess: &Session, msg: &Message) -> Flow {
             });
             Ok(Value::Nil)
         }
-        "tpc_finish" => finish(shared, sess, st, &a[0]),
         "tpc_abort" => {
             let entry = sess.entry()?.clone();
             let matches = st.txn.as_ref().map(|t| t.id == a[0]).unwrap_or(false);
@@ -840,8 +854,27 @@ fn register(shared: &Shared, sess: &Session, a: &[Value]) -> Result<Tid> {
     Ok(last)
 }
 
-fn finish(shared: &Shared, sess: &Session, st: &mut State, id: &Value) -> Result<Value> {
+fn finish(shared: &Shared, sess: &Session, st: &mut State, msg: &Message) -> Flow {
+    match finish_txn(shared, sess, st, msg) {
+        Ok(Some(tid)) => Flow::Reply(Ok(tid_value(tid))),
+        Ok(None) => Flow::Done,
+        Err(e) => Flow::Reply(Err(e)),
+    }
+}
+
+/// `tpc_finish`: `Some(tid)` when finished here, `None` when the commit
+/// thread acknowledges it ([`super::committer`]).
+fn finish_txn(
+    shared: &Shared,
+    sess: &Session,
+    st: &mut State,
+    msg: &Message,
+) -> Result<Option<Tid>> {
     let entry = sess.entry()?.clone();
+    let a = msg.arg_list();
+    let id = a
+        .first()
+        .ok_or_else(|| Error::Value("tpc_finish needs a transaction".into()))?;
     let t = check_txn(sess, st, id, "tpc_finish")?;
     if !t.locked {
         return Err(Error::Transaction(
@@ -849,13 +882,15 @@ fn finish(shared: &Shared, sess: &Session, st: &mut State, id: &Value) -> Result
         ));
     }
     let invalidated = std::mem::take(&mut t.invalidated);
-    // Making the transaction visible and queueing its invalidations happen
-    // under the write side of the visibility lock: every load reply is queued
-    // either before both (old state, then the invalidation) or after both
-    // (new state). Without it a client can cache a stale state as current
-    // (ZEO issue #155, ZODB's test_race_load_vs_external_invalidate).
-    let visible = write(&entry.visibility);
-    let result = entry.storage.tpc_finish();
+    let group = entry.storage.group_commit();
+    // Without group commit, making the transaction visible and queueing its
+    // invalidations happen together under the visibility lock (see `announce`).
+    let visible = (!group).then(|| write(&entry.visibility));
+    let result = if group {
+        entry.storage.finish_log()
+    } else {
+        entry.storage.tpc_finish()
+    };
     st.txn = None;
     entry.stats.active_txns.fetch_sub(1, Ordering::Relaxed);
     let tid = match result {
@@ -871,27 +906,66 @@ fn finish(shared: &Shared, sess: &Session, st: &mut State, id: &Value) -> Result
             return Err(e);
         }
     };
-    entry.stats.commits.fetch_add(1, Ordering::Relaxed);
-    lock(&entry.invq).push(tid, invalidated.clone());
-    let others: Vec<ConnId> = read(&entry.clients)
-        .iter()
-        .copied()
-        .filter(|c| *c != sess.id)
-        .collect();
-    if !others.is_empty() {
-        let inv = message::encode_oneway(
-            "invalidateTransaction",
-            vec![tid_value(tid), oids_value(&invalidated)],
-        );
-        shared.send(Out::Broadcast(others, Arc::new(inv)));
+    if group {
+        // Logged: the next voter may go on while this one becomes durable.
+        release_lock(shared, &entry, sess.id);
+        let finished = Finished {
+            conn: sess.id,
+            msgid: msg.msgid.clone(),
+            tid,
+            invalidated,
+        };
+        let unsent = match &entry.committer {
+            Some(tx) => tx.send(CommitMsg::Finished(finished)).err().map(|e| e.0),
+            None => Some(CommitMsg::Finished(finished)),
+        };
+        if let Some(CommitMsg::Finished(f)) = unsent {
+            log::error!(
+                "storage {:?}: no commit thread; finishing on this worker",
+                entry.name
+            );
+            super::committer::complete(shared, &entry, vec![f]);
+        }
+        return Ok(None);
     }
+    announce(shared, &entry, sess.id, tid, &invalidated);
     drop(visible);
     shared.send(Out::Send(
         sess.id,
         message::encode_oneway("info", vec![size_info_value(&entry)]),
     ));
     release_lock(shared, &entry, sess.id);
-    Ok(tid_value(tid))
+    Ok(Some(tid))
+}
+
+/// A transaction became visible: count it, remember its invalidations for
+/// `getInvalidations` and send them to every other client of the storage.
+/// The caller holds the write side of the storage's visibility lock around
+/// making the transaction visible and this: every load reply is queued
+/// either before both (old state, then the invalidation) or after both (new
+/// state). Without it a client can cache a stale state as current (ZEO
+/// issue #155, ZODB's test_race_load_vs_external_invalidate).
+pub(super) fn announce(
+    shared: &Shared,
+    entry: &StorageEntry,
+    committer: ConnId,
+    tid: Tid,
+    invalidated: &[Oid],
+) {
+    entry.stats.commits.fetch_add(1, Ordering::Relaxed);
+    lock(&entry.invq).push(tid, invalidated.to_vec());
+    let others: Vec<ConnId> = read(&entry.clients)
+        .iter()
+        .copied()
+        .filter(|c| *c != committer)
+        .collect();
+    if !others.is_empty() {
+        let inv = message::encode_oneway(
+            "invalidateTransaction",
+            vec![tid_value(tid), oids_value(invalidated)],
+        );
+        shared.send(Out::Broadcast(others, Arc::new(inv)));
+    }
 }
 
 #[cfg(test)]

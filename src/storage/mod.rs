@@ -253,6 +253,29 @@ pub trait Storage: Send + Sync {
     fn tpc_vote(&self, txn: &Txn) -> Result<Vote>;
     /// Make the prepared transaction durable and visible; returns its tid.
     fn tpc_finish(&self) -> Result<Tid>;
+    /// True when the storage splits `tpc_finish` for group commit into
+    /// [`Storage::finish_log`] (under the commit lock), then, after the lock
+    /// is handed on, [`Storage::make_durable`] and [`Storage::publish`]
+    /// (in tid order). Many transactions then share one fsync.
+    fn group_commit(&self) -> bool {
+        false
+    }
+    /// Group commit, step 1 (under the commit lock): make the voted
+    /// transaction final, so that the next vote sees it (conflicts, undo)
+    /// and is written after it; loads do not see it yet and it is not yet
+    /// durable. Returns its tid.
+    fn finish_log(&self) -> Result<Tid> {
+        self.tpc_finish()
+    }
+    /// Group commit, step 2 (without the commit lock): return once every
+    /// transaction logged up to `tid` is durable. An error here means the
+    /// storage can no longer promise durability: it refuses further commits.
+    fn make_durable(&self, _tid: Tid) -> Result<()> {
+        Ok(())
+    }
+    /// Group commit, step 3 (after `make_durable`, in tid order): make every
+    /// logged transaction up to `tid` visible to loads.
+    fn publish(&self, _tid: Tid) {}
     /// Forget the prepared transaction (no-op when none).
     fn tpc_abort(&self);
     /// Transactions for `undoLog(first, last)`, newest first.

@@ -12,11 +12,24 @@
 //! - [`lock`]: the lock file (`Data.fs.lock`), shared with Python's;
 //! - `pack`: pack (with [`crate::storage::gc`]) into `Data.fs.pack` and swap.
 //!
-//! Commit: the whole transaction is written at vote after the last committed
+//! Commit: the whole transaction is written at vote after the last logged
 //! one with the checkpoint status `'c'` (a failed write truncates it away
-//! again, so a full disk leaves the file valid); finish flips the status to
-//! `' '` and fsyncs (`sync = true`), then installs the new positions in the
-//! index; abort truncates. At open, a trailing transaction that is truncated
+//! again, so a full disk leaves the file valid); abort truncates. Finish is
+//! a group commit in three steps ([`Storage::group_commit`]):
+//! 1. `finish_log`, under the server's commit lock: flip the status to
+//!    `' '` and remember the new positions in an *overlay* that votes
+//!    consult but loads do not; the commit lock can pass to the next voter,
+//!    which writes after this transaction;
+//! 2. `make_durable`, without the lock: one fsync (`sync = true`) covers
+//!    every transaction logged before it started; finishers wait on the
+//!    `synced` mutex and usually find their work done by the one ahead;
+//! 3. `publish`, in tid order: install the positions in the index; now
+//!    loads see the transaction and the server acknowledges it.
+//!
+//! A transaction is acknowledged only after step 2, so a crash loses none
+//! that was. A failed fsync marks the storage broken: commits are refused
+//! until it is reopened, because the kernel may have dropped the failed
+//! pages (retrying the fsync would falsely succeed). At open, a trailing transaction that is truncated
 //! or still `'c'` is an unfinished commit: it is copied to `Data.fs.trN`
 //! and cut off (with a warning naming the file and position), exactly as
 //! Python's `read_index` does. Damage before the end is an error naming the
@@ -24,9 +37,11 @@
 //!
 //! Concurrency: loads read with `read_at` on a shared file handle and never
 //! wait for a commit: the committed state (file handle, index, end position)
-//! sits behind an `RwLock` that only finish and the end of a pack write. The
-//! voted transaction sits in the `commit` mutex, which pack also takes for
-//! its final swap; a voted transaction is moved into the packed file then. The index file is
+//! sits behind an `RwLock` that finish (steps 1 and 3) and the end of a pack
+//! write, briefly. The voted transaction sits in the `commit` mutex, which
+//! pack also takes for its final swap, after waiting for every logged
+//! transaction to be published; a voted transaction is moved into the
+//! packed file then. The index file is
 //! saved at close, after a pack, and every `INDEX_SAVE_EVERY` (10 000) commits on a
 //! background thread.
 //!
@@ -50,7 +65,7 @@ pub mod pickle;
 pub mod records;
 
 use crate::locks::{lock, read, write};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -99,13 +114,43 @@ impl Default for FileOptions {
     }
 }
 
-/// Everything committed: only `tpc_finish` and the end of `pack` write it.
+/// Everything committed: written by finish (log and publish) and the end
+/// of `pack`.
 struct Committed {
     file: Arc<File>,
+    /// Published records: what loads see.
     index: Index,
-    /// Just after the last committed transaction.
+    /// Just after the last published transaction.
     pos: u64,
     last_tid: Tid,
+    /// Just after the last logged transaction (published or pending): where
+    /// the next vote writes.
+    tail: u64,
+    tail_tid: Tid,
+    /// Index entries of logged transactions not yet published: votes see
+    /// them (conflicts, previous pointers, undo), loads do not.
+    overlay: HashMap<Oid, (u64, bool)>,
+    /// Logged transactions awaiting durability and publication, oldest first.
+    pending: VecDeque<Prepared>,
+    /// Bumped when pack swaps the file in (positions start over).
+    generation: u64,
+}
+
+impl Committed {
+    /// The newest record of `oid` including logged, unpublished transactions.
+    fn current(&self, oid: Oid) -> Option<(u64, bool)> {
+        self.overlay
+            .get(&oid)
+            .copied()
+            .or_else(|| self.index.get(oid))
+    }
+}
+
+/// How far the file is known to be on disk (group commit).
+#[derive(Default)]
+struct Synced {
+    generation: u64,
+    pos: u64,
 }
 
 /// Index updates of a transaction: (oid, record position, has data).
@@ -135,6 +180,12 @@ pub struct FileStorage {
     index_save_every: u64,
     /// The voted transaction; held by pack for its final swap.
     commit: Mutex<Option<Prepared>>,
+    /// Held while fsyncing: finishers queue here and share one fsync.
+    synced: Mutex<Synced>,
+    /// Set when an fsync failed: what was written may not be on disk, so
+    /// the storage refuses commits until it is reopened (and checked).
+    broken: Mutex<Option<String>>,
+    is_broken: AtomicBool,
     max_oid: Mutex<u64>,
     pack_lock: Mutex<()>,
     /// The time of the last pack (clamped to the then last transaction).
@@ -143,6 +194,8 @@ pub struct FileStorage {
     _lock: Option<lock::LockFile>,
     #[cfg(test)]
     fail_writes: AtomicBool,
+    #[cfg(test)]
+    fail_syncs: AtomicBool,
 }
 
 /// The path with `suffix` appended (`Data.fs` → `Data.fs.lock`).
@@ -224,12 +277,20 @@ impl FileStorage {
                 index,
                 pos: end.pos,
                 last_tid: end.last_tid,
+                tail: end.pos,
+                tail_tid: end.last_tid,
+                overlay: HashMap::new(),
+                pending: VecDeque::new(),
+                generation: 0,
             })),
             save_lock: Arc::new(Mutex::new(())),
             saver: Mutex::new(None),
             commits_since_save: std::sync::atomic::AtomicU64::new(0),
             index_save_every: INDEX_SAVE_EVERY,
             commit: Mutex::new(None),
+            synced: Mutex::new(Synced::default()),
+            broken: Mutex::new(None),
+            is_broken: AtomicBool::new(false),
             max_oid: Mutex::new(max_oid),
             pack_lock: Mutex::new(()),
             pack_tid: Mutex::new(None),
@@ -237,6 +298,8 @@ impl FileStorage {
             _lock: lock,
             #[cfg(test)]
             fail_writes: AtomicBool::new(false),
+            #[cfg(test)]
+            fail_syncs: AtomicBool::new(false),
         };
         if !used_index || end.pos != start {
             fs.save_index();
@@ -326,6 +389,31 @@ impl FileStorage {
         (st.file.clone(), st.pos)
     }
 
+    /// Cut the file back to `pos` (a failed or aborted vote).
+    fn truncate_to(&self, pos: u64) {
+        let file = self.read().file.clone();
+        if let Err(e) = file.set_len(pos) {
+            log::error!("{}: cannot truncate back to byte {pos}: {e}", self.name);
+        }
+    }
+
+    fn check_not_broken(&self) -> Result<()> {
+        if !self.is_broken.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        Err(Error::Io(lock(&self.broken).clone().unwrap_or_else(|| {
+            format!("{}: an fsync failed; restart zeoraid", self.name)
+        })))
+    }
+
+    fn sync_file(&self, file: &File) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self.fail_syncs.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("injected fsync failure"));
+        }
+        file.sync_data()
+    }
+
     fn write_at(&self, file: &File, buf: &[u8], pos: u64) -> std::io::Result<()> {
         #[cfg(test)]
         if self.fail_writes.load(Ordering::Relaxed) {
@@ -386,7 +474,10 @@ struct Staged {
 
 struct Staging<'a> {
     src: Src<'a>,
-    index: &'a Index,
+    /// Looked up briefly per object (loads and publication go on meanwhile;
+    /// what a vote sees cannot change: the commit mutex excludes the other
+    /// writers, and publication only moves entries from overlay to index).
+    state: &'a RwLock<Committed>,
     end: u64,
     tid: Tid,
     records: Vec<Staged>,
@@ -411,8 +502,12 @@ impl<'a> Staging<'a> {
         self.max_oid = self.max_oid.max(oid.0);
     }
 
+    fn current(&self, oid: Oid) -> Option<(u64, bool)> {
+        read(self.state).current(oid)
+    }
+
     fn committed(&self, oid: Oid) -> Result<Option<(u64, DataHeader)>> {
-        match self.index.pos(oid) {
+        match self.current(oid).map(|c| c.0) {
             None => Ok(None),
             Some(p) => {
                 let h = self.src.data_header(p)?;
@@ -461,7 +556,7 @@ impl<'a> Staging<'a> {
     }
 
     fn check_current(&mut self, oid: Oid, serial: Tid) -> Result<()> {
-        let has_data = matches!(self.index.get(oid), Some((_, true)));
+        let has_data = matches!(self.current(oid), Some((_, true)));
         let committed = self.committed(oid)?.filter(|_| has_data);
         rules::check_current(oid, committed.map(|(_, h)| h.tid), serial)
     }
@@ -612,7 +707,7 @@ fn encode_txn(
     start: u64,
     meta: (&[u8], &[u8], &[u8]),
     records: &[Staged],
-    index: &Index,
+    prev_of: impl Fn(Oid) -> Option<u64>,
 ) -> Result<(Vec<u8>, Updates)> {
     let (user, desc, ext) = meta;
     let len16 = |b: &[u8], what: &str| {
@@ -651,7 +746,7 @@ fn encode_txn(
         let dh = DataHeader {
             oid: r.oid,
             tid,
-            prev: index.pos(r.oid).unwrap_or(0),
+            prev: prev_of(r.oid).unwrap_or(0),
             tloc: start,
             vlen: 0,
             plen,
@@ -828,8 +923,14 @@ impl Storage for FileStorage {
         }
     }
 
+    /// Sees logged transactions not yet published too: a client resolving
+    /// a conflict with one of them loads its state by serial.
     fn load_serial(&self, oid: Oid, serial: Tid) -> Result<Data> {
-        let (file, mut pos) = self.newest_record(oid)?;
+        let (file, mut pos) = {
+            let st = self.read();
+            let pos = st.current(oid).ok_or(Error::PosKey(oid))?.0;
+            (st.file.clone(), pos)
+        };
         let src = Src {
             file: &file,
             name: &self.name,
@@ -901,6 +1002,7 @@ impl Storage for FileStorage {
 
     fn tpc_vote(&self, txn: &Txn) -> Result<Vote> {
         rules::check_vote(self.opts.read_only, txn.status)?;
+        self.check_not_broken()?;
         let mut slot = self.slot();
         if slot.is_some() {
             return Err(Error::Transaction(
@@ -908,17 +1010,20 @@ impl Storage for FileStorage {
             ));
         }
         let ext = pickle::ext_to_pickle(&txn.meta.extension).map_err(Error::Value)?;
-        // Only finish and the pack swap change the committed state, and both
-        // hold `commit`, which we hold: this read guard sees a stable state.
-        let st = self.read();
-        let tid = rules::choose_tid(txn.tid, st.last_tid, timestamp::now())?;
+        // Only finish_log and the pack swap move the tail or the file, and
+        // both hold `commit`, which we hold.
+        let (file, start, tail_tid) = {
+            let st = self.read();
+            (st.file.clone(), st.tail, st.tail_tid)
+        };
+        let tid = rules::choose_tid(txn.tid, tail_tid, timestamp::now())?;
         let mut stage = Staging {
             src: Src {
-                file: &st.file,
+                file: &file,
                 name: &self.name,
             },
-            index: &st.index,
-            end: st.pos,
+            state: &self.state,
+            end: start,
             tid,
             records: Vec::new(),
             at: HashMap::new(),
@@ -933,17 +1038,19 @@ impl Storage for FileStorage {
         if !stage.conflicts.is_empty() {
             return Ok(Vote::Conflicts(stage.conflicts));
         }
-        let start = st.pos;
-        let (bytes, updates) = encode_txn(
-            tid,
-            start,
-            (&txn.meta.user, &txn.meta.description, &ext),
-            &stage.records,
-            &st.index,
-        )?;
-        if let Err(e) = self.write_at(&st.file, &bytes, start) {
+        let (bytes, updates) = {
+            let st = self.read();
+            encode_txn(
+                tid,
+                start,
+                (&txn.meta.user, &txn.meta.description, &ext),
+                &stage.records,
+                |oid| st.current(oid).map(|c| c.0),
+            )?
+        };
+        if let Err(e) = self.write_at(&file, &bytes, start) {
             // Maybe the disk is full: leave no partial transaction behind.
-            if let Err(t) = st.file.set_len(start) {
+            if let Err(t) = file.set_len(start) {
                 log::error!("{}: cannot truncate back to byte {start}: {t}", self.name);
             }
             return Err(io_err(&self.name, start, &e));
@@ -973,47 +1080,113 @@ impl Storage for FileStorage {
     }
 
     fn tpc_finish(&self) -> Result<Tid> {
+        let tid = self.finish_log()?;
+        self.make_durable(tid)?;
+        self.publish(tid);
+        Ok(tid)
+    }
+
+    fn group_commit(&self) -> bool {
+        true
+    }
+
+    /// Flip the status to `' '` (no fsync yet) and queue the transaction
+    /// for publication; the next vote writes after it.
+    fn finish_log(&self) -> Result<Tid> {
         let mut slot = self.slot();
         let p = slot.take().ok_or_else(|| {
             Error::Transaction("tpc_finish without a voted transaction".to_string())
         })?;
+        if let Err(e) = self.check_not_broken() {
+            self.truncate_to(p.start);
+            return Err(e);
+        }
         let file = self.read().file.clone();
-        let flip = self
-            .write_at(&file, &[p.status], p.start + STATUS_OFFSET)
-            .and_then(|()| {
-                if self.opts.sync {
-                    file.sync_data()
-                } else {
-                    Ok(())
-                }
-            });
-        if let Err(e) = flip {
-            let _ = file.set_len(p.start);
+        if let Err(e) = self.write_at(&file, &[p.status], p.start + STATUS_OFFSET) {
+            self.truncate_to(p.start);
             return Err(io_err(&self.name, p.start, &e));
         }
+        let tid = p.tid;
         let mut st = self.write();
         for (oid, pos, has) in &p.updates {
-            st.index.set(*oid, *pos, *has);
+            st.overlay.insert(*oid, (*pos, *has));
         }
-        st.pos = p.end;
-        st.last_tid = p.tid;
-        drop(st);
-        drop(slot);
-        self.maybe_save_index_in_background();
-        Ok(p.tid)
+        st.tail = p.end;
+        st.tail_tid = p.tid;
+        st.pending.push_back(p);
+        Ok(tid)
+    }
+
+    /// One fsync covers every transaction logged before it started:
+    /// finishers queue on `synced` and most find their work done.
+    fn make_durable(&self, tid: Tid) -> Result<()> {
+        let needed = {
+            let st = self.read();
+            match st.pending.iter().find(|p| p.tid == tid) {
+                Some(p) => (st.generation, p.end),
+                None => return Ok(()), // already published
+            }
+        };
+        if !self.opts.sync {
+            return Ok(());
+        }
+        let mut synced = lock(&self.synced);
+        self.check_not_broken()?;
+        if synced.generation == needed.0 && synced.pos >= needed.1 {
+            return Ok(());
+        }
+        let (file, generation, target) = {
+            let st = self.read();
+            (st.file.clone(), st.generation, st.tail)
+        };
+        if let Err(e) = self.sync_file(&file) {
+            let msg = format!(
+                "{}: fsync failed: {e}; transactions since byte {} may not be on disk. \
+                 Commits are refused until zeoraid is restarted (the file is checked \
+                 when it is opened); check the disk and the kernel log",
+                self.name, synced.pos
+            );
+            log::error!("{msg}");
+            *lock(&self.broken) = Some(msg.clone());
+            self.is_broken.store(true, Ordering::SeqCst);
+            return Err(Error::Io(msg));
+        }
+        *synced = Synced {
+            generation,
+            pos: target,
+        };
+        Ok(())
+    }
+
+    /// Install every pending transaction up to `tid` in the index.
+    fn publish(&self, tid: Tid) {
+        let mut published = 0;
+        {
+            let mut st = self.write();
+            while st.pending.front().is_some_and(|p| p.tid <= tid) {
+                let Some(p) = st.pending.pop_front() else {
+                    break;
+                };
+                for (oid, pos, has) in &p.updates {
+                    st.index.set(*oid, *pos, *has);
+                    if st.overlay.get(oid).is_some_and(|c| c.0 == *pos) {
+                        st.overlay.remove(oid);
+                    }
+                }
+                st.pos = p.end;
+                st.last_tid = p.tid;
+                published += 1;
+            }
+        }
+        for _ in 0..published {
+            self.maybe_save_index_in_background();
+        }
     }
 
     fn tpc_abort(&self) {
         let mut slot = self.slot();
         if let Some(p) = slot.take() {
-            let file = self.read().file.clone();
-            if let Err(e) = file.set_len(p.start) {
-                log::error!(
-                    "{}: abort cannot truncate to byte {}: {e}",
-                    self.name,
-                    p.start
-                );
-            }
+            self.truncate_to(p.start);
         }
     }
 

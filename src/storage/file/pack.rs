@@ -41,6 +41,9 @@ use crate::storage::gc::{self, GcError, PackGc};
 use crate::storage::rules::{self, gc_error};
 use crate::storage::{pickle_refs, Data, Error, Oid, Result, Tid};
 
+/// How long the pack swap waits for logged transactions to be published.
+const PUBLISH_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Copy what was committed during the pack without locks while more than
 /// this many bytes are left.
 const CATCH_UP_UNLOCKED: u64 = 1 << 20;
@@ -387,6 +390,27 @@ impl Out {
 }
 
 impl FileStorage {
+    /// Wait (holding the commit mutex, so no more are logged) until every
+    /// logged transaction is published: their positions are in the old file.
+    /// Publication needs neither that mutex nor the pack lock.
+    fn wait_published(&self) -> Result<()> {
+        let deadline = std::time::Instant::now() + PUBLISH_WAIT;
+        loop {
+            self.check_not_broken()?;
+            if self.read().pending.is_empty() {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::Io(format!(
+                    "{}: pack gave up waiting {PUBLISH_WAIT:?} for committed transactions \
+                     to be published; the pack is abandoned, try it again",
+                    self.name
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
+
     /// Pack as of `requested`, clamped to the last transaction.
     pub(super) fn pack_to(&self, requested: Tid, collect: bool) -> Result<()> {
         let _packing = lock(&self.pack_lock);
@@ -472,6 +496,7 @@ impl FileStorage {
         // its finish instead could deadlock: the client that asked for the
         // pack may be the one that has to send it).
         let mut slot = self.slot();
+        self.wait_published()?;
         let now_end = self.read().pos;
         if now_end > copied {
             out.copy_range(src, copied, now_end, &HashSet::new())?;
@@ -519,6 +544,8 @@ impl FileStorage {
             st.file = Arc::new(f);
             st.index = out.index;
             st.pos = new_end;
+            st.tail = new_end;
+            st.generation += 1;
         }
         if let (Some(p), Some((start, end, updates))) = (slot.as_mut(), moved_prepared) {
             p.start = start;

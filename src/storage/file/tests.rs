@@ -870,6 +870,176 @@ fn a_voted_transaction_moves_with_the_pack() {
     }
 }
 
+// -- group commit ----------------------------------------------------------
+
+fn vote_ok(s: &FileStorage, tx: Txn) -> Tid {
+    match s.tpc_vote(&tx) {
+        Ok(Vote::Prepared { tid, .. }) => tid,
+        other => panic!("expected Prepared, got {other:?}"),
+    }
+}
+
+#[test]
+fn logged_transactions_are_seen_by_votes_and_not_by_loads() {
+    let tp = tmp();
+    let s = open(&tp.path);
+    let a = commit(&s, Some(t(1)), vec![store(1, Tid::ZERO, "a")]);
+    let b = vote_ok(
+        &s,
+        txn(Some(t(2)), vec![store(1, a, "b"), store(2, Tid::ZERO, "x")]),
+    );
+    assert_eq!(s.finish_log(), Ok(b));
+    // Not published: loads, the last transaction and iteration are as before.
+    assert_eq!(value(&s, 1), "a");
+    assert_eq!(value(&s, 2), format!("{:?}", Error::PosKey(o(2))));
+    assert_eq!(s.last_transaction(), Ok(a));
+    assert_eq!(records(&s).len(), 1);
+    // A client resolving a conflict with it can load it by serial.
+    assert_eq!(s.load_serial(o(1), b), Ok(d("b")));
+    // The next vote sees it: a stale serial conflicts with b ...
+    match s.tpc_vote(&txn(None, vec![store(1, a, "c")])) {
+        Ok(Vote::Conflicts(c)) => assert_eq!((c[0].oid, c[0].committed), (o(1), b)),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    // ... and a current one is written after it, with a later tid.
+    let c = vote_ok(&s, txn(None, vec![store(1, b, "c")]));
+    assert!(c > b);
+    assert_eq!(s.finish_log(), Ok(c));
+    s.make_durable(c).expect("durable");
+    s.publish(b);
+    assert_eq!((value(&s, 1), s.last_transaction()), ("b".into(), Ok(b)));
+    s.publish(c);
+    assert_eq!((value(&s, 1), s.last_transaction()), ("c".into(), Ok(c)));
+    assert_eq!(value(&s, 2), "x");
+    let l = s.load_before(o(1), c).expect("load").expect("some");
+    assert_eq!((l.data, l.start, l.end), (d("b"), b, Some(c)));
+    let want = records(&s);
+    assert_eq!(want.len(), 3);
+    drop(s);
+    let s = open(&tp.path);
+    assert_eq!(records(&s), want);
+    assert_eq!(value(&s, 1), "c");
+}
+
+#[test]
+fn a_failed_fsync_refuses_commits_until_reopened() {
+    let tp = tmp();
+    let s = open(&tp.path);
+    let a = commit(&s, None, vec![store(1, Tid::ZERO, "a")]);
+    let b = vote_ok(&s, txn(None, vec![store(1, a, "b")]));
+    assert_eq!(s.finish_log(), Ok(b));
+    s.fail_syncs.store(true, Ordering::Relaxed);
+    let e = s.make_durable(b);
+    assert!(
+        matches!(&e, Err(Error::Io(m)) if m.contains("Data.fs") && m.contains("fsync failed") && m.contains("restarted")),
+        "{e:?}"
+    );
+    s.fail_syncs.store(false, Ordering::Relaxed);
+    // Still refused: the kernel may have dropped the pages that failed.
+    assert!(matches!(s.make_durable(b), Err(Error::Io(_))));
+    let v = s.tpc_vote(&txn(None, vec![store(2, Tid::ZERO, "n")]));
+    assert!(
+        matches!(&v, Err(Error::Io(m)) if m.contains("fsync failed")),
+        "{v:?}"
+    );
+    // Reads go on, showing what was acknowledged.
+    assert_eq!(value(&s, 1), "a");
+    drop(s);
+    // Reopened, the file is checked and commits work again.
+    let s = open(&tp.path);
+    let now = s.last_transaction().expect("last");
+    commit(&s, None, vec![store(2, Tid::ZERO, "n")]);
+    assert_eq!(value(&s, 2), "n");
+    assert!(now == b || now == a);
+}
+
+#[test]
+fn pack_waits_for_logged_transactions_to_be_published() {
+    let tp = tmp();
+    let s = Arc::new(open(&tp.path));
+    let a = commit(s.as_ref(), Some(t(1)), vec![store(1, Tid::ZERO, "a")]);
+    let b = commit(s.as_ref(), Some(t(2)), vec![store(1, a, "b")]);
+    let c = vote_ok(
+        &s,
+        txn(Some(t(3)), vec![store(1, b, "c"), store(2, Tid::ZERO, "x")]),
+    );
+    assert_eq!(s.finish_log(), Ok(c));
+    let publisher = {
+        let s = s.clone();
+        std::thread::Builder::new()
+            .name("publish-later".into())
+            .spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                s.make_durable(c).expect("durable");
+                s.publish(c);
+            })
+            .expect("spawn")
+    };
+    let started = std::time::Instant::now();
+    s.pack(at(2, 0.5), false).expect("pack");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(150));
+    publisher.join().expect("join");
+    assert_eq!(s.load_serial(o(1), a), Err(Error::PosKey(o(1))));
+    assert_eq!(
+        (value(s.as_ref(), 1), value(s.as_ref(), 2)),
+        ("c".into(), "x".into())
+    );
+    let d2 = commit(s.as_ref(), None, vec![store(2, c, "y")]);
+    assert_eq!(value(s.as_ref(), 2), "y");
+    let want = records(s.as_ref());
+    assert_eq!(want.last().map(|r| r.tid), Some(d2));
+    drop(s);
+    assert_eq!(records(&open(&tp.path)), want);
+}
+
+#[test]
+fn concurrent_finishers_share_fsyncs_and_publish_in_order() {
+    // Writers log under a lock (the server's commit lock) and then make
+    // their transactions durable concurrently, as the commit thread does.
+    let tp = tmp();
+    let s = Arc::new(open(&tp.path));
+    let commit_lock = Arc::new(Mutex::new(()));
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let writers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let (s, commit_lock, order) = (s.clone(), commit_lock.clone(), order.clone());
+            std::thread::Builder::new()
+                .name(format!("gc-writer-{w}"))
+                .spawn(move || {
+                    for i in 0..50u64 {
+                        let tid = {
+                            let _l = lock(&commit_lock);
+                            vote_ok(&s, txn(None, vec![store(1 + w * 100 + i, Tid::ZERO, "v")]));
+                            let tid = s.finish_log().expect("log");
+                            lock(&order).push(tid);
+                            tid
+                        };
+                        s.make_durable(tid).expect("durable");
+                    }
+                })
+                .expect("spawn")
+        })
+        .collect();
+    for w in writers {
+        w.join().expect("join");
+    }
+    let tids = lock(&order).clone();
+    s.publish(*tids.last().expect("tids"));
+    assert_eq!(
+        records(s.as_ref())
+            .iter()
+            .map(|r| r.tid)
+            .collect::<Vec<_>>(),
+        tids
+    );
+    assert_eq!(s.last_transaction(), Ok(*tids.last().expect("tids")));
+    for w in 0..4u64 {
+        for i in 0..50u64 {
+            assert_eq!(value(s.as_ref(), 1 + w * 100 + i), "v");
+        }
+    }
+}
+
 // -- differential: file vs memory ------------------------------------------
 
 /// Compare observations, showing the first lines that differ.

@@ -1,0 +1,104 @@
+//! Group commit: the second half of `tpc_finish` for storages that split it
+//! ([`Storage::group_commit`](crate::storage::Storage::group_commit)).
+//!
+//! A worker logs the transaction under the commit lock
+//! ([`Storage::finish_log`](crate::storage::Storage::finish_log)), hands the
+//! lock on and passes the transaction here. One named thread per storage
+//! (`zeoraid-commit-NAME`) takes every transaction waiting, makes them
+//! durable with one call (one fsync), then, oldest first, publishes each
+//! under the storage's visibility lock, queues its invalidations and
+//! acknowledges it. A channel is FIFO and logging happens under the commit
+//! lock, so transactions arrive here in tid order and are published in it.
+//!
+//! Nothing is acknowledged before it is durable. When durability fails the
+//! whole batch gets the error and the storage refuses later commits.
+
+use super::session::{announce, guarded};
+use super::status::size_info_value;
+use super::{ConnId, Out, Shared, StorageEntry};
+use crate::locks::write;
+use crate::storage::{Oid, Tid};
+use crate::zeo::message::{self, tid_value};
+use crossbeam_channel::Receiver;
+use rmpv::Value;
+use std::sync::Arc;
+
+/// A logged transaction waiting to be made durable and acknowledged.
+pub(crate) struct Finished {
+    pub conn: ConnId,
+    /// The `tpc_finish` call to answer.
+    pub msgid: Value,
+    pub tid: Tid,
+    pub invalidated: Vec<Oid>,
+}
+
+pub(crate) enum Msg {
+    Finished(Finished),
+    /// Finish what came before, then end the thread.
+    Stop,
+}
+
+/// The thread body: batches of whatever is waiting, until `Stop`.
+pub(crate) fn run(shared: Arc<Shared>, entry: Arc<StorageEntry>, rx: Receiver<Msg>) {
+    loop {
+        let first = match rx.recv() {
+            Ok(Msg::Finished(f)) => f,
+            Ok(Msg::Stop) | Err(_) => return,
+        };
+        let mut batch = vec![first];
+        let mut stop = false;
+        while let Ok(m) = rx.try_recv() {
+            match m {
+                Msg::Finished(f) => batch.push(f),
+                Msg::Stop => {
+                    stop = true;
+                    break;
+                }
+            }
+        }
+        complete(&shared, &entry, batch);
+        if stop {
+            return;
+        }
+    }
+}
+
+/// Make `batch` (in tid order) durable, publish and acknowledge each.
+pub(crate) fn complete(shared: &Shared, entry: &StorageEntry, batch: Vec<Finished>) {
+    let Some(last) = batch.last().map(|f| f.tid) else {
+        return;
+    };
+    let durable = guarded("tpc_finish", || entry.storage.make_durable(last)).and_then(|r| r);
+    if let Err(e) = &durable {
+        log::error!(
+            "storage {:?}: {} transaction(s) up to {last} could not be made durable: {e}; \
+             their clients get an error (the transactions may or may not be on disk)",
+            entry.name,
+            batch.len()
+        );
+    }
+    for f in batch {
+        let result = match &durable {
+            Ok(()) => {
+                let published = guarded("tpc_finish", || {
+                    let _visible = write(&entry.visibility);
+                    entry.storage.publish(f.tid);
+                    announce(shared, entry, f.conn, f.tid, &f.invalidated);
+                });
+                published.map(|()| {
+                    shared.send(Out::Send(
+                        f.conn,
+                        message::encode_oneway("info", vec![size_info_value(entry)]),
+                    ));
+                    tid_value(f.tid)
+                })
+            }
+            Err(e) => Err(e.clone()),
+        };
+        let payload = match &result {
+            Ok(v) => message::encode_reply(&f.msgid, v),
+            Err(e) => message::encode_error(&f.msgid, e),
+        };
+        shared.send(Out::Send(f.conn, payload));
+    }
+}

@@ -334,6 +334,9 @@ impl Loop {
                     Ok(None) => {}
                     Err(()) => self.close(id),
                 }
+            } else if let Some(payload) = session::try_load_inline(&session, &msg) {
+                // A file storage load the page cache could answer at once.
+                self.queue(id, Payload::Owned(payload));
             } else {
                 reads.push(msg);
             }

@@ -203,6 +203,36 @@ pub(crate) fn run_inline(
     Ok(encode_reply(sess.id, msg, result))
 }
 
+/// A `loadBefore` answered on the event loop when the storage can do it
+/// without waiting ([`crate::storage::Storage::load_before_nowait`]): the
+/// reply payload, or `None` to hand the call to a worker as usual.
+pub(crate) fn try_load_inline(sess: &Session, msg: &Message) -> Option<Vec<u8>> {
+    if msg.method != "loadBefore" || msg.is_oneway() {
+        return None;
+    }
+    let entry = sess.storage.get()?;
+    let a = msg.arg_list();
+    let oid = arg::oid(a.first()?, "oid").ok()?;
+    let before = arg::tid(a.get(1)?, "tid").ok()?;
+    let _visible = read(&entry.visibility);
+    let loaded = guarded("loadBefore", || {
+        entry.storage.load_before_nowait(oid, before)
+    })
+    .ok()
+    .flatten()?;
+    entry.stats.loads.fetch_add(1, Ordering::Relaxed);
+    let result = loaded.map(loaded_value);
+    encode_reply(sess.id, msg, result)
+}
+
+/// `loadBefore`'s answer as ZEO sends it: nil, or (data, start, end).
+fn loaded_value(loaded: Option<crate::storage::Loaded>) -> Value {
+    match loaded {
+        None => Value::Nil,
+        Some(l) => Value::Array(vec![bin(&l.data), tid_value(l.start), opt_tid_value(l.end)]),
+    }
+}
+
 /// Run `f`, turning a panic into an error reply and a log line.
 pub(super) fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
@@ -448,12 +478,7 @@ fn concurrent(shared: &Shared, sess: &Session, msg: &Message) -> Result<Value> {
         "loadBefore" => {
             entry.stats.loads.fetch_add(1, Ordering::Relaxed);
             let loaded = st.load_before(arg::oid(&a[0], "oid")?, arg::tid(&a[1], "tid")?)?;
-            Ok(match loaded {
-                None => Value::Nil,
-                Some(l) => {
-                    Value::Array(vec![bin(&l.data), tid_value(l.start), opt_tid_value(l.end)])
-                }
-            })
+            Ok(loaded_value(loaded))
         }
         "loadSerial" => {
             entry.stats.loads.fetch_add(1, Ordering::Relaxed);

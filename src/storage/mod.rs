@@ -294,6 +294,12 @@ pub trait Storage: Send + Sync {
     fn reads_never_block(&self) -> bool {
         false
     }
+    /// `load_before`'s answer when it needs no waiting (no disk read: the
+    /// page cache has it), for the event loop; `None`: ask `load_before` on
+    /// a worker.
+    fn load_before_nowait(&self, _oid: Oid, _before: Tid) -> Option<Result<Option<Loaded>>> {
+        None
+    }
     /// Flush and release resources.
     fn close(&self) {}
 }

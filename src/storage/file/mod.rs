@@ -923,6 +923,26 @@ impl Storage for FileStorage {
         }
     }
 
+    /// The newest record only, read with `RWF_NOWAIT`: the common load of a
+    /// small object in the page cache; everything else goes to a worker.
+    fn load_before_nowait(&self, oid: Oid, before: Tid) -> Option<Result<Option<Loaded>>> {
+        let (file, pos) = match self.newest_record(oid) {
+            Ok(found) => found,
+            Err(e) => return Some(Err(e)),
+        };
+        let src = Src {
+            file: &file,
+            name: &self.name,
+        };
+        let (h, data) = src.data_header_prefetch_nowait(pos)?;
+        // Older revisions are reached through the chain: a worker's job.
+        (h.oid == oid && h.tid < before).then_some(Ok(Some(Loaded {
+            data,
+            start: h.tid,
+            end: None,
+        })))
+    }
+
     /// Sees logged transactions not yet published too: a client resolving
     /// a conflict with one of them loads its state by serial.
     fn load_serial(&self, oid: Oid, serial: Tid) -> Result<Data> {

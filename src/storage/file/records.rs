@@ -38,6 +38,43 @@ fn read_some_at(file: &File, buf: &mut [u8], pos: u64) -> std::io::Result<usize>
     Ok(got)
 }
 
+/// A data header followed by its whole data in `buf` (a plain record of at
+/// least one byte, no version): both; anything else `None`.
+fn parse_prefetched(buf: &[u8]) -> Option<(DataHeader, Data)> {
+    let fixed = DATA_HDR_LEN as usize;
+    let fb: &[u8; DATA_HDR_LEN as usize] = buf.get(..fixed)?.try_into().ok()?;
+    let h = DataHeader::decode(fb);
+    let n = usize::try_from(h.plen).ok()?;
+    if h.vlen != 0 || n == 0 {
+        return None;
+    }
+    let data = buf.get(fixed..fixed.checked_add(n)?)?;
+    Some((h, Arc::from(data)))
+}
+
+/// One read at `pos` that fails with `WouldBlock` instead of waiting for the
+/// disk (`preadv2` with `RWF_NOWAIT`: served from the page cache or not at
+/// all). May be short.
+#[cfg(target_os = "linux")]
+fn read_nowait(file: &File, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let offset = libc::off_t::try_from(pos)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: `iov` describes `buf`, which is valid for writes of its length
+    // and outlives the call; the fd is open for the lifetime of `file`.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+    usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn read_nowait(_file: &File, _buf: &mut [u8], _pos: u64) -> std::io::Result<usize> {
+    Err(std::io::ErrorKind::WouldBlock.into())
+}
+
 /// A file being read, with its name for error messages.
 #[derive(Clone, Copy)]
 pub struct Src<'a> {
@@ -137,21 +174,21 @@ impl Src<'_> {
     pub fn data_header_prefetch(&self, pos: u64) -> Result<(DataHeader, Option<Data>)> {
         let mut buf = [0u8; PREFETCH];
         let got = read_some_at(self.file, &mut buf, pos).map_err(|e| io_err(self.name, pos, &e))?;
-        let fixed = DATA_HDR_LEN as usize;
-        if got < fixed {
-            return Ok((self.data_header(pos)?, None));
-        }
-        let mut fb = [0u8; DATA_HDR_LEN as usize];
-        fb.copy_from_slice(&buf[..fixed]);
-        let h = DataHeader::decode(&fb);
-        match usize::try_from(h.plen) {
-            Ok(n) if h.vlen == 0 && n > 0 && fixed + n <= got => {
-                Ok((h, Some(Arc::from(&buf[fixed..fixed + n]))))
-            }
+        match parse_prefetched(&buf[..got]) {
+            Some((h, d)) => Ok((h, Some(d))),
             // Backpointer, version, or a record larger than the prefetch:
             // the general path validates and reads it.
-            _ => Ok((self.data_header(pos)?, None)),
+            None => Ok((self.data_header(pos)?, None)),
         }
+    }
+
+    /// [`Src::data_header_prefetch`] from the page cache alone: `None` when
+    /// the read would wait for the disk (or is not a plain record with its
+    /// data within [`PREFETCH`] bytes, or failed): ask the general path.
+    pub fn data_header_prefetch_nowait(&self, pos: u64) -> Option<(DataHeader, Data)> {
+        let mut buf = [0u8; PREFETCH];
+        let got = read_nowait(self.file, &mut buf, pos).ok()?;
+        parse_prefetched(&buf[..got])
     }
 
     /// Whether the record has data, reading only headers.
@@ -267,5 +304,54 @@ impl<'a> Window<'a> {
         let off = (pos - self.start) as usize;
         let end = (off + n).min(self.buf.len());
         Ok(&self.buf[off.min(end)..end])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Oid;
+
+    fn record(vlen: u16, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        DataHeader {
+            oid: Oid(7),
+            tid: Tid(9),
+            prev: 0,
+            tloc: 4,
+            vlen,
+            plen: data.len() as u64,
+            back: 123,
+        }
+        .encode_into(&mut out);
+        out.extend_from_slice(data);
+        out
+    }
+
+    #[test]
+    fn parse_prefetched_table() {
+        let plain = record(0, b"abc");
+        let fixed = DATA_HDR_LEN as usize;
+        type Case<'a> = (&'a str, Vec<u8>, Option<&'a [u8]>);
+        let cases: Vec<Case> = vec![
+            ("plain record", plain.clone(), Some(b"abc")),
+            (
+                "trailing bytes",
+                [plain.clone(), b"next".to_vec()].concat(),
+                Some(b"abc"),
+            ),
+            ("data cut short", plain[..plain.len() - 1].to_vec(), None),
+            ("header cut short", plain[..fixed - 1].to_vec(), None),
+            ("empty", Vec::new(), None),
+            ("backpointer (no data)", record(0, b""), None),
+            ("version", record(3, b"abc"), None),
+        ];
+        for (what, buf, want) in cases {
+            let got = parse_prefetched(&buf);
+            assert_eq!(got.as_ref().map(|(_, d)| &d[..]), want, "{what}");
+            if let Some((h, _)) = got {
+                assert_eq!((h.oid, h.tid), (Oid(7), Tid(9)), "{what}");
+            }
+        }
     }
 }

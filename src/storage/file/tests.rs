@@ -1040,6 +1040,56 @@ fn concurrent_finishers_share_fsyncs_and_publish_in_order() {
     }
 }
 
+#[test]
+fn loads_without_waiting_only_when_the_page_cache_has_them() {
+    // Under target/, on the disk the build uses: in a tmpfs /tmp the page
+    // cache is the file and cannot be dropped.
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    std::fs::create_dir_all(&target).expect("target dir");
+    let dir = tempfile::tempdir_in(&target).expect("tempdir");
+    let tp = Tmp {
+        path: dir.path().join("Data.fs"),
+        _dir: dir,
+    };
+    let s = open(&tp.path);
+    let a = commit(
+        &s,
+        Some(t(1)),
+        vec![store(1, Tid::ZERO, "a"), store(2, Tid::ZERO, "x")],
+    );
+    let b = commit(&s, Some(t(2)), vec![store(1, a, "b")]);
+    let loaded = |oid: u64, before: Tid| s.load_before_nowait(o(oid), before);
+    // The newest revision, as load_before answers it.
+    assert_eq!(
+        loaded(1, Tid::MAX),
+        Some(Ok(Some(Loaded {
+            data: d("b"),
+            start: b,
+            end: None
+        })))
+    );
+    assert_eq!(loaded(1, Tid::MAX), Some(s.load_before(o(1), Tid::MAX)));
+    assert_eq!(loaded(9, Tid::MAX), Some(Err(Error::PosKey(o(9)))));
+    // An older revision needs the chain: not answered here.
+    assert_eq!(loaded(1, b), None);
+    // A record without data of its own (an undo's backpointer): neither.
+    commit(&s, Some(t(3)), vec![undo(b)]);
+    assert_eq!(loaded(1, Tid::MAX), None);
+    assert_eq!(value(&s, 1), "a");
+    // Out of the page cache: would wait for the disk, so not answered.
+    let file = File::open(&tp.path).expect("open");
+    file.sync_all().expect("sync");
+    // SAFETY: a plain advisory call on an open descriptor.
+    let rc = unsafe {
+        use std::os::fd::AsRawFd;
+        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED)
+    };
+    assert_eq!(rc, 0);
+    assert_eq!(loaded(2, Tid::MAX), None);
+    assert_eq!(value(&s, 2), "x");
+    assert!(matches!(loaded(2, Tid::MAX), Some(Ok(Some(_)))));
+}
+
 // -- differential: file vs memory ------------------------------------------
 
 /// Compare observations, showing the first lines that differ.

@@ -14,6 +14,11 @@
 //! name = "1"
 //! kind = "memory"
 //! read-only = false
+//!
+//! [conflict-resolution]            # optional: undo merges states
+//! python = "/srv/app/venv/bin/python"
+//! path = ["/srv/app/src"]
+//! timeout = 10
 //! ```
 
 use serde::Deserialize;
@@ -28,6 +33,28 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub storage: Vec<StorageConfig>,
+    /// Server-side conflict resolution for undo (see
+    /// [`crate::storage::resolve`]); absent: such undos fail with UndoError.
+    #[serde(default)]
+    pub conflict_resolution: Option<ResolverConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ResolverConfig {
+    /// A Python that can import ZODB and the application's classes.
+    pub python: PathBuf,
+    /// Directories put in front of its `sys.path` (relative ones are
+    /// relative to the config file).
+    #[serde(default)]
+    pub path: Vec<PathBuf>,
+    /// Seconds one resolution may take before the helper is restarted.
+    #[serde(default = "default_resolve_timeout")]
+    pub timeout: f64,
+}
+
+fn default_resolve_timeout() -> f64 {
+    10.0
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -157,6 +184,13 @@ impl Config {
                 }
             }
         }
+        if let Some(r) = &mut cfg.conflict_resolution {
+            for p in &mut r.path {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
         Ok(cfg)
     }
 
@@ -201,6 +235,22 @@ impl Config {
                     "server.transaction-timeout",
                     t.to_string(),
                     "must be a positive number of seconds (leave it out for no limit)",
+                ));
+            }
+        }
+        if let Some(r) = &self.conflict_resolution {
+            if !(r.timeout.is_finite() && r.timeout > 0.0) {
+                return Err(invalid(
+                    "conflict-resolution.timeout",
+                    r.timeout.to_string(),
+                    "must be a positive number of seconds",
+                ));
+            }
+            if r.python.as_os_str().is_empty() {
+                return Err(invalid(
+                    "conflict-resolution.python",
+                    "\"\"".into(),
+                    "name a Python that can import ZODB and the application's classes",
                 ));
             }
         }
@@ -282,6 +332,14 @@ mod tests {
                 "[[storage]]\nname=\"1\"\nkind=\"memory\"\n[[storage]]\nname=\"1\"\nkind=\"memory\"",
                 "storage[1].name",
             ),
+            (
+                "[[storage]]\nname=\"1\"\nkind=\"memory\"\n[conflict-resolution]\npython=\"py\"\ntimeout=0",
+                "conflict-resolution.timeout",
+            ),
+            (
+                "[[storage]]\nname=\"1\"\nkind=\"memory\"\n[conflict-resolution]\npython=\"\"",
+                "conflict-resolution.python",
+            ),
         ];
         for (text, key) in cases {
             let err = parse(text).expect_err(text).to_string();
@@ -312,6 +370,25 @@ mod tests {
             let err = parse(text).expect_err(text).to_string();
             assert!(err.contains(&format!("`{key}`")), "{err}");
         }
+    }
+
+    #[test]
+    fn conflict_resolution_paths_are_relative_to_the_config() {
+        let c = Config::parse(
+            "[[storage]]\nname=\"1\"\nkind=\"memory\"\n\
+             [conflict-resolution]\npython=\"/venv/bin/python\"\npath=[\"src\", \"/abs\"]\n",
+            Path::new("/etc/zeoraid/z.toml"),
+        )
+        .expect("valid");
+        let r = c.conflict_resolution.expect("section");
+        assert_eq!(r.python, Path::new("/venv/bin/python"));
+        assert_eq!(
+            r.path,
+            vec![PathBuf::from("/etc/zeoraid/src"), PathBuf::from("/abs")]
+        );
+        assert_eq!(r.timeout, 10.0);
+        let none = parse("[[storage]]\nname=\"1\"\nkind=\"memory\"").expect("valid");
+        assert_eq!(none.conflict_resolution, None);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use zeoraid::config::{Config, StorageConfig, StorageKind};
 use zeoraid::server::{Options, Served, Server};
 use zeoraid::storage::file::{FileOptions, FileStorage};
 use zeoraid::storage::memory::MemoryStorage;
+use zeoraid::storage::resolve::{PythonOptions, PythonResolver};
 use zeoraid::storage::Storage;
 
 #[derive(Parser)]
@@ -136,6 +137,34 @@ fn serve(path: PathBuf, listen: Option<String>) -> ExitCode {
             }
         }
     }
+    // Kept until the server is shut down (its thread and helper end then).
+    let _resolver = match &cfg.conflict_resolution {
+        None => None,
+        Some(r) => {
+            let opts = PythonOptions {
+                python: r.python.clone(),
+                path: r.path.clone(),
+                timeout: std::time::Duration::from_secs_f64(r.timeout),
+            };
+            match PythonResolver::start(opts) {
+                Ok(resolver) => {
+                    let resolver = Arc::new(resolver);
+                    for (_, storage, _) in &served {
+                        storage.set_conflict_resolver(resolver.clone());
+                    }
+                    log::info!(
+                        "conflict resolution for undo through {}",
+                        r.python.display()
+                    );
+                    Some(resolver)
+                }
+                Err(e) => {
+                    eprintln!("zeoraid: {e} (set in {})", path.display());
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
     let opts = Options {
         listen,
         workers: cfg.server.workers,

@@ -40,6 +40,7 @@ use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::gc::{self, GcError, PackGc};
+use super::resolve::{resolve_undo, ConflictResolver};
 use super::rules::{self, UndoView, STATUS_PACKED, UNDO_INVALID_RECORD};
 use super::{
     pickle_refs, timestamp, Conflict, CurrentRecord, Data, DataRecord, Error, HistoryEntry, Loaded,
@@ -263,6 +264,8 @@ pub struct MemoryStorage {
     max_oid: Mutex<u64>,
     /// Serialises packs.
     pack_lock: Mutex<()>,
+    /// Merges states for undos that meet later changes (optional).
+    resolver: std::sync::OnceLock<Arc<dyn ConflictResolver>>,
 }
 
 impl MemoryStorage {
@@ -275,6 +278,7 @@ impl MemoryStorage {
             prepared: Mutex::new(None),
             max_oid: Mutex::new(0),
             pack_lock: Mutex::new(()),
+            resolver: std::sync::OnceLock::new(),
         }
     }
 
@@ -545,6 +549,7 @@ fn restore_backpointer(
 
 struct Staging<'a> {
     state: &'a Committed,
+    resolver: Option<&'a dyn ConflictResolver>,
     tid: Tid,
     records: Vec<DataRecord>,
     index: HashMap<Oid, usize>,
@@ -557,9 +562,14 @@ struct Staging<'a> {
 }
 
 impl<'a> Staging<'a> {
-    fn new(state: &'a Committed, tid: Tid) -> Staging<'a> {
+    fn new(
+        state: &'a Committed,
+        resolver: Option<&'a dyn ConflictResolver>,
+        tid: Tid,
+    ) -> Staging<'a> {
         Staging {
             state,
+            resolver,
             tid,
             records: Vec::new(),
             index: HashMap::new(),
@@ -673,7 +683,17 @@ impl<'a> Staging<'a> {
             let outcome = match (find_revision(revs, target), self.current(oid)) {
                 (Some(i), Some(current)) => {
                     let pre = i.checked_sub(1).map(|p| &revs[p]);
-                    undo_record(&revs[i], pre, &current)
+                    undo_record(&revs[i], pre, &current).or_else(|m| {
+                        // Merge with the later changes, as FileStorage's
+                        // tryToResolveConflict; the result is new data.
+                        let (u, c) = (revs[i].data.as_ref(), current.data.as_ref());
+                        let before = pre.and_then(|p| p.data.as_ref());
+                        rules::undo_may_resolve(m)
+                            .then(|| resolve_undo(self.resolver, oid, u, c, before))
+                            .flatten()
+                            .map(|merged| (Some(merged), None))
+                            .ok_or(m)
+                    })
                 }
                 _ => Err(UNDO_INVALID_RECORD),
             };
@@ -698,6 +718,12 @@ impl<'a> Staging<'a> {
 impl Storage for MemoryStorage {
     fn name(&self) -> String {
         self.name.clone()
+    }
+
+    fn set_conflict_resolver(&self, r: Arc<dyn ConflictResolver>) {
+        if self.resolver.set(r).is_err() {
+            log::warn!("{}: a conflict resolver was already set", self.name);
+        }
     }
 
     fn is_read_only(&self) -> bool {
@@ -778,7 +804,7 @@ impl Storage for MemoryStorage {
         }
         let st = self.read();
         let tid = rules::choose_tid(txn.tid, st.last_tid, timestamp::now())?;
-        let mut stage = Staging::new(&st, tid);
+        let mut stage = Staging::new(&st, self.resolver.get().map(|r| r.as_ref()), tid);
         for op in &txn.ops {
             stage.apply(op)?;
         }

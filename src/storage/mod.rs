@@ -14,6 +14,7 @@ pub mod file;
 pub mod gc;
 pub mod memory;
 pub mod pickle_refs;
+pub mod resolve;
 pub mod rules;
 #[cfg(test)]
 pub(crate) mod testutil;
@@ -300,6 +301,9 @@ pub trait Storage: Send + Sync {
     fn load_before_nowait(&self, _oid: Oid, _before: Tid) -> Option<Result<Option<Loaded>>> {
         None
     }
+    /// Use `r` to merge states where an undo meets later changes (see
+    /// [`resolve`]); storages that never merge ignore it.
+    fn set_conflict_resolver(&self, _r: Arc<dyn resolve::ConflictResolver>) {}
     /// Flush and release resources.
     fn close(&self) {}
 }

@@ -249,6 +249,13 @@ pub fn undo_check<P: PartialEq>(
     Ok(())
 }
 
+/// Whether an undo that [`undo_check`] refused may still succeed by
+/// merging states (FileStorage tries `tryToResolveConflict` exactly when
+/// the object has an earlier state and was changed later).
+pub fn undo_may_resolve(reason: &str) -> bool {
+    reason == UNDO_MODIFIED_LATER
+}
+
 /// The outcome of an undo: the first failure (object, reason), if any.
 pub fn undo_outcome(failure: Option<(Oid, &str)>) -> Result<()> {
     match failure {

@@ -10,15 +10,15 @@ Run it with run.py (``python tests/interop/run.py test_conformance``);
 ``ZEORAID_INTEROP_TARGET=runzeo`` runs the same tests against stock runzeo.
 
 KNOWN_FAILURES lists the tests zeoraid is known to fail, each with the
-reason.  They still run, as expected failures: a pass is reported as an
-unexpected success (a failure of the run) so the entry gets removed.  Every
-test not listed must pass.  The list applies to the zeoraid target only.
-Stock runzeo (with a FileStorage, resolving conflicts on the server as ZEO
-does by default) passes every test; with ZEORAID_INTEROP_RUNZEO_CLIENT_CR=1
-(client-side conflict resolution, as zeoraid does) it fails exactly
-testUndoConflictResolution, testUndoMultipleConflictResolution and
-testUndoMultipleConflictResolutionReversed: resolving a conflict inside an
-undo needs the server to unpickle.
+reason (none today).  They still run, as expected failures: a pass is
+reported as an unexpected success (a failure of the run) so the entry gets
+removed.  Every test not listed must pass.  The list applies to the zeoraid
+target only.  Undo with conflict resolution (testUndoConflictResolution and
+its two siblings) needs the server to unpickle the application's classes:
+the harness configures zeoraid's ``[conflict-resolution]`` helper with this
+interpreter, as ZEO's own tests run a Python server that imports them.
+Stock runzeo passes every test; with ZEORAID_INTEROP_RUNZEO_CLIENT_CR=1
+(client-side conflict resolution) it fails exactly those three.
 """
 
 import time
@@ -55,16 +55,10 @@ from zeoraid_server import StorageSpec
 
 
 # Test name (method name, or "Class.method") -> why zeoraid fails it.
-_NEEDS_SERVER_RESOLUTION = (
-    "undoing a transaction whose objects changed later needs conflict "
-    "resolution on the server with the application's Python classes "
-    "(FileStorage does it in-process); zeoraid has no Python. Stock runzeo "
-    "with client-side conflict resolution fails it the same way")
-KNOWN_FAILURES = {
-    "testUndoConflictResolution": _NEEDS_SERVER_RESOLUTION,
-    "testUndoMultipleConflictResolution": _NEEDS_SERVER_RESOLUTION,
-    "testUndoMultipleConflictResolutionReversed": _NEEDS_SERVER_RESOLUTION,
-}
+# Empty: undo with conflict resolution (testUndoConflictResolution and
+# friends) passes through zeoraid's [conflict-resolution] helper, which the
+# harness configures; test_undo_without_resolver checks the other way.
+KNOWN_FAILURES = {}
 
 
 # Options for every ClientStorage the tests open.  No blobs: zeoraid does
@@ -309,8 +303,71 @@ class ReadOnlyServerStorageTests(ZEOServerTestBase):
             client.close()
 
 
+class UndoMergeTests(ZEOServerTestBase):
+    """Undo of a transaction whose object changed later: merged on the
+    server by the application's ``_p_resolveConflict`` through zeoraid's
+    ``[conflict-resolution]`` helper, as FileStorage does in a Python ZEO
+    server; refused with UndoError when no helper is configured."""
+
+    storage_kind = "memory"
+    resolver = True
+
+    def _start(self):
+        return self.start_server(
+            [StorageSpec(name="1", kind=self.storage_kind)],
+            resolver=self.resolver)
+
+    def _undo_middle_change(self):
+        # Counter states 1, 2, 3; undoing 1 -> 2 while 2 -> 3 stays.
+        from ZODB.Connection import TransactionMetaData
+        from ZODB.tests.ConflictResolution import PCounter
+        obj = PCounter()
+        obj.inc()
+        oid = self.oid = self._storage.new_oid()
+        revid_a = self._dostore(oid, data=obj)
+        obj.inc()
+        revid_b = self._dostore(oid, revid=revid_a, data=obj)
+        obj.inc()
+        self._dostore(oid, revid=revid_b, data=obj)
+        tid = self._storage.undoInfo()[1]["id"]
+        t = TransactionMetaData()
+        self._storage.tpc_begin(t)
+        try:
+            self._storage.undo(tid, t)
+            self._storage.tpc_vote(t)
+        except BaseException:
+            self._storage.tpc_abort(t)
+            raise
+        self._storage.tpc_finish(t)
+        return oid
+
+    def _value(self, oid):
+        data, _ = self._storage.load(oid, "")
+        return zodb_unpickle(data)._value
+
+    def test_undo_merges_with_later_changes(self):
+        oid = self._undo_middle_change()
+        # PCounter merges as committed + new - old: 3 + 1 - 2.
+        self.assertEqual(self._value(oid), 2)
+
+
+class FileUndoMergeTests(UndoMergeTests):
+    storage_kind = "file"
+
+
+class UndoWithoutResolverTests(UndoMergeTests):
+    resolver = False
+
+    def test_undo_merges_with_later_changes(self):
+        from ZODB.POSException import UndoError
+        with self.assertRaises(UndoError):
+            self._undo_middle_change()
+        self.assertEqual(self._value(self.oid), 3)
+
+
 TEST_CLASSES = [MemoryStorageConformance, FileStorageConformance,
-                ReadOnlyServerStorageTests]
+                ReadOnlyServerStorageTests, UndoMergeTests,
+                FileUndoMergeTests, UndoWithoutResolverTests]
 
 # Known failures apply to zeoraid only; under runzeo the names are still
 # checked so a typo is caught either way.

@@ -10,6 +10,9 @@ can stand behind it, chosen by the environment variable
     as ``zeoraid serve --config FILE`` with a TOML config written to a fresh
     temporary directory.  When it listens it prints exactly one line to
     stdout, ``zeoraid: listening on HOST:PORT``; its logs go to stderr.
+    Unless ``resolver=False``, the config names this interpreter (which can
+    import ZODB's test classes) in ``[conflict-resolution]``, so undo merges
+    states on the server as ZEO's own test setup does.
 
 ``runzeo``
     Stock Python ``ZEO.runzeo`` (through ``runzeo_shim.py``, which prints the
@@ -171,12 +174,13 @@ class Server:
     """One server process (zeoraid or runzeo) serving ``storages``."""
 
     def __init__(self, storages=None, workers=4, invalidation_queue_size=100,
-                 target_name=None, extra_toml=""):
+                 target_name=None, extra_toml="", resolver=True):
         self.storages = list(storages or [StorageSpec()])
         self.workers = workers
         self.invalidation_queue_size = invalidation_queue_size
         self.target = target_name or target()
         self.extra_toml = extra_toml
+        self.resolver = resolver
         self.dir = tempfile.mkdtemp(prefix="zeoraid-interop-", dir=_BASE_TMP)
         self.config_path = None
         self.stderr_path = os.path.join(self.dir, "server.stderr")
@@ -215,6 +219,9 @@ class Server:
             if spec.kind == "file":
                 lines.append(f"path = {q(self._storage_path(spec))}")
             lines.append("")
+        if self.resolver:
+            lines += ["[conflict-resolution]",
+                      f"python = {q(sys.executable)}", ""]
         if self.extra_toml:
             lines.append(self.extra_toml)
         return "\n".join(lines) + "\n"

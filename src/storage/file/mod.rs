@@ -77,6 +77,7 @@ use self::format::{
 };
 use self::index::Index;
 use self::records::{corrupt, io_err, Src};
+use super::resolve::{resolve_undo, ConflictResolver};
 use super::rules::{self, UndoView, UNDO_INVALID_RECORD};
 use super::{
     timestamp, Conflict, CurrentRecord, Data, DataRecord, Error, HistoryEntry, Loaded, Oid, Op,
@@ -191,6 +192,8 @@ pub struct FileStorage {
     /// The time of the last pack (clamped to the then last transaction).
     pack_tid: Mutex<Option<Tid>>,
     closed: AtomicBool,
+    /// Merges states for undos that meet later changes (optional).
+    resolver: std::sync::OnceLock<Arc<dyn ConflictResolver>>,
     _lock: Option<lock::LockFile>,
     #[cfg(test)]
     fail_writes: AtomicBool,
@@ -295,6 +298,7 @@ impl FileStorage {
             pack_lock: Mutex::new(()),
             pack_tid: Mutex::new(None),
             closed: AtomicBool::new(false),
+            resolver: std::sync::OnceLock::new(),
             _lock: lock,
             #[cfg(test)]
             fail_writes: AtomicBool::new(false),
@@ -478,6 +482,7 @@ struct Staging<'a> {
     /// what a vote sees cannot change: the commit mutex excludes the other
     /// writers, and publication only moves entries from overlay to index).
     state: &'a RwLock<Committed>,
+    resolver: Option<&'a dyn ConflictResolver>,
     end: u64,
     tid: Tid,
     records: Vec<Staged>,
@@ -638,18 +643,38 @@ impl<'a> Staging<'a> {
                 None => Err(UNDO_INVALID_RECORD),
                 Some(current) => {
                     let undone = self.src.record_data(pos, &h)?;
-                    rules::undo_check(pos, undone.as_ref(), h.prev == 0, &current).map(|()| h.prev)
-                }
-            };
-            match outcome {
-                Ok(back) => {
-                    let data = self.src.load_back(back)?.map(|(d, _)| d);
-                    self.put(h.oid, Payload::Back(back), data);
-                    if !self.resolved.contains(&h.oid) {
-                        self.resolved.push(h.oid);
+                    match rules::undo_check(pos, undone.as_ref(), h.prev == 0, &current) {
+                        Ok(()) => Ok(None),
+                        Err(m) if rules::undo_may_resolve(m) => {
+                            // Merge with the later changes, as FileStorage's
+                            // tryToResolveConflict; the result is new data.
+                            let before = self.src.load_back(h.prev)?.map(|(d, _)| d);
+                            let data = current.data.as_ref();
+                            let (u, b) = (undone.as_ref(), before.as_ref());
+                            resolve_undo(self.resolver, h.oid, u, data, b)
+                                .map(Some)
+                                .ok_or(m)
+                        }
+                        Err(m) => Err(m),
                     }
                 }
-                Err(m) => failures.push((h.oid, m)),
+            };
+            let staged = match outcome {
+                Ok(None) => {
+                    let data = self.src.load_back(h.prev)?.map(|(d, _)| d);
+                    Some((Payload::Back(h.prev), data))
+                }
+                Ok(Some(merged)) => Some((Payload::Data(merged.clone()), Some(merged))),
+                Err(m) => {
+                    failures.push((h.oid, m));
+                    None
+                }
+            };
+            if let Some((payload, data)) = staged {
+                self.put(h.oid, payload, data);
+                if !self.resolved.contains(&h.oid) {
+                    self.resolved.push(h.oid);
+                }
             }
             pos = pos.saturating_add(h.record_len());
         }
@@ -1043,6 +1068,7 @@ impl Storage for FileStorage {
                 name: &self.name,
             },
             state: &self.state,
+            resolver: self.resolver.get().map(|r| r.as_ref()),
             end: start,
             tid,
             records: Vec::new(),
@@ -1306,6 +1332,12 @@ impl Storage for FileStorage {
     }
 
     /// Save the index file (once); the lock is released when dropped.
+    fn set_conflict_resolver(&self, r: Arc<dyn ConflictResolver>) {
+        if self.resolver.set(r).is_err() {
+            log::warn!("{}: a conflict resolver was already set", self.name);
+        }
+    }
+
     fn close(&self) {
         if !self.closed.swap(true, Ordering::SeqCst) {
             self.tpc_abort();

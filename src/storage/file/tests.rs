@@ -870,6 +870,53 @@ fn a_voted_transaction_moves_with_the_pack() {
     }
 }
 
+// -- undo merged by a conflict resolver -----------------------------------
+
+/// Answers "merged" and remembers what it was asked (old, committed, new).
+#[derive(Default)]
+struct Recording(Mutex<Vec<(String, String, String)>>);
+
+impl crate::storage::resolve::ConflictResolver for Recording {
+    fn resolve(
+        &self,
+        _: Oid,
+        old: &Data,
+        committed: &Data,
+        new: &Data,
+    ) -> std::result::Result<Data, String> {
+        let s = |d: &Data| String::from_utf8_lossy(d).into_owned();
+        lock(&self.0).push((s(old), s(committed), s(new)));
+        Ok(d("merged"))
+    }
+}
+
+#[test]
+fn undo_meeting_later_changes_merges_through_the_resolver() {
+    let tp = tmp();
+    let file = open(&tp.path);
+    let mem = MemoryStorage::new("m", false);
+    for s in [&file as &dyn Storage, &mem] {
+        let a = commit(s, Some(t(1)), vec![store(1, Tid::ZERO, "1")]);
+        let b = commit(s, Some(t(2)), vec![store(1, a, "2")]);
+        commit(s, Some(t(3)), vec![store(1, b, "3")]);
+        // Without a resolver: UndoError, as before.
+        let e = s.tpc_vote(&txn(Some(t(4)), vec![undo(b)]));
+        assert!(matches!(e, Err(Error::Undo { .. })), "{e:?}");
+        let r = Arc::new(Recording::default());
+        s.set_conflict_resolver(r.clone());
+        let (tid, resolved, _) = commit_txn(s, txn(Some(t(4)), vec![undo(b)]));
+        assert_eq!((tid, resolved), (t(4), vec![o(1)]));
+        assert_eq!(value(s, 1), "merged");
+        // Undone state, current state, the state before the undone one.
+        assert_eq!(
+            lock(&r.0).clone(),
+            vec![("2".into(), "3".into(), "1".into())]
+        );
+    }
+    drop(file);
+    assert_eq!(value(&open(&tp.path), 1), "merged");
+}
+
 // -- group commit ----------------------------------------------------------
 
 fn vote_ok(s: &FileStorage, tx: Txn) -> Tid {

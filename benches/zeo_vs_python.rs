@@ -11,6 +11,11 @@
 //! 6), `ZEORAID_BENCH_REPEAT` (default 3; medians are reported),
 //! `ZEORAID_BENCH_IDLE` (idle connections for the memory figure, default 1000).
 //!
+//! A third server shows the machine's ceiling: a no-op ZEO server in this
+//! process (a thread per connection, no storage; every load answers the same
+//! 128 bytes), measured the same way. No server can load faster here than
+//! it does, so `ceiling / python` bounds any ratio.
+//!
 //! Prints medians and zeoraid/Python ratios; asserts nothing about timing.
 
 use std::io::{BufRead, BufReader, Write};
@@ -23,15 +28,87 @@ use zeoraid::zeo::frame::{read_frame, write_frame};
 use zeoraid::zeo::message;
 
 struct Proc {
-    child: Child,
+    child: Option<Child>,
     addr: SocketAddr,
     name: &'static str,
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The no-op server: answers the calls `zeoraid bench` makes, storing
+/// nothing. Replies are written when no further request is buffered, so
+/// pipelined requests get one write, as the real servers do.
+fn start_noop() -> Proc {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::Builder::new()
+        .name("noop-accept".into())
+        .spawn(move || {
+            for (i, conn) in listener.incoming().enumerate() {
+                let Ok(conn) = conn else { continue };
+                let _ = std::thread::Builder::new()
+                    .name(format!("noop-{i}"))
+                    .spawn(move || noop_connection(conn));
+            }
+        })
+        .expect("spawn");
+    Proc {
+        child: None,
+        addr,
+        name: "no-op server (ceiling)",
+    }
+}
+
+fn noop_connection(conn: TcpStream) {
+    use rmpv::Value;
+    use zeoraid::storage::{Oid, Tid};
+    use zeoraid::zeo::message::{bin, oid_value, opt_tid_value, tid_value};
+    let _ = conn.set_nodelay(true);
+    let Ok(w) = conn.try_clone() else { return };
+    let mut w = std::io::BufWriter::new(w);
+    let mut r = BufReader::new(conn);
+    if write_frame(&mut w, b"M5").and_then(|()| w.flush()).is_err() {
+        return;
+    }
+    let data = vec![b'x'; 128];
+    let (mut next_oid, mut next_tid) = (1u64, 1u64);
+    while let Ok(frame) = read_frame(&mut r, 1 << 24) {
+        let Ok(msg) = message::decode(&frame) else {
+            continue; // the handshake
+        };
+        let result = match msg.method.as_str() {
+            "loadBefore" => Value::Array(vec![bin(&data), tid_value(Tid(1)), opt_tid_value(None)]),
+            "register" | "lastTransaction" => tid_value(Tid(next_tid)),
+            "tpc_finish" => {
+                next_tid += 1;
+                tid_value(Tid(next_tid))
+            }
+            "new_oids" => Value::Array(
+                (0..100)
+                    .map(|_| {
+                        next_oid += 1;
+                        oid_value(Oid(next_oid))
+                    })
+                    .collect(),
+            ),
+            _ => Value::Nil,
+        };
+        if !msg.is_oneway() {
+            let reply = message::encode_reply(&msg.msgid, &result);
+            if write_frame(&mut w, &reply).is_err() {
+                return;
+            }
+        }
+        if r.buffer().is_empty() && w.flush().is_err() {
+            return;
+        }
     }
 }
 
@@ -105,7 +182,7 @@ fn start_zeoraid(dir: &std::path::Path, kind: Kind) -> Proc {
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
     Proc {
-        child,
+        child: Some(child),
         addr,
         name: "zeoraid",
     }
@@ -136,7 +213,7 @@ fn start_runzeo(dir: &std::path::Path, kind: Kind) -> Proc {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     wait_port(addr);
     Proc {
-        child,
+        child: Some(child),
         addr,
         name: "python runzeo",
     }
@@ -195,7 +272,8 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn idle_connections(p: &Proc, n: usize) -> (u64, u64) {
-    let before = rss_kib(p.child.id());
+    let pid = p.child.as_ref().map_or(0, |c| c.id());
+    let before = rss_kib(pid);
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
         let mut s = TcpStream::connect(p.addr).expect("connect");
@@ -213,7 +291,7 @@ fn idle_connections(p: &Proc, n: usize) -> (u64, u64) {
         conns.push(s);
     }
     std::thread::sleep(Duration::from_secs(1));
-    let after = rss_kib(p.child.id());
+    let after = rss_kib(pid);
     drop(conns);
     (before, after)
 }
@@ -278,6 +356,7 @@ fn compare(kind: Kind, seconds: f64, repeat: usize, idle: Option<usize>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let ours = start_zeoraid(dir.path(), kind);
     let python = start_runzeo(dir.path(), kind);
+    let noop = start_noop();
     println!(
         "{our_name} vs {py_name}: 1 object of 128 bytes per commit, {seconds} s per run (half commits, half loads), median of {repeat}\n"
     );
@@ -286,9 +365,10 @@ fn compare(kind: Kind, seconds: f64, repeat: usize, idle: Option<usize>) {
     for clients in [1usize, 8] {
         let mut py = Vec::new();
         let mut rs = Vec::new();
-        // Interleave so both see the same machine conditions.
+        let mut top = Vec::new();
+        // Interleave so all see the same machine conditions.
         for _ in 0..repeat {
-            for (p, out) in [(&python, &mut py), (&ours, &mut rs)] {
+            for (p, out) in [(&python, &mut py), (&ours, &mut rs), (&noop, &mut top)] {
                 let mut f = measure(p, clients, 1, seconds, 1).remove(0);
                 f.loads_pipelined = measure(p, clients, 16, seconds, 1).remove(0).loads;
                 out.push(f);
@@ -301,8 +381,8 @@ fn compare(kind: Kind, seconds: f64, repeat: usize, idle: Option<usize>) {
             load_p99: median(v.iter().map(|f| f.load_p99).collect()),
             loads_pipelined: median(v.iter().map(|f| f.loads_pipelined).collect()),
         };
-        let (p, r) = (med(&py), med(&rs));
-        for (name, f) in [(py_name, &p), (our_name, &r)] {
+        let (p, r, c) = (med(&py), med(&rs), med(&top));
+        for (name, f) in [(py_name, &p), (our_name, &r), (noop.name, &c)] {
             println!(
                 "| {clients} | {name} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} |",
                 f.commits, f.commit_p99, f.loads, f.load_p99, f.loads_pipelined
@@ -313,6 +393,11 @@ fn compare(kind: Kind, seconds: f64, repeat: usize, idle: Option<usize>) {
             r.commits / p.commits.max(1e-9),
             r.loads / p.loads.max(1e-9),
             r.loads_pipelined / p.loads_pipelined.max(1e-9)
+        );
+        println!(
+            "| {clients} | *ceiling/python (the most any server can show here)* | | | *{:.1}x* | | *{:.1}x* |",
+            c.loads / p.loads.max(1e-9),
+            c.loads_pipelined / p.loads_pipelined.max(1e-9)
         );
     }
     println!();

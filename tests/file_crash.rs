@@ -1,7 +1,8 @@
-//! Crash safety of `kind = "file"`: a writer commits as fast as it can while
-//! the server is killed with SIGKILL at random moments and restarted. Every
-//! commit that was acknowledged must be there after each restart, and the
-//! final file must pass ZODB's own `fstest`.
+//! Crash safety of `kind = "file"`: writers on several connections commit
+//! as fast as they can (so group commit has transactions logged and not yet
+//! durable at any moment) while the server is killed with SIGKILL at random
+//! moments and restarted. Every commit that was acknowledged must be there
+//! after each restart, and the final file must pass ZODB's own `fstest`.
 
 mod common;
 
@@ -15,6 +16,7 @@ use zeoraid::storage::{Oid, Op, Storage, Tid, Txn, TxnMeta, Vote};
 use zeoraid::zeo::client::{Client, ClientOptions};
 
 const ROUNDS: usize = 5;
+const WRITERS: usize = 4;
 
 fn connect(p: &ZeoraidProcess) -> Client {
     Client::connect(ClientOptions {
@@ -28,11 +30,11 @@ fn connect(p: &ZeoraidProcess) -> Client {
 type Acked = Arc<Mutex<Vec<(Oid, Tid, Vec<u8>)>>>;
 
 /// Commit new objects until the server goes away; record what was acknowledged.
-fn writer(c: &Client, acked: &Acked, stop: &AtomicBool, round: usize) {
+fn writer(c: &Client, acked: &Acked, stop: &AtomicBool, round: usize, w: usize) {
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let Ok(oids) = c.new_oids(1) else { return };
-        let data = format!("round {round} commit {n}").into_bytes();
+        let data = format!("round {round} writer {w} commit {n}").into_bytes();
         n += 1;
         let txn = Txn {
             meta: TxnMeta::default(),
@@ -82,15 +84,26 @@ fn sigkill_loses_no_acknowledged_commit_and_fstest_passes() {
         let p = ZeoraidProcess::start(dir.path(), config);
         verify(&p, &acked);
         let stop = AtomicBool::new(false);
-        let c = connect(&p);
+        let clients: Vec<Client> = (0..WRITERS).map(|_| connect(&p)).collect();
         std::thread::scope(|s| {
-            let h = s.spawn(|| writer(&c, &acked, &stop, round));
+            let hs: Vec<_> = clients
+                .iter()
+                .enumerate()
+                .map(|(w, c)| {
+                    let (acked, stop) = (&acked, &stop);
+                    s.spawn(move || writer(c, acked, stop, round, w))
+                })
+                .collect();
             std::thread::sleep(Duration::from_millis(rng.gen_range(100..600)));
             p.kill9();
             stop.store(true, Ordering::Relaxed);
-            let _ = h.join();
+            for h in hs {
+                let _ = h.join();
+            }
         });
-        c.close();
+        for c in clients {
+            c.close();
+        }
     }
     let mut p = ZeoraidProcess::start(dir.path(), config);
     verify(&p, &acked);

@@ -1,0 +1,95 @@
+//! `zeoraid serve` as an operator meets it: a bad config or a resolver that
+//! cannot work stops it at start with exit code 2 and a message naming the
+//! file, the key or the interpreter; a good one (with the resolver) listens
+//! and stops cleanly on SIGTERM.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Run `zeoraid serve` on `config`, expecting it to exit by itself within
+/// 30 s (it is killed and the test fails if it keeps serving).
+fn serve(dir: &std::path::Path, config: &str) -> Output {
+    let conf = dir.join("zeoraid.toml");
+    std::fs::write(&conf, config).expect("write config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zeoraid"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&conf)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run zeoraid");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "zeoraid kept running with\n{config}\nstderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+const MEMORY: &str = "[[storage]]\nname = \"1\"\nkind = \"memory\"\n";
+
+#[test]
+fn start_up_errors_name_what_to_fix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("no-such-python");
+    let cases: Vec<(String, Vec<String>)> = vec![
+        (
+            format!("{MEMORY}[server]\nworkers = 0\n"),
+            vec!["zeoraid.toml".into(), "server.workers".into()],
+        ),
+        (
+            format!(
+                "{MEMORY}[conflict-resolution]\npython = {:?}\n",
+                missing.display().to_string()
+            ),
+            vec![
+                "conflict-resolution".into(),
+                missing.display().to_string(),
+                "import ZODB".into(),
+                "zeoraid.toml".into(),
+            ],
+        ),
+        (
+            "[[storage]]\nname = \"1\"\nkind = \"file\"\npath = \"junk.fs\"\n".into(),
+            vec!["storage \"1\"".into(), "junk.fs".into(), "bad magic".into()],
+        ),
+    ];
+    std::fs::write(dir.path().join("junk.fs"), b"this is not a Data.fs").expect("junk");
+    for (config, needles) in cases {
+        let out = serve(dir.path(), &config);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{config}\n{err}");
+        for n in needles {
+            assert!(err.contains(&n), "{n:?} not in {err:?}");
+        }
+        assert!(out.stdout.is_empty(), "it must not claim to listen");
+    }
+}
+
+#[test]
+fn serves_with_the_resolver_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let python = common::python();
+    let config = format!(
+        "{MEMORY}[conflict-resolution]\npython = {:?}\ntimeout = 5\n",
+        python.display().to_string()
+    );
+    let mut p = common::ZeoraidProcess::start(dir.path(), &config);
+    assert!(std::net::TcpStream::connect(p.addr).is_ok());
+    let killed = Command::new("kill")
+        .args(["-TERM", &p.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = p.child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0));
+}

@@ -239,11 +239,11 @@ impl Config {
             }
         }
         if let Some(r) = &self.conflict_resolution {
-            if !(r.timeout.is_finite() && r.timeout > 0.0) {
+            if !(r.timeout.is_finite() && r.timeout > 0.0 && r.timeout <= 3600.0) {
                 return Err(invalid(
                     "conflict-resolution.timeout",
                     r.timeout.to_string(),
-                    "must be a positive number of seconds",
+                    "must be a number of seconds above 0 and at most 3600",
                 ));
             }
             if r.python.as_os_str().is_empty() {

@@ -26,8 +26,8 @@ use std::sync::Arc;
 /// A logged transaction waiting to be made durable and acknowledged.
 pub(crate) struct Finished {
     pub conn: ConnId,
-    /// The `tpc_finish` call to answer.
-    pub msgid: Value,
+    /// The `tpc_finish` call to answer (`None`: it was sent one-way).
+    pub msgid: Option<Value>,
     pub tid: Tid,
     pub invalidated: Vec<Oid>,
 }
@@ -95,10 +95,12 @@ pub(crate) fn complete(shared: &Shared, entry: &StorageEntry, batch: Vec<Finishe
             }
             Err(e) => Err(e.clone()),
         };
-        let payload = match &result {
-            Ok(v) => message::encode_reply(&f.msgid, v),
-            Err(e) => message::encode_error(&f.msgid, e),
-        };
-        shared.send(Out::Send(f.conn, payload));
+        match (&f.msgid, &result) {
+            (Some(id), Ok(v)) => shared.send(Out::Send(f.conn, message::encode_reply(id, v))),
+            (Some(id), Err(e)) => shared.send(Out::Send(f.conn, message::encode_error(id, e))),
+            (None, Ok(_)) => {}
+            // A failed one-way call closes the connection, as ZEO does.
+            (None, Err(_)) => shared.send(Out::Close(f.conn)),
+        }
     }
 }

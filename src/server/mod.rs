@@ -259,6 +259,15 @@ impl Server {
                 log::error!("the transaction watchdog thread panicked");
             }
         }
+        // Make durable and acknowledge what was logged while the event loop
+        // still delivers replies (a transaction logged after this finishes
+        // on its worker: the channel is closed).
+        for (tx, handle) in self.committers.drain(..) {
+            let _ = tx.send(committer::Msg::Stop);
+            if handle.join().is_err() {
+                log::error!("a commit thread panicked");
+            }
+        }
         self.shared.stopping.store(true, Ordering::SeqCst);
         let _ = self.shared.waker.wake();
         if let Some(io) = self.io.take() {
@@ -274,13 +283,6 @@ impl Server {
         for w in self.workers.drain(..) {
             if w.join().is_err() {
                 log::error!("a worker thread panicked");
-            }
-        }
-        // Acknowledge what was logged before closing the storages.
-        for (tx, handle) in self.committers.drain(..) {
-            let _ = tx.send(committer::Msg::Stop);
-            if handle.join().is_err() {
-                log::error!("a commit thread panicked");
             }
         }
         for entry in self.shared.storages.values() {

@@ -214,7 +214,9 @@ pub(crate) fn try_load_inline(sess: &Session, msg: &Message) -> Option<Vec<u8>> 
     let a = msg.arg_list();
     let oid = arg::oid(a.first()?, "oid").ok()?;
     let before = arg::tid(a.get(1)?, "tid").ok()?;
-    let _visible = read(&entry.visibility);
+    // Never wait here (this is the event loop): a publication in progress
+    // or waiting sends the load to a worker.
+    let _visible = crate::locks::try_read(&entry.visibility)?;
     let loaded = guarded("loadBefore", || {
         entry.storage.load_before_nowait(oid, before)
     })
@@ -431,6 +433,7 @@ fn do_vote(shared: &Shared, sess: &Session, st: &mut State) -> Result<Value> {
                 .stats
                 .conflicts
                 .fetch_add(conflicts.len() as u64, Ordering::Relaxed);
+            wait_published(&entry, conflicts.iter().map(|c| c.committed).max());
             release_lock(shared, &entry, sess.id);
             Ok(Value::Array(conflicts.iter().map(conflict_value).collect()))
         }
@@ -438,14 +441,46 @@ fn do_vote(shared: &Shared, sess: &Session, st: &mut State) -> Result<Value> {
             entry.storage.tpc_abort();
             st.txn = None;
             entry.stats.active_txns.fetch_sub(1, Ordering::Relaxed);
-            if matches!(e, Error::Conflict { .. }) {
+            if let Error::Conflict { committed, .. } = &e {
                 entry.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                wait_published(&entry, Some(*committed));
             }
             release_lock(shared, &entry, sess.id);
             Err(e)
         }
     }
 }
+
+/// With group commit a vote can conflict with a transaction that is logged
+/// but not yet published. Answer only once it is published, so the client
+/// has its invalidation before the conflict (as with ZEO, where the next
+/// vote starts after the invalidations are queued) and a retry reads the
+/// new state. Bounded: after [`PUBLISH_WAIT`] the conflict goes out anyway.
+fn wait_published(entry: &StorageEntry, committed: Option<Tid>) {
+    let Some(tid) = committed else { return };
+    if !entry.storage.group_commit() {
+        return;
+    }
+    let deadline = Instant::now() + PUBLISH_WAIT;
+    while entry
+        .storage
+        .last_transaction()
+        .is_ok_and(|last| last < tid)
+    {
+        if Instant::now() > deadline {
+            log::warn!(
+                "storage {:?}: transaction {tid} not published after {PUBLISH_WAIT:?}; \
+                 reporting the conflict with it anyway",
+                entry.name
+            );
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(50));
+    }
+}
+
+/// How long a conflicting vote waits for the transaction it conflicts with.
+const PUBLISH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn check_txn<'a>(
     sess: &Session,
@@ -932,11 +967,11 @@ fn finish_txn(
         }
     };
     if group {
-        // Logged: the next voter may go on while this one becomes durable.
-        release_lock(shared, &entry, sess.id);
+        // Logged: hand it to the commit thread *before* the lock passes on,
+        // so transactions reach that thread (and are published) in tid order.
         let finished = Finished {
             conn: sess.id,
-            msgid: msg.msgid.clone(),
+            msgid: (!msg.is_oneway()).then(|| msg.msgid.clone()),
             tid,
             invalidated,
         };
@@ -944,6 +979,8 @@ fn finish_txn(
             Some(tx) => tx.send(CommitMsg::Finished(finished)).err().map(|e| e.0),
             None => Some(CommitMsg::Finished(finished)),
         };
+        // The next voter may go on while this one becomes durable.
+        release_lock(shared, &entry, sess.id);
         if let Some(CommitMsg::Finished(f)) = unsent {
             log::error!(
                 "storage {:?}: no commit thread; finishing on this worker",

@@ -102,14 +102,26 @@ pub struct PythonOptions {
 }
 
 struct Request {
+    id: u64,
     fields: Vec<Data>,
     reply: Sender<Result<Data, String>>,
+}
+
+/// Which request the helper is working on, and which queued ones were
+/// given up (so a caller at its deadline kills the helper only when it is
+/// busy with *its* request, and a given-up request is never started).
+#[derive(Default)]
+struct Progress {
+    serving: Option<u64>,
+    abandoned: std::collections::HashSet<u64>,
 }
 
 /// The helper process, on the thread `zeoraid-resolver`.
 pub struct PythonResolver {
     opts: PythonOptions,
     requests: Mutex<Option<Sender<Request>>>,
+    next_id: std::sync::atomic::AtomicU64,
+    progress: Arc<Mutex<Progress>>,
     /// The running helper, for killing it when a call misses its deadline.
     child: Arc<Mutex<Option<Child>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -121,14 +133,17 @@ impl PythonResolver {
     pub fn start(opts: PythonOptions) -> Result<PythonResolver, String> {
         let (tx, rx) = unbounded();
         let child = Arc::new(Mutex::new(None));
-        let (o, c) = (opts.clone(), child.clone());
+        let progress = Arc::new(Mutex::new(Progress::default()));
+        let (o, c, p) = (opts.clone(), child.clone(), progress.clone());
         let thread = std::thread::Builder::new()
             .name("zeoraid-resolver".into())
-            .spawn(move || serve(&o, &rx, &c))
+            .spawn(move || serve(&o, &rx, &c, &p))
             .map_err(|e| format!("cannot start the resolver thread: {e}"))?;
         let r = PythonResolver {
             opts,
             requests: Mutex::new(Some(tx)),
+            next_id: std::sync::atomic::AtomicU64::new(0),
+            progress,
             child,
             thread: Mutex::new(Some(thread)),
         };
@@ -144,19 +159,27 @@ impl PythonResolver {
 
     fn call(&self, fields: Vec<Data>) -> Result<Data, String> {
         let (reply, answer) = bounded(1);
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let sent = lock(&self.requests)
             .as_ref()
-            .map(|tx| tx.send(Request { fields, reply }).is_ok());
+            .map(|tx| tx.send(Request { id, fields, reply }).is_ok());
         if sent != Some(true) {
             return Err("the resolver is stopped".into());
         }
         match answer.recv_timeout(self.opts.timeout) {
             Ok(r) => r,
             Err(_) => {
-                // Unblock the thread: it sees the pipe close and starts a
-                // new helper for the next call.
-                if let Some(c) = lock(&self.child).as_mut() {
-                    let _ = c.kill();
+                let mut progress = lock(&self.progress);
+                if progress.serving == Some(id) {
+                    // Unblock the thread: it sees the pipe close and starts
+                    // a new helper for the next call.
+                    if let Some(c) = lock(&self.child).as_mut() {
+                        let _ = c.kill();
+                    }
+                } else {
+                    progress.abandoned.insert(id);
                 }
                 Err(format!(
                     "no answer within {:?}; the helper was killed",
@@ -196,38 +219,53 @@ impl ConflictResolver for PythonResolver {
 type Pipes = (ChildStdin, BufReader<ChildStdout>);
 
 /// The thread: one request at a time, (re)starting the helper as needed.
-fn serve(opts: &PythonOptions, rx: &Receiver<Request>, child: &Mutex<Option<Child>>) {
+fn serve(
+    opts: &PythonOptions,
+    rx: &Receiver<Request>,
+    child: &Mutex<Option<Child>>,
+    progress: &Mutex<Progress>,
+) {
     let mut pipes: Option<Pipes> = None;
     for req in rx.iter() {
-        if pipes.is_none() {
-            match spawn(opts) {
-                Ok((c, p)) => {
-                    *lock(child) = Some(c);
-                    pipes = Some(p);
-                }
-                Err(e) => {
-                    let _ = req.reply.send(Err(e));
-                    continue;
-                }
+        {
+            let mut p = lock(progress);
+            if p.abandoned.remove(&req.id) {
+                continue; // its caller gave up while it was queued
             }
+            p.serving = Some(req.id);
         }
-        let Some(p) = pipes.as_mut() else { continue };
-        let result = exchange(p, &req.fields);
-        let result = match result {
-            Ok(r) => r,
-            Err(e) => {
-                // The helper died, hung or spoke nonsense: start afresh.
-                pipes = None;
-                reap(child);
-                Err(e)
-            }
-        };
+        let result = run_one(opts, &mut pipes, child, &req.fields);
+        lock(progress).serving = None;
         let _ = req.reply.send(result);
     }
     if let Some(c) = lock(child).as_mut() {
         let _ = c.kill();
     }
     reap(child);
+}
+
+/// One request, (re)starting the helper first when there is none.
+fn run_one(
+    opts: &PythonOptions,
+    pipes: &mut Option<Pipes>,
+    child: &Mutex<Option<Child>>,
+    fields: &[Data],
+) -> Result<Data, String> {
+    if pipes.is_none() {
+        let (c, p) = spawn(opts)?;
+        *lock(child) = Some(c);
+        *pipes = Some(p);
+    }
+    let p = pipes.as_mut().ok_or("the helper is not running")?;
+    match exchange(p, fields) {
+        Ok(r) => r,
+        Err(e) => {
+            // The helper died, hung or spoke nonsense: start afresh.
+            *pipes = None;
+            reap(child);
+            Err(e)
+        }
+    }
 }
 
 fn reap(child: &Mutex<Option<Child>>) {

@@ -951,9 +951,13 @@ impl Storage for FileStorage {
     /// The newest record only, read with `RWF_NOWAIT`: the common load of a
     /// small object in the page cache; everything else goes to a worker.
     fn load_before_nowait(&self, oid: Oid, before: Tid) -> Option<Result<Option<Loaded>>> {
-        let (file, pos) = match self.newest_record(oid) {
-            Ok(found) => found,
-            Err(e) => return Some(Err(e)),
+        let (file, pos) = {
+            // Not even a brief wait for a writer of the state.
+            let st = crate::locks::try_read(&self.state)?;
+            match st.index.pos(oid) {
+                Some(pos) => (st.file.clone(), pos),
+                None => return Some(Err(Error::PosKey(oid))),
+            }
         };
         let src = Src {
             file: &file,

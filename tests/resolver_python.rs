@@ -2,7 +2,8 @@
 //! merges by the application class's `_p_resolveConflict` (here ZODB's test
 //! `PCounter`, found through the helper's `path`), refuses classes that
 //! cannot merge, reports a wrong interpreter at start, and survives a
-//! resolution that hangs (killed at the deadline, restarted for the next).
+//! resolution that hangs (killed at the deadline; merges are refused for one
+//! timeout, then work again on a restarted helper).
 
 mod common;
 
@@ -152,7 +153,15 @@ fn a_hanging_resolution_is_cut_off_and_the_helper_restarted() {
         "{e:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(20));
+    // Right after, merges are refused at once (an undo of many such
+    // objects must not hold the commit lock for one timeout each) ...
     let p = pickles("ZODB.tests.ConflictResolution", "PCounter", &[5, 9, 1]);
+    let started = Instant::now();
+    let e = r.resolve(Oid(2), &p[0], &p[1], &p[2]);
+    assert!(matches!(&e, Err(m) if m.contains("refused")), "{e:?}");
+    assert!(started.elapsed() < Duration::from_millis(500));
+    // ... and after one timeout they work again, on a fresh helper.
+    std::thread::sleep(Duration::from_secs(2));
     let merged = r.resolve(Oid(2), &p[0], &p[1], &p[2]).expect("works again");
     assert_eq!(value(&merged), 5);
     r.stop();

@@ -14,7 +14,10 @@
 //!
 //! The framing is pure ([`encode_request`], [`decode_reply_header`]); the
 //! process lives on a named thread that owns its pipes; a call that misses
-//! its deadline kills the helper, which is started again for the next.
+//! its deadline kills the helper, which is started again for the next. For
+//! one `timeout` after a missed deadline merges are refused at once: an undo
+//! of many objects whose class's merge hangs holds the commit lock for one
+//! timeout, not one per object.
 
 use crate::locks::lock;
 use crate::storage::{Data, Oid};
@@ -122,6 +125,8 @@ pub struct PythonResolver {
     requests: Mutex<Option<Sender<Request>>>,
     next_id: std::sync::atomic::AtomicU64,
     progress: Arc<Mutex<Progress>>,
+    /// Until when merges are refused after a missed deadline.
+    cooling: Mutex<Option<std::time::Instant>>,
     /// The running helper, for killing it when a call misses its deadline.
     child: Arc<Mutex<Option<Child>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -144,6 +149,7 @@ impl PythonResolver {
             requests: Mutex::new(Some(tx)),
             next_id: std::sync::atomic::AtomicU64::new(0),
             progress,
+            cooling: Mutex::new(None),
             child,
             thread: Mutex::new(Some(thread)),
         };
@@ -158,6 +164,15 @@ impl PythonResolver {
     }
 
     fn call(&self, fields: Vec<Data>) -> Result<Data, String> {
+        if let Some(until) = *lock(&self.cooling) {
+            if std::time::Instant::now() < until {
+                return Err(format!(
+                    "refused: a merge missed its {:?} deadline moments ago \
+                     (merges resume after that long; see the log for the class)",
+                    self.opts.timeout
+                ));
+            }
+        }
         let (reply, answer) = bounded(1);
         let id = self
             .next_id
@@ -181,6 +196,8 @@ impl PythonResolver {
                 } else {
                     progress.abandoned.insert(id);
                 }
+                drop(progress);
+                *lock(&self.cooling) = Some(std::time::Instant::now() + self.opts.timeout);
                 Err(format!(
                     "no answer within {:?}; the helper was killed",
                     self.opts.timeout

@@ -29,7 +29,9 @@
 //! A transaction is acknowledged only after step 2, so a crash loses none
 //! that was. A failed fsync marks the storage broken: commits are refused
 //! until it is reopened, because the kernel may have dropped the failed
-//! pages (retrying the fsync would falsely succeed). At open, a trailing transaction that is truncated
+//! pages (retrying the fsync would falsely succeed).
+//!
+//! At open, a trailing transaction that is truncated
 //! or still `'c'` is an unfinished commit: it is copied to `Data.fs.trN`
 //! and cut off (with a warning naming the file and position), exactly as
 //! Python's `read_index` does. Damage before the end is an error naming the
@@ -41,9 +43,8 @@
 //! write, briefly. The voted transaction sits in the `commit` mutex, which
 //! pack also takes for its final swap, after waiting for every logged
 //! transaction to be published; a voted transaction is moved into the
-//! packed file then. The index file is
-//! saved at close, after a pack, and every `INDEX_SAVE_EVERY` (10 000) commits on a
-//! background thread.
+//! packed file then. The index file is saved at close, after a pack, and
+//! every `INDEX_SAVE_EVERY` (10 000) commits on a background thread.
 //!
 //! Semantics (load_before on deleted objects, undo decisions and messages,
 //! undo log stopping at packed transactions, restore backpointers, what pack
@@ -183,10 +184,10 @@ pub struct FileStorage {
     commit: Mutex<Option<Prepared>>,
     /// Held while fsyncing: finishers queue here and share one fsync.
     synced: Mutex<Synced>,
-    /// Set when an fsync failed: what was written may not be on disk, so
-    /// the storage refuses commits until it is reopened (and checked).
-    broken: Mutex<Option<String>>,
-    is_broken: AtomicBool,
+    /// Set (to the error) when an fsync failed: what was written may not be
+    /// on disk, so the storage refuses commits until it is reopened (and
+    /// checked).
+    broken: std::sync::OnceLock<String>,
     max_oid: Mutex<u64>,
     pack_lock: Mutex<()>,
     /// The time of the last pack (clamped to the then last transaction).
@@ -292,8 +293,7 @@ impl FileStorage {
             index_save_every: INDEX_SAVE_EVERY,
             commit: Mutex::new(None),
             synced: Mutex::new(Synced::default()),
-            broken: Mutex::new(None),
-            is_broken: AtomicBool::new(false),
+            broken: std::sync::OnceLock::new(),
             max_oid: Mutex::new(max_oid),
             pack_lock: Mutex::new(()),
             pack_tid: Mutex::new(None),
@@ -354,10 +354,14 @@ impl FileStorage {
         self.commits_since_save.store(0, Ordering::Relaxed);
     }
 
-    /// Every [`INDEX_SAVE_EVERY`] commits, save the index file on a named
-    /// background thread (skipped while the previous one still runs).
-    fn maybe_save_index_in_background(&self) {
-        let n = self.commits_since_save.fetch_add(1, Ordering::Relaxed) + 1;
+    /// Count `commits` more; every [`INDEX_SAVE_EVERY`] commits, save the
+    /// index file on a named background thread (skipped while the previous
+    /// one still runs).
+    fn maybe_save_index_in_background(&self, commits: u64) {
+        let n = self
+            .commits_since_save
+            .fetch_add(commits, Ordering::Relaxed)
+            + commits;
         if self.opts.read_only || n < self.index_save_every {
             return;
         }
@@ -402,12 +406,10 @@ impl FileStorage {
     }
 
     fn check_not_broken(&self) -> Result<()> {
-        if !self.is_broken.load(Ordering::SeqCst) {
-            return Ok(());
+        match self.broken.get() {
+            None => Ok(()),
+            Some(why) => Err(Error::Io(why.clone())),
         }
-        Err(Error::Io(lock(&self.broken).clone().unwrap_or_else(|| {
-            format!("{}: an fsync failed; restart zeoraid", self.name)
-        })))
     }
 
     fn sync_file(&self, file: &File) -> std::io::Result<()> {
@@ -1100,9 +1102,7 @@ impl Storage for FileStorage {
         };
         if let Err(e) = self.write_at(&file, &bytes, start) {
             // Maybe the disk is full: leave no partial transaction behind.
-            if let Err(t) = file.set_len(start) {
-                log::error!("{}: cannot truncate back to byte {start}: {t}", self.name);
-            }
+            self.truncate_to(start);
             return Err(io_err(&self.name, start, &e));
         }
         let Staging {
@@ -1197,8 +1197,8 @@ impl Storage for FileStorage {
                 self.name, synced.pos
             );
             log::error!("{msg}");
-            *lock(&self.broken) = Some(msg.clone());
-            self.is_broken.store(true, Ordering::SeqCst);
+            // Only the first failure is kept; any later one is logged above.
+            let _ = self.broken.set(msg.clone());
             return Err(Error::Io(msg));
         }
         *synced = Synced {
@@ -1228,8 +1228,8 @@ impl Storage for FileStorage {
                 published += 1;
             }
         }
-        for _ in 0..published {
-            self.maybe_save_index_in_background();
+        if published > 0 {
+            self.maybe_save_index_in_background(published);
         }
     }
 
@@ -1335,13 +1335,13 @@ impl Storage for FileStorage {
         }
     }
 
-    /// Save the index file (once); the lock is released when dropped.
     fn set_conflict_resolver(&self, r: Arc<dyn ConflictResolver>) {
         if self.resolver.set(r).is_err() {
             log::warn!("{}: a conflict resolver was already set", self.name);
         }
     }
 
+    /// Save the index file (once); the lock is released when dropped.
     fn close(&self) {
         if !self.closed.swap(true, Ordering::SeqCst) {
             self.tpc_abort();

@@ -14,7 +14,7 @@
 //! whole batch gets the error and the storage refuses later commits.
 
 use super::session::{announce, guarded};
-use super::status::size_info_value;
+use super::status::info_message;
 use super::{ConnId, Out, Shared, StorageEntry};
 use crate::locks::write;
 use crate::storage::{Oid, Tid};
@@ -86,10 +86,7 @@ pub(crate) fn complete(shared: &Shared, entry: &StorageEntry, batch: Vec<Finishe
                     announce(shared, entry, f.conn, f.tid, &f.invalidated);
                 });
                 published.map(|()| {
-                    shared.send(Out::Send(
-                        f.conn,
-                        message::encode_oneway("info", vec![size_info_value(entry)]),
-                    ));
+                    shared.send(Out::Send(f.conn, info_message(entry)));
                     tid_value(f.tid)
                 })
             }

@@ -8,7 +8,7 @@
 //! resumed when the lock is handed over ([`super::commit_lock`]).
 
 use super::committer::{Finished, Msg as CommitMsg};
-use super::status::{get_info, size_info_value, status_json};
+use super::status::{get_info, info_message, size_info_value, status_json};
 use super::wire::{
     conflict_value, data_arg, ext_bytes, ext_value, json_to_value, matches_spec, oids_value,
     parse_undo_id, txn_meta_entries, undo_entry_value, undo_range,
@@ -581,7 +581,7 @@ fn concurrent(shared: &Shared, sess: &Session, msg: &Message) -> Result<Value> {
             log::info!("pack of storage {:?} to {t} started", entry.name);
             st.pack(t, true)?;
             log::info!("pack of storage {:?} complete", entry.name);
-            let info = Arc::new(message::encode_oneway("info", vec![size_info_value(entry)]));
+            let info = Arc::new(info_message(entry));
             let ids: Vec<ConnId> = read(&entry.clients).iter().copied().collect();
             shared.send(Out::Broadcast(ids, info));
             Ok(Value::Nil)
@@ -992,10 +992,7 @@ fn finish_txn(
     }
     announce(shared, &entry, sess.id, tid, &invalidated);
     drop(visible);
-    shared.send(Out::Send(
-        sess.id,
-        message::encode_oneway("info", vec![size_info_value(&entry)]),
-    ));
+    shared.send(Out::Send(sess.id, info_message(&entry)));
     release_lock(shared, &entry, sess.id);
     Ok(Some(tid))
 }

@@ -13,6 +13,11 @@ pub(crate) fn size_info_value(entry: &StorageEntry) -> Value {
     ])
 }
 
+/// The one-way `info` message (size info) ZEO sends after a commit or pack.
+pub(crate) fn info_message(entry: &StorageEntry) -> Vec<u8> {
+    crate::zeo::message::encode_oneway("info", vec![size_info_value(entry)])
+}
+
 pub(crate) fn get_info(entry: &StorageEntry) -> Value {
     let s = entry.storage.size_info();
     let undo = entry.storage.supports_undo();

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -42,15 +41,7 @@ fn start_limited(dir: &std::path::Path, kib: u64) -> (Limited, SocketAddr) {
         .stdout(Stdio::piped())
         .spawn()
         .expect("start zeoraid under ulimit");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("listening line");
-    let addr = line
-        .trim()
-        .strip_prefix("zeoraid: listening on ")
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("zeoraid did not start: {line:?}"));
+    let addr = common::listening_addr(&mut child);
     (Limited(child), addr)
 }
 

@@ -963,7 +963,8 @@ mod tests {
         UNDO_NOT_UNDOABLE,
     };
     use crate::storage::testutil::{
-        at, commit, commit_txn, d, meta, o, records, restore_txn, store, t, txn, undo, undo_tids,
+        at, commit, commit_txn, d, meta, o, records, restore_txn, revisions, store, t, txn, undo,
+        undo_tids,
     };
 
     // -- helpers (the shared ones are in `storage::testutil`) -----------------
@@ -2276,14 +2277,7 @@ mod tests {
             }
             s.pack(*packtime, false).expect("pack");
             let kept: Vec<Tid> = kept.iter().map(|i| t(*i)).collect();
-            let history: Vec<Tid> = s
-                .history(o(1), 100)
-                .expect("history")
-                .iter()
-                .rev()
-                .map(|h| h.tid)
-                .collect();
-            assert_eq!(history, kept, "pack at {packtime}");
+            assert_eq!(revisions(&s, 1), kept, "pack at {packtime}");
             for i in 1..=5u32 {
                 let want = if kept.contains(&t(i * 10)) {
                     Ok(d(&i.to_string()))
@@ -2547,15 +2541,6 @@ mod tests {
 
     fn exists(s: &MemoryStorage, oid: u64) -> bool {
         s.history(o(oid), 1).is_ok()
-    }
-
-    fn revisions(s: &MemoryStorage, oid: u64) -> Vec<Tid> {
-        let mut v: Vec<Tid> = s
-            .history(o(oid), 100)
-            .map(|h| h.iter().map(|e| e.tid).collect())
-            .unwrap_or_default();
-        v.reverse();
-        v
     }
 
     #[test]

@@ -104,6 +104,17 @@ pub fn records(s: &dyn Storage) -> Vec<TxnRecord> {
         .collect()
 }
 
+/// The tids of `oid`'s revisions, oldest first (none when it has no
+/// history).
+pub fn revisions(s: &dyn Storage, oid: u64) -> Vec<Tid> {
+    let mut v: Vec<Tid> = s
+        .history(o(oid), 100)
+        .map(|h| h.iter().map(|e| e.tid).collect())
+        .unwrap_or_default();
+    v.reverse();
+    v
+}
+
 /// The tids of the whole undo log, newest first.
 pub fn undo_tids(s: &dyn Storage) -> Vec<Tid> {
     s.undo_log(0, 1_000_000)

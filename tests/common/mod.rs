@@ -64,6 +64,20 @@ pub fn assert_fstest_clean(path: &Path) {
     ]);
 }
 
+/// The address from the line `zeoraid serve` prints once it listens (its
+/// stdout must be piped); fails the test when the first line is not that.
+pub fn listening_addr(child: &mut Child) -> SocketAddr {
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the listening line");
+    line.trim()
+        .strip_prefix("zeoraid: listening on ")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("zeoraid did not start: first line {line:?}"))
+}
+
 /// A `zeoraid serve` child process, killed on drop.
 pub struct ZeoraidProcess {
     pub child: Child,
@@ -83,16 +97,7 @@ impl ZeoraidProcess {
             .stdout(Stdio::piped())
             .spawn()
             .expect("start zeoraid");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let addr = line
-            .trim()
-            .strip_prefix("zeoraid: listening on ")
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("zeoraid did not start: first line {line:?}"));
+        let addr = listening_addr(&mut child);
         ZeoraidProcess { child, addr }
     }
 

@@ -153,7 +153,7 @@ fn serve(path: PathBuf, listen: Option<String>) -> ExitCode {
                         storage.set_conflict_resolver(resolver.clone());
                     }
                     log::info!(
-                        "conflict resolution for undo through {}",
+                        "conflict resolution on the server (store conflicts and undo) through {}",
                         r.python.display()
                     );
                     Some(resolver)
@@ -174,6 +174,9 @@ fn serve(path: PathBuf, listen: Option<String>) -> ExitCode {
             .server
             .transaction_timeout
             .map(std::time::Duration::from_secs_f64),
+        conflict_resolver: _resolver
+            .clone()
+            .map(|r| r as Arc<dyn zeoraid::storage::resolve::ConflictResolver>),
     };
     let signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,

@@ -25,6 +25,7 @@ fn start_opts(storage: Arc<dyn Storage>, transaction_timeout: Option<Duration>) 
             max_frame: 1 << 20,
             invalidation_queue_size: 10,
             transaction_timeout,
+            conflict_resolver: None,
         },
         vec![("1".into(), storage, false)],
     )
@@ -472,4 +473,207 @@ fn a_client_stalled_after_vote_is_cut_off_by_the_transaction_timeout() {
         Err(Error::PosKey(Oid(1))),
         "the stalled transaction was aborted"
     );
+}
+
+/// Two clients, a committed object 1 at `t1` changed again at `t2`, and
+/// client `a` with a transaction (id 3) that stored over the stale `t1`.
+fn conflicted_vote(a: &mut Raw) -> (Tid, Tid) {
+    let t1 = commit(a, 1, &[(1, Tid::ZERO, b"v1")]);
+    let t2 = commit(a, 2, &[(1, t1, b"v2")]);
+    begin_store(a, 3, &[(1, t1, b"v3")]);
+    let v = a.call("vote", vec![Value::from(3)]).expect("vote");
+    assert!(
+        matches!(&v, Value::Array(items) if items.len() == 1 && matches!(items[0], Value::Map(_))),
+        "one conflict dict: {v}"
+    );
+    (t1, t2)
+}
+
+#[test]
+fn a_vote_that_answers_conflicts_keeps_the_lock_until_the_re_vote() {
+    let server = start();
+    let mut a = Raw::registered(server.local_addr());
+    let mut b = Raw::registered(server.local_addr());
+    let (_, t2) = conflicted_vote(&mut a);
+    // b wants to change object 1 too: its vote must wait while a resolves.
+    begin_store(&mut b, 7, &[(1, t2, b"b")]);
+    b.send(50, 0, "vote", vec![Value::from(7)]);
+    b.send(51, 0, "lastTransaction", vec![]);
+    let last = b.reply(51, &mut Vec::new()).expect("reads go on");
+    assert_eq!(
+        last.as_slice(),
+        Some(&t2.to_bytes()[..]),
+        "b's vote is parked"
+    );
+    // a re-stores its resolution over t2 and votes again: no new conflict.
+    a.oneway(
+        "storea",
+        vec![
+            oid(1),
+            bin(&t2.to_bytes()),
+            bin(b"resolved"),
+            Value::from(3),
+        ],
+    );
+    let v = a.call("vote", vec![Value::from(3)]).expect("re-vote");
+    assert!(
+        matches!(&v, Value::Array(items) if items.iter().all(|i| !matches!(i, Value::Map(_)))),
+        "the re-vote prepares: {v}"
+    );
+    let t3 = a.call("tpc_finish", vec![Value::from(3)]).expect("finish");
+    // Now b's vote runs, and b (which read t2) gets the conflict with t3.
+    let v = b.reply(50, &mut Vec::new()).expect("b's vote resumed");
+    let Value::Array(items) = &v else {
+        panic!("{v}")
+    };
+    let Value::Map(m) = &items[0] else {
+        panic!("b conflicts with a's commit: {v}")
+    };
+    let serials = m.iter().find(|(k, _)| k.as_str() == Some("serials"));
+    let committed = serials.and_then(|(_, s)| s.as_array()?.first()?.as_slice());
+    assert_eq!(committed, t3.as_slice());
+    b.call("tpc_abort", vec![Value::from(7)]).expect("abort");
+}
+
+#[test]
+fn an_abort_after_conflicts_passes_the_lock_on() {
+    let server = start();
+    let mut a = Raw::registered(server.local_addr());
+    let mut b = Raw::registered(server.local_addr());
+    conflicted_vote(&mut a);
+    begin_store(&mut b, 7, &[(2, Tid::ZERO, b"b")]);
+    b.send(50, 0, "vote", vec![Value::from(7)]);
+    a.call("tpc_abort", vec![Value::from(3)]).expect("abort");
+    b.reply(50, &mut Vec::new()).expect("b's vote resumed");
+    b.call("tpc_finish", vec![Value::from(7)])
+        .expect("b finishes");
+}
+
+#[test]
+fn a_disconnect_after_conflicts_passes_the_lock_on() {
+    let server = start();
+    let mut a = Raw::registered(server.local_addr());
+    let mut b = Raw::registered(server.local_addr());
+    conflicted_vote(&mut a);
+    begin_store(&mut b, 7, &[(2, Tid::ZERO, b"b")]);
+    b.send(50, 0, "vote", vec![Value::from(7)]);
+    drop(a);
+    b.reply(50, &mut Vec::new()).expect("b's vote resumed");
+    b.call("tpc_finish", vec![Value::from(7)])
+        .expect("b finishes");
+}
+
+#[test]
+fn finishing_after_unresolved_conflicts_is_a_conflict_error() {
+    let server = start();
+    let mut a = Raw::registered(server.local_addr());
+    let mut b = Raw::registered(server.local_addr());
+    let (t1, t2) = conflicted_vote(&mut a);
+    begin_store(&mut b, 7, &[(2, Tid::ZERO, b"b")]);
+    b.send(50, 0, "vote", vec![Value::from(7)]);
+    // ZEO 6's ClientStorage gives up after nine conflicting votes and
+    // calls tpc_finish anyway: that must be a ConflictError naming the
+    // object (applications retry those), and the lock must pass on.
+    match a.call("tpc_finish", vec![Value::from(3)]) {
+        Err(Error::Conflict {
+            oid,
+            committed,
+            read,
+            read_conflict: false,
+            ..
+        }) => assert_eq!((oid, committed, read), (Oid(1), t2, t1)),
+        other => panic!("expected ConflictError, got {other:?}"),
+    }
+    b.reply(50, &mut Vec::new()).expect("b's vote resumed");
+    b.call("tpc_finish", vec![Value::from(7)])
+        .expect("b finishes");
+    a.call("tpc_abort", vec![Value::from(3)])
+        .expect("the client's abort after the failed finish is harmless");
+    let loaded = a
+        .call("loadBefore", vec![oid(1), bin(&[0xff; 8])])
+        .expect("load");
+    let data = loaded.as_array().and_then(|l| l[0].as_slice());
+    assert_eq!(
+        data,
+        Some(&b"v2"[..]),
+        "the conflicting store was not committed"
+    );
+}
+
+#[test]
+fn a_client_stalled_in_conflict_resolution_is_cut_off_by_the_transaction_timeout() {
+    let server = start_opts(
+        Arc::new(MemoryStorage::new("1", false)),
+        Some(Duration::from_millis(300)),
+    );
+    let mut a = Raw::registered(server.local_addr());
+    conflicted_vote(&mut a);
+    let mut b = Raw::registered(server.local_addr());
+    let started = std::time::Instant::now();
+    commit(&mut b, 7, &[(2, Tid::ZERO, b"b")]);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(a.closed(), "the stalled client was disconnected");
+}
+
+/// Merges by concatenating the committed and the new state.
+struct Concat;
+impl zeoraid::storage::resolve::ConflictResolver for Concat {
+    fn resolve(
+        &self,
+        _oid: Oid,
+        old: &Data,
+        committed: &Data,
+        new: &Data,
+    ) -> std::result::Result<Data, String> {
+        if new.starts_with(b"unmergeable") {
+            return Err("cannot merge".into());
+        }
+        let mut merged = committed.to_vec();
+        merged.extend_from_slice(b"+");
+        merged.extend_from_slice(new);
+        merged.extend_from_slice(b"/");
+        merged.extend_from_slice(old);
+        Ok(merged.into())
+    }
+}
+
+#[test]
+fn with_a_resolver_conflicts_are_merged_on_the_server() {
+    let server = Server::start(
+        Options {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            workers: 4,
+            max_frame: 1 << 20,
+            invalidation_queue_size: 10,
+            transaction_timeout: None,
+            conflict_resolver: Some(Arc::new(Concat)),
+        },
+        vec![("1".into(), Arc::new(MemoryStorage::new("1", false)), false)],
+    )
+    .expect("server starts");
+    let mut a = Raw::registered(server.local_addr());
+    let t1 = commit(&mut a, 1, &[(1, Tid::ZERO, b"v1"), (2, Tid::ZERO, b"w1")]);
+    let _t2 = commit(&mut a, 2, &[(1, t1, b"v2"), (2, t1, b"w2")]);
+    // Object 1 merges on the server; the client never sees its conflict.
+    begin_store(&mut a, 3, &[(1, t1, b"v3")]);
+    let v = a.call("vote", vec![Value::from(3)]).expect("vote");
+    assert_eq!(
+        v,
+        Value::Array(vec![oid(1)]),
+        "the vote names the server-resolved oid, so the client does not cache its own state"
+    );
+    a.call("tpc_finish", vec![Value::from(3)]).expect("finish");
+    let loaded = a
+        .call("loadBefore", vec![oid(1), bin(&[0xff; 8])])
+        .expect("load");
+    let data = loaded.as_array().and_then(|l| l[0].as_slice());
+    assert_eq!(data, Some(&b"v2+v3/v1"[..]));
+    // A merge that fails falls back to the client.
+    begin_store(&mut a, 4, &[(2, t1, b"unmergeable")]);
+    let v = a.call("vote", vec![Value::from(4)]).expect("vote");
+    assert!(
+        matches!(&v, Value::Array(items) if items.len() == 1 && matches!(items[0], Value::Map(_))),
+        "the unmergeable conflict goes to the client: {v}"
+    );
+    a.call("tpc_abort", vec![Value::from(4)]).expect("abort");
 }

@@ -8,6 +8,17 @@
 //! pool cannot deadlock on it. The lock remembers since when its holder has
 //! had it (time is passed in), so a watchdog can end transactions that hold
 //! it longer than `transaction-timeout`.
+//!
+//! **Held through the client's conflict resolution.** A vote that answers
+//! conflicts (ZEO 5 client-side resolution) does not give the lock up: the
+//! holder keeps it while its client resolves and re-stores, until its next
+//! vote, its abort, its disconnect, or a deadline
+//! ([`CommitLock::conflicts_answered`], [`CommitLock::resolution_overdue`]).
+//! Nothing else can commit meanwhile, so the re-vote cannot meet a newer
+//! change of the same objects and a client that can resolve commits on its
+//! second vote. Without this, concurrent writers to one hot object (a
+//! `BTrees.Length`) keep conflicting until the client gives up. The lock is
+//! held over one client round trip, and only when conflicts occur.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -24,6 +35,9 @@ pub struct CommitLock {
     holder: Option<u64>,
     /// When the current holder got the lock.
     since: Option<Instant>,
+    /// When the holder's last vote answered conflicts: it keeps the lock
+    /// while its client resolves them (cleared by its next vote).
+    resolving: Option<Instant>,
     waiting: VecDeque<u64>,
 }
 
@@ -40,7 +54,11 @@ impl CommitLock {
                 self.since = Some(now);
                 Acquire::Granted
             }
-            Some(h) if h == session => Acquire::Granted,
+            Some(h) if h == session => {
+                // The re-vote after conflicts: the lock was kept for it.
+                self.resolving = None;
+                Acquire::Granted
+            }
             Some(_) => {
                 if let Some(p) = self.waiting.iter().position(|&s| s == session) {
                     return Acquire::Queued { position: p };
@@ -61,9 +79,35 @@ impl CommitLock {
         if self.holder == Some(session) {
             self.holder = self.waiting.pop_front();
             self.since = self.holder.map(|_| now);
+            self.resolving = None;
             return self.holder;
         }
         None
+    }
+
+    /// The holder's vote answered conflicts at `now`: it keeps the lock
+    /// for its re-vote. False (and nothing changes) when `session` does
+    /// not hold the lock.
+    pub fn conflicts_answered(&mut self, session: u64, now: Instant) -> bool {
+        if self.holder != Some(session) {
+            return false;
+        }
+        self.resolving = Some(now);
+        true
+    }
+
+    /// The holder, if its client has been resolving conflicts for longer
+    /// than `limit` at `now` (the watchdog then passes the lock on).
+    pub fn resolution_overdue(&self, now: Instant, limit: Duration) -> Option<u64> {
+        match (self.holder, self.resolving) {
+            (Some(h), Some(t)) if now.saturating_duration_since(t) > limit => Some(h),
+            _ => None,
+        }
+    }
+
+    /// True while the holder's client resolves conflicts.
+    pub fn is_resolving(&self) -> bool {
+        self.resolving.is_some()
     }
 
     /// The holder, if it has held the lock for longer than `timeout` at `now`.
@@ -91,6 +135,10 @@ mod tests {
     enum Step {
         Ask(u64, Acquire),
         Give(u64, Option<u64>),
+        /// `conflicts_answered(session)` returns this.
+        Conflicts(u64, bool),
+        /// After this many seconds, `resolution_overdue(limit 1 s)` names this session.
+        Overdue(u64, Option<u64>),
     }
     use Step::*;
 
@@ -140,6 +188,82 @@ mod tests {
                     Ask(2, Acquire::Queued { position: 0 }),
                 ],
             ),
+            (
+                "conflicts answered: the holder keeps the lock for its re-vote",
+                vec![
+                    Ask(1, Acquire::Granted),
+                    Ask(2, Acquire::Queued { position: 0 }),
+                    Conflicts(1, true),
+                    Ask(3, Acquire::Queued { position: 1 }),
+                    Ask(1, Acquire::Granted),
+                    Give(1, Some(2)),
+                    Give(2, Some(3)),
+                ],
+            ),
+            (
+                "conflicts answered, then abort: the next waiter gets the lock",
+                vec![
+                    Ask(1, Acquire::Granted),
+                    Ask(2, Acquire::Queued { position: 0 }),
+                    Conflicts(1, true),
+                    Give(1, Some(2)),
+                    Overdue(5, None),
+                ],
+            ),
+            (
+                "conflicts answered, then disconnect with nobody waiting: the lock is free",
+                vec![
+                    Ask(1, Acquire::Granted),
+                    Conflicts(1, true),
+                    Give(1, None),
+                    Ask(2, Acquire::Granted),
+                    Overdue(5, None),
+                ],
+            ),
+            (
+                "a client that stalls after conflicts is overdue",
+                vec![
+                    Ask(1, Acquire::Granted),
+                    Ask(2, Acquire::Queued { position: 0 }),
+                    Conflicts(1, true),
+                    Overdue(0, None),
+                    Overdue(1, None),
+                    Overdue(2, Some(1)),
+                    Give(1, Some(2)),
+                    Overdue(5, None),
+                ],
+            ),
+            (
+                "the re-vote ends the resolution: no longer overdue for it",
+                vec![
+                    Ask(1, Acquire::Granted),
+                    Conflicts(1, true),
+                    Ask(1, Acquire::Granted),
+                    Overdue(5, None),
+                ],
+            ),
+            (
+                "conflicts answered by a session that does not hold the lock change nothing",
+                vec![
+                    Ask(1, Acquire::Granted),
+                    Ask(2, Acquire::Queued { position: 0 }),
+                    Conflicts(2, false),
+                    Overdue(5, None),
+                    Conflicts(9, false),
+                    Give(1, Some(2)),
+                ],
+            ),
+            (
+                "conflicts answered again after a re-vote restart the clock",
+                vec![
+                    Ask(1, Acquire::Granted),
+                    Conflicts(1, true),
+                    Ask(1, Acquire::Granted),
+                    Conflicts(1, true),
+                    Overdue(0, None),
+                    Overdue(2, Some(1)),
+                ],
+            ),
         ];
         for (name, steps) in cases {
             let mut lock = CommitLock::new();
@@ -148,6 +272,19 @@ mod tests {
                 match step {
                     Ask(s, want) => assert_eq!(lock.acquire(s, now), want, "{name}: acquire {s}"),
                     Give(s, want) => assert_eq!(lock.release(s, now), want, "{name}: release {s}"),
+                    Conflicts(s, want) => assert_eq!(
+                        lock.conflicts_answered(s, now),
+                        want,
+                        "{name}: conflicts answered by {s}"
+                    ),
+                    Overdue(secs, want) => assert_eq!(
+                        lock.resolution_overdue(
+                            now + Duration::from_secs(secs),
+                            Duration::from_secs(1)
+                        ),
+                        want,
+                        "{name}: overdue after {secs} s"
+                    ),
                 }
             }
         }

@@ -29,6 +29,7 @@ mod watchdog;
 mod wire;
 
 use crate::locks::read;
+use crate::storage::resolve::ConflictResolver;
 use crate::storage::Storage;
 use crate::zeo::message::Message;
 use crossbeam_channel::{unbounded, Receiver, Sender};
@@ -75,6 +76,8 @@ pub struct Stats {
     pub commits: AtomicU64,
     pub aborts: AtomicU64,
     pub conflicts: AtomicU64,
+    /// Conflicts merged on the server (with `[conflict-resolution]`).
+    pub conflicts_resolved: AtomicU64,
     pub active_txns: AtomicU64,
 }
 
@@ -91,12 +94,15 @@ pub struct StorageEntry {
     pub(crate) visibility: RwLock<()>,
     /// The storage's commit thread, when it does group commit.
     pub(crate) committer: Option<Sender<committer::Msg>>,
+    /// Merges store conflicts on the server under the commit lock, when
+    /// `[conflict-resolution]` is configured; else clients resolve them.
+    pub(crate) resolver: Option<Arc<dyn ConflictResolver>>,
     pub stats: Stats,
     pub started: Instant,
 }
 
 /// Server settings (from `[server]` in the config).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
     pub listen: SocketAddr,
     pub workers: usize,
@@ -105,6 +111,9 @@ pub struct Options {
     /// Close a client that holds a commit lock (between vote and finish)
     /// longer than this; `None`: no limit (ZEO's default).
     pub transaction_timeout: Option<std::time::Duration>,
+    /// Resolve store conflicts on the server (`[conflict-resolution]`);
+    /// `None`: answer them to the client (ZEO 5 client-side resolution).
+    pub conflict_resolver: Option<Arc<dyn ConflictResolver>>,
 }
 
 /// State shared by the loop and the workers.
@@ -179,6 +188,7 @@ impl Server {
                     clients: RwLock::new(BTreeSet::new()),
                     visibility: RwLock::new(()),
                     committer,
+                    resolver: opts.conflict_resolver.clone(),
                     stats: Stats::default(),
                     started: Instant::now(),
                 };
@@ -212,16 +222,14 @@ impl Server {
                 .spawn(move || committer::run(shared, entry, rx))?;
             committers.push((tx, handle));
         }
-        let watchdog = match opts.transaction_timeout {
-            Some(timeout) => {
-                let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
-                let shared = shared.clone();
-                let handle = std::thread::Builder::new()
-                    .name("zeoraid-txn-watchdog".into())
-                    .spawn(move || watchdog::run(shared, timeout, stop_rx))?;
-                Some((stop_tx, handle))
-            }
-            None => None,
+        let watchdog = {
+            let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
+            let shared = shared.clone();
+            let timeout = opts.transaction_timeout;
+            let handle = std::thread::Builder::new()
+                .name("zeoraid-txn-watchdog".into())
+                .spawn(move || watchdog::run(shared, timeout, stop_rx))?;
+            Some((stop_tx, handle))
         };
         let io_shared = shared.clone();
         let max_frame = opts.max_frame;

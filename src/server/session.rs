@@ -49,6 +49,12 @@ struct TxnState {
     invalidated: Vec<Oid>,
     /// msgid of a vote waiting for the commit lock.
     pending_vote: Option<Value>,
+    /// What the last vote answered as conflicts (oid, committed, read): the
+    /// client must resolve and vote again before it may finish.
+    conflicts: Vec<(Oid, Tid, Tid)>,
+    /// Oids whose conflicts the server merged ([`resolve_on_server`]): the
+    /// client must not cache its own state of them.
+    server_resolved: Vec<Oid>,
 }
 
 enum IterState {
@@ -406,26 +412,64 @@ pub(crate) fn compact_ops(ops: &[Op]) -> Vec<Op> {
 }
 
 /// Run the vote with the commit lock held.
+///
+/// Conflicts are first merged on the server when a resolver is configured
+/// ([`resolve_on_server`]); what is left goes back to the client (ZEO 5
+/// client-side resolution) and the session *keeps the commit lock* for its
+/// re-vote ([`super::commit_lock`]).
 fn do_vote(shared: &Shared, sess: &Session, st: &mut State) -> Result<Value> {
     let entry = sess.entry()?.clone();
     let Some(txn) = st.txn.as_mut() else {
         release_lock(shared, &entry, sess.id);
         return Err(Error::Transaction("no current transaction: vote()".into()));
     };
-    let whole = Txn {
+    txn.conflicts.clear();
+    let mut whole = Txn {
         meta: txn.meta.clone(),
         tid: txn.tid,
         status: txn.status,
         ops: compact_ops(&txn.ops),
     };
-    match entry.storage.tpc_vote(&whole) {
+    let mut outcome = entry.storage.tpc_vote(&whole);
+    if let Some(resolver) = &entry.resolver {
+        // Nothing else commits while we hold the lock, so one merge per
+        // conflict settles it; a second round only covers a storage that
+        // reports conflicts one at a time.
+        for _ in 0..SERVER_RESOLVE_ROUNDS {
+            let Ok(Vote::Conflicts(conflicts)) = &outcome else {
+                break;
+            };
+            let merged = resolve_on_server(entry.storage.as_ref(), resolver.as_ref(), conflicts);
+            if merged.is_empty() {
+                break;
+            }
+            entry
+                .stats
+                .conflicts_resolved
+                .fetch_add(merged.len() as u64, Ordering::Relaxed);
+            for op in merged {
+                if let Op::Store { oid, .. } = &op {
+                    txn.server_resolved.push(*oid);
+                }
+                txn.ops.push(op);
+            }
+            whole.ops = compact_ops(&txn.ops);
+            outcome = entry.storage.tpc_vote(&whole);
+        }
+    }
+    match outcome {
         Ok(Vote::Prepared {
-            resolved,
+            mut resolved,
             invalidated,
             ..
         }) => {
             txn.locked = true;
             txn.invalidated = invalidated;
+            for oid in &txn.server_resolved {
+                if !resolved.contains(oid) {
+                    resolved.push(*oid);
+                }
+            }
             Ok(oids_value(&resolved))
         }
         Ok(Vote::Conflicts(conflicts)) => {
@@ -434,7 +478,13 @@ fn do_vote(shared: &Shared, sess: &Session, st: &mut State) -> Result<Value> {
                 .conflicts
                 .fetch_add(conflicts.len() as u64, Ordering::Relaxed);
             wait_published(&entry, conflicts.iter().map(|c| c.committed).max());
-            release_lock(shared, &entry, sess.id);
+            // Keep the lock while the client resolves: its re-vote cannot
+            // meet a newer commit of these objects.
+            lock(&entry.lock).conflicts_answered(sess.id, Instant::now());
+            txn.conflicts = conflicts
+                .iter()
+                .map(|c| (c.oid, c.committed, c.read))
+                .collect();
             Ok(Value::Array(conflicts.iter().map(conflict_value).collect()))
         }
         Err(e) => {
@@ -448,6 +498,63 @@ fn do_vote(shared: &Shared, sess: &Session, st: &mut State) -> Result<Value> {
             release_lock(shared, &entry, sess.id);
             Err(e)
         }
+    }
+}
+
+/// How many times a vote merges conflicts on the server before it answers
+/// what is left to the client.
+const SERVER_RESOLVE_ROUNDS: usize = 2;
+
+/// Merge store conflicts on the server, as a Python ZEO server does by
+/// default (`tryToResolveConflict` under the commit lock): for each
+/// conflict, the state the client read, the committed state and the
+/// client's new state go to the resolver; each merge becomes a store of the
+/// merged state over the committed serial. A conflict whose states cannot
+/// be loaded, or whose class cannot merge (or whose merge fails or times
+/// out), is left for the client.
+fn resolve_on_server(
+    storage: &dyn crate::storage::Storage,
+    resolver: &dyn crate::storage::resolve::ConflictResolver,
+    conflicts: &[crate::storage::Conflict],
+) -> Vec<Op> {
+    let mut merged = Vec::new();
+    for c in conflicts {
+        let states = storage
+            .load_serial(c.oid, c.read)
+            .and_then(|old| Ok((old, storage.load_serial(c.oid, c.committed)?)));
+        let (old, committed) = match states {
+            Ok(s) => s,
+            Err(e) => {
+                log::debug!("conflict on {} left to the client: {e}", c.oid);
+                continue;
+            }
+        };
+        match resolver.resolve(c.oid, &old, &committed, &c.data) {
+            Ok(data) if !data.is_empty() => merged.push(Op::Store {
+                oid: c.oid,
+                serial: c.committed,
+                data,
+            }),
+            Ok(_) => log::debug!("conflict on {} left to the client: empty merge", c.oid),
+            Err(why) => log::debug!("conflict on {} left to the client: {why}", c.oid),
+        }
+    }
+    merged
+}
+
+/// The error for a `tpc_finish` whose transaction's last vote answered
+/// conflicts (a client that gave up resolving and finished anyway, as ZEO
+/// 6's `ClientStorage.tpc_vote` does after nine conflicting votes):
+/// ConflictError naming the object, which applications retry.
+fn finish_after_conflicts(oid: Oid, committed: Tid, read: Tid) -> Error {
+    Error::Conflict {
+        oid,
+        committed,
+        read,
+        message: "database conflict error: tpc_finish() after a vote that answered unresolved \
+                  conflicts; the transaction was aborted, retry it"
+            .into(),
+        read_conflict: false,
     }
 }
 
@@ -688,6 +795,8 @@ fn ordered(shared: &Shared, sess: &Session, msg: &Message) -> Flow {
                 locked: false,
                 invalidated: Vec::new(),
                 pending_vote: None,
+                conflicts: Vec::new(),
+                server_resolved: Vec::new(),
             });
             entry.stats.active_txns.fetch_add(1, Ordering::Relaxed);
             Ok(Value::Nil)
@@ -937,6 +1046,18 @@ fn finish_txn(
         .ok_or_else(|| Error::Value("tpc_finish needs a transaction".into()))?;
     let t = check_txn(sess, st, id, "tpc_finish")?;
     if !t.locked {
+        if let Some(&(oid, committed, read)) = t.conflicts.first() {
+            log::info!(
+                "connection {} finished a transaction whose vote answered conflicts ({oid}); \
+                 aborting it with ConflictError",
+                sess.id
+            );
+            st.txn = None;
+            entry.stats.aborts.fetch_add(1, Ordering::Relaxed);
+            entry.stats.active_txns.fetch_sub(1, Ordering::Relaxed);
+            release_lock(shared, &entry, sess.id);
+            return Err(finish_after_conflicts(oid, committed, read));
+        }
         return Err(Error::Transaction(
             "tpc_finish() called before a successful vote()".into(),
         ));

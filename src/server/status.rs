@@ -64,6 +64,7 @@ pub(crate) fn status_json(entry: &StorageEntry) -> serde_json::Value {
         "commits": s.commits.load(Ordering::Relaxed),
         "aborts": s.aborts.load(Ordering::Relaxed),
         "conflicts": s.conflicts.load(Ordering::Relaxed),
+        "conflicts_resolved": s.conflicts_resolved.load(Ordering::Relaxed),
         "active_txns": s.active_txns.load(Ordering::Relaxed),
         "waiting": waiting,
         "uptime-seconds": entry.started.elapsed().as_secs(),

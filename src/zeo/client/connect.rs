@@ -1,0 +1,272 @@
+//! Establishing a connection: TCP connect ([`open_stream`]), the server's
+//! protocol announcement ([`check_protocol`]) and ours, then `register` and
+//! `get_info` as a synchronous conversation ([`Handshake`]) before the reader
+//! thread runs. [`Inner::establish`] yields an [`Established`] connection
+//! that `link` installs and hands to the reader thread.
+
+use super::conn::Conn;
+use super::link::Inner;
+use super::reply::tid_of;
+use super::ClientOptions;
+use crate::locks::lock;
+use crate::storage::{Error, Result, Tid};
+use crate::zeo::frame::{self, FrameDecoder};
+use crate::zeo::message::{self, short, Message, FLAG_ERROR, REPLY};
+use rmpv::Value;
+use std::io::{self, Read};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The protocol we speak and answer with.
+const PROTOCOL: &[u8] = crate::zeo::PROTOCOL;
+
+/// Check the server's protocol announcement. ZEO's rule: the first byte is
+/// the encoding (`M` msgpack, `Z` pickle), the rest the version, compared as
+/// bytes; we speak version 5 of any server that offers at least 5.
+pub fn check_protocol(addr: &str, announced: &[u8]) -> Result<()> {
+    match announced.split_first() {
+        Some((b'M', version)) if version >= b"5".as_slice() => Ok(()),
+        Some((b'M', version)) => Err(Error::Unsupported(format!(
+            "server {addr} speaks ZEO protocol version {:?}; at least 5 is required",
+            String::from_utf8_lossy(version)
+        ))),
+        Some((b'Z', _)) => Err(Error::Unsupported(format!(
+            "server {addr} speaks the pickle protocol; start runzeo with `msgpack true`"
+        ))),
+        _ => Err(Error::Unsupported(format!(
+            "server {addr} announced an unknown protocol {:?}",
+            String::from_utf8_lossy(&announced[..announced.len().min(16)])
+        ))),
+    }
+}
+
+/// What a successful handshake yields.
+pub(super) struct Established {
+    pub(super) conn: Arc<Conn>,
+    pub(super) reader: TcpStream,
+    pub(super) decoder: FrameDecoder,
+    pub(super) last_tid: Tid,
+    pub(super) info: Value,
+    /// Server calls that arrived during the handshake, delivered after it.
+    pub(super) early: Vec<Message>,
+}
+
+fn open_stream(opts: &ClientOptions) -> Result<TcpStream> {
+    let addrs = opts
+        .addr
+        .to_socket_addrs()
+        .map_err(|e| Error::Disconnected(format!("cannot resolve {:?}: {e}", opts.addr)))?;
+    let mut last = None;
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, opts.connect_timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(Error::Disconnected(format!(
+        "cannot connect to {}: {}",
+        opts.addr,
+        last.map(|e| e.to_string())
+            .unwrap_or_else(|| "the name resolves to no address".into())
+    )))
+}
+
+/// Read one frame, waiting at most until `deadline`.
+fn read_frame_by(
+    addr: &str,
+    stream: &mut TcpStream,
+    dec: &mut FrameDecoder,
+    deadline: Instant,
+    waiting_for: &str,
+) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        match dec.next_frame() {
+            Ok(Some(f)) => return Ok(f),
+            Ok(None) => {}
+            Err(e) => return Err(Error::Disconnected(format!("{addr}: {e}"))),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::Disconnected(format!(
+                "{addr}: no {waiting_for} within the deadline"
+            )));
+        }
+        stream
+            .set_read_timeout(Some(left))
+            .map_err(|e| Error::Disconnected(format!("{addr}: {e}")))?;
+        match stream.read(&mut buf) {
+            Ok(0) => {
+                return Err(Error::Disconnected(format!(
+                    "{addr}: the server closed the connection while we waited for {waiting_for}"
+                )))
+            }
+            Ok(n) => dec.feed(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => {
+                return Err(Error::Disconnected(format!(
+                    "{addr}: read failed while we waited for {waiting_for}: {e}"
+                )))
+            }
+        }
+    }
+}
+
+/// The synchronous conversation of a handshake, before the reader thread runs.
+struct Handshake<'a> {
+    addr: &'a str,
+    stream: &'a mut TcpStream,
+    dec: FrameDecoder,
+    /// Server calls that arrived meanwhile (delivered once connected).
+    early: Vec<Message>,
+}
+
+impl Handshake<'_> {
+    fn call(
+        &mut self,
+        msgid: i64,
+        method: &str,
+        args: Vec<Value>,
+        deadline: Instant,
+    ) -> Result<Value> {
+        let addr = self.addr;
+        frame::write_frame(
+            self.stream,
+            &message::encode(msgid, 0, method, &Value::Array(args)),
+        )
+        .map_err(|e| Error::Disconnected(format!("{addr}: write failed: {e}")))?;
+        loop {
+            let waiting_for = format!("reply to {method}");
+            let f = read_frame_by(addr, self.stream, &mut self.dec, deadline, &waiting_for)?;
+            let msg = message::decode(&f)
+                .map_err(|e| Error::Disconnected(format!("{addr}: malformed message: {e}")))?;
+            if msg.method != REPLY {
+                self.early.push(msg);
+            } else if msg.msgid_i64() == Some(msgid) {
+                return if msg.flags & FLAG_ERROR != 0 {
+                    Err(message::error_from_wire(&msg.args))
+                } else {
+                    Ok(msg.args)
+                };
+            } else {
+                log::debug!("{addr}: dropping a reply to unknown msgid {}", msg.msgid);
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Connect, check the protocol, register, fetch the server info.
+    pub(super) fn establish(&self) -> Result<Established> {
+        let addr = self.addr();
+        let mut stream = open_stream(&self.opts)?;
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::Disconnected(format!("{addr}: the client is closed")));
+        }
+        *lock(&self.connecting) = stream.try_clone().ok();
+        let r = self.handshake(&mut stream);
+        *lock(&self.connecting) = None;
+        match r {
+            Ok((decoder, last_tid, info, early)) => {
+                let conn = Conn::new(addr, &stream)
+                    .map_err(|e| Error::Disconnected(format!("{addr}: {e}")))?;
+                Ok(Established {
+                    conn: Arc::new(conn),
+                    reader: stream,
+                    decoder,
+                    last_tid,
+                    info,
+                    early,
+                })
+            }
+            Err(e) => {
+                let _ = stream.shutdown(Shutdown::Both);
+                Err(e)
+            }
+        }
+    }
+
+    /// Protocol, `register`, `get_info`: (decoder, last tid, info, early calls).
+    fn handshake(
+        &self,
+        stream: &mut TcpStream,
+    ) -> Result<(FrameDecoder, Tid, Value, Vec<Message>)> {
+        let addr = self.addr();
+        let opts = &self.opts;
+        let io_err = |e: io::Error| Error::Disconnected(format!("{addr}: {e}"));
+        let _ = stream.set_nodelay(true);
+        stream
+            .set_write_timeout(Some(opts.call_timeout.max(Duration::from_millis(1))))
+            .map_err(io_err)?;
+        let mut dec = FrameDecoder::new(opts.max_frame);
+        let deadline = Instant::now() + opts.connect_timeout;
+        let announced = read_frame_by(addr, stream, &mut dec, deadline, "protocol announcement")?;
+        check_protocol(addr, &announced)?;
+        frame::write_frame(stream, PROTOCOL).map_err(io_err)?;
+
+        let deadline = Instant::now() + opts.call_timeout;
+        let mut hs = Handshake {
+            addr,
+            stream,
+            dec,
+            early: Vec::new(),
+        };
+        let reg = hs.call(
+            self.msgid(),
+            "register",
+            vec![
+                Value::from(opts.storage.as_str()),
+                Value::Boolean(opts.read_only),
+            ],
+            deadline,
+        )?;
+        let last_tid = tid_of(&reg, "register reply")?;
+        let info = match hs.call(self.msgid(), "get_info", vec![], deadline) {
+            Ok(v @ Value::Map(_)) => v,
+            Ok(other) => {
+                log::warn!("{addr}: get_info answered {}", short(&other));
+                Value::Map(vec![])
+            }
+            Err(e @ Error::Disconnected(_)) => return Err(e),
+            Err(e) => {
+                log::warn!("{addr}: get_info failed: {e}");
+                Value::Map(vec![])
+            }
+        };
+        Ok((hs.dec, last_tid, info, hs.early))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_announcements() {
+        let table: [(&[u8], Option<&str>); 8] = [
+            (b"M5", None),
+            (b"M6", None),
+            (b"M51", None),
+            (b"M4", Some("at least 5")),
+            (b"M310", Some("at least 5")),
+            (b"Z5", Some("start runzeo with `msgpack true`")),
+            (b"", Some("unknown protocol")),
+            (b"HTTP/1.1", Some("unknown protocol")),
+        ];
+        for (p, err) in table {
+            match (check_protocol("h:1", p), err) {
+                (Ok(()), None) => {}
+                (Err(e), Some(want)) => assert!(e.to_string().contains(want), "{p:?}: {e}"),
+                (r, _) => panic!("{p:?}: unexpected {r:?}"),
+            }
+        }
+    }
+}

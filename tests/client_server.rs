@@ -55,6 +55,7 @@ fn start(kind: Kind) -> Running {
             max_frame: 1 << 24,
             invalidation_queue_size: 100,
             transaction_timeout: None,
+            conflict_resolver: None,
         },
         vec![("1".into(), storage, false)],
     )

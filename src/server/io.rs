@@ -227,6 +227,13 @@ impl Loop {
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if peer_went_away(e.kind()) => {
+                        // A client process that exits without closing
+                        // cleanly: routine, not a server problem.
+                        log::info!("connection from {} closed by the peer: {e}", conn.peer);
+                        closed = Some(None);
+                        break;
+                    }
                     Err(e) => {
                         closed = Some(Some(format!("connection from {} failed: {e}", conn.peer)));
                         break;
@@ -477,4 +484,13 @@ impl Loop {
             self.close(id);
         }
     }
+}
+
+/// Read errors that only mean the client is gone (logged at info, not as
+/// errors).
+fn peer_went_away(kind: io::ErrorKind) -> bool {
+    matches!(
+        kind,
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe
+    )
 }

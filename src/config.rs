@@ -115,6 +115,54 @@ pub enum StorageKind {
     Memory,
     /// A ZODB `Data.fs` file, compatible with Python's FileStorage.
     File,
+    /// A RAID-1 array over `[[storage.backend]]`s ([`crate::raid`]).
+    Raid,
+}
+
+/// What a `[[storage.backend]]` of an array is.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    /// A ZEO server: Python runzeo (`msgpack true`) or zeoraid.
+    Zeo,
+    /// An in-process Data.fs.
+    File,
+    /// An in-process memory storage (tests, benchmarks).
+    Memory,
+}
+
+impl BackendKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            BackendKind::Zeo => "zeo",
+            BackendKind::File => "file",
+            BackendKind::Memory => "memory",
+        }
+    }
+}
+
+/// One mirror of an array.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BackendConfig {
+    /// Names the backend in logs, status and the state file.
+    pub name: String,
+    pub kind: BackendKind,
+    /// `kind = "zeo"`: HOST:PORT of the ZEO server.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// `kind = "zeo"`: the storage name on that server (default "1").
+    #[serde(default)]
+    pub storage: Option<String>,
+    /// `kind = "file"`: the Data.fs (relative: to the config file).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// `kind = "file"`: fsync before acknowledging.
+    #[serde(default = "yes")]
+    pub sync: bool,
+    /// `kind = "file"`: pack removes unreachable objects.
+    #[serde(default = "yes")]
+    pub pack_gc: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -136,6 +184,28 @@ pub struct StorageConfig {
     /// Pack removes objects unreachable from the root (ZODB's `pack-gc`).
     #[serde(default = "yes")]
     pub pack_gc: bool,
+    /// `kind = "raid"`: call backends `parallel` (default) or `sequential`.
+    #[serde(default)]
+    pub fanout: Option<crate::raid::fanout::Mode>,
+    /// `kind = "raid"`: `round-robin` (default), `random`, `least-latency`, `primary`.
+    #[serde(default)]
+    pub read_policy: Option<crate::raid::balance::ReadPolicy>,
+    /// `kind = "raid"`: fewer optimal backends than this and `fail-mode` applies (default 1).
+    #[serde(default)]
+    pub min_optimal: Option<usize>,
+    /// `kind = "raid"`: `close` (default) or `read-only`.
+    #[serde(default)]
+    pub fail_mode: Option<crate::raid::state::FailMode>,
+    /// `kind = "raid"`: seconds; a slower backend is degraded (default 10).
+    #[serde(default)]
+    pub backend_timeout: Option<f64>,
+    /// `kind = "raid"`: the array's memory across restarts (default
+    /// `raid-NAME.state` next to the config file).
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
+    /// `kind = "raid"`: the mirrors, in order of trust (ties go to the first).
+    #[serde(default)]
+    pub backend: Vec<BackendConfig>,
 }
 
 fn yes() -> bool {
@@ -177,10 +247,20 @@ impl Config {
         cfg.validate(path)?;
         // Relative storage paths are relative to the config file.
         let base = path.parent().unwrap_or(Path::new("."));
+        let rebase = |p: &mut Option<PathBuf>| {
+            if let Some(q) = p.as_ref().filter(|q| q.is_relative()) {
+                *p = Some(base.join(q));
+            }
+        };
         for s in &mut cfg.storage {
-            if let Some(p) = &s.path {
-                if p.is_relative() {
-                    s.path = Some(base.join(p));
+            rebase(&mut s.path);
+            if s.kind == StorageKind::Raid {
+                if s.state_file.is_none() {
+                    s.state_file = Some(PathBuf::from(format!("raid-{}.state", s.name)));
+                }
+                rebase(&mut s.state_file);
+                for b in &mut s.backend {
+                    rebase(&mut b.path);
                 }
             }
         }
@@ -280,6 +360,26 @@ impl Config {
                 }
                 _ => {}
             }
+            if s.kind == StorageKind::Raid {
+                validate_raid(i, s, &invalid)?;
+            } else {
+                let raid_only = [
+                    ("fanout", s.fanout.is_some()),
+                    ("read-policy", s.read_policy.is_some()),
+                    ("min-optimal", s.min_optimal.is_some()),
+                    ("fail-mode", s.fail_mode.is_some()),
+                    ("backend-timeout", s.backend_timeout.is_some()),
+                    ("state-file", s.state_file.is_some()),
+                    ("backend", !s.backend.is_empty()),
+                ];
+                if let Some((key, _)) = raid_only.iter().find(|(_, set)| *set) {
+                    return Err(invalid(
+                        &format!("storage[{i}].{key}"),
+                        "(set)".into(),
+                        "only a storage of kind \"raid\" has this key",
+                    ));
+                }
+            }
             if s.name.is_empty() {
                 return Err(invalid(
                     &format!("storage[{i}].name"),
@@ -297,6 +397,97 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The checks of a `kind = "raid"` storage.
+fn validate_raid(
+    i: usize,
+    s: &StorageConfig,
+    invalid: &dyn Fn(&str, String, &str) -> ConfigError,
+) -> Result<(), ConfigError> {
+    let key = |k: &str| format!("storage[{i}].{k}");
+    if s.backend.is_empty() {
+        return Err(invalid(
+            &key("backend"),
+            "[]".into(),
+            "an array needs at least one [[storage.backend]] (two or more to mirror)",
+        ));
+    }
+    if let Some(m) = s.min_optimal {
+        if m == 0 || m > s.backend.len() {
+            return Err(invalid(
+                &key("min-optimal"),
+                m.to_string(),
+                &format!(
+                    "must be between 1 and the number of backends ({})",
+                    s.backend.len()
+                ),
+            ));
+        }
+    }
+    if let Some(t) = s.backend_timeout {
+        if !(t.is_finite() && t > 0.0 && t <= 3600.0) {
+            return Err(invalid(
+                &key("backend-timeout"),
+                t.to_string(),
+                "must be a number of seconds above 0 and at most 3600",
+            ));
+        }
+    }
+    let mut names = HashSet::new();
+    for (j, b) in s.backend.iter().enumerate() {
+        let bkey = |k: &str| format!("storage[{i}].backend[{j}].{k}");
+        if b.name.is_empty() || !names.insert(b.name.clone()) {
+            return Err(invalid(
+                &bkey("name"),
+                format!("{:?}", b.name),
+                "each backend needs a name of its own",
+            ));
+        }
+        let need = |k: &str, set: bool, reason: &str| -> Result<(), ConfigError> {
+            if set {
+                Ok(())
+            } else {
+                Err(invalid(&bkey(k), "(missing)".into(), reason))
+            }
+        };
+        let refuse = |k: &str, set: bool| -> Result<(), ConfigError> {
+            if set {
+                Err(invalid(
+                    &bkey(k),
+                    "(set)".into(),
+                    &format!("a backend of kind \"{}\" has no {k}", b.kind.label()),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        match b.kind {
+            BackendKind::Zeo => {
+                need(
+                    "address",
+                    b.address.is_some(),
+                    "a backend of kind \"zeo\" needs address = \"HOST:PORT\"",
+                )?;
+                refuse("path", b.path.is_some())?;
+            }
+            BackendKind::File => {
+                need(
+                    "path",
+                    b.path.is_some(),
+                    "a backend of kind \"file\" needs path = \"/where/Data.fs\"",
+                )?;
+                refuse("address", b.address.is_some())?;
+                refuse("storage", b.storage.is_some())?;
+            }
+            BackendKind::Memory => {
+                refuse("address", b.address.is_some())?;
+                refuse("storage", b.storage.is_some())?;
+                refuse("path", b.path.is_some())?;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -398,6 +589,90 @@ mod tests {
             "[[storage]]\nname=\"1\"\nkind=\"tape\"",
         ] {
             let err = parse(text).expect_err(text).to_string();
+            assert!(err.contains("test.toml"), "{err}");
+        }
+    }
+
+    const RAID: &str = "[[storage]]\nname=\"1\"\nkind=\"raid\"\n";
+
+    #[test]
+    fn raid_config_with_defaults_and_relative_paths() {
+        let c = Config::parse(
+            &format!(
+                "{RAID}fanout=\"sequential\"\nread-policy=\"least-latency\"\nmin-optimal=2\n\
+                 fail-mode=\"read-only\"\nbackend-timeout=2.5\n\
+                 [[storage.backend]]\nname=\"a\"\nkind=\"zeo\"\naddress=\"127.0.0.1:9001\"\n\
+                 [[storage.backend]]\nname=\"c\"\nkind=\"file\"\npath=\"var/c/Data.fs\"\n"
+            ),
+            Path::new("/etc/zeoraid/z.toml"),
+        )
+        .expect("valid");
+        let s = &c.storage[0];
+        assert_eq!(s.kind, StorageKind::Raid);
+        assert_eq!(s.fanout, Some(crate::raid::fanout::Mode::Sequential));
+        assert_eq!(
+            s.read_policy,
+            Some(crate::raid::balance::ReadPolicy::LeastLatency)
+        );
+        assert_eq!(s.fail_mode, Some(crate::raid::state::FailMode::ReadOnly));
+        assert_eq!(s.min_optimal, Some(2));
+        assert_eq!(s.backend_timeout, Some(2.5));
+        assert_eq!(
+            s.state_file.as_deref(),
+            Some(Path::new("/etc/zeoraid/raid-1.state"))
+        );
+        assert_eq!(
+            s.backend[1].path.as_deref(),
+            Some(Path::new("/etc/zeoraid/var/c/Data.fs"))
+        );
+        assert_eq!(s.backend[0].kind, BackendKind::Zeo);
+    }
+
+    #[test]
+    fn raid_errors_name_the_key() {
+        let zeo_a = "[[storage.backend]]\nname=\"a\"\nkind=\"zeo\"\naddress=\"127.0.0.1:1\"\n";
+        let cases = [
+            (RAID.to_string(), "storage[0].backend"),
+            (
+                format!("{RAID}min-optimal=2\n{zeo_a}"),
+                "storage[0].min-optimal",
+            ),
+            (
+                format!("{RAID}backend-timeout=0\n{zeo_a}"),
+                "storage[0].backend-timeout",
+            ),
+            (
+                format!("{RAID}{zeo_a}{zeo_a}"),
+                "storage[0].backend[1].name",
+            ),
+            (
+                format!("{RAID}[[storage.backend]]\nname=\"a\"\nkind=\"zeo\"\n"),
+                "storage[0].backend[0].address",
+            ),
+            (
+                format!("{RAID}[[storage.backend]]\nname=\"a\"\nkind=\"file\"\n"),
+                "storage[0].backend[0].path",
+            ),
+            (
+                format!(
+                    "{RAID}[[storage.backend]]\nname=\"a\"\nkind=\"memory\"\naddress=\"x:1\"\n"
+                ),
+                "storage[0].backend[0].address",
+            ),
+            (
+                "[[storage]]\nname=\"1\"\nkind=\"memory\"\nfanout=\"parallel\"\n".to_string(),
+                "storage[0].fanout",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = parse(&text).expect_err(&text).to_string();
+            assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
+        }
+        for text in [
+            format!("{RAID}fanout=\"diagonal\"\n{zeo_a}"),
+            format!("{RAID}{zeo_a}colour=\"red\"\n"),
+        ] {
+            let err = parse(&text).expect_err(&text).to_string();
             assert!(err.contains("test.toml"), "{err}");
         }
     }

@@ -4,12 +4,15 @@
 //! - [`zeo`]: the ZEO 5 wire protocol (frames, msgpack messages) and a client;
 //! - [`storage`]: the ZODB storage contract and the storages we serve;
 //! - [`server`]: the mio event loop, worker pool, sessions and commit lock;
+//! - [`raid`]: the RAID-1 array, itself a storage the server serves;
 //! - [`config`]: the TOML configuration;
 //! - [`bench`]: the load generator behind `zeoraid bench`.
 
 pub mod bench;
 pub mod config;
 pub mod locks;
+pub mod open;
+pub mod raid;
 pub mod server;
 pub mod storage;
 pub mod zeo;

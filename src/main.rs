@@ -5,12 +5,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use zeoraid::config::{Config, StorageConfig, StorageKind};
+use zeoraid::config::Config;
 use zeoraid::server::{Options, Served, Server};
-use zeoraid::storage::file::{FileOptions, FileStorage};
-use zeoraid::storage::memory::MemoryStorage;
 use zeoraid::storage::resolve::{PythonOptions, PythonResolver};
-use zeoraid::storage::Storage;
 
 #[derive(Parser)]
 #[command(
@@ -58,41 +55,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Open one configured storage.
-fn open_storage(s: &StorageConfig) -> Result<Arc<dyn Storage>, String> {
-    match s.kind {
-        StorageKind::Memory => Ok(Arc::new(MemoryStorage::new(&s.name, s.read_only))),
-        StorageKind::File => {
-            let path = s
-                .path
-                .as_deref()
-                .ok_or_else(|| "kind = \"file\" needs a path".to_string())?;
-            if let Some(dir) = path.parent() {
-                if !s.read_only && !dir.as_os_str().is_empty() {
-                    std::fs::create_dir_all(dir).map_err(|e| {
-                        format!("cannot create the directory {}: {e}", dir.display())
-                    })?;
-                }
-            }
-            let opts = FileOptions {
-                read_only: s.read_only,
-                sync: s.sync,
-                pack_gc: s.pack_gc,
-                create: !s.read_only,
-            };
-            if !s.sync {
-                log::warn!(
-                    "storage {:?}: sync = false — a power loss can lose acknowledged commits",
-                    s.name
-                );
-            }
-            FileStorage::open(path, opts)
-                .map(|f| Arc::new(f) as Arc<dyn Storage>)
-                .map_err(|e| e.to_string())
-        }
-    }
-}
-
 fn serve(path: PathBuf, listen: Option<String>) -> ExitCode {
     // A write past the file-size limit (RLIMIT_FSIZE) must fail that commit
     // with EFBIG, like a full disk, instead of killing the server.
@@ -125,7 +87,7 @@ fn serve(path: PathBuf, listen: Option<String>) -> ExitCode {
     };
     let mut served: Vec<Served> = Vec::new();
     for s in &cfg.storage {
-        match open_storage(s) {
+        match zeoraid::open::open_storage(s) {
             Ok(storage) => served.push((s.name.clone(), storage, s.read_only)),
             Err(e) => {
                 eprintln!(

@@ -56,7 +56,7 @@ pub(crate) fn status_json(entry: &StorageEntry) -> serde_json::Value {
         .map(|t| format!("{:016x}", t.0))
         .unwrap_or_default();
     let waiting = lock(&entry.lock).waiting();
-    serde_json::json!({
+    let mut doc = serde_json::json!({
         "storage": entry.name,
         "connections": connections,
         "loads": s.loads.load(Ordering::Relaxed),
@@ -69,7 +69,11 @@ pub(crate) fn status_json(entry: &StorageEntry) -> serde_json::Value {
         "waiting": waiting,
         "uptime-seconds": entry.started.elapsed().as_secs(),
         "last-transaction": last,
-    })
+    });
+    if let (Some(raid), Some(map)) = (entry.storage.raid_status(), doc.as_object_mut()) {
+        map.insert("raid".into(), raid);
+    }
+    doc
 }
 
 /// The `ruok` probe's answer: a JSON object of every storage's status.

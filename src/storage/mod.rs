@@ -304,6 +304,11 @@ pub trait Storage: Send + Sync {
     /// Use `r` to merge states where an undo meets later changes (see
     /// [`resolve`]); storages that never merge ignore it.
     fn set_conflict_resolver(&self, _r: Arc<dyn resolve::ConflictResolver>) {}
+    /// For a RAID array: its state and each backend's (the `ruok` document
+    /// shows it); `None` for plain storages.
+    fn raid_status(&self) -> Option<serde_json::Value> {
+        None
+    }
     /// Flush and release resources.
     fn close(&self) {}
 }

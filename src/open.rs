@@ -1,0 +1,106 @@
+//! Building the storages a config describes: memory, file, and RAID arrays
+//! over their backends. Used by `zeoraid serve`, the tests and embedders,
+//! so every way in opens storages the same way.
+
+use crate::config::{BackendConfig, BackendKind, StorageConfig, StorageKind};
+use crate::raid::{BackendSource, BackendSpec, RaidOptions, RaidStorage};
+use crate::storage::file::{FileOptions, FileStorage};
+use crate::storage::memory::MemoryStorage;
+use crate::storage::Storage;
+use crate::zeo::client::ClientOptions;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `backend-timeout` when the config leaves it out.
+pub const DEFAULT_BACKEND_TIMEOUT: f64 = 10.0;
+
+/// Open one configured storage.
+pub fn open_storage(s: &StorageConfig) -> Result<Arc<dyn Storage>, String> {
+    match s.kind {
+        StorageKind::Memory => Ok(Arc::new(MemoryStorage::new(&s.name, s.read_only))),
+        StorageKind::File => {
+            let path = s
+                .path
+                .as_deref()
+                .ok_or_else(|| "kind = \"file\" needs a path".to_string())?;
+            open_file(&s.name, path, s.read_only, s.sync, s.pack_gc)
+        }
+        StorageKind::Raid => open_raid(s).map(|r| Arc::new(r) as Arc<dyn Storage>),
+    }
+}
+
+fn open_file(
+    name: &str,
+    path: &Path,
+    read_only: bool,
+    sync: bool,
+    pack_gc: bool,
+) -> Result<Arc<dyn Storage>, String> {
+    if let Some(dir) = path.parent() {
+        if !read_only && !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create the directory {}: {e}", dir.display()))?;
+        }
+    }
+    let opts = FileOptions {
+        read_only,
+        sync,
+        pack_gc,
+        create: !read_only,
+    };
+    if !sync {
+        log::warn!("storage {name:?}: sync = false — a power loss can lose acknowledged commits");
+    }
+    FileStorage::open(path, opts)
+        .map(|f| Arc::new(f) as Arc<dyn Storage>)
+        .map_err(|e| e.to_string())
+}
+
+/// The array's options from its config section.
+pub fn raid_options(s: &StorageConfig) -> RaidOptions {
+    RaidOptions {
+        name: s.name.clone(),
+        fanout: s.fanout.unwrap_or_default(),
+        read_policy: s.read_policy.unwrap_or_default(),
+        min_optimal: s.min_optimal.unwrap_or(1),
+        fail_mode: s.fail_mode.unwrap_or_default(),
+        backend_timeout: Duration::from_secs_f64(
+            s.backend_timeout.unwrap_or(DEFAULT_BACKEND_TIMEOUT),
+        ),
+        state_file: s.state_file.clone(),
+    }
+}
+
+/// How to reach one backend. A file backend that cannot be opened (a
+/// damaged Data.fs, a held lock) does not stop the array: it starts
+/// degraded with the reason, like a ZEO backend that is down.
+pub fn backend_spec(array: &str, b: &BackendConfig) -> BackendSpec {
+    let source = match b.kind {
+        BackendKind::Memory => BackendSource::Local(Arc::new(MemoryStorage::new(&b.name, false))),
+        BackendKind::File => match b.path.as_deref() {
+            None => BackendSource::Unavailable("no path configured".into()),
+            Some(p) => match open_file(&format!("{array}/{}", b.name), p, false, b.sync, b.pack_gc)
+            {
+                Ok(s) => BackendSource::Local(s),
+                Err(e) => BackendSource::Unavailable(format!("cannot open {}: {e}", p.display())),
+            },
+        },
+        BackendKind::Zeo => {
+            let mut opts = ClientOptions::new(b.address.clone().unwrap_or_default());
+            opts.storage = b.storage.clone().unwrap_or_else(|| "1".into());
+            BackendSource::Zeo(opts)
+        }
+    };
+    BackendSpec {
+        name: b.name.clone(),
+        kind: b.kind.label(),
+        source,
+    }
+}
+
+/// Open a `kind = "raid"` storage over its backends.
+pub fn open_raid(s: &StorageConfig) -> Result<RaidStorage, String> {
+    let specs = s.backend.iter().map(|b| backend_spec(&s.name, b)).collect();
+    RaidStorage::open(raid_options(s), specs)
+}

@@ -1,0 +1,490 @@
+//! The array's decisions, as pure functions: no sockets, threads or clocks
+//! (time is passed in). [`super::RaidStorage`] does the IO and asks these.
+//!
+//! - [`BackendState`] and [`array_state`]: what each mirror is and what
+//!   that makes the array.
+//! - [`classify`]: whether a backend's error is *its* failure (degrade it)
+//!   or an answer to compare with the others (a ZODB exception).
+//! - [`decide`]: the vote among the backends' answers to one call. The
+//!   answer given by most backends wins; a backend that failed or answered
+//!   differently is degraded with the reason. **Tie rule:** among groups of
+//!   equal size, the group that contains the backend listed first in the
+//!   configuration wins (never chance; the operator orders backends by
+//!   trust).
+//! - [`write_allowed`]: whether enough backends remain to accept writes
+//!   (`min-optimal`), and what the configured `fail-mode` makes of it.
+//! - [`next_tid`]: the tid the array gives the next transaction.
+
+use crate::storage::{timestamp, Error, Tid};
+use std::fmt;
+
+/// One backend's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackendState {
+    /// Receives every write; may serve reads.
+    Optimal,
+    /// Dropped out of the array; the reason says why and what to do.
+    Degraded(String),
+}
+
+impl BackendState {
+    pub fn is_optimal(&self) -> bool {
+        matches!(self, BackendState::Optimal)
+    }
+
+    /// `optimal` | `degraded`, as status documents show it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            BackendState::Optimal => "optimal",
+            BackendState::Degraded(_) => "degraded",
+        }
+    }
+
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            BackendState::Optimal => None,
+            BackendState::Degraded(r) => Some(r),
+        }
+    }
+}
+
+/// The array as a whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArrayState {
+    /// Every backend is optimal.
+    Optimal,
+    /// Some backend is not optimal, but at least `min-optimal` are.
+    Degraded,
+    /// Fewer than `min-optimal` optimal backends: `fail-mode` applies.
+    Failed,
+}
+
+impl fmt::Display for ArrayState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ArrayState::Optimal => "optimal",
+            ArrayState::Degraded => "degraded",
+            ArrayState::Failed => "failed",
+        })
+    }
+}
+
+/// The array's state from its backends' states.
+pub fn array_state(states: &[BackendState], min_optimal: usize) -> ArrayState {
+    let optimal = states.iter().filter(|s| s.is_optimal()).count();
+    if optimal < min_optimal.max(1) {
+        ArrayState::Failed
+    } else if optimal == states.len() {
+        ArrayState::Optimal
+    } else {
+        ArrayState::Degraded
+    }
+}
+
+/// What the array does when too few backends remain (`fail-mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailMode {
+    #[default]
+    /// Every call fails with a clear error.
+    Close,
+    /// Reads go on; writes get ReadOnlyError.
+    ReadOnly,
+}
+
+/// Whether writes are accepted with `optimal` backends left, or the error
+/// to give instead.
+pub fn write_allowed(
+    optimal: usize,
+    min_optimal: usize,
+    mode: FailMode,
+    name: &str,
+) -> Result<(), Error> {
+    if optimal >= min_optimal.max(1) {
+        return Ok(());
+    }
+    Err(match mode {
+        FailMode::ReadOnly => Error::ReadOnly,
+        FailMode::Close => Error::Disconnected(format!(
+            "RAID array {name:?} has failed: {optimal} optimal backend(s), min-optimal is \
+             {min_optimal}; see the zeoraid log for why each backend was degraded, repair \
+             them and restart or recover them"
+        )),
+    })
+}
+
+/// Whether reads are served in the array's state.
+pub fn read_allowed(state: ArrayState, mode: FailMode) -> bool {
+    state != ArrayState::Failed || mode == FailMode::ReadOnly
+}
+
+/// How a backend's error counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The backend failed (connection, timeout, disk, an unexpected
+    /// exception): degrade it, the others carry on.
+    Failure,
+    /// A ZODB answer (POSKeyError, ConflictError, UndoError, ReadOnly...):
+    /// compared with the other backends' answers like any result.
+    Answer,
+}
+
+/// Sort a backend's error into [`ErrorKind`].
+pub fn classify(e: &Error) -> ErrorKind {
+    match e {
+        Error::Disconnected(_) | Error::Io(_) => ErrorKind::Failure,
+        Error::Remote { class, .. } if !class.starts_with("ZODB.POSException.") => {
+            ErrorKind::Failure
+        }
+        Error::Remote { class, .. }
+            if class.ends_with(".StorageError") || class.ends_with(".StorageTransactionError") =>
+        {
+            ErrorKind::Failure
+        }
+        _ => ErrorKind::Answer,
+    }
+}
+
+/// One backend's reply to a call, reduced to what is compared: `Ok(key)`,
+/// or `Err(reason)` when the backend failed (or missed the deadline).
+pub type Reply<K> = Result<K, String>;
+
+/// The outcome of a vote among backends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision<K> {
+    /// The winning answer; `None` when every backend failed.
+    pub winner: Option<K>,
+    /// Positions (in the input) of the backends that gave the winner.
+    pub agree: Vec<usize>,
+    /// Backends to degrade: position and reason.
+    pub degrade: Vec<(usize, String)>,
+}
+
+/// Vote among `replies`, given in configuration order (position 0 is the
+/// backend listed first). Most agreeing backends win; ties go to the group
+/// holding the earliest-listed backend. Failed backends and those that
+/// disagree with the winner are to be degraded.
+pub fn decide<K: PartialEq + Clone + fmt::Debug>(replies: &[Reply<K>]) -> Decision<K> {
+    // Groups of equal answers: (answer, positions), in order of first appearance.
+    let mut groups: Vec<(&K, Vec<usize>)> = Vec::new();
+    let mut degrade = Vec::new();
+    for (i, r) in replies.iter().enumerate() {
+        match r {
+            Err(why) => degrade.push((i, why.clone())),
+            Ok(k) => match groups.iter_mut().find(|(g, _)| *g == k) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((k, vec![i])),
+            },
+        }
+    }
+    // Largest group; on equal size the earlier-formed one (its first member
+    // is listed earlier) because max_by_key keeps the last maximum: reverse.
+    let best = groups
+        .iter()
+        .enumerate()
+        .max_by_key(|(gi, (_, members))| (members.len(), std::cmp::Reverse(*gi)))
+        .map(|(gi, _)| gi);
+    let Some(best) = best else {
+        return Decision {
+            winner: None,
+            agree: Vec::new(),
+            degrade,
+        };
+    };
+    let winner = groups[best].0.clone();
+    for (gi, (k, members)) in groups.iter().enumerate() {
+        if gi == best {
+            continue;
+        }
+        for &i in members {
+            degrade.push((
+                i,
+                format!(
+                    "disagreed with the other backends: answered {k:?} where {} answered {winner:?}",
+                    groups[best].1.len()
+                ),
+            ));
+        }
+    }
+    degrade.sort_by_key(|(i, _)| *i);
+    Decision {
+        agree: groups[best].1.clone(),
+        winner: Some(winner),
+        degrade,
+    }
+}
+
+/// The tid for the array's next transaction: later than the array's last
+/// and every backend's last, and never before the wall clock (`now_unix`).
+pub fn next_tid(now_unix: f64, last: Tid, backends_last: &[Tid]) -> Tid {
+    let newest = backends_last.iter().copied().fold(last, Tid::max);
+    timestamp::new_tid(now_unix, newest)
+}
+
+/// Which backends start degraded: those whose last tid is behind the
+/// newest (they miss transactions). Returns the reason per position.
+pub fn behind_at_start(last_tids: &[Option<Tid>]) -> Vec<Option<String>> {
+    let newest = last_tids.iter().flatten().copied().max();
+    last_tids
+        .iter()
+        .map(|t| match (t, newest) {
+            (Some(t), Some(n)) if *t < n => Some(format!(
+                "missing transactions: its last transaction is {t}, another backend has {n}; \
+                 recover it"
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(replies: &[Result<&'static str, &'static str>]) -> Decision<&'static str> {
+        let replies: Vec<Reply<&str>> = replies
+            .iter()
+            .map(|r| r.map_err(|e| e.to_string()))
+            .collect();
+        decide(&replies)
+    }
+
+    #[test]
+    fn decide_table() {
+        // (name, replies, winner, agree, degraded positions)
+        type Case = (
+            &'static str,
+            Vec<Result<&'static str, &'static str>>,
+            Option<&'static str>,
+            Vec<usize>,
+            Vec<usize>,
+        );
+        let cases: Vec<Case> = vec![
+            ("one backend", vec![Ok("a")], Some("a"), vec![0], vec![]),
+            (
+                "all agree",
+                vec![Ok("a"), Ok("a"), Ok("a")],
+                Some("a"),
+                vec![0, 1, 2],
+                vec![],
+            ),
+            (
+                "majority wins",
+                vec![Ok("a"), Ok("b"), Ok("b")],
+                Some("b"),
+                vec![1, 2],
+                vec![0],
+            ),
+            (
+                "odd one out in the middle",
+                vec![Ok("a"), Ok("b"), Ok("a")],
+                Some("a"),
+                vec![0, 2],
+                vec![1],
+            ),
+            (
+                "a failure is degraded",
+                vec![Ok("a"), Err("down"), Ok("a")],
+                Some("a"),
+                vec![0, 2],
+                vec![1],
+            ),
+            (
+                "failure leaves one",
+                vec![Err("down"), Ok("a")],
+                Some("a"),
+                vec![1],
+                vec![0],
+            ),
+            (
+                "all failed",
+                vec![Err("x"), Err("y")],
+                None,
+                vec![],
+                vec![0, 1],
+            ),
+            ("nothing at all", vec![], None, vec![], vec![]),
+            (
+                "tie of two: first listed wins",
+                vec![Ok("a"), Ok("b")],
+                Some("a"),
+                vec![0],
+                vec![1],
+            ),
+            (
+                "tie of two reversed",
+                vec![Ok("b"), Ok("a")],
+                Some("b"),
+                vec![0],
+                vec![1],
+            ),
+            (
+                "tie of groups: the group with the first listed wins",
+                vec![Ok("a"), Ok("b"), Ok("b"), Ok("a")],
+                Some("a"),
+                vec![0, 3],
+                vec![1, 2],
+            ),
+            (
+                "tie after a failure: first listed survivor wins",
+                vec![Err("down"), Ok("b"), Ok("a")],
+                Some("b"),
+                vec![1],
+                vec![0, 2],
+            ),
+            (
+                "three different answers: first listed wins",
+                vec![Ok("c"), Ok("b"), Ok("a")],
+                Some("c"),
+                vec![0],
+                vec![1, 2],
+            ),
+            (
+                "majority beats the first listed",
+                vec![Ok("a"), Ok("b"), Ok("c"), Ok("b")],
+                Some("b"),
+                vec![1, 3],
+                vec![0, 2],
+            ),
+        ];
+        for (name, replies, winner, agree, degraded) in cases {
+            let got = d(&replies);
+            assert_eq!(got.winner, winner, "{name}: winner");
+            assert_eq!(got.agree, agree, "{name}: agree");
+            let positions: Vec<usize> = got.degrade.iter().map(|(i, _)| *i).collect();
+            assert_eq!(positions, degraded, "{name}: degraded");
+        }
+    }
+
+    #[test]
+    fn disagreement_reason_names_both_answers() {
+        let got = d(&[Ok("a"), Ok("a"), Ok("b")]);
+        assert_eq!(got.degrade.len(), 1);
+        let why = &got.degrade[0].1;
+        assert!(why.contains("\"b\"") && why.contains("\"a\""), "{why}");
+    }
+
+    #[test]
+    fn array_state_table() {
+        use BackendState::*;
+        let deg = || Degraded("x".into());
+        let cases = [
+            (vec![Optimal, Optimal], 1, ArrayState::Optimal),
+            (vec![Optimal, deg()], 1, ArrayState::Degraded),
+            (vec![deg(), deg()], 1, ArrayState::Failed),
+            (vec![Optimal, deg()], 2, ArrayState::Failed),
+            (vec![Optimal, Optimal, deg()], 2, ArrayState::Degraded),
+            (vec![Optimal], 0, ArrayState::Optimal),
+            (vec![deg()], 0, ArrayState::Failed),
+            (vec![], 1, ArrayState::Failed),
+        ];
+        for (states, min, want) in cases {
+            assert_eq!(array_state(&states, min), want, "{states:?} min {min}");
+        }
+    }
+
+    #[test]
+    fn write_and_read_allowed_table() {
+        let cases = [
+            (2, 1, FailMode::Close, true),
+            (1, 1, FailMode::Close, true),
+            (0, 1, FailMode::Close, false),
+            (1, 2, FailMode::Close, false),
+            (1, 2, FailMode::ReadOnly, false),
+            (0, 0, FailMode::ReadOnly, false),
+        ];
+        for (optimal, min, mode, ok) in cases {
+            let got = write_allowed(optimal, min, mode, "1");
+            assert_eq!(got.is_ok(), ok, "{optimal} {min} {mode:?}");
+            if let Err(e) = got {
+                match mode {
+                    FailMode::ReadOnly => assert_eq!(e, Error::ReadOnly),
+                    FailMode::Close => assert!(
+                        matches!(&e, Error::Disconnected(m) if m.contains("min-optimal")),
+                        "{e}"
+                    ),
+                }
+            }
+        }
+        assert!(read_allowed(ArrayState::Degraded, FailMode::Close));
+        assert!(!read_allowed(ArrayState::Failed, FailMode::Close));
+        assert!(read_allowed(ArrayState::Failed, FailMode::ReadOnly));
+    }
+
+    #[test]
+    fn classify_table() {
+        use crate::storage::Oid;
+        let remote = |c: &str| Error::Remote {
+            class: c.into(),
+            message: "m".into(),
+        };
+        let cases = [
+            (Error::Disconnected("x".into()), ErrorKind::Failure),
+            (Error::Io("disk".into()), ErrorKind::Failure),
+            (remote("builtins.RuntimeError"), ErrorKind::Failure),
+            (remote("ZODB.POSException.StorageError"), ErrorKind::Failure),
+            (
+                remote("ZODB.POSException.StorageTransactionError"),
+                ErrorKind::Failure,
+            ),
+            (remote("ZODB.POSException.UndoError"), ErrorKind::Answer),
+            (Error::PosKey(Oid(1)), ErrorKind::Answer),
+            (Error::ReadOnly, ErrorKind::Answer),
+            (Error::Value("bad".into()), ErrorKind::Answer),
+            (
+                Error::Undo {
+                    message: "x".into(),
+                    oid: None,
+                },
+                ErrorKind::Answer,
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(classify(&e), want, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn next_tid_table() {
+        let t = |n: u64| Tid(n);
+        let now = timestamp::time_time(t(0x0400_0000_0000_0000));
+        let cases = [
+            (t(0), vec![], timestamp::new_tid(now, t(0))),
+            // Later than the array's and every backend's last.
+            (
+                t(5),
+                vec![t(0x0500_0000_0000_0000)],
+                timestamp::new_tid(now, t(0x0500_0000_0000_0000)),
+            ),
+            (
+                t(0x0600_0000_0000_0000),
+                vec![t(1)],
+                timestamp::new_tid(now, t(0x0600_0000_0000_0000)),
+            ),
+        ];
+        for (last, backends, want) in cases {
+            let got = next_tid(now, last, &backends);
+            assert_eq!(got, want);
+            assert!(got > last && backends.iter().all(|b| got > *b));
+        }
+    }
+
+    #[test]
+    fn behind_at_start_table() {
+        let t = |n: u64| Some(Tid(n));
+        let cases: Vec<(Vec<Option<Tid>>, Vec<bool>)> = vec![
+            (vec![t(5), t(5)], vec![false, false]),
+            (vec![t(5), t(3)], vec![false, true]),
+            (vec![t(3), t(5), t(5)], vec![true, false, false]),
+            (vec![None, t(5)], vec![false, false]),
+            (vec![None, None], vec![false, false]),
+        ];
+        for (lasts, behind) in cases {
+            let got: Vec<bool> = behind_at_start(&lasts)
+                .iter()
+                .map(|r| r.is_some())
+                .collect();
+            assert_eq!(got, behind, "{lasts:?}");
+        }
+    }
+}

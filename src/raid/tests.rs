@@ -1,0 +1,591 @@
+//! The array over in-process backends, some of them made to fail.
+
+use super::*;
+use crate::storage::memory::MemoryStorage;
+use crate::storage::{Op, TxnMeta};
+
+/// What a [`Faulty`] backend does wrong.
+#[derive(Clone, Debug, PartialEq)]
+enum Fault {
+    None,
+    /// Every call fails as a lost connection would.
+    Down,
+    /// Votes take this long.
+    SlowVote(Duration),
+    /// tpc_finish fails.
+    FailFinish,
+    /// load_before says POSKeyError.
+    LoseObjects,
+}
+
+/// A memory storage whose failures the test switches on.
+struct Faulty {
+    inner: MemoryStorage,
+    fault: Mutex<Fault>,
+}
+
+impl Faulty {
+    fn new(name: &str) -> Arc<Faulty> {
+        Arc::new(Faulty {
+            inner: MemoryStorage::new(name, false),
+            fault: Mutex::new(Fault::None),
+        })
+    }
+    fn set(&self, f: Fault) {
+        *lock(&self.fault) = f;
+    }
+    fn check(&self) -> Result<()> {
+        if *lock(&self.fault) == Fault::Down {
+            return Err(Error::Disconnected("backend is down (test)".into()));
+        }
+        Ok(())
+    }
+}
+
+impl Storage for Faulty {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    fn is_read_only(&self) -> bool {
+        false
+    }
+    fn supports_undo(&self) -> bool {
+        true
+    }
+    fn last_transaction(&self) -> Result<Tid> {
+        self.check()?;
+        self.inner.last_transaction()
+    }
+    fn load_before(&self, oid: Oid, before: Tid) -> Result<Option<Loaded>> {
+        self.check()?;
+        if *lock(&self.fault) == Fault::LoseObjects {
+            return Err(Error::PosKey(oid));
+        }
+        self.inner.load_before(oid, before)
+    }
+    fn load_serial(&self, oid: Oid, serial: Tid) -> Result<Data> {
+        self.check()?;
+        self.inner.load_serial(oid, serial)
+    }
+    fn history(&self, oid: Oid, size: usize) -> Result<Vec<HistoryEntry>> {
+        self.check()?;
+        self.inner.history(oid, size)
+    }
+    fn new_oids(&self, n: usize) -> Result<Vec<Oid>> {
+        self.check()?;
+        self.inner.new_oids(n)
+    }
+    fn tpc_vote(&self, txn: &Txn) -> Result<Vote> {
+        self.check()?;
+        let fault = lock(&self.fault).clone();
+        if let Fault::SlowVote(d) = fault {
+            std::thread::sleep(d);
+        }
+        self.inner.tpc_vote(txn)
+    }
+    fn tpc_finish(&self) -> Result<Tid> {
+        self.check()?;
+        if *lock(&self.fault) == Fault::FailFinish {
+            self.inner.tpc_abort();
+            return Err(Error::Io("disk on fire (test)".into()));
+        }
+        self.inner.tpc_finish()
+    }
+    fn tpc_abort(&self) {
+        self.inner.tpc_abort()
+    }
+    fn undo_log(&self, first: usize, last: usize) -> Result<Vec<UndoEntry>> {
+        self.check()?;
+        self.inner.undo_log(first, last)
+    }
+    fn iterator(&self, start: Option<Tid>, stop: Option<Tid>) -> Result<TxnIter> {
+        self.check()?;
+        self.inner.iterator(start, stop)
+    }
+    fn record_iternext(&self, next: Option<Oid>) -> Result<Option<CurrentRecord>> {
+        self.check()?;
+        self.inner.record_iternext(next)
+    }
+    fn pack(&self, t: f64, gc: bool) -> Result<()> {
+        self.check()?;
+        self.inner.pack(t, gc)
+    }
+    fn size_info(&self) -> SizeInfo {
+        self.inner.size_info()
+    }
+}
+
+fn opts() -> RaidOptions {
+    RaidOptions {
+        name: "1".into(),
+        fanout: Mode::Parallel,
+        read_policy: ReadPolicy::RoundRobin,
+        min_optimal: 1,
+        fail_mode: FailMode::Close,
+        backend_timeout: Duration::from_secs(5),
+        state_file: None,
+    }
+}
+
+fn array_over(backends: &[Arc<Faulty>], opts: RaidOptions) -> RaidStorage {
+    let specs = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| BackendSpec {
+            name: ["a", "b", "c", "d"][i].into(),
+            kind: "memory",
+            source: BackendSource::Local(b.clone()),
+        })
+        .collect();
+    RaidStorage::open(opts, specs).expect("array opens")
+}
+
+fn faulty(n: usize) -> Vec<Arc<Faulty>> {
+    (0..n).map(|i| Faulty::new(&format!("m{i}"))).collect()
+}
+
+fn store(oid: Oid, serial: Tid, data: &[u8]) -> Op {
+    Op::Store {
+        oid,
+        serial,
+        data: Data::from(data),
+    }
+}
+
+fn txn(ops: Vec<Op>) -> Txn {
+    Txn {
+        meta: TxnMeta::default(),
+        tid: None,
+        status: b' ',
+        ops,
+    }
+}
+
+/// Vote and finish; the tid.
+fn commit(a: &RaidStorage, ops: Vec<Op>) -> Result<Tid> {
+    match a.tpc_vote(&txn(ops))? {
+        Vote::Prepared { .. } => a.tpc_finish(),
+        Vote::Conflicts(c) => {
+            a.tpc_abort();
+            Err(Error::Value(format!("conflicts: {c:?}")))
+        }
+    }
+}
+
+fn states(a: &RaidStorage) -> Vec<String> {
+    a.core
+        .backends
+        .iter()
+        .map(|b| read(&b.state).label().to_string())
+        .collect()
+}
+
+/// Every transaction's tid and records.
+type History = Vec<(Tid, Vec<(Oid, Option<Data>)>)>;
+
+fn history_of(s: &dyn Storage) -> History {
+    s.iterator(None, None)
+        .unwrap()
+        .map(|t| {
+            let t = t.unwrap();
+            (
+                t.tid,
+                t.records.into_iter().map(|r| (r.oid, r.data)).collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_commit_lands_on_every_backend_with_the_same_tid() {
+    for fanout in [Mode::Parallel, Mode::Sequential] {
+        let b = faulty(3);
+        let a = array_over(&b, RaidOptions { fanout, ..opts() });
+        let oids = a.new_oids(2).unwrap();
+        let t1 = commit(&a, vec![store(oids[0], Tid::ZERO, b"one")]).unwrap();
+        let t2 = commit(
+            &a,
+            vec![store(oids[0], t1, b"two"), store(oids[1], Tid::ZERO, b"x")],
+        )
+        .unwrap();
+        assert!(t2 > t1);
+        assert_eq!(a.last_transaction().unwrap(), t2);
+        let h0 = history_of(b[0].as_ref());
+        assert_eq!(h0.len(), 2);
+        for other in &b[1..] {
+            assert_eq!(
+                history_of(other.as_ref()),
+                h0,
+                "{fanout:?}: mirrors identical"
+            );
+        }
+        assert_eq!(states(&a), vec!["optimal"; 3]);
+    }
+}
+
+#[test]
+fn a_backend_failing_at_vote_drops_out_and_the_commit_goes_on() {
+    let b = faulty(3);
+    let a = array_over(&b, opts());
+    let oid = a.new_oids(1).unwrap()[0];
+    b[1].set(Fault::Down);
+    let t = commit(&a, vec![store(oid, Tid::ZERO, b"v")]).unwrap();
+    assert_eq!(states(&a), vec!["optimal", "degraded", "optimal"]);
+    let why = read(&a.core.backends[1].state)
+        .reason()
+        .unwrap()
+        .to_string();
+    assert!(why.contains("vote") && why.contains("down"), "{why}");
+    assert_eq!(history_of(b[0].as_ref()), history_of(b[2].as_ref()));
+    assert_eq!(b[1].inner.last_transaction().unwrap(), Tid::ZERO);
+    // A degraded backend is not written to any more, even once it works.
+    b[1].set(Fault::None);
+    let t2 = commit(&a, vec![store(oid, t, b"w")]).unwrap();
+    assert_eq!(b[1].inner.last_transaction().unwrap(), Tid::ZERO);
+    assert_eq!(b[0].inner.last_transaction().unwrap(), t2);
+}
+
+#[test]
+fn a_backend_failing_at_finish_is_degraded_and_the_commit_succeeds() {
+    let b = faulty(2);
+    let a = array_over(&b, opts());
+    let oid = a.new_oids(1).unwrap()[0];
+    b[0].set(Fault::FailFinish);
+    let t = commit(&a, vec![store(oid, Tid::ZERO, b"v")]).unwrap();
+    assert_eq!(states(&a), vec!["degraded", "optimal"]);
+    assert_eq!(b[1].inner.last_transaction().unwrap(), t);
+    // Reads now come from the survivor only.
+    for _ in 0..4 {
+        assert!(a.load_before(oid, Tid::MAX).unwrap().is_some());
+    }
+}
+
+#[test]
+fn finish_on_fewer_than_min_optimal_is_an_error() {
+    let b = faulty(2);
+    let a = array_over(
+        &b,
+        RaidOptions {
+            min_optimal: 2,
+            ..opts()
+        },
+    );
+    let oid = a.new_oids(1).unwrap()[0];
+    b[0].set(Fault::FailFinish);
+    let r = commit(&a, vec![store(oid, Tid::ZERO, b"v")]);
+    assert!(
+        matches!(&r, Err(Error::Io(m)) if m.contains("min-optimal")),
+        "{r:?}"
+    );
+    // The array has failed (close): every call is refused, saying why.
+    let e = a.load_before(oid, Tid::MAX).unwrap_err();
+    assert!(
+        matches!(&e, Error::Disconnected(m) if m.contains("failed")),
+        "{e}"
+    );
+    assert!(a.new_oids(1).is_err());
+}
+
+#[test]
+fn a_slow_backend_is_degraded_at_the_backend_timeout() {
+    let b = faulty(2);
+    let a = array_over(
+        &b,
+        RaidOptions {
+            backend_timeout: Duration::from_millis(200),
+            ..opts()
+        },
+    );
+    let oid = a.new_oids(1).unwrap()[0];
+    b[1].set(Fault::SlowVote(Duration::from_millis(600)));
+    let t = commit(&a, vec![store(oid, Tid::ZERO, b"v")]).unwrap();
+    assert_eq!(states(&a), vec!["optimal", "degraded"]);
+    let why = read(&a.core.backends[1].state)
+        .reason()
+        .unwrap()
+        .to_string();
+    assert!(why.contains("backend-timeout"), "{why}");
+    assert_eq!(b[0].inner.last_transaction().unwrap(), t);
+    // The slow backend's late vote prepared a transaction; it was aborted,
+    // so the backend is usable again (a later recovery writes to it).
+    assert_eq!(b[1].inner.last_transaction().unwrap(), Tid::ZERO);
+}
+
+#[test]
+fn conflicts_go_to_the_client_and_nothing_is_degraded() {
+    let b = faulty(3);
+    let a = array_over(&b, opts());
+    let oid = a.new_oids(1).unwrap()[0];
+    let t1 = commit(&a, vec![store(oid, Tid::ZERO, b"1")]).unwrap();
+    let t2 = commit(&a, vec![store(oid, t1, b"2")]).unwrap();
+    match a.tpc_vote(&txn(vec![store(oid, t1, b"stale")])).unwrap() {
+        Vote::Conflicts(c) => {
+            assert_eq!(
+                (c.len(), c[0].oid, c[0].committed, c[0].read),
+                (1, oid, t2, t1)
+            );
+        }
+        v => panic!("expected conflicts, got {v:?}"),
+    }
+    a.tpc_abort();
+    assert_eq!(states(&a), vec!["optimal"; 3]);
+}
+
+#[test]
+fn the_odd_one_out_is_degraded() {
+    let b = faulty(3);
+    let a = array_over(&b, opts());
+    let oid = a.new_oids(1).unwrap()[0];
+    let t1 = commit(&a, vec![store(oid, Tid::ZERO, b"1")]).unwrap();
+    // Someone changes the object on backend c behind the array's back.
+    let sneaky = Txn {
+        tid: Some(timestamp::successor(t1)),
+        ..txn(vec![store(oid, t1, b"sneaky")])
+    };
+    b[2].inner.tpc_vote(&sneaky).unwrap();
+    b[2].inner.tpc_finish().unwrap();
+    // Now a commit over t1 prepares on a and b and conflicts on c.
+    let t = commit(&a, vec![store(oid, t1, b"2")]).unwrap();
+    assert_eq!(states(&a), vec!["optimal", "optimal", "degraded"]);
+    let why = read(&a.core.backends[2].state)
+        .reason()
+        .unwrap()
+        .to_string();
+    assert!(why.contains("disagreed"), "{why}");
+    assert_eq!(b[0].inner.last_transaction().unwrap(), t);
+}
+
+#[test]
+fn a_tie_goes_to_the_first_listed_backend() {
+    let b = faulty(2);
+    let a = array_over(&b, opts());
+    let oid = a.new_oids(1).unwrap()[0];
+    let t1 = commit(&a, vec![store(oid, Tid::ZERO, b"1")]).unwrap();
+    let sneaky = Txn {
+        tid: Some(timestamp::successor(t1)),
+        ..txn(vec![store(oid, t1, b"sneaky")])
+    };
+    b[0].inner.tpc_vote(&sneaky).unwrap();
+    b[0].inner.tpc_finish().unwrap();
+    // a conflicts, b prepares: one each; a is listed first and wins.
+    let v = a.tpc_vote(&txn(vec![store(oid, t1, b"2")])).unwrap();
+    assert!(matches!(v, Vote::Conflicts(_)), "{v:?}");
+    assert_eq!(states(&a), vec!["optimal", "degraded"]);
+    assert_eq!(
+        b[1].inner.last_transaction().unwrap(),
+        t1,
+        "b's prepared vote was aborted"
+    );
+}
+
+#[test]
+fn a_missing_object_is_confirmed_on_a_second_backend() {
+    let b = faulty(2);
+    let a = array_over(
+        &b,
+        RaidOptions {
+            read_policy: ReadPolicy::Primary,
+            ..opts()
+        },
+    );
+    let oid = a.new_oids(1).unwrap()[0];
+    commit(&a, vec![store(oid, Tid::ZERO, b"v")]).unwrap();
+    b[0].set(Fault::LoseObjects);
+    let l = a.load_before(oid, Tid::MAX).unwrap().expect("found on b");
+    assert_eq!(&l.data[..], b"v");
+    assert_eq!(states(&a), vec!["degraded", "optimal"]);
+    let why = read(&a.core.backends[0].state)
+        .reason()
+        .unwrap()
+        .to_string();
+    assert!(why.contains("missing object"), "{why}");
+    // Really missing everywhere: POSKeyError, nobody degraded.
+    assert_eq!(
+        a.load_before(Oid(999), Tid::MAX),
+        Err(Error::PosKey(Oid(999)))
+    );
+    let c = array_over(&faulty(2), opts());
+    assert_eq!(c.load_before(Oid(5), Tid::MAX), Err(Error::PosKey(Oid(5))));
+    assert_eq!(states(&c), vec!["optimal"; 2]);
+}
+
+#[test]
+fn reads_are_spread_and_a_failed_read_is_retried_elsewhere() {
+    let b = faulty(3);
+    let a = array_over(&b, opts());
+    let oid = a.new_oids(1).unwrap()[0];
+    commit(&a, vec![store(oid, Tid::ZERO, b"v")]).unwrap();
+    let before: Vec<u64> = a
+        .core
+        .backends
+        .iter()
+        .map(|b| b.reads.load(Ordering::Relaxed))
+        .collect();
+    for _ in 0..30 {
+        a.load_before(oid, Tid::MAX).unwrap();
+    }
+    let after: Vec<u64> = a
+        .core
+        .backends
+        .iter()
+        .map(|b| b.reads.load(Ordering::Relaxed))
+        .collect();
+    for i in 0..3 {
+        assert_eq!(
+            after[i] - before[i],
+            10,
+            "round-robin: {before:?} -> {after:?}"
+        );
+    }
+    b[1].set(Fault::Down);
+    for _ in 0..6 {
+        assert!(a.load_before(oid, Tid::MAX).unwrap().is_some());
+    }
+    assert_eq!(states(&a), vec!["optimal", "degraded", "optimal"]);
+}
+
+#[test]
+fn fail_modes_when_too_few_backends_remain() {
+    for (mode, read_only) in [(FailMode::Close, false), (FailMode::ReadOnly, true)] {
+        let b = faulty(2);
+        let a = array_over(
+            &b,
+            RaidOptions {
+                fail_mode: mode,
+                min_optimal: 2,
+                ..opts()
+            },
+        );
+        let oid = a.new_oids(1).unwrap()[0];
+        commit(&a, vec![store(oid, Tid::ZERO, b"v")]).unwrap();
+        let fresh = a.new_oids(1).unwrap()[0];
+        b[1].set(Fault::Down);
+        let r = commit(&a, vec![store(fresh, Tid::ZERO, b"w")]);
+        assert!(r.is_err(), "{r:?}");
+        assert_eq!(states(&a), vec!["optimal", "degraded"]);
+        let w = a.tpc_vote(&txn(vec![store(fresh, Tid::ZERO, b"w")]));
+        if read_only {
+            assert_eq!(w.unwrap_err(), Error::ReadOnly);
+        } else {
+            assert!(
+                matches!(&w, Err(Error::Disconnected(m)) if m.contains("min-optimal")),
+                "{w:?}"
+            );
+        }
+        // Reads: served from the survivor in read-only mode, refused when closed.
+        assert_eq!(a.load_before(oid, Tid::MAX).is_ok(), read_only, "{mode:?}");
+        // With no optimal backend at all nothing is served.
+        b[0].set(Fault::Down);
+        let _ = a.load_before(oid, Tid::MAX);
+        assert!(a.load_before(oid, Tid::MAX).is_err());
+    }
+}
+
+#[test]
+fn behind_at_start_and_the_state_file_keep_backends_degraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let state_file = dir.path().join("raid.state");
+    let with_file = || RaidOptions {
+        state_file: Some(state_file.clone()),
+        ..opts()
+    };
+    let b = faulty(3);
+    {
+        let a = array_over(&b, with_file());
+        let oid = a.new_oids(1).unwrap()[0];
+        commit(&a, vec![store(oid, Tid::ZERO, b"v")]).unwrap();
+        b[2].set(Fault::Down);
+        commit(&a, vec![store(oid, a.last_transaction().unwrap(), b"w")]).unwrap();
+        b[2].set(Fault::None);
+        a.close();
+    }
+    // Restart over the same backends: c misses a transaction and the state
+    // file says it was degraded.
+    let a = array_over(&b, with_file());
+    assert_eq!(states(&a), vec!["optimal", "optimal", "degraded"]);
+    assert!(read(&a.core.backends[2].state)
+        .reason()
+        .unwrap()
+        .contains("before the restart"));
+    // Even with the same last tid, a backend the file names stays degraded.
+    let fresh = faulty(2);
+    statefile::save(
+        &state_file,
+        &statefile::Saved {
+            degraded: [("b".to_string(), "disagreed (test)".to_string())].into(),
+        },
+    )
+    .unwrap();
+    let a = array_over(&fresh, with_file());
+    assert_eq!(states(&a), vec!["optimal", "degraded"]);
+    // Without a state file: judged by last tid only.
+    std::fs::remove_file(&state_file).unwrap();
+    let a = array_over(&b, with_file());
+    assert_eq!(states(&a), vec!["optimal", "optimal", "degraded"]);
+    assert!(read(&a.core.backends[2].state)
+        .reason()
+        .unwrap()
+        .contains("missing transactions"));
+    // A corrupt state file stops the start, naming the file.
+    std::fs::write(&state_file, "garbage").unwrap();
+    let specs = vec![BackendSpec {
+        name: "a".into(),
+        kind: "memory",
+        source: BackendSource::Local(b[0].clone()),
+    }];
+    let err = RaidStorage::open(with_file(), specs)
+        .err()
+        .expect("refused");
+    assert!(err.contains("raid.state"), "{err}");
+}
+
+#[test]
+fn oids_are_never_handed_out_twice_across_a_restart() {
+    let b = faulty(2);
+    let first = {
+        let a = array_over(&b, opts());
+        let oids = a.new_oids(5).unwrap();
+        commit(&a, vec![store(oids[4], Tid::ZERO, b"v")]).unwrap();
+        oids
+    };
+    let a = array_over(&b, opts());
+    let again = a.new_oids(3).unwrap();
+    assert!(
+        again.iter().all(|o| *o > first[4]),
+        "{first:?} then {again:?}"
+    );
+    // Stores of oids the array did not hand out move its counter too.
+    commit(&a, vec![store(Oid(1000), Tid::ZERO, b"restored")]).unwrap();
+    assert!(a.new_oids(1).unwrap()[0] > Oid(1000));
+}
+
+#[test]
+fn a_backend_that_cannot_be_opened_starts_degraded() {
+    let b = faulty(1);
+    let specs = vec![
+        BackendSpec {
+            name: "gone".into(),
+            kind: "zeo",
+            source: BackendSource::Zeo(ClientOptions {
+                connect_timeout: Duration::from_millis(300),
+                ..ClientOptions::new("127.0.0.1:1")
+            }),
+        },
+        BackendSpec {
+            name: "here".into(),
+            kind: "memory",
+            source: BackendSource::Local(b[0].clone()),
+        },
+    ];
+    let a = RaidStorage::open(opts(), specs).expect("opens with one backend down");
+    assert_eq!(states(&a), vec!["degraded", "optimal"]);
+    let oid = a.new_oids(1).unwrap()[0];
+    commit(&a, vec![store(oid, Tid::ZERO, b"v")]).unwrap();
+    let status = a.status();
+    assert_eq!(status["state"], "degraded");
+    assert_eq!(status["backends"][0]["state"], "degraded");
+    assert!(status["backends"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("cannot connect"));
+}

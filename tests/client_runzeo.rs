@@ -10,11 +10,9 @@
 
 use crossbeam_channel::{unbounded, Receiver};
 use rmpv::Value;
-use std::fs::File;
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -23,134 +21,11 @@ use zeoraid::zeo::client::{encode_ext, Client, ClientOptions, EventHandler, Serv
 use zeoraid::zeo::{frame, message};
 
 mod common;
-use common::python;
+use common::RunZeo;
 
 // ---------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
-}
-
-/// A running `runzeo`, killed on drop.
-struct RunZeo {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-    conflict_resolution: bool,
-    python: PathBuf,
-}
-
-impl RunZeo {
-    fn start() -> RunZeo {
-        RunZeo::start_with(true)
-    }
-
-    /// `conflict_resolution`: runzeo's `client-conflict-resolution`, which
-    /// makes `vote` answer conflicts instead of raising ConflictError.
-    fn start_with(conflict_resolution: bool) -> RunZeo {
-        let mut z = RunZeo {
-            child: None,
-            port: free_port(),
-            dir: tempfile::tempdir().expect("tempdir"),
-            conflict_resolution,
-            python: python(),
-        };
-        z.spawn();
-        z
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("runzeo.log")).unwrap_or_default()
-    }
-
-    fn spawn(&mut self) {
-        let dir = self.dir.path();
-        let conf = dir.join("zeo.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "<zeo>\n  address 127.0.0.1:{}\n  msgpack true\n  client-conflict-resolution {}\n</zeo>\n\
-                 <filestorage 1>\n  path {}\n</filestorage>\n",
-                self.port,
-                self.conflict_resolution,
-                dir.join("Data.fs").display()
-            ),
-        )
-        .expect("write zeo.conf");
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(dir.join("runzeo.log"))
-            .expect("open runzeo.log");
-        let child = Command::new(&self.python)
-            .args(["-m", "ZEO.runzeo", "-C"])
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().expect("clone log handle")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start runzeo");
-        self.child = Some(child);
-        self.wait_ready();
-    }
-
-    /// Wait (bounded) until the port accepts connections.
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if TcpStream::connect_timeout(
-                &format!("127.0.0.1:{}", self.port).parse().expect("addr"),
-                Duration::from_millis(200),
-            )
-            .is_ok()
-            {
-                return;
-            }
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    panic!(
-                        "runzeo exited with {status} before listening:\n{}",
-                        self.log()
-                    );
-                }
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "runzeo did not listen on port {} within 30 s:\n{}",
-                    self.port,
-                    self.log()
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Kill and start again on the same port with the same Data.fs.
-    fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-}
-
-impl Drop for RunZeo {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn opts(addr: &str) -> ClientOptions {
     ClientOptions {

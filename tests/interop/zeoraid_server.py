@@ -174,10 +174,18 @@ class Server:
     """One server process (zeoraid or runzeo) serving ``storages``."""
 
     def __init__(self, storages=None, workers=4, invalidation_queue_size=100,
-                 target_name=None, extra_toml="", resolver=True):
+                 target_name=None, extra_toml="", resolver=True,
+                 transaction_timeout=None, client_conflict_resolution=None):
         self.storages = list(storages or [StorageSpec()])
         self.workers = workers
         self.invalidation_queue_size = invalidation_queue_size
+        # Seconds a client may hold a commit lock (None: no limit); zeoraid's
+        # [server] transaction-timeout, runzeo's <zeo> transaction-timeout.
+        self.transaction_timeout = transaction_timeout
+        # runzeo only: True adds client-conflict-resolution (conflicts go
+        # back to the client after vote, as zeoraid without a resolver);
+        # None leaves it to ZEORAID_INTEROP_RUNZEO_CLIENT_CR.
+        self.client_conflict_resolution = client_conflict_resolution
         self.target = target_name or target()
         self.extra_toml = extra_toml
         self.resolver = resolver
@@ -207,8 +215,11 @@ class Server:
             f"listen = {q('127.0.0.1:0')}",
             f"workers = {int(self.workers)}",
             f"invalidation-queue-size = {int(self.invalidation_queue_size)}",
-            "",
         ]
+        if self.transaction_timeout is not None:
+            lines.append(
+                f"transaction-timeout = {float(self.transaction_timeout)!r}")
+        lines.append("")
         for spec in self.storages:
             lines += [
                 "[[storage]]",
@@ -233,9 +244,17 @@ class Server:
             "  msgpack true",
             f"  invalidation-queue-size {int(self.invalidation_queue_size)}",
         ]
-        if os.environ.get(RUNZEO_CLIENT_CR_ENV, "0") not in ("", "0"):
+        client_cr = self.client_conflict_resolution
+        if client_cr is None:
+            client_cr = os.environ.get(RUNZEO_CLIENT_CR_ENV, "0") not in (
+                "", "0")
+        if client_cr:
             # As zeoraid: conflicts go back to the client after vote.
             lines.append("  client-conflict-resolution true")
+        if self.transaction_timeout is not None:
+            # ZConfig's "integer" datatype: whole seconds, at least 1.
+            lines.append(f"  transaction-timeout "
+                         f"{max(1, round(self.transaction_timeout))}")
         lines.append("</zeo>")
         flavour = os.environ.get(RUNZEO_STORAGE_ENV, "file")
         if flavour not in ("file", "mapping"):

@@ -394,17 +394,12 @@ impl Storage for Client {
             .map(|_| ())
     }
 
+    /// From what the server reported (`get_info` at register, then its
+    /// `info` messages after commits and packs): no call, so it is cheap
+    /// and works with Python ZEO, whose server has no `get_size_info`
+    /// method and closes the connection of a client that calls one.
     fn size_info(&self) -> SizeInfo {
-        match self.call("get_size_info", vec![]) {
-            Ok(v) => {
-                self.inner.merge_info(&v);
-                parse_size_info(&v)
-            }
-            Err(e) => {
-                log::debug!("{}: get_size_info failed: {e}", self.addr());
-                parse_size_info(&self.server_info())
-            }
-        }
+        parse_size_info(&self.server_info())
     }
 
     fn close(&self) {

@@ -1,0 +1,377 @@
+//! The RAID array end to end: an in-process zeoraid server serving a
+//! `RaidStorage` over real backends (in-process zeoraid servers, stock
+//! Python `runzeo`), used through the Rust ZEO client.
+
+use crossbeam_channel::{unbounded, Receiver};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use zeoraid::raid::fanout::Mode;
+use zeoraid::raid::state::FailMode;
+use zeoraid::raid::{BackendSource, BackendSpec, RaidOptions, RaidStorage};
+use zeoraid::server::{Options, Server};
+use zeoraid::storage::memory::MemoryStorage;
+use zeoraid::storage::{Data, Error, Oid, Op, Storage, Tid, Txn, TxnMeta, Vote};
+use zeoraid::zeo::client::{Client, ClientOptions, EventHandler, ServerEvent};
+
+mod common;
+use common::RunZeo;
+
+fn serve(storage: Arc<dyn Storage>) -> Server {
+    Server::start(
+        Options {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            workers: 8,
+            max_frame: 1 << 24,
+            invalidation_queue_size: 100,
+            transaction_timeout: None,
+            conflict_resolver: None,
+        },
+        vec![("1".into(), storage, false)],
+    )
+    .expect("server starts")
+}
+
+fn memory_server() -> Server {
+    serve(Arc::new(MemoryStorage::new("1", false)))
+}
+
+fn opts(name: &str) -> RaidOptions {
+    RaidOptions {
+        name: name.into(),
+        fanout: Mode::Parallel,
+        read_policy: zeoraid::raid::balance::ReadPolicy::RoundRobin,
+        min_optimal: 1,
+        fail_mode: FailMode::Close,
+        backend_timeout: Duration::from_secs(5),
+        state_file: None,
+    }
+}
+
+fn zeo(name: &str, addr: String) -> BackendSpec {
+    BackendSpec {
+        name: name.into(),
+        kind: "zeo",
+        source: BackendSource::Zeo(ClientOptions {
+            connect_timeout: Duration::from_secs(2),
+            ..ClientOptions::new(addr)
+        }),
+    }
+}
+
+fn client(addr: String) -> Client {
+    Client::connect(ClientOptions {
+        call_timeout: Duration::from_secs(20),
+        ..ClientOptions::new(addr)
+    })
+    .expect("connect")
+}
+
+fn client_with_events(addr: String) -> (Client, Receiver<ServerEvent>) {
+    let (tx, rx) = unbounded();
+    let handler: EventHandler = Arc::new(move |ev| {
+        let _ = tx.send(ev);
+    });
+    let c = Client::connect_with_handler(ClientOptions::new(addr), Some(handler)).expect("connect");
+    (c, rx)
+}
+
+fn store(oid: Oid, serial: Tid, data: &[u8]) -> Op {
+    Op::Store {
+        oid,
+        serial,
+        data: Data::from(data),
+    }
+}
+
+fn commit(c: &dyn Storage, ops: Vec<Op>) -> Result<Tid, Error> {
+    let t = Txn {
+        meta: TxnMeta::default(),
+        tid: None,
+        status: b' ',
+        ops,
+    };
+    match c.tpc_vote(&t)? {
+        Vote::Prepared { .. } => c.tpc_finish(),
+        Vote::Conflicts(cs) => {
+            c.tpc_abort();
+            Err(Error::Value(format!("unexpected conflicts {cs:?}")))
+        }
+    }
+}
+
+/// Wait (bounded) until `f` holds.
+fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn backend_state(raid: &RaidStorage, i: usize) -> (String, String) {
+    let s = raid.status();
+    let b = &s["backends"][i];
+    (
+        b["state"].as_str().unwrap_or("").to_string(),
+        b["reason"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+/// Every transaction with its records, through a client of one backend.
+/// Every transaction's tid and records.
+type History = Vec<(Tid, Vec<(Oid, Option<Data>)>)>;
+
+/// A commit a client was told succeeded: tid, oid, data.
+type Acked = (Tid, Oid, Vec<u8>);
+
+fn history(addr: String) -> History {
+    let c = client(addr);
+    c.iterator(None, None)
+        .expect("iterator")
+        .map(|t| {
+            let t = t.expect("transaction");
+            (
+                t.tid,
+                t.records.into_iter().map(|r| (r.oid, r.data)).collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn invalidations_reach_each_client_once_and_a_direct_write_degrades_the_backend() {
+    let backends: Vec<Server> = (0..3).map(|_| memory_server()).collect();
+    let specs = backends
+        .iter()
+        .enumerate()
+        .map(|(i, s)| zeo(["a", "b", "c"][i], s.local_addr().to_string()))
+        .collect();
+    let raid = Arc::new(RaidStorage::open(opts("1"), specs).expect("array"));
+    let server = serve(raid.clone());
+    let writer = client(server.local_addr().to_string());
+    let (_reader, events) = client_with_events(server.local_addr().to_string());
+    let oids = writer.new_oids(5).unwrap();
+    let mut tids = Vec::new();
+    for (i, oid) in oids.iter().enumerate() {
+        tids.push(
+            commit(
+                &writer,
+                vec![store(*oid, Tid::ZERO, format!("v{i}").as_bytes())],
+            )
+            .unwrap(),
+        );
+    }
+    // Exactly one invalidation per transaction, in order, however many backends.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while seen.len() < tids.len() && Instant::now() < deadline {
+        if let Ok(ServerEvent::Invalidate { tid, oids }) =
+            events.recv_timeout(Duration::from_millis(100))
+        {
+            seen.push((tid, oids));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    while let Ok(ev) = events.try_recv() {
+        if let ServerEvent::Invalidate { tid, oids } = ev {
+            seen.push((tid, oids));
+        }
+    }
+    let expected: Vec<(Tid, Vec<Oid>)> = tids
+        .iter()
+        .zip(&oids)
+        .map(|(t, o)| (*t, vec![*o]))
+        .collect();
+    assert_eq!(seen, expected);
+    assert_eq!(raid.status()["state"], "optimal");
+    // Someone writes straight to backend c: the array stops trusting it.
+    let direct = client(backends[2].local_addr().to_string());
+    let stray = direct.new_oids(1).unwrap()[0];
+    commit(
+        &direct,
+        vec![store(stray, Tid::ZERO, b"behind the array's back")],
+    )
+    .unwrap();
+    eventually("backend c is degraded", || {
+        backend_state(&raid, 2).0 == "degraded"
+    });
+    let (_, why) = backend_state(&raid, 2);
+    assert!(why.contains("written to directly"), "{why}");
+    // The array's clients never hear of the stray transaction, and go on.
+    let t = commit(&writer, vec![store(oids[0], tids[0], b"after")]).unwrap();
+    assert!(t > tids[4]);
+    std::thread::sleep(Duration::from_millis(200));
+    while let Ok(ev) = events.try_recv() {
+        if let ServerEvent::Invalidate { tid, .. } = ev {
+            assert_eq!(tid, t, "only the array's own transactions are announced");
+        }
+    }
+    drop(server);
+}
+
+#[test]
+fn started_with_a_backend_down_it_serves_from_the_other_and_fails_as_configured() {
+    let up = memory_server();
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down_addr = down.local_addr().unwrap().to_string();
+    drop(down);
+    for mode in [FailMode::Close, FailMode::ReadOnly] {
+        let specs = vec![
+            zeo("gone", down_addr.clone()),
+            zeo("up", up.local_addr().to_string()),
+        ];
+        let raid = Arc::new(
+            RaidStorage::open(
+                RaidOptions {
+                    fail_mode: mode,
+                    ..opts("1")
+                },
+                specs,
+            )
+            .expect("starts with a backend down"),
+        );
+        assert_eq!(backend_state(&raid, 0).0, "degraded");
+        let server = serve(raid.clone());
+        let c = client(server.local_addr().to_string());
+        let oid = c.new_oids(1).unwrap()[0];
+        let t = commit(&c, vec![store(oid, Tid::ZERO, b"served")]).unwrap();
+        assert_eq!(
+            &c.load_before(oid, Tid::MAX).unwrap().unwrap().data[..],
+            b"served"
+        );
+        // Now the last backend goes too (its connection drops).
+        drop(server);
+        drop(c);
+        let lone = memory_server();
+        let specs = vec![
+            zeo("gone", down_addr.clone()),
+            zeo("lone", lone.local_addr().to_string()),
+        ];
+        let raid = Arc::new(
+            RaidStorage::open(
+                RaidOptions {
+                    fail_mode: mode,
+                    ..opts("1")
+                },
+                specs,
+            )
+            .unwrap(),
+        );
+        let server = serve(raid.clone());
+        let c = client(server.local_addr().to_string());
+        let oid2 = c.new_oids(1).unwrap()[0];
+        commit(&c, vec![store(oid2, Tid::ZERO, b"x")]).unwrap();
+        drop(lone);
+        eventually("the array has failed", || {
+            raid.status()["state"] == "failed"
+        });
+        let w = commit(&c, vec![store(oid2, Tid::ZERO, b"y")]);
+        match mode {
+            FailMode::ReadOnly => assert!(
+                matches!(&w, Err(Error::ReadOnly))
+                    || matches!(&w, Err(Error::Remote { class, .. }) if class.contains("ReadOnly")),
+                "{w:?}"
+            ),
+            FailMode::Close => {
+                let e = format!("{w:?}");
+                assert!(e.contains("has failed") && e.contains("min-optimal"), "{e}");
+            }
+        }
+        let _ = t;
+    }
+}
+
+#[test]
+fn kill_9_of_a_runzeo_backend_under_load_loses_nothing() {
+    let mut backends: Vec<RunZeo> = (0..3).map(|_| RunZeo::start_with(true)).collect();
+    let specs = backends
+        .iter()
+        .enumerate()
+        .map(|(i, z)| zeo(["a", "b", "c"][i], z.addr()))
+        .collect();
+    let raid = Arc::new(RaidStorage::open(opts("1"), specs).expect("array"));
+    let server = serve(raid.clone());
+    let addr = server.local_addr().to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged: Arc<Mutex<Vec<Acked>>> = Arc::default();
+    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (addr, stop, acked, errors) = (
+                addr.clone(),
+                stop.clone(),
+                acknowledged.clone(),
+                errors.clone(),
+            );
+            std::thread::spawn(move || {
+                let c = client(addr);
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let oid = match c.new_oids(1) {
+                        Ok(o) => o[0],
+                        Err(e) => {
+                            errors
+                                .lock()
+                                .unwrap()
+                                .push(format!("writer {w}: new_oids: {e}"));
+                            break;
+                        }
+                    };
+                    let data = format!("writer {w} commit {n}").into_bytes();
+                    match commit(&c, vec![store(oid, Tid::ZERO, &data)]) {
+                        Ok(tid) => acked.lock().unwrap().push((tid, oid, data)),
+                        Err(e) => {
+                            errors.lock().unwrap().push(format!("writer {w}: {e}"));
+                            break;
+                        }
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    backends[1].kill();
+    let killed_at = acknowledged.lock().unwrap().len();
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().expect("writer thread");
+    }
+    let errors = errors.lock().unwrap().clone();
+    assert!(
+        errors.is_empty(),
+        "clients saw errors: {errors:?}; array: {}; backend a's log: {}",
+        raid.status(),
+        backends[0].log()
+    );
+    let acked = acknowledged.lock().unwrap().clone();
+    assert!(
+        acked.len() > killed_at && killed_at > 0,
+        "commits before and after the kill: {killed_at} of {}",
+        acked.len()
+    );
+    let (state, why) = backend_state(&raid, 1);
+    assert_eq!(state, "degraded");
+    assert!(!why.is_empty());
+    drop(server);
+    drop(raid);
+    // Every acknowledged commit is on both survivors, and their histories are identical.
+    let h0 = history(backends[0].addr());
+    let h2 = history(backends[2].addr());
+    assert_eq!(h0, h2, "the survivors' histories differ");
+    let by_tid: std::collections::HashMap<Tid, &Vec<(Oid, Option<Data>)>> =
+        h0.iter().map(|(t, r)| (*t, r)).collect();
+    for (tid, oid, data) in &acked {
+        let records = by_tid
+            .get(tid)
+            .unwrap_or_else(|| panic!("acknowledged {tid} missing on the survivors"));
+        assert!(
+            records
+                .iter()
+                .any(|(o, d)| o == oid && d.as_deref() == Some(&data[..])),
+            "acknowledged {tid} lacks its record"
+        );
+    }
+}

@@ -375,3 +375,78 @@ fn kill_9_of_a_runzeo_backend_under_load_loses_nothing() {
         );
     }
 }
+
+/// The `ruok` status document of a server.
+fn ruok(addr: std::net::SocketAddr) -> serde_json::Value {
+    use zeoraid::zeo::frame::{read_frame, write_frame};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    read_frame(&mut s, 1 << 20).expect("hello");
+    write_frame(&mut s, b"ruok").unwrap();
+    serde_json::from_slice(&read_frame(&mut s, 1 << 20).expect("status")).expect("JSON")
+}
+
+fn file_server(path: &std::path::Path, listen: std::net::SocketAddr) -> Server {
+    let fs =
+        zeoraid::storage::file::FileStorage::open(path, Default::default()).expect("open Data.fs");
+    Server::start(
+        Options {
+            listen,
+            workers: 4,
+            max_frame: 1 << 24,
+            invalidation_queue_size: 100,
+            transaction_timeout: None,
+            conflict_resolver: None,
+        },
+        vec![("1".into(), Arc::new(fs), false)],
+    )
+    .expect("backend server starts")
+}
+
+#[test]
+fn a_restart_keeps_a_degraded_backend_degraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let zdata = dir.path().join("z/Data.fs");
+    std::fs::create_dir_all(zdata.parent().unwrap()).unwrap();
+    let backend = file_server(&zdata, "127.0.0.1:0".parse().unwrap());
+    let zaddr = backend.local_addr();
+    let config = format!(
+        "[[storage]]\nname = \"1\"\nkind = \"raid\"\nbackend-timeout = 5\n\
+         [[storage.backend]]\nname = \"f\"\nkind = \"file\"\npath = \"f/Data.fs\"\n\
+         [[storage.backend]]\nname = \"z\"\nkind = \"zeo\"\naddress = \"{zaddr}\"\n"
+    );
+    let raid = common::ZeoraidProcess::start(dir.path(), &config);
+    {
+        let c = client(raid.addr.to_string());
+        let oid = c.new_oids(1).unwrap()[0];
+        commit(&c, vec![store(oid, Tid::ZERO, b"mirrored")]).unwrap();
+        let doc = ruok(raid.addr);
+        assert_eq!(doc["1"]["raid"]["state"], "optimal", "{doc}");
+    }
+    // Backend z goes away: degraded, and the state file says so.
+    drop(backend);
+    eventually("z is degraded", || {
+        ruok(raid.addr)["1"]["raid"]["backends"][1]["state"] == "degraded"
+    });
+    assert!(dir.path().join("raid-1.state").exists());
+    raid.kill9();
+    // z comes back with everything it had: the same last transaction as f.
+    let backend = file_server(&zdata, zaddr);
+    let raid = common::ZeoraidProcess::start(dir.path(), &config);
+    let doc = ruok(raid.addr);
+    let z = &doc["1"]["raid"]["backends"][1];
+    assert_eq!(z["state"], "degraded", "{doc}");
+    assert!(
+        z["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("before the restart"),
+        "{doc}"
+    );
+    assert_eq!(doc["1"]["raid"]["state"], "degraded");
+    // The array still serves from f.
+    let c = client(raid.addr.to_string());
+    let oid = c.new_oids(1).unwrap()[0];
+    commit(&c, vec![store(oid, Tid::ZERO, b"on f only")]).unwrap();
+    drop(backend);
+}

@@ -25,6 +25,18 @@ pub enum ReadPolicy {
     Primary,
 }
 
+impl ReadPolicy {
+    /// The config spelling.
+    pub fn label(self) -> &'static str {
+        match self {
+            ReadPolicy::RoundRobin => "round-robin",
+            ReadPolicy::Random => "random",
+            ReadPolicy::LeastLatency => "least-latency",
+            ReadPolicy::Primary => "primary",
+        }
+    }
+}
+
 /// Every this many reads, `least-latency` sends one to the next backend in
 /// turn, so a backend that recovered from being slow is noticed.
 pub const PROBE_EVERY: u64 = 16;

@@ -397,7 +397,7 @@ impl Core {
         }
         *lock(&self.next_oid) = next;
         log::info!(
-            "RAID array {:?}: {} ({} of {} backends optimal), last transaction {last}, {} fan-out, {:?} reads",
+            "RAID array {:?}: {} ({} of {} backends optimal), last transaction {last}, {} fan-out, {} reads",
             self.opts.name,
             self.array_state(),
             self.optimal().len(),
@@ -406,7 +406,7 @@ impl Core {
                 Mode::Parallel => "parallel",
                 Mode::Sequential => "sequential",
             },
-            self.opts.read_policy
+            self.opts.read_policy.label()
         );
     }
 
@@ -511,7 +511,6 @@ impl Core {
         let mut answered = Vec::with_capacity(positions.len());
         for (&i, outcome) in positions.iter().zip(outcomes) {
             let b = &self.backends[i];
-            b.writes.fetch_add(1, Ordering::Relaxed);
             match outcome {
                 Outcome::Done(r, took) => {
                     b.observe(took);
@@ -915,7 +914,9 @@ impl RaidStorage {
             match r {
                 Ok(t) if t == tid => {
                     finished += 1;
-                    core.backends[i].last_tid.store(tid.0, Ordering::Relaxed);
+                    let b = &core.backends[i];
+                    b.last_tid.store(tid.0, Ordering::Relaxed);
+                    b.writes.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(t) => core.degrade(i, format!("{what} committed as {t}, the array gave it {tid}; recover it")),
                 Err(e) => core.degrade(

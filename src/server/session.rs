@@ -1025,20 +1025,15 @@ fn register(shared: &Shared, sess: &Session, a: &[Value]) -> Result<Tid> {
 
 fn finish(shared: &Shared, sess: &Session, st: &mut State, msg: &Message) -> Flow {
     match finish_txn(shared, sess, st, msg) {
-        Ok(Some(tid)) => Flow::Reply(Ok(tid_value(tid))),
-        Ok(None) => Flow::Done,
+        Ok(()) => Flow::Done,
         Err(e) => Flow::Reply(Err(e)),
     }
 }
 
-/// `tpc_finish`: `Some(tid)` when finished here, `None` when the commit
-/// thread acknowledges it ([`super::committer`]).
-fn finish_txn(
-    shared: &Shared,
-    sess: &Session,
-    st: &mut State,
-    msg: &Message,
-) -> Result<Option<Tid>> {
+/// `tpc_finish`. Success is answered here, before the commit lock passes
+/// on, or by the commit thread once durable ([`super::committer`]); an
+/// error is returned for the caller to answer.
+fn finish_txn(shared: &Shared, sess: &Session, st: &mut State, msg: &Message) -> Result<()> {
     let entry = sess.entry()?.clone();
     let a = msg.arg_list();
     let id = a
@@ -1109,13 +1104,22 @@ fn finish_txn(
             );
             super::committer::complete(shared, &entry, vec![f]);
         }
-        return Ok(None);
+        return Ok(());
     }
     announce(shared, &entry, sess.id, tid, &invalidated);
     drop(visible);
     shared.send(Out::Send(sess.id, info_message(&entry)));
+    // Answer before the lock passes on: the next transaction's
+    // invalidation must not reach this client before the tid of its own
+    // commit (ZEO's client cache refuses a tid older than one it has seen).
+    if !msg.is_oneway() {
+        shared.send(Out::Send(
+            sess.id,
+            message::encode_reply(&msg.msgid, &tid_value(tid)),
+        ));
+    }
     release_lock(shared, &entry, sess.id);
-    Ok(Some(tid))
+    Ok(())
 }
 
 /// A transaction became visible: count it, remember its invalidations for

@@ -603,7 +603,6 @@ class HotObjectTests(ServerFixture, unittest.TestCase):
 def _counter_test(writers, kind, resolver):
     def test(self):
         self.counter_case(writers, kind, resolver)
-    test.__doc__ = None
     return test
 
 

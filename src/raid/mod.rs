@@ -55,13 +55,13 @@ pub mod statefile;
 use crate::locks::{lock, read, write};
 use crate::storage::resolve::ConflictResolver;
 use crate::storage::{
-    timestamp, Conflict, CurrentRecord, Data, Error, HistoryEntry, Loaded, Oid, Result, SizeInfo,
-    Storage, Tid, Txn, TxnIter, UndoEntry, Vote,
+    timestamp, CurrentRecord, Data, Error, HistoryEntry, Loaded, Oid, Result, SizeInfo, Storage,
+    Tid, Txn, TxnIter, UndoEntry, Vote,
 };
 use crate::zeo::client::{Client, ClientOptions, ServerEvent};
 use balance::ReadPolicy;
 use fanout::{Mode, Outcome};
-use state::{BackendState, FailMode};
+use state::{BackendState, FailMode, VoteKey};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -571,14 +571,6 @@ impl Core {
     }
 }
 
-/// A vote's answer reduced to what the backends must agree on.
-#[derive(Clone, Debug, PartialEq)]
-enum VoteKey {
-    Prepared { resolved: Vec<Oid> },
-    Conflicts(Vec<(Oid, Tid, Tid)>),
-    Refused(String),
-}
-
 fn vote_key(v: &Result<Vote>) -> VoteKey {
     match v {
         Ok(Vote::Prepared { resolved, .. }) => {
@@ -592,6 +584,11 @@ fn vote_key(v: &Result<Vote>) -> VoteKey {
             k.sort();
             VoteKey::Conflicts(k)
         }
+        Err(Error::Conflict {
+            oid,
+            read_conflict: false,
+            ..
+        }) => VoteKey::ConflictError(*oid),
         Err(e) => VoteKey::Refused(crate::zeo::message::error_to_wire(e).0),
     }
 }
@@ -687,20 +684,22 @@ impl Storage for RaidStorage {
             *next = (*next).max(top);
         }
         let answered = core.write_op("vote", &optimal, |s| s.tpc_vote(&whole));
-        let decision = state::decide(&replies(&answered, vote_key));
+        let mut keys = replies(&answered, vote_key);
+        if state::unify_resolution(&mut keys) {
+            log::debug!(
+                "RAID array {:?}: vote of {tid}: some backends resolved conflicts others report; \
+                 the client resolves them",
+                core.opts.name
+            );
+        }
+        let decision = state::decide(&keys);
         let mut to_abort = Vec::new();
         for &(pos, ref why) in &decision.degrade {
             let (i, r) = &answered[pos];
             if matches!(r, Ok(Vote::Prepared { .. })) {
                 to_abort.push(*i);
             }
-            let hint = match (&decision.winner, r) {
-                (Some(VoteKey::Conflicts(_)), Ok(Vote::Prepared { resolved, .. })) if !resolved.is_empty() => {
-                    " (a ZEO backend that resolves conflicts itself must run with client-conflict-resolution true)"
-                }
-                _ => "",
-            };
-            core.degrade(*i, format!("vote of {tid}: {why}{hint}"));
+            core.degrade(*i, format!("vote of {tid}: {why}"));
         }
         // Answers of the winners, in configuration order.
         let winners: Vec<&(usize, Result<Vote>)> =
@@ -744,15 +743,23 @@ impl Storage for RaidStorage {
                 Ok(vote)
             }
             Some(VoteKey::Conflicts(_)) => {
-                core.abort_on(&to_abort);
-                match winners.first() {
-                    Some((_, Ok(Vote::Conflicts(c)))) => {
-                        Ok(Vote::Conflicts(c.iter().map(Conflict::clone).collect()))
+                // Backends that resolved the conflicts themselves prepared:
+                // abort them too, the client resolves for all.
+                for (i, r) in &winners {
+                    if matches!(r, Ok(Vote::Prepared { .. })) {
+                        to_abort.push(*i);
                     }
-                    _ => Err(Error::Value("RAID: inconsistent vote outcome".into())),
                 }
+                core.abort_on(&to_abort);
+                let reported = winners.iter().find_map(|(_, r)| match r {
+                    Ok(Vote::Conflicts(c)) => Some(c.clone()),
+                    _ => None,
+                });
+                reported
+                    .map(Vote::Conflicts)
+                    .ok_or_else(|| Error::Value("RAID: inconsistent vote outcome".into()))
             }
-            Some(VoteKey::Refused(_)) => {
+            Some(VoteKey::Refused(_)) | Some(VoteKey::ConflictError(_)) => {
                 core.abort_on(&to_abort);
                 match winners.first() {
                     Some((_, Err(e))) => Err(e.clone()),

@@ -15,7 +15,7 @@
 //!   (`min-optimal`), and what the configured `fail-mode` makes of it.
 //! - [`next_tid`]: the tid the array gives the next transaction.
 
-use crate::storage::{timestamp, Error, Tid};
+use crate::storage::{timestamp, Error, Oid, Tid};
 use std::fmt;
 
 /// One backend's state.
@@ -212,6 +212,57 @@ pub fn decide<K: PartialEq + Clone + fmt::Debug>(replies: &[Reply<K>]) -> Decisi
         winner: Some(winner),
         degrade,
     }
+}
+
+/// A backend's answer to a vote, reduced to what the backends must agree on.
+#[derive(Clone, Debug, PartialEq)]
+pub enum VoteKey {
+    /// Prepared; these oids' conflicts were resolved (or undone) by the backend.
+    Prepared { resolved: Vec<Oid> },
+    /// Conflicts for the client to resolve: (oid, committed, read), sorted.
+    Conflicts(Vec<(Oid, Tid, Tid)>),
+    /// A `ConflictError` raised on this oid (a backend that resolves
+    /// conflicts itself and could not).
+    ConflictError(Oid),
+    /// Another ZODB error, by class name.
+    Refused(String),
+}
+
+/// Make answers that differ only in *where* conflicts are resolved agree.
+///
+/// A backend that resolves conflicts itself (Python ZEO's default) answers
+/// a vote with "prepared, these oids resolved" or raises `ConflictError`,
+/// where one that leaves resolution to the client (zeoraid's storages,
+/// Python ZEO with `client-conflict-resolution true`) answers conflict
+/// dicts. Both are right; the array cannot keep the backend's own merge
+/// (the others do not have it), so it goes the client's way: when some
+/// backend reports conflicts, a backend that resolved or refused only
+/// those oids is counted as reporting the same conflicts (the array aborts
+/// what it prepared), and the client resolves once for all. Returns
+/// whether any answer was changed.
+pub fn unify_resolution(replies: &mut [Reply<VoteKey>]) -> bool {
+    let Some(conflicts) = replies.iter().find_map(|r| match r {
+        Ok(VoteKey::Conflicts(c)) => Some(c.clone()),
+        _ => None,
+    }) else {
+        return false;
+    };
+    let oids: Vec<Oid> = conflicts.iter().map(|c| c.0).collect();
+    let mut changed = false;
+    for r in replies.iter_mut() {
+        let same = match r {
+            Ok(VoteKey::Prepared { resolved }) => {
+                !resolved.is_empty() && resolved.iter().all(|o| oids.contains(o))
+            }
+            Ok(VoteKey::ConflictError(oid)) => oids.contains(oid),
+            _ => false,
+        };
+        if same {
+            *r = Ok(VoteKey::Conflicts(conflicts.clone()));
+            changed = true;
+        }
+    }
+    changed
 }
 
 /// The tid for the array's next transaction: later than the array's last
@@ -441,6 +492,77 @@ mod tests {
         ];
         for (e, want) in cases {
             assert_eq!(classify(&e), want, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn unify_resolution_table() {
+        use VoteKey::*;
+        let (o1, o2, o3) = (Oid(1), Oid(2), Oid(3));
+        let c = |oids: &[Oid]| Conflicts(oids.iter().map(|o| (*o, Tid(9), Tid(5))).collect());
+        let p = |oids: &[Oid]| Prepared {
+            resolved: oids.to_vec(),
+        };
+        type Case = (&'static str, Vec<Reply<VoteKey>>, Vec<Reply<VoteKey>>, bool);
+        let cases: Vec<Case> = vec![
+            (
+                "no conflicts: unchanged",
+                vec![Ok(p(&[])), Ok(p(&[o1]))],
+                vec![Ok(p(&[])), Ok(p(&[o1]))],
+                false,
+            ),
+            (
+                "resolved by one, reported by the other",
+                vec![Ok(p(&[o1])), Ok(c(&[o1]))],
+                vec![Ok(c(&[o1])), Ok(c(&[o1]))],
+                true,
+            ),
+            (
+                "resolved part of the reported ones",
+                vec![Ok(c(&[o1, o2])), Ok(p(&[o2]))],
+                vec![Ok(c(&[o1, o2])), Ok(c(&[o1, o2]))],
+                true,
+            ),
+            (
+                "resolved something else: a real disagreement",
+                vec![Ok(c(&[o1])), Ok(p(&[o3]))],
+                vec![Ok(c(&[o1])), Ok(p(&[o3]))],
+                false,
+            ),
+            (
+                "prepared without resolving: a real disagreement",
+                vec![Ok(c(&[o1])), Ok(p(&[]))],
+                vec![Ok(c(&[o1])), Ok(p(&[]))],
+                false,
+            ),
+            (
+                "ConflictError on a reported oid",
+                vec![Ok(ConflictError(o1)), Ok(c(&[o1]))],
+                vec![Ok(c(&[o1])), Ok(c(&[o1]))],
+                true,
+            ),
+            (
+                "ConflictError on another oid stays",
+                vec![Ok(ConflictError(o2)), Ok(c(&[o1]))],
+                vec![Ok(ConflictError(o2)), Ok(c(&[o1]))],
+                false,
+            ),
+            (
+                "failures and other errors are left alone",
+                vec![Err("down".into()), Ok(Refused("X".into())), Ok(c(&[o1]))],
+                vec![Err("down".into()), Ok(Refused("X".into())), Ok(c(&[o1]))],
+                false,
+            ),
+            (
+                "only ConflictErrors: unchanged (the client gets the error)",
+                vec![Ok(ConflictError(o1)), Ok(ConflictError(o1))],
+                vec![Ok(ConflictError(o1)), Ok(ConflictError(o1))],
+                false,
+            ),
+        ];
+        for (name, mut replies, want, changed) in cases {
+            assert_eq!(unify_resolution(&mut replies), changed, "{name}");
+            assert_eq!(replies, want, "{name}");
         }
     }
 

@@ -555,6 +555,7 @@ fn finish_after_conflicts(oid: Oid, committed: Tid, read: Tid) -> Error {
                   conflicts; the transaction was aborted, retry it"
             .into(),
         read_conflict: false,
+        class_name: None,
     }
 }
 

@@ -1394,6 +1394,7 @@ mod tests {
                 read: a,
                 message: "database conflict error".to_string(),
                 read_conflict: false,
+                class_name: None,
             }
         );
         assert_eq!(
@@ -1447,6 +1448,7 @@ mod tests {
             read: a,
             message: "database read conflict error".to_string(),
             read_conflict: true,
+            class_name: None,
         };
         let cases: Vec<(u64, Tid, Option<Error>)> = vec![
             (1, b, None),

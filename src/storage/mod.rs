@@ -194,6 +194,9 @@ pub enum Error {
         message: String,
         /// ReadConflictError rather than ConflictError.
         read_conflict: bool,
+        /// The object's class, when known (a Python server names it; ZODB
+        /// applications show it in the error message).
+        class_name: Option<String>,
     },
     #[error("the storage is read-only")]
     ReadOnly,

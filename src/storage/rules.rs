@@ -157,6 +157,7 @@ fn check_serial(oid: Oid, committed: Option<Tid>, serial: Tid, read_conflict: bo
             read: serial,
             message: message.to_string(),
             read_conflict,
+            class_name: None,
         });
     }
     Ok(())
@@ -434,6 +435,7 @@ mod tests {
             }
             .to_string(),
             read_conflict,
+            class_name: None,
         };
         // (committed, serial, delete, check_current)
         let cases = [

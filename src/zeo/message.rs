@@ -206,6 +206,7 @@ pub fn error_to_wire(err: &storage::Error) -> (String, Value) {
             read,
             message,
             read_conflict,
+            class_name,
         } => (
             format!(
                 "{POS}{}",
@@ -222,7 +223,10 @@ pub fn error_to_wire(err: &storage::Error) -> (String, Value) {
                     "serials",
                     Value::Array(vec![tid_value(*committed), tid_value(*read)]),
                 ),
-                ("class_name", Value::Nil),
+                (
+                    "class_name",
+                    class_name.as_deref().map(Value::from).unwrap_or(Value::Nil),
+                ),
             ]),
         ),
         E::ReadOnly => (format!("{POS}ReadOnlyError"), Value::Array(vec![])),
@@ -314,6 +318,9 @@ pub fn error_from_wire(result: &Value) -> storage::Error {
                     .unwrap_or("database conflict error")
                     .to_string(),
                 read_conflict: name == "ReadConflictError",
+                class_name: lookup(args, "class_name")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string),
             }
         }
         "ReadOnlyError" => E::ReadOnly,
@@ -537,6 +544,7 @@ mod tests {
                 read: Tid(2),
                 message: "database conflict error".into(),
                 read_conflict: false,
+                class_name: Some("BTrees.Length.Length".into()),
             },
             E::Conflict {
                 oid: Oid(1),
@@ -544,6 +552,7 @@ mod tests {
                 read: Tid(2),
                 message: "database read conflict error".into(),
                 read_conflict: true,
+                class_name: None,
             },
             E::ReadOnly,
             E::Transaction("no transaction".into()),

@@ -125,9 +125,25 @@ def zeoraid_binary():
 class StorageSpec:
     """One ``[[storage]]`` section of the server config."""
     name: str = "1"          # ZEO's default storage name
-    kind: str = "memory"     # "memory" or "file"
+    kind: str = "memory"     # "memory", "file" or "raid"
     read_only: bool = False
     path: str = None         # kind="file": data file; default in server dir
+    # kind="raid": one entry per backend, in order: "file" or "memory" (in
+    # process), "runzeo" (a stock Python ZEO server this harness starts,
+    # msgpack on, otherwise ZEO's defaults: it resolves conflicts itself) or
+    # "zeoraid" (a second zeoraid server with a memory storage).
+    backends: tuple = ()
+    raid_options: str = ""   # extra TOML lines for the [[storage]] section
+
+
+# The backend combinations the conformance suites run against (the RAID
+# issue's (a) to (d)).
+RAID_LAYOUTS = {
+    "runzeo2": ("runzeo", "runzeo"),
+    "file2": ("file", "file"),
+    "mixed": ("runzeo", "file"),
+    "zeoraid2": ("zeoraid", "zeoraid"),
+}
 
 
 # ---------------------------------------------------------------------------
@@ -190,6 +206,8 @@ class Server:
         self.extra_toml = extra_toml
         self.resolver = resolver
         self.dir = tempfile.mkdtemp(prefix="zeoraid-interop-", dir=_BASE_TMP)
+        # Backend servers of RAID storages (started before, stopped after).
+        self.backend_servers = []
         self.config_path = None
         self.stderr_path = os.path.join(self.dir, "server.stderr")
         self.argv = None
@@ -229,6 +247,8 @@ class Server:
             ]
             if spec.kind == "file":
                 lines.append(f"path = {q(self._storage_path(spec))}")
+            if spec.kind == "raid":
+                lines += self._raid_lines(spec)
             lines.append("")
         if self.resolver:
             lines += ["[conflict-resolution]",
@@ -236,6 +256,38 @@ class Server:
         if self.extra_toml:
             lines.append(self.extra_toml)
         return "\n".join(lines) + "\n"
+
+    def _raid_lines(self, spec):
+        """The array's keys and its [[storage.backend]] sections; starts
+        the backend servers it needs."""
+        q = json.dumps
+        lines = [f"state-file = {q(os.path.join(self.dir, f'raid-{spec.name}.state'))}"]
+        if spec.raid_options:
+            lines.append(spec.raid_options)
+        if not spec.backends:
+            raise HarnessError("a raid StorageSpec needs backends")
+        for i, kind in enumerate(spec.backends):
+            name = f"{kind}-{i}"
+            lines.append("[[storage.backend]]")
+            lines.append(f"name = {q(name)}")
+            if kind in ("file", "memory"):
+                lines.append(f"kind = {q(kind)}")
+                if kind == "file":
+                    path = os.path.join(self.dir, f"raid-{spec.name}-{i}.fs")
+                    lines.append(f"path = {q(path)}")
+            elif kind in ("runzeo", "zeoraid"):
+                backend = Server(
+                    [StorageSpec(name="1", kind="file" if kind == "runzeo"
+                                 else "memory")],
+                    target_name=kind, resolver=self.resolver,
+                    client_conflict_resolution=False)
+                self.backend_servers.append(backend)
+                host, port = backend.start()
+                lines += ['kind = "zeo"', f"address = {q(f'{host}:{port}')}",
+                          'storage = "1"']
+            else:
+                raise HarnessError(f"unknown RAID backend kind {kind!r}")
+        return lines
 
     def _runzeo_config(self):
         lines = [
@@ -398,7 +450,15 @@ class Server:
                 self.proc.wait()
         self.returncode = self.proc.returncode
         self._forget()
+        self._stop_backends()
         return self.returncode
+
+    def _stop_backends(self):
+        for backend in self.backend_servers:
+            try:
+                backend.stop()
+            except Exception:
+                backend._kill_quietly()
 
     def graceful_problem(self):
         """None if the last stop() was a clean exit 0 after SIGTERM, else a
@@ -436,6 +496,9 @@ class Server:
         """Stop if needed and delete the temporary directory."""
         if self.is_running():
             self.stop()
+        self._stop_backends()
+        for backend in self.backend_servers:
+            backend.cleanup()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self):
@@ -514,6 +577,9 @@ class ServerFixture:
         for server in getattr(self, "_interop_servers", []):
             label = f"{server.target} server {server.addr} stderr"
             logs.append((label, server.log_tail()))
+            for backend in server.backend_servers:
+                label = f"{backend.target} backend {backend.addr} stderr"
+                logs.append((label, backend.log_tail()))
         return logs
 
     def interop_cleanup(self):

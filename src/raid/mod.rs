@@ -17,9 +17,9 @@
 //! are compared ([`state::decide`]): a backend that fails, misses
 //! `backend-timeout` or answers differently is degraded with the reason,
 //! and the client sees nothing of it. Conflicts go back to the client as
-//! ZEO 5 conflict dicts, so ZEO backends must run with
-//! `client-conflict-resolution true` (a backend that resolves a conflict
-//! itself disagrees with one that reports it).
+//! ZEO 5 conflict dicts; a backend that resolved them itself (Python ZEO's
+//! default) counts as agreeing and is aborted, so the client resolves once
+//! for all ([`state::unify_resolution`]).
 //!
 //! **Never believing a backend holds what it may not.** A backend is only
 //! called for writes while optimal. One that fails or times out during

@@ -267,6 +267,12 @@ class Server:
         if not spec.backends:
             raise HarnessError("a raid StorageSpec needs backends")
         for i, kind in enumerate(spec.backends):
+            if isinstance(kind, tuple):
+                # ("zeo", "HOST:PORT"): a ZEO server the test runs itself.
+                _, address = kind
+                lines += ["[[storage.backend]]", f'name = "zeo-{i}"',
+                          'kind = "zeo"', f"address = {q(address)}"]
+                continue
             name = f"{kind}-{i}"
             lines.append("[[storage.backend]]")
             lines.append(f"name = {q(name)}")
@@ -431,12 +437,16 @@ class Server:
     def is_running(self):
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, timeout=STOP_TIMEOUT):
+    def stop(self, timeout=STOP_TIMEOUT, stop_backends=True):
         """SIGTERM, wait up to ``timeout`` s, then SIGKILL.  Returns the exit
         code; sets ``killed``/``exited_early`` so callers can check that the
-        shutdown was graceful."""
-        if self.proc is None:
+        shutdown was graceful.  A second call does nothing (but may stop
+        the backends a first call with ``stop_backends=False`` left)."""
+        if self.proc is None or getattr(self, "stopped", False):
+            if stop_backends:
+                self._stop_backends()
             return self.returncode
+        self.stopped = True
         self._stop_timeout = timeout
         if self.proc.poll() is not None:
             self.exited_early = True
@@ -450,7 +460,8 @@ class Server:
                 self.proc.wait()
         self.returncode = self.proc.returncode
         self._forget()
-        self._stop_backends()
+        if stop_backends:
+            self._stop_backends()
         return self.returncode
 
     def _stop_backends(self):

@@ -31,8 +31,9 @@ enum Cmd {
         #[arg(long)]
         listen: Option<String>,
     },
-    /// Measure a ZEO server (ours or Python's): commits/s, loads/s, latency.
-    Bench(zeoraid::bench::BenchArgs),
+    /// Measure a ZEO server (ours or Python's): commits/s, loads/s, latency;
+    /// `bench fanout`: parallel vs sequential fan-out of an array over ZEO servers.
+    Bench(zeoraid::bench::BenchCommand),
 }
 
 fn main() -> ExitCode {
@@ -42,7 +43,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve { config, listen } => serve(config, listen),
-        Cmd::Bench(args) => match zeoraid::bench::run(&args) {
+        Cmd::Bench(args) => match zeoraid::bench::run_command(&args) {
             Ok(report) => {
                 println!("{report}");
                 ExitCode::SUCCESS

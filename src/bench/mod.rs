@@ -6,16 +6,27 @@
 //! `loadBefore(oid, maxtid)` of an object written earlier. The run has two
 //! timed phases, commits then loads, each `duration / 2` long with all
 //! clients busy; it reports throughput and p50/p99 latency of each.
+//!
+//! The phases are public ([`commit_phase`], [`load_phase`], [`fill`]) so
+//! other measurements reuse them: [`fanout`] (`zeoraid bench fanout`,
+//! parallel vs sequential fan-out of a RAID array over ZEO servers) and the
+//! `raid` benchmark. [`proxy`] is a TCP proxy that adds delay or service
+//! time, or never answers (tests and benchmarks); [`plot`] writes SVG
+//! charts.
 
-use crate::zeo::client::{Client, ClientOptions};
+pub mod fanout;
+pub mod plot;
+pub mod proxy;
+
+use crate::storage::Oid;
+use crate::zeo::client::{parse_oids, Client, ClientOptions};
 use crate::zeo::frame;
-use crate::zeo::message::{self, bin};
+use crate::zeo::message::{self, bin, oid_value};
 use rand::Rng;
 use rmpv::Value;
 use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Command-line arguments of `zeoraid bench`.
@@ -48,6 +59,34 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+/// `zeoraid bench`: the load generator (`--address ...`), or a measurement
+/// built on it (`zeoraid bench fanout ...`).
+#[derive(clap::Args, Debug, Clone)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct BenchCommand {
+    #[command(subcommand)]
+    pub sub: Option<BenchSub>,
+    #[command(flatten)]
+    pub load: Option<BenchArgs>,
+}
+
+/// The measurements under `zeoraid bench`.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum BenchSub {
+    /// Commit through an in-process RAID array over the given ZEO servers,
+    /// with parallel and with sequential fan-out: commits/s, p50/p99, ratios.
+    Fanout(fanout::FanoutArgs),
+}
+
+/// Run what `zeoraid bench ...` asked for; the report to print.
+pub fn run_command(cmd: &BenchCommand) -> Result<String, String> {
+    match (&cmd.sub, &cmd.load) {
+        (Some(BenchSub::Fanout(a)), _) => fanout::run(a),
+        (None, Some(a)) => run(a),
+        (None, None) => Err("give --address HOST:PORT (see `zeoraid bench --help`)".into()),
+    }
+}
+
 /// Throughput and latency of one phase.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PhaseResult {
@@ -66,6 +105,22 @@ pub fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
     sorted_us[rank.min(sorted_us.len() - 1)] as f64 / 1000.0
 }
 
+/// The median of `values` (the mean of the middle two for an even count;
+/// 0 for none). NaNs sort last.
+pub fn median(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
 fn summarize(mut samples: Vec<u32>, elapsed: Duration) -> PhaseResult {
     samples.sort_unstable();
     let secs = elapsed.as_secs_f64().max(1e-9);
@@ -77,18 +132,18 @@ fn summarize(mut samples: Vec<u32>, elapsed: Duration) -> PhaseResult {
     }
 }
 
-fn connect(args: &BenchArgs) -> Result<Client, String> {
+fn connect(address: &str, storage: &str) -> Result<Client, String> {
     Client::connect(ClientOptions {
-        addr: args.address.clone(),
-        storage: args.storage.clone(),
+        addr: address.to_string(),
+        storage: storage.to_string(),
         call_timeout: Duration::from_secs(30),
         ..ClientOptions::default()
     })
-    .map_err(|e| format!("cannot connect to {}: {e}", args.address))
+    .map_err(|e| format!("cannot connect to {address}: {e}"))
 }
 
 /// One commit storing `oids` as new objects.
-fn commit(client: &Client, txn_id: i64, oids: &[Value], payload: &[u8]) -> Result<(), String> {
+fn commit(client: &Client, txn_id: i64, oids: &[Oid], payload: &[u8]) -> Result<(), String> {
     let e = |e: crate::storage::Error| e.to_string();
     client
         .call_oneway(
@@ -108,7 +163,7 @@ fn commit(client: &Client, txn_id: i64, oids: &[Value], payload: &[u8]) -> Resul
             .call_oneway(
                 "storea",
                 vec![
-                    oid.clone(),
+                    oid_value(*oid),
                     bin(&[0u8; 8]),
                     bin(payload),
                     Value::from(txn_id),
@@ -123,17 +178,143 @@ fn commit(client: &Client, txn_id: i64, oids: &[Value], payload: &[u8]) -> Resul
     Ok(())
 }
 
-fn new_oids(client: &Client, n: usize) -> Result<Vec<Value>, String> {
+fn new_oids(client: &Client, n: usize) -> Result<Vec<Oid>, String> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
-        match client.call("new_oids", vec![Value::from(100)]) {
-            Ok(Value::Array(a)) => out.extend(a),
-            Ok(other) => return Err(format!("new_oids answered {other}")),
-            Err(e) => return Err(e.to_string()),
-        }
+        let v = client
+            .call("new_oids", vec![Value::from(100)])
+            .map_err(|e| e.to_string())?;
+        out.extend(parse_oids(&v).map_err(|e| format!("new_oids answered {v}: {e}"))?);
     }
     out.truncate(n);
     Ok(out)
+}
+
+fn payload(size: usize) -> Vec<u8> {
+    (0..size).map(|i| (i % 251) as u8).collect()
+}
+
+/// What a commit phase measured and wrote.
+#[derive(Debug, Clone, Default)]
+pub struct CommitPhase {
+    pub result: PhaseResult,
+    /// The objects written (each once, `size` bytes).
+    pub written: Vec<Oid>,
+}
+
+/// The commit phase: `clients` connections to storage `storage` at
+/// `address`, each committing new objects (`objects_per_txn` of `size`
+/// bytes per transaction) back to back for `phase`.
+pub fn commit_phase(
+    address: &str,
+    storage: &str,
+    clients: usize,
+    phase: Duration,
+    objects_per_txn: usize,
+    size: usize,
+) -> Result<CommitPhase, String> {
+    if clients == 0 || objects_per_txn == 0 {
+        return Err("the commit phase needs clients and objects per transaction".into());
+    }
+    let conns: Vec<Client> = (0..clients)
+        .map(|_| connect(address, storage))
+        .collect::<Result<_, _>>()?;
+    let payload = payload(size);
+    let (results, elapsed) = timed_phase(conns.iter().collect(), phase, "commit", |i, c, stop| {
+        let mut lat = Vec::new();
+        let mut written = Vec::new();
+        let mut txn = (i as i64) << 32;
+        while !stop.load(Ordering::Relaxed) {
+            let oids = new_oids(c, objects_per_txn)?;
+            txn += 1;
+            let t0 = Instant::now();
+            commit(c, txn, &oids, &payload)?;
+            lat.push(micros(t0));
+            written.extend(oids);
+        }
+        Ok((lat, written))
+    });
+    for c in &conns {
+        c.close();
+    }
+    let mut lat = Vec::new();
+    let mut written = Vec::new();
+    for r in results {
+        let (l, w) = r?;
+        lat.extend(l);
+        written.extend(w);
+    }
+    Ok(CommitPhase {
+        result: summarize(lat, elapsed),
+        written,
+    })
+}
+
+/// Write `objects` new objects of `size` bytes, `per_txn` per transaction,
+/// over one connection; returns their oids (to load them later).
+pub fn fill(
+    address: &str,
+    storage: &str,
+    objects: usize,
+    per_txn: usize,
+    size: usize,
+) -> Result<Vec<Oid>, String> {
+    let c = connect(address, storage)?;
+    let payload = payload(size);
+    let mut written = Vec::with_capacity(objects);
+    let mut txn = 0i64;
+    while written.len() < objects {
+        let oids = new_oids(&c, per_txn.max(1).min(objects - written.len()))?;
+        txn += 1;
+        commit(&c, txn, &oids, &payload)?;
+        written.extend(oids);
+    }
+    c.close();
+    Ok(written)
+}
+
+/// The load phase: `clients` plain connections, each loading random
+/// objects of `oids` (`loadBefore`), `pipeline` requests in flight, for
+/// `phase`.
+pub fn load_phase(
+    address: &str,
+    storage: &str,
+    clients: usize,
+    phase: Duration,
+    pipeline: usize,
+    oids: &[Oid],
+) -> Result<PhaseResult, String> {
+    if oids.is_empty() {
+        return Err("no commit completed; nothing to load".into());
+    }
+    if clients == 0 {
+        return Err("the load phase needs clients".into());
+    }
+    let oids: Vec<Value> = oids.iter().map(|o| oid_value(*o)).collect();
+    let oids = &oids;
+    let mut raws: Vec<RawConn> = (0..clients)
+        .map(|_| RawConn::connect(address, storage))
+        .collect::<Result<_, _>>()?;
+    let depth = pipeline.max(1);
+    let (results, elapsed) =
+        timed_phase(raws.iter_mut().collect(), phase, "load", |_, raw, stop| {
+            let mut rng = rand::thread_rng();
+            let mut lat = Vec::new();
+            let mut batch = Vec::with_capacity(depth);
+            while !stop.load(Ordering::Relaxed) {
+                batch.clear();
+                for _ in 0..depth {
+                    batch.push(oids[rng.gen_range(0..oids.len())].clone());
+                }
+                lat.extend(raw.load_batch(&batch)?);
+            }
+            Ok(lat)
+        });
+    let mut lat = Vec::new();
+    for r in results {
+        lat.extend(r?);
+    }
+    Ok(summarize(lat, elapsed))
 }
 
 /// A plain blocking ZEO connection for pipelined loads.
@@ -272,70 +453,28 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
     if args.clients == 0 || args.objects_per_txn == 0 || args.duration <= 0.0 {
         return Err("--clients, --objects-per-txn and --duration must be positive".into());
     }
-    let clients: Vec<Client> = (0..args.clients)
-        .map(|_| connect(args))
-        .collect::<Result<_, _>>()?;
     let phase = Duration::from_secs_f64(args.duration / 2.0);
-    let payload: Arc<Vec<u8>> = Arc::new((0..args.size).map(|i| (i % 251) as u8).collect());
-
     // Phase 1: commits.
-    let (results, commit_elapsed) =
-        timed_phase(clients.iter().collect(), phase, "commit", |i, c, stop| {
-            let mut lat = Vec::new();
-            let mut written = Vec::new();
-            let mut txn = (i as i64) << 32;
-            while !stop.load(Ordering::Relaxed) {
-                let oids = new_oids(c, args.objects_per_txn)?;
-                txn += 1;
-                let t0 = Instant::now();
-                commit(c, txn, &oids, &payload)?;
-                lat.push(micros(t0));
-                written.extend(oids);
-            }
-            Ok((lat, written))
-        });
-    let mut commit_lat = Vec::new();
-    let mut written = Vec::new();
-    for r in results {
-        let (lat, w) = r?;
-        commit_lat.extend(lat);
-        written.extend(w);
-    }
-    if written.is_empty() {
-        return Err("no commit completed; nothing to load".into());
-    }
-    let commits = summarize(commit_lat, commit_elapsed);
-
+    let written = commit_phase(
+        &args.address,
+        &args.storage,
+        args.clients,
+        phase,
+        args.objects_per_txn,
+        args.size,
+    )?;
+    let commits = written.result;
     // Phase 2: loads of random written objects, over plain blocking
     // connections (one per client) so the generator costs little: a batch of
     // `pipeline` loadBefore requests is written, then its replies are read.
-    for c in &clients {
-        c.close();
-    }
-    let written = &written;
-    let mut raws: Vec<RawConn> = (0..args.clients)
-        .map(|_| RawConn::connect(&args.address, &args.storage))
-        .collect::<Result<_, _>>()?;
-    let depth = args.pipeline.max(1);
-    let (results, load_elapsed) =
-        timed_phase(raws.iter_mut().collect(), phase, "load", |_, raw, stop| {
-            let mut rng = rand::thread_rng();
-            let mut lat = Vec::new();
-            let mut batch = Vec::with_capacity(depth);
-            while !stop.load(Ordering::Relaxed) {
-                batch.clear();
-                for _ in 0..depth {
-                    batch.push(written[rng.gen_range(0..written.len())].clone());
-                }
-                lat.extend(raw.load_batch(&batch)?);
-            }
-            Ok(lat)
-        });
-    let mut load_lat = Vec::new();
-    for r in results {
-        load_lat.extend(r?);
-    }
-    let loads = summarize(load_lat, load_elapsed);
+    let loads = load_phase(
+        &args.address,
+        &args.storage,
+        args.clients,
+        phase,
+        args.pipeline,
+        &written.written,
+    )?;
     Ok(if args.json {
         serde_json::json!({
             "address": args.address,
@@ -384,5 +523,30 @@ mod tests {
             assert_eq!(percentile_ms(&s, p), want, "p{p}");
         }
         assert_eq!(percentile_ms(&[], 50.0), 0.0);
+    }
+
+    #[test]
+    fn bench_without_address_or_measurement_is_an_error() {
+        let cmd = BenchCommand {
+            sub: None,
+            load: None,
+        };
+        assert!(run_command(&cmd).unwrap_err().contains("--address"));
+    }
+
+    #[test]
+    fn medians() {
+        let nan = f64::NAN;
+        let cases: Vec<(Vec<f64>, f64)> = vec![
+            (vec![], 0.0),
+            (vec![3.0], 3.0),
+            (vec![3.0, 1.0, 2.0], 2.0),
+            (vec![4.0, 1.0, 3.0, 2.0], 2.5),
+            (vec![5.0, 1.0, 100.0], 5.0),
+            (vec![1.0, nan, 2.0], 2.0),
+        ];
+        for (v, want) in cases {
+            assert_eq!(median(&v), want, "{v:?}");
+        }
     }
 }

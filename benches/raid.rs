@@ -394,61 +394,9 @@ fn fanout(k: &Knobs) {
     drop(servers);
 }
 
-/// Persistent per-backend threads fed over channels: a prototype of
-/// another fan-out shape, to compare with `fanout::call_all` (which starts
-/// a scoped thread per backend per call).
-struct Lanes {
-    jobs: Vec<crossbeam_channel::Sender<crossbeam_channel::Sender<usize>>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Lanes {
-    fn new(n: usize) -> Lanes {
-        let mut jobs = Vec::new();
-        let mut threads = Vec::new();
-        for i in 0..n {
-            let (tx, rx) = crossbeam_channel::bounded::<crossbeam_channel::Sender<usize>>(1);
-            jobs.push(tx);
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("bench-lane-{i}"))
-                    .spawn(move || {
-                        for reply in rx {
-                            let _ = reply.send(std::hint::black_box(i));
-                        }
-                    })
-                    .expect("spawn a lane"),
-            );
-        }
-        Lanes { jobs, threads }
-    }
-
-    /// The no-op call on every lane: the first on the caller, the others on
-    /// their threads.
-    fn call(&self, n: usize) {
-        let (tx, rx) = crossbeam_channel::bounded(n);
-        for lane in self.jobs.iter().take(n).skip(1) {
-            lane.send(tx.clone()).expect("lane alive");
-        }
-        std::hint::black_box(0);
-        for _ in 1..n {
-            rx.recv().expect("lane answers");
-        }
-    }
-}
-
-impl Drop for Lanes {
-    fn drop(&mut self) {
-        self.jobs.clear();
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-/// What one fan-out costs by itself: `call_all` over no-op backends.
+/// What one fan-out costs by itself: `Fanout::call_all` over no-op backends.
 fn machinery(k: &Knobs) {
-    use zeoraid::raid::fanout::call_all;
+    use zeoraid::raid::fanout::Fanout;
     let calls = ((k.seconds * 3000.0) as usize).max(300);
     let time = |f: &dyn Fn()| {
         let mut per = Vec::with_capacity(calls);
@@ -460,28 +408,29 @@ fn machinery(k: &Knobs) {
         median(&per)
     };
     println!(
-        "What one fan-out call costs by itself: `raid::fanout::call_all` over no-op backends, \
-         median of {calls} calls, µs (a commit makes two: vote and finish). For comparison, a \
-         prototype that keeps one thread per backend and hands it the call over a channel:\n"
+        "What one fan-out call costs by itself: `raid::fanout::Fanout::call_all` over no-op \
+         backends, median of {calls} calls, µs (a commit makes two: vote and finish). \
+         *Remote* backends (ZEO) are overlapped on the array's thread pool; *in-process* ones \
+         (file, memory) run their vote and finish on the calling worker:\n"
     );
-    println!("| backends | sequential µs | parallel µs (a scoped thread per backend per call) | prototype: persistent threads µs |");
+    println!("| backends | sequential µs | parallel, remote backends µs | parallel, in-process backends µs |");
     println!("|---|---|---|---|");
-    let lanes = Lanes::new(MAX_BACKENDS);
+    let sequential = Fanout::new(Mode::Sequential, "bench", MAX_BACKENDS).expect("fanout");
+    let parallel = Fanout::new(Mode::Parallel, "bench", MAX_BACKENDS).expect("fanout");
     for n in 1..=MAX_BACKENDS {
         let backends: Vec<usize> = (0..n).collect();
         let deadline = || Instant::now() + Duration::from_secs(10);
+        let noop = |b: &usize| Ok(std::hint::black_box(*b));
         let seq = time(&|| {
-            call_all(Mode::Sequential, &backends, deadline(), |b| {
-                Ok(std::hint::black_box(*b))
-            });
+            sequential.call_all(&backends, |_| true, deadline(), noop);
         });
-        let par = time(&|| {
-            call_all(Mode::Parallel, &backends, deadline(), |b| {
-                Ok(std::hint::black_box(*b))
-            });
+        let remote = time(&|| {
+            parallel.call_all(&backends, |_| true, deadline(), noop);
         });
-        let lane = time(&|| lanes.call(n));
-        println!("| {n} | {seq:.1} | {par:.1} | {lane:.1} |");
+        let local = time(&|| {
+            parallel.call_all(&backends, |_| false, deadline(), noop);
+        });
+        println!("| {n} | {seq:.1} | {remote:.1} | {local:.1} |");
     }
     println!();
 }

@@ -103,6 +103,8 @@ struct Backend {
     name: String,
     kind: &'static str,
     storage: Option<Arc<dyn Storage>>,
+    /// In process (file, memory): its calls are CPU, not round trips.
+    local: bool,
     state: RwLock<BackendState>,
     /// Moving average of call latency, microseconds (f64 bits).
     latency_us: AtomicU64,
@@ -143,6 +145,7 @@ struct Pending {
 struct Core {
     opts: RaidOptions,
     backends: Vec<Backend>,
+    fanout: fanout::Fanout,
     pending: Mutex<Pending>,
     /// Last tid logged (voted and finished, perhaps not yet durable).
     last_logged: Mutex<Tid>,
@@ -184,12 +187,19 @@ impl RaidStorage {
             }
         }
         let saved = saved.unwrap_or_default();
+        let fanout = fanout::Fanout::new(opts.fanout, &opts.name, specs.len()).map_err(|e| {
+            format!(
+                "cannot start the fan-out threads of RAID array {:?}: {e}",
+                opts.name
+            )
+        })?;
         // Build the core first: ZEO backends' event handlers point at it.
         let core = Arc::new_cyclic(|weak: &Weak<Core>| {
             let backends = specs
                 .into_iter()
                 .enumerate()
                 .map(|(i, spec)| {
+                    let local = matches!(spec.source, BackendSource::Local(_));
                     let (storage, problem) = match spec.source {
                         BackendSource::Local(s) => (Some(s), None),
                         BackendSource::Unavailable(why) => (None, Some(why)),
@@ -217,6 +227,7 @@ impl RaidStorage {
                         name: spec.name,
                         kind: spec.kind,
                         storage,
+                        local,
                         state: RwLock::new(state),
                         latency_us: AtomicU64::new(0f64.to_bits()),
                         reads: AtomicU64::new(0),
@@ -231,6 +242,7 @@ impl RaidStorage {
             Core {
                 opts: opts.clone(),
                 backends,
+                fanout,
                 pending: Mutex::new(Pending::default()),
                 last_logged: Mutex::new(Tid::ZERO),
                 published: AtomicU64::new(0),
@@ -402,10 +414,7 @@ impl Core {
             self.array_state(),
             self.optimal().len(),
             self.backends.len(),
-            match self.opts.fanout {
-                Mode::Parallel => "parallel",
-                Mode::Sequential => "sequential",
-            },
+            self.opts.fanout.label(),
             self.opts.read_policy.label()
         );
     }
@@ -497,17 +506,23 @@ impl Core {
 
     /// Call `f` on the backends at `positions`, degrading those that fail
     /// or miss the deadline. Returns (position, result) of those that answered.
+    /// `io`: the operation waits on IO even on an in-process backend
+    /// (fsync, pack), so it is overlapped there too ([`fanout::plan`]).
     fn write_op<T: Send>(
         &self,
         what: &str,
         positions: &[usize],
+        io: bool,
         f: impl Fn(&dyn Storage) -> Result<T> + Sync,
     ) -> Vec<(usize, Result<T>)> {
         let targets: Vec<&Backend> = positions.iter().map(|&i| &self.backends[i]).collect();
         let deadline = Instant::now() + self.opts.backend_timeout;
-        let outcomes = fanout::call_all(self.opts.fanout, &targets, deadline, |b| {
-            b.storage().and_then(|s| f(s.as_ref()))
-        });
+        let outcomes = self.fanout.call_all(
+            &targets,
+            |b| io || !b.local,
+            deadline,
+            |b| b.storage().and_then(|s| f(s.as_ref())),
+        );
         let mut answered = Vec::with_capacity(positions.len());
         for (&i, outcome) in positions.iter().zip(outcomes) {
             let b = &self.backends[i];
@@ -532,7 +547,7 @@ impl Core {
         if positions.is_empty() {
             return;
         }
-        self.write_op("tpc_abort", positions, |s| {
+        self.write_op("tpc_abort", positions, false, |s| {
             s.tpc_abort();
             Ok(())
         });
@@ -565,7 +580,7 @@ impl Core {
             "state": self.array_state().to_string(),
             "optimal": self.optimal().len(),
             "min-optimal": self.opts.min_optimal,
-            "fanout": match self.opts.fanout { Mode::Parallel => "parallel", Mode::Sequential => "sequential" },
+            "fanout": self.opts.fanout.label(),
             "backends": backends,
         })
     }
@@ -683,7 +698,7 @@ impl Storage for RaidStorage {
             let mut next = lock(&core.next_oid);
             *next = (*next).max(top);
         }
-        let answered = core.write_op("vote", &optimal, |s| s.tpc_vote(&whole));
+        let answered = core.write_op("vote", &optimal, false, |s| s.tpc_vote(&whole));
         let mut keys = replies(&answered, vote_key);
         if state::unify_resolution(&mut keys) {
             log::debug!(
@@ -784,7 +799,7 @@ impl Storage for RaidStorage {
     fn make_durable(&self, tid: Tid) -> Result<()> {
         let core = &self.core;
         let optimal = core.optimal();
-        let answered = core.write_op("make_durable", &optimal, |s| s.make_durable(tid));
+        let answered = core.write_op("make_durable", &optimal, true, |s| s.make_durable(tid));
         let mut durable = 0;
         for (i, r) in answered {
             match r {
@@ -836,9 +851,9 @@ impl Storage for RaidStorage {
         core.check_writable(optimal.len())?;
         // Pack may take long: no array deadline beyond the backends' own.
         let targets: Vec<&Backend> = optimal.iter().map(|&i| &core.backends[i]).collect();
-        let outcomes = fanout::call_all(
-            core.opts.fanout,
+        let outcomes = core.fanout.call_all(
             &targets,
+            |_| true,
             Instant::now() + Duration::from_secs(86_400),
             |b| b.storage().and_then(|s| s.pack(t, gc)),
         );
@@ -874,6 +889,49 @@ impl Storage for RaidStorage {
             .and_then(|&i| core.backends[i].storage.as_ref())
             .map(|s| s.size_info())
             .unwrap_or_default()
+    }
+
+    /// True when every backend is in process and never blocks on reads
+    /// (memory backends): the server then answers reads on its event loop.
+    fn reads_never_block(&self) -> bool {
+        self.core
+            .backends
+            .iter()
+            .all(|b| b.local && b.storage.as_ref().is_some_and(|s| s.reads_never_block()))
+    }
+
+    /// A load the chosen backend can answer without waiting (a file
+    /// backend whose page cache holds it), for the event loop. Anything
+    /// else — no answer without waiting, a POSKeyError to confirm, a
+    /// failure — goes the normal way on a worker.
+    fn load_before_nowait(&self, oid: Oid, before: Tid) -> Option<Result<Option<Loaded>>> {
+        let core = &self.core;
+        if !state::read_allowed(core.array_state(), core.opts.fail_mode) {
+            return None;
+        }
+        let candidates = core.optimal();
+        let latencies: Vec<f64> = candidates
+            .iter()
+            .map(|&i| core.backends[i].latency())
+            .collect();
+        let counter = core.reads.fetch_add(1, Ordering::Relaxed);
+        let random = if core.opts.read_policy == ReadPolicy::Random {
+            rand::random::<f64>()
+        } else {
+            0.0
+        };
+        let b = &core.backends
+            [candidates[balance::pick(core.opts.read_policy, &latencies, counter, random)?]];
+        if !b.local {
+            return None;
+        }
+        match b.storage.as_ref()?.load_before_nowait(oid, before)? {
+            Ok(loaded) => {
+                b.reads.fetch_add(1, Ordering::Relaxed);
+                Some(Ok(loaded))
+            }
+            Err(_) => None,
+        }
     }
 
     fn set_conflict_resolver(&self, r: Arc<dyn ConflictResolver>) {
@@ -914,7 +972,7 @@ impl RaidStorage {
                 "{what} without a voted transaction"
             )));
         };
-        let answered = core.write_op(what, &pending.prepared, f);
+        let answered = core.write_op(what, &pending.prepared, false, f);
         let mut finished = 0;
         let answered_positions: Vec<usize> = answered.iter().map(|(i, _)| *i).collect();
         for (i, r) in answered {

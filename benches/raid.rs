@@ -725,7 +725,9 @@ fn overhead(k: &Knobs) {
                 ReadPolicy::RoundRobin,
                 vec![zeo(py[0].addr), zeo(py[1].addr)],
             ),
-            k.workers,
+            // What `zeoraid serve` picks for an array with two ZEO backends.
+            k.workers
+                .or(Some((zeoraid::config::default_workers() + 16).min(64))),
         );
         let single_addr = py[2].addr.to_string();
         let (mut a, mut s) = (Load::default(), Load::default());

@@ -64,8 +64,10 @@ pub struct ServerConfig {
     #[serde(default = "default_listen")]
     pub listen: String,
     /// Worker threads executing requests.
-    #[serde(default = "default_workers")]
-    pub workers: usize,
+    /// Unset: [`Config::workers`] picks (2 x cores, more for arrays over
+    /// ZEO servers).
+    #[serde(default)]
+    pub workers: Option<usize>,
     /// Largest frame accepted from a client, in bytes.
     #[serde(default = "default_max_frame")]
     pub max_frame_size: usize,
@@ -84,7 +86,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: default_listen(),
-            workers: default_workers(),
+            workers: None,
             max_frame_size: default_max_frame(),
             invalidation_queue_size: default_invq(),
             transaction_timeout: None,
@@ -95,7 +97,8 @@ impl Default for ServerConfig {
 fn default_listen() -> String {
     "127.0.0.1:8100".into()
 }
-fn default_workers() -> usize {
+/// 2 x cores, between 4 and 64.
+pub fn default_workers() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get() * 2)
         .unwrap_or(4)
@@ -228,6 +231,23 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The worker pool size: `server.workers` when set, else 2 x cores
+    /// (4 to 64) plus 8 per ZEO backend of an array, because a worker that
+    /// waits for a backend's answer uses no CPU and reads through an array
+    /// are round trips.
+    pub fn workers(&self) -> usize {
+        if let Some(w) = self.server.workers {
+            return w;
+        }
+        let zeo_backends = self
+            .storage
+            .iter()
+            .flat_map(|s| &s.backend)
+            .filter(|b| b.kind == BackendKind::Zeo)
+            .count();
+        (default_workers() + 8 * zeo_backends).min(64)
+    }
+
     /// Read, parse and validate a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
@@ -288,10 +308,10 @@ impl Config {
                 "expected HOST:PORT with a numeric IP, e.g. \"127.0.0.1:8100\"",
             ));
         }
-        if self.server.workers == 0 || self.server.workers > 1024 {
+        if let Some(w) = self.server.workers.filter(|w| *w == 0 || *w > 1024) {
             return Err(invalid(
                 "server.workers",
-                self.server.workers.to_string(),
+                w.to_string(),
                 "must be between 1 and 1024",
             ));
         }
@@ -626,6 +646,30 @@ mod tests {
             Some(Path::new("/etc/zeoraid/var/c/Data.fs"))
         );
         assert_eq!(s.backend[0].kind, BackendKind::Zeo);
+    }
+
+    #[test]
+    fn workers_default_grows_with_zeo_backends() {
+        let zeo = |n: usize| {
+            (0..n)
+                .map(|i| {
+                    format!("[[storage.backend]]\nname=\"z{i}\"\nkind=\"zeo\"\naddress=\"127.0.0.1:1\"\n")
+                })
+                .collect::<String>()
+        };
+        let base = default_workers();
+        let cases = [
+            (
+                "[[storage]]\nname=\"1\"\nkind=\"memory\"\n".to_string(),
+                base,
+            ),
+            (format!("{RAID}{}", zeo(2)), (base + 16).min(64)),
+            (format!("[server]\nworkers = 3\n{RAID}{}", zeo(2)), 3),
+            (format!("{RAID}{}", zeo(20)), 64),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse(&text).expect(&text).workers(), want, "{text}");
+        }
     }
 
     #[test]

@@ -130,7 +130,7 @@ fn serve(path: PathBuf, listen: Option<String>) -> ExitCode {
     };
     let opts = Options {
         listen,
-        workers: cfg.server.workers,
+        workers: cfg.workers(),
         max_frame: cfg.server.max_frame_size,
         invalidation_queue_size: cfg.server.invalidation_queue_size,
         transaction_timeout: cfg

@@ -206,7 +206,7 @@ pub fn local_server_options(workers: Option<usize>) -> Options {
     let d = ServerConfig::default();
     Options {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        workers: workers.unwrap_or(d.workers),
+        workers: workers.unwrap_or_else(crate::config::default_workers),
         max_frame: d.max_frame_size,
         invalidation_queue_size: d.invalidation_queue_size,
         transaction_timeout: None,

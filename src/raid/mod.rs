@@ -891,6 +891,10 @@ impl Storage for RaidStorage {
             .unwrap_or_default()
     }
 
+    fn reads_wait_on_network(&self) -> bool {
+        self.core.backends.iter().any(|b| !b.local)
+    }
+
     /// True when every backend is in process and never blocks on reads
     /// (memory backends): the server then answers reads on its event loop.
     fn reads_never_block(&self) -> bool {

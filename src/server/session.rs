@@ -148,8 +148,19 @@ pub(crate) fn worker(shared: Arc<Shared>, jobs: Receiver<Job>) {
     while let Ok(job) = jobs.recv() {
         match job {
             Job::Stop => break,
-            Job::Concurrent(id, msgs) => {
+            Job::Concurrent(id, mut msgs) => {
                 if let Some(sess) = shared.session(id) {
+                    // Reads that are round trips to other servers run side
+                    // by side: hand all but the first back to the pool.
+                    let remote = sess
+                        .storage
+                        .get()
+                        .is_some_and(|e| e.storage.reads_wait_on_network());
+                    if remote && msgs.len() > 1 {
+                        for m in msgs.split_off(1) {
+                            let _ = shared.jobs.send(Job::Concurrent(id, vec![m]));
+                        }
+                    }
                     // Point-read replies are queued under the storage's
                     // visibility lock (see `announce`), so a client never
                     // receives a state older than an invalidation it has

@@ -298,6 +298,12 @@ pub trait Storage: Send + Sync {
     fn reads_never_block(&self) -> bool {
         false
     }
+    /// True when reads are network round trips (a ZEO client, an array
+    /// over ZEO servers): the server then runs a client's burst of reads
+    /// on several workers at once instead of one after another.
+    fn reads_wait_on_network(&self) -> bool {
+        false
+    }
     /// `load_before`'s answer when it needs no waiting (no disk read: the
     /// page cache has it), for the event loop; `None`: ask `load_before` on
     /// a worker.

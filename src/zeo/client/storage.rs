@@ -394,6 +394,10 @@ impl Storage for Client {
             .map(|_| ())
     }
 
+    fn reads_wait_on_network(&self) -> bool {
+        true
+    }
+
     /// From what the server reported (`get_info` at register, then its
     /// `info` messages after commits and packs): no call, so it is cheap
     /// and works with Python ZEO, whose server has no `get_size_info`

@@ -76,6 +76,20 @@ fn run_one<B, T>(b: &B, f: &(impl Fn(&B) -> Result<T> + Sync)) -> (Result<T>, Du
     (r, started.elapsed())
 }
 
+/// A call on the caller, reported as timed out when it starts or ends
+/// past the deadline.
+fn timed<T>(deadline: Instant, call: impl FnOnce() -> (Result<T>, Duration)) -> Outcome<T> {
+    if Instant::now() > deadline {
+        return Outcome::TimedOut;
+    }
+    let (r, took) = call();
+    if Instant::now() > deadline {
+        Outcome::TimedOut
+    } else {
+        Outcome::Done(r, took)
+    }
+}
+
 /// Which calls of one fan-out run on the caller and which on the pool:
 /// pure, so the plan can be table-tested. `offload[i]` says whether call
 /// `i` waits on IO. Returns (inline positions in order, pooled positions).
@@ -145,24 +159,19 @@ impl Fanout {
         f: impl Fn(&B) -> Result<T> + Sync,
     ) -> Vec<Outcome<T>> {
         let flags: Vec<bool> = backends.iter().map(&offload).collect();
-        let (inline, pooled) = plan(self.mode, &flags);
+        let (inline, pooled) = match &self.pool {
+            Some(_) => plan(self.mode, &flags),
+            // Sequential: everything on the caller.
+            None => plan(Mode::Sequential, &flags),
+        };
         let mut out: Vec<Option<Outcome<T>>> = (0..backends.len()).map(|_| None).collect();
         let on_caller = |out: &mut Vec<Option<Outcome<T>>>| {
             for &i in &inline {
-                out[i] = Some(if Instant::now() > deadline {
-                    Outcome::TimedOut
-                } else {
-                    let (r, took) = run_one(&backends[i], &f);
-                    if Instant::now() > deadline {
-                        Outcome::TimedOut
-                    } else {
-                        Outcome::Done(r, took)
-                    }
-                });
+                out[i] = Some(timed(deadline, || run_one(&backends[i], &f)));
             }
         };
-        match (&self.pool, pooled.is_empty()) {
-            (Some(pool), false) => {
+        match &self.pool {
+            Some(pool) if !pooled.is_empty() => {
                 let (tx, rx) = crossbeam_channel::bounded(pooled.len());
                 let f = &f;
                 pool.in_place_scope(|scope| {
@@ -186,22 +195,7 @@ impl Fanout {
                     }
                 });
             }
-            _ => {
-                // Sequential, or nothing to overlap: everything on the caller.
-                let (all, _) = plan(Mode::Sequential, &flags);
-                for i in all {
-                    out[i] = Some(if Instant::now() > deadline {
-                        Outcome::TimedOut
-                    } else {
-                        let (r, took) = run_one(&backends[i], &f);
-                        if Instant::now() > deadline {
-                            Outcome::TimedOut
-                        } else {
-                            Outcome::Done(r, took)
-                        }
-                    });
-                }
-            }
+            _ => on_caller(&mut out),
         }
         out.into_iter()
             .map(|o| o.unwrap_or(Outcome::TimedOut))

@@ -7,7 +7,12 @@
 //!   against a deadline;
 //! - [`balance`]: which backend serves a read (`read-policy`);
 //! - [`statefile`]: the array's memory across restarts;
-//! - this file: [`RaidStorage`], which does the IO and asks the others.
+//! - `backend`: one mirror, what the array knows of it, and what a ZEO
+//!   backend tells the array unasked;
+//! - `storage`: the ZODB storage contract for the array (reads, votes,
+//!   finish, group commit);
+//! - this file: [`RaidStorage`]'s opening, state changes, the read and
+//!   write paths that do the IO and ask the others.
 //!
 //! **Writes.** The server calls `tpc_vote` under its commit lock, one
 //! transaction at a time. The array gives the transaction its tid (later
@@ -53,15 +58,11 @@ pub mod state;
 pub mod statefile;
 
 use crate::locks::{lock, read, write};
-use crate::storage::resolve::ConflictResolver;
-use crate::storage::{
-    timestamp, CurrentRecord, Data, Error, HistoryEntry, Loaded, Oid, Result, SizeInfo, Storage,
-    Tid, Txn, TxnIter, UndoEntry, Vote,
-};
-use crate::zeo::client::{Client, ClientOptions, ServerEvent};
+use crate::storage::{Error, Result, Storage, Tid};
+use crate::zeo::client::Client;
 use balance::ReadPolicy;
 use fanout::{Mode, Outcome};
-use state::{BackendState, FailMode, VoteKey};
+use state::{BackendState, FailMode};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -81,58 +82,11 @@ pub struct RaidOptions {
     pub state_file: Option<PathBuf>,
 }
 
-/// How to reach one backend.
-pub enum BackendSource {
-    /// An in-process storage (file, memory), already open.
-    Local(Arc<dyn Storage>),
-    /// A ZEO server (Python runzeo with `msgpack true`, or zeoraid).
-    Zeo(ClientOptions),
-    /// A backend that could not be opened: it starts degraded with this reason.
-    Unavailable(String),
-}
+mod backend;
+mod storage;
 
-/// A backend to build the array from.
-pub struct BackendSpec {
-    pub name: String,
-    pub kind: &'static str,
-    pub source: BackendSource,
-}
-
-/// One mirror and what the array knows of it.
-struct Backend {
-    name: String,
-    kind: &'static str,
-    storage: Option<Arc<dyn Storage>>,
-    /// In process (file, memory): its calls are CPU, not round trips.
-    local: bool,
-    state: RwLock<BackendState>,
-    /// Moving average of call latency, microseconds (f64 bits).
-    latency_us: AtomicU64,
-    reads: AtomicU64,
-    writes: AtomicU64,
-    last_tid: AtomicU64,
-}
-
-impl Backend {
-    fn latency(&self) -> f64 {
-        f64::from_bits(self.latency_us.load(Ordering::Relaxed))
-    }
-
-    fn observe(&self, took: Duration) {
-        let next = balance::ewma(self.latency(), took.as_secs_f64() * 1e6);
-        self.latency_us.store(next.to_bits(), Ordering::Relaxed);
-    }
-
-    fn is_optimal(&self) -> bool {
-        self.storage.is_some() && read(&self.state).is_optimal()
-    }
-
-    fn storage(&self) -> Result<&Arc<dyn Storage>> {
-        self.storage
-            .as_ref()
-            .ok_or_else(|| Error::Disconnected(format!("backend {:?} is not open", self.name)))
-    }
-}
+use backend::{event_handler, Backend};
+pub use backend::{BackendSource, BackendSpec};
 
 /// The transaction between vote and finish.
 #[derive(Default)]
@@ -269,30 +223,6 @@ impl RaidStorage {
     pub fn status(&self) -> serde_json::Value {
         self.core.status()
     }
-}
-
-/// The handler for a ZEO backend's unasked messages (runs on its reader
-/// thread: it must not call that backend).
-fn event_handler(core: Weak<Core>, i: usize) -> crate::zeo::client::EventHandler {
-    Arc::new(move |ev: ServerEvent| {
-        let Some(core) = core.upgrade() else { return };
-        match ev {
-            ServerEvent::Invalidate { tid, oids } => core.degrade(
-                i,
-                format!(
-                    "written to directly: transaction {tid} ({} objects) was committed on it by \
-                     another client, not through the array; stop writing to backends directly and \
-                     recover it",
-                    oids.len()
-                ),
-            ),
-            ServerEvent::Disconnected(why) => core.degrade(
-                i,
-                format!("connection lost: {why}; recover it once it is back"),
-            ),
-            ServerEvent::Connected { .. } | ServerEvent::Info(_) => {}
-        }
-    })
 }
 
 impl Core {
@@ -440,6 +370,21 @@ impl Core {
         )
     }
 
+    /// The backend (of `candidates`) the read policy gives the next read.
+    fn pick_reader(&self, candidates: &[usize]) -> Option<usize> {
+        let latencies: Vec<f64> = candidates
+            .iter()
+            .map(|&i| self.backends[i].latency())
+            .collect();
+        let counter = self.reads.fetch_add(1, Ordering::Relaxed);
+        let random = if self.opts.read_policy == ReadPolicy::Random {
+            rand::random::<f64>()
+        } else {
+            0.0
+        };
+        balance::pick(self.opts.read_policy, &latencies, counter, random).map(|p| candidates[p])
+    }
+
     /// A read on one optimal backend chosen by the read policy; a failed
     /// backend is degraded and the read retried on another; a POSKeyError
     /// is confirmed on a second backend before it is believed.
@@ -453,18 +398,7 @@ impl Core {
                 .into_iter()
                 .filter(|i| !tried.contains(i))
                 .collect();
-            let latencies: Vec<f64> = candidates
-                .iter()
-                .map(|&i| self.backends[i].latency())
-                .collect();
-            let counter = self.reads.fetch_add(1, Ordering::Relaxed);
-            let random = if self.opts.read_policy == ReadPolicy::Random {
-                rand::random::<f64>()
-            } else {
-                0.0
-            };
-            let Some(pos) = balance::pick(self.opts.read_policy, &latencies, counter, random)
-            else {
+            let Some(i) = self.pick_reader(&candidates) else {
                 return Err(match missing {
                     Some((_, e)) => e,
                     None => Error::Disconnected(format!(
@@ -473,7 +407,6 @@ impl Core {
                     )),
                 });
             };
-            let i = candidates[pos];
             let b = &self.backends[i];
             tried.push(i);
             let started = Instant::now();
@@ -583,431 +516,6 @@ impl Core {
             "fanout": self.opts.fanout.label(),
             "backends": backends,
         })
-    }
-}
-
-fn vote_key(v: &Result<Vote>) -> VoteKey {
-    match v {
-        Ok(Vote::Prepared { resolved, .. }) => {
-            let mut r = resolved.clone();
-            r.sort();
-            VoteKey::Prepared { resolved: r }
-        }
-        Ok(Vote::Conflicts(c)) => {
-            let mut k: Vec<(Oid, Tid, Tid)> =
-                c.iter().map(|c| (c.oid, c.committed, c.read)).collect();
-            k.sort();
-            VoteKey::Conflicts(k)
-        }
-        Err(Error::Conflict {
-            oid,
-            read_conflict: false,
-            ..
-        }) => VoteKey::ConflictError(*oid),
-        Err(e) => VoteKey::Refused(crate::zeo::message::error_to_wire(e).0),
-    }
-}
-
-fn op_oid(op: &crate::storage::Op) -> Option<Oid> {
-    use crate::storage::Op;
-    match op {
-        Op::Store { oid, .. } | Op::Restore { oid, .. } | Op::Delete { oid, .. } => Some(*oid),
-        Op::CheckCurrent { .. } | Op::Undo { .. } => None,
-    }
-}
-
-/// Reduce answers to comparable replies: failures become `Err(reason)`.
-fn replies<T, K>(
-    answered: &[(usize, Result<T>)],
-    key: impl Fn(&Result<T>) -> K,
-) -> Vec<state::Reply<K>> {
-    answered
-        .iter()
-        .map(|(_, r)| match r {
-            Err(e) if state::classify(e) == state::ErrorKind::Failure => Err(e.to_string()),
-            r => Ok(key(r)),
-        })
-        .collect()
-}
-
-impl Storage for RaidStorage {
-    fn name(&self) -> String {
-        self.core.opts.name.clone()
-    }
-
-    fn is_read_only(&self) -> bool {
-        false
-    }
-
-    fn supports_undo(&self) -> bool {
-        self.core
-            .backends
-            .iter()
-            .filter_map(|b| b.storage.as_ref())
-            .all(|s| s.supports_undo())
-    }
-
-    fn last_transaction(&self) -> Result<Tid> {
-        self.core.check_readable()?;
-        Ok(Tid(self.core.published.load(Ordering::Acquire)))
-    }
-
-    fn load_before(&self, oid: Oid, before: Tid) -> Result<Option<Loaded>> {
-        self.core
-            .read_op("loadBefore", |s| s.load_before(oid, before))
-    }
-
-    fn load_serial(&self, oid: Oid, serial: Tid) -> Result<Data> {
-        self.core
-            .read_op("loadSerial", |s| s.load_serial(oid, serial))
-    }
-
-    fn history(&self, oid: Oid, size: usize) -> Result<Vec<HistoryEntry>> {
-        self.core.read_op("history", |s| s.history(oid, size))
-    }
-
-    fn new_oids(&self, n: usize) -> Result<Vec<Oid>> {
-        let core = &self.core;
-        core.check_writable(core.optimal().len())?;
-        let mut next = lock(&core.next_oid);
-        let first = *next + 1;
-        *next += n as u64;
-        Ok((first..=*next).map(Oid).collect())
-    }
-
-    fn tpc_vote(&self, txn: &Txn) -> Result<Vote> {
-        let core = &self.core;
-        let optimal = core.optimal();
-        core.check_writable(optimal.len())?;
-        let tid = match txn.tid {
-            Some(t) => t,
-            None => state::next_tid(timestamp::now(), *lock(&core.last_logged), &[]),
-        };
-        let mut whole = txn.clone();
-        whole.tid = Some(tid);
-        // Oids stored with ids the array did not hand out (restores, or a
-        // client that allocated elsewhere) move its counter past them.
-        let top = txn
-            .ops
-            .iter()
-            .filter_map(op_oid)
-            .map(|o| o.0)
-            .max()
-            .unwrap_or(0);
-        {
-            let mut next = lock(&core.next_oid);
-            *next = (*next).max(top);
-        }
-        let answered = core.write_op("vote", &optimal, false, |s| s.tpc_vote(&whole));
-        let mut keys = replies(&answered, vote_key);
-        if state::unify_resolution(&mut keys) {
-            log::debug!(
-                "RAID array {:?}: vote of {tid}: some backends resolved conflicts others report; \
-                 the client resolves them",
-                core.opts.name
-            );
-        }
-        let decision = state::decide(&keys);
-        let mut to_abort = Vec::new();
-        for &(pos, ref why) in &decision.degrade {
-            let (i, r) = &answered[pos];
-            if matches!(r, Ok(Vote::Prepared { .. })) {
-                to_abort.push(*i);
-            }
-            core.degrade(*i, format!("vote of {tid}: {why}"));
-        }
-        // Answers of the winners, in configuration order.
-        let winners: Vec<&(usize, Result<Vote>)> =
-            decision.agree.iter().map(|&p| &answered[p]).collect();
-        match decision.winner {
-            None => {
-                core.abort_on(&to_abort);
-                Err(Error::Disconnected(format!(
-                    "RAID array {:?}: no backend could vote transaction {tid}; see the log",
-                    core.opts.name
-                )))
-            }
-            Some(VoteKey::Prepared { .. }) => {
-                let prepared: Vec<usize> = winners.iter().map(|(i, _)| *i).collect();
-                if let Err(e) = core.check_writable(prepared.len()) {
-                    to_abort.extend(&prepared);
-                    core.abort_on(&to_abort);
-                    return Err(e);
-                }
-                core.abort_on(&to_abort);
-                let Some((
-                    _,
-                    Ok(Vote::Prepared {
-                        resolved,
-                        invalidated,
-                        ..
-                    }),
-                )) = winners.first()
-                else {
-                    return Err(Error::Value("RAID: inconsistent vote outcome".into()));
-                };
-                let vote = Vote::Prepared {
-                    tid,
-                    resolved: resolved.clone(),
-                    invalidated: invalidated.clone(),
-                };
-                *lock(&core.pending) = Pending {
-                    tid: Some(tid),
-                    prepared,
-                };
-                Ok(vote)
-            }
-            Some(VoteKey::Conflicts(_)) => {
-                // Backends that resolved the conflicts themselves prepared:
-                // abort them too, the client resolves for all.
-                for (i, r) in &winners {
-                    if matches!(r, Ok(Vote::Prepared { .. })) {
-                        to_abort.push(*i);
-                    }
-                }
-                core.abort_on(&to_abort);
-                let reported = winners.iter().find_map(|(_, r)| match r {
-                    Ok(Vote::Conflicts(c)) => Some(c.clone()),
-                    _ => None,
-                });
-                reported
-                    .map(Vote::Conflicts)
-                    .ok_or_else(|| Error::Value("RAID: inconsistent vote outcome".into()))
-            }
-            Some(VoteKey::Refused(_)) | Some(VoteKey::ConflictError(_)) => {
-                core.abort_on(&to_abort);
-                match winners.first() {
-                    Some((_, Err(e))) => Err(e.clone()),
-                    _ => Err(Error::Value("RAID: inconsistent vote outcome".into())),
-                }
-            }
-        }
-    }
-
-    fn tpc_finish(&self) -> Result<Tid> {
-        self.finish_with("tpc_finish", |s| s.tpc_finish())
-    }
-
-    fn group_commit(&self) -> bool {
-        self.core.group
-    }
-
-    fn finish_log(&self) -> Result<Tid> {
-        self.finish_with("finish_log", |s| s.finish_log())
-    }
-
-    fn make_durable(&self, tid: Tid) -> Result<()> {
-        let core = &self.core;
-        let optimal = core.optimal();
-        let answered = core.write_op("make_durable", &optimal, true, |s| s.make_durable(tid));
-        let mut durable = 0;
-        for (i, r) in answered {
-            match r {
-                Ok(()) => durable += 1,
-                Err(e) => core.degrade(i, format!("could not make {tid} durable: {e}; it may lack recent transactions, recover it")),
-            }
-        }
-        if durable < core.opts.min_optimal.max(1) {
-            return Err(Error::Io(format!(
-                "RAID array {:?}: transaction {tid} is durable on {durable} backend(s), fewer than min-optimal = {}",
-                core.opts.name, core.opts.min_optimal
-            )));
-        }
-        Ok(())
-    }
-
-    fn publish(&self, tid: Tid) {
-        let core = &self.core;
-        for i in core.optimal() {
-            if let Ok(s) = core.backends[i].storage() {
-                s.publish(tid);
-            }
-        }
-        core.published.fetch_max(tid.0, Ordering::AcqRel);
-    }
-
-    fn tpc_abort(&self) {
-        let core = &self.core;
-        let pending = std::mem::take(&mut *lock(&core.pending));
-        core.abort_on(&pending.prepared);
-    }
-
-    fn undo_log(&self, first: usize, last: usize) -> Result<Vec<UndoEntry>> {
-        self.core.read_op("undoLog", |s| s.undo_log(first, last))
-    }
-
-    fn iterator(&self, start: Option<Tid>, stop: Option<Tid>) -> Result<TxnIter> {
-        self.core.read_op("iterator", |s| s.iterator(start, stop))
-    }
-
-    fn record_iternext(&self, next: Option<Oid>) -> Result<Option<CurrentRecord>> {
-        self.core
-            .read_op("record_iternext", |s| s.record_iternext(next))
-    }
-
-    fn pack(&self, t: f64, gc: bool) -> Result<()> {
-        let core = &self.core;
-        let optimal = core.optimal();
-        core.check_writable(optimal.len())?;
-        // Pack may take long: no array deadline beyond the backends' own.
-        let targets: Vec<&Backend> = optimal.iter().map(|&i| &core.backends[i]).collect();
-        let outcomes = core.fanout.call_all(
-            &targets,
-            |_| true,
-            Instant::now() + Duration::from_secs(86_400),
-            |b| b.storage().and_then(|s| s.pack(t, gc)),
-        );
-        let answered: Vec<(usize, Result<()>)> = optimal
-            .iter()
-            .zip(outcomes)
-            .filter_map(|(&i, o)| match o {
-                Outcome::Done(r, _) => Some((i, r)),
-                Outcome::TimedOut => None,
-            })
-            .collect();
-        let decision = state::decide(&replies(&answered, |r| {
-            r.as_ref()
-                .err()
-                .map(|e| crate::zeo::message::error_to_wire(e).0)
-        }));
-        for (pos, why) in decision.degrade {
-            core.degrade(answered[pos].0, format!("pack: {why}"));
-        }
-        match decision.agree.first().map(|&p| &answered[p].1) {
-            Some(r) => r.clone(),
-            None => Err(Error::Disconnected(format!(
-                "RAID array {:?}: no backend could pack",
-                core.opts.name
-            ))),
-        }
-    }
-
-    fn size_info(&self) -> SizeInfo {
-        let core = &self.core;
-        core.optimal()
-            .first()
-            .and_then(|&i| core.backends[i].storage.as_ref())
-            .map(|s| s.size_info())
-            .unwrap_or_default()
-    }
-
-    fn reads_wait_on_network(&self) -> bool {
-        self.core.backends.iter().any(|b| !b.local)
-    }
-
-    /// True when every backend is in process and never blocks on reads
-    /// (memory backends): the server then answers reads on its event loop.
-    fn reads_never_block(&self) -> bool {
-        self.core
-            .backends
-            .iter()
-            .all(|b| b.local && b.storage.as_ref().is_some_and(|s| s.reads_never_block()))
-    }
-
-    /// A load the chosen backend can answer without waiting (a file
-    /// backend whose page cache holds it), for the event loop. Anything
-    /// else — no answer without waiting, a POSKeyError to confirm, a
-    /// failure — goes the normal way on a worker.
-    fn load_before_nowait(&self, oid: Oid, before: Tid) -> Option<Result<Option<Loaded>>> {
-        let core = &self.core;
-        if !state::read_allowed(core.array_state(), core.opts.fail_mode) {
-            return None;
-        }
-        let candidates = core.optimal();
-        let latencies: Vec<f64> = candidates
-            .iter()
-            .map(|&i| core.backends[i].latency())
-            .collect();
-        let counter = core.reads.fetch_add(1, Ordering::Relaxed);
-        let random = if core.opts.read_policy == ReadPolicy::Random {
-            rand::random::<f64>()
-        } else {
-            0.0
-        };
-        let b = &core.backends
-            [candidates[balance::pick(core.opts.read_policy, &latencies, counter, random)?]];
-        if !b.local {
-            return None;
-        }
-        match b.storage.as_ref()?.load_before_nowait(oid, before)? {
-            Ok(loaded) => {
-                b.reads.fetch_add(1, Ordering::Relaxed);
-                Some(Ok(loaded))
-            }
-            Err(_) => None,
-        }
-    }
-
-    fn set_conflict_resolver(&self, r: Arc<dyn ConflictResolver>) {
-        for b in &self.core.backends {
-            if let Some(s) = &b.storage {
-                s.set_conflict_resolver(r.clone());
-            }
-        }
-    }
-
-    fn raid_status(&self) -> Option<serde_json::Value> {
-        Some(self.core.status())
-    }
-
-    fn close(&self) {
-        for b in &self.core.backends {
-            if let Some(s) = &b.storage {
-                s.close();
-            }
-        }
-        let _g = lock(&self.core.states);
-        self.core.save_state();
-    }
-}
-
-impl RaidStorage {
-    /// Finish the pending transaction on every backend that prepared it
-    /// (`tpc_finish`, or `finish_log` for group commit).
-    fn finish_with(
-        &self,
-        what: &str,
-        f: impl Fn(&dyn Storage) -> Result<Tid> + Sync,
-    ) -> Result<Tid> {
-        let core = &self.core;
-        let pending = std::mem::take(&mut *lock(&core.pending));
-        let Some(tid) = pending.tid else {
-            return Err(Error::Transaction(format!(
-                "{what} without a voted transaction"
-            )));
-        };
-        let answered = core.write_op(what, &pending.prepared, false, f);
-        let mut finished = 0;
-        let answered_positions: Vec<usize> = answered.iter().map(|(i, _)| *i).collect();
-        for (i, r) in answered {
-            match r {
-                Ok(t) if t == tid => {
-                    finished += 1;
-                    let b = &core.backends[i];
-                    b.last_tid.store(tid.0, Ordering::Relaxed);
-                    b.writes.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(t) => core.degrade(i, format!("{what} committed as {t}, the array gave it {tid}; recover it")),
-                Err(e) => core.degrade(
-                    i,
-                    format!("{what} of {tid} failed: {e}; it may or may not hold that transaction, recover it"),
-                ),
-            }
-        }
-        // Timed-out backends were degraded by write_op.
-        debug_assert!(answered_positions.len() <= pending.prepared.len());
-        *lock(&core.last_logged) = tid;
-        if !core.group {
-            core.published.fetch_max(tid.0, Ordering::AcqRel);
-        }
-        if finished < core.opts.min_optimal.max(1) {
-            return Err(Error::Io(format!(
-                "RAID array {:?}: transaction {tid} finished on {finished} backend(s), fewer than \
-                 min-optimal = {}; whether it is committed is unknown, see the log",
-                core.opts.name, core.opts.min_optimal
-            )));
-        }
-        Ok(tid)
     }
 }
 

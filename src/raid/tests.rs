@@ -2,7 +2,11 @@
 
 use super::*;
 use crate::storage::memory::MemoryStorage;
-use crate::storage::{Op, TxnMeta};
+use crate::storage::{
+    timestamp, CurrentRecord, Data, HistoryEntry, Loaded, Oid, Op, SizeInfo, Txn, TxnIter, TxnMeta,
+    UndoEntry, Vote,
+};
+use crate::zeo::client::ClientOptions;
 
 /// What a [`Faulty`] backend does wrong.
 #[derive(Clone, Debug, PartialEq)]

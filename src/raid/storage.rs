@@ -1,0 +1,431 @@
+//! The ZODB storage contract for the array: reads through the read
+//! policy, votes compared across backends, finish (and group commit's
+//! log, durable, publish) on every backend that voted with the majority.
+//! The decisions come from [`super::state`]; the calls go through
+//! [`super::fanout`].
+
+use super::fanout::Outcome;
+use super::state::{self, VoteKey};
+use super::{Backend, Pending, RaidStorage};
+use crate::locks::lock;
+use crate::storage::resolve::ConflictResolver;
+use crate::storage::{
+    timestamp, CurrentRecord, Data, Error, HistoryEntry, Loaded, Oid, Result, SizeInfo, Storage,
+    Tid, Txn, TxnIter, UndoEntry, Vote,
+};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn vote_key(v: &Result<Vote>) -> VoteKey {
+    match v {
+        Ok(Vote::Prepared { resolved, .. }) => {
+            let mut r = resolved.clone();
+            r.sort();
+            VoteKey::Prepared { resolved: r }
+        }
+        Ok(Vote::Conflicts(c)) => {
+            let mut k: Vec<(Oid, Tid, Tid)> =
+                c.iter().map(|c| (c.oid, c.committed, c.read)).collect();
+            k.sort();
+            VoteKey::Conflicts(k)
+        }
+        Err(Error::Conflict {
+            oid,
+            read_conflict: false,
+            ..
+        }) => VoteKey::ConflictError(*oid),
+        Err(e) => VoteKey::Refused(crate::zeo::message::error_to_wire(e).0),
+    }
+}
+
+fn op_oid(op: &crate::storage::Op) -> Option<Oid> {
+    use crate::storage::Op;
+    match op {
+        Op::Store { oid, .. } | Op::Restore { oid, .. } | Op::Delete { oid, .. } => Some(*oid),
+        Op::CheckCurrent { .. } | Op::Undo { .. } => None,
+    }
+}
+
+/// Reduce answers to comparable replies: failures become `Err(reason)`.
+fn replies<T, K>(
+    answered: &[(usize, Result<T>)],
+    key: impl Fn(&Result<T>) -> K,
+) -> Vec<state::Reply<K>> {
+    answered
+        .iter()
+        .map(|(_, r)| match r {
+            Err(e) if state::classify(e) == state::ErrorKind::Failure => Err(e.to_string()),
+            r => Ok(key(r)),
+        })
+        .collect()
+}
+
+impl Storage for RaidStorage {
+    fn name(&self) -> String {
+        self.core.opts.name.clone()
+    }
+
+    fn is_read_only(&self) -> bool {
+        false
+    }
+
+    fn supports_undo(&self) -> bool {
+        self.core
+            .backends
+            .iter()
+            .filter_map(|b| b.storage.as_ref())
+            .all(|s| s.supports_undo())
+    }
+
+    fn last_transaction(&self) -> Result<Tid> {
+        self.core.check_readable()?;
+        Ok(Tid(self.core.published.load(Ordering::Acquire)))
+    }
+
+    fn load_before(&self, oid: Oid, before: Tid) -> Result<Option<Loaded>> {
+        self.core
+            .read_op("loadBefore", |s| s.load_before(oid, before))
+    }
+
+    fn load_serial(&self, oid: Oid, serial: Tid) -> Result<Data> {
+        self.core
+            .read_op("loadSerial", |s| s.load_serial(oid, serial))
+    }
+
+    fn history(&self, oid: Oid, size: usize) -> Result<Vec<HistoryEntry>> {
+        self.core.read_op("history", |s| s.history(oid, size))
+    }
+
+    fn new_oids(&self, n: usize) -> Result<Vec<Oid>> {
+        let core = &self.core;
+        core.check_writable(core.optimal().len())?;
+        let mut next = lock(&core.next_oid);
+        let first = *next + 1;
+        *next += n as u64;
+        Ok((first..=*next).map(Oid).collect())
+    }
+
+    fn tpc_vote(&self, txn: &Txn) -> Result<Vote> {
+        let core = &self.core;
+        let optimal = core.optimal();
+        core.check_writable(optimal.len())?;
+        let tid = match txn.tid {
+            Some(t) => t,
+            None => state::next_tid(timestamp::now(), *lock(&core.last_logged), &[]),
+        };
+        let mut whole = txn.clone();
+        whole.tid = Some(tid);
+        // Oids stored with ids the array did not hand out (restores, or a
+        // client that allocated elsewhere) move its counter past them.
+        let top = txn
+            .ops
+            .iter()
+            .filter_map(op_oid)
+            .map(|o| o.0)
+            .max()
+            .unwrap_or(0);
+        {
+            let mut next = lock(&core.next_oid);
+            *next = (*next).max(top);
+        }
+        let answered = core.write_op("vote", &optimal, false, |s| s.tpc_vote(&whole));
+        let mut keys = replies(&answered, vote_key);
+        if state::unify_resolution(&mut keys) {
+            log::debug!(
+                "RAID array {:?}: vote of {tid}: some backends resolved conflicts others report; \
+                 the client resolves them",
+                core.opts.name
+            );
+        }
+        let decision = state::decide(&keys);
+        let mut to_abort = Vec::new();
+        for &(pos, ref why) in &decision.degrade {
+            let (i, r) = &answered[pos];
+            if matches!(r, Ok(Vote::Prepared { .. })) {
+                to_abort.push(*i);
+            }
+            core.degrade(*i, format!("vote of {tid}: {why}"));
+        }
+        // Answers of the winners, in configuration order.
+        let winners: Vec<&(usize, Result<Vote>)> =
+            decision.agree.iter().map(|&p| &answered[p]).collect();
+        match decision.winner {
+            None => {
+                core.abort_on(&to_abort);
+                Err(Error::Disconnected(format!(
+                    "RAID array {:?}: no backend could vote transaction {tid}; see the log",
+                    core.opts.name
+                )))
+            }
+            Some(VoteKey::Prepared { .. }) => {
+                let prepared: Vec<usize> = winners.iter().map(|(i, _)| *i).collect();
+                if let Err(e) = core.check_writable(prepared.len()) {
+                    to_abort.extend(&prepared);
+                    core.abort_on(&to_abort);
+                    return Err(e);
+                }
+                core.abort_on(&to_abort);
+                let Some((
+                    _,
+                    Ok(Vote::Prepared {
+                        resolved,
+                        invalidated,
+                        ..
+                    }),
+                )) = winners.first()
+                else {
+                    return Err(Error::Value("RAID: inconsistent vote outcome".into()));
+                };
+                let vote = Vote::Prepared {
+                    tid,
+                    resolved: resolved.clone(),
+                    invalidated: invalidated.clone(),
+                };
+                *lock(&core.pending) = Pending {
+                    tid: Some(tid),
+                    prepared,
+                };
+                Ok(vote)
+            }
+            Some(VoteKey::Conflicts(_)) => {
+                // Backends that resolved the conflicts themselves prepared:
+                // abort them too, the client resolves for all.
+                for (i, r) in &winners {
+                    if matches!(r, Ok(Vote::Prepared { .. })) {
+                        to_abort.push(*i);
+                    }
+                }
+                core.abort_on(&to_abort);
+                let reported = winners.iter().find_map(|(_, r)| match r {
+                    Ok(Vote::Conflicts(c)) => Some(c.clone()),
+                    _ => None,
+                });
+                reported
+                    .map(Vote::Conflicts)
+                    .ok_or_else(|| Error::Value("RAID: inconsistent vote outcome".into()))
+            }
+            Some(VoteKey::Refused(_)) | Some(VoteKey::ConflictError(_)) => {
+                core.abort_on(&to_abort);
+                match winners.first() {
+                    Some((_, Err(e))) => Err(e.clone()),
+                    _ => Err(Error::Value("RAID: inconsistent vote outcome".into())),
+                }
+            }
+        }
+    }
+
+    fn tpc_finish(&self) -> Result<Tid> {
+        self.finish_with("tpc_finish", |s| s.tpc_finish())
+    }
+
+    fn group_commit(&self) -> bool {
+        self.core.group
+    }
+
+    fn finish_log(&self) -> Result<Tid> {
+        self.finish_with("finish_log", |s| s.finish_log())
+    }
+
+    fn make_durable(&self, tid: Tid) -> Result<()> {
+        let core = &self.core;
+        let optimal = core.optimal();
+        let answered = core.write_op("make_durable", &optimal, true, |s| s.make_durable(tid));
+        let mut durable = 0;
+        for (i, r) in answered {
+            match r {
+                Ok(()) => durable += 1,
+                Err(e) => core.degrade(i, format!("could not make {tid} durable: {e}; it may lack recent transactions, recover it")),
+            }
+        }
+        if durable < core.opts.min_optimal.max(1) {
+            return Err(Error::Io(format!(
+                "RAID array {:?}: transaction {tid} is durable on {durable} backend(s), fewer than min-optimal = {}",
+                core.opts.name, core.opts.min_optimal
+            )));
+        }
+        Ok(())
+    }
+
+    fn publish(&self, tid: Tid) {
+        let core = &self.core;
+        for i in core.optimal() {
+            if let Ok(s) = core.backends[i].storage() {
+                s.publish(tid);
+            }
+        }
+        core.published.fetch_max(tid.0, Ordering::AcqRel);
+    }
+
+    fn tpc_abort(&self) {
+        let core = &self.core;
+        let pending = std::mem::take(&mut *lock(&core.pending));
+        core.abort_on(&pending.prepared);
+    }
+
+    fn undo_log(&self, first: usize, last: usize) -> Result<Vec<UndoEntry>> {
+        self.core.read_op("undoLog", |s| s.undo_log(first, last))
+    }
+
+    fn iterator(&self, start: Option<Tid>, stop: Option<Tid>) -> Result<TxnIter> {
+        self.core.read_op("iterator", |s| s.iterator(start, stop))
+    }
+
+    fn record_iternext(&self, next: Option<Oid>) -> Result<Option<CurrentRecord>> {
+        self.core
+            .read_op("record_iternext", |s| s.record_iternext(next))
+    }
+
+    fn pack(&self, t: f64, gc: bool) -> Result<()> {
+        let core = &self.core;
+        let optimal = core.optimal();
+        core.check_writable(optimal.len())?;
+        // Pack may take long: no array deadline beyond the backends' own.
+        let targets: Vec<&Backend> = optimal.iter().map(|&i| &core.backends[i]).collect();
+        let outcomes = core.fanout.call_all(
+            &targets,
+            |_| true,
+            Instant::now() + Duration::from_secs(86_400),
+            |b| b.storage().and_then(|s| s.pack(t, gc)),
+        );
+        let answered: Vec<(usize, Result<()>)> = optimal
+            .iter()
+            .zip(outcomes)
+            .filter_map(|(&i, o)| match o {
+                Outcome::Done(r, _) => Some((i, r)),
+                Outcome::TimedOut => None,
+            })
+            .collect();
+        let decision = state::decide(&replies(&answered, |r| {
+            r.as_ref()
+                .err()
+                .map(|e| crate::zeo::message::error_to_wire(e).0)
+        }));
+        for (pos, why) in decision.degrade {
+            core.degrade(answered[pos].0, format!("pack: {why}"));
+        }
+        match decision.agree.first().map(|&p| &answered[p].1) {
+            Some(r) => r.clone(),
+            None => Err(Error::Disconnected(format!(
+                "RAID array {:?}: no backend could pack",
+                core.opts.name
+            ))),
+        }
+    }
+
+    fn size_info(&self) -> SizeInfo {
+        let core = &self.core;
+        core.optimal()
+            .first()
+            .and_then(|&i| core.backends[i].storage.as_ref())
+            .map(|s| s.size_info())
+            .unwrap_or_default()
+    }
+
+    fn reads_wait_on_network(&self) -> bool {
+        self.core.backends.iter().any(|b| !b.local)
+    }
+
+    /// True when every backend is in process and never blocks on reads
+    /// (memory backends): the server then answers reads on its event loop.
+    fn reads_never_block(&self) -> bool {
+        self.core
+            .backends
+            .iter()
+            .all(|b| b.local && b.storage.as_ref().is_some_and(|s| s.reads_never_block()))
+    }
+
+    /// A load the chosen backend can answer without waiting (a file
+    /// backend whose page cache holds it), for the event loop. Anything
+    /// else — no answer without waiting, a POSKeyError to confirm, a
+    /// failure — goes the normal way on a worker.
+    fn load_before_nowait(&self, oid: Oid, before: Tid) -> Option<Result<Option<Loaded>>> {
+        let core = &self.core;
+        if !state::read_allowed(core.array_state(), core.opts.fail_mode) {
+            return None;
+        }
+        let b = &core.backends[core.pick_reader(&core.optimal())?];
+        if !b.local {
+            return None;
+        }
+        match b.storage.as_ref()?.load_before_nowait(oid, before)? {
+            Ok(loaded) => {
+                b.reads.fetch_add(1, Ordering::Relaxed);
+                Some(Ok(loaded))
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn set_conflict_resolver(&self, r: Arc<dyn ConflictResolver>) {
+        for b in &self.core.backends {
+            if let Some(s) = &b.storage {
+                s.set_conflict_resolver(r.clone());
+            }
+        }
+    }
+
+    fn raid_status(&self) -> Option<serde_json::Value> {
+        Some(self.core.status())
+    }
+
+    fn close(&self) {
+        for b in &self.core.backends {
+            if let Some(s) = &b.storage {
+                s.close();
+            }
+        }
+        let _g = lock(&self.core.states);
+        self.core.save_state();
+    }
+}
+
+impl RaidStorage {
+    /// Finish the pending transaction on every backend that prepared it
+    /// (`tpc_finish`, or `finish_log` for group commit).
+    fn finish_with(
+        &self,
+        what: &str,
+        f: impl Fn(&dyn Storage) -> Result<Tid> + Sync,
+    ) -> Result<Tid> {
+        let core = &self.core;
+        let pending = std::mem::take(&mut *lock(&core.pending));
+        let Some(tid) = pending.tid else {
+            return Err(Error::Transaction(format!(
+                "{what} without a voted transaction"
+            )));
+        };
+        let answered = core.write_op(what, &pending.prepared, false, f);
+        let mut finished = 0;
+        let answered_positions: Vec<usize> = answered.iter().map(|(i, _)| *i).collect();
+        for (i, r) in answered {
+            match r {
+                Ok(t) if t == tid => {
+                    finished += 1;
+                    let b = &core.backends[i];
+                    b.last_tid.store(tid.0, Ordering::Relaxed);
+                    b.writes.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(t) => core.degrade(i, format!("{what} committed as {t}, the array gave it {tid}; recover it")),
+                Err(e) => core.degrade(
+                    i,
+                    format!("{what} of {tid} failed: {e}; it may or may not hold that transaction, recover it"),
+                ),
+            }
+        }
+        // Timed-out backends were degraded by write_op.
+        debug_assert!(answered_positions.len() <= pending.prepared.len());
+        *lock(&core.last_logged) = tid;
+        if !core.group {
+            core.published.fetch_max(tid.0, Ordering::AcqRel);
+        }
+        if finished < core.opts.min_optimal.max(1) {
+            return Err(Error::Io(format!(
+                "RAID array {:?}: transaction {tid} finished on {finished} backend(s), fewer than \
+                 min-optimal = {}; whether it is committed is unknown, see the log",
+                core.opts.name, core.opts.min_optimal
+            )));
+        }
+        Ok(tid)
+    }
+}

@@ -29,8 +29,10 @@
 //!
 //! Prints a markdown table per storage; asserts nothing about timing.
 
+mod common;
+use common::{free_port, python, wait_port};
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
@@ -95,32 +97,6 @@ def main():
 
 main()
 "#;
-
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("ZEORAID_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    if !p.exists() {
-        panic!("no Python with ZODB/ZEO: set ZEORAID_PYTHON or run `bash tests/run-all.sh` once to create .venv");
-    }
-    p
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn wait_port(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "server at {addr} did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {

@@ -39,9 +39,11 @@
 //! The load generator shares the machine's cores with the servers; the
 //! tables assert nothing about timing.
 
+mod common;
+use common::{free_port, python};
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -757,24 +759,6 @@ impl Drop for Runzeo {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("ZEORAID_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    if !p.exists() {
-        panic!("no Python with ZODB/ZEO: set ZEORAID_PYTHON or run `bash tests/run-all.sh` once to create .venv");
-    }
-    p
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 fn start_runzeo(dir: &Path) -> Runzeo {

@@ -18,11 +18,12 @@
 //!
 //! Prints medians and zeoraid/Python ratios; asserts nothing about timing.
 
+mod common;
+use common::{free_port, python, wait_port};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use zeoraid::bench::{run, BenchArgs};
 use zeoraid::zeo::frame::{read_frame, write_frame};
 use zeoraid::zeo::message;
@@ -109,32 +110,6 @@ fn noop_connection(conn: TcpStream) {
         if r.buffer().is_empty() && w.flush().is_err() {
             return;
         }
-    }
-}
-
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("ZEORAID_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    if !p.exists() {
-        panic!("no Python with ZODB/ZEO: set ZEORAID_PYTHON or run `bash tests/run-all.sh` once to create .venv");
-    }
-    p
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn wait_port(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "server at {addr} did not start");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

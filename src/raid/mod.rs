@@ -459,6 +459,18 @@ impl Core {
         let mut answered = Vec::with_capacity(positions.len());
         for (&i, outcome) in positions.iter().zip(outcomes) {
             let b = &self.backends[i];
+            // A call that failed when its own deadline (the same
+            // backend-timeout) fired is the same event as a fan-out
+            // timeout: report it the same way.
+            let outcome = match outcome {
+                Outcome::Done(Err(e), took)
+                    if state::classify(&e) == state::ErrorKind::Failure
+                        && took >= self.opts.backend_timeout =>
+                {
+                    Outcome::TimedOut
+                }
+                o => o,
+            };
             match outcome {
                 Outcome::Done(r, took) => {
                     b.observe(took);

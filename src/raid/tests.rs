@@ -16,6 +16,8 @@ enum Fault {
     Down,
     /// Votes take this long.
     SlowVote(Duration),
+    /// Votes fail this late, as a ZEO client's own call deadline does.
+    LateFailure(Duration),
     /// tpc_finish fails.
     FailFinish,
     /// load_before says POSKeyError.
@@ -84,6 +86,12 @@ impl Storage for Faulty {
         let fault = lock(&self.fault).clone();
         if let Fault::SlowVote(d) = fault {
             std::thread::sleep(d);
+        }
+        if let Fault::LateFailure(d) = fault {
+            std::thread::sleep(d);
+            return Err(Error::Disconnected(
+                "no reply to vote (call timeout)".into(),
+            ));
         }
         self.inner.tpc_vote(txn)
     }
@@ -313,6 +321,26 @@ fn a_slow_backend_is_degraded_at_the_backend_timeout() {
     // The slow backend's late vote prepared a transaction; it was aborted,
     // so the backend is usable again (a later recovery writes to it).
     assert_eq!(b[1].inner.last_transaction().unwrap(), Tid::ZERO);
+}
+
+#[test]
+fn a_call_that_fails_at_its_own_deadline_counts_as_the_backend_timeout() {
+    let b = faulty(2);
+    let a = array_over(
+        &b,
+        RaidOptions {
+            backend_timeout: Duration::from_millis(300),
+            ..opts()
+        },
+    );
+    let oid = a.new_oids(1).unwrap()[0];
+    b[1].set(Fault::LateFailure(Duration::from_millis(300)));
+    commit(&a, vec![store(oid, Tid::ZERO, b"v")]).unwrap();
+    let why = read(&a.core.backends[1].state)
+        .reason()
+        .unwrap()
+        .to_string();
+    assert!(why.contains("backend-timeout"), "{why}");
 }
 
 #[test]

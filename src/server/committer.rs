@@ -13,7 +13,8 @@
 //! Nothing is acknowledged before it is durable. When durability fails the
 //! whole batch gets the error and the storage refuses later commits.
 
-use super::session::{announce, guarded};
+use super::commit::announce;
+use super::session::guarded;
 use super::status::info_message;
 use super::{ConnId, Out, Shared, StorageEntry};
 use crate::locks::write;

@@ -12,12 +12,14 @@
 //!    over a channel, waking the loop with a mio `Waker`.
 //! 3. `io` writes it out, buffering when the socket is full.
 //!
-//! Decisions live in pure modules: [`methods`] (dispatch table),
+//! A session's two-phase commit (vote, the conflict hold, finish) is in
+//! `commit`. Decisions live in pure modules: [`methods`] (dispatch table),
 //! [`commit_lock`] (who holds the lock, who is next), [`invalidations`]
 //! (bounded history for `getInvalidations`). `wire` shapes values as ZEO's
 //! Python side expects them; `status` answers `get_info`, `server_status`
 //! and `ruok`.
 
+mod commit;
 pub mod commit_lock;
 mod committer;
 pub mod invalidations;

@@ -59,7 +59,7 @@ pub mod statefile;
 
 use crate::locks::{lock, read, write};
 use crate::storage::{Error, Result, Storage, Tid};
-use crate::zeo::client::Client;
+use crate::zeo::client::{Client, ClientOptions};
 use balance::ReadPolicy;
 use fanout::{Mode, Outcome};
 use state::{BackendState, FailMode};
@@ -87,6 +87,57 @@ mod storage;
 
 use backend::{event_handler, Backend};
 pub use backend::{BackendSource, BackendSpec};
+
+/// Each backend's storage (or why there is none), connecting the ZEO
+/// backends in parallel on named scoped threads.
+fn open_sources(
+    specs: &[BackendSpec],
+    weak: &Weak<Core>,
+    opts: &RaidOptions,
+) -> Vec<(Option<Arc<dyn Storage>>, Option<String>)> {
+    let connect = |i: usize, copts: &ClientOptions| {
+        let mut copts = copts.clone();
+        copts.call_timeout = opts.backend_timeout;
+        copts.connect_timeout = copts.connect_timeout.min(opts.backend_timeout);
+        let addr = copts.addr.clone();
+        match Client::connect_with_handler(copts, Some(event_handler(weak.clone(), i))) {
+            Ok(c) => (Some(Arc::new(c) as Arc<dyn Storage>), None),
+            Err(e) => (None, Some(format!("cannot connect to {addr}: {e}"))),
+        }
+    };
+    std::thread::scope(|scope| {
+        let pending: Vec<_> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| match &spec.source {
+                BackendSource::Zeo(copts) => {
+                    let spawned = std::thread::Builder::new()
+                        .name(format!("zeoraid-connect-{}", spec.name))
+                        .spawn_scoped(scope, move || connect(i, copts));
+                    match spawned {
+                        Ok(h) => Err(h),
+                        // No thread to be had: connect on this one.
+                        Err(_) => Ok(connect(i, copts)),
+                    }
+                }
+                BackendSource::Local(s) => Ok((Some(s.clone()), None)),
+                BackendSource::Unavailable(why) => Ok((None, Some(why.clone()))),
+            })
+            .collect();
+        pending
+            .into_iter()
+            .map(|p| match p {
+                Ok(done) => done,
+                Err(h) => h.join().unwrap_or_else(|_| {
+                    (
+                        None,
+                        Some("connecting panicked (a zeoraid bug; see the log)".into()),
+                    )
+                }),
+            })
+            .collect()
+    })
+}
 
 /// The transaction between vote and finish.
 #[derive(Default)]
@@ -149,27 +200,14 @@ impl RaidStorage {
         })?;
         // Build the core first: ZEO backends' event handlers point at it.
         let core = Arc::new_cyclic(|weak: &Weak<Core>| {
+            // ZEO backends connect side by side: one that is down costs its
+            // connect timeout once, not once per backend in turn.
+            let opened = open_sources(&specs, weak, &opts);
             let backends = specs
                 .into_iter()
-                .enumerate()
-                .map(|(i, spec)| {
+                .zip(opened)
+                .map(|(spec, (storage, problem))| {
                     let local = matches!(spec.source, BackendSource::Local(_));
-                    let (storage, problem) = match spec.source {
-                        BackendSource::Local(s) => (Some(s), None),
-                        BackendSource::Unavailable(why) => (None, Some(why)),
-                        BackendSource::Zeo(mut copts) => {
-                            copts.call_timeout = opts.backend_timeout;
-                            copts.connect_timeout = copts.connect_timeout.min(opts.backend_timeout);
-                            let addr = copts.addr.clone();
-                            match Client::connect_with_handler(
-                                copts,
-                                Some(event_handler(weak.clone(), i)),
-                            ) {
-                                Ok(c) => (Some(Arc::new(c) as Arc<dyn Storage>), None),
-                                Err(e) => (None, Some(format!("cannot connect to {addr}: {e}"))),
-                            }
-                        }
-                    };
                     let state = match (problem, saved.degraded.get(&spec.name)) {
                         (Some(p), _) => BackendState::Degraded(p),
                         (None, Some(why)) => {

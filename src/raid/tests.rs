@@ -621,3 +621,39 @@ fn a_backend_that_cannot_be_opened_starts_degraded() {
         .unwrap()
         .contains("cannot connect"));
 }
+
+#[test]
+fn zeo_backends_that_do_not_answer_are_waited_for_side_by_side() {
+    // Listeners that accept (the kernel's backlog) and never speak.
+    let silent: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let mut specs: Vec<BackendSpec> = silent
+        .iter()
+        .enumerate()
+        .map(|(i, l)| BackendSpec {
+            name: format!("silent{i}"),
+            kind: "zeo",
+            source: BackendSource::Zeo(ClientOptions {
+                connect_timeout: Duration::from_millis(800),
+                ..ClientOptions::new(l.local_addr().unwrap().to_string())
+            }),
+        })
+        .collect();
+    specs.push(BackendSpec {
+        name: "here".into(),
+        kind: "memory",
+        source: BackendSource::Local(faulty(1)[0].clone()),
+    });
+    let started = Instant::now();
+    let a = RaidStorage::open(opts(), specs).expect("opens");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(2000),
+        "connects waited in turn: {took:?}"
+    );
+    assert_eq!(
+        states(&a),
+        vec!["degraded", "degraded", "degraded", "optimal"]
+    );
+}

@@ -88,14 +88,13 @@ mod storage;
 use backend::{event_handler, Backend};
 pub use backend::{BackendSource, BackendSpec};
 
+/// A backend's storage, or why there is none.
+type Opened = (Option<Arc<dyn Storage>>, Option<String>);
+
 /// Each backend's storage (or why there is none), connecting the ZEO
 /// backends in parallel on named scoped threads.
-fn open_sources(
-    specs: &[BackendSpec],
-    weak: &Weak<Core>,
-    opts: &RaidOptions,
-) -> Vec<(Option<Arc<dyn Storage>>, Option<String>)> {
-    let connect = |i: usize, copts: &ClientOptions| {
+fn open_sources(specs: &[BackendSpec], weak: &Weak<Core>, opts: &RaidOptions) -> Vec<Opened> {
+    let connect = |i: usize, copts: &ClientOptions| -> Opened {
         let mut copts = copts.clone();
         copts.call_timeout = opts.backend_timeout;
         copts.connect_timeout = copts.connect_timeout.min(opts.backend_timeout);

@@ -677,3 +677,17 @@ fn with_a_resolver_conflicts_are_merged_on_the_server() {
     );
     a.call("tpc_abort", vec![Value::from(4)]).expect("abort");
 }
+
+#[test]
+fn a_second_vote_for_a_voted_transaction_is_refused() {
+    let server = start();
+    let mut a = Raw::registered(server.local_addr());
+    begin_store(&mut a, 1, &[(1, Tid::ZERO, b"v")]);
+    a.call("vote", vec![Value::from(1)]).expect("vote");
+    match a.call("vote", vec![Value::from(1)]) {
+        Err(Error::Transaction(m)) => assert!(m.contains("twice"), "{m}"),
+        other => panic!("expected StorageTransactionError, got {other:?}"),
+    }
+    a.call("tpc_finish", vec![Value::from(1)])
+        .expect("the first vote still stands");
+}

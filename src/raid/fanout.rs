@@ -76,12 +76,9 @@ fn run_one<B, T>(b: &B, f: &(impl Fn(&B) -> Result<T> + Sync)) -> (Result<T>, Du
     (r, started.elapsed())
 }
 
-/// A call on the caller, reported as timed out when it starts or ends
-/// past the deadline.
+/// A call on the caller, reported as timed out when it ends past the
+/// deadline.
 fn timed<T>(deadline: Instant, call: impl FnOnce() -> (Result<T>, Duration)) -> Outcome<T> {
-    if Instant::now() > deadline {
-        return Outcome::TimedOut;
-    }
     let (r, took) = call();
     if Instant::now() > deadline {
         Outcome::TimedOut
@@ -151,13 +148,17 @@ impl Fanout {
 
     /// Call `f` on each of `backends`; one outcome per backend, in order.
     /// `offload(b)` says whether the call on `b` waits on IO (see [`plan`]).
+    /// Each call has `timeout`: the overlapped ones from the start, each
+    /// call on the caller from its own start (a slow first backend does
+    /// not use up the next one's time).
     pub fn call_all<B: Sync, T: Send>(
         &self,
         backends: &[B],
         offload: impl Fn(&B) -> bool,
-        deadline: Instant,
+        timeout: Duration,
         f: impl Fn(&B) -> Result<T> + Sync,
     ) -> Vec<Outcome<T>> {
+        let deadline = Instant::now() + timeout;
         let flags: Vec<bool> = backends.iter().map(&offload).collect();
         let (inline, pooled) = match &self.pool {
             Some(_) => plan(self.mode, &flags),
@@ -167,7 +168,9 @@ impl Fanout {
         let mut out: Vec<Option<Outcome<T>>> = (0..backends.len()).map(|_| None).collect();
         let on_caller = |out: &mut Vec<Option<Outcome<T>>>| {
             for &i in &inline {
-                out[i] = Some(timed(deadline, || run_one(&backends[i], &f)));
+                out[i] = Some(timed(Instant::now() + timeout, || {
+                    run_one(&backends[i], &f)
+                }));
             }
         };
         match &self.pool {
@@ -251,7 +254,7 @@ mod tests {
             let out = fan.call_all(
                 &backends,
                 |b| b % 2 == 0,
-                Instant::now() + Duration::from_secs(5),
+                Duration::from_secs(5),
                 |b| {
                     if *b == 3 {
                         Err(Error::Io("three fails".into()))
@@ -284,7 +287,7 @@ mod tests {
         fan.call_all(
             &backends,
             |_| true,
-            Instant::now() + Duration::from_secs(5),
+            Duration::from_secs(5),
             |_| {
                 lock(&names).push(std::thread::current().name().unwrap_or("").to_string());
                 std::thread::sleep(Duration::from_millis(100));
@@ -317,7 +320,7 @@ mod tests {
         let out = fan.call_all(
             &backends,
             |_| true,
-            Instant::now() + Duration::from_millis(1000),
+            Duration::from_millis(1000),
             |b| match b {
                 1 => {
                     std::thread::sleep(Duration::from_millis(1500));

@@ -157,6 +157,9 @@ struct Core {
     published: AtomicU64,
     next_oid: Mutex<u64>,
     reads: AtomicU64,
+    /// Packs in progress: backends pack at their own pace, so an object
+    /// one has already collected is not evidence of a missing object then.
+    packing: AtomicU64,
     /// Serialises state changes and state-file writes.
     states: Mutex<()>,
     group: bool,
@@ -239,6 +242,7 @@ impl RaidStorage {
                 published: AtomicU64::new(0),
                 next_oid: Mutex::new(0),
                 reads: AtomicU64::new(0),
+                packing: AtomicU64::new(0),
                 states: Mutex::new(()),
                 group,
             }
@@ -253,6 +257,15 @@ impl RaidStorage {
             }
         }
         core.start_up();
+        // Backends that start degraded (unreachable, behind, named by the
+        // file) are on disk before anything is served: after a crash a
+        // backend that missed this run's commits is never trusted alone.
+        if core.optimal().len() < core.backends.len() {
+            let _g = lock(&core.states);
+            core.persist().map_err(|e| {
+                format!("{e} (the array must remember its degraded backends before it serves)")
+            })?;
+        }
         Ok(RaidStorage { core })
     }
 
@@ -303,8 +316,18 @@ impl Core {
     }
 
     fn save_state(&self) {
+        if let Err(e) = self.persist() {
+            log::error!(
+                "RAID array {:?}: {e}; a restart may trust a degraded backend again",
+                self.opts.name
+            );
+        }
+    }
+
+    /// Write every non-optimal backend and its reason to the state file.
+    fn persist(&self) -> std::result::Result<(), String> {
         let Some(path) = &self.opts.state_file else {
-            return;
+            return Ok(());
         };
         let mut saved = statefile::Saved::default();
         for b in &self.backends {
@@ -312,12 +335,7 @@ impl Core {
                 saved.degraded.insert(b.name.clone(), why.to_string());
             }
         }
-        if let Err(e) = statefile::save(path, &saved) {
-            log::error!(
-                "RAID array {:?}: {e}; a restart may trust a degraded backend again",
-                self.opts.name
-            );
-        }
+        statefile::save(path, &saved)
     }
 
     fn array_state(&self) -> state::ArrayState {
@@ -453,6 +471,10 @@ impl Core {
             match r {
                 Ok(v) => {
                     if let Some((j, Error::PosKey(oid))) = missing {
+                        if self.packing.load(Ordering::Acquire) > 0 {
+                            log::debug!("{oid} missing on one backend during a pack");
+                            return Ok(v);
+                        }
                         self.degrade(
                             j,
                             format!(
@@ -486,11 +508,10 @@ impl Core {
         f: impl Fn(&dyn Storage) -> Result<T> + Sync,
     ) -> Vec<(usize, Result<T>)> {
         let targets: Vec<&Backend> = positions.iter().map(|&i| &self.backends[i]).collect();
-        let deadline = Instant::now() + self.opts.backend_timeout;
         let outcomes = self.fanout.call_all(
             &targets,
             |b| io || !b.local,
-            deadline,
+            self.opts.backend_timeout,
             |b| b.storage().and_then(|s| f(s.as_ref())),
         );
         let mut answered = Vec::with_capacity(positions.len());

@@ -15,7 +15,7 @@ use crate::storage::{
 };
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn vote_key(v: &Result<Vote>) -> VoteKey {
     match v {
@@ -110,9 +110,15 @@ impl Storage for RaidStorage {
         let core = &self.core;
         let optimal = core.optimal();
         core.check_writable(optimal.len())?;
+        let last = *lock(&core.last_logged);
         let tid = match txn.tid {
+            Some(t) if t <= last => {
+                return Err(Error::Transaction(format!(
+                    "the transaction's tid {t} is not later than the array's last, {last}"
+                )))
+            }
             Some(t) => t,
-            None => state::next_tid(timestamp::now(), *lock(&core.last_logged), &[]),
+            None => state::next_tid(timestamp::now(), last, &[]),
         };
         let mut whole = txn.clone();
         whole.tid = Some(tid);
@@ -139,20 +145,32 @@ impl Storage for RaidStorage {
             );
         }
         let decision = state::decide(&keys);
-        let mut to_abort = Vec::new();
         for &(pos, ref why) in &decision.degrade {
-            let (i, r) = &answered[pos];
-            if matches!(r, Ok(Vote::Prepared { .. })) {
-                to_abort.push(*i);
-            }
-            core.degrade(*i, format!("vote of {tid}: {why}"));
+            core.degrade(answered[pos].0, format!("vote of {tid}: {why}"));
         }
         // Answers of the winners, in configuration order.
         let winners: Vec<&(usize, Result<Vote>)> =
             decision.agree.iter().map(|&p| &answered[p]).collect();
+        // Every backend called and not kept prepared is aborted, whatever it
+        // answered (`tpc_abort` is a no-op where nothing is prepared), and
+        // so is an in-process one that answered too late (its call has
+        // ended; it may have prepared). A ZEO backend that missed the
+        // deadline is not called again (it is degraded, and would only make
+        // this commit wait once more); its server drops the transaction
+        // when the connection goes or by its own transaction-timeout.
+        let answered_at: Vec<usize> = answered.iter().map(|(i, _)| *i).collect();
+        let abort_all_but = |keep: &[usize]| {
+            let others: Vec<usize> = optimal
+                .iter()
+                .copied()
+                .filter(|i| !keep.contains(i))
+                .filter(|i| answered_at.contains(i) || core.backends[*i].local)
+                .collect();
+            core.abort_on(&others);
+        };
         match decision.winner {
             None => {
-                core.abort_on(&to_abort);
+                abort_all_but(&[]);
                 Err(Error::Disconnected(format!(
                     "RAID array {:?}: no backend could vote transaction {tid}; see the log",
                     core.opts.name
@@ -161,11 +179,10 @@ impl Storage for RaidStorage {
             Some(VoteKey::Prepared { .. }) => {
                 let prepared: Vec<usize> = winners.iter().map(|(i, _)| *i).collect();
                 if let Err(e) = core.check_writable(prepared.len()) {
-                    to_abort.extend(&prepared);
-                    core.abort_on(&to_abort);
+                    abort_all_but(&[]);
                     return Err(e);
                 }
-                core.abort_on(&to_abort);
+                abort_all_but(&prepared);
                 let Some((
                     _,
                     Ok(Vote::Prepared {
@@ -175,6 +192,7 @@ impl Storage for RaidStorage {
                     }),
                 )) = winners.first()
                 else {
+                    abort_all_but(&[]);
                     return Err(Error::Value("RAID: inconsistent vote outcome".into()));
                 };
                 let vote = Vote::Prepared {
@@ -190,13 +208,8 @@ impl Storage for RaidStorage {
             }
             Some(VoteKey::Conflicts(_)) => {
                 // Backends that resolved the conflicts themselves prepared:
-                // abort them too, the client resolves for all.
-                for (i, r) in &winners {
-                    if matches!(r, Ok(Vote::Prepared { .. })) {
-                        to_abort.push(*i);
-                    }
-                }
-                core.abort_on(&to_abort);
+                // they are aborted too, the client resolves for all.
+                abort_all_but(&[]);
                 let reported = winners.iter().find_map(|(_, r)| match r {
                     Ok(Vote::Conflicts(c)) => Some(c.clone()),
                     _ => None,
@@ -206,7 +219,7 @@ impl Storage for RaidStorage {
                     .ok_or_else(|| Error::Value("RAID: inconsistent vote outcome".into()))
             }
             Some(VoteKey::Refused(_)) | Some(VoteKey::ConflictError(_)) => {
-                core.abort_on(&to_abort);
+                abort_all_but(&[]);
                 match winners.first() {
                     Some((_, Err(e))) => Err(e.clone()),
                     _ => Err(Error::Value("RAID: inconsistent vote outcome".into())),
@@ -238,11 +251,19 @@ impl Storage for RaidStorage {
                 Err(e) => core.degrade(i, format!("could not make {tid} durable: {e}; it may lack recent transactions, recover it")),
             }
         }
-        if durable < core.opts.min_optimal.max(1) {
+        if durable == 0 {
             return Err(Error::Io(format!(
-                "RAID array {:?}: transaction {tid} is durable on {durable} backend(s), fewer than min-optimal = {}",
-                core.opts.name, core.opts.min_optimal
+                "RAID array {:?}: transaction {tid} could not be made durable on any backend",
+                core.opts.name
             )));
+        }
+        if durable < core.opts.min_optimal.max(1) {
+            log::error!(
+                "RAID array {:?}: transaction {tid} is durable on only {durable} backend(s), fewer \
+                 than min-optimal = {}",
+                core.opts.name,
+                core.opts.min_optimal
+            );
         }
         Ok(())
     }
@@ -282,12 +303,14 @@ impl Storage for RaidStorage {
         core.check_writable(optimal.len())?;
         // Pack may take long: no array deadline beyond the backends' own.
         let targets: Vec<&Backend> = optimal.iter().map(|&i| &core.backends[i]).collect();
+        core.packing.fetch_add(1, Ordering::AcqRel);
         let outcomes = core.fanout.call_all(
             &targets,
             |_| true,
-            Instant::now() + Duration::from_secs(86_400),
+            Duration::from_secs(86_400),
             |b| b.storage().and_then(|s| s.pack(t, gc)),
         );
+        core.packing.fetch_sub(1, Ordering::AcqRel);
         let answered: Vec<(usize, Result<()>)> = optimal
             .iter()
             .zip(outcomes)
@@ -415,16 +438,32 @@ impl RaidStorage {
         }
         // Timed-out backends were degraded by write_op.
         debug_assert!(answered_positions.len() <= pending.prepared.len());
-        *lock(&core.last_logged) = tid;
+        if finished == 0 {
+            // Nowhere for certain (every backend that may hold it is now
+            // degraded): not visible, not acknowledged.
+            return Err(Error::Io(format!(
+                "RAID array {:?}: transaction {tid} could not be finished on any backend; \
+                 whether a degraded backend holds it is unknown, see the log",
+                core.opts.name
+            )));
+        }
+        // Committed (durable and visible on `finished` backends): the
+        // client is told so even if fewer than min-optimal remain; the
+        // array applies fail-mode to what comes next.
+        {
+            let mut last = lock(&core.last_logged);
+            *last = (*last).max(tid);
+        }
         if !core.group {
             core.published.fetch_max(tid.0, Ordering::AcqRel);
         }
         if finished < core.opts.min_optimal.max(1) {
-            return Err(Error::Io(format!(
-                "RAID array {:?}: transaction {tid} finished on {finished} backend(s), fewer than \
-                 min-optimal = {}; whether it is committed is unknown, see the log",
-                core.opts.name, core.opts.min_optimal
-            )));
+            log::error!(
+                "RAID array {:?}: transaction {tid} committed on only {finished} backend(s), fewer \
+                 than min-optimal = {}",
+                core.opts.name,
+                core.opts.min_optimal
+            );
         }
         Ok(tid)
     }

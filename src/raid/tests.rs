@@ -273,7 +273,7 @@ fn a_backend_failing_at_finish_is_degraded_and_the_commit_succeeds() {
 }
 
 #[test]
-fn finish_on_fewer_than_min_optimal_is_an_error() {
+fn finish_on_fewer_than_min_optimal_commits_and_then_the_array_fails() {
     let b = faulty(2);
     let a = array_over(
         &b,
@@ -284,18 +284,81 @@ fn finish_on_fewer_than_min_optimal_is_an_error() {
     );
     let oid = a.new_oids(1).unwrap()[0];
     b[0].set(Fault::FailFinish);
-    let r = commit(&a, vec![store(oid, Tid::ZERO, b"v")]);
-    assert!(
-        matches!(&r, Err(Error::Io(m)) if m.contains("min-optimal")),
-        "{r:?}"
-    );
-    // The array has failed (close): every call is refused, saying why.
+    // Durable and visible on b: the client is told it committed.
+    let t = commit(&a, vec![store(oid, Tid::ZERO, b"v")]).unwrap();
+    assert_eq!(b[1].inner.last_transaction().unwrap(), t);
+    assert_eq!(a.core.published.load(Ordering::Acquire), t.0);
+    // Then the array has failed (close): every call is refused, saying why.
     let e = a.load_before(oid, Tid::MAX).unwrap_err();
     assert!(
         matches!(&e, Error::Disconnected(m) if m.contains("failed")),
         "{e}"
     );
     assert!(a.new_oids(1).is_err());
+}
+
+#[test]
+fn finish_on_no_backend_is_an_error_and_nothing_is_visible() {
+    let b = faulty(2);
+    let a = array_over(&b, opts());
+    let oid = a.new_oids(1).unwrap()[0];
+    b[0].set(Fault::FailFinish);
+    b[1].set(Fault::FailFinish);
+    let r = commit(&a, vec![store(oid, Tid::ZERO, b"v")]);
+    assert!(
+        matches!(&r, Err(Error::Io(m)) if m.contains("any backend")),
+        "{r:?}"
+    );
+    assert_eq!(a.core.published.load(Ordering::Acquire), 0);
+}
+
+#[test]
+fn an_explicit_tid_must_be_later_than_the_arrays_last() {
+    let b = faulty(2);
+    let a = array_over(&b, opts());
+    let oid = a.new_oids(1).unwrap()[0];
+    let t = commit(&a, vec![store(oid, Tid::ZERO, b"v")]).unwrap();
+    let stale = Txn {
+        tid: Some(t),
+        ..txn(vec![store(oid, t, b"w")])
+    };
+    assert!(matches!(a.tpc_vote(&stale), Err(Error::Transaction(_))));
+    assert_eq!(states(&a), vec!["optimal"; 2], "nobody is blamed for it");
+}
+
+#[test]
+fn a_backend_unreachable_at_start_is_written_to_the_state_file_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let state_file = dir.path().join("raid.state");
+    let b = faulty(1);
+    let specs = vec![
+        BackendSpec {
+            name: "here".into(),
+            kind: "memory",
+            source: BackendSource::Local(b[0].clone()),
+        },
+        BackendSpec {
+            name: "gone".into(),
+            kind: "file",
+            source: BackendSource::Unavailable("cannot open x/Data.fs (test)".into()),
+        },
+    ];
+    let _a = RaidStorage::open(
+        RaidOptions {
+            state_file: Some(state_file.clone()),
+            ..opts()
+        },
+        specs,
+    )
+    .unwrap();
+    let saved = statefile::load(&state_file)
+        .unwrap()
+        .expect("written at open");
+    assert!(saved
+        .degraded
+        .get("gone")
+        .is_some_and(|why| why.contains("cannot open")));
+    assert!(!saved.degraded.contains_key("here"));
 }
 
 #[test]

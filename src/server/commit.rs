@@ -225,8 +225,16 @@ pub(super) fn vote(shared: &Shared, sess: &Session, st: &mut State, msg: &Messag
         Ok(e) => e.clone(),
         Err(e) => return Flow::Reply(Err(e)),
     };
-    if let Err(e) = check_txn(sess, st, &a[0], "vote") {
-        return Flow::Reply(Err(e));
+    match check_txn(sess, st, &a[0], "vote") {
+        Err(e) => return Flow::Reply(Err(e)),
+        // Voted already: the storage holds it prepared; voting again would
+        // ask the storage to prepare a second time.
+        Ok(t) if t.locked => {
+            return Flow::Reply(Err(Error::Transaction(
+                "vote() called twice for the same transaction".into(),
+            )))
+        }
+        Ok(_) => {}
     }
     // Mark parked before asking for the lock so a resume cannot race the drain loop.
     lock(&sess.queue).parked = true;

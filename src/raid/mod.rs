@@ -404,8 +404,16 @@ impl Core {
         );
     }
 
+    /// Whether reads are served now (without building the array's state:
+    /// this runs on every read).
+    fn readable(&self) -> bool {
+        let optimal = self.backends.iter().filter(|b| b.is_optimal()).count();
+        let now = state::array_state_of(optimal, self.backends.len(), self.opts.min_optimal);
+        state::read_allowed(now, self.opts.fail_mode)
+    }
+
     fn check_readable(&self) -> Result<()> {
-        if state::read_allowed(self.array_state(), self.opts.fail_mode) {
+        if self.readable() {
             return Ok(());
         }
         state::write_allowed(
@@ -438,6 +446,30 @@ impl Core {
             0.0
         };
         balance::pick(self.opts.read_policy, &latencies, counter, random).map(|p| candidates[p])
+    }
+
+    /// [`Core::pick_reader`] over every optimal backend, without allocating
+    /// (this runs on the event loop for every page-cache load).
+    fn pick_optimal_reader(&self) -> Option<usize> {
+        const MAX: usize = 16;
+        if self.backends.len() > MAX {
+            return self.pick_reader(&self.optimal());
+        }
+        let (mut at, mut latency, mut n) = ([0usize; MAX], [0f64; MAX], 0);
+        for (i, b) in self.backends.iter().enumerate() {
+            if b.is_optimal() {
+                at[n] = i;
+                latency[n] = b.latency();
+                n += 1;
+            }
+        }
+        let counter = self.reads.fetch_add(1, Ordering::Relaxed);
+        let random = if self.opts.read_policy == ReadPolicy::Random {
+            rand::random::<f64>()
+        } else {
+            0.0
+        };
+        balance::pick(self.opts.read_policy, &latency[..n], counter, random).map(|p| at[p])
     }
 
     /// A read on one optimal backend chosen by the read policy; a failed

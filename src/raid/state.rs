@@ -72,9 +72,14 @@ impl fmt::Display for ArrayState {
 /// The array's state from its backends' states.
 pub fn array_state(states: &[BackendState], min_optimal: usize) -> ArrayState {
     let optimal = states.iter().filter(|s| s.is_optimal()).count();
+    array_state_of(optimal, states.len(), min_optimal)
+}
+
+/// The array's state from how many of its `total` backends are optimal.
+pub fn array_state_of(optimal: usize, total: usize, min_optimal: usize) -> ArrayState {
     if optimal < min_optimal.max(1) {
         ArrayState::Failed
-    } else if optimal == states.len() {
+    } else if optimal == total {
         ArrayState::Optimal
     } else {
         ArrayState::Degraded

@@ -364,10 +364,10 @@ impl Storage for RaidStorage {
     /// failure — goes the normal way on a worker.
     fn load_before_nowait(&self, oid: Oid, before: Tid) -> Option<Result<Option<Loaded>>> {
         let core = &self.core;
-        if !state::read_allowed(core.array_state(), core.opts.fail_mode) {
+        if !core.readable() {
             return None;
         }
-        let b = &core.backends[core.pick_reader(&core.optimal())?];
+        let b = &core.backends[core.pick_optimal_reader()?];
         if !b.local {
             return None;
         }

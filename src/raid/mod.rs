@@ -339,18 +339,8 @@ impl Core {
     }
 
     fn array_state(&self) -> state::ArrayState {
-        let states: Vec<BackendState> = self
-            .backends
-            .iter()
-            .map(|b| {
-                if b.is_optimal() {
-                    BackendState::Optimal
-                } else {
-                    read(&b.state).clone()
-                }
-            })
-            .collect();
-        state::array_state(&states, self.opts.min_optimal)
+        let optimal = self.backends.iter().filter(|b| b.is_optimal()).count();
+        state::array_state_of(optimal, self.backends.len(), self.opts.min_optimal)
     }
 
     /// Compare last tids, pick the oid counter, report.
@@ -407,9 +397,7 @@ impl Core {
     /// Whether reads are served now (without building the array's state:
     /// this runs on every read).
     fn readable(&self) -> bool {
-        let optimal = self.backends.iter().filter(|b| b.is_optimal()).count();
-        let now = state::array_state_of(optimal, self.backends.len(), self.opts.min_optimal);
-        state::read_allowed(now, self.opts.fail_mode)
+        state::read_allowed(self.array_state(), self.opts.fail_mode)
     }
 
     fn check_readable(&self) -> Result<()> {

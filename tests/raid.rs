@@ -210,6 +210,15 @@ fn invalidations_reach_each_client_once_and_a_direct_write_degrades_the_backend(
     drop(server);
 }
 
+/// An array over `specs` with `fail_mode`; it starts whatever is down.
+fn array_with_fail_mode(fail_mode: FailMode, specs: Vec<BackendSpec>) -> Arc<RaidStorage> {
+    let opts = RaidOptions {
+        fail_mode,
+        ..opts("1")
+    };
+    Arc::new(RaidStorage::open(opts, specs).expect("the array starts with backends down"))
+}
+
 #[test]
 fn started_with_a_backend_down_it_serves_from_the_other_and_fails_as_configured() {
     let up = memory_server();
@@ -221,16 +230,7 @@ fn started_with_a_backend_down_it_serves_from_the_other_and_fails_as_configured(
             zeo("gone", down_addr.clone()),
             zeo("up", up.local_addr().to_string()),
         ];
-        let raid = Arc::new(
-            RaidStorage::open(
-                RaidOptions {
-                    fail_mode: mode,
-                    ..opts("1")
-                },
-                specs,
-            )
-            .expect("starts with a backend down"),
-        );
+        let raid = array_with_fail_mode(mode, specs);
         assert_eq!(backend_state(&raid, 0).0, "degraded");
         let server = serve(raid.clone());
         let c = client(server.local_addr().to_string());
@@ -248,16 +248,7 @@ fn started_with_a_backend_down_it_serves_from_the_other_and_fails_as_configured(
             zeo("gone", down_addr.clone()),
             zeo("lone", lone.local_addr().to_string()),
         ];
-        let raid = Arc::new(
-            RaidStorage::open(
-                RaidOptions {
-                    fail_mode: mode,
-                    ..opts("1")
-                },
-                specs,
-            )
-            .unwrap(),
-        );
+        let raid = array_with_fail_mode(mode, specs);
         let server = serve(raid.clone());
         let c = client(server.local_addr().to_string());
         let oid2 = c.new_oids(1).unwrap()[0];

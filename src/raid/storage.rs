@@ -420,7 +420,6 @@ impl RaidStorage {
         };
         let answered = core.write_op(what, &pending.prepared, false, f);
         let mut finished = 0;
-        let answered_positions: Vec<usize> = answered.iter().map(|(i, _)| *i).collect();
         for (i, r) in answered {
             match r {
                 Ok(t) if t == tid => {
@@ -437,7 +436,6 @@ impl RaidStorage {
             }
         }
         // Timed-out backends were degraded by write_op.
-        debug_assert!(answered_positions.len() <= pending.prepared.len());
         if finished == 0 {
             // Nowhere for certain (every backend that may hold it is now
             // degraded): not visible, not acknowledged.

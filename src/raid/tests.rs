@@ -184,6 +184,25 @@ fn commit(a: &RaidStorage, ops: Vec<Op>) -> Result<Tid> {
     }
 }
 
+/// Why backend `i` was degraded (fails the test when it was not).
+fn reason(a: &RaidStorage, i: usize) -> String {
+    read(&a.core.backends[i].state)
+        .reason()
+        .unwrap_or_else(|| panic!("backend {i} is not degraded"))
+        .to_string()
+}
+
+/// Someone commits a change of `oid` straight to backend `b`, behind the
+/// array's back, right after `t1`.
+fn write_behind_the_arrays_back(b: &Faulty, oid: Oid, t1: Tid) {
+    let sneaky = Txn {
+        tid: Some(timestamp::successor(t1)),
+        ..txn(vec![store(oid, t1, b"sneaky")])
+    };
+    b.inner.tpc_vote(&sneaky).unwrap();
+    b.inner.tpc_finish().unwrap();
+}
+
 fn states(a: &RaidStorage) -> Vec<String> {
     a.core
         .backends
@@ -243,10 +262,7 @@ fn a_backend_failing_at_vote_drops_out_and_the_commit_goes_on() {
     b[1].set(Fault::Down);
     let t = commit(&a, vec![store(oid, Tid::ZERO, b"v")]).unwrap();
     assert_eq!(states(&a), vec!["optimal", "degraded", "optimal"]);
-    let why = read(&a.core.backends[1].state)
-        .reason()
-        .unwrap()
-        .to_string();
+    let why = reason(&a, 1);
     assert!(why.contains("vote") && why.contains("down"), "{why}");
     assert_eq!(history_of(b[0].as_ref()), history_of(b[2].as_ref()));
     assert_eq!(b[1].inner.last_transaction().unwrap(), Tid::ZERO);
@@ -375,10 +391,7 @@ fn a_slow_backend_is_degraded_at_the_backend_timeout() {
     b[1].set(Fault::SlowVote(Duration::from_millis(600)));
     let t = commit(&a, vec![store(oid, Tid::ZERO, b"v")]).unwrap();
     assert_eq!(states(&a), vec!["optimal", "degraded"]);
-    let why = read(&a.core.backends[1].state)
-        .reason()
-        .unwrap()
-        .to_string();
+    let why = reason(&a, 1);
     assert!(why.contains("backend-timeout"), "{why}");
     assert_eq!(b[0].inner.last_transaction().unwrap(), t);
     // The slow backend's late vote prepared a transaction; it was aborted,
@@ -399,10 +412,7 @@ fn a_call_that_fails_at_its_own_deadline_counts_as_the_backend_timeout() {
     let oid = a.new_oids(1).unwrap()[0];
     b[1].set(Fault::LateFailure(Duration::from_millis(300)));
     commit(&a, vec![store(oid, Tid::ZERO, b"v")]).unwrap();
-    let why = read(&a.core.backends[1].state)
-        .reason()
-        .unwrap()
-        .to_string();
+    let why = reason(&a, 1);
     assert!(why.contains("backend-timeout"), "{why}");
 }
 
@@ -433,19 +443,11 @@ fn the_odd_one_out_is_degraded() {
     let oid = a.new_oids(1).unwrap()[0];
     let t1 = commit(&a, vec![store(oid, Tid::ZERO, b"1")]).unwrap();
     // Someone changes the object on backend c behind the array's back.
-    let sneaky = Txn {
-        tid: Some(timestamp::successor(t1)),
-        ..txn(vec![store(oid, t1, b"sneaky")])
-    };
-    b[2].inner.tpc_vote(&sneaky).unwrap();
-    b[2].inner.tpc_finish().unwrap();
+    write_behind_the_arrays_back(&b[2], oid, t1);
     // Now a commit over t1 prepares on a and b and conflicts on c.
     let t = commit(&a, vec![store(oid, t1, b"2")]).unwrap();
     assert_eq!(states(&a), vec!["optimal", "optimal", "degraded"]);
-    let why = read(&a.core.backends[2].state)
-        .reason()
-        .unwrap()
-        .to_string();
+    let why = reason(&a, 2);
     assert!(why.contains("disagreed"), "{why}");
     assert_eq!(b[0].inner.last_transaction().unwrap(), t);
 }
@@ -456,12 +458,7 @@ fn a_tie_goes_to_the_first_listed_backend() {
     let a = array_over(&b, opts());
     let oid = a.new_oids(1).unwrap()[0];
     let t1 = commit(&a, vec![store(oid, Tid::ZERO, b"1")]).unwrap();
-    let sneaky = Txn {
-        tid: Some(timestamp::successor(t1)),
-        ..txn(vec![store(oid, t1, b"sneaky")])
-    };
-    b[0].inner.tpc_vote(&sneaky).unwrap();
-    b[0].inner.tpc_finish().unwrap();
+    write_behind_the_arrays_back(&b[0], oid, t1);
     // a conflicts, b prepares: one each; a is listed first and wins.
     let v = a.tpc_vote(&txn(vec![store(oid, t1, b"2")])).unwrap();
     assert!(matches!(v, Vote::Conflicts(_)), "{v:?}");
@@ -489,10 +486,7 @@ fn a_missing_object_is_confirmed_on_a_second_backend() {
     let l = a.load_before(oid, Tid::MAX).unwrap().expect("found on b");
     assert_eq!(&l.data[..], b"v");
     assert_eq!(states(&a), vec!["degraded", "optimal"]);
-    let why = read(&a.core.backends[0].state)
-        .reason()
-        .unwrap()
-        .to_string();
+    let why = reason(&a, 0);
     assert!(why.contains("missing object"), "{why}");
     // Really missing everywhere: POSKeyError, nobody degraded.
     assert_eq!(
@@ -598,10 +592,7 @@ fn behind_at_start_and_the_state_file_keep_backends_degraded() {
     // file says it was degraded.
     let a = array_over(&b, with_file());
     assert_eq!(states(&a), vec!["optimal", "optimal", "degraded"]);
-    assert!(read(&a.core.backends[2].state)
-        .reason()
-        .unwrap()
-        .contains("before the restart"));
+    assert!(reason(&a, 2).contains("before the restart"));
     // Even with the same last tid, a backend the file names stays degraded.
     let fresh = faulty(2);
     statefile::save(
@@ -617,10 +608,7 @@ fn behind_at_start_and_the_state_file_keep_backends_degraded() {
     std::fs::remove_file(&state_file).unwrap();
     let a = array_over(&b, with_file());
     assert_eq!(states(&a), vec!["optimal", "optimal", "degraded"]);
-    assert!(read(&a.core.backends[2].state)
-        .reason()
-        .unwrap()
-        .contains("missing transactions"));
+    assert!(reason(&a, 2).contains("missing transactions"));
     // A corrupt state file stops the start, naming the file.
     std::fs::write(&state_file, "garbage").unwrap();
     let specs = vec![BackendSpec {

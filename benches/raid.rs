@@ -141,6 +141,7 @@ fn array(mode: Mode, policy: ReadPolicy, sources: Vec<BackendSource>) -> Arc<Rai
                 _ => "local",
             },
             source,
+            reopen: None,
         })
         .collect();
     let raid = RaidStorage::open(
@@ -152,6 +153,8 @@ fn array(mode: Mode, policy: ReadPolicy, sources: Vec<BackendSource>) -> Arc<Rai
             fail_mode: FailMode::Close,
             backend_timeout: Duration::from_secs(10),
             state_file: None,
+            auto_recover: false,
+            recovery_ratio: 2.0,
         },
         specs,
     )

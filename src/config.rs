@@ -206,6 +206,13 @@ pub struct StorageConfig {
     /// `raid-NAME.state` next to the config file).
     #[serde(default)]
     pub state_file: Option<PathBuf>,
+    /// `kind = "raid"`: recover degraded backends that answer again (default true).
+    #[serde(default)]
+    pub auto_recover: Option<bool>,
+    /// `kind = "raid"`: while a backend recovers, copy at least this many
+    /// transactions per new commit (default 2, more than 1).
+    #[serde(default)]
+    pub recovery_ratio: Option<f64>,
     /// `kind = "raid"`: the mirrors, in order of trust (ties go to the first).
     #[serde(default)]
     pub backend: Vec<BackendConfig>,
@@ -390,6 +397,8 @@ impl Config {
                     ("fail-mode", s.fail_mode.is_some()),
                     ("backend-timeout", s.backend_timeout.is_some()),
                     ("state-file", s.state_file.is_some()),
+                    ("auto-recover", s.auto_recover.is_some()),
+                    ("recovery-ratio", s.recovery_ratio.is_some()),
                     ("backend", !s.backend.is_empty()),
                 ];
                 if let Some((key, _)) = raid_only.iter().find(|(_, set)| *set) {
@@ -451,6 +460,16 @@ fn validate_raid(
                 &key("backend-timeout"),
                 t.to_string(),
                 "must be a number of seconds above 0 and at most 3600",
+            ));
+        }
+    }
+    if let Some(r) = s.recovery_ratio {
+        if !(r.is_finite() && r > 1.0 && r <= 1000.0) {
+            return Err(invalid(
+                &key("recovery-ratio"),
+                r.to_string(),
+                "must be a number above 1 (recovery copies that many transactions per new \
+                 commit; at 1 or below it might never finish) and at most 1000",
             ));
         }
     }
@@ -620,7 +639,8 @@ mod tests {
         let c = Config::parse(
             &format!(
                 "{RAID}fanout=\"sequential\"\nread-policy=\"least-latency\"\nmin-optimal=2\n\
-                 fail-mode=\"read-only\"\nbackend-timeout=2.5\n\
+                 fail-mode=\"read-only\"\nbackend-timeout=2.5\nauto-recover=false\n\
+                 recovery-ratio=3.5\n\
                  [[storage.backend]]\nname=\"a\"\nkind=\"zeo\"\naddress=\"127.0.0.1:9001\"\n\
                  [[storage.backend]]\nname=\"c\"\nkind=\"file\"\npath=\"var/c/Data.fs\"\n"
             ),
@@ -637,6 +657,8 @@ mod tests {
         assert_eq!(s.fail_mode, Some(crate::raid::state::FailMode::ReadOnly));
         assert_eq!(s.min_optimal, Some(2));
         assert_eq!(s.backend_timeout, Some(2.5));
+        assert_eq!(s.auto_recover, Some(false));
+        assert_eq!(s.recovery_ratio, Some(3.5));
         assert_eq!(
             s.state_file.as_deref(),
             Some(Path::new("/etc/zeoraid/raid-1.state"))
@@ -684,6 +706,14 @@ mod tests {
             (
                 format!("{RAID}backend-timeout=0\n{zeo_a}"),
                 "storage[0].backend-timeout",
+            ),
+            (
+                format!("{RAID}recovery-ratio=1.0\n{zeo_a}"),
+                "storage[0].recovery-ratio",
+            ),
+            (
+                "[[storage]]\nname=\"1\"\nkind=\"memory\"\nauto-recover=true\n".to_string(),
+                "storage[0].auto-recover",
             ),
             (
                 format!("{RAID}{zeo_a}{zeo_a}"),

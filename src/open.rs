@@ -3,7 +3,7 @@
 //! so every way in opens storages the same way.
 
 use crate::config::{BackendConfig, BackendKind, StorageConfig, StorageKind};
-use crate::raid::{BackendSource, BackendSpec, RaidOptions, RaidStorage};
+use crate::raid::{BackendSource, BackendSpec, RaidOptions, RaidStorage, Reopen};
 use crate::storage::file::{FileOptions, FileStorage};
 use crate::storage::memory::MemoryStorage;
 use crate::storage::Storage;
@@ -69,13 +69,64 @@ pub fn raid_options(s: &StorageConfig) -> RaidOptions {
             s.backend_timeout.unwrap_or(DEFAULT_BACKEND_TIMEOUT),
         ),
         state_file: s.state_file.clone(),
+        auto_recover: s.auto_recover.unwrap_or(true),
+        recovery_ratio: s.recovery_ratio.unwrap_or(DEFAULT_RECOVERY_RATIO),
     }
+}
+
+/// `recovery-ratio` when the config leaves it out.
+pub const DEFAULT_RECOVERY_RATIO: f64 = 2.0;
+
+/// Move a file backend's `Data.fs` (and its index, lock and temporary
+/// files) aside as `NAME.diverged-UNIXTIME*`, for a forced rebuild.
+/// Nothing is deleted. Returns where the data went.
+fn move_aside(path: &Path) -> Result<Option<String>, String> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let aside = format!("{}.diverged-{stamp}", path.display());
+    std::fs::rename(path, &aside)
+        .map_err(|e| format!("cannot move {} aside to {aside}: {e}", path.display()))?;
+    for ext in ["zeoraid-index", "index", "tmp", "lock"] {
+        let side = std::path::PathBuf::from(format!("{}.{ext}", path.display()));
+        if side.exists() {
+            let to = format!("{aside}.{ext}");
+            if let Err(e) = std::fs::rename(&side, &to) {
+                log::warn!("cannot move {} aside to {to}: {e}", side.display());
+            }
+        }
+    }
+    Ok(Some(aside))
 }
 
 /// How to reach one backend. A file backend that cannot be opened (a
 /// damaged Data.fs, a held lock) does not stop the array: it starts
 /// degraded with the reason, like a ZEO backend that is down.
 pub fn backend_spec(array: &str, b: &BackendConfig) -> BackendSpec {
+    let reopen: Option<Reopen> = match b.kind {
+        BackendKind::Memory => {
+            let name = b.name.clone();
+            Some(Arc::new(move |_fresh| {
+                Ok((
+                    Arc::new(MemoryStorage::new(&name, false)) as Arc<dyn Storage>,
+                    None,
+                ))
+            }))
+        }
+        BackendKind::File => b.path.clone().map(|p| {
+            let (name, sync, pack_gc) = (format!("{array}/{}", b.name), b.sync, b.pack_gc);
+            Arc::new(move |fresh: bool| {
+                let moved = if fresh { move_aside(&p)? } else { None };
+                let s = open_file(&name, &p, false, sync, pack_gc)?;
+                Ok((s, moved))
+            }) as Reopen
+        }),
+        BackendKind::Zeo => None,
+    };
     let source = match b.kind {
         BackendKind::Memory => BackendSource::Local(Arc::new(MemoryStorage::new(&b.name, false))),
         BackendKind::File => match b.path.as_deref() {
@@ -96,6 +147,7 @@ pub fn backend_spec(array: &str, b: &BackendConfig) -> BackendSpec {
         name: b.name.clone(),
         kind: b.kind.label(),
         source,
+        reopen,
     }
 }
 

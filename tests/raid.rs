@@ -45,6 +45,8 @@ fn opts(name: &str) -> RaidOptions {
         fail_mode: FailMode::Close,
         backend_timeout: Duration::from_secs(5),
         state_file: None,
+        auto_recover: false,
+        recovery_ratio: 2.0,
     }
 }
 
@@ -56,6 +58,7 @@ fn zeo(name: &str, addr: String) -> BackendSpec {
             connect_timeout: Duration::from_secs(2),
             ..ClientOptions::new(addr)
         }),
+        reopen: None,
     }
 }
 

@@ -227,6 +227,7 @@ fn measure(mode: Mode, backends: &[BackendAddr], args: &FanoutArgs) -> Result<Co
                 name: format!("b{i}"),
                 kind: "zeo",
                 source: BackendSource::Zeo(o),
+                reopen: None,
             }
         })
         .collect();
@@ -239,6 +240,8 @@ fn measure(mode: Mode, backends: &[BackendAddr], args: &FanoutArgs) -> Result<Co
             fail_mode: FailMode::Close,
             backend_timeout: timeout,
             state_file: None,
+            auto_recover: false,
+            recovery_ratio: 2.0,
         },
         specs,
     )?;

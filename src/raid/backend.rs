@@ -2,17 +2,26 @@
 //! array knows of it ([`Backend`]: state, recent latency, reads and
 //! transactions served, last tid), and what a ZEO backend tells the array
 //! unasked ([`event_handler`]: an invalidation means someone wrote to it
-//! directly, a lost connection means it may miss transactions).
+//! directly, a lost connection means it may miss transactions), and how
+//! to open it again ([`Backend::reopen`]: reconnect a ZEO backend that was
+//! down at start, reopen a local one, or move its file aside for a forced
+//! rebuild).
 
 use super::balance;
 use super::state::BackendState;
 use super::Core;
-use crate::locks::read;
+use crate::locks::{lock, read, write};
 use crate::storage::{Error, Result, Storage};
-use crate::zeo::client::{ClientOptions, ServerEvent};
+use crate::zeo::client::{Client, ClientOptions, ServerEvent};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+/// Opens a local backend's storage again; `fresh`: move its data aside
+/// first and start empty (a forced rebuild). Returns what was moved where.
+pub type Reopen = Arc<
+    dyn Fn(bool) -> std::result::Result<(Arc<dyn Storage>, Option<String>), String> + Send + Sync,
+>;
 
 /// How to reach one backend.
 pub enum BackendSource {
@@ -29,13 +38,27 @@ pub struct BackendSpec {
     pub name: String,
     pub kind: &'static str,
     pub source: BackendSource,
+    /// How to open a local backend again (`None`: it cannot be).
+    pub reopen: Option<Reopen>,
+}
+
+/// Auto-recovery's memory of one backend.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Attempts {
+    pub(crate) last: Option<Instant>,
+    pub(crate) failures: u32,
+    /// The last attempt found it diverged: left to the operator.
+    pub(crate) diverged: bool,
 }
 
 /// One mirror and what the array knows of it.
 pub(crate) struct Backend {
     pub(crate) name: String,
     pub(crate) kind: &'static str,
-    pub(crate) storage: Option<Arc<dyn Storage>>,
+    pub(crate) storage: RwLock<Option<Arc<dyn Storage>>>,
+    /// A ZEO backend's connection settings (to connect when it was down).
+    pub(crate) zeo: Option<ClientOptions>,
+    pub(crate) reopen: Option<Reopen>,
     /// In process (file, memory): its calls are CPU, not round trips.
     pub(crate) local: bool,
     pub(crate) state: RwLock<BackendState>,
@@ -44,6 +67,9 @@ pub(crate) struct Backend {
     pub(crate) reads: AtomicU64,
     pub(crate) writes: AtomicU64,
     pub(crate) last_tid: AtomicU64,
+    /// The running recovery's figures (while recovering).
+    pub(crate) recovery: Mutex<Option<super::recovery::Running>>,
+    pub(crate) attempts: Mutex<Attempts>,
 }
 
 impl Backend {
@@ -57,13 +83,75 @@ impl Backend {
     }
 
     pub(crate) fn is_optimal(&self) -> bool {
-        self.storage.is_some() && read(&self.state).is_optimal()
+        read(&self.state).is_optimal() && read(&self.storage).is_some()
     }
 
-    pub(crate) fn storage(&self) -> Result<&Arc<dyn Storage>> {
-        self.storage
-            .as_ref()
+    pub(crate) fn is_open(&self) -> bool {
+        read(&self.storage).is_some()
+    }
+
+    pub(crate) fn storage(&self) -> Result<Arc<dyn Storage>> {
+        read(&self.storage)
+            .clone()
             .ok_or_else(|| Error::Disconnected(format!("backend {:?} is not open", self.name)))
+    }
+
+    /// Open the backend again: connect a ZEO backend that has no
+    /// connection, reopen a local one (`fresh`: moved aside and empty).
+    /// Only for a backend that is not optimal. Returns a note on what was
+    /// moved aside, if anything.
+    pub(crate) fn reopen(
+        &self,
+        core: Weak<Core>,
+        i: usize,
+        fresh: bool,
+        timeout: Duration,
+    ) -> std::result::Result<Option<String>, String> {
+        if let Some(copts) = &self.zeo {
+            if fresh {
+                return Err(format!(
+                    "backend {:?} is a ZEO server: zeoraid cannot empty it; stop it, move its \
+                     Data.fs aside, start it empty and recover it",
+                    self.name
+                ));
+            }
+            if self.is_open() {
+                return Ok(None);
+            }
+            let mut copts = copts.clone();
+            copts.call_timeout = timeout;
+            copts.connect_timeout = copts.connect_timeout.min(timeout);
+            let addr = copts.addr.clone();
+            let c = Client::connect_with_handler(copts, Some(event_handler(core, i)))
+                .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+            *write(&self.storage) = Some(Arc::new(c));
+            return Ok(None);
+        }
+        if self.is_open() && !fresh {
+            return Ok(None);
+        }
+        let Some(reopen) = &self.reopen else {
+            return Err(format!("backend {:?} cannot be opened again", self.name));
+        };
+        // Close the old one first: a file storage holds a lock on its file.
+        if let Some(old) = write(&self.storage).take() {
+            old.close();
+        }
+        let (s, note) = reopen(fresh)?;
+        *write(&self.storage) = Some(s);
+        Ok(note)
+    }
+
+    pub(crate) fn note_attempt(&self, result: &std::result::Result<(), String>) {
+        let mut a = lock(&self.attempts);
+        a.last = Some(Instant::now());
+        match result {
+            Ok(()) => *a = Attempts::default(),
+            Err(why) => {
+                a.failures = a.failures.saturating_add(1);
+                a.diverged = super::state::recovery::is_divergence(why);
+            }
+        }
     }
 }
 

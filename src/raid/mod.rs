@@ -54,8 +54,10 @@
 
 pub mod balance;
 pub mod fanout;
+pub mod recovery;
 pub mod state;
 pub mod statefile;
+pub mod verify;
 
 use crate::locks::{lock, read, write};
 use crate::storage::{Error, Result, Storage, Tid};
@@ -65,7 +67,7 @@ use fanout::{Mode, Outcome};
 use state::{BackendState, FailMode};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 /// The array's settings (the `kind = "raid"` storage section).
@@ -80,13 +82,35 @@ pub struct RaidOptions {
     pub backend_timeout: Duration,
     /// Where the array remembers degraded backends; `None`: nowhere (tests).
     pub state_file: Option<PathBuf>,
+    /// Recover degraded backends that answer again, without an operator.
+    pub auto_recover: bool,
+    /// While a backend recovers, at least this many transactions are
+    /// copied per new commit (> 1; see [`state::credit`]).
+    pub recovery_ratio: f64,
+}
+
+impl RaidOptions {
+    /// Options with the defaults of everything but the name.
+    pub fn new(name: &str) -> RaidOptions {
+        RaidOptions {
+            name: name.to_string(),
+            fanout: Mode::default(),
+            read_policy: ReadPolicy::default(),
+            min_optimal: 1,
+            fail_mode: FailMode::default(),
+            backend_timeout: Duration::from_secs(10),
+            state_file: None,
+            auto_recover: true,
+            recovery_ratio: 2.0,
+        }
+    }
 }
 
 mod backend;
 mod storage;
 
 use backend::{event_handler, Backend};
-pub use backend::{BackendSource, BackendSpec};
+pub use backend::{BackendSource, BackendSpec, Reopen};
 
 /// A backend's storage, or why there is none.
 type Opened = (Option<Arc<dyn Storage>>, Option<String>);
@@ -163,11 +187,33 @@ struct Core {
     /// Serialises state changes and state-file writes.
     states: Mutex<()>,
     group: bool,
+    /// The array's own commit lock, from vote to finish or abort: a
+    /// recovery takes it to copy the last transactions and rejoin.
+    gate: Mutex<Gate>,
+    gate_cv: Condvar,
+    /// The recovery rate guarantee while a backend recovers.
+    credit: Mutex<Option<state::Credit>>,
+    credit_cv: Condvar,
+    /// A recovery or verification is running (one at a time).
+    busy: Mutex<Option<String>>,
+    /// Set when the array closes: recoveries stop, the supervisor ends.
+    closing: std::sync::atomic::AtomicBool,
+    closing_cv: (Mutex<()>, Condvar),
+}
+
+/// Who holds the array's commit lock.
+#[derive(Default)]
+struct Gate {
+    /// A transaction is between vote and finish/abort.
+    txn: bool,
+    /// A recovery is finishing: votes wait.
+    recovery: bool,
 }
 
 /// The array. Cheap to share; the server holds it as `Arc<dyn Storage>`.
 pub struct RaidStorage {
     core: Arc<Core>,
+    supervisor: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl RaidStorage {
@@ -209,7 +255,11 @@ impl RaidStorage {
                 .into_iter()
                 .zip(opened)
                 .map(|(spec, (storage, problem))| {
-                    let local = matches!(spec.source, BackendSource::Local(_));
+                    let local = !matches!(spec.source, BackendSource::Zeo(_));
+                    let zeo = match &spec.source {
+                        BackendSource::Zeo(c) => Some(c.clone()),
+                        _ => None,
+                    };
                     let state = match (problem, saved.degraded.get(&spec.name)) {
                         (Some(p), _) => BackendState::Degraded(p),
                         (None, Some(why)) => {
@@ -220,19 +270,23 @@ impl RaidStorage {
                     Backend {
                         name: spec.name,
                         kind: spec.kind,
-                        storage,
+                        storage: RwLock::new(storage),
+                        zeo,
+                        reopen: spec.reopen,
                         local,
                         state: RwLock::new(state),
                         latency_us: AtomicU64::new(0f64.to_bits()),
                         reads: AtomicU64::new(0),
                         writes: AtomicU64::new(0),
                         last_tid: AtomicU64::new(0),
+                        recovery: Mutex::new(None),
+                        attempts: Mutex::new(Default::default()),
                     }
                 })
                 .collect::<Vec<_>>();
             let group = backends
                 .iter()
-                .all(|b| b.storage.as_ref().is_some_and(|s| s.group_commit()));
+                .all(|b| read(&b.storage).as_ref().is_some_and(|s| s.group_commit()));
             Core {
                 opts: opts.clone(),
                 backends,
@@ -245,6 +299,13 @@ impl RaidStorage {
                 packing: AtomicU64::new(0),
                 states: Mutex::new(()),
                 group,
+                gate: Mutex::new(Gate::default()),
+                gate_cv: Condvar::new(),
+                credit: Mutex::new(None),
+                credit_cv: Condvar::new(),
+                busy: Mutex::new(None),
+                closing: std::sync::atomic::AtomicBool::new(false),
+                closing_cv: (Mutex::new(()), Condvar::new()),
             }
         });
         for b in &core.backends {
@@ -266,7 +327,15 @@ impl RaidStorage {
                 format!("{e} (the array must remember its degraded backends before it serves)")
             })?;
         }
-        Ok(RaidStorage { core })
+        let supervisor = if core.opts.auto_recover {
+            Some(recovery::spawn_supervisor(&core)?)
+        } else {
+            None
+        };
+        Ok(RaidStorage {
+            core,
+            supervisor: Mutex::new(supervisor),
+        })
     }
 
     /// The array's state and each backend's, for `ruok` and logs.
@@ -331,8 +400,16 @@ impl Core {
         };
         let mut saved = statefile::Saved::default();
         for b in &self.backends {
-            if let Some(why) = read(&b.state).reason() {
-                saved.degraded.insert(b.name.clone(), why.to_string());
+            match &*read(&b.state) {
+                BackendState::Optimal => {}
+                BackendState::Degraded(why) => {
+                    saved.degraded.insert(b.name.clone(), why.clone());
+                }
+                BackendState::Recovering(why) => {
+                    saved
+                        .degraded
+                        .insert(b.name.clone(), format!("recovery did not finish ({why})"));
+                }
             }
         }
         statefile::save(path, &saved)
@@ -340,7 +417,17 @@ impl Core {
 
     fn array_state(&self) -> state::ArrayState {
         let optimal = self.backends.iter().filter(|b| b.is_optimal()).count();
-        state::array_state_of(optimal, self.backends.len(), self.opts.min_optimal)
+        let recovering = self
+            .backends
+            .iter()
+            .filter(|b| matches!(*read(&b.state), BackendState::Recovering(_)))
+            .count();
+        state::array_state_of(
+            optimal,
+            recovering,
+            self.backends.len(),
+            self.opts.min_optimal,
+        )
     }
 
     /// Compare last tids, pick the oid counter, report.
@@ -582,7 +669,7 @@ impl Core {
             .iter()
             .map(|b| {
                 let st = read(&b.state).clone();
-                let st = if b.storage.is_none() && st.is_optimal() {
+                let st = if !b.is_open() && st.is_optimal() {
                     BackendState::Degraded("not open".into())
                 } else {
                     st
@@ -596,6 +683,7 @@ impl Core {
                     "latency-ms": (b.latency() / 1000.0 * 1000.0).round() / 1000.0,
                     "reads": b.reads.load(Ordering::Relaxed),
                     "writes": b.writes.load(Ordering::Relaxed),
+                    "recovery": lock(&b.recovery).as_ref().map(|r| r.status()),
                 })
             })
             .collect();
@@ -604,6 +692,8 @@ impl Core {
             "optimal": self.optimal().len(),
             "min-optimal": self.opts.min_optimal,
             "fanout": self.opts.fanout.label(),
+            "auto-recover": self.opts.auto_recover,
+            "recovery-ratio": self.opts.recovery_ratio,
             "backends": backends,
         })
     }

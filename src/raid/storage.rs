@@ -74,7 +74,7 @@ impl Storage for RaidStorage {
         self.core
             .backends
             .iter()
-            .filter_map(|b| b.storage.as_ref())
+            .filter_map(|b| b.storage().ok())
             .all(|s| s.supports_undo())
     }
 
@@ -107,6 +107,209 @@ impl Storage for RaidStorage {
     }
 
     fn tpc_vote(&self, txn: &Txn) -> Result<Vote> {
+        let core = &self.core;
+        core.admit_commit();
+        core.gate_enter();
+        let r = self.vote_locked(txn);
+        if !matches!(r, Ok(Vote::Prepared { .. })) {
+            core.gate_leave();
+        }
+        r
+    }
+
+    fn tpc_finish(&self) -> Result<Tid> {
+        let r = self.finish_with("tpc_finish", |s| s.tpc_finish());
+        self.core.gate_leave();
+        r
+    }
+
+    fn group_commit(&self) -> bool {
+        self.core.group
+    }
+
+    fn finish_log(&self) -> Result<Tid> {
+        let r = self.finish_with("finish_log", |s| s.finish_log());
+        self.core.gate_leave();
+        r
+    }
+
+    fn make_durable(&self, tid: Tid) -> Result<()> {
+        let core = &self.core;
+        let optimal = core.optimal();
+        let answered = core.write_op("make_durable", &optimal, true, |s| s.make_durable(tid));
+        let mut durable = 0;
+        for (i, r) in answered {
+            match r {
+                Ok(()) => durable += 1,
+                Err(e) => core.degrade(i, format!("could not make {tid} durable: {e}; it may lack recent transactions, recover it")),
+            }
+        }
+        if durable == 0 {
+            return Err(Error::Io(format!(
+                "RAID array {:?}: transaction {tid} could not be made durable on any backend",
+                core.opts.name
+            )));
+        }
+        if durable < core.opts.min_optimal.max(1) {
+            log::error!(
+                "RAID array {:?}: transaction {tid} is durable on only {durable} backend(s), fewer \
+                 than min-optimal = {}",
+                core.opts.name,
+                core.opts.min_optimal
+            );
+        }
+        Ok(())
+    }
+
+    fn publish(&self, tid: Tid) {
+        let core = &self.core;
+        for i in core.optimal() {
+            if let Ok(s) = core.backends[i].storage() {
+                s.publish(tid);
+            }
+        }
+        // A recovery finishing waits for this.
+        let _g = lock(&core.gate);
+        core.published.fetch_max(tid.0, Ordering::AcqRel);
+        core.gate_cv.notify_all();
+    }
+
+    fn tpc_abort(&self) {
+        let core = &self.core;
+        let pending = std::mem::take(&mut *lock(&core.pending));
+        core.abort_on(&pending.prepared);
+        core.gate_leave();
+    }
+
+    fn undo_log(&self, first: usize, last: usize) -> Result<Vec<UndoEntry>> {
+        self.core.read_op("undoLog", |s| s.undo_log(first, last))
+    }
+
+    fn iterator(&self, start: Option<Tid>, stop: Option<Tid>) -> Result<TxnIter> {
+        self.core.read_op("iterator", |s| s.iterator(start, stop))
+    }
+
+    fn record_iternext(&self, next: Option<Oid>) -> Result<Option<CurrentRecord>> {
+        self.core
+            .read_op("record_iternext", |s| s.record_iternext(next))
+    }
+
+    fn pack(&self, t: f64, gc: bool) -> Result<()> {
+        let core = &self.core;
+        let optimal = core.optimal();
+        core.check_writable(optimal.len())?;
+        if let Some(what) = lock(&core.busy).as_deref() {
+            return Err(Error::Value(format!(
+                "RAID array {:?} cannot pack while {what}: its backends would no longer hold \
+                 the same history; pack again when it has finished",
+                core.opts.name
+            )));
+        }
+        // Pack may take long: no array deadline beyond the backends' own.
+        let targets: Vec<&Backend> = optimal.iter().map(|&i| &core.backends[i]).collect();
+        core.packing.fetch_add(1, Ordering::AcqRel);
+        let outcomes = core.fanout.call_all(
+            &targets,
+            |_| true,
+            Duration::from_secs(86_400),
+            |b| b.storage().and_then(|s| s.pack(t, gc)),
+        );
+        core.packing.fetch_sub(1, Ordering::AcqRel);
+        let answered: Vec<(usize, Result<()>)> = optimal
+            .iter()
+            .zip(outcomes)
+            .filter_map(|(&i, o)| match o {
+                Outcome::Done(r, _) => Some((i, r)),
+                Outcome::TimedOut => None,
+            })
+            .collect();
+        let decision = state::decide(&replies(&answered, |r| {
+            r.as_ref()
+                .err()
+                .map(|e| crate::zeo::message::error_to_wire(e).0)
+        }));
+        for (pos, why) in decision.degrade {
+            core.degrade(answered[pos].0, format!("pack: {why}"));
+        }
+        match decision.agree.first().map(|&p| &answered[p].1) {
+            Some(r) => r.clone(),
+            None => Err(Error::Disconnected(format!(
+                "RAID array {:?}: no backend could pack",
+                core.opts.name
+            ))),
+        }
+    }
+
+    fn size_info(&self) -> SizeInfo {
+        let core = &self.core;
+        core.optimal()
+            .first()
+            .and_then(|&i| core.backends[i].storage().ok())
+            .map(|s| s.size_info())
+            .unwrap_or_default()
+    }
+
+    fn reads_wait_on_network(&self) -> bool {
+        self.core.backends.iter().any(|b| !b.local)
+    }
+
+    /// True when every backend is in process and never blocks on reads
+    /// (memory backends): the server then answers reads on its event loop.
+    fn reads_never_block(&self) -> bool {
+        self.core
+            .backends
+            .iter()
+            .all(|b| b.local && b.storage().is_ok_and(|s| s.reads_never_block()))
+    }
+
+    /// A load the chosen backend can answer without waiting (a file
+    /// backend whose page cache holds it), for the event loop. Anything
+    /// else — no answer without waiting, a POSKeyError to confirm, a
+    /// failure — goes the normal way on a worker.
+    fn load_before_nowait(&self, oid: Oid, before: Tid) -> Option<Result<Option<Loaded>>> {
+        let core = &self.core;
+        if !core.readable() {
+            return None;
+        }
+        let b = &core.backends[core.pick_optimal_reader()?];
+        if !b.local {
+            return None;
+        }
+        match b.storage().ok()?.load_before_nowait(oid, before)? {
+            Ok(loaded) => {
+                b.reads.fetch_add(1, Ordering::Relaxed);
+                Some(Ok(loaded))
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn set_conflict_resolver(&self, r: Arc<dyn ConflictResolver>) {
+        for b in &self.core.backends {
+            if let Ok(s) = b.storage() {
+                s.set_conflict_resolver(r.clone());
+            }
+        }
+    }
+
+    fn raid_status(&self) -> Option<serde_json::Value> {
+        Some(self.core.status())
+    }
+
+    fn close(&self) {
+        self.stop_supervisor();
+        for b in &self.core.backends {
+            if let Ok(s) = b.storage() {
+                s.close();
+            }
+        }
+        let _g = lock(&self.core.states);
+        self.core.save_state();
+    }
+}
+
+impl RaidStorage {
+    fn vote_locked(&self, txn: &Txn) -> Result<Vote> {
         let core = &self.core;
         let optimal = core.optimal();
         core.check_writable(optimal.len())?;
@@ -228,182 +431,6 @@ impl Storage for RaidStorage {
         }
     }
 
-    fn tpc_finish(&self) -> Result<Tid> {
-        self.finish_with("tpc_finish", |s| s.tpc_finish())
-    }
-
-    fn group_commit(&self) -> bool {
-        self.core.group
-    }
-
-    fn finish_log(&self) -> Result<Tid> {
-        self.finish_with("finish_log", |s| s.finish_log())
-    }
-
-    fn make_durable(&self, tid: Tid) -> Result<()> {
-        let core = &self.core;
-        let optimal = core.optimal();
-        let answered = core.write_op("make_durable", &optimal, true, |s| s.make_durable(tid));
-        let mut durable = 0;
-        for (i, r) in answered {
-            match r {
-                Ok(()) => durable += 1,
-                Err(e) => core.degrade(i, format!("could not make {tid} durable: {e}; it may lack recent transactions, recover it")),
-            }
-        }
-        if durable == 0 {
-            return Err(Error::Io(format!(
-                "RAID array {:?}: transaction {tid} could not be made durable on any backend",
-                core.opts.name
-            )));
-        }
-        if durable < core.opts.min_optimal.max(1) {
-            log::error!(
-                "RAID array {:?}: transaction {tid} is durable on only {durable} backend(s), fewer \
-                 than min-optimal = {}",
-                core.opts.name,
-                core.opts.min_optimal
-            );
-        }
-        Ok(())
-    }
-
-    fn publish(&self, tid: Tid) {
-        let core = &self.core;
-        for i in core.optimal() {
-            if let Ok(s) = core.backends[i].storage() {
-                s.publish(tid);
-            }
-        }
-        core.published.fetch_max(tid.0, Ordering::AcqRel);
-    }
-
-    fn tpc_abort(&self) {
-        let core = &self.core;
-        let pending = std::mem::take(&mut *lock(&core.pending));
-        core.abort_on(&pending.prepared);
-    }
-
-    fn undo_log(&self, first: usize, last: usize) -> Result<Vec<UndoEntry>> {
-        self.core.read_op("undoLog", |s| s.undo_log(first, last))
-    }
-
-    fn iterator(&self, start: Option<Tid>, stop: Option<Tid>) -> Result<TxnIter> {
-        self.core.read_op("iterator", |s| s.iterator(start, stop))
-    }
-
-    fn record_iternext(&self, next: Option<Oid>) -> Result<Option<CurrentRecord>> {
-        self.core
-            .read_op("record_iternext", |s| s.record_iternext(next))
-    }
-
-    fn pack(&self, t: f64, gc: bool) -> Result<()> {
-        let core = &self.core;
-        let optimal = core.optimal();
-        core.check_writable(optimal.len())?;
-        // Pack may take long: no array deadline beyond the backends' own.
-        let targets: Vec<&Backend> = optimal.iter().map(|&i| &core.backends[i]).collect();
-        core.packing.fetch_add(1, Ordering::AcqRel);
-        let outcomes = core.fanout.call_all(
-            &targets,
-            |_| true,
-            Duration::from_secs(86_400),
-            |b| b.storage().and_then(|s| s.pack(t, gc)),
-        );
-        core.packing.fetch_sub(1, Ordering::AcqRel);
-        let answered: Vec<(usize, Result<()>)> = optimal
-            .iter()
-            .zip(outcomes)
-            .filter_map(|(&i, o)| match o {
-                Outcome::Done(r, _) => Some((i, r)),
-                Outcome::TimedOut => None,
-            })
-            .collect();
-        let decision = state::decide(&replies(&answered, |r| {
-            r.as_ref()
-                .err()
-                .map(|e| crate::zeo::message::error_to_wire(e).0)
-        }));
-        for (pos, why) in decision.degrade {
-            core.degrade(answered[pos].0, format!("pack: {why}"));
-        }
-        match decision.agree.first().map(|&p| &answered[p].1) {
-            Some(r) => r.clone(),
-            None => Err(Error::Disconnected(format!(
-                "RAID array {:?}: no backend could pack",
-                core.opts.name
-            ))),
-        }
-    }
-
-    fn size_info(&self) -> SizeInfo {
-        let core = &self.core;
-        core.optimal()
-            .first()
-            .and_then(|&i| core.backends[i].storage.as_ref())
-            .map(|s| s.size_info())
-            .unwrap_or_default()
-    }
-
-    fn reads_wait_on_network(&self) -> bool {
-        self.core.backends.iter().any(|b| !b.local)
-    }
-
-    /// True when every backend is in process and never blocks on reads
-    /// (memory backends): the server then answers reads on its event loop.
-    fn reads_never_block(&self) -> bool {
-        self.core
-            .backends
-            .iter()
-            .all(|b| b.local && b.storage.as_ref().is_some_and(|s| s.reads_never_block()))
-    }
-
-    /// A load the chosen backend can answer without waiting (a file
-    /// backend whose page cache holds it), for the event loop. Anything
-    /// else — no answer without waiting, a POSKeyError to confirm, a
-    /// failure — goes the normal way on a worker.
-    fn load_before_nowait(&self, oid: Oid, before: Tid) -> Option<Result<Option<Loaded>>> {
-        let core = &self.core;
-        if !core.readable() {
-            return None;
-        }
-        let b = &core.backends[core.pick_optimal_reader()?];
-        if !b.local {
-            return None;
-        }
-        match b.storage.as_ref()?.load_before_nowait(oid, before)? {
-            Ok(loaded) => {
-                b.reads.fetch_add(1, Ordering::Relaxed);
-                Some(Ok(loaded))
-            }
-            Err(_) => None,
-        }
-    }
-
-    fn set_conflict_resolver(&self, r: Arc<dyn ConflictResolver>) {
-        for b in &self.core.backends {
-            if let Some(s) = &b.storage {
-                s.set_conflict_resolver(r.clone());
-            }
-        }
-    }
-
-    fn raid_status(&self) -> Option<serde_json::Value> {
-        Some(self.core.status())
-    }
-
-    fn close(&self) {
-        for b in &self.core.backends {
-            if let Some(s) = &b.storage {
-                s.close();
-            }
-        }
-        let _g = lock(&self.core.states);
-        self.core.save_state();
-    }
-}
-
-impl RaidStorage {
     /// Finish the pending transaction on every backend that prepared it
     /// (`tpc_finish`, or `finish_log` for group commit).
     fn finish_with(

@@ -14,6 +14,15 @@
 //! - [`write_allowed`]: whether enough backends remain to accept writes
 //!   (`min-optimal`), and what the configured `fail-mode` makes of it.
 //! - [`next_tid`]: the tid the array gives the next transaction.
+//! - [`credit`]: the recovery rate guarantee (`recovery-ratio`): when a
+//!   commit may go ahead while a backend recovers.
+//! - [`recovery`]: where a recovery starts (or why it must not), its
+//!   progress figures, and auto-recovery's backoff.
+
+pub mod credit;
+pub mod recovery;
+
+pub use credit::{Admission, Credit};
 
 use crate::storage::{timestamp, Error, Oid, Tid};
 use std::fmt;
@@ -25,6 +34,9 @@ pub enum BackendState {
     Optimal,
     /// Dropped out of the array; the reason says why and what to do.
     Degraded(String),
+    /// Being recovered (the reason it was degraded): not written to by
+    /// commits and never read from until the recovery rejoins it.
+    Recovering(String),
 }
 
 impl BackendState {
@@ -37,13 +49,14 @@ impl BackendState {
         match self {
             BackendState::Optimal => "optimal",
             BackendState::Degraded(_) => "degraded",
+            BackendState::Recovering(_) => "recovering",
         }
     }
 
     pub fn reason(&self) -> Option<&str> {
         match self {
             BackendState::Optimal => None,
-            BackendState::Degraded(r) => Some(r),
+            BackendState::Degraded(r) | BackendState::Recovering(r) => Some(r),
         }
     }
 }
@@ -55,6 +68,8 @@ pub enum ArrayState {
     Optimal,
     /// Some backend is not optimal, but at least `min-optimal` are.
     Degraded,
+    /// Like degraded, and a backend is being recovered.
+    Recovering,
     /// Fewer than `min-optimal` optimal backends: `fail-mode` applies.
     Failed,
 }
@@ -64,6 +79,7 @@ impl fmt::Display for ArrayState {
         f.write_str(match self {
             ArrayState::Optimal => "optimal",
             ArrayState::Degraded => "degraded",
+            ArrayState::Recovering => "recovering",
             ArrayState::Failed => "failed",
         })
     }
@@ -72,15 +88,27 @@ impl fmt::Display for ArrayState {
 /// The array's state from its backends' states.
 pub fn array_state(states: &[BackendState], min_optimal: usize) -> ArrayState {
     let optimal = states.iter().filter(|s| s.is_optimal()).count();
-    array_state_of(optimal, states.len(), min_optimal)
+    let recovering = states
+        .iter()
+        .filter(|s| matches!(s, BackendState::Recovering(_)))
+        .count();
+    array_state_of(optimal, recovering, states.len(), min_optimal)
 }
 
-/// The array's state from how many of its `total` backends are optimal.
-pub fn array_state_of(optimal: usize, total: usize, min_optimal: usize) -> ArrayState {
+/// The array's state from how many of its `total` backends are optimal
+/// and how many are recovering.
+pub fn array_state_of(
+    optimal: usize,
+    recovering: usize,
+    total: usize,
+    min_optimal: usize,
+) -> ArrayState {
     if optimal < min_optimal.max(1) {
         ArrayState::Failed
     } else if optimal == total {
         ArrayState::Optimal
+    } else if recovering > 0 {
+        ArrayState::Recovering
     } else {
         ArrayState::Degraded
     }
@@ -424,6 +452,7 @@ mod tests {
     fn array_state_table() {
         use BackendState::*;
         let deg = || Degraded("x".into());
+        let rec = || Recovering("x".into());
         let cases = [
             (vec![Optimal, Optimal], 1, ArrayState::Optimal),
             (vec![Optimal, deg()], 1, ArrayState::Degraded),
@@ -433,6 +462,10 @@ mod tests {
             (vec![Optimal], 0, ArrayState::Optimal),
             (vec![deg()], 0, ArrayState::Failed),
             (vec![], 1, ArrayState::Failed),
+            (vec![Optimal, rec()], 1, ArrayState::Recovering),
+            (vec![Optimal, rec(), deg()], 1, ArrayState::Recovering),
+            (vec![Optimal, rec()], 2, ArrayState::Failed),
+            (vec![rec()], 1, ArrayState::Failed),
         ];
         for (states, min, want) in cases {
             assert_eq!(array_state(&states, min), want, "{states:?} min {min}");

@@ -1,5 +1,7 @@
 //! The array over in-process backends, some of them made to fail.
 
+mod recovery;
+
 use super::*;
 use crate::storage::memory::MemoryStorage;
 use crate::storage::{
@@ -22,6 +24,8 @@ enum Fault {
     FailFinish,
     /// load_before says POSKeyError.
     LoseObjects,
+    /// This many more votes succeed, then every call fails as `Down`.
+    DownAfterVotes(usize),
 }
 
 /// A memory storage whose failures the test switches on.
@@ -83,6 +87,17 @@ impl Storage for Faulty {
     }
     fn tpc_vote(&self, txn: &Txn) -> Result<Vote> {
         self.check()?;
+        {
+            let mut f = lock(&self.fault);
+            if let Fault::DownAfterVotes(n) = *f {
+                *f = if n == 0 {
+                    Fault::Down
+                } else {
+                    Fault::DownAfterVotes(n - 1)
+                };
+            }
+        }
+        self.check()?;
         let fault = lock(&self.fault).clone();
         if let Fault::SlowVote(d) = fault {
             std::thread::sleep(d);
@@ -136,6 +151,9 @@ fn opts() -> RaidOptions {
         fail_mode: FailMode::Close,
         backend_timeout: Duration::from_secs(5),
         state_file: None,
+        // The tests here degrade backends on purpose and look at them.
+        auto_recover: false,
+        recovery_ratio: 2.0,
     }
 }
 
@@ -147,6 +165,7 @@ fn array_over(backends: &[Arc<Faulty>], opts: RaidOptions) -> RaidStorage {
             name: ["a", "b", "c", "d"][i].into(),
             kind: "memory",
             source: BackendSource::Local(b.clone()),
+            reopen: None,
         })
         .collect();
     RaidStorage::open(opts, specs).expect("array opens")
@@ -352,11 +371,13 @@ fn a_backend_unreachable_at_start_is_written_to_the_state_file_at_once() {
             name: "here".into(),
             kind: "memory",
             source: BackendSource::Local(b[0].clone()),
+            reopen: None,
         },
         BackendSpec {
             name: "gone".into(),
             kind: "file",
             source: BackendSource::Unavailable("cannot open x/Data.fs (test)".into()),
+            reopen: None,
         },
     ];
     let _a = RaidStorage::open(
@@ -615,6 +636,7 @@ fn behind_at_start_and_the_state_file_keep_backends_degraded() {
         name: "a".into(),
         kind: "memory",
         source: BackendSource::Local(b[0].clone()),
+        reopen: None,
     }];
     let err = RaidStorage::open(with_file(), specs)
         .err()
@@ -653,11 +675,13 @@ fn a_backend_that_cannot_be_opened_starts_degraded() {
                 connect_timeout: Duration::from_millis(300),
                 ..ClientOptions::new("127.0.0.1:1")
             }),
+            reopen: None,
         },
         BackendSpec {
             name: "here".into(),
             kind: "memory",
             source: BackendSource::Local(b[0].clone()),
+            reopen: None,
         },
     ];
     let a = RaidStorage::open(opts(), specs).expect("opens with one backend down");
@@ -689,12 +713,14 @@ fn zeo_backends_that_do_not_answer_are_waited_for_side_by_side() {
                 connect_timeout: Duration::from_millis(800),
                 ..ClientOptions::new(l.local_addr().unwrap().to_string())
             }),
+            reopen: None,
         })
         .collect();
     specs.push(BackendSpec {
         name: "here".into(),
         kind: "memory",
         source: BackendSource::Local(faulty(1)[0].clone()),
+        reopen: None,
     });
     let started = Instant::now();
     let a = RaidStorage::open(opts(), specs).expect("opens");

@@ -1,0 +1,740 @@
+//! Online recovery: bring a degraded (or new, empty) backend back into
+//! the array while clients keep committing.
+//!
+//! **How.** One recovery runs at a time, on its own OS thread
+//! (`zeoraid-recover-ARRAY-BACKEND`). It
+//!
+//! 1. opens the target if it has no storage (reconnects a ZEO backend that
+//!    was down, reopens a local one; a *forced* recovery moves a local
+//!    target's data aside first and starts it empty);
+//! 2. marks it `recovering` and picks an optimal source (in-process
+//!    first, else the fastest);
+//! 3. finds where they agree ([`state::recovery::resume_point`]): the
+//!    target's last transaction must be in the source's history with the
+//!    same digest ([`super::verify::digest`]). A target that diverged is
+//!    refused with the first differing tid and nothing is written to it;
+//! 4. copies every later transaction with its tid, status, metadata,
+//!    records and backpointers (`Op::Restore`), oldest first: a reader
+//!    thread walks the source's iterator into a bounded channel while this
+//!    thread writes, so reading and writing overlap. A group-commit target
+//!    (a file backend) shares one fsync among the transactions the
+//!    channel has ready. Passes repeat until one copies at most
+//!    [`state::recovery::CATCH_UP_UNDER_LOCK`] transactions;
+//! 5. takes the array's commit lock (the gate: no transaction between
+//!    vote and finish), waits for the last one to be visible, copies the
+//!    rest and rejoins the target as optimal, atomically for commits.
+//!
+//! The cost grows with the missing transactions, never with the history.
+//!
+//! **Rate guarantee.** While a recovery runs, each new commit is admitted
+//! against credit the copy earns ([`state::Credit`], `recovery-ratio`):
+//! commits are slowed, never refused, and the recovery always finishes.
+//!
+//! **Failures.** If the source or target fails, or the array closes, the
+//! target goes back to degraded with the reason; nothing half-joins. The
+//! target holds only whole transactions (each restored one is committed on
+//! it), so a later recovery — also after a kill -9 of zeoraid — continues
+//! from where it stands.
+//!
+//! **Auto-recovery.** With `auto-recover` (the default) a supervisor
+//! thread (`zeoraid-recovery-ARRAY`) recovers degraded backends in
+//! configuration order, one after another, with a backoff per backend
+//! after failures ([`state::recovery::next_to_recover`]). A target found
+//! diverged is left to the operator.
+
+use super::state::{recovery as plan, Admission, BackendState, Credit};
+use super::verify;
+use super::{Core, RaidStorage};
+use crate::locks::{lock, read, write};
+use crate::storage::{timestamp, Error, Op, Storage, Tid, Txn, TxnRecord, Vote};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+/// How often the supervisor looks for backends to recover.
+const SUPERVISOR_TICK: Duration = Duration::from_millis(500);
+
+/// Transactions read ahead of the writer.
+const READ_AHEAD: usize = 64;
+
+/// At most this many transactions share one fsync on a group-commit target.
+const DURABLE_EVERY: u64 = 512;
+
+/// How often a recovery logs its progress.
+const LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// A running recovery's figures, for status documents and logs.
+pub(crate) struct Running {
+    source: String,
+    started: Instant,
+    from: Option<Tid>,
+    at: Tid,
+    goal: Tid,
+    copied: u64,
+    bytes: u64,
+    phase: &'static str,
+}
+
+impl Running {
+    fn progress(&self) -> plan::Progress {
+        plan::progress(
+            self.from,
+            self.at,
+            self.goal.max(self.at),
+            self.copied,
+            self.started.elapsed().as_secs_f64(),
+        )
+    }
+
+    pub(crate) fn status(&self) -> serde_json::Value {
+        let p = self.progress();
+        serde_json::json!({
+            "source": self.source,
+            "phase": self.phase,
+            "copied": p.copied,
+            "left": p.left,
+            "percent": p.percent,
+            "rate": (p.rate * 10.0).round() / 10.0,
+            "eta-seconds": p.eta.map(|e| e.round()),
+            "megabytes": (self.bytes as f64 / 1e5).round() / 10.0,
+            "at": self.at.to_string(),
+        })
+    }
+}
+
+/// What a finished recovery did.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub backend: String,
+    pub source: String,
+    /// Transactions and data bytes copied.
+    pub copied: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+    /// Copied everything after this tid (`None`: the whole history).
+    pub from: Option<Tid>,
+    /// Where a forced recovery moved the old data.
+    pub moved_aside: Option<String>,
+}
+
+/// Marks the array busy (one recovery or verification at a time).
+pub(crate) struct Busy<'a>(&'a Core);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.busy) = None;
+    }
+}
+
+impl Core {
+    /// Claim the array for `what`, or say what holds it.
+    pub(crate) fn claim(&self, what: String) -> Result<Busy<'_>, String> {
+        let mut busy = lock(&self.busy);
+        if let Some(other) = busy.as_deref() {
+            return Err(format!(
+                "RAID array {:?} is busy: {other}; try again when it has finished",
+                self.opts.name
+            ));
+        }
+        *busy = Some(what);
+        Ok(Busy(self))
+    }
+
+    fn closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Wait for recovery credit before a commit (no-op when no backend
+    /// recovers). Never refuses: see [`state::credit`].
+    pub(crate) fn admit_commit(&self) {
+        let mut credit = lock(&self.credit);
+        let mut waited = false;
+        loop {
+            let Some(c) = credit.as_mut() else { return };
+            match c.admit(clock(), waited) {
+                Admission::Now => return,
+                Admission::Wait(secs) => {
+                    waited = true;
+                    let d = Duration::from_secs_f64(secs);
+                    credit = self
+                        .credit_cv
+                        .wait_timeout(credit, d)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+
+    /// Enter the array's commit lock (vote): waits while a recovery
+    /// finishes.
+    pub(crate) fn gate_enter(&self) {
+        let mut g = lock(&self.gate);
+        while g.recovery {
+            g = self.gate_cv.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+        g.txn = true;
+    }
+
+    /// Leave it (finish, abort, a vote that prepared nothing). Idempotent.
+    pub(crate) fn gate_leave(&self) {
+        let mut g = lock(&self.gate);
+        if g.txn {
+            g.txn = false;
+            self.gate_cv.notify_all();
+        }
+    }
+
+    /// Set backend `i`'s state (recovery's transitions), log, persist.
+    fn set_state(&self, i: usize, st: BackendState) {
+        let _g = lock(&self.states);
+        *write(&self.backends[i].state) = st;
+        self.save_state();
+    }
+
+    /// The source for a recovery of `target`: an optimal backend, in
+    /// process first (no network), else the fastest.
+    fn pick_source(&self, target: usize) -> Option<usize> {
+        let optimal: Vec<usize> = self
+            .optimal()
+            .into_iter()
+            .filter(|&i| i != target)
+            .collect();
+        optimal
+            .iter()
+            .copied()
+            .find(|&i| self.backends[i].local)
+            .or_else(|| {
+                optimal.iter().copied().min_by(|&a, &b| {
+                    self.backends[a]
+                        .latency()
+                        .total_cmp(&self.backends[b].latency())
+                })
+            })
+    }
+}
+
+/// Seconds on a monotonic clock (since the first call): the credit
+/// controller only compares times.
+fn clock() -> f64 {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed().as_secs_f64()
+}
+
+impl RaidStorage {
+    /// Recover backend `name` now, on a dedicated thread, and wait for it.
+    /// `force`: a target that diverged is moved aside (local backends
+    /// only; nothing is deleted) and rebuilt from scratch.
+    pub fn recover(&self, name: &str, force: bool) -> Result<Report, String> {
+        let core = &self.core;
+        let i = core
+            .backends
+            .iter()
+            .position(|b| b.name == name)
+            .ok_or_else(|| {
+                format!(
+                    "RAID array {:?} has no backend {name:?} (its backends: {})",
+                    core.opts.name,
+                    core.backends
+                        .iter()
+                        .map(|b| b.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?;
+        run_on_thread(core, i, force)
+    }
+
+    /// Stop auto-recovery and any running recovery, and join the thread.
+    pub(crate) fn stop_supervisor(&self) {
+        let core = &self.core;
+        core.closing.store(true, Ordering::Release);
+        {
+            let _g = lock(&core.closing_cv.0);
+            core.closing_cv.1.notify_all();
+        }
+        if let Some(h) = lock(&self.supervisor).take() {
+            if h.join().is_err() {
+                log::error!(
+                    "RAID array {:?}: the recovery supervisor panicked (a zeoraid bug)",
+                    core.opts.name
+                );
+            }
+        }
+    }
+}
+
+impl Drop for RaidStorage {
+    fn drop(&mut self) {
+        self.stop_supervisor();
+    }
+}
+
+/// Run one recovery on its own named thread and wait for it.
+fn run_on_thread(core: &Arc<Core>, i: usize, force: bool) -> Result<Report, String> {
+    let name = format!(
+        "zeoraid-recover-{}-{}",
+        core.opts.name, core.backends[i].name
+    );
+    let c = core.clone();
+    let h = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || recover_now(&c, i, force))
+        .map_err(|e| format!("cannot start a recovery thread: {e}"))?;
+    h.join()
+        .unwrap_or_else(|_| Err("the recovery thread panicked (a zeoraid bug; see the log)".into()))
+}
+
+/// The supervisor thread of auto-recovery.
+pub(super) fn spawn_supervisor(core: &Arc<Core>) -> Result<std::thread::JoinHandle<()>, String> {
+    let weak = Arc::downgrade(core);
+    std::thread::Builder::new()
+        .name(format!("zeoraid-recovery-{}", core.opts.name))
+        .spawn(move || supervise(weak))
+        .map_err(|e| format!("cannot start the recovery supervisor: {e}"))
+}
+
+fn supervise(weak: Weak<Core>) {
+    loop {
+        let Some(core) = weak.upgrade() else { return };
+        if core.closing() {
+            return;
+        }
+        let candidates: Vec<plan::Candidate> = core
+            .backends
+            .iter()
+            .map(|b| {
+                let a = lock(&b.attempts).clone();
+                plan::Candidate {
+                    degraded: matches!(*read(&b.state), BackendState::Degraded(_))
+                        || (!b.is_open() && read(&b.state).is_optimal()),
+                    diverged: a.diverged,
+                    since_attempt: a.last.map(|t| t.elapsed().as_secs_f64()),
+                    failures: a.failures,
+                }
+            })
+            .collect();
+        let busy = lock(&core.busy).is_some();
+        if let Some(i) = plan::next_to_recover(&candidates, busy) {
+            if core.pick_source(i).is_some() {
+                match run_on_thread(&core, i, false) {
+                    Ok(_) => {}
+                    Err(why) => log::warn!(
+                        "RAID array {:?}: auto-recovery of backend {:?} did not succeed: {why}{}",
+                        core.opts.name,
+                        core.backends[i].name,
+                        if plan::is_divergence(&why) {
+                            "; it is left to the operator (recover it with force to rebuild it)"
+                                .to_string()
+                        } else {
+                            format!(
+                                "; next attempt in {} s",
+                                plan::backoff(lock(&core.backends[i].attempts).failures).as_secs()
+                            )
+                        }
+                    ),
+                }
+            }
+        }
+        let (m, cv) = (&core.closing_cv.0, &core.closing_cv.1);
+        let g = lock(m);
+        if core.closing() {
+            return;
+        }
+        drop(cv.wait_timeout(g, SUPERVISOR_TICK));
+    }
+}
+
+/// Recover backend `i` on this thread.
+fn recover_now(core: &Arc<Core>, i: usize, force: bool) -> Result<Report, String> {
+    let b = &core.backends[i];
+    let _busy = core.claim(format!("backend {:?} is recovering", b.name))?;
+    let was = match &*read(&b.state) {
+        BackendState::Optimal if b.is_open() => {
+            return Err(format!(
+                "backend {:?} is optimal: nothing to recover",
+                b.name
+            ))
+        }
+        BackendState::Optimal => "it was not open".to_string(),
+        BackendState::Degraded(why) => why.clone(),
+        BackendState::Recovering(_) => {
+            return Err(format!("backend {:?} is already recovering", b.name))
+        }
+    };
+    let result = attempt(core, i, force, &was);
+    b.note_attempt(&result.as_ref().map(|_| ()).map_err(|e| e.clone()));
+    *lock(&core.credit) = None;
+    core.credit_cv.notify_all();
+    *lock(&b.recovery) = None;
+    match &result {
+        Ok(r) => log::info!(
+            "RAID array {:?}: backend {:?} recovered from {:?} and optimal again: {} transactions \
+             ({:.1} MB) copied in {:.1} s; array {}",
+            core.opts.name,
+            b.name,
+            r.source,
+            r.copied,
+            r.bytes as f64 / 1e6,
+            r.seconds,
+            core.array_state()
+        ),
+        Err(why) => {
+            core.set_state(i, BackendState::Degraded(format!("recovery failed: {why}")));
+            log::error!(
+                "RAID array {:?}: recovery of backend {:?} failed: {why}; it stays degraded",
+                core.opts.name,
+                b.name
+            );
+        }
+    }
+    result
+}
+
+fn attempt(core: &Arc<Core>, i: usize, force: bool, was: &str) -> Result<Report, String> {
+    let b = &core.backends[i];
+    let timeout = core.opts.backend_timeout;
+    let mut moved_aside = b.reopen(Arc::downgrade(core), i, false, timeout)?;
+    let si = core.pick_source(i).ok_or_else(|| {
+        "no optimal backend to copy from; recover when another backend is optimal".to_string()
+    })?;
+    let source_b = &core.backends[si];
+    let source = source_b.storage().map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    core.set_state(i, BackendState::Recovering(was.to_string()));
+    log::info!(
+        "RAID array {:?}: recovering backend {:?} from {:?} (it was degraded: {was})",
+        core.opts.name,
+        b.name,
+        source_b.name
+    );
+    let mut target = b.storage().map_err(|e| e.to_string())?;
+    let from = match resume_point(source.as_ref(), target.as_ref()) {
+        Ok(from) => from,
+        Err(why) if force && plan::is_divergence(&why) => {
+            log::warn!(
+                "RAID array {:?}: backend {:?} {why}; forced: rebuilding it from scratch",
+                core.opts.name,
+                b.name
+            );
+            moved_aside = b.reopen(Arc::downgrade(core), i, true, timeout)?;
+            target = b.storage().map_err(|e| e.to_string())?;
+            if target.last_transaction().map_err(|e| e.to_string())? != Tid::ZERO {
+                return Err("the rebuilt target is not empty".into());
+            }
+            None
+        }
+        Err(why) => return Err(why),
+    };
+    *lock(&b.recovery) = Some(Running {
+        source: source_b.name.clone(),
+        started,
+        from,
+        at: from.unwrap_or(Tid::ZERO),
+        goal: *lock(&core.last_logged),
+        copied: 0,
+        bytes: 0,
+        phase: "copying",
+    });
+    *lock(&core.credit) = Some(Credit::new(core.opts.recovery_ratio, clock()));
+    let mut after = from;
+    let mut last_log = Instant::now();
+    // Copy passes until one finds the source close.
+    loop {
+        let copied = copy_pass(core, si, &source, i, &target, &mut after, &mut last_log)?;
+        if plan::close_enough(copied) {
+            break;
+        }
+    }
+    // Finish under the array's commit lock.
+    if let Some(r) = lock(&b.recovery).as_mut() {
+        r.phase = "finishing";
+    }
+    let mut g = lock(&core.gate);
+    while g.txn || g.recovery {
+        g = core.gate_cv.wait(g).unwrap_or_else(|p| p.into_inner());
+    }
+    g.recovery = true;
+    drop(g);
+    let finished = finish_under_gate(core, si, &source, i, &target, &mut after, &mut last_log);
+    {
+        let mut g = lock(&core.gate);
+        g.recovery = false;
+        core.gate_cv.notify_all();
+    }
+    finished?;
+    let r = lock(&b.recovery).take();
+    let (copied, bytes) = r.map(|r| (r.copied, r.bytes)).unwrap_or((0, 0));
+    Ok(Report {
+        backend: b.name.clone(),
+        source: source_b.name.clone(),
+        copied,
+        bytes,
+        seconds: started.elapsed().as_secs_f64(),
+        from,
+        moved_aside,
+    })
+}
+
+/// With the gate held: wait until every logged transaction is visible,
+/// copy what is left, check, rejoin.
+fn finish_under_gate(
+    core: &Arc<Core>,
+    si: usize,
+    source: &Arc<dyn Storage>,
+    i: usize,
+    target: &Arc<dyn Storage>,
+    after: &mut Option<Tid>,
+    last_log: &mut Instant,
+) -> Result<(), String> {
+    let last = *lock(&core.last_logged);
+    // Group commit: the last transactions may be logged but not yet
+    // published (make_durable runs after the server's lock); the gate
+    // keeps new ones out, so this ends soon.
+    let deadline = Instant::now() + core.opts.backend_timeout;
+    {
+        let mut g = lock(&core.gate);
+        while core.published.load(Ordering::Acquire) < last.0 {
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "transaction {last} did not become visible within backend-timeout"
+                ));
+            }
+            g = core
+                .gate_cv
+                .wait_timeout(g, Duration::from_millis(10))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+    copy_pass(core, si, source, i, target, after, last_log)?;
+    let have = target.last_transaction().map_err(|e| e.to_string())?;
+    if have != last {
+        return Err(format!(
+            "after the copy its last transaction is {have}, the array's is {last}"
+        ));
+    }
+    let b = &core.backends[i];
+    b.last_tid.store(have.0, Ordering::Relaxed);
+    b.latency_us.store(0f64.to_bits(), Ordering::Relaxed);
+    core.set_state(i, BackendState::Optimal);
+    Ok(())
+}
+
+/// Where the copy starts, or why the target diverged.
+fn resume_point(source: &dyn Storage, target: &dyn Storage) -> Result<Option<Tid>, String> {
+    let target_last = target
+        .last_transaction()
+        .map_err(|e| format!("cannot read its last transaction: {e}"))?;
+    let source_last = source
+        .last_transaction()
+        .map_err(|e| format!("cannot read the source's last transaction: {e}"))?;
+    let digest_of = |s: &dyn Storage, what: &str| -> Result<Option<plan::Digest>, String> {
+        if target_last == Tid::ZERO {
+            return Ok(None);
+        }
+        let mut it = s
+            .iterator(Some(target_last), Some(target_last))
+            .map_err(|e| format!("cannot read transaction {target_last} on the {what}: {e}"))?;
+        match it.next() {
+            None => Ok(None),
+            Some(Ok(t)) if t.tid == target_last => Ok(Some((t.tid, verify::digest(&t)))),
+            Some(Ok(_)) => Ok(None),
+            Some(Err(e)) => Err(format!(
+                "cannot read transaction {target_last} on the {what}: {e}"
+            )),
+        }
+    };
+    let t = digest_of(target, "target")?;
+    let s = if target_last > source_last {
+        None
+    } else {
+        digest_of(source, "source")?
+    };
+    plan::resume_point(target_last, source_last, t, s)
+}
+
+/// Copy every transaction of the source after `after` to the target;
+/// returns how many. Reads on a named thread, writes on this one.
+fn copy_pass(
+    core: &Arc<Core>,
+    si: usize,
+    source: &Arc<dyn Storage>,
+    i: usize,
+    target: &Arc<dyn Storage>,
+    after: &mut Option<Tid>,
+    last_log: &mut Instant,
+) -> Result<u64, String> {
+    let start = after.map(timestamp::successor);
+    let (tx, rx) = crossbeam_channel::bounded::<Result<TxnRecord, Error>>(READ_AHEAD);
+    let b = &core.backends[i];
+    let group = target.group_commit();
+    let name = format!("zeoraid-recover-read-{}", b.name);
+    let goal = *lock(&core.last_logged);
+    if let Some(r) = lock(&b.recovery).as_mut() {
+        r.goal = goal;
+    }
+    std::thread::scope(|scope| -> Result<u64, String> {
+        let reader = std::thread::Builder::new()
+            .name(name)
+            .spawn_scoped(scope, move || {
+                let it = match source.iterator(start, None) {
+                    Ok(it) => it,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                for item in it {
+                    let stop = item.is_err();
+                    if tx.send(item).is_err() || stop {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start a reader thread: {e}"))?;
+        let written = write_all(core, si, i, target, &rx, group, after, last_log);
+        drop(rx);
+        if reader.join().is_err() {
+            return Err("the recovery's reader thread panicked (a zeoraid bug)".into());
+        }
+        written
+    })
+}
+
+/// The writing half of [`copy_pass`].
+#[allow(clippy::too_many_arguments)]
+fn write_all(
+    core: &Arc<Core>,
+    si: usize,
+    i: usize,
+    target: &Arc<dyn Storage>,
+    rx: &crossbeam_channel::Receiver<Result<TxnRecord, Error>>,
+    group: bool,
+    after: &mut Option<Tid>,
+    last_log: &mut Instant,
+) -> Result<u64, String> {
+    let b = &core.backends[i];
+    let source_name = &core.backends[si].name;
+    let mut copied = 0u64;
+    let mut undurable: Option<Tid> = None;
+    let mut since_durable = 0u64;
+    let make_durable = |tid: Tid| -> Result<(), String> {
+        target
+            .make_durable(tid)
+            .map_err(|e| format!("writing to it failed: {e}"))?;
+        target.publish(tid);
+        Ok(())
+    };
+    for item in rx.iter() {
+        if core.closing() {
+            return Err("the array is closing; the recovery continues after a restart".into());
+        }
+        if !core.backends[si].is_optimal() {
+            return Err(format!("the source {source_name:?} was degraded meanwhile"));
+        }
+        let rec =
+            item.map_err(|e| format!("reading from the source {source_name:?} failed: {e}"))?;
+        if after.is_some_and(|a| rec.tid <= a) {
+            continue;
+        }
+        let bytes = restore(target.as_ref(), &rec, group)?;
+        *after = Some(rec.tid);
+        copied += 1;
+        if group {
+            undurable = Some(rec.tid);
+            since_durable += 1;
+            if rx.is_empty() || since_durable >= DURABLE_EVERY {
+                make_durable(rec.tid)?;
+                undurable = None;
+                since_durable = 0;
+            }
+        }
+        if let Some(c) = lock(&core.credit).as_mut() {
+            c.earn(1);
+        }
+        core.credit_cv.notify_all();
+        if let Some(r) = lock(&b.recovery).as_mut() {
+            r.at = rec.tid;
+            r.copied += 1;
+            r.bytes += bytes;
+            if r.goal < rec.tid {
+                r.goal = rec.tid;
+            }
+            if last_log.elapsed() >= LOG_EVERY {
+                *last_log = Instant::now();
+                let p = r.progress();
+                log::info!(
+                    "RAID array {:?}: recovering backend {:?} from {source_name:?}: {:.1}% ({} \
+                     copied, about {} left, {:.0} transactions/s{})",
+                    core.opts.name,
+                    b.name,
+                    p.percent,
+                    p.copied,
+                    p.left,
+                    p.rate,
+                    p.eta
+                        .map(|e| format!(", about {e:.0} s to go"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+    }
+    if let Some(t) = undurable {
+        make_durable(t)?;
+    }
+    Ok(copied)
+}
+
+/// Write one transaction to the target as it is on the source (same tid,
+/// status, metadata, records, backpointers). Returns its data bytes.
+fn restore(target: &dyn Storage, rec: &TxnRecord, group: bool) -> Result<u64, String> {
+    let ops: Vec<Op> = rec
+        .records
+        .iter()
+        .map(|r| Op::Restore {
+            oid: r.oid,
+            serial: rec.tid,
+            data: r.data.clone(),
+            prev_txn: r.data_txn,
+        })
+        .collect();
+    let bytes = rec
+        .records
+        .iter()
+        .map(|r| r.data.as_ref().map_or(0, |d| d.len() as u64))
+        .sum();
+    let txn = Txn {
+        meta: rec.meta.clone(),
+        tid: Some(rec.tid),
+        status: rec.status,
+        ops,
+    };
+    let fail = |e: String| {
+        target.tpc_abort();
+        format!("writing transaction {} to it failed: {e}", rec.tid)
+    };
+    match target.tpc_vote(&txn) {
+        Ok(Vote::Prepared { .. }) => {}
+        Ok(Vote::Conflicts(c)) => {
+            return Err(fail(format!("{} conflicts on a restore", c.len())));
+        }
+        Err(e) => return Err(fail(e.to_string())),
+    }
+    let finished = if group {
+        target.finish_log()
+    } else {
+        target.tpc_finish()
+    };
+    match finished {
+        Ok(t) if t == rec.tid => Ok(bytes),
+        Ok(t) => Err(format!(
+            "transaction {} was committed on it as {t}",
+            rec.tid
+        )),
+        Err(e) => Err(format!(
+            "finishing transaction {} on it failed: {e}",
+            rec.tid
+        )),
+    }
+}

@@ -49,6 +49,8 @@ pub(crate) struct Attempts {
     pub(crate) failures: u32,
     /// The last attempt found it diverged: left to the operator.
     pub(crate) diverged: bool,
+    /// Why the last attempt failed.
+    pub(crate) error: Option<String>,
 }
 
 /// One mirror and what the array knows of it.
@@ -150,6 +152,7 @@ impl Backend {
             Err(why) => {
                 a.failures = a.failures.saturating_add(1);
                 a.diverged = super::state::recovery::is_divergence(why);
+                a.error = Some(why.clone());
             }
         }
     }

@@ -684,6 +684,8 @@ impl Core {
                     "reads": b.reads.load(Ordering::Relaxed),
                     "writes": b.writes.load(Ordering::Relaxed),
                     "recovery": lock(&b.recovery).as_ref().map(|r| r.status()),
+                    "recovery-failures": lock(&b.attempts).failures,
+                    "last-recovery-error": lock(&b.attempts).error.clone(),
                 })
             })
             .collect();
@@ -694,6 +696,12 @@ impl Core {
             "fanout": self.opts.fanout.label(),
             "auto-recover": self.opts.auto_recover,
             "recovery-ratio": self.opts.recovery_ratio,
+            "throttle": lock(&self.credit).as_ref().map(|c| serde_json::json!({
+                "admitted": c.admitted,
+                "throttled": c.throttled,
+                "forced": c.forced,
+                "credit": (c.balance() * 10.0).round() / 10.0,
+            })),
             "backends": backends,
         })
     }

@@ -98,6 +98,7 @@ impl Running {
             "eta-seconds": p.eta.map(|e| e.round()),
             "megabytes": (self.bytes as f64 / 1e5).round() / 10.0,
             "at": self.at.to_string(),
+            "from": self.from.map(|t| t.to_string()),
         })
     }
 }
@@ -379,6 +380,9 @@ fn recover_now(core: &Arc<Core>, i: usize, force: bool) -> Result<Report, String
             r.seconds,
             core.array_state()
         ),
+        // It never started (the target or a source cannot be reached):
+        // the backend keeps the reason it was degraded with.
+        Err(_) if !matches!(*read(&b.state), BackendState::Recovering(_)) => {}
         Err(why) => {
             core.set_state(i, BackendState::Degraded(format!("recovery failed: {why}")));
             log::error!(
@@ -400,6 +404,11 @@ fn attempt(core: &Arc<Core>, i: usize, force: bool, was: &str) -> Result<Report,
     })?;
     let source_b = &core.backends[si];
     let source = source_b.storage().map_err(|e| e.to_string())?;
+    // Does it answer at all? (Before it is marked recovering: one that
+    // does not keeps its reason.)
+    b.storage()
+        .and_then(|t| t.last_transaction())
+        .map_err(|e| format!("it does not answer: {e}"))?;
     let started = Instant::now();
     core.set_state(i, BackendState::Recovering(was.to_string()));
     log::info!(
@@ -426,6 +435,15 @@ fn attempt(core: &Arc<Core>, i: usize, force: bool, was: &str) -> Result<Report,
         }
         Err(why) => return Err(why),
     };
+    log::info!(
+        "RAID array {:?}: backend {:?}: copying {}",
+        core.opts.name,
+        b.name,
+        match from {
+            Some(t) => format!("the transactions after {t} (it holds the history up to there)"),
+            None => "the whole history (it is empty)".to_string(),
+        }
+    );
     *lock(&b.recovery) = Some(Running {
         source: source_b.name.clone(),
         started,

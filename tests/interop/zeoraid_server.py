@@ -355,14 +355,15 @@ class Server:
 
     # -- life cycle ----------------------------------------------------------
 
-    def start(self, timeout=START_TIMEOUT):
+    def start(self, timeout=START_TIMEOUT, _prepare=True):
         """Start the server; return (host, port) once it listens.
 
         Raises HarnessError (with the server's stderr) if it exits or stays
         silent for ``timeout`` seconds."""
         if self.proc is not None:
             raise HarnessError("server already started")
-        self._prepare()
+        if _prepare:
+            self._prepare()
         env = dict(os.environ)
         env.setdefault("RUST_BACKTRACE", "1")
         stderr = open(self.stderr_path, "ab")
@@ -414,6 +415,42 @@ class Server:
         host = m.group("host").strip("[]")
         self.addr = (host, int(m.group("port")))
         return self.addr
+
+    def restart(self, timeout=START_TIMEOUT):
+        """Start the server again after it stopped or was killed: same
+        config file, same data, same directory (and state file), same port,
+        stderr appended to the same file.  A RAID array's backend servers
+        are left as they are (they are not started again)."""
+        if self.proc is None or self.addr is None:
+            raise HarnessError("restart: the server was never started")
+        if self.proc.poll() is None:
+            raise HarnessError("restart: the server is still running")
+        self._forget()
+        # Listen on the port it had: an array names its backends by address.
+        port = self.addr[1]
+        with open(self.config_path) as f:
+            text = f.read()
+        if self.target == "zeoraid":
+            text = re.sub(r'(?m)^listen = "127\.0\.0\.1:\d+"$',
+                          f'listen = "127.0.0.1:{port}"', text, count=1)
+        else:
+            text = re.sub(r"(?m)^  address 127\.0\.0\.1:\d+$",
+                          f"  address 127.0.0.1:{port}", text, count=1)
+        with open(self.config_path, "w") as f:
+            f.write(text)
+        self.proc = None
+        self.addr = None
+        self.stopped = False
+        self.killed = False
+        self.exited_early = False
+        self.returncode = None
+        self._stdout_lines = []
+        self._reader = None
+        addr = self.start(timeout, _prepare=False)
+        if addr[1] != port:
+            raise HarnessError(f"restart: listening on {addr}, not on port "
+                               f"{port}\n{self.describe()}")
+        return addr
 
     def _read_stdout(self, first_line):
         handed_over = False

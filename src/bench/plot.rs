@@ -11,6 +11,8 @@ const LEFT: f64 = 70.0;
 const RIGHT: f64 = 20.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 60.0;
+/// Series with more points than this are drawn as plain lines.
+pub const MARKED_POINTS: usize = 40;
 /// Series colours, in order (then repeated).
 pub const COLOURS: [&str; 6] = [
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
@@ -242,6 +244,11 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
             "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>",
             points.join(" ")
         );
+        // Markers and values only where they can be read (a time series
+        // of hundreds of points is a line).
+        if s.points.len() > MARKED_POINTS {
+            continue;
+        }
         for &(x, y) in s.points.iter().filter(|p| finite(p)) {
             let _ = writeln!(
                 out,
@@ -430,6 +437,23 @@ mod tests {
         // Every element opened is closed.
         assert_eq!(count(&svg, "<svg"), count(&svg, "</svg>"));
         assert_eq!(count(&svg, "<text"), count(&svg, "</text>"));
+    }
+
+    #[test]
+    fn a_long_time_series_is_a_plain_line() {
+        let long = Series {
+            name: "commits/s".into(),
+            points: (0..=MARKED_POINTS)
+                .map(|i| (i as f64 * 0.25, 100.0))
+                .collect(),
+        };
+        let short = Series {
+            name: "few".into(),
+            points: vec![(0.0, 1.0), (1.0, 2.0)],
+        };
+        let svg = line_chart("t", "s", "n", &[long, short]);
+        assert_eq!(count(&svg, "<polyline"), 2);
+        assert_eq!(count(&svg, "<circle"), 2, "only the short series is marked");
     }
 
     #[test]

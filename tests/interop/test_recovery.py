@@ -194,9 +194,22 @@ class RecoveryTests(ServerFixture, unittest.TestCase):
         self.workers = Workers(self.log_dir)
         self.cleanups = []
 
-    tearDown = RaidLoadTests.tearDown
-    interop_logs = RaidLoadTests.interop_logs
-    interop_cleanup = RaidLoadTests.interop_cleanup
+    def tearDown(self):
+        try:
+            self.workers.close()
+            for c in reversed(self.cleanups):
+                c()
+        finally:
+            self.stop_servers()
+
+    def interop_logs(self):
+        return super().interop_logs() + self.workers.logs()
+
+    def interop_cleanup(self):
+        super().interop_cleanup()
+        shutil.rmtree(self.log_dir, ignore_errors=True)
+
+    # test_raid's writer machinery.
     start_writers = RaidLoadTests.start_writers
     acked = RaidLoadTests.acked
     finish_writers = RaidLoadTests.finish_writers
@@ -542,6 +555,7 @@ class RecoveryTests(ServerFixture, unittest.TestCase):
         without it, start it again; returns (its Server, seconds the
         commits took)."""
         target = self.backend_server(server, 1)
+        self.commit_many(server.addr, 20, "before")   # on both
         self.kill(target.proc)
         self.wait_degraded(server, 1)
         seconds = self.commit_many(server.addr, MISSED, "missed")

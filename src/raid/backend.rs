@@ -13,7 +13,7 @@ use super::Core;
 use crate::locks::{lock, read, write};
 use crate::storage::{Error, Result, Storage};
 use crate::zeo::client::{Client, ClientOptions, ServerEvent};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,8 @@ pub(crate) struct Backend {
     pub(crate) name: String,
     pub(crate) kind: &'static str,
     pub(crate) storage: RwLock<Option<Arc<dyn Storage>>>,
+    /// Whether `storage` is set (read without its lock on every load).
+    pub(crate) opened: AtomicBool,
     /// A ZEO backend's connection settings (to connect when it was down).
     pub(crate) zeo: Option<ClientOptions>,
     pub(crate) reopen: Option<Reopen>,
@@ -85,11 +87,17 @@ impl Backend {
     }
 
     pub(crate) fn is_optimal(&self) -> bool {
-        read(&self.state).is_optimal() && read(&self.storage).is_some()
+        self.is_open() && read(&self.state).is_optimal()
     }
 
     pub(crate) fn is_open(&self) -> bool {
-        read(&self.storage).is_some()
+        self.opened.load(Ordering::Acquire)
+    }
+
+    fn set_storage(&self, s: Option<Arc<dyn Storage>>) {
+        let mut g = write(&self.storage);
+        self.opened.store(s.is_some(), Ordering::Release);
+        *g = s;
     }
 
     pub(crate) fn storage(&self) -> Result<Arc<dyn Storage>> {
@@ -126,7 +134,7 @@ impl Backend {
             let addr = copts.addr.clone();
             let c = Client::connect_with_handler(copts, Some(event_handler(core, i)))
                 .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-            *write(&self.storage) = Some(Arc::new(c));
+            self.set_storage(Some(Arc::new(c)));
             return Ok(None);
         }
         if self.is_open() && !fresh {
@@ -136,11 +144,13 @@ impl Backend {
             return Err(format!("backend {:?} cannot be opened again", self.name));
         };
         // Close the old one first: a file storage holds a lock on its file.
-        if let Some(old) = write(&self.storage).take() {
+        let old = write(&self.storage).take();
+        self.opened.store(false, Ordering::Release);
+        if let Some(old) = old {
             old.close();
         }
         let (s, note) = reopen(fresh)?;
-        *write(&self.storage) = Some(s);
+        self.set_storage(Some(s));
         Ok(note)
     }
 

@@ -270,6 +270,7 @@ impl RaidStorage {
                     Backend {
                         name: spec.name,
                         kind: spec.kind,
+                        opened: std::sync::atomic::AtomicBool::new(storage.is_some()),
                         storage: RwLock::new(storage),
                         zeo,
                         reopen: spec.reopen,

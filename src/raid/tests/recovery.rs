@@ -252,3 +252,36 @@ fn verify_names_the_first_transaction_a_backend_lacks() {
     let e = a.verify("a").unwrap_err();
     assert!(e.contains("no other optimal backend"), "{e}");
 }
+
+#[test]
+fn several_degraded_backends_recover_one_after_another() {
+    let b = faulty(3);
+    let a = array_over(
+        &b,
+        RaidOptions {
+            auto_recover: true,
+            ..opts()
+        },
+    );
+    let mut w = Writer::new(&a, 4);
+    b[1].set(Fault::Down);
+    b[2].set(Fault::Down);
+    w.commit_n(&a, 2000);
+    assert_eq!(states(&a), vec!["optimal", "degraded", "degraded"]);
+    b[1].set(Fault::None);
+    b[2].set(Fault::None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen_recovering = 0;
+    while states(&a) != vec!["optimal"; 3] {
+        assert!(Instant::now() < deadline, "not recovered: {}", a.status());
+        let st = states(&a);
+        let recovering = st.iter().filter(|s| *s == "recovering").count();
+        assert!(recovering <= 1, "one at a time: {st:?}");
+        seen_recovering += recovering;
+        w.commit(&a).unwrap();
+    }
+    assert!(seen_recovering > 0, "a recovery was seen running");
+    assert_eq!(history_of(b[0].as_ref()), history_of(b[1].as_ref()));
+    assert_eq!(history_of(b[0].as_ref()), history_of(b[2].as_ref()));
+    a.close();
+}

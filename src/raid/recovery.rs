@@ -541,35 +541,78 @@ fn finish_under_gate(
 
 /// Where the copy starts, or why the target diverged.
 fn resume_point(source: &dyn Storage, target: &dyn Storage) -> Result<Option<Tid>, String> {
-    let target_last = target
+    let claimed = target
         .last_transaction()
         .map_err(|e| format!("cannot read its last transaction: {e}"))?;
     let source_last = source
         .last_transaction()
         .map_err(|e| format!("cannot read the source's last transaction: {e}"))?;
-    let digest_of = |s: &dyn Storage, what: &str| -> Result<Option<plan::Digest>, String> {
-        if target_last == Tid::ZERO {
-            return Ok(None);
-        }
-        let mut it = s
-            .iterator(Some(target_last), Some(target_last))
-            .map_err(|e| format!("cannot read transaction {target_last} on the {what}: {e}"))?;
-        match it.next() {
-            None => Ok(None),
-            Some(Ok(t)) if t.tid == target_last => Ok(Some((t.tid, verify::digest(&t)))),
-            Some(Ok(_)) => Ok(None),
-            Some(Err(e)) => Err(format!(
-                "cannot read transaction {target_last} on the {what}: {e}"
-            )),
-        }
+    // What counts is the newest transaction the target *holds*: Python's
+    // FileStorage, killed between a vote and its finish, cuts the
+    // unfinished transaction off when it opens again but still reports its
+    // tid as `lastTransaction()`.
+    let held = newest_held(target, claimed).map_err(|e| format!("cannot read its history: {e}"))?;
+    let Some(held) = held else {
+        return plan::resume_point(Tid::ZERO, source_last, None, None);
     };
-    let t = digest_of(target, "target")?;
-    let s = if target_last > source_last {
+    if held.tid != claimed {
+        log::warn!(
+            "a recovery target reports {claimed} as its last transaction but holds transactions \
+             up to {} only (an unfinished transaction cut off after a crash); copying after {}",
+            held.tid,
+            held.tid
+        );
+    }
+    let target_last = held.tid;
+    let on_source = if target_last > source_last {
         None
     } else {
-        digest_of(source, "source")?
+        let mut it = source
+            .iterator(Some(target_last), Some(target_last))
+            .map_err(|e| format!("cannot read transaction {target_last} on the source: {e}"))?;
+        match it.next() {
+            Some(Ok(t)) if t.tid == target_last => Some((t.tid, verify::digest(&t))),
+            Some(Err(e)) => {
+                return Err(format!(
+                    "cannot read transaction {target_last} on the source: {e}"
+                ))
+            }
+            _ => None,
+        }
     };
-    plan::resume_point(target_last, source_last, t, s)
+    plan::resume_point(
+        target_last,
+        source_last,
+        Some((held.tid, verify::digest(&held))),
+        on_source,
+    )
+}
+
+/// The newest transaction in `s`'s history at or before `claimed` (its
+/// `lastTransaction`), looking back over a widening window; `None` when
+/// it holds none.
+fn newest_held(s: &dyn Storage, claimed: Tid) -> crate::storage::Result<Option<TxnRecord>> {
+    if claimed == Tid::ZERO {
+        return Ok(None);
+    }
+    let at = timestamp::time_time(claimed);
+    for window in [0.0, 60.0, 3600.0, 7.0 * 86_400.0, f64::INFINITY] {
+        let start = if window == 0.0 {
+            Some(claimed)
+        } else if window.is_finite() {
+            Some(timestamp::from_unix(at - window))
+        } else {
+            None
+        };
+        let mut newest = None;
+        for t in s.iterator(start, Some(claimed))? {
+            newest = Some(t?);
+        }
+        if newest.is_some() {
+            return Ok(newest);
+        }
+    }
+    Ok(None)
 }
 
 /// Copy every transaction of the source after `after` to the target;

@@ -26,6 +26,9 @@ enum Fault {
     LoseObjects,
     /// This many more votes succeed, then every call fails as `Down`.
     DownAfterVotes(usize),
+    /// `last_transaction` reports a later tid than the history holds (as
+    /// Python's FileStorage does after a crash between vote and finish).
+    PhantomLast(Tid),
 }
 
 /// A memory storage whose failures the test switches on.
@@ -64,7 +67,11 @@ impl Storage for Faulty {
     }
     fn last_transaction(&self) -> Result<Tid> {
         self.check()?;
-        self.inner.last_transaction()
+        let last = self.inner.last_transaction()?;
+        if let Fault::PhantomLast(t) = *lock(&self.fault) {
+            return Ok(last.max(t));
+        }
+        Ok(last)
     }
     fn load_before(&self, oid: Oid, before: Tid) -> Result<Option<Loaded>> {
         self.check()?;

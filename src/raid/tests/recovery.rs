@@ -285,3 +285,14 @@ fn several_degraded_backends_recover_one_after_another() {
     assert_eq!(history_of(b[0].as_ref()), history_of(b[2].as_ref()));
     a.close();
 }
+
+#[test]
+fn a_target_claiming_a_transaction_it_does_not_hold_copies_from_what_it_holds() {
+    let (b, a, _w) = with_b_behind(20, opts());
+    let held = b[1].inner.last_transaction().unwrap();
+    b[1].set(Fault::PhantomLast(timestamp::successor(held)));
+    let r = a.recover("b", false).unwrap();
+    assert_eq!(r.from, Some(held));
+    assert_eq!(r.copied, 20);
+    assert_eq!(history_of(&b[0].inner), history_of(&b[1].inner));
+}

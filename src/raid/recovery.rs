@@ -68,6 +68,8 @@ pub(crate) struct Running {
     source: String,
     started: Instant,
     from: Option<Tid>,
+    /// The first transaction copied.
+    first: Option<Tid>,
     at: Tid,
     goal: Tid,
     copied: u64,
@@ -77,10 +79,17 @@ pub(crate) struct Running {
 
 impl Running {
     fn progress(&self) -> plan::Progress {
+        // Estimated from the resume point, or for a copy from scratch
+        // from the first transaction copied.
+        let (start, measured) = match self.from {
+            Some(t) => (Some(t), self.copied),
+            None => (self.first, self.copied.saturating_sub(1)),
+        };
         plan::progress(
-            self.from,
+            start,
             self.at,
             self.goal.max(self.at),
+            measured,
             self.copied,
             self.started.elapsed().as_secs_f64(),
         )
@@ -410,6 +419,17 @@ fn attempt(core: &Arc<Core>, i: usize, force: bool, was: &str) -> Result<Report,
         .and_then(|t| t.last_transaction())
         .map_err(|e| format!("it does not answer: {e}"))?;
     let started = Instant::now();
+    *lock(&b.recovery) = Some(Running {
+        source: source_b.name.clone(),
+        started,
+        from: None,
+        first: None,
+        at: Tid::ZERO,
+        goal: *lock(&core.last_logged),
+        copied: 0,
+        bytes: 0,
+        phase: "comparing",
+    });
     core.set_state(i, BackendState::Recovering(was.to_string()));
     log::info!(
         "RAID array {:?}: recovering backend {:?} from {:?} (it was degraded: {was})",
@@ -444,16 +464,11 @@ fn attempt(core: &Arc<Core>, i: usize, force: bool, was: &str) -> Result<Report,
             None => "the whole history (it is empty)".to_string(),
         }
     );
-    *lock(&b.recovery) = Some(Running {
-        source: source_b.name.clone(),
-        started,
-        from,
-        at: from.unwrap_or(Tid::ZERO),
-        goal: *lock(&core.last_logged),
-        copied: 0,
-        bytes: 0,
-        phase: "copying",
-    });
+    if let Some(r) = lock(&b.recovery).as_mut() {
+        r.from = from;
+        r.at = from.unwrap_or(Tid::ZERO);
+        r.phase = "copying";
+    }
     *lock(&core.credit) = Some(Credit::new(core.opts.recovery_ratio, clock()));
     let mut after = from;
     let mut last_log = Instant::now();
@@ -715,13 +730,13 @@ fn write_all(
             c.earn(1);
         }
         core.credit_cv.notify_all();
+        let goal = *lock(&core.last_logged);
         if let Some(r) = lock(&b.recovery).as_mut() {
             r.at = rec.tid;
+            r.first.get_or_insert(rec.tid);
             r.copied += 1;
             r.bytes += bytes;
-            if r.goal < rec.tid {
-                r.goal = rec.tid;
-            }
+            r.goal = goal.max(rec.tid);
             if last_log.elapsed() >= LOG_EVERY {
                 *last_log = Instant::now();
                 let p = r.progress();

@@ -40,11 +40,9 @@
 //! tables assert nothing about timing.
 
 mod common;
-use common::{free_port, python};
-use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use common::start_runzeo;
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use zeoraid::bench::fanout::local_server_options;
@@ -720,9 +718,9 @@ fn overhead(k: &Knobs) {
     {
         let dir = tempfile::tempdir().expect("tempdir");
         let py = [
-            start_runzeo(&dir.path().join("a")),
-            start_runzeo(&dir.path().join("b")),
-            start_runzeo(&dir.path().join("single")),
+            start_runzeo(&dir.path().join("a"), true),
+            start_runzeo(&dir.path().join("b"), true),
+            start_runzeo(&dir.path().join("single"), true),
         ];
         let raid = Served::new(
             array(
@@ -749,47 +747,6 @@ fn overhead(k: &Knobs) {
         );
         drop(raid);
     }
-}
-
-/// A Python `runzeo` child, killed on drop.
-struct Runzeo {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Runzeo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_runzeo(dir: &Path) -> Runzeo {
-    std::fs::create_dir_all(dir).expect("data dir");
-    let port = free_port();
-    let conf = dir.join("zeo.conf");
-    let mut f = std::fs::File::create(&conf).expect("zeo.conf");
-    writeln!(
-        f,
-        "<zeo>\n  address 127.0.0.1:{port}\n  msgpack true\n  client-conflict-resolution true\n</zeo>\n\
-         <filestorage 1>\n  path {}\n</filestorage>\n\
-         <eventlog>\n  level ERROR\n  <logfile>\n    path STDERR\n  </logfile>\n</eventlog>",
-        dir.join("Data.fs").display()
-    )
-    .expect("write zeo.conf");
-    let child = Command::new(python())
-        .args(["-m", "ZEO.runzeo", "-C"])
-        .arg(&conf)
-        .spawn()
-        .expect("start runzeo");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let proc = Runzeo { child, addr };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "runzeo at {addr} did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    proc
 }
 
 // ---------------------------------------------------------------------------
@@ -1149,9 +1106,9 @@ mod profile {
             server.shutdown();
         }
         let py = [
-            start_runzeo(&dir.path().join("pa")),
-            start_runzeo(&dir.path().join("pb")),
-            start_runzeo(&dir.path().join("psingle")),
+            start_runzeo(&dir.path().join("pa"), true),
+            start_runzeo(&dir.path().join("pb"), true),
+            start_runzeo(&dir.path().join("psingle"), true),
         ];
         measure(
             &Scenario {

@@ -23,11 +23,11 @@
 
 mod common;
 
-use common::{free_port, python, wait_port};
+use common::{python, start_runzeo};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -78,43 +78,6 @@ fn main() {
 // ---------------------------------------------------------------------------
 // Building blocks.
 // ---------------------------------------------------------------------------
-
-struct Runzeo {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Runzeo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A stock Python ZEO server (msgpack, otherwise ZEO's defaults) over a
-/// FileStorage in `dir`.
-fn start_runzeo(dir: &Path) -> Runzeo {
-    std::fs::create_dir_all(dir).expect("data dir");
-    let port = free_port();
-    let conf = dir.join("zeo.conf");
-    let mut f = std::fs::File::create(&conf).expect("zeo.conf");
-    writeln!(
-        f,
-        "<zeo>\n  address 127.0.0.1:{port}\n  msgpack true\n</zeo>\n\
-         <filestorage 1>\n  path {}\n</filestorage>\n\
-         <eventlog>\n  level ERROR\n  <logfile>\n    path STDERR\n  </logfile>\n</eventlog>",
-        dir.join("Data.fs").display()
-    )
-    .expect("write zeo.conf");
-    let child = Command::new(python())
-        .args(["-m", "ZEO.runzeo", "-C"])
-        .arg(&conf)
-        .spawn()
-        .expect("start runzeo");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    wait_port(addr);
-    Runzeo { child, addr }
-}
 
 fn client(addr: SocketAddr) -> Client {
     Client::connect(ClientOptions {
@@ -235,7 +198,7 @@ src.close(); dst.close()
 
 fn copy(k: &Knobs) {
     let dir = tempfile::tempdir().expect("tmp");
-    let source = start_runzeo(&dir.path().join("source"));
+    let source = start_runzeo(&dir.path().join("source"), false);
     let c = client(source.addr);
     let (per, size) = (3, 400);
     let bytes = fill(&c, k.txns, per, size);
@@ -249,7 +212,7 @@ fn copy(k: &Knobs) {
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for run in 0..k.repeat {
         // zeoraid: an array over the source and an empty target.
-        let target = start_runzeo(&dir.path().join(format!("ours{run}")));
+        let target = start_runzeo(&dir.path().join(format!("ours{run}")), false);
         let a = array(
             vec![
                 zeo_spec("source", source.addr),
@@ -265,7 +228,7 @@ fn copy(k: &Knobs) {
         assert_eq!(count_txns(target.addr), k.txns);
         drop(target);
         // Python: copyTransactionsFrom between the same source and a new target.
-        let target = start_runzeo(&dir.path().join(format!("theirs{run}")));
+        let target = start_runzeo(&dir.path().join(format!("theirs{run}")), false);
         let out = Command::new(python())
             .args(["-c", PY_COPY])
             .arg(source.addr.to_string())
@@ -401,7 +364,7 @@ fn converge(k: &Knobs) {
     // The target is a Python runzeo: a copy at a few thousand
     // transactions/s, slower than the clients commit to the file backend
     // alone, so the throttle has work to do.
-    let b = start_runzeo(&dir.path().join("b"));
+    let b = start_runzeo(&dir.path().join("b"), false);
     let raid = Arc::new(array(
         vec![file_spec("a", &a_path), zeo_spec("b", b.addr)],
         2.0,
@@ -538,9 +501,7 @@ fn converge(k: &Knobs) {
         .map(|w| (w[1].0, (w[1].1 - w[0].1) as f64 / (w[1].0 - w[0].0)))
         .collect();
     let svg = line_chart(
-        &format!(
-            "Recovery under {clients} full-speed writers, recovery-ratio 2 (file → runzeo)"
-        ),
+        &format!("Recovery under {clients} full-speed writers, recovery-ratio 2 (file → runzeo)"),
         "seconds",
         "transactions per second",
         &[

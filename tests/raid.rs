@@ -404,11 +404,16 @@ fn a_restart_keeps_a_degraded_backend_degraded() {
     std::fs::create_dir_all(zdata.parent().unwrap()).unwrap();
     let backend = file_server(&zdata, "127.0.0.1:0".parse().unwrap());
     let zaddr = backend.local_addr();
-    let config = format!(
-        "[[storage]]\nname = \"1\"\nkind = \"raid\"\nbackend-timeout = 5\n\
-         [[storage.backend]]\nname = \"f\"\nkind = \"file\"\npath = \"f/Data.fs\"\n\
-         [[storage.backend]]\nname = \"z\"\nkind = \"zeo\"\naddress = \"{zaddr}\"\n"
-    );
+    let config_with = |auto: bool| {
+        format!(
+            "[[storage]]\nname = \"1\"\nkind = \"raid\"\nbackend-timeout = 5\n\
+             auto-recover = {auto}\n\
+             [[storage.backend]]\nname = \"f\"\nkind = \"file\"\npath = \"f/Data.fs\"\n\
+             [[storage.backend]]\nname = \"z\"\nkind = \"zeo\"\naddress = \"{zaddr}\"\n"
+        )
+    };
+    // Without auto-recovery, to see what the restart makes of z.
+    let config = config_with(false);
     let raid = common::ZeoraidProcess::start(dir.path(), &config);
     {
         let c = client(raid.addr.to_string());
@@ -442,5 +447,18 @@ fn a_restart_keeps_a_degraded_backend_degraded() {
     let c = client(raid.addr.to_string());
     let oid = c.new_oids(1).unwrap()[0];
     commit(&c, vec![store(oid, Tid::ZERO, b"on f only")]).unwrap();
+    drop(c);
+    raid.kill9();
+    // With auto-recovery (the default) the next start brings z back: it
+    // gets the commit it missed and is optimal again.
+    let raid = common::ZeoraidProcess::start(dir.path(), &config_with(true));
+    eventually("z is recovered", || {
+        ruok(raid.addr)["1"]["raid"]["state"] == "optimal"
+    });
+    let direct = client(zaddr.to_string());
+    let loaded = direct.load_before(oid, Tid::MAX).unwrap().unwrap();
+    assert_eq!(&loaded.data[..], b"on f only");
+    drop(direct);
+    drop(raid);
     drop(backend);
 }

@@ -2,8 +2,10 @@
 //! ports, waiting for a server to listen.
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// `$ZEORAID_PYTHON`, else the crate's `.venv/bin/python` (made by
@@ -34,4 +36,45 @@ pub fn wait_port(addr: SocketAddr) {
         assert!(Instant::now() < deadline, "server at {addr} did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A Python `runzeo` child, killed on drop.
+pub struct Runzeo {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for Runzeo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A stock Python ZEO server over a FileStorage in `dir`, with `msgpack
+/// true`, errors-only logging, and `client-conflict-resolution` as asked
+/// (ZEO's default: off).
+pub fn start_runzeo(dir: &Path, client_conflict_resolution: bool) -> Runzeo {
+    std::fs::create_dir_all(dir).expect("data dir");
+    let port = free_port();
+    let conf = dir.join("zeo.conf");
+    let mut f = std::fs::File::create(&conf).expect("zeo.conf");
+    writeln!(
+        f,
+        "<zeo>\n  address 127.0.0.1:{port}\n  msgpack true\n  client-conflict-resolution {}\n</zeo>\n\
+         <filestorage 1>\n  path {}\n</filestorage>\n\
+         <eventlog>\n  level ERROR\n  <logfile>\n    path STDERR\n  </logfile>\n</eventlog>",
+        client_conflict_resolution,
+        dir.join("Data.fs").display()
+    )
+    .expect("write zeo.conf");
+    let child = Command::new(python())
+        .args(["-m", "ZEO.runzeo", "-C"])
+        .arg(&conf)
+        .spawn()
+        .expect("start runzeo");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let proc = Runzeo { child, addr };
+    wait_port(addr);
+    proc
 }

@@ -470,11 +470,18 @@ fn attempt(core: &Arc<Core>, i: usize, force: bool, was: &str) -> Result<Report,
         r.phase = "copying";
     }
     *lock(&core.credit) = Some(Credit::new(core.opts.recovery_ratio, clock()));
-    let mut after = from;
-    let mut last_log = Instant::now();
+    let mut copier = Copier {
+        core,
+        si,
+        source: &source,
+        i,
+        target: &target,
+        after: from,
+        last_log: Instant::now(),
+    };
     // Copy passes until one finds the source close.
     loop {
-        let copied = copy_pass(core, si, &source, i, &target, &mut after, &mut last_log)?;
+        let copied = copier.pass()?;
         if plan::close_enough(copied) {
             break;
         }
@@ -489,7 +496,7 @@ fn attempt(core: &Arc<Core>, i: usize, force: bool, was: &str) -> Result<Report,
     }
     g.recovery = true;
     drop(g);
-    let finished = finish_under_gate(core, si, &source, i, &target, &mut after, &mut last_log);
+    let finished = copier.finish_under_gate();
     {
         let mut g = lock(&core.gate);
         g.recovery = false;
@@ -507,51 +514,6 @@ fn attempt(core: &Arc<Core>, i: usize, force: bool, was: &str) -> Result<Report,
         from,
         moved_aside,
     })
-}
-
-/// With the gate held: wait until every logged transaction is visible,
-/// copy what is left, check, rejoin.
-fn finish_under_gate(
-    core: &Arc<Core>,
-    si: usize,
-    source: &Arc<dyn Storage>,
-    i: usize,
-    target: &Arc<dyn Storage>,
-    after: &mut Option<Tid>,
-    last_log: &mut Instant,
-) -> Result<(), String> {
-    let last = *lock(&core.last_logged);
-    // Group commit: the last transactions may be logged but not yet
-    // published (make_durable runs after the server's lock); the gate
-    // keeps new ones out, so this ends soon.
-    let deadline = Instant::now() + core.opts.backend_timeout;
-    {
-        let mut g = lock(&core.gate);
-        while core.published.load(Ordering::Acquire) < last.0 {
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "transaction {last} did not become visible within backend-timeout"
-                ));
-            }
-            g = core
-                .gate_cv
-                .wait_timeout(g, Duration::from_millis(10))
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-    }
-    copy_pass(core, si, source, i, target, after, last_log)?;
-    let have = target.last_transaction().map_err(|e| e.to_string())?;
-    if have != last {
-        return Err(format!(
-            "after the copy its last transaction is {have}, the array's is {last}"
-        ));
-    }
-    let b = &core.backends[i];
-    b.last_tid.store(have.0, Ordering::Relaxed);
-    b.latency_us.store(0f64.to_bits(), Ordering::Relaxed);
-    core.set_state(i, BackendState::Optimal);
-    Ok(())
 }
 
 /// Where the copy starts, or why the target diverged.
@@ -630,117 +592,105 @@ fn newest_held(s: &dyn Storage, claimed: Tid) -> crate::storage::Result<Option<T
     Ok(None)
 }
 
-/// Copy every transaction of the source after `after` to the target;
-/// returns how many. Reads on a named thread, writes on this one.
-fn copy_pass(
-    core: &Arc<Core>,
+/// One recovery's copy: where it reads, where it writes, how far it is.
+struct Copier<'a> {
+    core: &'a Arc<Core>,
+    /// Source and target positions in the array.
     si: usize,
-    source: &Arc<dyn Storage>,
+    source: &'a Arc<dyn Storage>,
     i: usize,
-    target: &Arc<dyn Storage>,
-    after: &mut Option<Tid>,
-    last_log: &mut Instant,
-) -> Result<u64, String> {
-    let start = after.map(timestamp::successor);
-    let (tx, rx) = crossbeam_channel::bounded::<Result<TxnRecord, Error>>(READ_AHEAD);
-    let b = &core.backends[i];
-    let group = target.group_commit();
-    let name = format!("zeoraid-recover-read-{}", b.name);
-    let goal = *lock(&core.last_logged);
-    if let Some(r) = lock(&b.recovery).as_mut() {
-        r.goal = goal;
-    }
-    std::thread::scope(|scope| -> Result<u64, String> {
-        let reader = std::thread::Builder::new()
-            .name(name)
-            .spawn_scoped(scope, move || {
-                let it = match source.iterator(start, None) {
-                    Ok(it) => it,
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                };
-                for item in it {
-                    let stop = item.is_err();
-                    if tx.send(item).is_err() || stop {
-                        return;
-                    }
-                }
-            })
-            .map_err(|e| format!("cannot start a reader thread: {e}"))?;
-        let written = write_all(core, si, i, target, &rx, group, after, last_log);
-        drop(rx);
-        if reader.join().is_err() {
-            return Err("the recovery's reader thread panicked (a zeoraid bug)".into());
-        }
-        written
-    })
+    target: &'a Arc<dyn Storage>,
+    /// The last transaction the target holds (`None`: nothing yet).
+    after: Option<Tid>,
+    last_log: Instant,
 }
 
-/// The writing half of [`copy_pass`].
-#[allow(clippy::too_many_arguments)]
-fn write_all(
-    core: &Arc<Core>,
-    si: usize,
-    i: usize,
-    target: &Arc<dyn Storage>,
-    rx: &crossbeam_channel::Receiver<Result<TxnRecord, Error>>,
-    group: bool,
-    after: &mut Option<Tid>,
-    last_log: &mut Instant,
-) -> Result<u64, String> {
-    let b = &core.backends[i];
-    let source_name = &core.backends[si].name;
-    let mut copied = 0u64;
-    let mut undurable: Option<Tid> = None;
-    let mut since_durable = 0u64;
-    let make_durable = |tid: Tid| -> Result<(), String> {
-        target
-            .make_durable(tid)
-            .map_err(|e| format!("writing to it failed: {e}"))?;
-        target.publish(tid);
-        Ok(())
-    };
-    for item in rx.iter() {
-        if core.closing() {
-            return Err("the array is closing; the recovery continues after a restart".into());
-        }
-        if !core.backends[si].is_optimal() {
-            return Err(format!("the source {source_name:?} was degraded meanwhile"));
-        }
-        let rec =
-            item.map_err(|e| format!("reading from the source {source_name:?} failed: {e}"))?;
-        if after.is_some_and(|a| rec.tid <= a) {
-            continue;
-        }
-        let bytes = restore(target.as_ref(), &rec, group)?;
-        *after = Some(rec.tid);
-        copied += 1;
-        if group {
-            undurable = Some(rec.tid);
-            since_durable += 1;
-            if rx.is_empty() || since_durable >= DURABLE_EVERY {
-                make_durable(rec.tid)?;
-                undurable = None;
-                since_durable = 0;
-            }
-        }
-        if let Some(c) = lock(&core.credit).as_mut() {
-            c.earn(1);
-        }
-        core.credit_cv.notify_all();
+impl Copier<'_> {
+    /// Copy every transaction of the source after `after` to the target;
+    /// returns how many. Reads on a named thread, writes on this one.
+    fn pass(&mut self) -> Result<u64, String> {
+        let (core, i, source, target) = (self.core, self.i, self.source, self.target);
+        let start = self.after.map(timestamp::successor);
+        let (tx, rx) = crossbeam_channel::bounded::<Result<TxnRecord, Error>>(READ_AHEAD);
+        let b = &core.backends[i];
+        let group = target.group_commit();
+        let name = format!("zeoraid-recover-read-{}", b.name);
         let goal = *lock(&core.last_logged);
         if let Some(r) = lock(&b.recovery).as_mut() {
-            r.at = rec.tid;
-            r.first.get_or_insert(rec.tid);
-            r.copied += 1;
-            r.bytes += bytes;
-            r.goal = goal.max(rec.tid);
-            if last_log.elapsed() >= LOG_EVERY {
-                *last_log = Instant::now();
-                let p = r.progress();
-                log::info!(
+            r.goal = goal;
+        }
+        std::thread::scope(|scope| -> Result<u64, String> {
+            let reader = std::thread::Builder::new()
+                .name(name)
+                .spawn_scoped(scope, move || feed(source.as_ref(), start, None, &tx))
+                .map_err(|e| format!("cannot start a reader thread: {e}"))?;
+            let written = self.write_all(&rx, group);
+            drop(rx);
+            if reader.join().is_err() {
+                return Err("the recovery's reader thread panicked (a zeoraid bug)".into());
+            }
+            written
+        })
+    }
+
+    /// The writing half of [`Copier::pass`].
+    fn write_all(
+        &mut self,
+        rx: &crossbeam_channel::Receiver<Result<TxnRecord, Error>>,
+        group: bool,
+    ) -> Result<u64, String> {
+        let (core, si, target) = (self.core, self.si, self.target);
+        let b = &core.backends[self.i];
+        let source_name = &core.backends[si].name;
+        let mut copied = 0u64;
+        let mut undurable: Option<Tid> = None;
+        let mut since_durable = 0u64;
+        let make_durable = |tid: Tid| -> Result<(), String> {
+            target
+                .make_durable(tid)
+                .map_err(|e| format!("writing to it failed: {e}"))?;
+            target.publish(tid);
+            Ok(())
+        };
+        for item in rx.iter() {
+            if core.closing() {
+                return Err("the array is closing; the recovery continues after a restart".into());
+            }
+            if !core.backends[si].is_optimal() {
+                return Err(format!("the source {source_name:?} was degraded meanwhile"));
+            }
+            let rec =
+                item.map_err(|e| format!("reading from the source {source_name:?} failed: {e}"))?;
+            if self.after.is_some_and(|a| rec.tid <= a) {
+                continue;
+            }
+            let bytes = restore(target.as_ref(), &rec, group)?;
+            self.after = Some(rec.tid);
+            copied += 1;
+            if group {
+                undurable = Some(rec.tid);
+                since_durable += 1;
+                if rx.is_empty() || since_durable >= DURABLE_EVERY {
+                    make_durable(rec.tid)?;
+                    undurable = None;
+                    since_durable = 0;
+                }
+            }
+            if let Some(c) = lock(&core.credit).as_mut() {
+                c.earn(1);
+            }
+            core.credit_cv.notify_all();
+            let goal = *lock(&core.last_logged);
+            if let Some(r) = lock(&b.recovery).as_mut() {
+                r.at = rec.tid;
+                r.first.get_or_insert(rec.tid);
+                r.copied += 1;
+                r.bytes += bytes;
+                r.goal = goal.max(rec.tid);
+                if self.last_log.elapsed() >= LOG_EVERY {
+                    self.last_log = Instant::now();
+                    let p = r.progress();
+                    log::info!(
                     "RAID array {:?}: recovering backend {:?} from {source_name:?}: {:.1}% ({} \
                      copied, about {} left, {:.0} transactions/s{})",
                     core.opts.name,
@@ -753,13 +703,75 @@ fn write_all(
                         .map(|e| format!(", about {e:.0} s to go"))
                         .unwrap_or_default()
                 );
+                }
             }
         }
+        if let Some(t) = undurable {
+            make_durable(t)?;
+        }
+        Ok(copied)
     }
-    if let Some(t) = undurable {
-        make_durable(t)?;
+
+    /// With the gate held: wait until every logged transaction is visible,
+    /// copy what is left, check, rejoin.
+    fn finish_under_gate(&mut self) -> Result<(), String> {
+        let (core, i, target) = (self.core, self.i, self.target);
+        let last = *lock(&core.last_logged);
+        // Group commit: the last transactions may be logged but not yet
+        // published (make_durable runs after the server's lock); the gate
+        // keeps new ones out, so this ends soon.
+        let deadline = Instant::now() + core.opts.backend_timeout;
+        {
+            let mut g = lock(&core.gate);
+            while core.published.load(Ordering::Acquire) < last.0 {
+                if Instant::now() >= deadline {
+                    return Err(format!(
+                        "transaction {last} did not become visible within backend-timeout"
+                    ));
+                }
+                g = core
+                    .gate_cv
+                    .wait_timeout(g, Duration::from_millis(10))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+        }
+        self.pass()?;
+        let have = target.last_transaction().map_err(|e| e.to_string())?;
+        if have != last {
+            return Err(format!(
+                "after the copy its last transaction is {have}, the array's is {last}"
+            ));
+        }
+        let b = &core.backends[i];
+        b.last_tid.store(have.0, Ordering::Relaxed);
+        b.latency_us.store(0f64.to_bits(), Ordering::Relaxed);
+        core.set_state(i, BackendState::Optimal);
+        Ok(())
     }
-    Ok(copied)
+}
+
+/// Send `s`'s transactions from `start` to `stop` down `tx`, until the
+/// history ends, an error (sent too) or the receiver goes away.
+pub(super) fn feed(
+    s: &dyn Storage,
+    start: Option<Tid>,
+    stop: Option<Tid>,
+    tx: &crossbeam_channel::Sender<Result<TxnRecord, Error>>,
+) {
+    let it = match s.iterator(start, stop) {
+        Ok(it) => it,
+        Err(e) => {
+            let _ = tx.send(Err(e));
+            return;
+        }
+    };
+    for item in it {
+        let failed = item.is_err();
+        if tx.send(item).is_err() || failed {
+            return;
+        }
+    }
 }
 
 /// Write one transaction to the target as it is on the source (same tid,

@@ -254,21 +254,6 @@ fn compare(
     upto: Tid,
 ) -> Result<(u64, u64, Option<Difference>), String> {
     type Item = Result<TxnRecord, Error>;
-    let walk = |s: &Arc<dyn Storage>, tx: crossbeam_channel::Sender<Item>| {
-        let it = match s.iterator(None, Some(upto)) {
-            Ok(it) => it,
-            Err(e) => {
-                let _ = tx.send(Err(e));
-                return;
-            }
-        };
-        for item in it {
-            let stop = item.is_err();
-            if tx.send(item).is_err() || stop {
-                return;
-            }
-        }
-    };
     std::thread::scope(|scope| {
         let (ta, ra) = crossbeam_channel::bounded::<Item>(BATCH);
         let (tb, rb) = crossbeam_channel::bounded::<Item>(BATCH);
@@ -276,7 +261,9 @@ fn compare(
             let s = s.clone();
             std::thread::Builder::new()
                 .name(name)
-                .spawn_scoped(scope, move || walk(&s, tx))
+                .spawn_scoped(scope, move || {
+                    super::recovery::feed(s.as_ref(), None, Some(upto), &tx)
+                })
                 .map_err(|e| format!("cannot start a verify reader: {e}"))
         };
         let ha = spawn(format!("zeoraid-verify-{}-a", core.opts.name), checked, ta)?;

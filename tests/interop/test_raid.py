@@ -183,12 +183,17 @@ class SwallowingProxy:
             t.join(2)
 
 
-class RaidLoadTests(ServerFixture, unittest.TestCase):
+class WritersFixture(ServerFixture):
+    """Arrays under stock writer processes: zeoraid only, a log dir for
+    the writers, cleanups run in reverse, servers stopped (shared with
+    test_recovery)."""
+
+    log_prefix = "zeoraid-raid-"
 
     def setUp(self):
         if zeoraid_server.target() != "zeoraid":
             self.skipTest("RAID arrays are a zeoraid feature")
-        self.log_dir = tempfile.mkdtemp(prefix="zeoraid-raid-")
+        self.log_dir = tempfile.mkdtemp(prefix=self.log_prefix)
         self.workers = Workers(self.log_dir)
         self.cleanups = []
 
@@ -201,11 +206,13 @@ class RaidLoadTests(ServerFixture, unittest.TestCase):
             self.stop_servers()
 
     def interop_logs(self):
-        return super().interop_logs() + self.workers.logs()
+        workers = getattr(self, "workers", None)
+        return super().interop_logs() + (workers.logs() if workers else [])
 
     def interop_cleanup(self):
         super().interop_cleanup()
-        shutil.rmtree(self.log_dir, ignore_errors=True)
+        if hasattr(self, "log_dir"):       # not when setUp skipped
+            shutil.rmtree(self.log_dir, ignore_errors=True)
 
     def backend_state(self, server, i):
         doc = ruok(server.addr)["1"]["raid"]
@@ -252,6 +259,9 @@ class RaidLoadTests(ServerFixture, unittest.TestCase):
             self.fail(f"{len(failed)} writers saw errors; the first:\n"
                       f"{self.workers.describe(failed[:1])}")
         return done
+
+
+class RaidLoadTests(WritersFixture, unittest.TestCase):
 
     def test_kill_9_of_a_runzeo_backend_under_load(self):
         server = self.start_server([StorageSpec(

@@ -51,12 +51,10 @@ under ZEORAID_INTEROP_TARGET=runzeo.
 
 import os
 import re
-import shutil
 import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 
@@ -67,9 +65,8 @@ from persistent.mapping import PersistentMapping
 
 import harness
 import zeoraid_server
-from test_hot_objects import CONNECT_DEADLINE, Workers, _MP, _read, _write
-from test_raid import RaidLoadTests, keyed_writer, ruok
-from zeoraid_server import ServerFixture
+from test_hot_objects import CONNECT_DEADLINE, _MP, _read, _write
+from test_raid import WritersFixture, keyed_writer, ruok
 from zeoraid_server import StorageSpec
 
 
@@ -242,31 +239,9 @@ class Watch:
         return top, doc, b
 
 
-class RecoveryTests(ServerFixture, unittest.TestCase):
+class RecoveryTests(WritersFixture, unittest.TestCase):
 
-    def setUp(self):
-        if zeoraid_server.target() != "zeoraid":
-            self.skipTest("RAID arrays are a zeoraid feature")
-        self.log_dir = tempfile.mkdtemp(prefix="zeoraid-recovery-")
-        self.workers = Workers(self.log_dir)
-        self.cleanups = []
-
-    def tearDown(self):
-        try:
-            self.workers.close()
-            for c in reversed(self.cleanups):
-                c()
-        finally:
-            self.stop_servers()
-
-    def interop_logs(self):
-        workers = getattr(self, "workers", None)
-        return super().interop_logs() + (workers.logs() if workers else [])
-
-    def interop_cleanup(self):
-        super().interop_cleanup()
-        if hasattr(self, "log_dir"):       # not when setUp skipped
-            shutil.rmtree(self.log_dir, ignore_errors=True)
+    log_prefix = "zeoraid-recovery-"
 
     def start_writers(self, addr, count, go=None):
         """test_raid's ``start_writers`` with an OOBTree per writer instead
@@ -291,11 +266,6 @@ class RecoveryTests(ServerFixture, unittest.TestCase):
             go.set()
         return names, stop
 
-    # test_raid's writer bookkeeping and status probes.
-    acked = RaidLoadTests.acked
-    finish_writers = RaidLoadTests.finish_writers
-    backend_state = RaidLoadTests.backend_state
-    wait_until = RaidLoadTests.wait_until
 
     # -- helpers ---------------------------------------------------------------
 

@@ -60,6 +60,10 @@ const READ_AHEAD: usize = 64;
 /// At most this many transactions share one fsync on a group-commit target.
 const DURABLE_EVERY: u64 = 512;
 
+/// Longest a recovery waits for the transaction between vote and finish
+/// before it takes the array's commit lock.
+const GATE_WAIT: Duration = Duration::from_secs(if cfg!(test) { 1 } else { 60 });
+
 /// How often a recovery logs its progress.
 const LOG_EVERY: Duration = Duration::from_secs(5);
 
@@ -490,9 +494,23 @@ fn attempt(core: &Arc<Core>, i: usize, force: bool, was: &str) -> Result<Report,
     if let Some(r) = lock(&b.recovery).as_mut() {
         r.phase = "finishing";
     }
+    let deadline = Instant::now() + GATE_WAIT;
     let mut g = lock(&core.gate);
     while g.txn || g.recovery {
-        g = core.gate_cv.wait(g).unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if now >= deadline || core.closing() {
+            return Err(format!(
+                "a transaction held the array's commit lock for more than {} s; the copy is \
+                 done up to {}, the next attempt finishes it",
+                GATE_WAIT.as_secs(),
+                copier.after.map(|t| t.to_string()).unwrap_or_default()
+            ));
+        }
+        g = core
+            .gate_cv
+            .wait_timeout(g, (deadline - now).min(Duration::from_millis(100)))
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
     }
     g.recovery = true;
     drop(g);

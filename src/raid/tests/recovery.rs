@@ -296,3 +296,23 @@ fn a_target_claiming_a_transaction_it_does_not_hold_copies_from_what_it_holds() 
     assert_eq!(r.copied, 20);
     assert_eq!(history_of(&b[0].inner), history_of(&b[1].inner));
 }
+
+#[test]
+fn a_transaction_held_between_vote_and_finish_delays_the_rejoin_not_the_copy() {
+    let (b, a, mut w) = with_b_behind(30, opts());
+    // A client votes and then stalls before finishing.
+    let (oid, serial) = w.objects[0];
+    assert!(matches!(
+        a.tpc_vote(&txn(vec![store(oid, serial, b"held")])),
+        Ok(Vote::Prepared { .. })
+    ));
+    let e = a.recover("b", false).unwrap_err();
+    assert!(e.contains("held the array's commit lock"), "{e}");
+    assert_eq!(states(&a), vec!["optimal", "degraded"]);
+    // The copy it made stays: the next attempt only finishes it.
+    assert_eq!(history_of(&b[1].inner).len(), 5 + 30);
+    a.tpc_abort();
+    let r = a.recover("b", false).unwrap();
+    assert_eq!(r.copied, 0);
+    assert_eq!(states(&a), vec!["optimal", "optimal"]);
+}

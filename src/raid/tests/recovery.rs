@@ -299,7 +299,7 @@ fn a_target_claiming_a_transaction_it_does_not_hold_copies_from_what_it_holds() 
 
 #[test]
 fn a_transaction_held_between_vote_and_finish_delays_the_rejoin_not_the_copy() {
-    let (b, a, mut w) = with_b_behind(30, opts());
+    let (b, a, w) = with_b_behind(30, opts());
     // A client votes and then stalls before finishing.
     let (oid, serial) = w.objects[0];
     assert!(matches!(

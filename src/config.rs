@@ -37,6 +37,49 @@ pub struct Config {
     /// [`crate::storage::resolve`]); absent: such undos fail with UndoError.
     #[serde(default)]
     pub conflict_resolution: Option<ResolverConfig>,
+    /// The admin listener (`zeoraid ctl`, `/metrics`); absent: none.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+}
+
+/// `[admin]`: where the admin HTTP listener listens, and the token that
+/// changes need.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AdminConfig {
+    /// `host:port`; keep it on loopback unless a token protects changes.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    /// A file whose content (trimmed) every request that changes something
+    /// must send as `Authorization: Bearer TOKEN`; absent: no token.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// The admin listener's default address.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8101";
+
+fn default_admin_listen() -> String {
+    DEFAULT_ADMIN_LISTEN.to_string()
+}
+
+impl AdminConfig {
+    /// The token from `token-file`, if one is configured.
+    pub fn token(&self) -> Result<Option<String>, String> {
+        let Some(p) = &self.token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(p)
+            .map_err(|e| format!("cannot read the admin token-file {}: {e}", p.display()))?;
+        let token = text.trim().to_string();
+        if token.is_empty() {
+            return Err(format!(
+                "the admin token-file {} is empty; put a secret in it or remove token-file",
+                p.display()
+            ));
+        }
+        Ok(Some(token))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -290,6 +333,9 @@ impl Config {
                     rebase(&mut b.path);
                 }
             }
+        }
+        if let Some(a) = &mut cfg.admin {
+            rebase(&mut a.token_file);
         }
         if let Some(r) = &mut cfg.conflict_resolution {
             for p in &mut r.path {

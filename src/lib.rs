@@ -5,9 +5,12 @@
 //! - [`storage`]: the ZODB storage contract and the storages we serve;
 //! - [`server`]: the mio event loop, worker pool, sessions and commit lock;
 //! - [`raid`]: the RAID-1 array, itself a storage the server serves;
+//! - [`admin`]: the admin HTTP listener (status, metrics, recover, verify,
+//!   disable) and `zeoraid ctl`, its client;
 //! - [`config`]: the TOML configuration;
 //! - [`bench`]: the load generator behind `zeoraid bench`.
 
+pub mod admin;
 pub mod bench;
 pub mod config;
 pub mod locks;

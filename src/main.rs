@@ -1,4 +1,4 @@
-//! The `zeoraid` command line: `serve` and `bench`. Everything else lives in the library.
+//! The `zeoraid` command line: `serve`, `ctl` and `bench`. Everything else lives in the library.
 
 use clap::{Parser, Subcommand};
 use std::io::Write;
@@ -31,6 +31,9 @@ enum Cmd {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Operate a running zeoraid through its admin listener: status (Nagios
+    /// exit codes), details, recover, disable, verify.
+    Ctl(zeoraid::admin::ctl::CtlArgs),
     /// Measure a ZEO server (ours or Python's): commits/s, loads/s, latency;
     /// `bench fanout`: parallel vs sequential fan-out of an array over ZEO servers.
     Bench(zeoraid::bench::BenchCommand),
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve { config, listen } => serve(config, listen),
+        Cmd::Ctl(args) => ExitCode::from(zeoraid::admin::ctl::run(&args)),
         Cmd::Bench(args) => match zeoraid::bench::run_command(&args) {
             Ok(report) => {
                 println!("{report}");
@@ -83,6 +87,13 @@ fn serve(path: PathBuf, listen: Option<String>) -> ExitCode {
                 "zeoraid: --listen {:?} is not HOST:PORT with a numeric IP",
                 cfg.server.listen
             );
+            return ExitCode::from(2);
+        }
+    };
+    let admin_token = match cfg.admin.as_ref().map(|a| a.token()).transpose() {
+        Ok(t) => t.flatten(),
+        Err(e) => {
+            eprintln!("zeoraid: {e} (set in {})", path.display());
             return ExitCode::from(2);
         }
     };
@@ -151,6 +162,10 @@ fn serve(path: PathBuf, listen: Option<String>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let storages: Vec<(String, Arc<dyn zeoraid::storage::Storage>)> = served
+        .iter()
+        .map(|(n, s, _)| (n.clone(), s.clone()))
+        .collect();
     let server = match Server::start(opts, served) {
         Ok(s) => s,
         Err(e) => {
@@ -161,12 +176,34 @@ fn serve(path: PathBuf, listen: Option<String>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let admin = match &cfg.admin {
+        None => None,
+        Some(a) => match zeoraid::admin::Admin::start(
+            &a.listen,
+            admin_token,
+            server.status_source(),
+            storages,
+        ) {
+            Ok(admin) => Some(admin),
+            Err(e) => {
+                eprintln!("zeoraid: {e} (in {})", path.display());
+                server.shutdown();
+                return ExitCode::from(1);
+            }
+        },
+    };
     let mut out = std::io::stdout();
     let _ = writeln!(out, "zeoraid: listening on {}", server.local_addr());
+    if let Some(a) = &admin {
+        let _ = writeln!(out, "zeoraid: admin on {}", a.local_addr());
+    }
     let _ = out.flush();
     let mut signals = signals;
     if let Some(sig) = signals.forever().next() {
         log::info!("received signal {sig}; shutting down");
+    }
+    if let Some(a) = admin {
+        a.shutdown();
     }
     server.shutdown();
     ExitCode::SUCCESS

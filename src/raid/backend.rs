@@ -51,6 +51,8 @@ pub(crate) struct Attempts {
     pub(crate) diverged: bool,
     /// Why the last attempt failed.
     pub(crate) error: Option<String>,
+    /// Disabled by the operator: auto-recovery leaves it alone.
+    pub(crate) disabled: bool,
 }
 
 /// One mirror and what the array knows of it.
@@ -73,6 +75,12 @@ pub(crate) struct Backend {
     pub(crate) last_tid: AtomicU64,
     /// The running recovery's figures (while recovering).
     pub(crate) recovery: Mutex<Option<super::recovery::Running>>,
+    /// Times it was degraded or a recovery of it failed.
+    pub(crate) errors: AtomicU64,
+    /// Where it lives (address or path), for status documents.
+    pub(crate) place: String,
+    /// The last verify's result, for status documents.
+    pub(crate) verified: Mutex<Option<serde_json::Value>>,
     pub(crate) attempts: Mutex<Attempts>,
 }
 
@@ -158,7 +166,12 @@ impl Backend {
         let mut a = lock(&self.attempts);
         a.last = Some(Instant::now());
         match result {
-            Ok(()) => *a = Attempts::default(),
+            Ok(()) => {
+                *a = Attempts {
+                    disabled: a.disabled,
+                    ..Attempts::default()
+                }
+            }
             Err(why) => {
                 a.failures = a.failures.saturating_add(1);
                 a.diverged = super::state::recovery::is_divergence(why);

@@ -196,6 +196,8 @@ struct Core {
     credit_cv: Condvar,
     /// A recovery or verification is running (one at a time).
     busy: Mutex<Option<String>>,
+    /// Recoveries an operator asked for, served by the supervisor.
+    requests: Mutex<std::collections::VecDeque<(usize, bool)>>,
     /// Set when the array closes: recoveries stop, the supervisor ends.
     closing: std::sync::atomic::AtomicBool,
     closing_cv: (Mutex<()>, Condvar),
@@ -260,6 +262,12 @@ impl RaidStorage {
                         BackendSource::Zeo(c) => Some(c.clone()),
                         _ => None,
                     };
+                    // A file storage is named by its path.
+                    let place = match &spec.source {
+                        BackendSource::Zeo(c) => c.addr.clone(),
+                        BackendSource::Local(s) => s.name(),
+                        BackendSource::Unavailable(_) => "-".into(),
+                    };
                     let state = match (problem, saved.degraded.get(&spec.name)) {
                         (Some(p), _) => BackendState::Degraded(p),
                         (None, Some(why)) => {
@@ -282,6 +290,9 @@ impl RaidStorage {
                         last_tid: AtomicU64::new(0),
                         recovery: Mutex::new(None),
                         attempts: Mutex::new(Default::default()),
+                        errors: AtomicU64::new(0),
+                        place,
+                        verified: Mutex::new(None),
                     }
                 })
                 .collect::<Vec<_>>();
@@ -305,6 +316,7 @@ impl RaidStorage {
                 credit: Mutex::new(None),
                 credit_cv: Condvar::new(),
                 busy: Mutex::new(None),
+                requests: Mutex::new(Default::default()),
                 closing: std::sync::atomic::AtomicBool::new(false),
                 closing_cv: (Mutex::new(()), Condvar::new()),
             }
@@ -328,14 +340,11 @@ impl RaidStorage {
                 format!("{e} (the array must remember its degraded backends before it serves)")
             })?;
         }
-        let supervisor = if core.opts.auto_recover {
-            Some(recovery::spawn_supervisor(&core)?)
-        } else {
-            None
-        };
+        // Always running: it also serves the recoveries operators ask for.
+        let supervisor = recovery::spawn_supervisor(&core)?;
         Ok(RaidStorage {
             core,
-            supervisor: Mutex::new(supervisor),
+            supervisor: Mutex::new(Some(supervisor)),
         })
     }
 
@@ -363,6 +372,7 @@ impl Core {
             }
             *st = BackendState::Degraded(why.clone());
         }
+        b.errors.fetch_add(1, Ordering::Relaxed);
         let left = self.optimal().len();
         log::error!(
             "RAID array {:?}: backend {:?} degraded: {why}; {left} of {} backends optimal, array {}",
@@ -685,6 +695,10 @@ impl Core {
                     "reads": b.reads.load(Ordering::Relaxed),
                     "writes": b.writes.load(Ordering::Relaxed),
                     "recovery": lock(&b.recovery).as_ref().map(|r| r.status()),
+                    "where": b.place,
+                    "errors": b.errors.load(Ordering::Relaxed),
+                    "disabled": lock(&b.attempts).disabled,
+                    "verify": lock(&b.verified).clone(),
                     "recovery-failures": lock(&b.attempts).failures,
                     "last-recovery-error": lock(&b.attempts).error.clone(),
                 })

@@ -240,9 +240,79 @@ impl RaidStorage {
     /// `force`: a target that diverged is moved aside (local backends
     /// only; nothing is deleted) and rebuilt from scratch.
     pub fn recover(&self, name: &str, force: bool) -> Result<Report, String> {
+        let i = self.position(name)?;
+        lock(&self.core.backends[i].attempts).disabled = false;
+        run_on_thread(&self.core, i, force)
+    }
+
+    /// Ask for a recovery of backend `name` (`force`: rebuild a diverged
+    /// local backend) and return at once: the supervisor thread runs it
+    /// after any running one. Refused, saying why, when the backend is
+    /// unknown, optimal or already recovering.
+    pub fn request_recovery(&self, name: &str, force: bool) -> Result<(), String> {
         let core = &self.core;
-        let i = core
-            .backends
+        let i = self.position(name)?;
+        let b = &core.backends[i];
+        match &*read(&b.state) {
+            BackendState::Optimal if b.is_open() => {
+                return Err(format!("backend {name:?} is optimal: nothing to recover"))
+            }
+            BackendState::Recovering(_) => {
+                return Err(format!("backend {name:?} is already recovering"))
+            }
+            _ => {}
+        }
+        let mut q = lock(&core.requests);
+        if q.iter().any(|(j, _)| *j == i) {
+            return Err(format!(
+                "a recovery of backend {name:?} is already asked for"
+            ));
+        }
+        q.push_back((i, force));
+        drop(q);
+        lock(&b.attempts).disabled = false;
+        let _g = lock(&core.closing_cv.0);
+        core.closing_cv.1.notify_all();
+        log::info!(
+            "RAID array {:?}: recovery of backend {name:?} asked for{}",
+            core.opts.name,
+            if force { " (forced)" } else { "" }
+        );
+        Ok(())
+    }
+
+    /// Take backend `name` out of the array (degraded, "disabled by the
+    /// operator"); auto-recovery leaves it alone until a recovery is asked
+    /// for. Refused when it would leave fewer than `min-optimal` optimal
+    /// backends.
+    pub fn disable(&self, name: &str) -> Result<(), String> {
+        let core = &self.core;
+        let i = self.position(name)?;
+        let b = &core.backends[i];
+        if !b.is_optimal() {
+            lock(&b.attempts).disabled = true;
+            return Ok(());
+        }
+        let left = core.optimal().len() - 1;
+        if left < core.opts.min_optimal.max(1) {
+            return Err(format!(
+                "disabling backend {name:?} would leave {left} optimal backend(s), fewer than \
+                 min-optimal = {}; recover another backend first",
+                core.opts.min_optimal
+            ));
+        }
+        lock(&b.attempts).disabled = true;
+        core.degrade(
+            i,
+            "disabled by the operator (zeoraid ctl disable); `zeoraid ctl recover` brings it back"
+                .into(),
+        );
+        Ok(())
+    }
+
+    fn position(&self, name: &str) -> Result<usize, String> {
+        let core = &self.core;
+        core.backends
             .iter()
             .position(|b| b.name == name)
             .ok_or_else(|| {
@@ -255,8 +325,7 @@ impl RaidStorage {
                         .collect::<Vec<_>>()
                         .join(", ")
                 )
-            })?;
-        run_on_thread(core, i, force)
+            })
     }
 
     /// Stop auto-recovery and any running recovery, and join the thread.
@@ -314,6 +383,22 @@ fn supervise(weak: Weak<Core>) {
         if core.closing() {
             return;
         }
+        // Recoveries an operator asked for come first.
+        let asked = lock(&core.requests).pop_front();
+        if let Some((i, force)) = asked {
+            if let Err(why) = run_on_thread(&core, i, force) {
+                log::warn!(
+                    "RAID array {:?}: the recovery of backend {:?} asked for did not succeed: {why}",
+                    core.opts.name,
+                    core.backends[i].name
+                );
+            }
+            continue;
+        }
+        if !core.opts.auto_recover {
+            wait_tick(&core);
+            continue;
+        }
         let candidates: Vec<plan::Candidate> = core
             .backends
             .iter()
@@ -322,7 +407,7 @@ fn supervise(weak: Weak<Core>) {
                 plan::Candidate {
                     degraded: matches!(*read(&b.state), BackendState::Degraded(_))
                         || (!b.is_open() && read(&b.state).is_optimal()),
-                    diverged: a.diverged,
+                    diverged: a.diverged || a.disabled,
                     since_attempt: a.last.map(|t| t.elapsed().as_secs_f64()),
                     failures: a.failures,
                 }
@@ -350,13 +435,19 @@ fn supervise(weak: Weak<Core>) {
                 }
             }
         }
-        let (m, cv) = (&core.closing_cv.0, &core.closing_cv.1);
-        let g = lock(m);
-        if core.closing() {
-            return;
-        }
-        drop(cv.wait_timeout(g, SUPERVISOR_TICK));
+        wait_tick(&core);
     }
+}
+
+/// Sleep a supervisor tick, or less when the array closes or an operator
+/// asks for a recovery.
+fn wait_tick(core: &Core) {
+    let (m, cv) = (&core.closing_cv.0, &core.closing_cv.1);
+    let g = lock(m);
+    if core.closing() || !lock(&core.requests).is_empty() {
+        return;
+    }
+    drop(cv.wait_timeout(g, SUPERVISOR_TICK));
 }
 
 /// Recover backend `i` on this thread.
@@ -397,6 +488,7 @@ fn recover_now(core: &Arc<Core>, i: usize, force: bool) -> Result<Report, String
         // the backend keeps the reason it was degraded with.
         Err(_) if !matches!(*read(&b.state), BackendState::Recovering(_)) => {}
         Err(why) => {
+            b.errors.fetch_add(1, Ordering::Relaxed);
             core.set_state(i, BackendState::Degraded(format!("recovery failed: {why}")));
             log::error!(
                 "RAID array {:?}: recovery of backend {:?} failed: {why}; it stays degraded",

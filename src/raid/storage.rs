@@ -296,6 +296,10 @@ impl Storage for RaidStorage {
         Some(self.core.status())
     }
 
+    fn as_raid(&self) -> Option<&RaidStorage> {
+        Some(self)
+    }
+
     fn close(&self) {
         self.stop_supervisor();
         for b in &self.core.backends {

@@ -209,6 +209,14 @@ fn verify_now(core: &Arc<Core>, i: usize) -> Result<Report, String> {
         upto,
         difference,
     };
+    *lock(&b.verified) = Some(serde_json::json!({
+        "reference": report.reference,
+        "transactions": report.transactions,
+        "megabytes": (report.bytes as f64 / 1e5).round() / 10.0,
+        "seconds": (report.seconds * 100.0).round() / 100.0,
+        "upto": report.upto.to_string(),
+        "difference": report.difference.as_ref().map(|d| d.to_string()),
+    }));
     match &report.difference {
         None => log::info!(
             "RAID array {:?}: backend {:?} verified against {:?}: {} transactions ({:.1} MB) up to \

@@ -158,6 +158,16 @@ pub struct Server {
     watchdog: Option<(crossbeam_channel::Sender<()>, JoinHandle<()>)>,
 }
 
+/// Reads the running server's status document (see [`Server::status_source`]).
+#[derive(Clone)]
+pub struct StatusSource(Arc<Shared>);
+
+impl StatusSource {
+    pub fn document(&self) -> serde_json::Value {
+        status::status_document(&self.0)
+    }
+}
+
 /// A storage to serve: (name, storage, read-only).
 pub type Served = (String, Arc<dyn Storage>, bool);
 
@@ -247,6 +257,12 @@ impl Server {
             committers,
             watchdog,
         })
+    }
+
+    /// A handle that reads every storage's status document (the `ruok`
+    /// document) while the server runs, for the admin interface.
+    pub fn status_source(&self) -> StatusSource {
+        StatusSource(self.shared.clone())
     }
 
     pub fn local_addr(&self) -> SocketAddr {

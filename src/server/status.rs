@@ -78,9 +78,15 @@ pub(crate) fn status_json(entry: &StorageEntry) -> serde_json::Value {
 
 /// The `ruok` probe's answer: a JSON object of every storage's status.
 pub(crate) fn ruok_json(shared: &Shared) -> String {
+    status_document(shared).to_string()
+}
+
+/// Every storage's status, by name (the `ruok` document; the admin
+/// interface renders it too).
+pub(crate) fn status_document(shared: &Shared) -> serde_json::Value {
     let mut all = serde_json::Map::new();
     for (name, entry) in &shared.storages {
         all.insert(name.clone(), status_json(entry));
     }
-    serde_json::Value::Object(all).to_string()
+    serde_json::Value::Object(all)
 }

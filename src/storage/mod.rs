@@ -318,6 +318,11 @@ pub trait Storage: Send + Sync {
     fn raid_status(&self) -> Option<serde_json::Value> {
         None
     }
+    /// The array behind this storage, for the admin interface's actions
+    /// (recover, verify, disable); `None` for plain storages.
+    fn as_raid(&self) -> Option<&crate::raid::RaidStorage> {
+        None
+    }
     /// Flush and release resources.
     fn close(&self) {}
 }

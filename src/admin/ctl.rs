@@ -1,0 +1,529 @@
+//! `zeoraid ctl`: the admin listener's client. Human output by default,
+//! `--json` for scripts; `status` exits with Nagios codes (0 OK, 1
+//! WARNING recovering, 2 CRITICAL degraded or failed, 3 UNKNOWN when
+//! zeoraid cannot be reached or answers nonsense).
+
+use super::status::{self, UNKNOWN};
+use crate::config::{Config, DEFAULT_ADMIN_LISTEN};
+use serde_json::Value;
+use std::io::{IsTerminal, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// `zeoraid ctl` arguments.
+#[derive(clap::Args, Debug)]
+pub struct CtlArgs {
+    /// The admin listener, HOST:PORT (default: `[admin] listen` of
+    /// --config, else 127.0.0.1:8101).
+    #[arg(long, global = true)]
+    pub admin: Option<String>,
+    /// A zeoraid config file: the admin address and token file come from
+    /// its `[admin]` section.
+    #[arg(long, short, global = true)]
+    pub config: Option<PathBuf>,
+    /// The admin token, for changes (default: the config's token-file).
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub cmd: CtlCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum CtlCommand {
+    /// optimal | recovering | degraded | failed, with Nagios exit codes.
+    Status,
+    /// Every storage and backend: state, reason, last tid, latency, reads,
+    /// writes, a recovery's progress, the last verify.
+    Details,
+    /// Recover a backend (degraded, or new and empty).
+    Recover {
+        backend: String,
+        /// The array (default: the only one).
+        #[arg(long)]
+        storage: Option<String>,
+        /// Wait until it is optimal (a progress bar on a terminal).
+        #[arg(long)]
+        wait: bool,
+        /// Rebuild a diverged file backend from scratch (its Data.fs is
+        /// moved aside, never deleted).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Take a backend out of the array until it is recovered.
+    Disable {
+        backend: String,
+        #[arg(long)]
+        storage: Option<String>,
+    },
+    /// Compare a backend's whole history with an optimal backend's.
+    Verify {
+        backend: String,
+        #[arg(long)]
+        storage: Option<String>,
+    },
+}
+
+/// An HTTP answer: status code and body.
+struct Reply {
+    code: u16,
+    body: String,
+}
+
+/// Where to reach zeoraid, and the token.
+struct Target {
+    addr: String,
+    token: Option<String>,
+}
+
+fn target(args: &CtlArgs) -> Result<Target, String> {
+    let cfg = match &args.config {
+        Some(p) => Some(Config::load(p).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let admin = cfg.as_ref().and_then(|c| c.admin.clone());
+    let addr = args
+        .admin
+        .clone()
+        .or_else(|| admin.as_ref().map(|a| a.listen.clone()))
+        .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.to_string());
+    let token = match &args.token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read the token file {}: {e}", p.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => match &admin {
+            Some(a) => a.token()?,
+            None => None,
+        },
+    };
+    Ok(Target { addr, token })
+}
+
+/// One HTTP/1.1 request over a fresh connection.
+fn request(t: &Target, method: &str, path: &str, timeout: Duration) -> Result<Reply, String> {
+    let unreachable = |e: &dyn std::fmt::Display| {
+        format!(
+            "cannot reach zeoraid's admin interface at {}: {e} (is zeoraid running with an \
+             [admin] section? --admin HOST:PORT or --config FILE says where; the default is {})",
+            t.addr, DEFAULT_ADMIN_LISTEN
+        )
+    };
+    let sock = t
+        .addr
+        .to_socket_addrs()
+        .map_err(|e| unreachable(&e))?
+        .next()
+        .ok_or_else(|| unreachable(&"no address"))?;
+    let mut s =
+        TcpStream::connect_timeout(&sock, Duration::from_secs(5)).map_err(|e| unreachable(&e))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| unreachable(&e))?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| unreachable(&e))?;
+    let auth = t
+        .token
+        .as_ref()
+        .map(|tok| format!("Authorization: Bearer {tok}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: 0\r\n{auth}\r\n",
+        t.addr
+    );
+    s.write_all(head.as_bytes()).map_err(|e| unreachable(&e))?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| {
+        format!(
+            "no complete answer from {} within {} s: {e}",
+            t.addr,
+            timeout.as_secs()
+        )
+    })?;
+    parse_reply(&raw).ok_or_else(|| {
+        format!(
+            "{} did not answer like zeoraid's admin interface (is it the ZEO port? the admin \
+             listener has a port of its own)",
+            t.addr
+        )
+    })
+}
+
+/// Status code and body of a raw HTTP/1.1 answer (Content-Length or
+/// read to the end; chunked bodies are decoded).
+fn parse_reply(raw: &[u8]) -> Option<Reply> {
+    let text = std::str::from_utf8(raw).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?;
+    let mut parts = status.split(' ');
+    if !parts.next()?.starts_with("HTTP/1.") {
+        return None;
+    }
+    let code: u16 = parts.next()?.parse().ok()?;
+    let chunked = lines.any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    let body = if chunked {
+        let mut out = String::new();
+        let mut rest = body;
+        loop {
+            let (size, after) = rest.split_once("\r\n")?;
+            let n = usize::from_str_radix(size.trim(), 16).ok()?;
+            if n == 0 {
+                break;
+            }
+            out.push_str(after.get(..n)?);
+            rest = after.get(n + 2..)?;
+        }
+        out
+    } else {
+        body.to_string()
+    };
+    Some(Reply { code, body })
+}
+
+fn json_of(r: &Reply) -> Result<Value, String> {
+    serde_json::from_str(&r.body).map_err(|_| "zeoraid answered something that is not JSON".into())
+}
+
+/// The one array of the server, or the one named.
+fn array_name(t: &Target, storage: &Option<String>) -> Result<String, String> {
+    if let Some(s) = storage {
+        return Ok(s.clone());
+    }
+    let doc = json_of(&request(t, "GET", "/details", Duration::from_secs(10))?)?;
+    let arrays: Vec<String> = doc
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(_, s)| s.get("raid").is_some())
+                .map(|(n, _)| n.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    match arrays.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err("this zeoraid serves no RAID array".into()),
+        many => Err(format!(
+            "this zeoraid serves several arrays ({}): name one with --storage",
+            many.join(", ")
+        )),
+    }
+}
+
+/// Run `zeoraid ctl`; returns the exit code.
+pub fn run(args: &CtlArgs) -> u8 {
+    let t = match target(args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("zeoraid ctl: {e}");
+            return UNKNOWN;
+        }
+    };
+    match &args.cmd {
+        CtlCommand::Status => status_cmd(&t, args.json),
+        CtlCommand::Details => report(
+            args.json,
+            request(&t, "GET", "/details", Duration::from_secs(10)),
+            status::details_text,
+        ),
+        CtlCommand::Disable { backend, storage } => change(
+            &t,
+            args.json,
+            "disable",
+            storage,
+            backend,
+            "",
+            Duration::from_secs(30),
+        ),
+        CtlCommand::Verify { backend, storage } => change(
+            &t,
+            args.json,
+            "verify",
+            storage,
+            backend,
+            "",
+            Duration::from_secs(86_400),
+        ),
+        CtlCommand::Recover {
+            backend,
+            storage,
+            wait,
+            force,
+        } => {
+            let storage = match array_name(&t, storage) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("zeoraid ctl: {e}");
+                    return 2;
+                }
+            };
+            let before = backend_doc(&t, &storage, backend)
+                .map(|b| b["recovery-failures"].as_u64().unwrap_or(0))
+                .unwrap_or(0);
+            let query = if *force { "?force=true" } else { "" };
+            let code = change(
+                &t,
+                args.json,
+                "recover",
+                &Some(storage.clone()),
+                backend,
+                query,
+                Duration::from_secs(30),
+            );
+            if code != 0 || !*wait {
+                return code;
+            }
+            wait_recovered(&t, &storage, backend, before, args.json)
+        }
+    }
+}
+
+fn status_cmd(t: &Target, json: bool) -> u8 {
+    let r = match request(t, "GET", "/status", Duration::from_secs(10)) {
+        Ok(r) => r,
+        Err(e) => {
+            println!("ZEORAID UNKNOWN - {e}");
+            return UNKNOWN;
+        }
+    };
+    let v = match json_of(&r) {
+        Ok(v) if r.code == 200 => v,
+        _ => {
+            println!(
+                "ZEORAID UNKNOWN - {} answered HTTP {} with no status",
+                t.addr, r.code
+            );
+            return UNKNOWN;
+        }
+    };
+    let code = v["code"].as_u64().filter(|c| *c <= 2).map(|c| c as u8);
+    match (code, v["line"].as_str()) {
+        (Some(code), Some(line)) => {
+            if json {
+                println!("{v}");
+            } else {
+                println!("{line}");
+            }
+            code
+        }
+        _ => {
+            println!(
+                "ZEORAID UNKNOWN - {} answered a status zeoraid ctl does not understand",
+                t.addr
+            );
+            UNKNOWN
+        }
+    }
+}
+
+fn report(json: bool, r: Result<Reply, String>, human: impl Fn(&Value) -> String) -> u8 {
+    match r.and_then(|r| json_of(&r).map(|v| (r.code, v))) {
+        Ok((200, v)) => {
+            if json {
+                println!("{v}");
+            } else {
+                print!("{}", human(&v));
+            }
+            0
+        }
+        Ok((code, v)) => {
+            eprintln!(
+                "zeoraid ctl: HTTP {code}: {}",
+                v["error"].as_str().unwrap_or("?")
+            );
+            2
+        }
+        Err(e) => {
+            eprintln!("zeoraid ctl: {e}");
+            UNKNOWN
+        }
+    }
+}
+
+fn change(
+    t: &Target,
+    json: bool,
+    action: &str,
+    storage: &Option<String>,
+    backend: &str,
+    query: &str,
+    timeout: Duration,
+) -> u8 {
+    let storage = match array_name(t, storage) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("zeoraid ctl: {e}");
+            return 2;
+        }
+    };
+    let r = request(
+        t,
+        "POST",
+        &format!("/{action}/{storage}/{backend}{query}"),
+        timeout,
+    );
+    match r.and_then(|r| json_of(&r).map(|v| (r.code, v))) {
+        Ok((code, v)) if code < 300 => {
+            if json {
+                println!("{v}");
+            } else {
+                println!("{}", describe(action, backend, &v));
+            }
+            if action == "verify" && !v["difference"].is_null() {
+                2
+            } else {
+                0
+            }
+        }
+        Ok((code, v)) => {
+            let msg = v["error"].as_str().unwrap_or("?");
+            eprintln!("zeoraid ctl {action} {backend}: {msg} (HTTP {code})");
+            2
+        }
+        Err(e) => {
+            eprintln!("zeoraid ctl: {e}");
+            UNKNOWN
+        }
+    }
+}
+
+fn describe(action: &str, backend: &str, v: &Value) -> String {
+    match action {
+        "recover" => format!("recovery of {backend} started"),
+        "disable" => {
+            format!("{backend} disabled: it gets no reads or writes until it is recovered")
+        }
+        "verify" => match v["difference"].as_str() {
+            None => format!(
+                "{backend}: identical to {} over {} transactions ({} MB) up to {}",
+                v["reference"].as_str().unwrap_or("?"),
+                v["transactions"],
+                v["megabytes"],
+                v["upto"].as_str().unwrap_or("?")
+            ),
+            Some(d) => format!("{backend}: {d}; it is degraded now"),
+        },
+        _ => v.to_string(),
+    }
+}
+
+fn backend_doc(t: &Target, storage: &str, backend: &str) -> Result<Value, String> {
+    let doc = json_of(&request(t, "GET", "/details", Duration::from_secs(10))?)?;
+    doc[storage]["raid"]["backends"]
+        .as_array()
+        .and_then(|bs| bs.iter().find(|b| b["name"] == backend).cloned())
+        .ok_or_else(|| format!("storage {storage:?} has no backend {backend:?}"))
+}
+
+/// A progress bar of `width` for `percent`.
+pub fn bar(percent: f64, width: usize) -> String {
+    let filled = ((percent.clamp(0.0, 100.0) / 100.0) * width as f64).round() as usize;
+    format!(
+        "[{}{}]",
+        "#".repeat(filled),
+        ".".repeat(width - filled.min(width))
+    )
+}
+
+fn wait_recovered(
+    t: &Target,
+    storage: &str,
+    backend: &str,
+    failures_before: u64,
+    json: bool,
+) -> u8 {
+    let tty = std::io::stdout().is_terminal() && !json;
+    let mut last_line = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let b = match backend_doc(t, storage, backend) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("\nzeoraid ctl: {e}");
+                return UNKNOWN;
+            }
+        };
+        let state = b["state"].as_str().unwrap_or("");
+        let failures = b["recovery-failures"].as_u64().unwrap_or(0);
+        if state == "optimal" {
+            if tty {
+                println!();
+            }
+            println!("{backend} is optimal again");
+            return 0;
+        }
+        if failures > failures_before && state != "recovering" {
+            if tty {
+                println!();
+            }
+            eprintln!(
+                "zeoraid ctl: the recovery of {backend} failed: {}",
+                b["last-recovery-error"]
+                    .as_str()
+                    .or(b["reason"].as_str())
+                    .unwrap_or("?")
+            );
+            return 2;
+        }
+        let rec = &b["recovery"];
+        if rec.is_null() {
+            continue;
+        }
+        let line = format!(
+            "{} {:>5.1}% {} copied, about {} left, {}/s, ETA {} s",
+            bar(rec["percent"].as_f64().unwrap_or(0.0), 30),
+            rec["percent"].as_f64().unwrap_or(0.0),
+            rec["copied"],
+            rec["left"],
+            rec["rate"],
+            rec["eta-seconds"]
+        );
+        if tty {
+            print!("\r{line}   ");
+            let _ = std::io::stdout().flush();
+        } else if last_line.elapsed() >= Duration::from_secs(5) {
+            last_line = Instant::now();
+            println!("{line}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_parse_or_are_refused() {
+        let ok = parse_reply(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}").unwrap();
+        assert_eq!((ok.code, ok.body.as_str()), (200, "{}"));
+        let chunked = parse_reply(
+            b"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!((chunked.code, chunked.body.as_str()), (401, "abcde"));
+        // A ZEO server's handshake, garbage, nothing.
+        for raw in [
+            &b"\x00\x00\x00\x02M5"[..],
+            b"hello",
+            b"",
+            b"HTTP/1.1 abc\r\n\r\n",
+        ] {
+            assert!(parse_reply(raw).is_none(), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn progress_bar() {
+        assert_eq!(bar(0.0, 10), "[..........]");
+        assert_eq!(bar(50.0, 10), "[#####.....]");
+        assert_eq!(bar(100.0, 10), "[##########]");
+        assert_eq!(bar(150.0, 4), "[####]");
+    }
+}

@@ -1,0 +1,396 @@
+//! The admin listener: HTTP/1.1 + JSON on its own port (`[admin] listen`),
+//! separate from the ZEO port, so no ZEO client can change the array.
+//! `curl` and Prometheus work without our tool; `zeoraid ctl`
+//! ([`ctl`]) is its client.
+//!
+//! | request | what |
+//! |---|---|
+//! | `GET /status` | `{state, line, code}`: the health ([`status::health`]) |
+//! | `GET /details` | the status document (as `ruok`) |
+//! | `GET /metrics` | Prometheus text ([`status::prometheus`]) |
+//! | `POST /recover/STORAGE/BACKEND[?force=true]` | ask for a recovery (202) |
+//! | `POST /verify/STORAGE/BACKEND` | verify now, answer the result |
+//! | `POST /disable/STORAGE/BACKEND` | take a backend out |
+//!
+//! Reads need no token; with `token-file` configured, every change needs
+//! `Authorization: Bearer TOKEN` (compared in constant time; a refusal is
+//! 401 and logged with the peer's address). Requests are served by a few
+//! named worker threads (a verify may take a while), joined at shutdown.
+
+pub mod ctl;
+pub mod status;
+
+use crate::server::StatusSource;
+use crate::storage::Storage;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Admin worker threads (a long verify occupies one).
+const WORKERS: usize = 3;
+
+/// What a request asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    Status,
+    Details,
+    Metrics,
+    Recover {
+        storage: String,
+        backend: String,
+        force: bool,
+    },
+    Verify {
+        storage: String,
+        backend: String,
+    },
+    Disable {
+        storage: String,
+        backend: String,
+    },
+}
+
+impl Route {
+    /// Whether the request changes something (needs the token).
+    pub fn changes(&self) -> bool {
+        !matches!(self, Route::Status | Route::Details | Route::Metrics)
+    }
+}
+
+/// The route of `method url`, or the HTTP status and message to refuse it.
+pub fn route(method: &str, url: &str) -> Result<Route, (u16, String)> {
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let read = |r: Route| {
+        if method == "GET" || method == "HEAD" {
+            Ok(r)
+        } else {
+            Err((405, format!("{path} is read with GET")))
+        }
+    };
+    let change = |r: Route| {
+        if method == "POST" {
+            Ok(r)
+        } else {
+            Err((405, format!("{path} changes the array: use POST")))
+        }
+    };
+    let force = query
+        .split('&')
+        .any(|kv| kv == "force" || kv == "force=true" || kv == "force=1");
+    match parts.as_slice() {
+        ["status"] => read(Route::Status),
+        ["details"] => read(Route::Details),
+        ["metrics"] => read(Route::Metrics),
+        [action, storage, backend] if !storage.is_empty() && !backend.is_empty() => {
+            let (storage, backend) = (storage.to_string(), backend.to_string());
+            match *action {
+                "recover" => change(Route::Recover {
+                    storage,
+                    backend,
+                    force,
+                }),
+                "verify" => change(Route::Verify { storage, backend }),
+                "disable" => change(Route::Disable { storage, backend }),
+                _ => Err((404, format!("no such request: {path}"))),
+            }
+        }
+        _ => Err((
+            404,
+            format!(
+                "no such request: {path} (GET /status, /details, /metrics; POST \
+                 /recover|verify|disable/STORAGE/BACKEND)"
+            ),
+        )),
+    }
+}
+
+/// Constant-time comparison of a presented token with the configured one.
+pub fn token_matches(presented: &[u8], expected: &[u8]) -> bool {
+    if presented.len() != expected.len() {
+        return false;
+    }
+    presented
+        .iter()
+        .zip(expected)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
+}
+
+/// The running admin listener.
+pub struct Admin {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+struct Context {
+    status: StatusSource,
+    storages: HashMap<String, Arc<dyn Storage>>,
+    token: Option<String>,
+}
+
+impl Admin {
+    /// Listen on `listen` and serve until [`Admin::shutdown`].
+    pub fn start(
+        listen: &str,
+        token: Option<String>,
+        status: StatusSource,
+        storages: Vec<(String, Arc<dyn Storage>)>,
+    ) -> Result<Admin, String> {
+        let server = tiny_http::Server::http(listen).map_err(|e| {
+            format!("cannot listen on {listen} for the admin interface: {e} (set [admin] listen)")
+        })?;
+        let addr = server
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| "the admin listener has no IP address".to_string())?;
+        let server = Arc::new(server);
+        let ctx = Arc::new(Context {
+            status,
+            storages: storages.into_iter().collect(),
+            token,
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for n in 0..WORKERS {
+            let (server, ctx, stop) = (server.clone(), ctx.clone(), stop.clone());
+            let t = std::thread::Builder::new()
+                .name(format!("zeoraid-admin-{n}"))
+                .spawn(move || {
+                    while !stop.load(Ordering::Acquire) {
+                        match server.recv_timeout(Duration::from_millis(200)) {
+                            Ok(Some(req)) => serve(&ctx, req),
+                            Ok(None) => {}
+                            Err(e) => {
+                                log::warn!("admin listener: {e}");
+                                std::thread::sleep(Duration::from_millis(100));
+                            }
+                        }
+                    }
+                })
+                .map_err(|e| format!("cannot start an admin thread: {e}"))?;
+            threads.push(t);
+        }
+        log::info!("admin interface on http://{addr} (GET /status, /details, /metrics)");
+        Ok(Admin {
+            addr,
+            stop,
+            threads,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stop serving and join the threads.
+    pub fn shutdown(mut self) {
+        self.stop.store(true, Ordering::Release);
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                log::error!("an admin thread panicked (a zeoraid bug)");
+            }
+        }
+    }
+}
+
+impl Drop for Admin {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn json_response(
+    code: u16,
+    v: &serde_json::Value,
+) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+    let mut r = tiny_http::Response::from_string(format!("{v}\n")).with_status_code(code);
+    if let Ok(h) = tiny_http::Header::from_bytes("Content-Type", "application/json") {
+        r.add_header(h);
+    }
+    r
+}
+
+fn error(code: u16, message: &str) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+    json_response(code, &serde_json::json!({ "error": message }))
+}
+
+fn serve(ctx: &Context, req: tiny_http::Request) {
+    let peer = req
+        .remote_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "?".into());
+    let response = match route(req.method().as_str(), req.url()) {
+        Err((code, msg)) => error(code, &msg),
+        Ok(r) if r.changes() && !authorized(ctx, &req) => {
+            log::warn!(
+                "admin: refused {} {} from {peer}: missing or wrong token",
+                req.method(),
+                req.url()
+            );
+            error(
+                401,
+                "this request changes the array and needs the admin token: send \
+                 `Authorization: Bearer TOKEN` (zeoraid ctl --token-file FILE)",
+            )
+        }
+        Ok(r) => {
+            if r.changes() {
+                log::info!("admin: {} {} from {peer}", req.method(), req.url());
+            }
+            answer(ctx, r)
+        }
+    };
+    if let Err(e) = req.respond(response) {
+        log::debug!("admin: could not answer {peer}: {e}");
+    }
+}
+
+fn authorized(ctx: &Context, req: &tiny_http::Request) -> bool {
+    let Some(expected) = &ctx.token else {
+        return true;
+    };
+    req.headers()
+        .iter()
+        .filter(|h| h.field.equiv("Authorization"))
+        .filter_map(|h| h.value.as_str().strip_prefix("Bearer "))
+        .any(|t| token_matches(t.trim().as_bytes(), expected.as_bytes()))
+}
+
+fn answer(ctx: &Context, r: Route) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+    let doc = || ctx.status.document();
+    let array = |storage: &str| -> Result<&crate::raid::RaidStorage, String> {
+        let s = ctx.storages.get(storage).ok_or_else(|| {
+            format!(
+                "no storage {storage:?} (storages: {})",
+                ctx.storages.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })?;
+        s.as_raid()
+            .ok_or_else(|| format!("storage {storage:?} is not a RAID array"))
+    };
+    match r {
+        Route::Status => match status::health(&doc()) {
+            Ok((state, line)) => json_response(
+                200,
+                &serde_json::json!({"state": state.label(), "line": line, "code": state.exit_code()}),
+            ),
+            Err(e) => error(500, &e),
+        },
+        Route::Details => json_response(200, &doc()),
+        Route::Metrics => {
+            let mut resp = tiny_http::Response::from_string(status::prometheus(&doc()));
+            if let Ok(h) = tiny_http::Header::from_bytes(
+                "Content-Type",
+                "text/plain; version=0.0.4; charset=utf-8",
+            ) {
+                resp.add_header(h);
+            }
+            resp
+        }
+        Route::Recover {
+            storage,
+            backend,
+            force,
+        } => match array(&storage).and_then(|a| a.request_recovery(&backend, force)) {
+            Ok(()) => json_response(
+                202,
+                &serde_json::json!({"recovering": backend, "storage": storage, "force": force}),
+            ),
+            Err(e) => error(409, &e),
+        },
+        Route::Verify { storage, backend } => {
+            match array(&storage).and_then(|a| a.verify(&backend)) {
+                Ok(rep) => json_response(
+                    200,
+                    &serde_json::json!({
+                        "backend": rep.backend,
+                        "reference": rep.reference,
+                        "transactions": rep.transactions,
+                        "megabytes": (rep.bytes as f64 / 1e5).round() / 10.0,
+                        "seconds": rep.seconds,
+                        "upto": rep.upto.to_string(),
+                        "difference": rep.difference.as_ref().map(|d| d.to_string()),
+                    }),
+                ),
+                Err(e) => error(409, &e),
+            }
+        }
+        Route::Disable { storage, backend } => {
+            match array(&storage).and_then(|a| a.disable(&backend)) {
+                Ok(()) => json_response(
+                    200,
+                    &serde_json::json!({"disabled": backend, "storage": storage}),
+                ),
+                Err(e) => error(409, &e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_table() {
+        let rec = |force| Route::Recover {
+            storage: "1".into(),
+            backend: "b".into(),
+            force,
+        };
+        let cases: Vec<(&str, &str, Result<Route, u16>)> = vec![
+            ("GET", "/status", Ok(Route::Status)),
+            ("GET", "/details", Ok(Route::Details)),
+            ("GET", "/metrics", Ok(Route::Metrics)),
+            ("GET", "/metrics/", Ok(Route::Metrics)),
+            ("POST", "/status", Err(405)),
+            ("POST", "/recover/1/b", Ok(rec(false))),
+            ("POST", "/recover/1/b?force=true", Ok(rec(true))),
+            ("POST", "/recover/1/b?force", Ok(rec(true))),
+            ("POST", "/recover/1/b?force=no", Ok(rec(false))),
+            ("GET", "/recover/1/b", Err(405)),
+            (
+                "POST",
+                "/verify/1/b",
+                Ok(Route::Verify {
+                    storage: "1".into(),
+                    backend: "b".into(),
+                }),
+            ),
+            (
+                "POST",
+                "/disable/1/b",
+                Ok(Route::Disable {
+                    storage: "1".into(),
+                    backend: "b".into(),
+                }),
+            ),
+            ("POST", "/explode/1/b", Err(404)),
+            ("POST", "/recover/1", Err(404)),
+            ("POST", "/recover//b", Err(404)),
+            ("GET", "/", Err(404)),
+        ];
+        for (method, url, want) in cases {
+            let got = route(method, url).map_err(|(c, _)| c);
+            assert_eq!(got, want, "{method} {url}");
+        }
+        assert!(!Route::Status.changes() && rec(false).changes());
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(token_matches(b"s3cret", b"s3cret"));
+        assert!(!token_matches(b"s3cre", b"s3cret"));
+        assert!(!token_matches(b"s3cret!", b"s3cret"));
+        assert!(!token_matches(b"S3cret", b"s3cret"));
+        assert!(!token_matches(b"", b"s3cret"));
+    }
+}

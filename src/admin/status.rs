@@ -1,0 +1,568 @@
+//! The status model, rendered three ways: the one-line health of
+//! `zeoraid ctl status` with its Nagios exit code ([`health`]), the
+//! per-backend table of `ctl details` ([`details_text`]) and the
+//! Prometheus text of `/metrics` ([`prometheus`]). All pure functions of
+//! the server's status document (the same JSON the `ruok` probe answers:
+//! storage name → its counters and, for an array, `raid`).
+
+use serde_json::Value;
+use std::fmt::Write;
+
+/// The whole server's health, worst storage first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum State {
+    Optimal,
+    Recovering,
+    Degraded,
+    Failed,
+}
+
+impl State {
+    pub fn label(self) -> &'static str {
+        match self {
+            State::Optimal => "optimal",
+            State::Recovering => "recovering",
+            State::Degraded => "degraded",
+            State::Failed => "failed",
+        }
+    }
+
+    /// Nagios plugin exit code: 0 OK, 1 WARNING, 2 CRITICAL.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            State::Optimal => 0,
+            State::Recovering => 1,
+            State::Degraded | State::Failed => 2,
+        }
+    }
+
+    fn nagios(self) -> &'static str {
+        match self {
+            State::Optimal => "OK",
+            State::Recovering => "WARNING",
+            State::Degraded | State::Failed => "CRITICAL",
+        }
+    }
+
+    fn parse(s: &str) -> Option<State> {
+        Some(match s {
+            "optimal" => State::Optimal,
+            "recovering" => State::Recovering,
+            "degraded" => State::Degraded,
+            "failed" => State::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// Exit code when zeoraid cannot be reached or answers nonsense.
+pub const UNKNOWN: u8 = 3;
+
+/// The server's state (the worst of its storages; a plain storage is
+/// optimal) and a Nagios-style line, or why the document makes no sense.
+pub fn health(doc: &Value) -> Result<(State, String), String> {
+    let storages = doc
+        .as_object()
+        .filter(|m| !m.is_empty())
+        .ok_or("the status document has no storages")?;
+    let mut worst = State::Optimal;
+    let mut parts = Vec::new();
+    for (name, s) in storages {
+        let (state, what) = match s.get("raid") {
+            None => (State::Optimal, "served".to_string()),
+            Some(r) => {
+                let label = r["state"].as_str().unwrap_or("");
+                let state = State::parse(label)
+                    .ok_or_else(|| format!("storage {name:?} has no valid array state"))?;
+                let total = r["backends"].as_array().map_or(0, |b| b.len());
+                (
+                    state,
+                    format!(
+                        "{} ({} of {total} backends optimal)",
+                        state.label(),
+                        r["optimal"].as_u64().unwrap_or(0)
+                    ),
+                )
+            }
+        };
+        worst = worst.max(state);
+        parts.push(format!("storage {name}: {what}"));
+    }
+    Ok((
+        worst,
+        format!(
+            "ZEORAID {} - {}; {}",
+            worst.nagios(),
+            worst.label(),
+            parts.join("; ")
+        ),
+    ))
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `ctl details`: per storage, each backend's kind, state, reason, last
+/// tid, latency, reads and writes, and a recovery's progress.
+pub fn details_text(doc: &Value) -> String {
+    let mut out = String::new();
+    let Some(storages) = doc.as_object() else {
+        return "no storages\n".into();
+    };
+    for (name, s) in storages {
+        let _ = writeln!(
+            out,
+            "storage {name}: {} connections, {} commits, {} loads, last transaction {}",
+            text(&s["connections"]),
+            text(&s["commits"]),
+            text(&s["loads"]),
+            text(&s["last-transaction"])
+        );
+        let Some(r) = s.get("raid") else {
+            continue;
+        };
+        let _ = writeln!(
+            out,
+            "  array {} ({} of {} optimal, min-optimal {}), {} fan-out, auto-recover {}, recovery-ratio {}",
+            text(&r["state"]),
+            text(&r["optimal"]),
+            r["backends"].as_array().map_or(0, |b| b.len()),
+            text(&r["min-optimal"]),
+            text(&r["fanout"]),
+            text(&r["auto-recover"]),
+            text(&r["recovery-ratio"])
+        );
+        if let Some(t) = r.get("throttle").filter(|t| !t.is_null()) {
+            let _ = writeln!(
+                out,
+                "  commit throttle: {} admitted, {} waited, {} forced",
+                text(&t["admitted"]),
+                text(&t["throttled"]),
+                text(&t["forced"])
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  {:<12} {:<6} {:<11} {:<18} {:>10} {:>9} {:>9}  WHERE",
+            "BACKEND", "KIND", "STATE", "LAST TID", "LATENCY", "READS", "WRITES"
+        );
+        for b in r["backends"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "  {:<12} {:<6} {:<11} {:<18} {:>8}ms {:>9} {:>9}  {}",
+                text(&b["name"]),
+                text(&b["kind"]),
+                text(&b["state"]),
+                text(&b["last-transaction"]),
+                text(&b["latency-ms"]),
+                text(&b["reads"]),
+                text(&b["writes"]),
+                text(&b["where"])
+            );
+            if let Some(why) = b["reason"].as_str() {
+                let _ = writeln!(out, "      reason: {why}");
+            }
+            if let Some(rec) = b.get("recovery").filter(|r| !r.is_null()) {
+                let _ = writeln!(
+                    out,
+                    "      recovering from {}: {}% ({} copied, about {} left, {}/s, ETA {} s)",
+                    text(&rec["source"]),
+                    text(&rec["percent"]),
+                    text(&rec["copied"]),
+                    text(&rec["left"]),
+                    text(&rec["rate"]),
+                    text(&rec["eta-seconds"])
+                );
+            }
+            if let Some(err) = b["last-recovery-error"].as_str() {
+                let _ = writeln!(
+                    out,
+                    "      last recovery attempt ({} failed): {err}",
+                    text(&b["recovery-failures"])
+                );
+            }
+            if let Some(v) = b.get("verify").filter(|v| !v.is_null()) {
+                let _ = writeln!(
+                    out,
+                    "      last verify: {}",
+                    v["difference"]
+                        .as_str()
+                        .map(|d| format!("DIFFERENT: {d}"))
+                        .unwrap_or_else(|| format!(
+                            "identical over {} transactions",
+                            text(&v["transactions"])
+                        ))
+                );
+            }
+        }
+    }
+    out
+}
+
+/// A label value escaped for the Prometheus text format.
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Prometheus text (version 0.0.4) of the status document.
+pub fn prometheus(doc: &Value) -> String {
+    let mut m = Metrics::default();
+    if let Some(storages) = doc.as_object() {
+        for (name, s) in storages {
+            let l = format!("storage=\"{}\"", esc(name));
+            let counters = [
+                ("loads", "loads"),
+                ("stores", "stores"),
+                ("commits", "commits"),
+                ("aborts", "aborts"),
+                ("conflicts", "conflicts"),
+                ("conflicts_resolved", "conflicts_resolved"),
+            ];
+            for (key, metric) in counters {
+                m.add(
+                    &format!("zeoraid_{metric}_total"),
+                    "counter",
+                    &format!("{metric} since start, per storage"),
+                    &l,
+                    num(&s[key]),
+                );
+            }
+            m.add(
+                "zeoraid_connections",
+                "gauge",
+                "client connections",
+                &l,
+                num(&s["connections"]),
+            );
+            m.add(
+                "zeoraid_waiting_votes",
+                "gauge",
+                "votes waiting for the commit lock",
+                &l,
+                num(&s["waiting"]),
+            );
+            let Some(r) = s.get("raid") else { continue };
+            for st in ["optimal", "degraded", "recovering", "failed"] {
+                m.add(
+                    "zeoraid_array_state",
+                    "gauge",
+                    "1 for the array's state",
+                    &format!("{l},state=\"{st}\""),
+                    f64::from(u8::from(r["state"] == st)),
+                );
+            }
+            m.add(
+                "zeoraid_array_optimal_backends",
+                "gauge",
+                "optimal backends",
+                &l,
+                num(&r["optimal"]),
+            );
+            if let Some(t) = r.get("throttle").filter(|t| !t.is_null()) {
+                m.add(
+                    "zeoraid_recovery_throttle_admitted",
+                    "gauge",
+                    "commits admitted during the running recovery",
+                    &l,
+                    num(&t["admitted"]),
+                );
+                m.add(
+                    "zeoraid_recovery_throttle_waited",
+                    "gauge",
+                    "commits that waited for recovery credit",
+                    &l,
+                    num(&t["throttled"]),
+                );
+                m.add(
+                    "zeoraid_recovery_throttle_forced",
+                    "gauge",
+                    "commits admitted on credit after the longest wait",
+                    &l,
+                    num(&t["forced"]),
+                );
+            }
+            for b in r["backends"].as_array().into_iter().flatten() {
+                let bl = format!("{l},backend=\"{}\"", esc(&text(&b["name"])));
+                for st in ["optimal", "degraded", "recovering"] {
+                    m.add(
+                        "zeoraid_backend_state",
+                        "gauge",
+                        "1 for the backend's state",
+                        &format!("{bl},state=\"{st}\""),
+                        f64::from(u8::from(b["state"] == st)),
+                    );
+                }
+                m.add(
+                    "zeoraid_backend_latency_seconds",
+                    "gauge",
+                    "recent call latency (moving average)",
+                    &bl,
+                    num(&b["latency-ms"]) / 1000.0,
+                );
+                m.add(
+                    "zeoraid_backend_reads_total",
+                    "counter",
+                    "reads served",
+                    &bl,
+                    num(&b["reads"]),
+                );
+                m.add(
+                    "zeoraid_backend_writes_total",
+                    "counter",
+                    "transactions committed",
+                    &bl,
+                    num(&b["writes"]),
+                );
+                m.add(
+                    "zeoraid_backend_errors_total",
+                    "counter",
+                    "times the backend was degraded or a recovery of it failed",
+                    &bl,
+                    num(&b["errors"]),
+                );
+                m.add(
+                    "zeoraid_backend_recovery_failures",
+                    "gauge",
+                    "failed recovery attempts in a row",
+                    &bl,
+                    num(&b["recovery-failures"]),
+                );
+                if let Some(rec) = b.get("recovery").filter(|r| !r.is_null()) {
+                    m.add(
+                        "zeoraid_recovery_copied",
+                        "gauge",
+                        "transactions copied by the running recovery",
+                        &bl,
+                        num(&rec["copied"]),
+                    );
+                    m.add(
+                        "zeoraid_recovery_left",
+                        "gauge",
+                        "transactions left to copy (estimate)",
+                        &bl,
+                        num(&rec["left"]),
+                    );
+                    m.add(
+                        "zeoraid_recovery_percent",
+                        "gauge",
+                        "recovery progress, percent",
+                        &bl,
+                        num(&rec["percent"]),
+                    );
+                    m.add(
+                        "zeoraid_recovery_rate",
+                        "gauge",
+                        "transactions copied per second",
+                        &bl,
+                        num(&rec["rate"]),
+                    );
+                }
+                if let Some(v) = b.get("verify").filter(|v| !v.is_null()) {
+                    m.add(
+                        "zeoraid_verify_identical",
+                        "gauge",
+                        "1 when the last verify found the histories identical",
+                        &bl,
+                        f64::from(u8::from(v["difference"].is_null())),
+                    );
+                    m.add(
+                        "zeoraid_verify_transactions",
+                        "gauge",
+                        "transactions compared by the last verify",
+                        &bl,
+                        num(&v["transactions"]),
+                    );
+                }
+            }
+        }
+    }
+    m.render()
+}
+
+fn num(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(0.0)
+}
+
+/// Samples grouped by metric (the text format wants each metric's
+/// samples together, after one HELP and TYPE).
+#[derive(Default)]
+struct Metrics {
+    order: Vec<String>,
+    by_name: std::collections::HashMap<String, (String, String, Vec<String>)>,
+}
+
+impl Metrics {
+    fn add(&mut self, name: &str, kind: &str, help: &str, labels: &str, value: f64) {
+        let e = self.by_name.entry(name.to_string()).or_insert_with(|| {
+            self.order.push(name.to_string());
+            (kind.to_string(), help.to_string(), Vec::new())
+        });
+        e.2.push(format!("{name}{{{labels}}} {value}"));
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::new();
+        for name in &self.order {
+            let (kind, help, samples) = &self.by_name[name];
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for s in samples {
+                let _ = writeln!(out, "{s}");
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn array(state: &str, optimal: u64, backends: &[(&str, &str)]) -> Value {
+        json!({
+            "storage": "1", "connections": 2, "loads": 10, "stores": 3, "commits": 3,
+            "aborts": 0, "conflicts": 1, "conflicts_resolved": 0, "waiting": 0,
+            "last-transaction": "03d0",
+            "raid": {
+                "state": state, "optimal": optimal, "min-optimal": 1,
+                "fanout": "parallel", "throttle": null,
+                "backends": backends.iter().map(|(n, s)| json!({
+                    "name": n, "kind": "file", "state": s, "reason": null,
+                    "latency-ms": 1.5, "reads": 4, "writes": 3, "errors": 0,
+                    "recovery": null, "recovery-failures": 0,
+                    "last-recovery-error": null, "last-transaction": "03d0",
+                })).collect::<Vec<_>>(),
+            }
+        })
+    }
+
+    #[test]
+    fn health_and_exit_codes() {
+        let plain = json!({"storage": "1", "connections": 0});
+        let cases = [
+            (
+                json!({"1": array("optimal", 2, &[("a", "optimal"), ("b", "optimal")])}),
+                State::Optimal,
+                0,
+            ),
+            (
+                json!({"1": array("recovering", 1, &[("a", "optimal"), ("b", "recovering")])}),
+                State::Recovering,
+                1,
+            ),
+            (
+                json!({"1": array("degraded", 1, &[("a", "optimal"), ("b", "degraded")])}),
+                State::Degraded,
+                2,
+            ),
+            (
+                json!({"1": array("failed", 0, &[("a", "degraded")])}),
+                State::Failed,
+                2,
+            ),
+            (json!({"plain": plain.clone()}), State::Optimal, 0),
+            (
+                json!({"plain": plain, "1": array("recovering", 1, &[("a", "optimal"), ("b", "recovering")])}),
+                State::Recovering,
+                1,
+            ),
+            (
+                json!({"1": array("optimal", 2, &[]), "2": array("degraded", 1, &[])}),
+                State::Degraded,
+                2,
+            ),
+        ];
+        for (doc, state, code) in cases {
+            let (got, line) = health(&doc).unwrap();
+            assert_eq!(got, state, "{doc}");
+            assert_eq!(got.exit_code(), code);
+            assert!(line.starts_with("ZEORAID "), "{line}");
+            assert!(line.contains(state.label()), "{line}");
+        }
+        for nonsense in [
+            json!({}),
+            json!([1, 2]),
+            json!("ok"),
+            json!({"1": {"raid": {"state": "weird"}}}),
+        ] {
+            assert!(health(&nonsense).is_err(), "{nonsense}");
+        }
+        let (_, line) =
+            health(&json!({"1": array("degraded", 1, &[("a", "optimal"), ("b", "degraded")])}))
+                .unwrap();
+        assert_eq!(
+            line,
+            "ZEORAID CRITICAL - degraded; storage 1: degraded (1 of 2 backends optimal)"
+        );
+    }
+
+    #[test]
+    fn details_show_each_backend_and_a_recovery() {
+        let mut doc =
+            json!({"1": array("recovering", 1, &[("a", "optimal"), ("b", "recovering")])});
+        doc["1"]["raid"]["backends"][1]["reason"] = json!("connection lost");
+        doc["1"]["raid"]["backends"][1]["recovery"] = json!({
+            "source": "a", "percent": 42.5, "copied": 425, "left": 575, "rate": 100.0, "eta-seconds": 6.0
+        });
+        let t = details_text(&doc);
+        assert!(t.contains("array recovering (1 of 2 optimal"), "{t}");
+        assert!(t.contains("reason: connection lost"), "{t}");
+        assert!(
+            t.contains("recovering from a: 42.5% (425 copied, about 575 left, 100.0/s, ETA 6.0 s)"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn prometheus_text_groups_samples_under_one_help_and_type() {
+        let mut doc = json!({"1": array("degraded", 1, &[("a", "optimal"), ("b\"x", "degraded")])});
+        doc["1"]["raid"]["backends"][0]["verify"] = json!({"difference": null, "transactions": 7});
+        let t = prometheus(&doc);
+        assert_eq!(
+            t.matches("# TYPE zeoraid_backend_state gauge").count(),
+            1,
+            "{t}"
+        );
+        assert!(
+            t.contains("zeoraid_commits_total{storage=\"1\"} 3\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("zeoraid_array_state{storage=\"1\",state=\"degraded\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "zeoraid_backend_state{storage=\"1\",backend=\"b\\\"x\",state=\"degraded\"} 1\n"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("zeoraid_backend_latency_seconds{storage=\"1\",backend=\"a\"} 0.0015\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("zeoraid_verify_identical{storage=\"1\",backend=\"a\"} 1\n"),
+            "{t}"
+        );
+        // Every sample line follows its metric's TYPE line.
+        let mut current = String::new();
+        for line in t.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                current = rest.split(' ').next().unwrap().to_string();
+            } else if !line.starts_with('#') {
+                assert!(
+                    line.starts_with(&format!("{current}{{")),
+                    "{line} under {current}"
+                );
+            }
+        }
+    }
+}

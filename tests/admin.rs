@@ -1,0 +1,265 @@
+//! The admin listener and `zeoraid ctl` against a running `zeoraid serve`
+//! (issue #9): `ctl status` exit codes for each state (optimal,
+//! recovering, degraded, failed) and for an unreachable server and a
+//! non-admin port; changes refused without the token, reads without it;
+//! `ctl disable`, `ctl recover --wait`, `ctl verify`, `ctl details`;
+//! `/metrics` parsed by Python's `prometheus_client` with counters that
+//! move when clients commit and load.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use zeoraid::bench::proxy::Proxy;
+use zeoraid::server::{Options, Server};
+use zeoraid::storage::memory::MemoryStorage;
+use zeoraid::storage::{Data, Oid, Op, Storage, Tid, Txn, TxnMeta, Vote};
+use zeoraid::zeo::client::{Client, ClientOptions};
+
+/// `zeoraid ctl ARGS`: (exit code, stdout, stderr).
+fn ctl(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_zeoraid"))
+        .arg("ctl")
+        .args(args)
+        .output()
+        .expect("run zeoraid ctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn memory_zeo() -> Server {
+    Server::start(
+        Options {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            workers: 4,
+            max_frame: 1 << 24,
+            invalidation_queue_size: 100,
+            transaction_timeout: None,
+            conflict_resolver: None,
+        },
+        vec![(
+            "1".into(),
+            Arc::new(MemoryStorage::new("1", false)) as Arc<dyn Storage>,
+            false,
+        )],
+    )
+    .expect("start a memory ZEO server")
+}
+
+fn config(dir: &Path, admin: SocketAddr, extra: &str, zeo: &str) -> String {
+    std::fs::write(dir.join("admin.token"), "s3cret\n").unwrap();
+    format!(
+        "[admin]\nlisten = \"{admin}\"\ntoken-file = \"admin.token\"\n\
+         [[storage]]\nname = \"1\"\nkind = \"raid\"\nauto-recover = false\nbackend-timeout = 5\n{extra}\n\
+         [[storage.backend]]\nname = \"a\"\nkind = \"file\"\npath = \"a/Data.fs\"\n\
+         [[storage.backend]]\nname = \"z\"\nkind = \"zeo\"\naddress = \"{zeo}\"\n"
+    )
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect to the admin listener");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+/// The value of the sample `line_prefix` (metric name and labels).
+fn sample(metrics: &str, line_prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(line_prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {line_prefix} in\n{metrics}"))
+}
+
+fn commit_n(addr: SocketAddr, n: usize) -> Oid {
+    let c = Client::connect(ClientOptions {
+        call_timeout: Duration::from_secs(30),
+        ..ClientOptions::new(addr.to_string())
+    })
+    .expect("connect");
+    let oid = c.new_oids(1).unwrap()[0];
+    let mut serial = Tid::ZERO;
+    for i in 0..n {
+        let txn = Txn {
+            meta: TxnMeta::default(),
+            tid: None,
+            status: b' ',
+            ops: vec![Op::Store {
+                oid,
+                serial,
+                data: Data::from(format!("value {i}").as_bytes()),
+            }],
+        };
+        assert!(matches!(c.tpc_vote(&txn), Ok(Vote::Prepared { .. })));
+        serial = c.tpc_finish().unwrap();
+    }
+    let _ = c.load_before(oid, Tid::MAX).unwrap();
+    Storage::close(&c);
+    oid
+}
+
+fn eventually_status(admin: &str, code: i32, what: &str, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let (c, out, err) = ctl(&["--admin", admin, "status"]);
+        if c == code {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ctl status never exited {code} ({what}); last {c}: {out}{err}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn ctl_status_follows_the_array_and_changes_need_the_token() {
+    common::python(); // the metrics are parsed by prometheus_client
+    let dir = tempfile::tempdir().unwrap();
+    let zeo = memory_zeo();
+    let proxy = Proxy::start(zeo.local_addr()).expect("proxy");
+    let admin_addr: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
+    let admin = admin_addr.to_string();
+    let text = config(dir.path(), admin_addr, "", &proxy.addr().to_string());
+    let raid = common::ZeoraidProcess::start(dir.path(), &text);
+    let conf = dir.path().join("zeoraid.toml");
+    let conf = conf.to_str().unwrap();
+
+    // Optimal: exit 0, one Nagios line.
+    let (code, out, _) = ctl(&["--admin", &admin, "status"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.trim(),
+        "ZEORAID OK - optimal; storage 1: optimal (2 of 2 backends optimal)"
+    );
+    let (code, out, _) = ctl(&["--admin", &admin, "--json", "status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"state\":\"optimal\""), "{out}");
+
+    // A change without the token is refused; reads need none.
+    let (code, _, err) = ctl(&["--admin", &admin, "disable", "z"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("needs the admin token") && err.contains("401"),
+        "{err}"
+    );
+    assert_eq!(ctl(&["--admin", &admin, "status"]).0, 0);
+    // With it (from the config's token-file): degraded, exit 2.
+    let (code, out, err) = ctl(&["--config", conf, "disable", "z"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let out = eventually_status(&admin, 2, "degraded", 5);
+    assert!(out.starts_with("ZEORAID CRITICAL - degraded"), "{out}");
+
+    // Commits while z is out; then a slow link to z, and recover it.
+    commit_n(raid.addr, 150);
+    proxy.set_delay(Duration::from_millis(20));
+    let (code, out, err) = ctl(&["--config", conf, "recover", "z"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let out = eventually_status(&admin, 1, "recovering", 10);
+    assert!(out.starts_with("ZEORAID WARNING - recovering"), "{out}");
+    let (code, details, _) = ctl(&["--admin", &admin, "details"]);
+    assert_eq!(code, 0);
+    assert!(details.contains("recovering from a:"), "{details}");
+    proxy.set_delay(Duration::ZERO);
+    eventually_status(&admin, 0, "optimal again", 60);
+
+    // Verify, and disable + recover --wait once more.
+    let (code, out, err) = ctl(&["--config", conf, "verify", "z"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("z: identical to a over 150 transactions"),
+        "{out}"
+    );
+    assert_eq!(ctl(&["--config", conf, "disable", "z"]).0, 0);
+    commit_n(raid.addr, 5);
+    let (code, out, err) = ctl(&["--config", conf, "recover", "z", "--wait"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("z is optimal again"), "{out}");
+
+    // Metrics: real Prometheus text, counters that moved.
+    let metrics = http_get(admin_addr, "/metrics");
+    assert!(sample(&metrics, "zeoraid_commits_total{storage=\"1\"}") >= 155.0);
+    assert!(sample(&metrics, "zeoraid_loads_total{storage=\"1\"}") >= 2.0);
+    assert_eq!(
+        sample(
+            &metrics,
+            "zeoraid_array_state{storage=\"1\",state=\"optimal\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "zeoraid_verify_identical{storage=\"1\",backend=\"z\"}"
+        ),
+        1.0
+    );
+    let path = dir.path().join("metrics.txt");
+    std::fs::write(&path, &metrics).unwrap();
+    let parsed = common::run_python(&[
+        "-c",
+        "import sys\n\
+         from prometheus_client.parser import text_string_to_metric_families as parse\n\
+         fams = {f.name: f for f in parse(open(sys.argv[1]).read())}\n\
+         assert fams['zeoraid_commits'].type == 'counter', fams['zeoraid_commits'].type\n\
+         assert fams['zeoraid_backend_state'].type == 'gauge'\n\
+         print(len(fams), sum(len(f.samples) for f in fams.values()))",
+        path.to_str().unwrap(),
+    ]);
+    let counts: Vec<usize> = parsed
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert!(
+        counts.len() == 2 && counts[0] >= 15 && counts[1] >= 30,
+        "{parsed}"
+    );
+
+    // Not zeoraid's admin interface: the ZEO port; nothing listening.
+    let (code, out, _) = ctl(&["--admin", &raid.addr.to_string(), "status"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.starts_with("ZEORAID UNKNOWN"), "{out}");
+    drop(raid);
+    let (code, out, _) = ctl(&["--admin", &admin, "status"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("cannot reach"), "{out}");
+    drop(proxy);
+    drop(zeo);
+}
+
+#[test]
+fn ctl_status_is_critical_when_the_array_has_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin_addr: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
+    let down = format!("127.0.0.1:{}", common::free_port());
+    let text = config(
+        dir.path(),
+        admin_addr,
+        "min-optimal = 2\nfail-mode = \"read-only\"",
+        &down,
+    );
+    let _raid = common::ZeoraidProcess::start(dir.path(), &text);
+    let (code, out, _) = ctl(&["--admin", &admin_addr.to_string(), "status"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.starts_with("ZEORAID CRITICAL - failed"), "{out}");
+}

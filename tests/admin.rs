@@ -221,6 +221,9 @@ fn ctl_status_follows_the_array_and_changes_need_the_token() {
          fams = {f.name: f for f in parse(open(sys.argv[1]).read())}\n\
          assert fams['zeoraid_commits'].type == 'counter', fams['zeoraid_commits'].type\n\
          assert fams['zeoraid_backend_state'].type == 'gauge'\n\
+         h = fams['zeoraid_backend_call_seconds']\n\
+         assert h.type == 'histogram', h.type\n\
+         assert any(s.name.endswith('_count') and s.value > 0 for s in h.samples)\n\
          print(len(fams), sum(len(f.samples) for f in fams.values()))",
         path.to_str().unwrap(),
     ]);

@@ -306,6 +306,14 @@ pub fn prometheus(doc: &Value) -> String {
                     &bl,
                     num(&b["latency-ms"]) / 1000.0,
                 );
+                if let Some(h) = b.get("latency-histogram").filter(|h| !h.is_null()) {
+                    m.add_histogram(
+                        "zeoraid_backend_call_seconds",
+                        "backend call latency (reads, votes, finishes)",
+                        &bl,
+                        h,
+                    );
+                }
                 m.add(
                     "zeoraid_backend_reads_total",
                     "counter",
@@ -407,6 +415,26 @@ impl Metrics {
         e.2.push(format!("{name}{{{labels}}} {value}"));
     }
 
+    /// A histogram from `{le, counts (cumulative, then +Inf), sum, count}`.
+    fn add_histogram(&mut self, name: &str, help: &str, labels: &str, h: &Value) {
+        let les = h["le"].as_array().cloned().unwrap_or_default();
+        let counts = h["counts"].as_array().cloned().unwrap_or_default();
+        let e = self.by_name.entry(name.to_string()).or_insert_with(|| {
+            self.order.push(name.to_string());
+            ("histogram".to_string(), help.to_string(), Vec::new())
+        });
+        for (k, c) in counts.iter().enumerate() {
+            let le = les
+                .get(k)
+                .and_then(Value::as_f64)
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "+Inf".into());
+            e.2.push(format!("{name}_bucket{{{labels},le=\"{le}\"}} {}", num(c)));
+        }
+        e.2.push(format!("{name}_sum{{{labels}}} {}", num(&h["sum"])));
+        e.2.push(format!("{name}_count{{{labels}}} {}", num(&h["count"])));
+    }
+
     fn render(&self) -> String {
         let mut out = String::new();
         for name in &self.order {
@@ -438,6 +466,7 @@ mod tests {
                     "latency-ms": 1.5, "reads": 4, "writes": 3, "errors": 0,
                     "recovery": null, "recovery-failures": 0,
                     "last-recovery-error": null, "last-transaction": "03d0",
+                    "latency-histogram": {"le": [0.001, 0.01], "counts": [2, 5, 6], "sum": 0.03, "count": 6},
                 })).collect::<Vec<_>>(),
             }
         })
@@ -552,16 +581,26 @@ mod tests {
             t.contains("zeoraid_verify_identical{storage=\"1\",backend=\"a\"} 1\n"),
             "{t}"
         );
+        for want in [
+            "# TYPE zeoraid_backend_call_seconds histogram\n",
+            "zeoraid_backend_call_seconds_bucket{storage=\"1\",backend=\"a\",le=\"0.01\"} 5\n",
+            "zeoraid_backend_call_seconds_bucket{storage=\"1\",backend=\"a\",le=\"+Inf\"} 6\n",
+            "zeoraid_backend_call_seconds_count{storage=\"1\",backend=\"a\"} 6\n",
+        ] {
+            assert!(t.contains(want), "{want} in {t}");
+        }
         // Every sample line follows its metric's TYPE line.
         let mut current = String::new();
         for line in t.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
                 current = rest.split(' ').next().unwrap().to_string();
             } else if !line.starts_with('#') {
-                assert!(
-                    line.starts_with(&format!("{current}{{")),
-                    "{line} under {current}"
-                );
+                let name = line.split('{').next().unwrap();
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|b| *b == current))
+                    .unwrap_or(name);
+                assert_eq!(base, current, "{line} under {current}");
             }
         }
     }

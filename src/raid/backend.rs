@@ -42,6 +42,51 @@ pub struct BackendSpec {
     pub reopen: Option<Reopen>,
 }
 
+/// Upper bounds (seconds) of the call-latency histogram's buckets.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// A latency histogram updated without locks (Prometheus buckets).
+#[derive(Default)]
+pub(crate) struct Histogram {
+    /// Per bucket (not cumulative), the last one for +Inf.
+    counts: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub(crate) fn observe(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let at = LATENCY_BUCKETS
+            .iter()
+            .position(|le| secs <= *le)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.counts[at].fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// `{le: [...], counts: [cumulative..., +Inf], sum, count}`.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        let mut total = 0;
+        let cumulative: Vec<u64> = self
+            .counts
+            .iter()
+            .map(|c| {
+                total += c.load(Ordering::Relaxed);
+                total
+            })
+            .collect();
+        serde_json::json!({
+            "le": LATENCY_BUCKETS,
+            "counts": cumulative,
+            "sum": self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+            "count": total,
+        })
+    }
+}
+
 /// Auto-recovery's memory of one backend.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Attempts {
@@ -70,6 +115,8 @@ pub(crate) struct Backend {
     pub(crate) state: RwLock<BackendState>,
     /// Moving average of call latency, microseconds (f64 bits).
     pub(crate) latency_us: AtomicU64,
+    /// Every call's latency, for the metrics' histogram.
+    pub(crate) calls: Histogram,
     pub(crate) reads: AtomicU64,
     pub(crate) writes: AtomicU64,
     pub(crate) last_tid: AtomicU64,
@@ -92,6 +139,7 @@ impl Backend {
     pub(crate) fn observe(&self, took: Duration) {
         let next = balance::ewma(self.latency(), took.as_secs_f64() * 1e6);
         self.latency_us.store(next.to_bits(), Ordering::Relaxed);
+        self.calls.observe(took);
     }
 
     pub(crate) fn is_optimal(&self) -> bool {

@@ -166,7 +166,7 @@ pub enum StorageKind {
 }
 
 /// What a `[[storage.backend]]` of an array is.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum BackendKind {
     /// A ZEO server: Python runzeo (`msgpack true`) or zeoraid.
@@ -188,7 +188,7 @@ impl BackendKind {
 }
 
 /// One mirror of an array.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct BackendConfig {
     /// Names the backend in logs, status and the state file.

@@ -155,6 +155,7 @@ fn serve(path: PathBuf, listen: Option<String>) -> ExitCode {
     let signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ]) {
         Ok(s) => s,
         Err(e) => {
@@ -182,7 +183,8 @@ fn serve(path: PathBuf, listen: Option<String>) -> ExitCode {
             &a.listen,
             admin_token,
             server.status_source(),
-            storages,
+            storages.clone(),
+            Some(path.clone()),
         ) {
             Ok(admin) => Some(admin),
             Err(e) => {
@@ -199,8 +201,18 @@ fn serve(path: PathBuf, listen: Option<String>) -> ExitCode {
     }
     let _ = out.flush();
     let mut signals = signals;
-    if let Some(sig) = signals.forever().next() {
+    let running: std::collections::HashMap<String, Arc<dyn zeoraid::storage::Storage>> =
+        storages.into_iter().collect();
+    for sig in signals.forever() {
+        if sig == signal_hook::consts::SIGHUP {
+            // SIGHUP: apply the config file to the running arrays.
+            if let Err(e) = zeoraid::admin::reload(Some(&path), &running) {
+                log::error!("reload of {} (SIGHUP): {e}", path.display());
+            }
+            continue;
+        }
         log::info!("received signal {sig}; shutting down");
+        break;
     }
     if let Some(a) = admin {
         a.shutdown();

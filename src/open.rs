@@ -151,8 +151,104 @@ pub fn backend_spec(array: &str, b: &BackendConfig) -> BackendSpec {
     }
 }
 
-/// Open a `kind = "raid"` storage over its backends.
+/// Open a `kind = "raid"` storage over its backends: the config's, minus
+/// those removed at runtime, plus those added at runtime (the state file
+/// remembers both).
 pub fn open_raid(s: &StorageConfig) -> Result<RaidStorage, String> {
-    let specs = s.backend.iter().map(|b| backend_spec(&s.name, b)).collect();
+    let saved = match &s.state_file {
+        Some(p) => crate::raid::statefile::load(p)?.unwrap_or_default(),
+        None => Default::default(),
+    };
+    let backends = crate::raid::members::merge_saved(&s.backend, &saved.added, &saved.removed);
+    for name in &saved.removed {
+        log::warn!(
+            "RAID array {:?}: backend {name:?} is in the config but was removed at runtime \
+             (zeoraid ctl remove); it stays out (take it out of the config, or add it again)",
+            s.name
+        );
+    }
+    for b in saved
+        .added
+        .iter()
+        .filter(|a| !s.backend.iter().any(|c| c.name == a.name))
+    {
+        log::warn!(
+            "RAID array {:?}: backend {:?} was added at runtime (zeoraid ctl add) and is not in \
+             the config; it stays in (add it to the config to make that explicit)",
+            s.name,
+            b.name
+        );
+    }
+    let specs = backends.iter().map(|b| backend_spec(&s.name, b)).collect();
     RaidStorage::open(raid_options(s), specs)
+}
+
+/// Apply a reloaded config to running storages: for each array, add the
+/// backends the file has and the array lacks, remove those it no longer
+/// has, and take its `fanout` and `read-policy`. Storages are matched by
+/// name; adding or removing whole storages needs a restart (said in the
+/// answer). Returns what changed.
+pub fn reload(
+    cfg: &crate::config::Config,
+    running: &[(String, Arc<dyn Storage>)],
+) -> Result<Vec<String>, String> {
+    let mut changes = Vec::new();
+    let mut problems = Vec::new();
+    for (name, storage) in running {
+        let Some(raid) = storage.as_raid() else {
+            continue;
+        };
+        let Some(s) = cfg.storage.iter().find(|s| &s.name == name) else {
+            problems.push(format!(
+                "storage {name:?} is no longer in the config: removing a storage needs a restart"
+            ));
+            continue;
+        };
+        if s.kind != StorageKind::Raid {
+            problems.push(format!(
+                "storage {name:?} is no longer a RAID array in the config: that needs a restart"
+            ));
+            continue;
+        }
+        for c in raid.set_modes(
+            s.fanout.unwrap_or_default(),
+            s.read_policy.unwrap_or_default(),
+        ) {
+            changes.push(format!("storage {name}: {c}"));
+        }
+        let (add, remove) = crate::raid::members::diff(&raid.backend_names(), &s.backend);
+        for b in add {
+            match raid.add_backend(backend_spec(name, &b), b.clone()) {
+                Ok(()) => changes.push(format!("storage {name}: added backend {}", b.name)),
+                Err(e) => problems.push(e),
+            }
+        }
+        for b in remove {
+            match raid.remove_backend(&b) {
+                Ok(()) => changes.push(format!("storage {name}: removed backend {b}")),
+                Err(e) => problems.push(e),
+            }
+        }
+    }
+    for s in &cfg.storage {
+        if !running.iter().any(|(n, _)| n == &s.name) {
+            problems.push(format!(
+                "storage {:?} is new in the config: adding a storage needs a restart",
+                s.name
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(changes)
+    } else {
+        Err(format!(
+            "{}{}",
+            problems.join("; "),
+            if changes.is_empty() {
+                String::new()
+            } else {
+                format!(" (done: {})", changes.join("; "))
+            }
+        ))
+    }
 }

@@ -28,6 +28,9 @@ pub struct CtlArgs {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The array to act on (default: the only one the server has).
+    #[arg(long, global = true)]
+    pub array: Option<String>,
     #[command(subcommand)]
     pub cmd: CtlCommand,
 }
@@ -42,9 +45,6 @@ pub enum CtlCommand {
     /// Recover a backend (degraded, or new and empty).
     Recover {
         backend: String,
-        /// The array (default: the only one).
-        #[arg(long)]
-        storage: Option<String>,
         /// Wait until it is optimal (a progress bar on a terminal).
         #[arg(long)]
         wait: bool,
@@ -54,17 +54,31 @@ pub enum CtlCommand {
         force: bool,
     },
     /// Take a backend out of the array until it is recovered.
-    Disable {
-        backend: String,
-        #[arg(long)]
-        storage: Option<String>,
-    },
+    Disable { backend: String },
     /// Compare a backend's whole history with an optimal backend's.
-    Verify {
+    Verify { backend: String },
+    /// Add a backend to the running array: it joins degraded and is
+    /// recovered. Kept across restarts (the state file remembers it).
+    Add {
         backend: String,
+        /// zeo | file
+        #[arg(long)]
+        kind: String,
+        /// kind zeo: HOST:PORT of the ZEO server.
+        #[arg(long)]
+        address: Option<String>,
+        /// kind zeo: the storage name on that server (default "1").
         #[arg(long)]
         storage: Option<String>,
+        /// kind file: the Data.fs (relative: to the server's config file).
+        #[arg(long)]
+        path: Option<String>,
     },
+    /// Remove a backend from the running array (after the transaction in
+    /// flight); a restart does not bring it back.
+    Remove { backend: String },
+    /// Apply the config file to the running arrays (as SIGHUP does).
+    Reload,
 }
 
 /// An HTTP answer: status code and body.
@@ -219,6 +233,7 @@ fn array_name(t: &Target, storage: &Option<String>) -> Result<String, String> {
 
 /// Run `zeoraid ctl`; returns the exit code.
 pub fn run(args: &CtlArgs) -> u8 {
+    let storage = &args.array;
     let t = match target(args) {
         Ok(t) => t,
         Err(e) => {
@@ -233,7 +248,7 @@ pub fn run(args: &CtlArgs) -> u8 {
             request(&t, "GET", "/details", Duration::from_secs(10)),
             status::details_text,
         ),
-        CtlCommand::Disable { backend, storage } => change(
+        CtlCommand::Disable { backend } => change(
             &t,
             args.json,
             "disable",
@@ -242,7 +257,7 @@ pub fn run(args: &CtlArgs) -> u8 {
             "",
             Duration::from_secs(30),
         ),
-        CtlCommand::Verify { backend, storage } => change(
+        CtlCommand::Verify { backend } => change(
             &t,
             args.json,
             "verify",
@@ -251,9 +266,45 @@ pub fn run(args: &CtlArgs) -> u8 {
             "",
             Duration::from_secs(86_400),
         ),
+        CtlCommand::Remove { backend } => change(
+            &t,
+            args.json,
+            "remove",
+            storage,
+            backend,
+            "",
+            Duration::from_secs(60),
+        ),
+        CtlCommand::Add {
+            backend,
+            kind,
+            address,
+            storage: zeo_storage,
+            path,
+        } => {
+            let mut q = format!("?kind={}", enc(kind));
+            for (k, v) in [
+                ("address", address),
+                ("storage", zeo_storage),
+                ("path", path),
+            ] {
+                if let Some(v) = v {
+                    q += &format!("&{k}={}", enc(v));
+                }
+            }
+            change(
+                &t,
+                args.json,
+                "add",
+                storage,
+                backend,
+                &q,
+                Duration::from_secs(60),
+            )
+        }
+        CtlCommand::Reload => reload_cmd(&t, args.json),
         CtlCommand::Recover {
             backend,
-            storage,
             wait,
             force,
         } => {
@@ -281,6 +332,40 @@ pub fn run(args: &CtlArgs) -> u8 {
                 return code;
             }
             wait_recovered(&t, &storage, backend, before, args.json)
+        }
+    }
+}
+
+fn reload_cmd(t: &Target, json: bool) -> u8 {
+    match request(t, "POST", "/reload", Duration::from_secs(120))
+        .and_then(|r| json_of(&r).map(|v| (r.code, v)))
+    {
+        Ok((200, v)) => {
+            if json {
+                println!("{v}");
+            } else {
+                let changes: Vec<&str> = v["changes"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                if changes.is_empty() {
+                    println!("reloaded: nothing to change");
+                } else {
+                    println!("reloaded: {}", changes.join("; "));
+                }
+            }
+            0
+        }
+        Ok((code, v)) => {
+            eprintln!(
+                "zeoraid ctl reload: {} (HTTP {code})",
+                v["error"].as_str().unwrap_or("?")
+            );
+            2
+        }
+        Err(e) => {
+            eprintln!("zeoraid ctl: {e}");
+            UNKNOWN
         }
     }
 }
@@ -420,6 +505,19 @@ fn backend_doc(t: &Target, storage: &str, backend: &str) -> Result<Value, String
         .as_array()
         .and_then(|bs| bs.iter().find(|b| b["name"] == backend).cloned())
         .ok_or_else(|| format!("storage {storage:?} has no backend {backend:?}"))
+}
+
+/// A query-string value: everything but unreserved characters and `/`,
+/// `:` percent-encoded.
+fn enc(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' | b':' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// A progress bar of `width` for `percent`.

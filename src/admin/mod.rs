@@ -11,6 +11,9 @@
 //! | `POST /recover/STORAGE/BACKEND[?force=true]` | ask for a recovery (202) |
 //! | `POST /verify/STORAGE/BACKEND` | verify now, answer the result |
 //! | `POST /disable/STORAGE/BACKEND` | take a backend out |
+//! | `POST /add/STORAGE/BACKEND?kind=zeo&address=H:P[&storage=S]` or `?kind=file&path=P` | add a backend |
+//! | `POST /remove/STORAGE/BACKEND` | remove a backend |
+//! | `POST /reload` | apply the config file (as SIGHUP does) |
 //!
 //! Reads need no token; with `token-file` configured, every change needs
 //! `Authorization: Bearer TOKEN` (compared in constant time; a refusal is
@@ -33,7 +36,7 @@ use std::time::Duration;
 const WORKERS: usize = 3;
 
 /// What a request asks for.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Route {
     Status,
     Details,
@@ -51,6 +54,59 @@ pub enum Route {
         storage: String,
         backend: String,
     },
+    Add {
+        storage: String,
+        backend: crate::config::BackendConfig,
+    },
+    Remove {
+        storage: String,
+        backend: String,
+    },
+    Reload,
+}
+
+/// The backend an `add` request describes (its query string).
+fn backend_of(name: &str, query: &str) -> Result<crate::config::BackendConfig, (u16, String)> {
+    use crate::config::{BackendConfig, BackendKind};
+    let get = |key: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_string())
+    };
+    let kind = match get("kind").as_deref() {
+        Some("zeo") => BackendKind::Zeo,
+        Some("file") => BackendKind::File,
+        Some("memory") => BackendKind::Memory,
+        other => {
+            return Err((
+                400,
+                format!(
+                    "add needs kind=zeo|file|memory, not {:?}",
+                    other.unwrap_or("")
+                ),
+            ))
+        }
+    };
+    let b = BackendConfig {
+        name: name.to_string(),
+        kind,
+        address: get("address"),
+        storage: get("storage"),
+        path: get("path").map(std::path::PathBuf::from),
+        sync: get("sync").as_deref() != Some("false"),
+        pack_gc: get("pack-gc").as_deref() != Some("false"),
+    };
+    match kind {
+        BackendKind::Zeo if b.address.is_none() => {
+            Err((400, "a zeo backend needs address=HOST:PORT".into()))
+        }
+        BackendKind::File if b.path.is_none() => {
+            Err((400, "a file backend needs path=PATH".into()))
+        }
+        _ => Ok(b),
+    }
 }
 
 impl Route {
@@ -82,6 +138,7 @@ pub fn route(method: &str, url: &str) -> Result<Route, (u16, String)> {
         .split('&')
         .any(|kv| kv == "force" || kv == "force=true" || kv == "force=1");
     match parts.as_slice() {
+        ["reload"] => change(Route::Reload),
         ["status"] => read(Route::Status),
         ["details"] => read(Route::Details),
         ["metrics"] => read(Route::Metrics),
@@ -95,6 +152,14 @@ pub fn route(method: &str, url: &str) -> Result<Route, (u16, String)> {
                 }),
                 "verify" => change(Route::Verify { storage, backend }),
                 "disable" => change(Route::Disable { storage, backend }),
+                "remove" => change(Route::Remove { storage, backend }),
+                "add" => {
+                    let b = backend_of(&backend, query)?;
+                    change(Route::Add {
+                        storage,
+                        backend: b,
+                    })
+                }
                 _ => Err((404, format!("no such request: {path}"))),
             }
         }
@@ -102,7 +167,7 @@ pub fn route(method: &str, url: &str) -> Result<Route, (u16, String)> {
             404,
             format!(
                 "no such request: {path} (GET /status, /details, /metrics; POST \
-                 /recover|verify|disable/STORAGE/BACKEND)"
+                 /recover|verify|disable|add|remove/STORAGE/BACKEND, /reload)"
             ),
         )),
     }
@@ -131,6 +196,9 @@ struct Context {
     status: StatusSource,
     storages: HashMap<String, Arc<dyn Storage>>,
     token: Option<String>,
+    /// The config file the server runs from (reload, and what `details`
+    /// compares the running arrays with).
+    config: Option<std::path::PathBuf>,
 }
 
 impl Admin {
@@ -140,6 +208,7 @@ impl Admin {
         token: Option<String>,
         status: StatusSource,
         storages: Vec<(String, Arc<dyn Storage>)>,
+        config: Option<std::path::PathBuf>,
     ) -> Result<Admin, String> {
         let server = tiny_http::Server::http(listen).map_err(|e| {
             format!("cannot listen on {listen} for the admin interface: {e} (set [admin] listen)")
@@ -153,6 +222,7 @@ impl Admin {
             status,
             storages: storages.into_iter().collect(),
             token,
+            config,
         });
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
@@ -284,7 +354,7 @@ fn answer(ctx: &Context, r: Route) -> tiny_http::Response<std::io::Cursor<Vec<u8
             ),
             Err(e) => error(500, &e),
         },
-        Route::Details => json_response(200, &doc()),
+        Route::Details => json_response(200, &with_config_diff(ctx, doc())),
         Route::Metrics => {
             let mut resp = tiny_http::Response::from_string(status::prometheus(&doc()));
             if let Ok(h) = tiny_http::Header::from_bytes(
@@ -323,6 +393,36 @@ fn answer(ctx: &Context, r: Route) -> tiny_http::Response<std::io::Cursor<Vec<u8
                 Err(e) => error(409, &e),
             }
         }
+        Route::Add { storage, backend } => {
+            let mut backend = backend;
+            if let (Some(p), Some(cfg)) = (&backend.path, &ctx.config) {
+                if p.is_relative() {
+                    let base = cfg.parent().unwrap_or(std::path::Path::new(""));
+                    backend.path = Some(base.join(p));
+                }
+            }
+            let name = backend.name.clone();
+            let spec = crate::open::backend_spec(&storage, &backend);
+            match array(&storage).and_then(|a| a.add_backend(spec, backend)) {
+                Ok(()) => {
+                    json_response(200, &serde_json::json!({"added": name, "storage": storage}))
+                }
+                Err(e) => error(409, &e),
+            }
+        }
+        Route::Remove { storage, backend } => {
+            match array(&storage).and_then(|a| a.remove_backend(&backend)) {
+                Ok(()) => json_response(
+                    200,
+                    &serde_json::json!({"removed": backend, "storage": storage}),
+                ),
+                Err(e) => error(409, &e),
+            }
+        }
+        Route::Reload => match reload(ctx.config.as_deref(), &ctx.storages) {
+            Ok(changes) => json_response(200, &serde_json::json!({ "changes": changes })),
+            Err(e) => error(409, &e),
+        },
         Route::Disable { storage, backend } => {
             match array(&storage).and_then(|a| a.disable(&backend)) {
                 Ok(()) => json_response(
@@ -333,6 +433,64 @@ fn answer(ctx: &Context, r: Route) -> tiny_http::Response<std::io::Cursor<Vec<u8
             }
         }
     }
+}
+
+/// Re-read the config file and apply it to the running storages (see
+/// [`crate::open::reload`]); a file that does not parse or validate
+/// changes nothing.
+pub fn reload(
+    config: Option<&std::path::Path>,
+    storages: &HashMap<String, Arc<dyn Storage>>,
+) -> Result<Vec<String>, String> {
+    let path = config.ok_or("this zeoraid was started without a config file to reload")?;
+    let cfg = crate::config::Config::load(path).map_err(|e| format!("{e}; nothing was changed"))?;
+    let running: Vec<(String, Arc<dyn Storage>)> = storages
+        .iter()
+        .map(|(n, s)| (n.clone(), s.clone()))
+        .collect();
+    let changes = crate::open::reload(&cfg, &running)?;
+    log::info!(
+        "reloaded {}: {}",
+        path.display(),
+        if changes.is_empty() {
+            "nothing to change".to_string()
+        } else {
+            changes.join("; ")
+        }
+    );
+    Ok(changes)
+}
+
+/// The status document with, per array, how the running backends differ
+/// from the config file's (a restart would go by the file and the state
+/// file's additions and removals).
+fn with_config_diff(ctx: &Context, mut doc: serde_json::Value) -> serde_json::Value {
+    let Some(cfg) = ctx
+        .config
+        .as_deref()
+        .and_then(|p| crate::config::Config::load(p).ok())
+    else {
+        return doc;
+    };
+    for (name, storage) in &ctx.storages {
+        let (Some(raid), Some(s)) = (
+            storage.as_raid(),
+            cfg.storage.iter().find(|s| &s.name == name),
+        ) else {
+            continue;
+        };
+        let (add, remove) = crate::raid::members::diff(&raid.backend_names(), &s.backend);
+        if add.is_empty() && remove.is_empty() {
+            continue;
+        }
+        if let Some(r) = doc.get_mut(name).and_then(|d| d.get_mut("raid")) {
+            r["differs-from-config"] = serde_json::json!({
+                "only-running": remove,
+                "only-in-config": add.iter().map(|b| b.name.clone()).collect::<Vec<_>>(),
+            });
+        }
+    }
+    doc
 }
 
 #[cfg(test)]
@@ -374,6 +532,20 @@ mod tests {
                 }),
             ),
             ("POST", "/explode/1/b", Err(404)),
+            ("POST", "/reload", Ok(Route::Reload)),
+            ("GET", "/reload", Err(405)),
+            (
+                "POST",
+                "/remove/1/b",
+                Ok(Route::Remove {
+                    storage: "1".into(),
+                    backend: "b".into(),
+                }),
+            ),
+            ("POST", "/add/1/c?kind=zeo", Err(400)),
+            ("POST", "/add/1/c?kind=file", Err(400)),
+            ("POST", "/add/1/c?kind=tape&path=x", Err(400)),
+            ("POST", "/add/1/c", Err(400)),
             ("POST", "/recover/1", Err(404)),
             ("POST", "/recover//b", Err(404)),
             ("GET", "/", Err(404)),
@@ -383,6 +555,25 @@ mod tests {
             assert_eq!(got, want, "{method} {url}");
         }
         assert!(!Route::Status.changes() && rec(false).changes());
+        match route("POST", "/add/1/c?kind=zeo&address=127.0.0.1:9&storage=2") {
+            Ok(Route::Add { storage, backend }) => {
+                assert_eq!(storage, "1");
+                assert_eq!(backend.name, "c");
+                assert_eq!(backend.address.as_deref(), Some("127.0.0.1:9"));
+                assert_eq!(backend.storage.as_deref(), Some("2"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match route("POST", "/add/1/d?kind=file&path=d/Data.fs&sync=false") {
+            Ok(Route::Add { backend, .. }) => {
+                assert_eq!(
+                    backend.path.as_deref(),
+                    Some(std::path::Path::new("d/Data.fs"))
+                );
+                assert!(!backend.sync);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

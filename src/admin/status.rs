@@ -137,6 +137,22 @@ pub fn details_text(doc: &Value) -> String {
             text(&r["auto-recover"]),
             text(&r["recovery-ratio"])
         );
+        if let Some(d) = r.get("differs-from-config") {
+            let list = |v: &Value| {
+                v.as_array()
+                    .map(|a| a.iter().map(text).collect::<Vec<_>>().join(", "))
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "none".into())
+            };
+            let _ = writeln!(
+                out,
+                "  differs from the config file: running but not in it: {}; in it but not \
+                 running: {} (a restart keeps runtime changes; `zeoraid ctl reload` makes the \
+                 array match the file)",
+                list(&d["only-running"]),
+                list(&d["only-in-config"])
+            );
+        }
         if let Some(t) = r.get("throttle").filter(|t| !t.is_null()) {
             let _ = writeln!(
                 out,

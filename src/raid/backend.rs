@@ -42,6 +42,76 @@ pub struct BackendSpec {
     pub reopen: Option<Reopen>,
 }
 
+/// The array's backends: append-only, so a backend's position never
+/// changes while the array runs (positions are held across calls: the
+/// transaction between vote and finish, a recovery's target). A removed
+/// backend stays in its slot, marked removed. Capacity is fixed at open.
+pub(crate) struct Backends {
+    slots: Vec<std::sync::OnceLock<Backend>>,
+    len: std::sync::atomic::AtomicUsize,
+    adding: Mutex<()>,
+}
+
+impl Backends {
+    /// Room for `capacity` backends, holding `first`.
+    pub(crate) fn new(first: Vec<Backend>, capacity: usize) -> Backends {
+        let capacity = capacity.max(first.len());
+        let slots: Vec<std::sync::OnceLock<Backend>> =
+            (0..capacity).map(|_| std::sync::OnceLock::new()).collect();
+        let len = first.len();
+        for (slot, b) in slots.iter().zip(first) {
+            let _ = slot.set(b);
+        }
+        Backends {
+            slots,
+            len: std::sync::atomic::AtomicUsize::new(len),
+            adding: Mutex::new(()),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Backend> {
+        self.slots[..self.len()].iter().filter_map(|s| s.get())
+    }
+
+    /// Append `b`; its position, or `None` when the array is full.
+    pub(crate) fn push(&self, b: Backend) -> Option<usize> {
+        let _g = lock(&self.adding);
+        let i = self.len();
+        self.slots.get(i)?.set(b).ok()?;
+        self.len.store(i + 1, Ordering::Release);
+        Some(i)
+    }
+}
+
+impl std::ops::Index<usize> for Backends {
+    type Output = Backend;
+
+    /// Positions come from this array (below `len`, set before `len` grew).
+    fn index(&self, i: usize) -> &Backend {
+        match self.slots.get(i).and_then(|s| s.get()) {
+            Some(b) => b,
+            None => panic!("no backend at position {i} (a zeoraid bug)"),
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Backends {
+    type Item = &'a Backend;
+    type IntoIter = Box<dyn Iterator<Item = &'a Backend> + 'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        Box::new(self.iter())
+    }
+}
+
 /// Upper bounds (seconds) of the call-latency histogram's buckets.
 pub const LATENCY_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
@@ -128,10 +198,55 @@ pub(crate) struct Backend {
     pub(crate) place: String,
     /// The last verify's result, for status documents.
     pub(crate) verified: Mutex<Option<serde_json::Value>>,
+    pub(crate) removed: AtomicBool,
+    /// Added at runtime (not from the config the array was opened with).
+    pub(crate) added: bool,
     pub(crate) attempts: Mutex<Attempts>,
 }
 
 impl Backend {
+    /// A backend from its spec, its storage (if open) and its first state.
+    pub(crate) fn new(
+        spec: BackendSpec,
+        storage: Option<Arc<dyn Storage>>,
+        state: BackendState,
+        added: bool,
+    ) -> Backend {
+        let local = !matches!(spec.source, BackendSource::Zeo(_));
+        let zeo = match &spec.source {
+            BackendSource::Zeo(c) => Some(c.clone()),
+            _ => None,
+        };
+        // A file storage is named by its path.
+        let place = match &spec.source {
+            BackendSource::Zeo(c) => c.addr.clone(),
+            BackendSource::Local(s) => s.name(),
+            BackendSource::Unavailable(_) => "-".into(),
+        };
+        Backend {
+            name: spec.name,
+            kind: spec.kind,
+            opened: AtomicBool::new(storage.is_some()),
+            storage: RwLock::new(storage),
+            zeo,
+            reopen: spec.reopen,
+            local,
+            state: RwLock::new(state),
+            latency_us: AtomicU64::new(0f64.to_bits()),
+            calls: Histogram::default(),
+            reads: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            last_tid: AtomicU64::new(0),
+            recovery: Mutex::new(None),
+            attempts: Mutex::new(Attempts::default()),
+            errors: AtomicU64::new(0),
+            place,
+            verified: Mutex::new(None),
+            removed: AtomicBool::new(false),
+            added,
+        }
+    }
+
     pub(crate) fn latency(&self) -> f64 {
         f64::from_bits(self.latency_us.load(Ordering::Relaxed))
     }
@@ -143,7 +258,12 @@ impl Backend {
     }
 
     pub(crate) fn is_optimal(&self) -> bool {
-        self.is_open() && read(&self.state).is_optimal()
+        self.is_open() && !self.is_removed() && read(&self.state).is_optimal()
+    }
+
+    /// Taken out of the array at runtime (its slot stays).
+    pub(crate) fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
     }
 
     pub(crate) fn is_open(&self) -> bool {

@@ -26,6 +26,22 @@ pub enum ReadPolicy {
 }
 
 impl ReadPolicy {
+    const ALL: [ReadPolicy; 4] = [
+        ReadPolicy::RoundRobin,
+        ReadPolicy::Random,
+        ReadPolicy::LeastLatency,
+        ReadPolicy::Primary,
+    ];
+
+    /// A small number for an atomic (a reload changes the policy live).
+    pub fn code(self) -> u8 {
+        ReadPolicy::ALL.iter().position(|p| *p == self).unwrap_or(0) as u8
+    }
+
+    pub fn from_code(c: u8) -> ReadPolicy {
+        ReadPolicy::ALL.get(c as usize).copied().unwrap_or_default()
+    }
+
     /// The config spelling.
     pub fn label(self) -> &'static str {
         match self {

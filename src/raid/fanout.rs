@@ -107,18 +107,19 @@ pub fn plan(mode: Mode, offload: &[bool]) -> (Vec<usize>, Vec<usize>) {
 
 /// The array's fan-out machinery: the mode and, for `parallel`, the pool.
 pub struct Fanout {
-    mode: Mode,
+    /// 0 parallel, 1 sequential: changed live by a config reload.
+    mode: std::sync::atomic::AtomicU8,
     pool: Option<rayon::ThreadPool>,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl Fanout {
-    /// `name` names the threads; `backends` sizes the pool.
+    /// `name` names the threads; `backends` sizes the pool. The pool
+    /// exists in both modes, so a reload can switch between them.
     pub fn new(mode: Mode, name: &str, backends: usize) -> std::io::Result<Fanout> {
         let threads: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let pool = match mode {
-            Mode::Sequential => None,
-            Mode::Parallel => {
+        let pool = {
+            {
                 let handles = threads.clone();
                 let name = name.to_string();
                 let pool = rayon::ThreadPoolBuilder::new()
@@ -136,14 +137,30 @@ impl Fanout {
             }
         };
         Ok(Fanout {
-            mode,
+            mode: std::sync::atomic::AtomicU8::new(Self::code(mode)),
             pool,
             threads,
         })
     }
 
+    fn code(mode: Mode) -> u8 {
+        match mode {
+            Mode::Parallel => 0,
+            Mode::Sequential => 1,
+        }
+    }
+
     pub fn mode(&self) -> Mode {
+        match self.mode.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => Mode::Parallel,
+            _ => Mode::Sequential,
+        }
+    }
+
+    /// Switch between parallel and sequential (a config reload).
+    pub fn set_mode(&self, mode: Mode) {
         self.mode
+            .store(Self::code(mode), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Call `f` on each of `backends`; one outcome per backend, in order.
@@ -161,7 +178,7 @@ impl Fanout {
         let deadline = Instant::now() + timeout;
         let flags: Vec<bool> = backends.iter().map(&offload).collect();
         let (inline, pooled) = match &self.pool {
-            Some(_) => plan(self.mode, &flags),
+            Some(_) => plan(self.mode(), &flags),
             // Sequential: everything on the caller.
             None => plan(Mode::Sequential, &flags),
         };

@@ -54,6 +54,7 @@
 
 pub mod balance;
 pub mod fanout;
+pub mod members;
 pub mod recovery;
 pub mod state;
 pub mod statefile;
@@ -67,7 +68,7 @@ use fanout::{Mode, Outcome};
 use state::{BackendState, FailMode};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 /// The array's settings (the `kind = "raid"` storage section).
@@ -162,6 +163,9 @@ fn open_sources(specs: &[BackendSpec], weak: &Weak<Core>, opts: &RaidOptions) ->
     })
 }
 
+/// Room for backends added while the array runs (`zeoraid ctl add`).
+pub const EXTRA_BACKENDS: usize = 8;
+
 /// The transaction between vote and finish.
 #[derive(Default)]
 struct Pending {
@@ -170,9 +174,9 @@ struct Pending {
     prepared: Vec<usize>,
 }
 
-struct Core {
+pub(crate) struct Core {
     opts: RaidOptions,
-    backends: Vec<Backend>,
+    backends: backend::Backends,
     fanout: fanout::Fanout,
     pending: Mutex<Pending>,
     /// Last tid logged (voted and finished, perhaps not yet durable).
@@ -198,6 +202,10 @@ struct Core {
     busy: Mutex<Option<String>>,
     /// Recoveries an operator asked for, served by the supervisor.
     requests: Mutex<std::collections::VecDeque<(usize, bool)>>,
+    /// `read-policy` (a reload may change it).
+    read_policy: std::sync::atomic::AtomicU8,
+    /// Backends added and removed at runtime (the state file keeps them).
+    members: Mutex<(Vec<crate::config::BackendConfig>, Vec<String>)>,
     /// Set when the array closes: recoveries stop, the supervisor ends.
     closing: std::sync::atomic::AtomicBool,
     closing_cv: (Mutex<()>, Condvar),
@@ -257,17 +265,7 @@ impl RaidStorage {
                 .into_iter()
                 .zip(opened)
                 .map(|(spec, (storage, problem))| {
-                    let local = !matches!(spec.source, BackendSource::Zeo(_));
-                    let zeo = match &spec.source {
-                        BackendSource::Zeo(c) => Some(c.clone()),
-                        _ => None,
-                    };
-                    // A file storage is named by its path.
-                    let place = match &spec.source {
-                        BackendSource::Zeo(c) => c.addr.clone(),
-                        BackendSource::Local(s) => s.name(),
-                        BackendSource::Unavailable(_) => "-".into(),
-                    };
+                    let added = saved.added.iter().any(|a| a.name == spec.name);
                     let state = match (problem, saved.degraded.get(&spec.name)) {
                         (Some(p), _) => BackendState::Degraded(p),
                         (None, Some(why)) => {
@@ -275,34 +273,16 @@ impl RaidStorage {
                         }
                         (None, None) => BackendState::Optimal,
                     };
-                    Backend {
-                        name: spec.name,
-                        kind: spec.kind,
-                        opened: std::sync::atomic::AtomicBool::new(storage.is_some()),
-                        storage: RwLock::new(storage),
-                        zeo,
-                        reopen: spec.reopen,
-                        local,
-                        state: RwLock::new(state),
-                        latency_us: AtomicU64::new(0f64.to_bits()),
-                        calls: Default::default(),
-                        reads: AtomicU64::new(0),
-                        writes: AtomicU64::new(0),
-                        last_tid: AtomicU64::new(0),
-                        recovery: Mutex::new(None),
-                        attempts: Mutex::new(Default::default()),
-                        errors: AtomicU64::new(0),
-                        place,
-                        verified: Mutex::new(None),
-                    }
+                    Backend::new(spec, storage, state, added)
                 })
                 .collect::<Vec<_>>();
             let group = backends
                 .iter()
                 .all(|b| read(&b.storage).as_ref().is_some_and(|s| s.group_commit()));
+            let capacity = backends.len() + EXTRA_BACKENDS;
             Core {
                 opts: opts.clone(),
-                backends,
+                backends: backend::Backends::new(backends, capacity),
                 fanout,
                 pending: Mutex::new(Pending::default()),
                 last_logged: Mutex::new(Tid::ZERO),
@@ -318,6 +298,8 @@ impl RaidStorage {
                 credit_cv: Condvar::new(),
                 busy: Mutex::new(None),
                 requests: Mutex::new(Default::default()),
+                members: Mutex::new((saved.added.clone(), saved.removed.clone())),
+                read_policy: std::sync::atomic::AtomicU8::new(opts.read_policy.code()),
                 closing: std::sync::atomic::AtomicBool::new(false),
                 closing_cv: (Mutex::new(()), Condvar::new()),
             }
@@ -335,7 +317,7 @@ impl RaidStorage {
         // Backends that start degraded (unreachable, behind, named by the
         // file) are on disk before anything is served: after a crash a
         // backend that missed this run's commits is never trusted alone.
-        if core.optimal().len() < core.backends.len() {
+        if core.optimal().len() < core.total() {
             let _g = lock(&core.states);
             core.persist().map_err(|e| {
                 format!("{e} (the array must remember its degraded backends before it serves)")
@@ -356,6 +338,15 @@ impl RaidStorage {
 }
 
 impl Core {
+    fn read_policy(&self) -> ReadPolicy {
+        ReadPolicy::from_code(self.read_policy.load(Ordering::Relaxed))
+    }
+
+    /// How many backends the array has (not counting removed ones).
+    fn total(&self) -> usize {
+        self.backends.iter().filter(|b| !b.is_removed()).count()
+    }
+
     fn optimal(&self) -> Vec<usize> {
         (0..self.backends.len())
             .filter(|&i| self.backends[i].is_optimal())
@@ -379,7 +370,7 @@ impl Core {
             "RAID array {:?}: backend {:?} degraded: {why}; {left} of {} backends optimal, array {}",
             self.opts.name,
             b.name,
-            self.backends.len(),
+            self.total(),
             self.array_state()
         );
         if left < self.opts.min_optimal.max(1) {
@@ -411,7 +402,12 @@ impl Core {
             return Ok(());
         };
         let mut saved = statefile::Saved::default();
-        for b in &self.backends {
+        {
+            let m = lock(&self.members);
+            saved.added = m.0.clone();
+            saved.removed = m.1.clone();
+        }
+        for b in self.backends.iter().filter(|b| !b.is_removed()) {
             match &*read(&b.state) {
                 BackendState::Optimal => {}
                 BackendState::Degraded(why) => {
@@ -434,12 +430,7 @@ impl Core {
             .iter()
             .filter(|b| matches!(*read(&b.state), BackendState::Recovering(_)))
             .count();
-        state::array_state_of(
-            optimal,
-            recovering,
-            self.backends.len(),
-            self.opts.min_optimal,
-        )
+        state::array_state_of(optimal, recovering, self.total(), self.opts.min_optimal)
     }
 
     /// Compare last tids, pick the oid counter, report.
@@ -487,9 +478,9 @@ impl Core {
             self.opts.name,
             self.array_state(),
             self.optimal().len(),
-            self.backends.len(),
-            self.opts.fanout.label(),
-            self.opts.read_policy.label()
+            self.total(),
+            self.fanout.mode().label(),
+            self.read_policy().label()
         );
     }
 
@@ -527,12 +518,13 @@ impl Core {
             .map(|&i| self.backends[i].latency())
             .collect();
         let counter = self.reads.fetch_add(1, Ordering::Relaxed);
-        let random = if self.opts.read_policy == ReadPolicy::Random {
+        let policy = self.read_policy();
+        let random = if policy == ReadPolicy::Random {
             rand::random::<f64>()
         } else {
             0.0
         };
-        balance::pick(self.opts.read_policy, &latencies, counter, random).map(|p| candidates[p])
+        balance::pick(policy, &latencies, counter, random).map(|p| candidates[p])
     }
 
     /// [`Core::pick_reader`] over every optimal backend, without allocating
@@ -551,12 +543,13 @@ impl Core {
             }
         }
         let counter = self.reads.fetch_add(1, Ordering::Relaxed);
-        let random = if self.opts.read_policy == ReadPolicy::Random {
+        let policy = self.read_policy();
+        let random = if policy == ReadPolicy::Random {
             rand::random::<f64>()
         } else {
             0.0
         };
-        balance::pick(self.opts.read_policy, &latency[..n], counter, random).map(|p| at[p])
+        balance::pick(policy, &latency[..n], counter, random).map(|p| at[p])
     }
 
     /// A read on one optimal backend chosen by the read policy; a failed
@@ -679,6 +672,7 @@ impl Core {
         let backends: Vec<serde_json::Value> = self
             .backends
             .iter()
+            .filter(|b| !b.is_removed())
             .map(|b| {
                 let st = read(&b.state).clone();
                 let st = if !b.is_open() && st.is_optimal() {
@@ -697,6 +691,7 @@ impl Core {
                     "writes": b.writes.load(Ordering::Relaxed),
                     "recovery": lock(&b.recovery).as_ref().map(|r| r.status()),
                     "where": b.place,
+                    "added-at-runtime": b.added,
                     "latency-histogram": b.calls.to_json(),
                     "errors": b.errors.load(Ordering::Relaxed),
                     "disabled": lock(&b.attempts).disabled,
@@ -710,7 +705,8 @@ impl Core {
             "state": self.array_state().to_string(),
             "optimal": self.optimal().len(),
             "min-optimal": self.opts.min_optimal,
-            "fanout": self.opts.fanout.label(),
+            "fanout": self.fanout.mode().label(),
+            "read-policy": self.read_policy().label(),
             "auto-recover": self.opts.auto_recover,
             "recovery-ratio": self.opts.recovery_ratio,
             "throttle": lock(&self.credit).as_ref().map(|c| serde_json::json!({

@@ -314,13 +314,14 @@ impl RaidStorage {
         let core = &self.core;
         core.backends
             .iter()
-            .position(|b| b.name == name)
+            .position(|b| b.name == name && !b.is_removed())
             .ok_or_else(|| {
                 format!(
                     "RAID array {:?} has no backend {name:?} (its backends: {})",
                     core.opts.name,
                     core.backends
                         .iter()
+                        .filter(|b| !b.is_removed())
                         .map(|b| b.name.as_str())
                         .collect::<Vec<_>>()
                         .join(", ")
@@ -405,8 +406,9 @@ fn supervise(weak: Weak<Core>) {
             .map(|b| {
                 let a = lock(&b.attempts).clone();
                 plan::Candidate {
-                    degraded: matches!(*read(&b.state), BackendState::Degraded(_))
-                        || (!b.is_open() && read(&b.state).is_optimal()),
+                    degraded: !b.is_removed()
+                        && (matches!(*read(&b.state), BackendState::Degraded(_))
+                            || (!b.is_open() && read(&b.state).is_optimal())),
                     diverged: a.diverged || a.disabled,
                     since_attempt: a.last.map(|t| t.elapsed().as_secs_f64()),
                     failures: a.failures,

@@ -13,11 +13,19 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// What the file holds: backend name → reason it is degraded.
+/// What the file holds: backend name → reason it is degraded, and the
+/// backends added and removed while the array ran (so a restart neither
+/// drops the first nor brings back the second).
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Saved {
     /// Backends that are not optimal, with why.
     pub degraded: BTreeMap<String, String>,
+    /// Backends added at runtime (`zeoraid ctl add`), as configured.
+    #[serde(default)]
+    pub added: Vec<crate::config::BackendConfig>,
+    /// Backends of the config file removed at runtime (`zeoraid ctl remove`).
+    #[serde(default)]
+    pub removed: Vec<String>,
 }
 
 /// Read the state file; `Ok(None)` when it does not exist.

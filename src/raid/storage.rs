@@ -302,7 +302,7 @@ impl Storage for RaidStorage {
 
     fn close(&self) {
         self.stop_supervisor();
-        for b in &self.core.backends {
+        for b in self.core.backends.iter().filter(|b| !b.is_removed()) {
             if let Ok(s) = b.storage() {
                 s.close();
             }

@@ -180,7 +180,7 @@ impl RaidStorage {
         let i = core
             .backends
             .iter()
-            .position(|b| b.name == name)
+            .position(|b| b.name == name && !b.is_removed())
             .ok_or_else(|| format!("RAID array {:?} has no backend {name:?}", core.opts.name))?;
         verify_now(core, i)
     }

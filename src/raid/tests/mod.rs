@@ -627,6 +627,7 @@ fn behind_at_start_and_the_state_file_keep_backends_degraded() {
         &state_file,
         &statefile::Saved {
             degraded: [("b".to_string(), "disagreed (test)".to_string())].into(),
+            ..Default::default()
         },
     )
     .unwrap();

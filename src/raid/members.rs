@@ -1,0 +1,291 @@
+//! Live reconfiguration: backends added and removed while the array runs
+//! (`zeoraid ctl add|remove`, a config reload), and the fan-out mode and
+//! read policy changed by a reload.
+//!
+//! An added backend joins **degraded** ("added at runtime") and is
+//! brought up to date by recovery (auto-recovery picks it up; with
+//! `auto-recover = false` an operator recovers it). A removed backend is
+//! taken out under the array's commit lock — after the transaction in
+//! flight finishes, before the next one votes — and then closed. Neither
+//! is allowed to leave fewer than `min-optimal` optimal backends. The
+//! state file remembers both, so a restart neither drops an added backend
+//! nor brings a removed one back ([`merge_saved`]).
+
+use super::backend::{Backend, BackendSource, BackendSpec};
+use super::balance::ReadPolicy;
+use super::fanout::Mode;
+use super::state::BackendState;
+use super::RaidStorage;
+use crate::config::BackendConfig;
+use crate::locks::{lock, read};
+use crate::zeo::client::Client;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Longest a removal waits for the transaction in flight.
+const REMOVE_WAIT: Duration = Duration::from_secs(30);
+
+/// The backends to open: the config's, minus those removed at runtime,
+/// plus those added at runtime (as the state file remembers them). Pure.
+pub fn merge_saved(
+    configured: &[BackendConfig],
+    added: &[BackendConfig],
+    removed: &[String],
+) -> Vec<BackendConfig> {
+    let mut out: Vec<BackendConfig> = configured
+        .iter()
+        .filter(|b| !removed.contains(&b.name))
+        .cloned()
+        .collect();
+    for a in added {
+        if !out.iter().any(|b| b.name == a.name) {
+            out.push(a.clone());
+        }
+    }
+    out
+}
+
+/// What a reload changes: backends to add (from the file) and to remove
+/// (running, no longer in the file). Pure.
+pub fn diff(running: &[String], configured: &[BackendConfig]) -> (Vec<BackendConfig>, Vec<String>) {
+    let add = configured
+        .iter()
+        .filter(|b| !running.contains(&b.name))
+        .cloned()
+        .collect();
+    let remove = running
+        .iter()
+        .filter(|n| !configured.iter().any(|b| &b.name == *n))
+        .cloned()
+        .collect();
+    (add, remove)
+}
+
+impl RaidStorage {
+    /// The names of the backends in the array now, in order.
+    pub fn backend_names(&self) -> Vec<String> {
+        self.core
+            .backends
+            .iter()
+            .filter(|b| !b.is_removed())
+            .map(|b| b.name.clone())
+            .collect()
+    }
+
+    /// Add a backend while the array runs: it joins degraded and is
+    /// recovered. `config` is what the state file remembers.
+    pub fn add_backend(&self, spec: BackendSpec, config: BackendConfig) -> Result<(), String> {
+        let core = &self.core;
+        if self.backend_names().contains(&spec.name) {
+            return Err(format!(
+                "RAID array {:?} already has a backend {:?}",
+                core.opts.name, spec.name
+            ));
+        }
+        if core.backends.len() >= core.backends.capacity() {
+            return Err(format!(
+                "RAID array {:?} has no room for another backend until it restarts (at most {} \
+                 additions per run)",
+                core.opts.name,
+                super::EXTRA_BACKENDS
+            ));
+        }
+        let i = core.backends.len();
+        let (storage, problem) = match &spec.source {
+            BackendSource::Zeo(copts) => {
+                let mut copts = copts.clone();
+                copts.call_timeout = core.opts.backend_timeout;
+                copts.connect_timeout = copts.connect_timeout.min(core.opts.backend_timeout);
+                let addr = copts.addr.clone();
+                let handler = super::backend::event_handler(Arc::downgrade(core), i);
+                match Client::connect_with_handler(copts, Some(handler)) {
+                    Ok(c) => (Some(Arc::new(c) as Arc<dyn crate::storage::Storage>), None),
+                    Err(e) => (None, Some(format!("cannot connect to {addr}: {e}"))),
+                }
+            }
+            BackendSource::Local(s) => (Some(s.clone()), None),
+            BackendSource::Unavailable(why) => (None, Some(why.clone())),
+        };
+        let why = match problem {
+            Some(p) => format!("added at runtime; {p}"),
+            None => "added at runtime: it is recovered from an optimal backend".to_string(),
+        };
+        let name = spec.name.clone();
+        let b = Backend::new(spec, storage, BackendState::Degraded(why), true);
+        let at = core
+            .backends
+            .push(b)
+            .ok_or_else(|| "no room for another backend".to_string())?;
+        debug_assert_eq!(at, i);
+        {
+            let _g = lock(&core.states);
+            let mut m = lock(&core.members);
+            m.1.retain(|n| n != &name);
+            m.0.retain(|b| b.name != name);
+            m.0.push(config);
+            drop(m);
+            core.save_state();
+        }
+        log::info!(
+            "RAID array {:?}: backend {name:?} added; it is recovered before it serves \
+             ({} backends now)",
+            core.opts.name,
+            core.total()
+        );
+        let _g = lock(&core.closing_cv.0);
+        core.closing_cv.1.notify_all();
+        Ok(())
+    }
+
+    /// Remove a backend while the array runs (after the transaction in
+    /// flight), and close it. Refused when it would leave fewer than
+    /// `min-optimal` optimal backends or while it recovers.
+    pub fn remove_backend(&self, name: &str) -> Result<(), String> {
+        let core = &self.core;
+        let i = core
+            .backends
+            .iter()
+            .position(|b| b.name == name && !b.is_removed())
+            .ok_or_else(|| format!("RAID array {:?} has no backend {name:?}", core.opts.name))?;
+        let b = &core.backends[i];
+        if matches!(*read(&b.state), BackendState::Recovering(_)) {
+            return Err(format!(
+                "backend {name:?} is recovering; remove it when the recovery has ended (or \
+                 disable it first)"
+            ));
+        }
+        if core.total() == 1 {
+            return Err(format!("backend {name:?} is the array's last backend"));
+        }
+        // Under the array's commit lock: no transaction between vote and
+        // finish holds it.
+        let deadline = Instant::now() + REMOVE_WAIT;
+        let mut g = lock(&core.gate);
+        while g.txn || g.recovery {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(format!(
+                    "a transaction held the array's commit lock for more than {} s; try again",
+                    REMOVE_WAIT.as_secs()
+                ));
+            }
+            g = core
+                .gate_cv
+                .wait_timeout(g, (deadline - now).min(Duration::from_millis(100)))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        let left = core.optimal().iter().filter(|&&j| j != i).count();
+        if b.is_optimal() && left < core.opts.min_optimal.max(1) {
+            return Err(format!(
+                "removing backend {name:?} would leave {left} optimal backend(s), fewer than \
+                 min-optimal = {}",
+                core.opts.min_optimal
+            ));
+        }
+        b.removed.store(true, Ordering::Release);
+        drop(g);
+        {
+            let _g = lock(&core.states);
+            let mut m = lock(&core.members);
+            if b.added {
+                m.0.retain(|c| c.name != name);
+            } else if !m.1.iter().any(|n| n == name) {
+                m.1.push(name.to_string());
+            }
+            drop(m);
+            core.save_state();
+        }
+        if let Ok(s) = b.storage() {
+            s.close();
+        }
+        log::info!(
+            "RAID array {:?}: backend {name:?} removed and closed; {} of {} backends optimal, \
+             array {}",
+            core.opts.name,
+            core.optimal().len(),
+            core.total(),
+            core.array_state()
+        );
+        Ok(())
+    }
+
+    /// Change the fan-out mode and the read policy (a reload).
+    pub fn set_modes(&self, fanout: Mode, read_policy: ReadPolicy) -> Vec<String> {
+        let core = &self.core;
+        let mut changed = Vec::new();
+        if core.fanout.mode() != fanout {
+            core.fanout.set_mode(fanout);
+            changed.push(format!("fanout = {}", fanout.label()));
+        }
+        if core.read_policy() != read_policy {
+            core.read_policy
+                .store(read_policy.code(), Ordering::Relaxed);
+            changed.push(format!("read-policy = {}", read_policy.label()));
+        }
+        changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BackendKind;
+
+    fn b(name: &str) -> BackendConfig {
+        BackendConfig {
+            name: name.into(),
+            kind: BackendKind::Memory,
+            address: None,
+            storage: None,
+            path: None,
+            sync: true,
+            pack_gc: true,
+        }
+    }
+
+    fn names(v: &[BackendConfig]) -> Vec<&str> {
+        v.iter().map(|b| b.name.as_str()).collect()
+    }
+
+    #[test]
+    fn merge_saved_table() {
+        // (configured, added at runtime, removed at runtime, want)
+        type Case = (
+            Vec<BackendConfig>,
+            Vec<BackendConfig>,
+            Vec<String>,
+            Vec<&'static str>,
+        );
+        let cases: Vec<Case> = vec![
+            (vec![b("a"), b("b")], vec![], vec![], vec!["a", "b"]),
+            (
+                vec![b("a"), b("b")],
+                vec![b("c")],
+                vec![],
+                vec!["a", "b", "c"],
+            ),
+            (vec![b("a"), b("b")], vec![], vec!["b".into()], vec!["a"]),
+            (vec![b("a"), b("b")], vec![b("b")], vec![], vec!["a", "b"]),
+            (vec![b("a")], vec![b("c")], vec!["a".into()], vec!["c"]),
+        ];
+        for (configured, added, removed, want) in cases {
+            assert_eq!(names(&merge_saved(&configured, &added, &removed)), want);
+        }
+    }
+
+    #[test]
+    fn diff_table() {
+        let run = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (add, remove) = diff(&run(&["a", "b"]), &[b("a"), b("b")]);
+        assert!(add.is_empty() && remove.is_empty());
+        let (add, remove) = diff(&run(&["a", "b"]), &[b("a"), b("c")]);
+        assert_eq!((names(&add), remove), (vec!["c"], vec!["b".to_string()]));
+        let (add, remove) = diff(&run(&["a"]), &[b("a"), b("b"), b("c")]);
+        assert_eq!(
+            (names(&add), remove),
+            (vec!["b", "c"], Vec::<String>::new())
+        );
+    }
+}

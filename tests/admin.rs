@@ -266,3 +266,191 @@ fn ctl_status_is_critical_when_the_array_has_failed() {
     assert_eq!(code, 2, "{out}");
     assert!(out.starts_with("ZEORAID CRITICAL - failed"), "{out}");
 }
+
+/// Names of the array's backends and their states, from `ctl details --json`.
+fn backends(admin: &str) -> Vec<(String, String)> {
+    let (code, out, err) = ctl(&["--admin", admin, "--json", "details"]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("json");
+    doc["1"]["raid"]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["name"].as_str().unwrap().to_string(),
+                b["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn eventually_backends(admin: &str, want: &[(&str, &str)], what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(n, s)| (n.to_string(), s.to_string()))
+        .collect();
+    loop {
+        let got = backends(admin);
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {got:?}, want {want:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn file_array(dir: &Path, admin: SocketAddr, backends: &[&str], extra: &str) -> String {
+    std::fs::write(dir.join("admin.token"), "s3cret\n").unwrap();
+    let mut text = format!(
+        "[admin]\nlisten = \"{admin}\"\ntoken-file = \"admin.token\"\n\
+         [[storage]]\nname = \"1\"\nkind = \"raid\"\n{extra}\n"
+    );
+    for b in backends {
+        text += &format!(
+            "[[storage.backend]]\nname = \"{b}\"\nkind = \"file\"\npath = \"{b}/Data.fs\"\n"
+        );
+    }
+    text
+}
+
+#[test]
+fn backends_added_and_removed_live_through_ctl_reload_and_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin_addr: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
+    let admin = admin_addr.to_string();
+    let raid = common::ZeoraidProcess::start(
+        dir.path(),
+        &file_array(dir.path(), admin_addr, &["a", "b"], ""),
+    );
+    let conf = dir.path().join("zeoraid.toml");
+    let conf = conf.to_str().unwrap().to_string();
+    let c = |args: &[&str]| {
+        let mut all = vec!["--config", conf.as_str()];
+        all.extend_from_slice(args);
+        ctl(&all)
+    };
+    commit_n(raid.addr, 50);
+
+    // ctl add under commit load: the new, empty backend recovers.
+    let addr = raid.addr;
+    let writer = std::thread::spawn(move || commit_n(addr, 300));
+    let (code, out, err) = c(&["add", "c", "--kind", "file", "--path", "c/Data.fs"]);
+    assert_eq!(code, 0, "{out}{err}");
+    writer.join().unwrap();
+    eventually_backends(
+        &admin,
+        &[("a", "optimal"), ("b", "optimal"), ("c", "optimal")],
+        "c added",
+    );
+    let (code, out, _) = c(&["verify", "c"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("identical to a over 350 transactions"),
+        "{out}"
+    );
+    let (_, details, _) = c(&["details"]);
+    assert!(details.contains("running but not in it: c"), "{details}");
+    // Adding it twice, or without the token, is refused.
+    assert_eq!(
+        c(&["add", "c", "--kind", "file", "--path", "c/Data.fs"]).0,
+        2
+    );
+    let (code, _, err) = ctl(&["--admin", &admin, "remove", "c"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("token"), "{err}");
+
+    // A restart keeps the added backend.
+    raid.kill9();
+    let raid = common::ZeoraidProcess::start(dir.path(), &std::fs::read_to_string(&conf).unwrap());
+    eventually_backends(
+        &admin,
+        &[("a", "optimal"), ("b", "optimal"), ("c", "optimal")],
+        "c kept",
+    );
+    // ctl remove; a restart does not bring it back.
+    let (code, out, err) = c(&["remove", "c"]);
+    assert_eq!(code, 0, "{out}{err}");
+    eventually_backends(&admin, &[("a", "optimal"), ("b", "optimal")], "c removed");
+    let (code, out, err) = c(&["remove", "b"]);
+    assert_eq!(code, 0, "{out}{err}");
+    raid.kill9();
+    let raid = common::ZeoraidProcess::start(dir.path(), &std::fs::read_to_string(&conf).unwrap());
+    eventually_backends(&admin, &[("a", "optimal")], "b and c stay out");
+    let (_, details, _) = c(&["details"]);
+    assert!(details.contains("in it but not running: b"), "{details}");
+
+    // reload makes the array match the file: b back (recovered), d new,
+    // and the fan-out switched.
+    std::fs::write(
+        &conf,
+        file_array(
+            dir.path(),
+            admin_addr,
+            &["a", "b", "d"],
+            "fanout = \"sequential\"",
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = c(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("added backend b")
+            && out.contains("added backend d")
+            && out.contains("fanout = sequential"),
+        "{out}"
+    );
+    commit_n(raid.addr, 10);
+    eventually_backends(
+        &admin,
+        &[("a", "optimal"), ("b", "optimal"), ("d", "optimal")],
+        "reloaded",
+    );
+    let (_, details, _) = c(&["details"]);
+    assert!(details.contains("sequential fan-out"), "{details}");
+    // A broken file changes nothing and says why.
+    let good = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(
+        &conf,
+        good.replace(
+            "kind = \"file\"\npath = \"d/Data.fs\"",
+            "kind = \"tape\"\npath = \"d/Data.fs\"",
+        ),
+    )
+    .unwrap();
+    // (ctl cannot read its address from the broken file: say it.)
+    let token = dir.path().join("admin.token");
+    let (code, _, err) = ctl(&[
+        "--admin",
+        &admin,
+        "--token-file",
+        token.to_str().unwrap(),
+        "reload",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("nothing was changed") && err.contains("zeoraid.toml"),
+        "{err}"
+    );
+    eventually_backends(
+        &admin,
+        &[("a", "optimal"), ("b", "optimal"), ("d", "optimal")],
+        "unchanged",
+    );
+    // SIGHUP reloads too: d leaves.
+    std::fs::write(&conf, file_array(dir.path(), admin_addr, &["a", "b"], "")).unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &raid.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    eventually_backends(
+        &admin,
+        &[("a", "optimal"), ("b", "optimal")],
+        "SIGHUP removed d",
+    );
+    drop(raid);
+}

@@ -183,6 +183,9 @@ pub fn details_text(doc: &Value) -> String {
             if let Some(why) = b["reason"].as_str() {
                 let _ = writeln!(out, "      reason: {why}");
             }
+            if let Some(lag) = b["lag-seconds"].as_f64().filter(|l| *l > 0.0) {
+                let _ = writeln!(out, "      behind the array by {lag} s of commits");
+            }
             if let Some(rec) = b.get("recovery").filter(|r| !r.is_null()) {
                 let _ = writeln!(
                     out,
@@ -328,6 +331,15 @@ pub fn prometheus(doc: &Value) -> String {
                         "backend call latency (reads, votes, finishes)",
                         &bl,
                         h,
+                    );
+                }
+                if let Some(lag) = b["lag-seconds"].as_f64() {
+                    m.add(
+                        "zeoraid_backend_lag_seconds",
+                        "gauge",
+                        "commit time between the array's newest transaction and the backend's",
+                        &bl,
+                        lag,
                     );
                 }
                 m.add(

@@ -669,6 +669,7 @@ impl Core {
     }
 
     fn status(&self) -> serde_json::Value {
+        let newest = Tid(self.published.load(Ordering::Acquire));
         let backends: Vec<serde_json::Value> = self
             .backends
             .iter()
@@ -686,6 +687,7 @@ impl Core {
                     "state": st.label(),
                     "reason": st.reason(),
                     "last-transaction": format!("{:016x}", b.last_tid.load(Ordering::Relaxed)),
+                    "lag-seconds": state::lag_seconds(newest, Tid(b.last_tid.load(Ordering::Relaxed))),
                     "latency-ms": (b.latency() / 1000.0 * 1000.0).round() / 1000.0,
                     "reads": b.reads.load(Ordering::Relaxed),
                     "writes": b.writes.load(Ordering::Relaxed),

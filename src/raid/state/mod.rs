@@ -305,6 +305,16 @@ pub fn next_tid(now_unix: f64, last: Tid, backends_last: &[Tid]) -> Tid {
     timestamp::new_tid(now_unix, newest)
 }
 
+/// How far (seconds of commit time) a backend whose last transaction is
+/// `backend` is behind the array's `newest`; `None` when it has none.
+pub fn lag_seconds(newest: Tid, backend: Tid) -> Option<f64> {
+    if backend == Tid::ZERO || newest == Tid::ZERO {
+        return None;
+    }
+    let lag = timestamp::time_time(newest) - timestamp::time_time(backend);
+    Some((lag.max(0.0) * 1000.0).round() / 1000.0)
+}
+
 /// Which backends start degraded: those whose last tid is behind the
 /// newest (they miss transactions). Returns the reason per position.
 pub fn behind_at_start(last_tids: &[Option<Tid>]) -> Vec<Option<String>> {
@@ -446,6 +456,27 @@ mod tests {
         assert_eq!(got.degrade.len(), 1);
         let why = &got.degrade[0].1;
         assert!(why.contains("\"b\"") && why.contains("\"a\""), "{why}");
+    }
+
+    #[test]
+    fn lag_table() {
+        let t = |unix: f64| timestamp::new_tid(unix, Tid::ZERO);
+        let cases = [
+            (t(1_000_100.0), t(1_000_000.0), Some(100.0)),
+            (t(1_000_000.0), t(1_000_000.0), Some(0.0)),
+            // A backend ahead of what is published (finished, not yet visible).
+            (t(1_000_000.0), t(1_000_001.0), Some(0.0)),
+            (t(1_000_000.0), Tid::ZERO, None),
+            (Tid::ZERO, Tid::ZERO, None),
+        ];
+        for (newest, backend, want) in cases {
+            let got = lag_seconds(newest, backend);
+            match (got, want) {
+                (Some(g), Some(w)) => assert!((g - w).abs() < 0.01, "{got:?} {want:?}"),
+                (None, None) => {}
+                _ => panic!("{got:?} {want:?}"),
+            }
+        }
     }
 
     #[test]

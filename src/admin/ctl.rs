@@ -241,6 +241,17 @@ pub fn run(args: &CtlArgs) -> u8 {
             return UNKNOWN;
         }
     };
+    let simple = |action: &str, backend: &str, secs: u64| {
+        change(
+            &t,
+            args.json,
+            action,
+            storage,
+            backend,
+            "",
+            Duration::from_secs(secs),
+        )
+    };
     match &args.cmd {
         CtlCommand::Status => status_cmd(&t, args.json),
         CtlCommand::Details => report(
@@ -248,33 +259,9 @@ pub fn run(args: &CtlArgs) -> u8 {
             request(&t, "GET", "/details", Duration::from_secs(10)),
             status::details_text,
         ),
-        CtlCommand::Disable { backend } => change(
-            &t,
-            args.json,
-            "disable",
-            storage,
-            backend,
-            "",
-            Duration::from_secs(30),
-        ),
-        CtlCommand::Verify { backend } => change(
-            &t,
-            args.json,
-            "verify",
-            storage,
-            backend,
-            "",
-            Duration::from_secs(86_400),
-        ),
-        CtlCommand::Remove { backend } => change(
-            &t,
-            args.json,
-            "remove",
-            storage,
-            backend,
-            "",
-            Duration::from_secs(60),
-        ),
+        CtlCommand::Disable { backend } => simple("disable", backend, 30),
+        CtlCommand::Verify { backend } => simple("verify", backend, 86_400),
+        CtlCommand::Remove { backend } => simple("remove", backend, 60),
         CtlCommand::Add {
             backend,
             kind,

@@ -119,22 +119,20 @@ impl Fanout {
     pub fn new(mode: Mode, name: &str, backends: usize) -> std::io::Result<Fanout> {
         let threads: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let pool = {
-            {
-                let handles = threads.clone();
-                let name = name.to_string();
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(2 * backends.max(1) + 2)
-                    .spawn_handler(move |t| {
-                        let h = std::thread::Builder::new()
-                            .name(format!("zeoraid-fanout-{name}-{}", t.index()))
-                            .spawn(move || t.run())?;
-                        lock(&handles).push(h);
-                        Ok(())
-                    })
-                    .build()
-                    .map_err(|e| std::io::Error::other(e.to_string()))?;
-                Some(pool)
-            }
+            let handles = threads.clone();
+            let name = name.to_string();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(2 * backends.max(1) + 2)
+                .spawn_handler(move |t| {
+                    let h = std::thread::Builder::new()
+                        .name(format!("zeoraid-fanout-{name}-{}", t.index()))
+                        .spawn(move || t.run())?;
+                    lock(&handles).push(h);
+                    Ok(())
+                })
+                .build()
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            Some(pool)
         };
         Ok(Fanout {
             mode: std::sync::atomic::AtomicU8::new(Self::code(mode)),

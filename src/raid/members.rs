@@ -21,7 +21,7 @@ use crate::locks::{lock, read};
 use crate::zeo::client::Client;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Longest a removal waits for the transaction in flight.
 const REMOVE_WAIT: Duration = Duration::from_secs(30);
@@ -143,11 +143,7 @@ impl RaidStorage {
     /// `min-optimal` optimal backends or while it recovers.
     pub fn remove_backend(&self, name: &str) -> Result<(), String> {
         let core = &self.core;
-        let i = core
-            .backends
-            .iter()
-            .position(|b| b.name == name && !b.is_removed())
-            .ok_or_else(|| format!("RAID array {:?} has no backend {name:?}", core.opts.name))?;
+        let i = self.position(name)?;
         let b = &core.backends[i];
         if matches!(*read(&b.state), BackendState::Recovering(_)) {
             return Err(format!(
@@ -160,22 +156,12 @@ impl RaidStorage {
         }
         // Under the array's commit lock: no transaction between vote and
         // finish holds it.
-        let deadline = Instant::now() + REMOVE_WAIT;
-        let mut g = lock(&core.gate);
-        while g.txn || g.recovery {
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(format!(
-                    "a transaction held the array's commit lock for more than {} s; try again",
-                    REMOVE_WAIT.as_secs()
-                ));
-            }
-            g = core
-                .gate_cv
-                .wait_timeout(g, (deadline - now).min(Duration::from_millis(100)))
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        let Some(g) = core.wait_gate(REMOVE_WAIT) else {
+            return Err(format!(
+                "a transaction held the array's commit lock for more than {} s; try again",
+                REMOVE_WAIT.as_secs()
+            ));
+        };
         let left = core.optimal().iter().filter(|&&j| j != i).count();
         if b.is_optimal() && left < core.opts.min_optimal.max(1) {
             return Err(format!(

@@ -338,6 +338,26 @@ impl RaidStorage {
 }
 
 impl Core {
+    /// The array's commit lock once no transaction is between vote and
+    /// finish and no recovery finishes, waiting at most `within` (or until
+    /// the array closes); `None` when that did not happen.
+    fn wait_gate(&self, within: Duration) -> Option<std::sync::MutexGuard<'_, Gate>> {
+        let deadline = Instant::now() + within;
+        let mut g = lock(&self.gate);
+        while g.txn || g.recovery {
+            let now = Instant::now();
+            if now >= deadline || self.closing.load(Ordering::Acquire) {
+                return None;
+            }
+            g = self
+                .gate_cv
+                .wait_timeout(g, (deadline - now).min(Duration::from_millis(100)))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Some(g)
+    }
+
     fn read_policy(&self) -> ReadPolicy {
         ReadPolicy::from_code(self.read_policy.load(Ordering::Relaxed))
     }

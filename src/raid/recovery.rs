@@ -310,7 +310,7 @@ impl RaidStorage {
         Ok(())
     }
 
-    fn position(&self, name: &str) -> Result<usize, String> {
+    pub(super) fn position(&self, name: &str) -> Result<usize, String> {
         let core = &self.core;
         core.backends
             .iter()
@@ -588,24 +588,14 @@ fn attempt(core: &Arc<Core>, i: usize, force: bool, was: &str) -> Result<Report,
     if let Some(r) = lock(&b.recovery).as_mut() {
         r.phase = "finishing";
     }
-    let deadline = Instant::now() + GATE_WAIT;
-    let mut g = lock(&core.gate);
-    while g.txn || g.recovery {
-        let now = Instant::now();
-        if now >= deadline || core.closing() {
-            return Err(format!(
-                "a transaction held the array's commit lock for more than {} s; the copy is \
-                 done up to {}, the next attempt finishes it",
-                GATE_WAIT.as_secs(),
-                copier.after.map(|t| t.to_string()).unwrap_or_default()
-            ));
-        }
-        g = core
-            .gate_cv
-            .wait_timeout(g, (deadline - now).min(Duration::from_millis(100)))
-            .unwrap_or_else(|p| p.into_inner())
-            .0;
-    }
+    let Some(mut g) = core.wait_gate(GATE_WAIT) else {
+        return Err(format!(
+            "a transaction held the array's commit lock for more than {} s; the copy is done \
+             up to {}, the next attempt finishes it",
+            GATE_WAIT.as_secs(),
+            copier.after.map(|t| t.to_string()).unwrap_or_default()
+        ));
+    };
     g.recovery = true;
     drop(g);
     let finished = copier.finish_under_gate();

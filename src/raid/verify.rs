@@ -176,13 +176,8 @@ impl RaidStorage {
     /// Compare backend `name`'s history with an optimal backend's (see
     /// the module doc). A difference degrades `name` with its reason.
     pub fn verify(&self, name: &str) -> Result<Report, String> {
-        let core = &self.core;
-        let i = core
-            .backends
-            .iter()
-            .position(|b| b.name == name && !b.is_removed())
-            .ok_or_else(|| format!("RAID array {:?} has no backend {name:?}", core.opts.name))?;
-        verify_now(core, i)
+        let i = self.position(name)?;
+        verify_now(&self.core, i)
     }
 }
 

@@ -77,6 +77,7 @@ impl RaidStorage {
     /// recovered. `config` is what the state file remembers.
     pub fn add_backend(&self, spec: BackendSpec, config: BackendConfig) -> Result<(), String> {
         let core = &self.core;
+        let _one_at_a_time = lock(&core.reconfig);
         if self.backend_names().contains(&spec.name) {
             return Err(format!(
                 "RAID array {:?} already has a backend {:?}",
@@ -143,6 +144,7 @@ impl RaidStorage {
     /// `min-optimal` optimal backends or while it recovers.
     pub fn remove_backend(&self, name: &str) -> Result<(), String> {
         let core = &self.core;
+        let _one_at_a_time = lock(&core.reconfig);
         let i = self.position(name)?;
         let b = &core.backends[i];
         if matches!(*read(&b.state), BackendState::Recovering(_)) {

@@ -202,6 +202,9 @@ pub(crate) struct Core {
     busy: Mutex<Option<String>>,
     /// Recoveries an operator asked for, served by the supervisor.
     requests: Mutex<std::collections::VecDeque<(usize, bool)>>,
+    /// Serialises additions and removals (an added ZEO backend's event
+    /// handler is bound to the position it will get).
+    reconfig: Mutex<()>,
     /// `read-policy` (a reload may change it).
     read_policy: std::sync::atomic::AtomicU8,
     /// Backends added and removed at runtime (the state file keeps them).
@@ -300,6 +303,7 @@ impl RaidStorage {
                 requests: Mutex::new(Default::default()),
                 members: Mutex::new((saved.added.clone(), saved.removed.clone())),
                 read_policy: std::sync::atomic::AtomicU8::new(opts.read_policy.code()),
+                reconfig: Mutex::new(()),
                 closing: std::sync::atomic::AtomicBool::new(false),
                 closing_cv: (Mutex::new(()), Condvar::new()),
             }

@@ -455,6 +455,9 @@ fn wait_tick(core: &Core) {
 /// Recover backend `i` on this thread.
 fn recover_now(core: &Arc<Core>, i: usize, force: bool) -> Result<Report, String> {
     let b = &core.backends[i];
+    if b.is_removed() {
+        return Err(format!("backend {:?} was removed", b.name));
+    }
     let _busy = core.claim(format!("backend {:?} is recovering", b.name))?;
     let was = match &*read(&b.state) {
         BackendState::Optimal if b.is_open() => {

@@ -105,7 +105,12 @@ fn the_example_configs_are_valid_and_the_default_serves_a_mirrored_array() {
     // Data.fs mirrors under ../data, both written by one commit.
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir_all(dir.path().join("examples")).unwrap();
-    let text = std::fs::read_to_string(examples.join("zeoraid.toml")).unwrap();
+    let text = std::fs::read_to_string(examples.join("zeoraid.toml"))
+        .unwrap()
+        .replace(
+            "127.0.0.1:8101",
+            &format!("127.0.0.1:{}", common::free_port()),
+        );
     let server = common::ZeoraidProcess::start(&dir.path().join("examples"), &text);
     let c = zeoraid::zeo::client::Client::connect(zeoraid::zeo::client::ClientOptions::new(
         server.addr.to_string(),

@@ -226,20 +226,30 @@ class WritersFixture(ServerFixture):
                             f"timed out waiting until {what}")
             time.sleep(0.05)
 
-    def start_writers(self, addr, count):
-        go, stop = _MP.Event(), _MP.Event()
+    # What each writer's keys go into: a PersistentMapping here (small
+    # runs); test_recovery uses an OOBTree, so each transaction stays a
+    # bucket however long the writers run.
+    writer_container = PersistentMapping
+
+    def start_writers(self, addr, count, go=None):
+        """``count`` keyed writers on ``addr``, each with its own container
+        in the root.  With ``go`` (an Event of _MP) they connect and wait
+        until it is set; without, they start at once."""
+        later = go is not None
+        go, stop = go or _MP.Event(), _MP.Event()
         names = [f"w{i}" for i in range(count)]
 
         def create(root):
             for name in names:
-                root[name] = PersistentMapping()
+                root[name] = self.writer_container()
         _write(addr, create)
         for name in names:
             self.workers.start(name, keyed_writer, addr, go, stop)
         self.workers.wait_for("ready", names,
                               time.monotonic() + CONNECT_DEADLINE,
                               "connecting")
-        go.set()
+        if not later:
+            go.set()
         return names, stop
 
     def acked(self):

@@ -242,32 +242,26 @@ class Watch:
 class RecoveryTests(WritersFixture, unittest.TestCase):
 
     log_prefix = "zeoraid-recovery-"
-
-    def start_writers(self, addr, count, go=None):
-        """test_raid's ``start_writers`` with an OOBTree per writer instead
-        of a PersistentMapping: each transaction stays small (a bucket)
-        however long the writers run, so how long a copy takes depends on
-        time, not on the square of the commits.  With ``go`` (an Event of
-        _MP) the writers connect and wait until it is set."""
-        later = go is not None
-        go, stop = go or _MP.Event(), _MP.Event()
-        names = [f"w{i}" for i in range(count)]
-
-        def create(root):
-            for name in names:
-                root[name] = OOBTree()
-        _write(addr, create)
-        for name in names:
-            self.workers.start(name, keyed_writer, addr, go, stop)
-        self.workers.wait_for("ready", names,
-                              time.monotonic() + CONNECT_DEADLINE,
-                              "connecting")
-        if not later:
-            go.set()
-        return names, stop
-
+    writer_container = OOBTree
 
     # -- helpers ---------------------------------------------------------------
+
+    def stop_and_compare_file_with_runzeo(self, server, path, target, acked,
+                                          at_least):
+        """Stop zeoraid (not the runzeo): a clean stop, the file passes
+        fstest, every acknowledged commit is on both, and both histories
+        (more than ``at_least`` transactions) are identical.  Returns the
+        file's history."""
+        server.stop(stop_backends=False)
+        self.assertIsNone(server.graceful_problem())
+        self.assert_fstest(path)
+        self.assert_acked_on(acked, lambda f: read_file(path, f), path)
+        self.assert_acked_on(acked, lambda f: _read(target.addr, f),
+                             f"runzeo {target.addr}")
+        h0, h1 = file_history(path), zeo_history(target.addr)
+        self.assertGreater(len(h0), at_least)
+        self.assert_same_history(h0, h1, "file-0 vs runzeo-1")
+        return h0
 
     def start_array(self, backends):
         return self.start_server([StorageSpec(
@@ -528,15 +522,8 @@ class RecoveryTests(WritersFixture, unittest.TestCase):
             ("file", "runzeo"))
         target = self.backend_server(server, 1)
         path = self.file_path(server, 0)
-        server.stop(stop_backends=False)
-        self.assertIsNone(server.graceful_problem())
-        self.assert_fstest(path)
-        self.assert_acked_on(acked, lambda f: read_file(path, f), path)
-        self.assert_acked_on(acked, lambda f: _read(target.addr, f),
-                             f"runzeo {target.addr}")
-        h0, h1 = file_history(path), zeo_history(target.addr)
-        self.assertGreater(len(h0), len(acked))
-        self.assert_same_history(h0, h1, "file-0 vs runzeo-1")
+        h0 = self.stop_and_compare_file_with_runzeo(
+            server, path, target, acked, len(acked))
         print(f"[{figures}; identical over {len(h0)} transactions]",
               end=" ... ", flush=True)
 
@@ -787,15 +774,8 @@ class RecoveryTests(WritersFixture, unittest.TestCase):
             "the last copy starts after what the interrupted one copied, "
             "not where that one started")
         line = self.recovered_line(server, "runzeo-1")
-        server.stop(stop_backends=False)
-        self.assertIsNone(server.graceful_problem())
-        self.assert_fstest(path)
-        self.assert_acked_on(acked, lambda f: read_file(path, f), path)
-        self.assert_acked_on(acked, lambda f: _read(target.addr, f),
-                             f"runzeo {target.addr}")
-        h0, h1 = file_history(path), zeo_history(target.addr)
-        self.assertGreater(len(h0), MISSED)
-        self.assert_same_history(h0, h1, "file-0 vs runzeo-1")
+        h0 = self.stop_and_compare_file_with_runzeo(
+            server, path, target, acked, MISSED)
         copied, left = first["recovery"]["copied"], first["recovery"]["left"]
         print(f"[{MISSED} missed in {seconds:.1f} s; killed at {copied}+ "
               f"copied (ruok: {left} left); degraded: {reason[:60]}...; "

@@ -91,7 +91,8 @@ pub struct RaidOptions {
 }
 
 impl RaidOptions {
-    /// Options with the defaults of everything but the name.
+    /// Options with the defaults of everything but the name (the config's
+    /// defaults: `backend-timeout` 10 s, `recovery-ratio` 2, ...).
     pub fn new(name: &str) -> RaidOptions {
         RaidOptions {
             name: name.to_string(),
@@ -541,6 +542,12 @@ impl Core {
             .iter()
             .map(|&i| self.backends[i].latency())
             .collect();
+        self.pick_by_policy(&latencies).map(|p| candidates[p])
+    }
+
+    /// Which of the backends with these recent `latencies` the read
+    /// policy gives the next read (its position among them).
+    fn pick_by_policy(&self, latencies: &[f64]) -> Option<usize> {
         let counter = self.reads.fetch_add(1, Ordering::Relaxed);
         let policy = self.read_policy();
         let random = if policy == ReadPolicy::Random {
@@ -548,7 +555,7 @@ impl Core {
         } else {
             0.0
         };
-        balance::pick(policy, &latencies, counter, random).map(|p| candidates[p])
+        balance::pick(policy, latencies, counter, random)
     }
 
     /// [`Core::pick_reader`] over every optimal backend, without allocating
@@ -566,14 +573,7 @@ impl Core {
                 n += 1;
             }
         }
-        let counter = self.reads.fetch_add(1, Ordering::Relaxed);
-        let policy = self.read_policy();
-        let random = if policy == ReadPolicy::Random {
-            rand::random::<f64>()
-        } else {
-            0.0
-        };
-        balance::pick(policy, &latency[..n], counter, random).map(|p| at[p])
+        self.pick_by_policy(&latency[..n]).map(|p| at[p])
     }
 
     /// A read on one optimal backend chosen by the read policy; a failed
@@ -699,6 +699,7 @@ impl Core {
             .iter()
             .filter(|b| !b.is_removed())
             .map(|b| {
+                let attempts = lock(&b.attempts).clone();
                 let st = read(&b.state).clone();
                 let st = if !b.is_open() && st.is_optimal() {
                     BackendState::Degraded("not open".into())
@@ -720,10 +721,10 @@ impl Core {
                     "added-at-runtime": b.added,
                     "latency-histogram": b.calls.to_json(),
                     "errors": b.errors.load(Ordering::Relaxed),
-                    "disabled": lock(&b.attempts).disabled,
+                    "disabled": attempts.disabled,
                     "verify": lock(&b.verified).clone(),
-                    "recovery-failures": lock(&b.attempts).failures,
-                    "last-recovery-error": lock(&b.attempts).error.clone(),
+                    "recovery-failures": attempts.failures,
+                    "last-recovery-error": attempts.error,
                 })
             })
             .collect();

@@ -378,18 +378,7 @@ fn answer(ctx: &Context, r: Route) -> tiny_http::Response<std::io::Cursor<Vec<u8
         },
         Route::Verify { storage, backend } => {
             match array(&storage).and_then(|a| a.verify(&backend)) {
-                Ok(rep) => json_response(
-                    200,
-                    &serde_json::json!({
-                        "backend": rep.backend,
-                        "reference": rep.reference,
-                        "transactions": rep.transactions,
-                        "megabytes": (rep.bytes as f64 / 1e5).round() / 10.0,
-                        "seconds": rep.seconds,
-                        "upto": rep.upto.to_string(),
-                        "difference": rep.difference.as_ref().map(|d| d.to_string()),
-                    }),
-                ),
+                Ok(rep) => json_response(200, &rep.to_json()),
                 Err(e) => error(409, &e),
             }
         }

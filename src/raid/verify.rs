@@ -172,6 +172,21 @@ pub struct Report {
     pub difference: Option<Difference>,
 }
 
+impl Report {
+    /// As status documents and the admin interface show it.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "backend": self.backend,
+            "reference": self.reference,
+            "transactions": self.transactions,
+            "megabytes": (self.bytes as f64 / 1e5).round() / 10.0,
+            "seconds": (self.seconds * 100.0).round() / 100.0,
+            "upto": self.upto.to_string(),
+            "difference": self.difference.as_ref().map(|d| d.to_string()),
+        })
+    }
+}
+
 impl RaidStorage {
     /// Compare backend `name`'s history with an optimal backend's (see
     /// the module doc). A difference degrades `name` with its reason.
@@ -204,14 +219,7 @@ fn verify_now(core: &Arc<Core>, i: usize) -> Result<Report, String> {
         upto,
         difference,
     };
-    *lock(&b.verified) = Some(serde_json::json!({
-        "reference": report.reference,
-        "transactions": report.transactions,
-        "megabytes": (report.bytes as f64 / 1e5).round() / 10.0,
-        "seconds": (report.seconds * 100.0).round() / 100.0,
-        "upto": report.upto.to_string(),
-        "difference": report.difference.as_ref().map(|d| d.to_string()),
-    }));
+    *lock(&b.verified) = Some(report.to_json());
     match &report.difference {
         None => log::info!(
             "RAID array {:?}: backend {:?} verified against {:?}: {} transactions ({:.1} MB) up to \

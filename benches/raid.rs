@@ -51,7 +51,6 @@ use zeoraid::bench::proxy::Proxy;
 use zeoraid::bench::{commit_phase, fill, load_phase, median, PhaseResult};
 use zeoraid::raid::balance::ReadPolicy;
 use zeoraid::raid::fanout::Mode;
-use zeoraid::raid::state::FailMode;
 use zeoraid::raid::{BackendSource, BackendSpec, RaidOptions, RaidStorage};
 use zeoraid::server::Server;
 use zeoraid::storage::file::{FileOptions, FileStorage};
@@ -144,15 +143,10 @@ fn array(mode: Mode, policy: ReadPolicy, sources: Vec<BackendSource>) -> Arc<Rai
         .collect();
     let raid = RaidStorage::open(
         RaidOptions {
-            name: "1".into(),
             fanout: mode,
             read_policy: policy,
-            min_optimal: 1,
-            fail_mode: FailMode::Close,
-            backend_timeout: Duration::from_secs(10),
-            state_file: None,
             auto_recover: false,
-            recovery_ratio: 2.0,
+            ..RaidOptions::new("1")
         },
         specs,
     )

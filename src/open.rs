@@ -12,9 +12,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// `backend-timeout` when the config leaves it out.
-pub const DEFAULT_BACKEND_TIMEOUT: f64 = 10.0;
-
 /// Open one configured storage.
 pub fn open_storage(s: &StorageConfig) -> Result<Arc<dyn Storage>, String> {
     match s.kind {
@@ -57,25 +54,25 @@ fn open_file(
         .map_err(|e| e.to_string())
 }
 
-/// The array's options from its config section.
+/// The array's options from its config section (the defaults are
+/// [`RaidOptions::new`]'s).
 pub fn raid_options(s: &StorageConfig) -> RaidOptions {
+    let d = RaidOptions::new(&s.name);
     RaidOptions {
-        name: s.name.clone(),
-        fanout: s.fanout.unwrap_or_default(),
-        read_policy: s.read_policy.unwrap_or_default(),
-        min_optimal: s.min_optimal.unwrap_or(1),
-        fail_mode: s.fail_mode.unwrap_or_default(),
-        backend_timeout: Duration::from_secs_f64(
-            s.backend_timeout.unwrap_or(DEFAULT_BACKEND_TIMEOUT),
-        ),
+        fanout: s.fanout.unwrap_or(d.fanout),
+        read_policy: s.read_policy.unwrap_or(d.read_policy),
+        min_optimal: s.min_optimal.unwrap_or(d.min_optimal),
+        fail_mode: s.fail_mode.unwrap_or(d.fail_mode),
+        backend_timeout: s
+            .backend_timeout
+            .map(Duration::from_secs_f64)
+            .unwrap_or(d.backend_timeout),
         state_file: s.state_file.clone(),
-        auto_recover: s.auto_recover.unwrap_or(true),
-        recovery_ratio: s.recovery_ratio.unwrap_or(DEFAULT_RECOVERY_RATIO),
+        auto_recover: s.auto_recover.unwrap_or(d.auto_recover),
+        recovery_ratio: s.recovery_ratio.unwrap_or(d.recovery_ratio),
+        ..d
     }
 }
-
-/// `recovery-ratio` when the config leaves it out.
-pub const DEFAULT_RECOVERY_RATIO: f64 = 2.0;
 
 /// Move a file backend's `Data.fs` (and its index, lock and temporary
 /// files) aside as `NAME.diverged-UNIXTIME*`, for a forced rebuild.

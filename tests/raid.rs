@@ -6,7 +6,6 @@ use crossbeam_channel::{unbounded, Receiver};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use zeoraid::raid::fanout::Mode;
 use zeoraid::raid::state::FailMode;
 use zeoraid::raid::{BackendSource, BackendSpec, RaidOptions, RaidStorage};
 use zeoraid::server::{Options, Server};
@@ -38,15 +37,9 @@ fn memory_server() -> Server {
 
 fn opts(name: &str) -> RaidOptions {
     RaidOptions {
-        name: name.into(),
-        fanout: Mode::Parallel,
-        read_policy: zeoraid::raid::balance::ReadPolicy::RoundRobin,
-        min_optimal: 1,
-        fail_mode: FailMode::Close,
         backend_timeout: Duration::from_secs(5),
-        state_file: None,
         auto_recover: false,
-        recovery_ratio: 2.0,
+        ..RaidOptions::new(name)
     }
 }
 

@@ -16,9 +16,7 @@
 
 use super::{commit_phase, plot, CommitPhase, PhaseResult};
 use crate::config::ServerConfig;
-use crate::raid::balance::ReadPolicy;
 use crate::raid::fanout::Mode;
-use crate::raid::state::FailMode;
 use crate::raid::{BackendSource, BackendSpec, RaidOptions, RaidStorage};
 use crate::server::{Options, Server};
 use crate::storage::{Storage, Tid};
@@ -233,15 +231,10 @@ fn measure(mode: Mode, backends: &[BackendAddr], args: &FanoutArgs) -> Result<Co
         .collect();
     let raid = RaidStorage::open(
         RaidOptions {
-            name: "1".into(),
             fanout: mode,
-            read_policy: ReadPolicy::RoundRobin,
-            min_optimal: 1,
-            fail_mode: FailMode::Close,
             backend_timeout: timeout,
-            state_file: None,
             auto_recover: false,
-            recovery_ratio: 2.0,
+            ..RaidOptions::new("1")
         },
         specs,
     )?;

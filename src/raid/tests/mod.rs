@@ -151,16 +151,10 @@ impl Storage for Faulty {
 
 fn opts() -> RaidOptions {
     RaidOptions {
-        name: "1".into(),
-        fanout: Mode::Parallel,
-        read_policy: ReadPolicy::RoundRobin,
-        min_optimal: 1,
-        fail_mode: FailMode::Close,
         backend_timeout: Duration::from_secs(5),
-        state_file: None,
         // The tests here degrade backends on purpose and look at them.
         auto_recover: false,
-        recovery_ratio: 2.0,
+        ..RaidOptions::new("1")
     }
 }
 

@@ -203,21 +203,19 @@ fn start_zeoraid(dir: &Path, kind: Kind, resolver: bool) -> Server {
 /// Stock runzeo with its defaults (server-side conflict resolution).
 fn start_runzeo(dir: &Path, kind: Kind) -> Server {
     let port = free_port();
-    let conf = dir.join("zeo.conf");
-    let mut f = std::fs::File::create(&conf).expect("zeo.conf");
-    writeln!(
-        f,
-        "<zeo>\n  address 127.0.0.1:{port}\n  msgpack true\n</zeo>\n{}\n<eventlog>\n  level ERROR\n  <logfile>\n    path STDERR\n  </logfile>\n</eventlog>",
-        match kind {
-            Kind::Memory => "<mappingstorage 1>\n</mappingstorage>".to_string(),
-            Kind::File => {
-                let data = dir.join("python-data");
-                std::fs::create_dir_all(&data).expect("data dir");
-                format!("<filestorage 1>\n  path {}\n</filestorage>", data.join("Data.fs").display())
-            }
+    let storage = match kind {
+        Kind::Memory => "<mappingstorage 1>\n</mappingstorage>".to_string(),
+        Kind::File => {
+            let data = dir.join("python-data");
+            std::fs::create_dir_all(&data).expect("data dir");
+            format!(
+                "<filestorage 1>\n  path {}\n</filestorage>",
+                data.join("Data.fs").display()
+            )
         }
-    )
-    .expect("write zeo.conf");
+    };
+    // ZEO's defaults otherwise (the server resolves conflicts).
+    let conf = common::write_runzeo_conf(dir, port, &storage, false);
     let (stderr, err) = stderr_file(dir, "runzeo");
     let child = Command::new(python())
         .args(["-m", "ZEO.runzeo", "-C"])

@@ -38,6 +38,29 @@ pub fn wait_port(addr: SocketAddr) {
     }
 }
 
+/// Write `dir/zeo.conf` for a stock runzeo on 127.0.0.1:`port` serving
+/// `storage` (a ZConfig storage section named 1), with `msgpack true`,
+/// errors-only logging to stderr, and `client-conflict-resolution` as
+/// asked (ZEO's default: off). Returns its path.
+pub fn write_runzeo_conf(
+    dir: &Path,
+    port: u16,
+    storage: &str,
+    client_conflict_resolution: bool,
+) -> PathBuf {
+    let conf = dir.join("zeo.conf");
+    let mut f = std::fs::File::create(&conf).expect("zeo.conf");
+    writeln!(
+        f,
+        "<zeo>\n  address 127.0.0.1:{port}\n  msgpack true\n  client-conflict-resolution {}\n</zeo>\n\
+         {storage}\n\
+         <eventlog>\n  level ERROR\n  <logfile>\n    path STDERR\n  </logfile>\n</eventlog>",
+        client_conflict_resolution,
+    )
+    .expect("write zeo.conf");
+    conf
+}
+
 /// A Python `runzeo` child, killed on drop.
 pub struct Runzeo {
     pub child: Child,
@@ -57,17 +80,11 @@ impl Drop for Runzeo {
 pub fn start_runzeo(dir: &Path, client_conflict_resolution: bool) -> Runzeo {
     std::fs::create_dir_all(dir).expect("data dir");
     let port = free_port();
-    let conf = dir.join("zeo.conf");
-    let mut f = std::fs::File::create(&conf).expect("zeo.conf");
-    writeln!(
-        f,
-        "<zeo>\n  address 127.0.0.1:{port}\n  msgpack true\n  client-conflict-resolution {}\n</zeo>\n\
-         <filestorage 1>\n  path {}\n</filestorage>\n\
-         <eventlog>\n  level ERROR\n  <logfile>\n    path STDERR\n  </logfile>\n</eventlog>",
-        client_conflict_resolution,
+    let storage = format!(
+        "<filestorage 1>\n  path {}\n</filestorage>",
         dir.join("Data.fs").display()
-    )
-    .expect("write zeo.conf");
+    );
+    let conf = write_runzeo_conf(dir, port, &storage, client_conflict_resolution);
     let child = Command::new(python())
         .args(["-m", "ZEO.runzeo", "-C"])
         .arg(&conf)

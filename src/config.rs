@@ -5,10 +5,17 @@
 //!
 //! ```toml
 //! [server]
-//! listen = "127.0.0.1:8100"
+//! listen = "127.0.0.1:8100"          # or a Unix socket path: "/run/zeoraid/zeo.sock"
+//! socket-mode = "0660"               # Unix socket only; default: the umask's
 //! workers = 8
 //! max-frame-size = 268435456
 //! invalidation-queue-size = 100
+//!
+//!   [server.tls]                     # optional: TLS on the listener
+//!   certificate = "server.pem"
+//!   key = "server.key"
+//!   client-ca = "clients-ca.pem"     # optional: require client certificates
+//!   handshake-timeout = 10
 //!
 //! [[storage]]
 //! name = "1"
@@ -103,9 +110,16 @@ fn default_resolve_timeout() -> f64 {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ServerConfig {
-    /// Address the ZEO listener binds (port 0 picks a free port).
+    /// Address the ZEO listener binds (port 0 picks a free port), or a Unix
+    /// socket path (contains a `/`; relative: to the config file).
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Unix socket permission bits, octal (`"0660"`); unset: the umask's.
+    #[serde(default)]
+    pub socket_mode: Option<String>,
+    /// TLS on the listener; absent: plaintext.
+    #[serde(default)]
+    pub tls: Option<ServerTlsConfig>,
     /// Worker threads executing requests.
     /// Unset: [`Config::workers`] picks (2 x cores, more for arrays over
     /// ZEO servers).
@@ -133,7 +147,79 @@ impl Default for ServerConfig {
             max_frame_size: default_max_frame(),
             invalidation_queue_size: default_invq(),
             transaction_timeout: None,
+            socket_mode: None,
+            tls: None,
         }
+    }
+}
+
+/// `[server.tls]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServerTlsConfig {
+    /// PEM certificate chain the server presents.
+    pub certificate: PathBuf,
+    /// PEM private key of that certificate.
+    pub key: PathBuf,
+    /// PEM CA certificates: when set, only clients presenting a
+    /// certificate signed by one of them get in (ZEO's `authenticate`).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// Seconds a client has to finish its TLS handshake.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: f64,
+}
+
+fn default_handshake_timeout() -> f64 {
+    crate::server::DEFAULT_TLS_HANDSHAKE_TIMEOUT.as_secs_f64()
+}
+
+impl ServerTlsConfig {
+    pub fn files(&self) -> crate::net::tls::ServerFiles {
+        crate::net::tls::ServerFiles {
+            certificate: self.certificate.clone(),
+            key: self.key.clone(),
+            client_ca: self.client_ca.clone(),
+        }
+    }
+}
+
+/// `[storage.backend.tls]`: TLS to a ZEO backend (ZEO's client `<ssl>`).
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BackendTlsConfig {
+    /// PEM CA certificates to verify the server with; unset: the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// Our PEM certificate, for a server that authenticates clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// The name the server's certificate must carry; unset: the address's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_hostname: Option<String>,
+}
+
+impl BackendTlsConfig {
+    pub fn files(&self) -> crate::net::tls::ClientFiles {
+        crate::net::tls::ClientFiles {
+            ca: self.ca.clone(),
+            certificate: self.certificate.clone(),
+            key: self.key.clone(),
+            server_hostname: self.server_hostname.clone(),
+        }
+    }
+}
+
+/// Parse a listen address: `host:port` with a numeric IP, or a Unix
+/// socket path (relative: to `base`).
+pub fn parse_listen(value: &str, base: Option<&Path>) -> Result<crate::server::Listen, String> {
+    match crate::net::Address::parse(value, base)? {
+        crate::net::Address::Unix(p) => Ok(crate::server::Listen::Unix(p)),
+        crate::net::Address::Tcp(a) => a.parse::<SocketAddr>().map(Into::into).map_err(|_| {
+            format!("{a:?}: expected HOST:PORT with a numeric IP, e.g. \"127.0.0.1:8100\", or a Unix socket path")
+        }),
     }
 }
 
@@ -194,9 +280,12 @@ pub struct BackendConfig {
     /// Names the backend in logs, status and the state file.
     pub name: String,
     pub kind: BackendKind,
-    /// `kind = "zeo"`: HOST:PORT of the ZEO server.
+    /// `kind = "zeo"`: HOST:PORT of the ZEO server, or its Unix socket path.
     #[serde(default)]
     pub address: Option<String>,
+    /// `kind = "zeo"`: TLS to the server; absent: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<BackendTlsConfig>,
     /// `kind = "zeo"`: the storage name on that server (default "1").
     #[serde(default)]
     pub storage: Option<String>,
@@ -331,11 +420,34 @@ impl Config {
                 rebase(&mut s.state_file);
                 for b in &mut s.backend {
                     rebase(&mut b.path);
+                    if let Some(t) = &mut b.tls {
+                        rebase(&mut t.ca);
+                        rebase(&mut t.certificate);
+                        rebase(&mut t.key);
+                    }
+                    if let Some(a) = &b.address {
+                        if let Ok(crate::net::Address::Unix(p)) =
+                            crate::net::Address::parse(a, Some(base))
+                        {
+                            b.address = Some(p.display().to_string());
+                        }
+                    }
                 }
             }
         }
         if let Some(a) = &mut cfg.admin {
             rebase(&mut a.token_file);
+        }
+        if let Ok(crate::server::Listen::Unix(p)) = parse_listen(&cfg.server.listen, Some(base)) {
+            cfg.server.listen = p.display().to_string();
+        }
+        if let Some(t) = &mut cfg.server.tls {
+            for p in [&mut t.certificate, &mut t.key] {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+            rebase(&mut t.client_ca);
         }
         if let Some(r) = &mut cfg.conflict_resolution {
             for p in &mut r.path {
@@ -354,12 +466,28 @@ impl Config {
             value,
             reason: reason.to_string(),
         };
-        if self.server.listen.parse::<SocketAddr>().is_err() {
+        if let Err(e) = parse_listen(&self.server.listen, None) {
             return Err(invalid(
                 "server.listen",
                 format!("{:?}", self.server.listen),
-                "expected HOST:PORT with a numeric IP, e.g. \"127.0.0.1:8100\"",
+                &e,
             ));
+        }
+        if let Some(m) = &self.server.socket_mode {
+            crate::net::unix::parse_mode(m)
+                .map_err(|e| invalid("server.socket-mode", format!("{m:?}"), &e))?;
+        }
+        if let Some(t) = &self.server.tls {
+            if !(t.handshake_timeout.is_finite()
+                && t.handshake_timeout > 0.0
+                && t.handshake_timeout <= 600.0)
+            {
+                return Err(invalid(
+                    "server.tls.handshake-timeout",
+                    t.handshake_timeout.to_string(),
+                    "must be a number of seconds above 0 and at most 600",
+                ));
+            }
         }
         if let Some(w) = self.server.workers.filter(|w| *w == 0 || *w > 1024) {
             return Err(invalid(
@@ -555,6 +683,26 @@ fn validate_raid(
                     "a backend of kind \"zeo\" needs address = \"HOST:PORT\"",
                 )?;
                 refuse("path", b.path.is_some())?;
+                let address = b.address.as_deref().unwrap_or_default();
+                let parsed = crate::net::Address::parse(address, None)
+                    .map_err(|e| invalid(&bkey("address"), format!("{address:?}"), &e))?;
+                if let Some(t) = &b.tls {
+                    if t.certificate.is_some() != t.key.is_some() {
+                        return Err(invalid(
+                            &bkey("tls"),
+                            "(set)".into(),
+                            "a client certificate needs both `certificate` and `key`",
+                        ));
+                    }
+                    if matches!(parsed, crate::net::Address::Unix(_)) && t.server_hostname.is_none()
+                    {
+                        return Err(invalid(
+                            &bkey("tls.server-hostname"),
+                            "(unset)".into(),
+                            "TLS over a Unix socket needs the name in the server's certificate",
+                        ));
+                    }
+                }
             }
             BackendKind::File => {
                 need(
@@ -564,11 +712,13 @@ fn validate_raid(
                 )?;
                 refuse("address", b.address.is_some())?;
                 refuse("storage", b.storage.is_some())?;
+                refuse("tls", b.tls.is_some())?;
             }
             BackendKind::Memory => {
                 refuse("address", b.address.is_some())?;
                 refuse("storage", b.storage.is_some())?;
                 refuse("path", b.path.is_some())?;
+                refuse("tls", b.tls.is_some())?;
             }
         }
     }

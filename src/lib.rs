@@ -14,6 +14,7 @@ pub mod admin;
 pub mod bench;
 pub mod config;
 pub mod locks;
+pub mod net;
 pub mod open;
 pub mod raid;
 pub mod server;

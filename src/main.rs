@@ -80,15 +80,30 @@ fn serve(path: PathBuf, listen: Option<String>) -> ExitCode {
     if let Some(l) = listen {
         cfg.server.listen = l;
     }
-    let listen = match cfg.server.listen.parse() {
+    let listen = match zeoraid::config::parse_listen(&cfg.server.listen, None) {
         Ok(a) => a,
-        Err(_) => {
-            eprintln!(
-                "zeoraid: --listen {:?} is not HOST:PORT with a numeric IP",
-                cfg.server.listen
-            );
+        Err(e) => {
+            eprintln!("zeoraid: listen address {e}");
             return ExitCode::from(2);
         }
+    };
+    let socket_mode = cfg
+        .server
+        .socket_mode
+        .as_deref()
+        .and_then(|m| zeoraid::net::unix::parse_mode(m).ok());
+    let tls = match &cfg.server.tls {
+        None => None,
+        Some(t) => match zeoraid::net::tls::load_server(&t.files()) {
+            Ok(loaded) => Some(zeoraid::server::TlsOptions {
+                config: loaded.config,
+                handshake_timeout: std::time::Duration::from_secs_f64(t.handshake_timeout),
+            }),
+            Err(e) => {
+                eprintln!("zeoraid: {e} (set in [server.tls] of {})", path.display());
+                return ExitCode::from(2);
+            }
+        },
     };
     let admin_token = match cfg.admin.as_ref().map(|a| a.token()).transpose() {
         Ok(t) => t.flatten(),
@@ -140,7 +155,9 @@ fn serve(path: PathBuf, listen: Option<String>) -> ExitCode {
         }
     };
     let opts = Options {
-        listen,
+        listen: listen.clone(),
+        tls,
+        socket_mode,
         workers: cfg.workers(),
         max_frame: cfg.server.max_frame_size,
         invalidation_queue_size: cfg.server.invalidation_queue_size,
@@ -171,7 +188,7 @@ fn serve(path: PathBuf, listen: Option<String>) -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             eprintln!(
-                "zeoraid: cannot listen on {listen}: {e} (is another server using the port? set server.listen in {})",
+                "zeoraid: cannot listen on {listen}: {e} (is another server using it? set server.listen in {})",
                 path.display()
             );
             return ExitCode::from(1);
@@ -185,6 +202,7 @@ fn serve(path: PathBuf, listen: Option<String>) -> ExitCode {
             server.status_source(),
             storages.clone(),
             Some(path.clone()),
+            server.tls_switch(),
         ) {
             Ok(admin) => Some(admin),
             Err(e) => {
@@ -195,18 +213,19 @@ fn serve(path: PathBuf, listen: Option<String>) -> ExitCode {
         },
     };
     let mut out = std::io::stdout();
-    let _ = writeln!(out, "zeoraid: listening on {}", server.local_addr());
+    let _ = writeln!(out, "zeoraid: listening on {}", server.listening());
     if let Some(a) = &admin {
         let _ = writeln!(out, "zeoraid: admin on {}", a.local_addr());
     }
     let _ = out.flush();
     let mut signals = signals;
+    let tls_switch = server.tls_switch();
     let running: std::collections::HashMap<String, Arc<dyn zeoraid::storage::Storage>> =
         storages.into_iter().collect();
     for sig in signals.forever() {
         if sig == signal_hook::consts::SIGHUP {
             // SIGHUP: apply the config file to the running arrays.
-            if let Err(e) = zeoraid::admin::reload(Some(&path), &running) {
+            if let Err(e) = zeoraid::admin::reload(Some(&path), &running, tls_switch.as_ref()) {
                 log::error!("reload of {} (SIGHUP): {e}", path.display());
             }
             continue;

@@ -137,6 +137,7 @@ pub fn backend_spec(array: &str, b: &BackendConfig) -> BackendSpec {
         BackendKind::Zeo => {
             let mut opts = ClientOptions::new(b.address.clone().unwrap_or_default());
             opts.storage = b.storage.clone().unwrap_or_else(|| "1".into());
+            opts.tls = b.tls.as_ref().map(|t| t.files());
             BackendSource::Zeo(opts)
         }
     };

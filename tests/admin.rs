@@ -37,12 +37,17 @@ fn ctl(args: &[&str]) -> (i32, String, String) {
 fn memory_zeo() -> Server {
     Server::start(
         Options {
-            listen: "127.0.0.1:0".parse().unwrap(),
+            listen: "127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
             workers: 4,
             max_frame: 1 << 24,
             invalidation_queue_size: 100,
             transaction_timeout: None,
             conflict_resolver: None,
+            tls: None,
+            socket_mode: None,
         },
         vec![(
             "1".into(),

@@ -50,12 +50,17 @@ fn start(kind: Kind) -> Running {
     };
     let server = Server::start(
         Options {
-            listen: "127.0.0.1:0".parse().expect("addr"),
+            listen: "127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .expect("addr")
+                .into(),
             workers: 4,
             max_frame: 1 << 24,
             invalidation_queue_size: 100,
             transaction_timeout: None,
             conflict_resolver: None,
+            tls: None,
+            socket_mode: None,
         },
         vec![("1".into(), storage, false)],
     )

@@ -19,12 +19,17 @@ use common::RunZeo;
 fn serve(storage: Arc<dyn Storage>) -> Server {
     Server::start(
         Options {
-            listen: "127.0.0.1:0".parse().unwrap(),
+            listen: "127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
             workers: 8,
             max_frame: 1 << 24,
             invalidation_queue_size: 100,
             transaction_timeout: None,
             conflict_resolver: None,
+            tls: None,
+            socket_mode: None,
         },
         vec![("1".into(), storage, false)],
     )
@@ -378,12 +383,14 @@ fn file_server(path: &std::path::Path, listen: std::net::SocketAddr) -> Server {
         zeoraid::storage::file::FileStorage::open(path, Default::default()).expect("open Data.fs");
     Server::start(
         Options {
-            listen,
+            listen: listen.into(),
             workers: 4,
             max_frame: 1 << 24,
             invalidation_queue_size: 100,
             transaction_timeout: None,
             conflict_resolver: None,
+            tls: None,
+            socket_mode: None,
         },
         vec![("1".into(), Arc::new(fs), false)],
     )

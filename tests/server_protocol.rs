@@ -20,12 +20,17 @@ fn start_with(storage: Arc<dyn Storage>) -> Server {
 fn start_opts(storage: Arc<dyn Storage>, transaction_timeout: Option<Duration>) -> Server {
     Server::start(
         Options {
-            listen: "127.0.0.1:0".parse().unwrap(),
+            listen: "127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
             workers: 4,
             max_frame: 1 << 20,
             invalidation_queue_size: 10,
             transaction_timeout,
             conflict_resolver: None,
+            tls: None,
+            socket_mode: None,
         },
         vec![("1".into(), storage, false)],
     )
@@ -641,12 +646,17 @@ impl zeoraid::storage::resolve::ConflictResolver for Concat {
 fn with_a_resolver_conflicts_are_merged_on_the_server() {
     let server = Server::start(
         Options {
-            listen: "127.0.0.1:0".parse().unwrap(),
+            listen: "127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
             workers: 4,
             max_frame: 1 << 20,
             invalidation_queue_size: 10,
             transaction_timeout: None,
             conflict_resolver: Some(Arc::new(Concat)),
+            tls: None,
+            socket_mode: None,
         },
         vec![("1".into(), Arc::new(MemoryStorage::new("1", false)), false)],
     )

@@ -23,7 +23,7 @@
 pub mod ctl;
 pub mod status;
 
-use crate::server::StatusSource;
+use crate::server::{StatusSource, TlsSwitch};
 use crate::storage::Storage;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -97,6 +97,15 @@ fn backend_of(name: &str, query: &str) -> Result<crate::config::BackendConfig, (
         path: get("path").map(std::path::PathBuf::from),
         sync: get("sync").as_deref() != Some("false"),
         pack_gc: get("pack-gc").as_deref() != Some("false"),
+        tls: {
+            let t = crate::config::BackendTlsConfig {
+                ca: get("tls-ca").map(std::path::PathBuf::from),
+                certificate: get("tls-certificate").map(std::path::PathBuf::from),
+                key: get("tls-key").map(std::path::PathBuf::from),
+                server_hostname: get("tls-server-hostname"),
+            };
+            (get("tls").as_deref() == Some("true") || t != Default::default()).then_some(t)
+        },
     };
     match kind {
         BackendKind::Zeo if b.address.is_none() => {
@@ -199,6 +208,8 @@ struct Context {
     /// The config file the server runs from (reload, and what `details`
     /// compares the running arrays with).
     config: Option<std::path::PathBuf>,
+    /// The listener's TLS configuration, re-read on reload.
+    tls: Option<TlsSwitch>,
 }
 
 impl Admin {
@@ -209,6 +220,7 @@ impl Admin {
         status: StatusSource,
         storages: Vec<(String, Arc<dyn Storage>)>,
         config: Option<std::path::PathBuf>,
+        tls: Option<TlsSwitch>,
     ) -> Result<Admin, String> {
         let server = tiny_http::Server::http(listen).map_err(|e| {
             format!("cannot listen on {listen} for the admin interface: {e} (set [admin] listen)")
@@ -223,6 +235,7 @@ impl Admin {
             storages: storages.into_iter().collect(),
             token,
             config,
+            tls,
         });
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
@@ -408,7 +421,7 @@ fn answer(ctx: &Context, r: Route) -> tiny_http::Response<std::io::Cursor<Vec<u8
                 Err(e) => error(409, &e),
             }
         }
-        Route::Reload => match reload(ctx.config.as_deref(), &ctx.storages) {
+        Route::Reload => match reload(ctx.config.as_deref(), &ctx.storages, ctx.tls.as_ref()) {
             Ok(changes) => json_response(200, &serde_json::json!({ "changes": changes })),
             Err(e) => error(409, &e),
         },
@@ -430,14 +443,39 @@ fn answer(ctx: &Context, r: Route) -> tiny_http::Response<std::io::Cursor<Vec<u8
 pub fn reload(
     config: Option<&std::path::Path>,
     storages: &HashMap<String, Arc<dyn Storage>>,
+    tls: Option<&TlsSwitch>,
 ) -> Result<Vec<String>, String> {
     let path = config.ok_or("this zeoraid was started without a config file to reload")?;
     let cfg = crate::config::Config::load(path).map_err(|e| format!("{e}; nothing was changed"))?;
+    // Certificates are read before anything changes, applied after.
+    let new_tls = match (&cfg.server.tls, tls) {
+        (Some(t), Some(_)) => Some(
+            crate::net::tls::load_server(&t.files())
+                .map_err(|e| format!("{e}; nothing was changed"))?,
+        ),
+        (None, None) => None,
+        _ => {
+            return Err(format!(
+                "{}: turning TLS on or off needs a restart; nothing was changed",
+                path.display()
+            ))
+        }
+    };
     let running: Vec<(String, Arc<dyn Storage>)> = storages
         .iter()
         .map(|(n, s)| (n.clone(), s.clone()))
         .collect();
-    let changes = crate::open::reload(&cfg, &running)?;
+    let mut changes = crate::open::reload(&cfg, &running)?;
+    if let (Some(new), Some(switch)) = (new_tls, tls) {
+        switch.replace(new.config);
+        changes.push(format!(
+            "TLS certificate {} re-read{}",
+            new.files.certificate.display(),
+            new.not_after
+                .map(|t| format!(" (valid until {})", crate::net::tls::format_utc(t)))
+                .unwrap_or_default()
+        ));
+    }
     log::info!(
         "reloaded {}: {}",
         path.display(),

@@ -203,12 +203,14 @@ fn check_backend(b: &BackendAddr, allow_nonempty: bool, timeout: Duration) -> Re
 pub fn local_server_options(workers: Option<usize>) -> Options {
     let d = ServerConfig::default();
     Options {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)).into(),
         workers: workers.unwrap_or_else(crate::config::default_workers),
         max_frame: d.max_frame_size,
         invalidation_queue_size: d.invalidation_queue_size,
         transaction_timeout: None,
         conflict_resolver: None,
+        tls: None,
+        socket_mode: None,
     }
 }
 

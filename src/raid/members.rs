@@ -230,6 +230,7 @@ mod tests {
             path: None,
             sync: true,
             pack_gc: true,
+            tls: None,
         }
     }
 

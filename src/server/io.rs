@@ -5,9 +5,13 @@
 //! and routes them to the pool; it writes replies and broadcasts that workers
 //! send back, buffering per connection while a socket is full. Bad input
 //! (oversize frame, malformed msgpack, bad handshake) closes only the
-//! offending connection.
+//! offending connection. Over TLS ([`super::transport`]) the same happens
+//! on the decrypted bytes; a client that does not complete its TLS
+//! handshake in time (a plaintext client on the TLS port waits for our
+//! greeting forever) is closed with a log line that says so.
 
 use super::session::{self, Session};
+use super::transport::{tls_failure, Listener, Transport};
 use super::{methods, ConnId, Job, Out, Shared};
 use crate::locks::write;
 use crate::storage;
@@ -15,13 +19,12 @@ use crate::zeo::frame::{FrameDecoder, FrameError};
 use crate::zeo::message::{self, Message};
 use crate::zeo::PROTOCOL;
 use crossbeam_channel::Receiver;
-use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, IoSlice, Read, Write};
-use std::net::SocketAddr;
+use std::io::{self, IoSlice};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub(super) const LISTENER: Token = Token(0);
 pub(super) const WAKER: Token = Token(1);
@@ -63,8 +66,8 @@ impl OutFrame {
 }
 
 struct Conn {
-    stream: TcpStream,
-    peer: SocketAddr,
+    transport: Transport,
+    peer: String,
     decoder: FrameDecoder,
     handshake_done: bool,
     outq: VecDeque<OutFrame>,
@@ -75,8 +78,11 @@ struct Conn {
 
 struct Loop {
     poll: Poll,
-    listener: Option<TcpListener>,
+    listener: Option<Listener>,
     conns: HashMap<ConnId, Conn>,
+    /// TLS connections still in their handshake, with their deadline.
+    handshakes: Vec<(Instant, ConnId)>,
+    handshake_timeout: Duration,
     next_id: u64,
     shared: Arc<Shared>,
     max_frame: usize,
@@ -87,10 +93,11 @@ struct Loop {
 
 pub(super) fn run(
     poll: Poll,
-    mut listener: TcpListener,
+    mut listener: Listener,
     shared: Arc<Shared>,
     out_rx: Receiver<Out>,
     max_frame: usize,
+    handshake_timeout: Duration,
 ) {
     if let Err(e) = poll
         .registry()
@@ -103,6 +110,8 @@ pub(super) fn run(
         poll,
         listener: Some(listener),
         conns: HashMap::new(),
+        handshakes: Vec::new(),
+        handshake_timeout,
         next_id: FIRST_CONN,
         shared,
         max_frame,
@@ -111,7 +120,8 @@ pub(super) fn run(
     };
     let mut events = Events::with_capacity(1024);
     loop {
-        if let Err(e) = lp.poll.poll(&mut events, None) {
+        let timeout = lp.expire_handshakes();
+        if let Err(e) = lp.poll.poll(&mut events, timeout) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
@@ -152,23 +162,38 @@ impl Loop {
                 return;
             };
             match listener.accept() {
-                Ok((mut stream, peer)) => {
+                Ok((stream, peer)) => {
                     let id = self.next_id;
                     self.next_id += 1;
-                    let _ = stream.set_nodelay(true);
+                    let tls = self
+                        .shared
+                        .tls
+                        .as_ref()
+                        .map(|t| crate::locks::read(t).clone());
+                    let mut transport = match Transport::new(stream, tls) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            log::error!("closing connection from {peer}: {e}");
+                            continue;
+                        }
+                    };
                     if let Err(e) = self.poll.registry().register(
-                        &mut stream,
+                        transport.source(),
                         Token(id as usize),
                         Interest::READABLE,
                     ) {
                         log::error!("cannot register connection from {peer}: {e}");
                         continue;
                     }
+                    if transport.is_tls() {
+                        self.handshakes
+                            .push((Instant::now() + self.handshake_timeout, id));
+                    }
                     log::debug!("connection {id} from {peer}");
-                    let session = Arc::new(Session::new(id, peer.to_string()));
+                    let session = Arc::new(Session::new(id, peer.clone()));
                     write(&self.shared.sessions).insert(id, session.clone());
                     let mut conn = Conn {
-                        stream,
+                        transport,
                         peer,
                         decoder: FrameDecoder::new(self.max_frame),
                         handshake_done: false,
@@ -201,7 +226,7 @@ impl Loop {
                 return;
             };
             loop {
-                match conn.stream.read(&mut self.read_buf) {
+                match conn.transport.read(&mut self.read_buf) {
                     Ok(0) => {
                         closed = Some(None);
                         break;
@@ -235,10 +260,19 @@ impl Loop {
                         break;
                     }
                     Err(e) => {
-                        closed = Some(Some(format!("connection from {} failed: {e}", conn.peer)));
+                        closed = Some(Some(match tls_failure(&e) {
+                            Some(why) => {
+                                format!("refused TLS connection from {}: {why}", conn.peer)
+                            }
+                            None => format!("connection from {} failed: {e}", conn.peer),
+                        }));
                         break;
                     }
                 }
+            }
+            if closed.is_none() && conn.transport.is_tls() {
+                // Handshake records to answer, or output the handshake held.
+                self.dirty.push(id);
             }
         }
         let mut reads = Vec::new();
@@ -409,7 +443,7 @@ impl Loop {
                         slices.push(IoSlice::new(&f.payload.bytes()[f.pos - 4..]));
                     }
                 }
-                match conn.stream.write_vectored(&slices) {
+                match conn.transport.write_vectored(&slices) {
                     Ok(0) => {
                         failed = Some("peer stopped reading".to_string());
                         break;
@@ -438,7 +472,14 @@ impl Loop {
                 }
             }
             if failed.is_none() {
-                let want = !conn.outq.is_empty();
+                match conn.transport.push() {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => failed = Some(e.to_string()),
+                }
+            }
+            if failed.is_none() {
+                let want = !conn.outq.is_empty() || conn.transport.wants_write();
                 if want != conn.want_write {
                     let interest = if want {
                         Interest::READABLE | Interest::WRITABLE
@@ -446,7 +487,7 @@ impl Loop {
                         Interest::READABLE
                     };
                     if let Err(e) = self.poll.registry().reregister(
-                        &mut conn.stream,
+                        conn.transport.source(),
                         Token(id as usize),
                         interest,
                     ) {
@@ -467,11 +508,50 @@ impl Loop {
 
     fn close(&mut self, id: ConnId) {
         if let Some(mut conn) = self.conns.remove(&id) {
-            let _ = self.poll.registry().deregister(&mut conn.stream);
+            conn.transport.close_notify();
+            let _ = self.poll.registry().deregister(conn.transport.source());
             log::debug!("connection {id} from {} closed", conn.peer);
             conn.session.mark_closed();
             let _ = self.shared.jobs.send(Job::Disconnected(id));
         }
+    }
+
+    /// Close TLS connections whose handshake ran out of time; the poll
+    /// timeout until the next deadline (`None`: no handshake pending).
+    fn expire_handshakes(&mut self) -> Option<Duration> {
+        if self.handshakes.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        let conns = &self.conns;
+        self.handshakes
+            .retain(|&(deadline, id)| match conns.get(&id) {
+                Some(c) if c.transport.handshaking() => {
+                    if deadline <= now {
+                        expired.push(id);
+                        false
+                    } else {
+                        true
+                    }
+                }
+                _ => false,
+            });
+        for id in expired {
+            if let Some(c) = self.conns.get(&id) {
+                log::warn!(
+                    "closing connection from {}: no TLS handshake within {:?}; a plaintext client on the TLS port? (give the client an SSL context)",
+                    c.peer,
+                    self.handshake_timeout
+                );
+            }
+            self.close(id);
+        }
+        self.handshakes
+            .iter()
+            .map(|&(d, _)| d.saturating_duration_since(now))
+            .min()
+            .map(|d| d.max(Duration::from_millis(1)))
     }
 
     fn stop(&mut self) {

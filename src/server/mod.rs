@@ -27,6 +27,7 @@ mod io;
 pub mod methods;
 mod session;
 mod status;
+mod transport;
 mod watchdog;
 mod wire;
 
@@ -43,6 +44,31 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 pub use session::Session;
+pub use transport::Listen;
+
+/// How long a TLS client has for its handshake unless configured
+/// (`[server.tls] handshake-timeout`).
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// TLS for the listener (`[server.tls]`).
+#[derive(Clone)]
+pub struct TlsOptions {
+    pub config: Arc<rustls::ServerConfig>,
+    /// A client that has not finished its handshake by then is closed (a
+    /// plaintext client on the TLS port waits for our greeting forever).
+    pub handshake_timeout: std::time::Duration,
+}
+
+/// Replaces the listener's TLS configuration while the server runs
+/// (certificates re-read on reload); new connections use the new one.
+#[derive(Clone)]
+pub struct TlsSwitch(Arc<RwLock<Arc<rustls::ServerConfig>>>);
+
+impl TlsSwitch {
+    pub fn replace(&self, config: Arc<rustls::ServerConfig>) {
+        *crate::locks::write(&self.0) = config;
+    }
+}
 
 /// Connection ids are never reused, so a late reply cannot reach a new peer.
 pub type ConnId = u64;
@@ -106,7 +132,8 @@ pub struct StorageEntry {
 /// Server settings (from `[server]` in the config).
 #[derive(Clone)]
 pub struct Options {
-    pub listen: SocketAddr,
+    /// TCP address or Unix socket path.
+    pub listen: Listen,
     pub workers: usize,
     pub max_frame: usize,
     pub invalidation_queue_size: usize,
@@ -116,6 +143,10 @@ pub struct Options {
     /// Resolve store conflicts on the server (`[conflict-resolution]`);
     /// `None`: answer them to the client (ZEO 5 client-side resolution).
     pub conflict_resolver: Option<Arc<dyn ConflictResolver>>,
+    /// `None`: plaintext.
+    pub tls: Option<TlsOptions>,
+    /// Unix socket permission bits (`socket-mode`); `None`: the umask's.
+    pub socket_mode: Option<u32>,
 }
 
 /// State shared by the loop and the workers.
@@ -128,6 +159,8 @@ pub(crate) struct Shared {
     /// Set by `send` when it woke the loop; cleared by the loop before it drains.
     pub wake_pending: AtomicBool,
     pub stopping: AtomicBool,
+    /// The listener's TLS configuration; `None`: plaintext.
+    pub tls: Option<Arc<RwLock<Arc<rustls::ServerConfig>>>>,
 }
 
 impl Shared {
@@ -148,7 +181,7 @@ impl Shared {
 
 /// A running server.
 pub struct Server {
-    addr: SocketAddr,
+    listening: Listen,
     shared: Arc<Shared>,
     io: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
@@ -174,8 +207,7 @@ pub type Served = (String, Arc<dyn Storage>, bool);
 impl Server {
     /// Bind the listener and start the event loop and the worker pool.
     pub fn start(opts: Options, storages: Vec<Served>) -> std::io::Result<Server> {
-        let listener = mio::net::TcpListener::bind(opts.listen)?;
-        let addr = listener.local_addr()?;
+        let (listener, listening) = transport::Listener::bind(&opts.listen, opts.socket_mode)?;
         let poll = mio::Poll::new()?;
         let waker = Arc::new(mio::Waker::new(poll.registry(), io::WAKER)?);
         let (job_tx, job_rx) = unbounded();
@@ -215,6 +247,10 @@ impl Server {
             waker,
             wake_pending: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            tls: opts
+                .tls
+                .as_ref()
+                .map(|t| Arc::new(RwLock::new(t.config.clone()))),
         });
         let mut workers = Vec::new();
         for i in 0..opts.workers.max(1) {
@@ -245,12 +281,28 @@ impl Server {
         };
         let io_shared = shared.clone();
         let max_frame = opts.max_frame;
+        let handshake_timeout = opts
+            .tls
+            .as_ref()
+            .map_or(DEFAULT_TLS_HANDSHAKE_TIMEOUT, |t| t.handshake_timeout);
         let io = std::thread::Builder::new()
             .name("zeoraid-io".into())
-            .spawn(move || io::run(poll, listener, io_shared, out_rx, max_frame))?;
-        log::info!("listening on {addr}");
+            .spawn(move || {
+                io::run(
+                    poll,
+                    listener,
+                    io_shared,
+                    out_rx,
+                    max_frame,
+                    handshake_timeout,
+                )
+            })?;
+        log::info!(
+            "listening on {listening}{}",
+            if opts.tls.is_some() { " (TLS)" } else { "" }
+        );
         Ok(Server {
-            addr,
+            listening,
             shared,
             io: Some(io),
             workers,
@@ -265,8 +317,25 @@ impl Server {
         StatusSource(self.shared.clone())
     }
 
+    /// The TCP address the server listens on (the bound port when the
+    /// config said 0); for a Unix socket server `0.0.0.0:0` (see
+    /// [`Server::listening`]).
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        match &self.listening {
+            Listen::Tcp(a) => *a,
+            Listen::Unix(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        }
+    }
+
+    /// Where the server listens: TCP address or Unix socket path.
+    pub fn listening(&self) -> &Listen {
+        &self.listening
+    }
+
+    /// A handle to replace the TLS configuration on reload; `None` for a
+    /// plaintext server.
+    pub fn tls_switch(&self) -> Option<TlsSwitch> {
+        self.shared.tls.clone().map(TlsSwitch)
     }
 
     /// Graceful shutdown: stop accepting, close connections (aborting their
@@ -300,6 +369,9 @@ impl Server {
             if io.join().is_err() {
                 log::error!("the event loop thread panicked");
             }
+        }
+        if let Listen::Unix(path) = &self.listening {
+            crate::net::unix::remove(path);
         }
         // The loop queued a Disconnected job per connection before exiting;
         // Stop comes after them in the FIFO.

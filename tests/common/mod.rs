@@ -2,6 +2,8 @@
 //! stock ZODB/ZEO, and a `zeoraid serve` child process.
 #![allow(dead_code)]
 
+pub mod certs;
+
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{BufRead, BufReader};

@@ -5,6 +5,7 @@
 //! caller at once. `connect` makes a `Conn`; `link` replaces it, never
 //! reuses it, on reconnect.
 
+use super::wire::Wire;
 use crate::locks::lock;
 use crate::storage::{Error, Result};
 use crate::zeo::message;
@@ -12,7 +13,6 @@ use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use rmpv::Value;
 use std::collections::HashMap;
 use std::io::{self, Write};
-use std::net::{Shutdown, TcpStream};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -122,15 +122,15 @@ enum Pending {
 /// One established, registered connection. Replaced, never reused, on reconnect.
 pub(super) struct Conn {
     addr: String,
-    writer: Mutex<TcpStream>,
+    writer: Mutex<Wire>,
     /// A handle to shut the socket down without waiting for the writer lock.
-    control: TcpStream,
+    control: Wire,
     pending: Mutex<Pending>,
     last_write: Mutex<Instant>,
 }
 
 impl Conn {
-    pub(super) fn new(addr: &str, stream: &TcpStream) -> io::Result<Conn> {
+    pub(super) fn new(addr: &str, stream: &Wire) -> io::Result<Conn> {
         Ok(Conn {
             addr: addr.to_string(),
             writer: Mutex::new(stream.try_clone()?),
@@ -167,7 +167,7 @@ impl Conn {
                 }
             }
         };
-        let _ = self.control.shutdown(Shutdown::Both);
+        self.control.shutdown();
         for (_, tx) in waiters {
             let _ = tx.try_send(Err(self.disconnected(reason)));
         }

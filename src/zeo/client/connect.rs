@@ -1,4 +1,5 @@
-//! Establishing a connection: TCP connect ([`open_stream`]), the server's
+//! Establishing a connection: TCP or Unix socket connect and the TLS
+//! handshake ([`Wire::connect`]), the server's
 //! protocol announcement ([`check_protocol`]) and ours, then `register` and
 //! `get_info` as a synchronous conversation ([`Handshake`]) before the reader
 //! thread runs. [`Inner::establish`] yields an [`Established`] connection
@@ -7,6 +8,7 @@
 use super::conn::Conn;
 use super::link::Inner;
 use super::reply::tid_of;
+use super::wire::Wire;
 use super::ClientOptions;
 use crate::locks::lock;
 use crate::storage::{Error, Result, Tid};
@@ -14,7 +16,6 @@ use crate::zeo::frame::{self, FrameDecoder};
 use crate::zeo::message::{self, short, Message, FLAG_ERROR, REPLY};
 use rmpv::Value;
 use std::io::{self, Read};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,7 +46,7 @@ pub fn check_protocol(addr: &str, announced: &[u8]) -> Result<()> {
 /// What a successful handshake yields.
 pub(super) struct Established {
     pub(super) conn: Arc<Conn>,
-    pub(super) reader: TcpStream,
+    pub(super) reader: Wire,
     pub(super) decoder: FrameDecoder,
     pub(super) last_tid: Tid,
     pub(super) info: Value,
@@ -53,30 +54,14 @@ pub(super) struct Established {
     pub(super) early: Vec<Message>,
 }
 
-fn open_stream(opts: &ClientOptions) -> Result<TcpStream> {
-    let addrs = opts
-        .addr
-        .to_socket_addrs()
-        .map_err(|e| Error::Disconnected(format!("cannot resolve {:?}: {e}", opts.addr)))?;
-    let mut last = None;
-    for a in addrs {
-        match TcpStream::connect_timeout(&a, opts.connect_timeout) {
-            Ok(s) => return Ok(s),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(Error::Disconnected(format!(
-        "cannot connect to {}: {}",
-        opts.addr,
-        last.map(|e| e.to_string())
-            .unwrap_or_else(|| "the name resolves to no address".into())
-    )))
+fn open_stream(opts: &ClientOptions) -> Result<Wire> {
+    Wire::connect(&opts.addr, opts.tls.as_ref(), opts.connect_timeout)
 }
 
 /// Read one frame, waiting at most until `deadline`.
 fn read_frame_by(
     addr: &str,
-    stream: &mut TcpStream,
+    stream: &mut Wire,
     dec: &mut FrameDecoder,
     deadline: Instant,
     waiting_for: &str,
@@ -123,7 +108,7 @@ fn read_frame_by(
 /// The synchronous conversation of a handshake, before the reader thread runs.
 struct Handshake<'a> {
     addr: &'a str,
-    stream: &'a mut TcpStream,
+    stream: &'a mut Wire,
     dec: FrameDecoder,
     /// Server calls that arrived meanwhile (delivered once connected).
     early: Vec<Message>,
@@ -188,21 +173,17 @@ impl Inner {
                 })
             }
             Err(e) => {
-                let _ = stream.shutdown(Shutdown::Both);
+                stream.shutdown();
                 Err(e)
             }
         }
     }
 
     /// Protocol, `register`, `get_info`: (decoder, last tid, info, early calls).
-    fn handshake(
-        &self,
-        stream: &mut TcpStream,
-    ) -> Result<(FrameDecoder, Tid, Value, Vec<Message>)> {
+    fn handshake(&self, stream: &mut Wire) -> Result<(FrameDecoder, Tid, Value, Vec<Message>)> {
         let addr = self.addr();
         let opts = &self.opts;
         let io_err = |e: io::Error| Error::Disconnected(format!("{addr}: {e}"));
-        let _ = stream.set_nodelay(true);
         stream
             .set_write_timeout(Some(opts.call_timeout.max(Duration::from_millis(1))))
             .map_err(io_err)?;

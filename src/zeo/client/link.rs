@@ -9,6 +9,7 @@
 use super::conn::Conn;
 use super::connect::Established;
 use super::reply::{get, parse_invalidation};
+use super::wire::Wire;
 use super::{ClientOptions, EventHandler, ServerEvent};
 use crate::locks::{lock, read};
 use crate::storage::{Error, Result, Tid};
@@ -16,7 +17,6 @@ use crate::zeo::frame::FrameDecoder;
 use crate::zeo::message::{self, short, Message, FLAG_ERROR, REPLY};
 use rmpv::Value;
 use std::io::{self, Read};
-use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -72,7 +72,7 @@ pub(super) struct Inner {
     pub(super) info: Mutex<Vec<(Value, Value)>>,
     pub(super) last_tid: Mutex<Tid>,
     /// The socket of a reconnection in progress, so `close` can interrupt it.
-    pub(super) connecting: Mutex<Option<TcpStream>>,
+    pub(super) connecting: Mutex<Option<Wire>>,
 }
 
 impl Inner {
@@ -228,7 +228,7 @@ impl Inner {
             c.kill("the client was closed");
         }
         if let Some(s) = lock(&self.connecting).take() {
-            let _ = s.shutdown(Shutdown::Both);
+            s.shutdown();
         }
         lock(&self.txn).take();
     }
@@ -286,7 +286,7 @@ impl Inner {
     fn read_loop(
         &self,
         conn: &Conn,
-        stream: &mut TcpStream,
+        stream: &mut Wire,
         dec: &mut FrameDecoder,
         early: Vec<Message>,
     ) -> String {

@@ -88,6 +88,7 @@ mod connect;
 mod link;
 mod reply;
 mod storage;
+mod wire;
 
 pub use connect::check_protocol;
 pub use link::backoff_delay;
@@ -115,7 +116,7 @@ pub type EventHandler = Arc<dyn Fn(ServerEvent) + Send + Sync>;
 /// Connection parameters.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
-    /// `host:port` of the ZEO server.
+    /// `host:port` of the ZEO server, or its Unix socket path.
     pub addr: String,
     /// The storage name to `register` with (ZEO's default is `"1"`).
     pub storage: String,
@@ -129,6 +130,9 @@ pub struct ClientOptions {
     pub max_frame: usize,
     /// Send a heartbeat after this long without writing anything.
     pub heartbeat: Duration,
+    /// TLS to the server (its files are read at every connect, so renewed
+    /// certificates are used from the next reconnection); `None`: plaintext.
+    pub tls: Option<crate::net::tls::ClientFiles>,
 }
 
 impl Default for ClientOptions {
@@ -141,6 +145,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(10),
             max_frame: frame::DEFAULT_MAX_FRAME,
             heartbeat: Duration::from_secs(60),
+            tls: None,
         }
     }
 }

@@ -219,6 +219,10 @@ fn measure(p: &Proc, clients: usize, pipeline: usize, seconds: f64, repeat: usiz
                 pipeline,
                 storage: "1".into(),
                 json: true,
+                tls_ca: None,
+                tls_certificate: None,
+                tls_key: None,
+                tls_server_hostname: None,
             })
             .unwrap_or_else(|e| panic!("bench against {} failed: {e}", p.name));
             let j: serde_json::Value = serde_json::from_str(&out).expect("json");

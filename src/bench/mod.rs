@@ -18,14 +18,15 @@ pub mod fanout;
 pub mod plot;
 pub mod proxy;
 
+use crate::net::tls::ClientFiles;
 use crate::storage::Oid;
+use crate::zeo::client::wire::Wire;
 use crate::zeo::client::{parse_oids, Client, ClientOptions};
 use crate::zeo::frame;
 use crate::zeo::message::{self, bin, oid_value};
 use rand::Rng;
 use rmpv::Value;
 use std::io::{BufReader, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,60 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Connect over TLS, verifying the server with this CA file (PEM).
+    #[arg(long)]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for a server that requires one.
+    #[arg(long, requires = "tls_key")]
+    pub tls_certificate: Option<std::path::PathBuf>,
+    #[arg(long, requires = "tls_certificate")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// The name in the server's certificate (default: the address's host).
+    #[arg(long)]
+    pub tls_server_hostname: Option<String>,
+}
+
+impl BenchArgs {
+    /// The server to measure, with TLS when a `--tls-ca` is given.
+    pub fn target(&self) -> Target {
+        Target {
+            address: self.address.clone(),
+            tls: self.tls_ca.as_ref().map(|ca| ClientFiles {
+                ca: Some(ca.clone()),
+                certificate: self.tls_certificate.clone(),
+                key: self.tls_key.clone(),
+                server_hostname: self.tls_server_hostname.clone(),
+            }),
+        }
+    }
+}
+
+/// A server to load: HOST:PORT or a Unix socket path, plaintext or TLS.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    pub address: String,
+    pub tls: Option<ClientFiles>,
+}
+
+impl From<&str> for Target {
+    fn from(a: &str) -> Target {
+        Target {
+            address: a.to_string(),
+            tls: None,
+        }
+    }
+}
+
+impl From<&String> for Target {
+    fn from(a: &String) -> Target {
+        Target::from(a.as_str())
+    }
+}
+
+impl From<&Target> for Target {
+    fn from(t: &Target) -> Target {
+        t.clone()
+    }
 }
 
 /// `zeoraid bench`: the load generator (`--address ...`), or a measurement
@@ -132,14 +187,15 @@ fn summarize(mut samples: Vec<u32>, elapsed: Duration) -> PhaseResult {
     }
 }
 
-fn connect(address: &str, storage: &str) -> Result<Client, String> {
+fn connect(target: &Target, storage: &str) -> Result<Client, String> {
     Client::connect(ClientOptions {
-        addr: address.to_string(),
+        addr: target.address.clone(),
         storage: storage.to_string(),
         call_timeout: Duration::from_secs(30),
+        tls: target.tls.clone(),
         ..ClientOptions::default()
     })
-    .map_err(|e| format!("cannot connect to {address}: {e}"))
+    .map_err(|e| format!("cannot connect to {}: {e}", target.address))
 }
 
 /// One commit storing `oids` as new objects.
@@ -206,7 +262,7 @@ pub struct CommitPhase {
 /// `address`, each committing new objects (`objects_per_txn` of `size`
 /// bytes per transaction) back to back for `phase`.
 pub fn commit_phase(
-    address: &str,
+    target: impl Into<Target>,
     storage: &str,
     clients: usize,
     phase: Duration,
@@ -216,8 +272,9 @@ pub fn commit_phase(
     if clients == 0 || objects_per_txn == 0 {
         return Err("the commit phase needs clients and objects per transaction".into());
     }
+    let target = target.into();
     let conns: Vec<Client> = (0..clients)
-        .map(|_| connect(address, storage))
+        .map(|_| connect(&target, storage))
         .collect::<Result<_, _>>()?;
     let payload = payload(size);
     let (results, elapsed) = timed_phase(conns.iter().collect(), phase, "commit", |i, c, stop| {
@@ -253,13 +310,14 @@ pub fn commit_phase(
 /// Write `objects` new objects of `size` bytes, `per_txn` per transaction,
 /// over one connection; returns their oids (to load them later).
 pub fn fill(
-    address: &str,
+    target: impl Into<Target>,
     storage: &str,
     objects: usize,
     per_txn: usize,
     size: usize,
 ) -> Result<Vec<Oid>, String> {
-    let c = connect(address, storage)?;
+    let target = target.into();
+    let c = connect(&target, storage)?;
     let payload = payload(size);
     let mut written = Vec::with_capacity(objects);
     let mut txn = 0i64;
@@ -277,7 +335,7 @@ pub fn fill(
 /// objects of `oids` (`loadBefore`), `pipeline` requests in flight, for
 /// `phase`.
 pub fn load_phase(
-    address: &str,
+    target: impl Into<Target>,
     storage: &str,
     clients: usize,
     phase: Duration,
@@ -290,10 +348,11 @@ pub fn load_phase(
     if clients == 0 {
         return Err("the load phase needs clients".into());
     }
+    let target = target.into();
     let oids: Vec<Value> = oids.iter().map(|o| oid_value(*o)).collect();
     let oids = &oids;
     let mut raws: Vec<RawConn> = (0..clients)
-        .map(|_| RawConn::connect(address, storage))
+        .map(|_| RawConn::connect(&target, storage))
         .collect::<Result<_, _>>()?;
     let depth = pipeline.max(1);
     let (results, elapsed) =
@@ -319,20 +378,21 @@ pub fn load_phase(
 
 /// A plain blocking ZEO connection for pipelined loads.
 struct RawConn {
-    stream: TcpStream,
-    reader: BufReader<TcpStream>,
+    stream: Wire,
+    reader: BufReader<Wire>,
     next: i64,
     out: Vec<u8>,
 }
 
 impl RawConn {
-    fn connect(addr: &str, storage: &str) -> Result<RawConn, String> {
+    fn connect(target: &Target, storage: &str) -> Result<RawConn, String> {
+        let addr = &target.address;
         let e = |what: &str, err: std::io::Error| format!("{what} {addr}: {err}");
-        let stream = TcpStream::connect(addr).map_err(|err| e("cannot connect to", err))?;
+        let stream = Wire::connect(addr, target.tls.as_ref(), Duration::from_secs(10))
+            .map_err(|err| format!("cannot connect to {addr}: {err}"))?;
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .map_err(|err| e("cannot configure", err))?;
-        let _ = stream.set_nodelay(true);
         let reader = BufReader::new(stream.try_clone().map_err(|err| e("cannot clone", err))?);
         let mut c = RawConn {
             stream,
@@ -455,8 +515,9 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
     }
     let phase = Duration::from_secs_f64(args.duration / 2.0);
     // Phase 1: commits.
+    let target = args.target();
     let written = commit_phase(
-        &args.address,
+        &target,
         &args.storage,
         args.clients,
         phase,
@@ -468,7 +529,7 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
     // connections (one per client) so the generator costs little: a batch of
     // `pipeline` loadBefore requests is written, then its replies are read.
     let loads = load_phase(
-        &args.address,
+        &target,
         &args.storage,
         args.clients,
         phase,

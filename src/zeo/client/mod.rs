@@ -88,7 +88,7 @@ mod connect;
 mod link;
 mod reply;
 mod storage;
-mod wire;
+pub(crate) mod wire;
 
 pub use connect::check_protocol;
 pub use link::backoff_delay;

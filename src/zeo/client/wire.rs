@@ -91,7 +91,7 @@ fn lock(s: &Session) -> std::sync::MutexGuard<'_, rustls::ClientConnection> {
 }
 
 /// One server connection's stream (a clone per reader, writer and control).
-pub(super) struct Wire {
+pub(crate) struct Wire {
     sock: Socket,
     tls: Option<Session>,
     /// Reader side: ciphertext read from the socket not yet fed to rustls.
@@ -102,7 +102,7 @@ pub(super) struct Wire {
 impl Wire {
     /// Connect to `addr` (TCP or Unix socket) and, with `tls`, finish the
     /// TLS handshake, all within `timeout`.
-    pub(super) fn connect(
+    pub(crate) fn connect(
         addr: &str,
         tls_files: Option<&tls::ClientFiles>,
         timeout: Duration,
@@ -173,7 +173,7 @@ impl Wire {
         Ok(())
     }
 
-    pub(super) fn try_clone(&self) -> io::Result<Wire> {
+    pub(crate) fn try_clone(&self) -> io::Result<Wire> {
         Ok(Wire {
             sock: self.sock.try_clone()?,
             tls: self.tls.clone(),
@@ -187,7 +187,7 @@ impl Wire {
         self.sock.shutdown();
     }
 
-    pub(super) fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+    pub(crate) fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         self.sock.set_read_timeout(t)
     }
 

@@ -818,6 +818,66 @@ mod tests {
     }
 
     #[test]
+    fn tls_and_unix_sockets() {
+        let c = Config::parse(
+            "[server]\nlisten=\"run/zeo.sock\"\nsocket-mode=\"0660\"\n\
+             [server.tls]\ncertificate=\"s.pem\"\nkey=\"/k/s.key\"\nclient-ca=\"ca.pem\"\n\
+             [[storage]]\nname=\"1\"\nkind=\"raid\"\n\
+             [[storage.backend]]\nname=\"a\"\nkind=\"zeo\"\naddress=\"db:8100\"\n\
+             [storage.backend.tls]\nca=\"dr-ca.pem\"\ncertificate=\"me.pem\"\nkey=\"me.key\"\n\
+             [[storage.backend]]\nname=\"b\"\nkind=\"zeo\"\naddress=\"sock/b.sock\"\n",
+            Path::new("/etc/zeoraid/z.toml"),
+        )
+        .expect("valid");
+        assert_eq!(c.server.listen, "/etc/zeoraid/run/zeo.sock");
+        let t = c.server.tls.as_ref().expect("tls");
+        assert_eq!(t.certificate, Path::new("/etc/zeoraid/s.pem"));
+        assert_eq!(t.key, Path::new("/k/s.key"));
+        assert_eq!(
+            t.client_ca.as_deref(),
+            Some(Path::new("/etc/zeoraid/ca.pem"))
+        );
+        assert_eq!(t.handshake_timeout, 10.0);
+        let b = &c.storage[0].backend;
+        let bt = b[0].tls.as_ref().expect("backend tls");
+        assert_eq!(bt.ca.as_deref(), Some(Path::new("/etc/zeoraid/dr-ca.pem")));
+        assert_eq!(bt.key.as_deref(), Some(Path::new("/etc/zeoraid/me.key")));
+        assert_eq!(b[1].address.as_deref(), Some("/etc/zeoraid/sock/b.sock"));
+        assert_eq!(b[1].tls, None);
+        const RAID: &str = "[[storage]]\nname=\"1\"\nkind=\"raid\"\n";
+        let cases = [
+            (
+                "[server]\nsocket-mode=\"rw\"\n[[storage]]\nname=\"1\"\nkind=\"memory\"".to_string(),
+                "server.socket-mode",
+            ),
+            (
+                "[server.tls]\ncertificate=\"a\"\nkey=\"b\"\nhandshake-timeout=0\n[[storage]]\nname=\"1\"\nkind=\"memory\"".to_string(),
+                "server.tls.handshake-timeout",
+            ),
+            (
+                format!("{RAID}[[storage.backend]]\nname=\"a\"\nkind=\"zeo\"\naddress=\"h:1\"\n[storage.backend.tls]\ncertificate=\"c\"\n"),
+                "storage[0].backend[0].tls",
+            ),
+            (
+                format!("{RAID}[[storage.backend]]\nname=\"a\"\nkind=\"zeo\"\naddress=\"/s.sock\"\n[storage.backend.tls]\nca=\"c\"\n"),
+                "storage[0].backend[0].tls.server-hostname",
+            ),
+            (
+                format!("{RAID}[[storage.backend]]\nname=\"a\"\nkind=\"memory\"\n[storage.backend.tls]\nca=\"c\"\n"),
+                "storage[0].backend[0].tls",
+            ),
+            (
+                format!("{RAID}[[storage.backend]]\nname=\"a\"\nkind=\"zeo\"\naddress=\"nowhere\"\n"),
+                "storage[0].backend[0].address",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = parse(&text).expect_err(&text).to_string();
+            assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_and_kinds_are_refused() {
         for text in [
             "[server]\nlisten_addr = \"x\"",

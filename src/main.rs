@@ -96,6 +96,7 @@ fn serve(path: PathBuf, listen: Option<String>) -> ExitCode {
         None => None,
         Some(t) => match zeoraid::net::tls::load_server(&t.files()) {
             Ok(loaded) => Some(zeoraid::server::TlsOptions {
+                info: zeoraid::server::TlsInfo::of(&loaded),
                 config: loaded.config,
                 handshake_timeout: std::time::Duration::from_secs_f64(t.handshake_timeout),
             }),

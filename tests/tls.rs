@@ -48,6 +48,7 @@ fn tls_server(pair: &Pair, client_ca: Option<&Path>) -> Server {
     })
     .expect("server TLS files load");
     let tls = TlsOptions {
+        info: zeoraid::server::TlsInfo::of(&loaded),
         config: loaded.config,
         handshake_timeout: Duration::from_secs(1),
     };
@@ -487,4 +488,107 @@ fn certificates_are_re_read_on_sighup() {
     commit_and_load(&c, 10);
     let e = connect(addr, trusting(&old_ca, None)).expect_err("old CA no longer matches");
     assert!(e.to_string().contains("not signed by a CA we trust"), "{e}");
+}
+
+#[test]
+fn array_over_tls_and_unix_socket_backends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let ca = Ca::new(d, "main");
+    let clients = Ca::new(d, "clients");
+    let me = clients.client(d, "zeoraid");
+    // Backend a: TLS with client certificates required; b: a Unix socket.
+    let a = tls_server(&ca.server(d, "a"), Some(&clients.pem));
+    let b_path = d.join("b.sock");
+    let _b = Server::start(
+        options(Listen::Unix(b_path.clone()), None),
+        vec![("1".into(), Arc::new(MemoryStorage::new("1", false)), false)],
+    )
+    .expect("unix backend");
+    let port = common::free_port();
+    let admin = common::free_port();
+    let p = Proc::start(
+        d,
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+             [[storage]]\nname = \"1\"\nkind = \"raid\"\n\
+             [[storage.backend]]\nname = \"a\"\nkind = \"zeo\"\naddress = \"{}\"\n\
+             [storage.backend.tls]\nca = \"{}\"\ncertificate = \"{}\"\nkey = \"{}\"\nserver-hostname = \"localhost\"\n\
+             [[storage.backend]]\nname = \"b\"\nkind = \"zeo\"\naddress = \"{}\"\n",
+            a.local_addr(),
+            ca.pem.display(),
+            me.cert.display(),
+            me.key.display(),
+            b_path.display()
+        ),
+    );
+    let c = connect(format!("127.0.0.1:{port}"), None).expect("client of the array");
+    let (oid, tid, data) = commit(&c, 4000);
+    // The transaction is on both mirrors, read directly from each.
+    let on_a = connect(a.local_addr().to_string(), trusting(&ca, Some(&me))).expect("a");
+    check_load(&on_a, oid, tid, &data);
+    let on_b = connect(b_path.display().to_string(), None).expect("b");
+    check_load(&on_b, oid, tid, &data);
+    // Both backends count as optimal.
+    let out = Command::new(env!("CARGO_BIN_EXE_zeoraid"))
+        .args(["ctl", "--admin", &format!("127.0.0.1:{admin}"), "status"])
+        .output()
+        .expect("ctl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", p.log());
+    assert!(text.contains("2 of 2 backends optimal"), "{text}");
+}
+
+#[test]
+fn certificate_expiry_in_status_and_metrics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let ca = Ca::new(d, "main");
+    for (pair, code, words) in [
+        (ca.server(d, "fresh"), 0, "TLS certificate valid until"),
+        (ca.expired_server(d, "old"), 2, "EXPIRED on 2021-01-01"),
+    ] {
+        let sub = d.join(pair.cert.file_stem().expect("stem"));
+        std::fs::create_dir_all(&sub).expect("dir");
+        let admin = common::free_port();
+        let p = Proc::start(
+            &sub,
+            &format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncertificate = \"{}\"\nkey = \"{}\"\n\
+                 [admin]\nlisten = \"127.0.0.1:{admin}\"\n[[storage]]\nname = \"1\"\nkind = \"memory\"\n",
+                pair.cert.display(),
+                pair.key.display()
+            ),
+        );
+        let ctl = |what: &str| {
+            Command::new(env!("CARGO_BIN_EXE_zeoraid"))
+                .args(["ctl", "--admin", &format!("127.0.0.1:{admin}"), what])
+                .output()
+                .expect("ctl")
+        };
+        let out = ctl("status");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(code), "{text}\n{}", p.log());
+        assert!(text.contains(words), "{text}");
+        let metrics = http_get(admin, "/metrics");
+        assert!(
+            metrics.contains(&format!(
+                "zeoraid_tls_certificate_expiry_timestamp_seconds{{certificate=\"{}\"}}",
+                pair.cert.display()
+            )),
+            "{metrics}"
+        );
+        if code == 2 {
+            p.wait_log("expired on 2021-01-01 00:00:00 UTC: clients will refuse the connection");
+        }
+    }
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("admin");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").expect("request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("response");
+    out
 }

@@ -23,7 +23,13 @@
 pub mod ctl;
 pub mod status;
 
-use crate::server::{StatusSource, TlsSwitch};
+use crate::server::{StatusSource, TlsInfo, TlsSwitch};
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
 use crate::storage::Storage;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -361,15 +367,42 @@ fn answer(ctx: &Context, r: Route) -> tiny_http::Response<std::io::Cursor<Vec<u8
     };
     match r {
         Route::Status => match status::health(&doc()) {
-            Ok((state, line)) => json_response(
-                200,
-                &serde_json::json!({"state": state.label(), "line": line, "code": state.exit_code()}),
-            ),
+            Ok((state, line)) => {
+                let (code, line) = match ctx.tls.as_ref().map(TlsSwitch::info) {
+                    Some(TlsInfo {
+                        certificate,
+                        not_after: Some(not_after),
+                    }) => status::with_certificate(
+                        (state.exit_code(), line),
+                        status::certificate_health(
+                            &certificate.display().to_string(),
+                            not_after,
+                            now_unix(),
+                        ),
+                    ),
+                    _ => (state.exit_code(), line),
+                };
+                json_response(
+                    200,
+                    &serde_json::json!({"state": state.label(), "line": line, "code": code}),
+                )
+            }
             Err(e) => error(500, &e),
         },
         Route::Details => json_response(200, &with_config_diff(ctx, doc())),
         Route::Metrics => {
-            let mut resp = tiny_http::Response::from_string(status::prometheus(&doc()));
+            let mut text = status::prometheus(&doc());
+            if let Some(TlsInfo {
+                certificate,
+                not_after: Some(t),
+            }) = ctx.tls.as_ref().map(TlsSwitch::info)
+            {
+                text.push_str(&status::certificate_metric(
+                    &certificate.display().to_string(),
+                    t,
+                ));
+            }
+            let mut resp = tiny_http::Response::from_string(text);
             if let Ok(h) = tiny_http::Header::from_bytes(
                 "Content-Type",
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -467,7 +500,6 @@ pub fn reload(
         .collect();
     let mut changes = crate::open::reload(&cfg, &running)?;
     if let (Some(new), Some(switch)) = (new_tls, tls) {
-        switch.replace(new.config);
         changes.push(format!(
             "TLS certificate {} re-read{}",
             new.files.certificate.display(),
@@ -475,6 +507,7 @@ pub fn reload(
                 .map(|t| format!(" (valid until {})", crate::net::tls::format_utc(t)))
                 .unwrap_or_default()
         ));
+        switch.replace(new);
     }
     log::info!(
         "reloaded {}: {}",

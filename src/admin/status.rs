@@ -99,6 +99,67 @@ pub fn health(doc: &Value) -> Result<(State, String), String> {
     ))
 }
 
+/// Days before expiry from which the server certificate makes the status
+/// WARNING.
+pub const CERTIFICATE_WARN_DAYS: i64 = 14;
+
+/// The server certificate's part of the status: a Nagios code and words
+/// (pure). Expired: CRITICAL; expiring within
+/// [`CERTIFICATE_WARN_DAYS`]: WARNING.
+pub fn certificate_health(file: &str, not_after: i64, now: i64) -> (u8, String) {
+    let date = crate::net::tls::format_utc(not_after);
+    let left = not_after - now;
+    if left < 0 {
+        (
+            2,
+            format!("TLS certificate {file} EXPIRED on {date}: renew it and reload"),
+        )
+    } else if left < CERTIFICATE_WARN_DAYS * 86400 {
+        (
+            1,
+            format!(
+                "TLS certificate {file} expires in {} days ({date}): renew it and reload",
+                left / 86400
+            ),
+        )
+    } else {
+        (0, format!("TLS certificate valid until {date}"))
+    }
+}
+
+/// Merge the certificate's part into the status line: the worse code wins
+/// and names the line (pure).
+pub fn with_certificate(status: (u8, String), cert: (u8, String)) -> (u8, String) {
+    let (code, line) = status;
+    let worst = code.max(cert.0);
+    let label = |c: u8| match c {
+        0 => "OK",
+        1 => "WARNING",
+        2 => "CRITICAL",
+        _ => "UNKNOWN",
+    };
+    let line = if worst != code {
+        line.replacen(
+            &format!("ZEORAID {} ", label(code)),
+            &format!("ZEORAID {} ", label(worst)),
+            1,
+        )
+    } else {
+        line
+    };
+    (worst, format!("{line}; {}", cert.1))
+}
+
+/// The certificate's expiry as a Prometheus gauge.
+pub fn certificate_metric(file: &str, not_after: i64) -> String {
+    format!(
+        "# HELP zeoraid_tls_certificate_expiry_timestamp_seconds notAfter of the served TLS certificate\n\
+         # TYPE zeoraid_tls_certificate_expiry_timestamp_seconds gauge\n\
+         zeoraid_tls_certificate_expiry_timestamp_seconds{{certificate=\"{}\"}} {not_after}\n",
+        esc(file)
+    )
+}
+
 fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
@@ -574,6 +635,50 @@ mod tests {
         assert!(
             t.contains("recovering from a: 42.5% (425 copied, about 575 left, 100.0/s, ETA 6.0 s)"),
             "{t}"
+        );
+    }
+
+    #[test]
+    fn certificate_expiry() {
+        let day = 86400;
+        // (days left, code, words)
+        let table = [
+            (400, 0, "valid until"),
+            (14, 0, "valid until"),
+            (13, 1, "expires in 13 days"),
+            (0, 1, "expires in 0 days"),
+            (-1, 2, "EXPIRED on"),
+        ];
+        for (days, code, words) in table {
+            let (c, line) = certificate_health("s.pem", 1_000_000_000 + days * day, 1_000_000_000);
+            assert_eq!(c, code, "{days}: {line}");
+            assert!(line.contains(words), "{days}: {line}");
+        }
+        let ok = (0, "ZEORAID OK - optimal; storage 1: served".to_string());
+        let (c, line) = with_certificate(
+            ok.clone(),
+            (1, "TLS certificate s.pem expires in 3 days".into()),
+        );
+        assert_eq!(c, 1);
+        assert!(
+            line.starts_with("ZEORAID WARNING - optimal; storage 1: served; TLS"),
+            "{line}"
+        );
+        let crit = (2, "ZEORAID CRITICAL - degraded; x".to_string());
+        let (c, line) = with_certificate(crit, (1, "cert".into()));
+        assert_eq!(
+            (c, line.as_str()),
+            (2, "ZEORAID CRITICAL - degraded; x; cert")
+        );
+        let (c, line) = with_certificate(ok, (0, "TLS certificate valid until".into()));
+        assert_eq!(c, 0);
+        assert!(line.starts_with("ZEORAID OK - "), "{line}");
+        let m = certificate_metric("/etc/s.pem", 42);
+        assert!(
+            m.contains(
+                "zeoraid_tls_certificate_expiry_timestamp_seconds{certificate=\"/etc/s.pem\"} 42\n"
+            ),
+            "{m}"
         );
     }
 

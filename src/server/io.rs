@@ -169,7 +169,7 @@ impl Loop {
                         .shared
                         .tls
                         .as_ref()
-                        .map(|t| crate::locks::read(t).clone());
+                        .map(|t| crate::locks::read(&t.config).clone());
                     let mut transport = match Transport::new(stream, tls) {
                         Ok(t) => t,
                         Err(e) => {

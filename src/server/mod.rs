@@ -54,19 +54,49 @@ pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Durati
 #[derive(Clone)]
 pub struct TlsOptions {
     pub config: Arc<rustls::ServerConfig>,
+    /// The certificate file and its expiry, for status and metrics.
+    pub info: TlsInfo,
     /// A client that has not finished its handshake by then is closed (a
     /// plaintext client on the TLS port waits for our greeting forever).
     pub handshake_timeout: std::time::Duration,
 }
 
+/// The served certificate: its file and notAfter (Unix seconds).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsInfo {
+    pub certificate: std::path::PathBuf,
+    pub not_after: Option<i64>,
+}
+
+impl TlsInfo {
+    pub fn of(loaded: &crate::net::tls::ServerTls) -> TlsInfo {
+        TlsInfo {
+            certificate: loaded.files.certificate.clone(),
+            not_after: loaded.not_after,
+        }
+    }
+}
+
+/// The listener's TLS configuration, replaced on reload.
+pub(crate) struct TlsState {
+    pub config: RwLock<Arc<rustls::ServerConfig>>,
+    pub info: RwLock<TlsInfo>,
+}
+
 /// Replaces the listener's TLS configuration while the server runs
 /// (certificates re-read on reload); new connections use the new one.
 #[derive(Clone)]
-pub struct TlsSwitch(Arc<RwLock<Arc<rustls::ServerConfig>>>);
+pub struct TlsSwitch(Arc<TlsState>);
 
 impl TlsSwitch {
-    pub fn replace(&self, config: Arc<rustls::ServerConfig>) {
-        *crate::locks::write(&self.0) = config;
+    pub fn replace(&self, loaded: crate::net::tls::ServerTls) {
+        *crate::locks::write(&self.0.info) = TlsInfo::of(&loaded);
+        *crate::locks::write(&self.0.config) = loaded.config;
+    }
+
+    /// The certificate served now.
+    pub fn info(&self) -> TlsInfo {
+        crate::locks::read(&self.0.info).clone()
     }
 }
 
@@ -160,7 +190,7 @@ pub(crate) struct Shared {
     pub wake_pending: AtomicBool,
     pub stopping: AtomicBool,
     /// The listener's TLS configuration; `None`: plaintext.
-    pub tls: Option<Arc<RwLock<Arc<rustls::ServerConfig>>>>,
+    pub tls: Option<Arc<TlsState>>,
 }
 
 impl Shared {
@@ -247,10 +277,12 @@ impl Server {
             waker,
             wake_pending: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
-            tls: opts
-                .tls
-                .as_ref()
-                .map(|t| Arc::new(RwLock::new(t.config.clone()))),
+            tls: opts.tls.as_ref().map(|t| {
+                Arc::new(TlsState {
+                    config: RwLock::new(t.config.clone()),
+                    info: RwLock::new(t.info.clone()),
+                })
+            }),
         });
         let mut workers = Vec::new();
         for i in 0..opts.workers.max(1) {

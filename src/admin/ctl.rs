@@ -73,6 +73,17 @@ pub enum CtlCommand {
         /// kind file: the Data.fs (relative: to the server's config file).
         #[arg(long)]
         path: Option<String>,
+        /// kind zeo: connect over TLS, verifying the server with this CA file.
+        #[arg(long)]
+        tls_ca: Option<String>,
+        /// kind zeo: our certificate, for a server that authenticates clients.
+        #[arg(long, requires = "tls_key")]
+        tls_certificate: Option<String>,
+        #[arg(long, requires = "tls_certificate")]
+        tls_key: Option<String>,
+        /// kind zeo: the name in the server's certificate.
+        #[arg(long)]
+        tls_server_hostname: Option<String>,
     },
     /// Remove a backend from the running array (after the transaction in
     /// flight); a restart does not bring it back.
@@ -268,12 +279,20 @@ pub fn run(args: &CtlArgs) -> u8 {
             address,
             storage: zeo_storage,
             path,
+            tls_ca,
+            tls_certificate,
+            tls_key,
+            tls_server_hostname,
         } => {
             let mut q = format!("?kind={}", enc(kind));
             for (k, v) in [
                 ("address", address),
                 ("storage", zeo_storage),
                 ("path", path),
+                ("tls-ca", tls_ca),
+                ("tls-certificate", tls_certificate),
+                ("tls-key", tls_key),
+                ("tls-server-hostname", tls_server_hostname),
             ] {
                 if let Some(v) = v {
                     q += &format!("&{k}={}", enc(v));

@@ -79,7 +79,7 @@ fn backend_of(name: &str, query: &str) -> Result<crate::config::BackendConfig, (
             .split('&')
             .filter_map(|kv| kv.split_once('='))
             .find(|(k, _)| *k == key)
-            .map(|(_, v)| v.to_string())
+            .map(|(_, v)| percent_decode(v))
     };
     let kind = match get("kind").as_deref() {
         Some("zeo") => BackendKind::Zeo,
@@ -122,6 +122,31 @@ fn backend_of(name: &str, query: &str) -> Result<crate::config::BackendConfig, (
         }
         _ => Ok(b),
     }
+}
+
+/// Undo `zeoraid ctl`'s percent-encoding of a query value (pure); a
+/// malformed escape is kept as it is.
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl Route {
@@ -615,6 +640,14 @@ mod tests {
             assert_eq!(got, want, "{method} {url}");
         }
         assert!(!Route::Status.changes() && rec(false).changes());
+        for (raw, want) in [
+            ("/srv/a b/Data.fs", "/srv/a b/Data.fs"),
+            ("/srv/a%20b/%C3%A9.fs", "/srv/a b/\u{e9}.fs"),
+            ("100%", "100%"),
+            ("%zz", "%zz"),
+        ] {
+            assert_eq!(percent_decode(raw), want, "{raw}");
+        }
         match route("POST", "/add/1/c?kind=zeo&address=127.0.0.1:9&storage=2") {
             Ok(Route::Add { storage, backend }) => {
                 assert_eq!(storage, "1");

@@ -6,8 +6,10 @@
 //! certificate refused by the client, a plaintext client on the TLS port
 //! closed with a log line that says so, certificate files that are wrong
 //! in the ways operators get them wrong, a Unix socket server (mode, stale
-//! file after kill -9, removed at a clean stop), and certificates re-read
-//! on SIGHUP.
+//! file after kill -9, removed at a clean stop), certificates re-read on
+//! SIGHUP, certificate expiry in `ctl status` and `/metrics`, TLS 1.2 and
+//! 1.3 both served, and an array over a TLS backend that requires client
+//! certificates and a Unix socket backend.
 
 mod common;
 
@@ -591,4 +593,49 @@ fn http_get(port: u16, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).expect("response");
     out
+}
+
+/// The greeting read through a rustls client limited to one TLS version.
+fn greeting_over(
+    version: &'static rustls::SupportedProtocolVersion,
+    ca: &Path,
+    port: u16,
+) -> Vec<u8> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).expect("ca") {
+        roots.add(c.expect("cert")).expect("root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[version])
+    .expect("version")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = ServerName::try_from("localhost").expect("name");
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).expect("conn");
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+    let mut frame = [0u8; 6];
+    tls.read_exact(&mut frame).expect("greeting");
+    assert_eq!(
+        conn.protocol_version(),
+        Some(version.version),
+        "negotiated version"
+    );
+    frame.to_vec()
+}
+
+#[test]
+fn tls_1_2_and_1_3_both_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new(dir.path(), "main");
+    let server = tls_server(&ca.server(dir.path(), "server"), None);
+    let port = server.local_addr().port();
+    for v in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        assert_eq!(greeting_over(v, &ca.pem, port), b"\x00\x00\x00\x02M5");
+    }
 }

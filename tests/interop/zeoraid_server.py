@@ -39,9 +39,16 @@ Typical use::
         server.stop()
         server.cleanup()
 
+TLS and Unix sockets (test_tls): ``Server(..., tls=TlsSpec(certificate,
+key, client_ca))`` puts the listener on TLS (zeoraid's ``[server.tls]``,
+runzeo's ``<ssl>``, which requires ``client_ca`` as ``authenticate``);
+``listen="/dir/zeo.sock"`` makes zeoraid listen on a Unix socket, and then
+``addr`` is that path (what ClientStorage takes); ``server_toml`` adds
+lines to zeoraid's ``[server]``; ``log_level`` sets its ``RUST_LOG``.
+
 Everything the server wrote to stderr is kept in a file in its temporary
 directory; ``log_tail()`` returns the end of it so a failing test can show
-what the server said.
+what the server said, ``log_text()`` all of it for log assertions.
 """
 
 import atexit
@@ -73,9 +80,12 @@ TARGETS = ("zeoraid", "runzeo")
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 
-# The one line a server prints on stdout once it accepts connections.
+# The one line a server prints on stdout once it accepts connections:
+# "zeoraid: listening on HOST:PORT", or "... on unix:PATH" for a server on
+# a Unix socket.
 LISTEN_RE = re.compile(
-    r"^zeoraid: listening on (?P<host>\[[^\]]+\]|[^\s:]+):(?P<port>\d+)\s*$")
+    r"^zeoraid: listening on (?:unix:(?P<path>/\S.*?)|"
+    r"(?P<host>\[[^\]]+\]|[^\s:]+):(?P<port>\d+))\s*$")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -122,6 +132,19 @@ def zeoraid_binary():
 
 
 @dataclass
+class TlsSpec:
+    """TLS on a server's listener: zeoraid's ``[server.tls]``, runzeo's
+    ``<ssl>`` (PEM file paths)."""
+    certificate: str
+    key: str
+    # Only clients with a certificate from this CA get in (zeoraid's
+    # client-ca, runzeo's authenticate; runzeo requires it).
+    client_ca: str = None
+    # zeoraid only: seconds a client has for its handshake (None: default).
+    handshake_timeout: float = None
+
+
+@dataclass
 class StorageSpec:
     """One ``[[storage]]`` section of the server config."""
     name: str = "1"          # ZEO's default storage name
@@ -131,7 +154,10 @@ class StorageSpec:
     # kind="raid": one entry per backend, in order: "file" or "memory" (in
     # process), "runzeo" (a stock Python ZEO server this harness starts,
     # msgpack on, otherwise ZEO's defaults: it resolves conflicts itself) or
-    # "zeoraid" (a second zeoraid server with a memory storage).
+    # "zeoraid" (a second zeoraid server with a memory storage).  Or a
+    # tuple ("zeo", ADDRESS) for a ZEO server the test runs itself, or
+    # ("zeo", ADDRESS, EXTRA) where EXTRA is TOML added to that backend's
+    # section (e.g. its [storage.backend.tls] table).
     backends: tuple = ()
     raid_options: str = ""   # extra TOML lines for the [[storage]] section
 
@@ -191,7 +217,8 @@ class Server:
 
     def __init__(self, storages=None, workers=4, invalidation_queue_size=100,
                  target_name=None, extra_toml="", resolver=True,
-                 transaction_timeout=None, client_conflict_resolution=None):
+                 transaction_timeout=None, client_conflict_resolution=None,
+                 listen=None, server_toml="", tls=None, log_level=None):
         self.storages = list(storages or [StorageSpec()])
         self.workers = workers
         self.invalidation_queue_size = invalidation_queue_size
@@ -205,6 +232,20 @@ class Server:
         self.target = target_name or target()
         self.extra_toml = extra_toml
         self.resolver = resolver
+        # Where to listen: None is 127.0.0.1 on a free port; a path (with a
+        # "/") is a Unix socket (zeoraid only); then ``addr`` is that path,
+        # which is what ZEO's ClientStorage takes for a Unix socket.
+        self.listen = listen
+        # zeoraid only: extra TOML at the end of [server] (keys such as
+        # socket-mode, then subtables).
+        self.server_toml = server_toml
+        # TlsSpec: TLS on the listener (None: plaintext).
+        self.tls = tls
+        # RUST_LOG for zeoraid (None: the environment's, or zeoraid's
+        # default, info).
+        self.log_level = log_level
+        if listen is not None and self.target != "zeoraid":
+            raise HarnessError("listen= is supported for zeoraid only")
         self.dir = tempfile.mkdtemp(prefix="zeoraid-interop-", dir=_BASE_TMP)
         # Backend servers of RAID storages (started before, stopped after).
         self.backend_servers = []
@@ -230,13 +271,24 @@ class Server:
         q = json.dumps
         lines = [
             "[server]",
-            f"listen = {q('127.0.0.1:0')}",
+            f"listen = {q(self.listen or '127.0.0.1:0')}",
             f"workers = {int(self.workers)}",
             f"invalidation-queue-size = {int(self.invalidation_queue_size)}",
         ]
         if self.transaction_timeout is not None:
             lines.append(
                 f"transaction-timeout = {float(self.transaction_timeout)!r}")
+        if self.server_toml:
+            lines.append(self.server_toml)
+        if self.tls is not None:
+            lines += ["[server.tls]",
+                      f"certificate = {q(self.tls.certificate)}",
+                      f"key = {q(self.tls.key)}"]
+            if self.tls.client_ca:
+                lines.append(f"client-ca = {q(self.tls.client_ca)}")
+            if self.tls.handshake_timeout is not None:
+                lines.append(f"handshake-timeout = "
+                             f"{float(self.tls.handshake_timeout)!r}")
         lines.append("")
         for spec in self.storages:
             lines += [
@@ -268,10 +320,12 @@ class Server:
             raise HarnessError("a raid StorageSpec needs backends")
         for i, kind in enumerate(spec.backends):
             if isinstance(kind, tuple):
-                # ("zeo", "HOST:PORT"): a ZEO server the test runs itself.
-                _, address = kind
+                # ("zeo", "HOST:PORT"[, EXTRA]): a ZEO server the test runs
+                # itself; EXTRA is more TOML for this backend.
+                _, address, *extra = kind
                 lines += ["[[storage.backend]]", f'name = "zeo-{i}"',
                           'kind = "zeo"', f"address = {q(address)}"]
+                lines += [e for e in extra if e]
                 continue
             name = f"{kind}-{i}"
             lines.append("[[storage.backend]]")
@@ -313,6 +367,17 @@ class Server:
             # ZConfig's "integer" datatype: whole seconds, at least 1.
             lines.append(f"  transaction-timeout "
                          f"{max(1, round(self.transaction_timeout))}")
+        if self.tls is not None:
+            if not self.tls.client_ca:
+                raise HarnessError("runzeo's <ssl> requires authenticate: "
+                                   "give the TlsSpec a client_ca")
+            if self.tls.handshake_timeout is not None:
+                raise HarnessError("runzeo has no TLS handshake timeout")
+            lines += ["  <ssl>",
+                      f"    certificate {self.tls.certificate}",
+                      f"    key {self.tls.key}",
+                      f"    authenticate {self.tls.client_ca}",
+                      "  </ssl>"]
         lines.append("</zeo>")
         flavour = os.environ.get(RUNZEO_STORAGE_ENV, "file")
         if flavour not in ("file", "mapping"):
@@ -366,6 +431,8 @@ class Server:
             self._prepare()
         env = dict(os.environ)
         env.setdefault("RUST_BACKTRACE", "1")
+        if self.log_level is not None:
+            env["RUST_LOG"] = self.log_level
         stderr = open(self.stderr_path, "ab")
         try:
             self.proc = subprocess.Popen(
@@ -411,7 +478,11 @@ class Server:
             self._kill_quietly()
             raise HarnessError(
                 f"unexpected first stdout line {line!r} (expected "
-                f"'zeoraid: listening on HOST:PORT')\n{self.describe()}")
+                f"'zeoraid: listening on HOST:PORT' or '... on unix:PATH')"
+                f"\n{self.describe()}")
+        if m.group("path"):
+            self.addr = m.group("path")
+            return self.addr
         host = m.group("host").strip("[]")
         self.addr = (host, int(m.group("port")))
         return self.addr
@@ -427,10 +498,14 @@ class Server:
             raise HarnessError("restart: the server is still running")
         self._forget()
         # Listen on the port it had: an array names its backends by address.
-        port = self.addr[1]
+        # (A Unix socket server listens on the configured path again.)
+        unix = isinstance(self.addr, str)
+        port = None if unix else self.addr[1]
         with open(self.config_path) as f:
             text = f.read()
-        if self.target == "zeoraid":
+        if unix:
+            pass   # the config names the path; nothing to pin
+        elif self.target == "zeoraid":
             text = re.sub(r'(?m)^listen = "127\.0\.0\.1:\d+"$',
                           f'listen = "127.0.0.1:{port}"', text, count=1)
         else:
@@ -447,6 +522,11 @@ class Server:
         self._stdout_lines = []
         self._reader = None
         addr = self.start(timeout, _prepare=False)
+        if unix:
+            if addr != self.listen:
+                raise HarnessError(f"restart: listening on {addr}, not on "
+                                   f"{self.listen}\n{self.describe()}")
+            return addr
         if addr[1] != port:
             raise HarnessError(f"restart: listening on {addr}, not on port "
                                f"{port}\n{self.describe()}")
@@ -576,6 +656,14 @@ class Server:
         if extra:
             text += "\n--- stdout after the listening line ---\n" + extra
         return text
+
+    def log_text(self):
+        """Everything the server wrote to stderr so far."""
+        try:
+            with open(self.stderr_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
 
     def describe(self):
         """Command, config and stderr: what a human needs to reproduce."""

@@ -10,6 +10,7 @@
 //! handshake in time (a plaintext client on the TLS port waits for our
 //! greeting forever) is closed with a log line that says so.
 
+use super::refusals::{host_of, suppressed_note, Refusals, Verdict};
 use super::session::{self, Session};
 use super::transport::{tls_failure, Listener, Transport};
 use super::{methods, ConnId, Job, Out, Shared};
@@ -83,6 +84,8 @@ struct Loop {
     /// TLS connections still in their handshake, with their deadline.
     handshakes: Vec<(Instant, ConnId)>,
     handshake_timeout: Duration,
+    /// Rate limit for the log lines about refused clients.
+    refusals: Refusals,
     next_id: u64,
     shared: Arc<Shared>,
     max_frame: usize,
@@ -112,6 +115,7 @@ pub(super) fn run(
         conns: HashMap::new(),
         handshakes: Vec::new(),
         handshake_timeout,
+        refusals: Refusals::default(),
         next_id: FIRST_CONN,
         shared,
         max_frame,
@@ -221,6 +225,8 @@ impl Loop {
     fn read(&mut self, id: ConnId) {
         let mut frames = Vec::new();
         let mut closed = None;
+        // A TLS client turned away: (peer, why), logged rate-limited.
+        let mut refused: Option<(String, String)> = None;
         {
             let Some(conn) = self.conns.get_mut(&id) else {
                 return;
@@ -228,6 +234,12 @@ impl Loop {
             loop {
                 match conn.transport.read(&mut self.read_buf) {
                     Ok(0) => {
+                        if conn.transport.abandoned_handshake() {
+                            refused = Some((
+                                conn.peer.clone(),
+                                "it closed the connection during the TLS handshake; does it trust our certificate? (check the CA it was given, the name it expects and our certificate's dates)".into(),
+                            ));
+                        }
                         closed = Some(None);
                         break;
                     }
@@ -260,12 +272,13 @@ impl Loop {
                         break;
                     }
                     Err(e) => {
-                        closed = Some(Some(match tls_failure(&e) {
+                        closed = Some(match tls_failure(&e) {
                             Some(why) => {
-                                format!("refused TLS connection from {}: {why}", conn.peer)
+                                refused = Some((conn.peer.clone(), why.to_string()));
+                                None
                             }
-                            None => format!("connection from {} failed: {e}", conn.peer),
-                        }));
+                            None => Some(format!("connection from {} failed: {e}", conn.peer)),
+                        });
                         break;
                     }
                 }
@@ -286,11 +299,24 @@ impl Loop {
             // One job for the whole burst: one worker wake-up, one reply write.
             let _ = self.shared.jobs.send(Job::Concurrent(id, reads));
         }
+        if let Some((peer, why)) = refused {
+            self.log_refusal(&peer, &why, |note| {
+                format!("refused TLS connection from {peer}: {why}{note}")
+            });
+        }
         if let Some(reason) = closed {
             if let Some(r) = reason {
                 log::error!("{r}");
             }
             self.close(id);
+        }
+    }
+
+    /// Log a refused client at warn level, once per host per minute (a
+    /// refused ZEO client reconnects at once, hundreds of times a second).
+    fn log_refusal(&mut self, peer: &str, reason: &str, line: impl FnOnce(&str) -> String) {
+        if let Verdict::Log { suppressed } = self.refusals.check(peer, reason, Instant::now()) {
+            log::warn!("{}", line(&suppressed_note(host_of(peer), suppressed)));
         }
     }
 
@@ -538,12 +564,13 @@ impl Loop {
                 _ => false,
             });
         for id in expired {
-            if let Some(c) = self.conns.get(&id) {
-                log::warn!(
-                    "closing connection from {}: no TLS handshake within {:?}; a plaintext client on the TLS port? (give the client an SSL context)",
-                    c.peer,
-                    self.handshake_timeout
-                );
+            if let Some(peer) = self.conns.get(&id).map(|c| c.peer.clone()) {
+                let timeout = self.handshake_timeout;
+                self.log_refusal(&peer, "handshake timeout", |note| {
+                    format!(
+                        "closing connection from {peer}: no TLS handshake within {timeout:?}; a plaintext client on the TLS port? (give the client an SSL context){note}"
+                    )
+                });
             }
             self.close(id);
         }

@@ -25,6 +25,7 @@ mod committer;
 pub mod invalidations;
 mod io;
 pub mod methods;
+mod refusals;
 mod session;
 mod status;
 mod transport;

@@ -180,6 +180,8 @@ pub(super) fn tls_failure(e: &io::Error) -> Option<&str> {
 pub(super) struct Transport {
     stream: Stream,
     tls: Option<Box<rustls::ServerConnection>>,
+    /// TLS: the client sent handshake bytes.
+    tls_started: bool,
 }
 
 impl Transport {
@@ -195,7 +197,11 @@ impl Transport {
             }
             None => None,
         };
-        Ok(Transport { stream, tls })
+        Ok(Transport {
+            stream,
+            tls,
+            tls_started: false,
+        })
     }
 
     pub(super) fn source(&mut self) -> &mut Stream {
@@ -205,6 +211,12 @@ impl Transport {
     /// True while a TLS handshake is not finished.
     pub(super) fn handshaking(&self) -> bool {
         self.tls.as_ref().is_some_and(|t| t.is_handshaking())
+    }
+
+    /// The client began a TLS handshake and went away before finishing it
+    /// (what a client that does not trust our certificate does).
+    pub(super) fn abandoned_handshake(&self) -> bool {
+        self.tls_started && self.handshaking()
     }
 
     pub(super) fn is_tls(&self) -> bool {
@@ -231,7 +243,7 @@ impl Transport {
             }
             match tls.read_tls(&mut self.stream) {
                 Ok(0) => return Ok(0),
-                Ok(_) => {}
+                Ok(_) => self.tls_started = true,
                 Err(e) => return Err(e),
             }
             if let Err(e) = tls.process_new_packets() {

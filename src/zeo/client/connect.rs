@@ -43,6 +43,17 @@ pub fn check_protocol(addr: &str, announced: &[u8]) -> Result<()> {
     }
 }
 
+/// Why a TLS server may close the connection right after the handshake
+/// without a word (Python ZEO sends no alert when it refuses a client
+/// certificate; TLS 1.3 lets the client finish its side first) (pure).
+fn refused_after_handshake_hint(files: &crate::net::tls::ClientFiles) -> &'static str {
+    if files.certificate.is_none() {
+        " (over TLS: the server probably requires a client certificate; set `certificate` and `key` in [storage.backend.tls] (Python ZEO's <ssl> always has `authenticate`))"
+    } else {
+        " (over TLS: the server probably refused our certificate; check that the CA in its `authenticate` signed it and that it has not expired)"
+    }
+}
+
 /// What a successful handshake yields.
 pub(super) struct Established {
     pub(super) conn: Arc<Conn>,
@@ -189,7 +200,13 @@ impl Inner {
             .map_err(io_err)?;
         let mut dec = FrameDecoder::new(opts.max_frame);
         let deadline = Instant::now() + opts.connect_timeout;
-        let announced = read_frame_by(addr, stream, &mut dec, deadline, "protocol announcement")?;
+        let announced = read_frame_by(addr, stream, &mut dec, deadline, "protocol announcement")
+            .map_err(|e| match (e, &opts.tls) {
+                (Error::Disconnected(m), Some(files)) => {
+                    Error::Disconnected(format!("{m}{}", refused_after_handshake_hint(files)))
+                }
+                (e, _) => e,
+            })?;
         check_protocol(addr, &announced)?;
         frame::write_frame(stream, PROTOCOL).map_err(io_err)?;
 
@@ -229,6 +246,15 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hints_after_a_silent_tls_refusal() {
+        let mut files = crate::net::tls::ClientFiles::default();
+        assert!(refused_after_handshake_hint(&files).contains("requires a client certificate"));
+        files.certificate = Some("me.pem".into());
+        files.key = Some("me.key".into());
+        assert!(refused_after_handshake_hint(&files).contains("refused our certificate"));
+    }
 
     #[test]
     fn protocol_announcements() {

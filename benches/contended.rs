@@ -161,30 +161,13 @@ fn start_zeoraid(dir: &Path, kind: Kind, resolver: bool) -> Server {
     )
     .expect("write config");
     let (stderr, err) = stderr_file(dir, tag);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_zeoraid"))
-        .args(["serve", "--config"])
-        .arg(&conf)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(err)
-        .spawn()
-        .expect("start zeoraid");
-    let mut line = String::new();
-    let stdout = child.stdout.take().expect("stdout");
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("listening line");
-    let addr = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "unexpected first line {line:?}; stderr:\n{}",
-                std::fs::read_to_string(&stderr).unwrap_or_default()
-            )
-        });
+    let (child, addr) = common::spawn_zeoraid(&conf, Some(err));
+    let addr = addr.parse().unwrap_or_else(|_| {
+        panic!(
+            "not a TCP address: {addr:?}; stderr:\n{}",
+            std::fs::read_to_string(&stderr).unwrap_or_default()
+        )
+    });
     let (k, mode) = match (kind, resolver) {
         (Kind::Memory, false) => ("memory", "client-side resolution"),
         (Kind::Memory, true) => ("memory", "resolver helper"),

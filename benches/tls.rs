@@ -25,10 +25,9 @@
 mod certs;
 mod common;
 
-use common::{free_port, python, wait_port};
-use std::io::{BufRead, BufReader};
+use common::{free_port, python, spawn_zeoraid, wait_port, wanted};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use zeoraid::bench::{run, BenchArgs};
 
 const CLIENTS: usize = 8;
@@ -112,22 +111,7 @@ fn start_zeoraid(
         ),
     )
     .expect("config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_zeoraid"))
-        .args(["serve", "--config"])
-        .arg(&conf)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start zeoraid");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("listening line");
-    let address = line
-        .trim()
-        .strip_prefix("zeoraid: listening on ")
-        .map(|a| a.trim_start_matches("unix:").to_string())
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    let (child, address) = spawn_zeoraid(&conf, None);
     Proc {
         child,
         name,
@@ -239,15 +223,10 @@ fn main() {
     };
     let seconds = env("ZEORAID_BENCH_SECONDS", 4.0);
     let repeat = env("ZEORAID_BENCH_REPEAT", 3.0).max(1.0) as usize;
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let want = |k: &str| args.is_empty() || args.iter().any(|a| a == k);
-    if want("memory") {
+    if wanted("memory") {
         compare(Kind::Memory, seconds, repeat);
     }
-    if want("file") {
+    if wanted("file") {
         compare(Kind::File, seconds, repeat);
     }
 }

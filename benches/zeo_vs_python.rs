@@ -20,9 +20,9 @@
 
 mod common;
 use common::{free_port, python, wait_port};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 use zeoraid::bench::{run, BenchArgs};
 use zeoraid::zeo::frame::{read_frame, write_frame};
@@ -138,24 +138,8 @@ fn start_zeoraid(dir: &std::path::Path, kind: Kind) -> Proc {
         format!("[server]\nlisten = \"127.0.0.1:0\"\n[[storage]]\nname = \"1\"\n{storage}\n"),
     )
     .expect("write config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_zeoraid"))
-        .args(["serve", "--config"])
-        .arg(&conf)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start zeoraid");
-    let mut line = String::new();
-    let stdout = child.stdout.take().expect("stdout");
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("listening line");
-    let addr = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    let (child, addr) = common::spawn_zeoraid(&conf, None);
+    let addr = addr.parse().expect("a TCP address");
     Proc {
         child: Some(child),
         addr,

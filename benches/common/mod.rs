@@ -95,3 +95,45 @@ pub fn start_runzeo(dir: &Path, client_conflict_resolution: bool) -> Runzeo {
     wait_port(addr);
     proc
 }
+
+/// Start `zeoraid serve --config CONF` (built for this bench) with
+/// `RUST_LOG=warn` and stderr to `stderr` (inherited when `None`); waits
+/// for its listening line and returns the child and the address it names
+/// (`HOST:PORT`, or a Unix socket path without the `unix:` prefix).
+pub fn spawn_zeoraid(conf: &Path, stderr: Option<std::fs::File>) -> (Child, String) {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zeoraid"));
+    cmd.args(["serve", "--config"])
+        .arg(conf)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped());
+    if let Some(f) = stderr {
+        cmd.stderr(f);
+    }
+    let mut child = cmd.spawn().expect("start zeoraid");
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = BufReader::new(out).read_line(&mut line);
+    }
+    match line.trim().strip_prefix("zeoraid: listening on ") {
+        Some(a) => {
+            let a = a.trim_start_matches("unix:").to_string();
+            (child, a)
+        }
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("zeoraid did not start: first line {line:?}")
+        }
+    }
+}
+
+/// The benchmark's positional arguments pick what to run; none: all.
+pub fn wanted(name: &str) -> bool {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    args.is_empty() || args.iter().any(|a| a == name)
+}

@@ -102,10 +102,15 @@ class ZEOServerTestBase(ServerFixture, StorageTestBase.StorageTestBase):
         return self.start_server(
             [StorageSpec(name="1", kind=self.storage_kind)])
 
+    def _client_options(self):
+        """Extra ClientStorage options for every client (test_tls adds
+        its SSL context)."""
+        return {}
+
     def _open_client(self, server):
         self._storage = ClientStorage(
             server.addr, "1", cache_size=20000000, min_disconnect_poll=0.5,
-            **CLIENT_OPTIONS)
+            **CLIENT_OPTIONS, **self._client_options())
         self._storage.registerDB(DummyDB())
 
     def _teardown_after_failed_setup(self):
@@ -124,7 +129,8 @@ class ZEOServerTestBase(ServerFixture, StorageTestBase.StorageTestBase):
     def _new_storage_client(self):
         """Another ClientStorage to the same server (used by ZODB's and
         ZEO's mixins for multi-client tests)."""
-        client = ClientStorage(self._storage._addr, **CLIENT_OPTIONS)
+        client = ClientStorage(self._storage._addr, **CLIENT_OPTIONS,
+                               **self._client_options())
         client.registerDB(DummyDB())
         return client
 
@@ -133,7 +139,8 @@ class ZEOServerTestBase(ServerFixture, StorageTestBase.StorageTestBase):
         addr = self._storage._addr
         self._storage.close()
         self._storage = ClientStorage(addr, read_only=read_only,
-                                      **CLIENT_OPTIONS)
+                                      **CLIENT_OPTIONS,
+                                      **self._client_options())
 
 
 class CreativeGetState(Persistent):

@@ -107,8 +107,6 @@ from ZODB.tests import TransactionalUndoStorage
 import certs
 import harness
 import zeoraid_server
-from test_conformance import CLIENT_OPTIONS
-from test_conformance import DummyDB
 from test_conformance import MiscZEOTests
 from test_conformance import ZEOServerTestBase
 from zeoraid_server import ServerFixture
@@ -558,28 +556,10 @@ class TlsFileStorageConformance(
         return self.start_server(
             [StorageSpec(name="1", kind=self.storage_kind)], tls=tls)
 
-    def _ssl_options(self):
+    def _client_options(self):
         pair = None if is_zeoraid() else self.pki.client
         return dict(ssl=client_context(self.pki.ca.pem, pair),
                     ssl_server_hostname="localhost")
-
-    def _open_client(self, server):
-        self._storage = ClientStorage(
-            server.addr, "1", cache_size=20000000, min_disconnect_poll=0.5,
-            **CLIENT_OPTIONS, **self._ssl_options())
-        self._storage.registerDB(DummyDB())
-
-    def _new_storage_client(self):
-        client = ClientStorage(self._storage._addr, **CLIENT_OPTIONS,
-                               **self._ssl_options())
-        client.registerDB(DummyDB())
-        return client
-
-    def open(self, read_only=0):
-        addr = self._storage._addr
-        self._storage.close()
-        self._storage = ClientStorage(addr, read_only=read_only,
-                                      **CLIENT_OPTIONS, **self._ssl_options())
 
     def interop_cleanup(self):
         super().interop_cleanup()

@@ -225,6 +225,12 @@ fn certificate_file_errors_name_the_file() {
     let b = ca.server(d, "b");
     let garbage = d.join("garbage.pem");
     std::fs::write(&garbage, "not a certificate\n").expect("write");
+    let encrypted = d.join("encrypted.key");
+    std::fs::write(
+        &encrypted,
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBvTBXBgkqhkiG9w0BBQ0wSjApBgkqhkiG9w0BBQwwHAQI\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    )
+    .expect("write");
     let files = |cert: &PathBuf, key: &PathBuf| ServerFiles {
         certificate: cert.clone(),
         key: key.clone(),
@@ -255,6 +261,11 @@ fn certificate_file_errors_name_the_file() {
             a.cert.clone(),
             garbage.clone(),
             format!("{} holds no PEM private key", garbage.display()),
+        ),
+        (
+            a.cert.clone(),
+            encrypted.clone(),
+            format!("{} holds an encrypted private key", encrypted.display()),
         ),
         (
             d.join("missing.pem"),

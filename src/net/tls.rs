@@ -117,6 +117,12 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     let data = std::fs::read(path)
         .map_err(|e| format!("cannot read TLS key file {}: {e}", path.display()))?;
+    if data.windows(9).any(|w| w == b"ENCRYPTED") {
+        return Err(format!(
+            "{} holds an encrypted private key, which zeoraid cannot use: store it decrypted (`openssl pkey -in KEY -out KEY.plain`) in a file only zeoraid's user can read",
+            path.display()
+        ));
+    }
     PrivateKeyDer::from_pem_slice(&data).map_err(|e| {
         let hint = if CertificateDer::pem_slice_iter(&data).any(|c| c.is_ok()) {
             " (it holds a certificate: swap certificate and key?)"

@@ -263,6 +263,28 @@ pub enum BackendKind {
     Memory,
 }
 
+/// How the array writes to a backend.
+#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendMode {
+    /// Every commit is written to it before it is acknowledged; it votes
+    /// and serves reads.
+    #[default]
+    Sync,
+    /// Committed transactions are shipped to it afterwards, in order, by
+    /// a thread of its own (a mirror in another site over a slow link).
+    Offsite,
+}
+
+impl BackendMode {
+    fn is_sync(&self) -> bool {
+        *self == BackendMode::Sync
+    }
+}
+
+/// Seconds an off-site mirror may trail before `ctl status` warns.
+pub const DEFAULT_MAX_LAG: f64 = 60.0;
+
 impl BackendKind {
     pub fn label(self) -> &'static str {
         match self {
@@ -286,6 +308,13 @@ pub struct BackendConfig {
     /// `kind = "zeo"`: TLS to the server; absent: plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<BackendTlsConfig>,
+    /// `sync` (the default) or `offsite`.
+    #[serde(default, skip_serializing_if = "BackendMode::is_sync")]
+    pub mode: BackendMode,
+    /// `mode = "offsite"`: seconds behind before `ctl status` warns
+    /// (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lag: Option<f64>,
     /// `kind = "zeo"`: the storage name on that server (default "1").
     #[serde(default)]
     pub storage: Option<String>,
@@ -616,14 +645,21 @@ fn validate_raid(
             "an array needs at least one [[storage.backend]] (two or more to mirror)",
         ));
     }
+    let synchronous = s.backend.iter().filter(|b| b.mode.is_sync()).count();
+    if synchronous == 0 {
+        return Err(invalid(
+            &key("backend"),
+            "(only off-site backends)".into(),
+            "an array needs at least one backend with mode = \"sync\" (off-site mirrors never decide a commit)",
+        ));
+    }
     if let Some(m) = s.min_optimal {
-        if m == 0 || m > s.backend.len() {
+        if m == 0 || m > synchronous {
             return Err(invalid(
                 &key("min-optimal"),
                 m.to_string(),
                 &format!(
-                    "must be between 1 and the number of backends ({})",
-                    s.backend.len()
+                    "must be between 1 and the number of synchronous backends ({synchronous})"
                 ),
             ));
         }
@@ -664,6 +700,30 @@ fn validate_raid(
                 Err(invalid(&bkey(k), "(missing)".into(), reason))
             }
         };
+        match (b.mode, b.max_lag) {
+            (BackendMode::Sync, Some(_)) => {
+                return Err(invalid(
+                    &bkey("max-lag"),
+                    "(set)".into(),
+                    "only an off-site backend (mode = \"offsite\") has a max-lag",
+                ))
+            }
+            (BackendMode::Offsite, Some(l)) if !(l.is_finite() && l > 0.0) => {
+                return Err(invalid(
+                    &bkey("max-lag"),
+                    l.to_string(),
+                    "must be a positive number of seconds",
+                ))
+            }
+            (BackendMode::Offsite, _) if b.kind == BackendKind::Memory => {
+                return Err(invalid(
+                    &bkey("mode"),
+                    "\"offsite\"".into(),
+                    "an off-site mirror is a ZEO server or a file, not memory",
+                ))
+            }
+            _ => {}
+        }
         let refuse = |k: &str, set: bool| -> Result<(), ConfigError> {
             if set {
                 Err(invalid(

@@ -177,8 +177,20 @@ pub fn open_raid(s: &StorageConfig) -> Result<RaidStorage, String> {
             b.name
         );
     }
-    let specs = backends.iter().map(|b| backend_spec(&s.name, b)).collect();
-    RaidStorage::open(raid_options(s), specs)
+    let (sync, offsite): (Vec<_>, Vec<_>) = backends
+        .iter()
+        .partition(|b| b.mode == crate::config::BackendMode::Sync);
+    let specs = sync.iter().map(|b| backend_spec(&s.name, b)).collect();
+    let raid = RaidStorage::open(raid_options(s), specs)?;
+    for b in offsite {
+        let max_lag = b.max_lag.unwrap_or(crate::config::DEFAULT_MAX_LAG);
+        let opts = crate::raid::offsite::Options::new(max_lag);
+        if let Err(e) = raid.add_offsite(backend_spec(&s.name, b), &opts) {
+            raid.close();
+            return Err(e);
+        }
+    }
+    Ok(raid)
 }
 
 /// Apply a reloaded config to running storages: for each array, add the
@@ -214,7 +226,14 @@ pub fn reload(
         ) {
             changes.push(format!("storage {name}: {c}"));
         }
-        let (add, remove) = crate::raid::members::diff(&raid.backend_names(), &s.backend);
+        let (sync, offsite) = crate::raid::members::split_modes(&s.backend);
+        if offsite != raid.offsite_names() {
+            problems.push(format!(
+                "storage {name:?}: adding or removing off-site backends needs a restart (running: {:?}, config: {offsite:?})",
+                raid.offsite_names()
+            ));
+        }
+        let (add, remove) = crate::raid::members::diff(&raid.backend_names(), &sync);
         for b in add {
             match raid.add_backend(backend_spec(name, &b), b.clone()) {
                 Ok(()) => changes.push(format!("storage {name}: added backend {}", b.name)),

@@ -112,6 +112,8 @@ fn backend_of(name: &str, query: &str) -> Result<crate::config::BackendConfig, (
             };
             (get("tls").as_deref() == Some("true") || t != Default::default()).then_some(t)
         },
+        mode: Default::default(),
+        max_lag: None,
     };
     match kind {
         BackendKind::Zeo if b.address.is_none() => {
@@ -564,7 +566,8 @@ fn with_config_diff(ctx: &Context, mut doc: serde_json::Value) -> serde_json::Va
         ) else {
             continue;
         };
-        let (add, remove) = crate::raid::members::diff(&raid.backend_names(), &s.backend);
+        let (sync, _) = crate::raid::members::split_modes(&s.backend);
+        let (add, remove) = crate::raid::members::diff(&raid.backend_names(), &sync);
         if add.is_empty() && remove.is_empty() {
             continue;
         }

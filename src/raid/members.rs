@@ -46,6 +46,16 @@ pub fn merge_saved(
     out
 }
 
+/// The configured backends split by mode: the synchronous ones, and the
+/// names of the off-site mirrors.
+pub fn split_modes(backends: &[BackendConfig]) -> (Vec<BackendConfig>, Vec<String>) {
+    let (sync, offsite): (Vec<_>, Vec<_>) = backends
+        .iter()
+        .cloned()
+        .partition(|b| b.mode == crate::config::BackendMode::Sync);
+    (sync, offsite.into_iter().map(|b| b.name).collect())
+}
+
 /// What a reload changes: backends to add (from the file) and to remove
 /// (running, no longer in the file). Pure.
 pub fn diff(running: &[String], configured: &[BackendConfig]) -> (Vec<BackendConfig>, Vec<String>) {
@@ -231,6 +241,8 @@ mod tests {
             sync: true,
             pack_gc: true,
             tls: None,
+            mode: Default::default(),
+            max_lag: None,
         }
     }
 

@@ -55,20 +55,21 @@
 pub mod balance;
 pub mod fanout;
 pub mod members;
+pub mod offsite;
 pub mod recovery;
 pub mod state;
 pub mod statefile;
 pub mod verify;
 
 use crate::locks::{lock, read, write};
-use crate::storage::{Error, Result, Storage, Tid};
+use crate::storage::{Error, Result, Storage, Tid, Txn};
 use crate::zeo::client::{Client, ClientOptions};
 use balance::ReadPolicy;
 use fanout::{Mode, Outcome};
 use state::{BackendState, FailMode};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 /// The array's settings (the `kind = "raid"` storage section).
@@ -173,6 +174,8 @@ struct Pending {
     tid: Option<Tid>,
     /// Backends that prepared it (positions).
     prepared: Vec<usize>,
+    /// The transaction, kept for the off-site mirrors' queues.
+    txn: Option<Txn>,
 }
 
 pub(crate) struct Core {
@@ -213,6 +216,9 @@ pub(crate) struct Core {
     /// Set when the array closes: recoveries stop, the supervisor ends.
     closing: std::sync::atomic::AtomicBool,
     closing_cv: (Mutex<()>, Condvar),
+    /// Off-site mirrors (`mode = "offsite"`): shipped to after the commit,
+    /// never read, never voting.
+    offsite: RwLock<Vec<Arc<offsite::Mirror>>>,
 }
 
 /// Who holds the array's commit lock.
@@ -307,6 +313,7 @@ impl RaidStorage {
                 reconfig: Mutex::new(()),
                 closing: std::sync::atomic::AtomicBool::new(false),
                 closing_cv: (Mutex::new(()), Condvar::new()),
+                offsite: RwLock::new(Vec::new()),
             }
         });
         for b in &core.backends {
@@ -339,6 +346,29 @@ impl RaidStorage {
     /// The array's state and each backend's, for `ruok` and logs.
     pub fn status(&self) -> serde_json::Value {
         self.core.status()
+    }
+
+    /// Add an off-site mirror and start shipping to it (at open, before
+    /// the array serves).
+    pub fn add_offsite(
+        &self,
+        spec: BackendSpec,
+        opts: &offsite::Options,
+    ) -> std::result::Result<(), String> {
+        let core = &self.core;
+        let last = *lock(&core.last_logged);
+        let m = Arc::new(offsite::Mirror::new(spec, opts, last));
+        m.start(core)?;
+        write(&core.offsite).push(m);
+        Ok(())
+    }
+
+    /// The off-site mirrors' names.
+    pub fn offsite_names(&self) -> Vec<String> {
+        read(&self.core.offsite)
+            .iter()
+            .map(|m| m.name.clone())
+            .collect()
     }
 }
 
@@ -743,6 +773,10 @@ impl Core {
                 "credit": (c.balance() * 10.0).round() / 10.0,
             })),
             "backends": backends,
+            "offsite": read(&self.offsite)
+                .iter()
+                .map(|m| m.status(Tid(self.published.load(Ordering::Acquire))))
+                .collect::<Vec<_>>(),
         })
     }
 }

@@ -208,7 +208,7 @@ impl Core {
 
     /// The source for a recovery of `target`: an optimal backend, in
     /// process first (no network), else the fastest.
-    fn pick_source(&self, target: usize) -> Option<usize> {
+    pub(super) fn pick_source(&self, target: usize) -> Option<usize> {
         let optimal: Vec<usize> = self
             .optimal()
             .into_iter()
@@ -673,7 +673,10 @@ fn resume_point(source: &dyn Storage, target: &dyn Storage) -> Result<Option<Tid
 /// The newest transaction in `s`'s history at or before `claimed` (its
 /// `lastTransaction`), looking back over a widening window; `None` when
 /// it holds none.
-fn newest_held(s: &dyn Storage, claimed: Tid) -> crate::storage::Result<Option<TxnRecord>> {
+pub(super) fn newest_held(
+    s: &dyn Storage,
+    claimed: Tid,
+) -> crate::storage::Result<Option<TxnRecord>> {
     if claimed == Tid::ZERO {
         return Ok(None);
     }
@@ -881,7 +884,7 @@ pub(super) fn feed(
 
 /// Write one transaction to the target as it is on the source (same tid,
 /// status, metadata, records, backpointers). Returns its data bytes.
-fn restore(target: &dyn Storage, rec: &TxnRecord, group: bool) -> Result<u64, String> {
+pub(super) fn restore(target: &dyn Storage, rec: &TxnRecord, group: bool) -> Result<u64, String> {
     let ops: Vec<Op> = rec
         .records
         .iter()

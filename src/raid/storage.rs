@@ -7,7 +7,7 @@
 use super::fanout::Outcome;
 use super::state::{self, VoteKey};
 use super::{Backend, Pending, RaidStorage};
-use crate::locks::lock;
+use crate::locks::{lock, read};
 use crate::storage::resolve::ConflictResolver;
 use crate::storage::{
     timestamp, CurrentRecord, Data, Error, HistoryEntry, Loaded, Oid, Result, SizeInfo, Storage,
@@ -231,13 +231,20 @@ impl Storage for RaidStorage {
         for (pos, why) in decision.degrade {
             core.degrade(answered[pos].0, format!("pack: {why}"));
         }
-        match decision.agree.first().map(|&p| &answered[p].1) {
+        let packed = match decision.agree.first().map(|&p| &answered[p].1) {
             Some(r) => r.clone(),
             None => Err(Error::Disconnected(format!(
                 "RAID array {:?}: no backend could pack",
                 core.opts.name
             ))),
+        };
+        if packed.is_ok() {
+            let after = *lock(&core.last_logged);
+            for m in read(&core.offsite).iter() {
+                m.request_pack(after, t, gc);
+            }
         }
+        packed
     }
 
     fn size_info(&self) -> SizeInfo {
@@ -302,6 +309,10 @@ impl Storage for RaidStorage {
 
     fn close(&self) {
         self.stop_supervisor();
+        let mirrors: Vec<_> = read(&self.core.offsite).clone();
+        for m in mirrors {
+            m.stop();
+        }
         for b in self.core.backends.iter().filter(|b| !b.is_removed()) {
             if let Ok(s) = b.storage() {
                 s.close();
@@ -410,6 +421,7 @@ impl RaidStorage {
                 *lock(&core.pending) = Pending {
                     tid: Some(tid),
                     prepared,
+                    txn: (!read(&core.offsite).is_empty()).then_some(whole),
                 };
                 Ok(vote)
             }
@@ -482,6 +494,12 @@ impl RaidStorage {
         {
             let mut last = lock(&core.last_logged);
             *last = (*last).max(tid);
+            // In tid order (under last_logged), for the off-site mirrors.
+            if let Some(txn) = &pending.txn {
+                for m in read(&core.offsite).iter() {
+                    m.enqueue(tid, txn);
+                }
+            }
         }
         if !core.group {
             core.published.fetch_max(tid.0, Ordering::AcqRel);

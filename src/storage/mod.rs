@@ -323,6 +323,11 @@ pub trait Storage: Send + Sync {
     fn as_raid(&self) -> Option<&crate::raid::RaidStorage> {
         None
     }
+    /// The ZEO client behind this storage (the off-site mirrors' pipelined
+    /// writer uses it); `None` for other storages.
+    fn as_zeo_client(&self) -> Option<&crate::zeo::client::Client> {
+        None
+    }
     /// Flush and release resources.
     fn close(&self) {}
 }

@@ -20,6 +20,7 @@
 //!   progress figures, and auto-recovery's backoff.
 
 pub mod credit;
+pub mod offsite;
 pub mod recovery;
 
 pub use credit::{Admission, Credit};

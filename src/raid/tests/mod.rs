@@ -1,5 +1,6 @@
 //! The array over in-process backends, some of them made to fail.
 
+mod offsite;
 mod recovery;
 
 use super::*;

@@ -111,7 +111,7 @@ fn write_frames<W: Write + ?Sized>(w: &mut W, frames: &[OutFrame<'_>]) -> io::Re
     w.flush()
 }
 
-type Reply = Result<Value>;
+pub(super) type Reply = Result<Value>;
 
 enum Pending {
     Open(HashMap<i64, Sender<Reply>>),
@@ -241,6 +241,42 @@ impl Conn {
 
     pub(super) fn send_oneway(&self, method: &str, args: Vec<Value>) -> Result<()> {
         self.send(&[OutFrame::whole(message::encode_oneway(method, args))])
+    }
+
+    /// Register for the reply to `msgid` (sent by the caller later).
+    pub(super) fn expect(&self, msgid: i64) -> Result<crossbeam_channel::Receiver<Reply>> {
+        let (tx, rx) = bounded(1);
+        match &mut *lock(&self.pending) {
+            Pending::Open(m) => {
+                m.insert(msgid, tx);
+                Ok(rx)
+            }
+            Pending::Dead(r) => Err(self.disconnected(r)),
+        }
+    }
+
+    /// Wait for the reply registered with [`Conn::expect`].
+    pub(super) fn await_reply(
+        &self,
+        msgid: i64,
+        rx: &crossbeam_channel::Receiver<Reply>,
+        method: &str,
+        timeout: Duration,
+    ) -> Result<Value> {
+        match rx.recv_timeout(timeout) {
+            Ok(reply) => reply,
+            Err(RecvTimeoutError::Timeout) => {
+                self.forget(msgid);
+                if let Ok(reply) = rx.try_recv() {
+                    return reply;
+                }
+                Err(Error::Disconnected(format!(
+                    "{}: no reply to {method} within {timeout:?} (call timeout)",
+                    self.addr
+                )))
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(self.dead_error()),
+        }
     }
 
     /// A synchronous call on this connection, waiting until `deadline`.

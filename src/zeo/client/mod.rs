@@ -87,6 +87,7 @@ mod conn;
 mod connect;
 mod link;
 mod reply;
+mod ship;
 mod storage;
 pub(crate) mod wire;
 

@@ -308,6 +308,10 @@ impl Storage for Client {
         self.tpc_vote_inner(txn)
     }
 
+    fn as_zeo_client(&self) -> Option<&Client> {
+        Some(self)
+    }
+
     fn tpc_finish(&self) -> Result<Tid> {
         let inner = &self.inner;
         let ctx = lock(&inner.txn)

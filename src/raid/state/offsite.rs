@@ -1,0 +1,271 @@
+//! The off-site mirror's decisions (pure): the bounded queue of committed
+//! transactions it ships from ([`ShipQueue`]), where the next transaction
+//! comes from ([`ShipQueue::plan`]: the queue, or a catch-up read from a
+//! synchronous backend), how far behind it is ([`Lag`]) and what that means
+//! for the status ([`health`]).
+//!
+//! The queue is fed at publish time and bounded by bytes and entries.
+//! When it overflows it forgets its oldest entries and remembers the
+//! newest forgotten tid (`covered_after`): every transaction after that is
+//! in the queue, the ones up to it must be read from a synchronous
+//! backend. A mirror that stands at or after `covered_after` ships from
+//! the queue; one behind it catches up from the source first.
+
+use crate::storage::Tid;
+use std::collections::VecDeque;
+
+/// What the shipper does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Ship the queue's transactions after the mirror's position.
+    Queue,
+    /// Nothing to ship: the mirror holds everything committed.
+    Idle,
+    /// Read the transactions after `after` up to and including `until`
+    /// from a synchronous backend (the queue no longer holds them).
+    CatchUp { after: Tid, until: Tid },
+}
+
+/// Committed transactions waiting to be shipped, oldest first.
+#[derive(Debug)]
+pub struct ShipQueue<T> {
+    entries: VecDeque<(Tid, u64, T)>,
+    bytes: u64,
+    max_bytes: u64,
+    max_entries: usize,
+    /// Every transaction after this tid is in `entries` or was shipped.
+    covered_after: Tid,
+    /// Times the queue forgot entries to stay within its bounds.
+    pub overflows: u64,
+}
+
+impl<T: Clone> ShipQueue<T> {
+    /// An empty queue that covers every transaction after `last_committed`.
+    pub fn new(last_committed: Tid, max_bytes: u64, max_entries: usize) -> ShipQueue<T> {
+        ShipQueue {
+            entries: VecDeque::new(),
+            bytes: 0,
+            max_bytes,
+            max_entries: max_entries.max(1),
+            covered_after: last_committed,
+            overflows: 0,
+        }
+    }
+
+    /// Add a committed transaction (tids arrive in commit order; an older
+    /// or repeated one is ignored). Forgets the oldest entries past the
+    /// bounds.
+    pub fn push(&mut self, tid: Tid, bytes: u64, item: T) {
+        let newest = self.entries.back().map_or(self.covered_after, |e| e.0);
+        if tid <= newest {
+            return;
+        }
+        self.entries.push_back((tid, bytes, item));
+        self.bytes += bytes;
+        let mut forgot = false;
+        while self.entries.len() > self.max_entries
+            || (self.bytes > self.max_bytes && self.entries.len() > 1)
+        {
+            if let Some((t, b, _)) = self.entries.pop_front() {
+                self.bytes -= b;
+                self.covered_after = t;
+                forgot = true;
+            }
+        }
+        if forgot {
+            self.overflows += 1;
+        }
+    }
+
+    /// Drop what the mirror already holds and say what comes next.
+    pub fn plan(&mut self, position: Tid) -> Next {
+        while self.entries.front().is_some_and(|e| e.0 <= position) {
+            if let Some((_, b, _)) = self.entries.pop_front() {
+                self.bytes -= b;
+            }
+        }
+        if position < self.covered_after {
+            Next::CatchUp {
+                after: position,
+                until: self.covered_after,
+            }
+        } else if self.entries.is_empty() {
+            Next::Idle
+        } else {
+            Next::Queue
+        }
+    }
+
+    /// Up to `n` entries after `position`, oldest first (cloned: they stay
+    /// queued until [`ShipQueue::plan`] sees them shipped).
+    pub fn take(&self, position: Tid, n: usize) -> Vec<(Tid, u64, T)> {
+        self.entries
+            .iter()
+            .filter(|e| e.0 > position)
+            .take(n)
+            .cloned()
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn covered_after(&self) -> Tid {
+        self.covered_after
+    }
+}
+
+/// How far an off-site mirror trails the array.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Lag {
+    /// Transactions committed and not yet on the mirror (an estimate while
+    /// it catches up from the source: `estimated`).
+    pub transactions: u64,
+    pub estimated: bool,
+    /// Data bytes waiting in the queue.
+    pub bytes: u64,
+    /// Commit time of the array's newest transaction minus the mirror's.
+    pub seconds: f64,
+}
+
+/// The lag of a mirror at `position` (pure). `queued` counts the queue's
+/// entries after the position; `catching_up_left` is the estimate of what
+/// a catch-up still has to read (None when streaming from the queue).
+pub fn lag(
+    newest: Tid,
+    position: Tid,
+    queued: u64,
+    queued_bytes: u64,
+    catching_up_left: Option<u64>,
+) -> Lag {
+    let seconds = if newest <= position {
+        0.0
+    } else {
+        super::lag_seconds(newest, position).unwrap_or(0.0)
+    };
+    Lag {
+        transactions: if newest <= position {
+            0
+        } else {
+            queued + catching_up_left.unwrap_or(0)
+        },
+        estimated: catching_up_left.is_some(),
+        bytes: if newest <= position { 0 } else { queued_bytes },
+        seconds,
+    }
+}
+
+/// The status an off-site mirror gives the array's health check (pure):
+/// `Ok`, or a warning with the reason.
+pub fn health(name: &str, lag_seconds: f64, max_lag: f64, down: Option<&str>) -> Option<String> {
+    match down {
+        Some(why) => Some(format!("off-site {name} is degraded: {why}")),
+        None if lag_seconds > max_lag => Some(format!(
+            "off-site {name} is {lag_seconds:.0} s behind (max-lag {max_lag:.0} s)"
+        )),
+        None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(n: u64) -> Tid {
+        Tid(n)
+    }
+
+    #[test]
+    fn queue_plans() {
+        // Bounds: 100 bytes, 4 entries; covers everything after tid 10.
+        let mut q: ShipQueue<()> = ShipQueue::new(t(10), 100, 4);
+        assert_eq!(q.plan(t(10)), Next::Idle);
+        assert_eq!(
+            q.plan(t(5)),
+            Next::CatchUp {
+                after: t(5),
+                until: t(10)
+            }
+        );
+        q.push(t(11), 10, ());
+        q.push(t(12), 10, ());
+        q.push(t(12), 10, ()); // repeated: ignored
+        q.push(t(9), 10, ()); // older: ignored
+        assert_eq!((q.len(), q.bytes()), (2, 20));
+        assert_eq!(q.plan(t(10)), Next::Queue);
+        assert_eq!(
+            q.take(t(10), 1).iter().map(|e| e.0).collect::<Vec<_>>(),
+            vec![t(11)]
+        );
+        // Shipped 11: it leaves the queue.
+        assert_eq!(q.plan(t(11)), Next::Queue);
+        assert_eq!((q.len(), q.bytes()), (1, 10));
+        // Entries bound: 13, 14, 15, 16 push 12 out.
+        for n in 13..=16 {
+            q.push(t(n), 10, ());
+        }
+        assert_eq!(q.covered_after(), t(12));
+        assert_eq!(q.overflows, 1);
+        assert_eq!(
+            q.plan(t(11)),
+            Next::CatchUp {
+                after: t(11),
+                until: t(12)
+            }
+        );
+        // The catch-up shipped 12: back to the queue.
+        assert_eq!(q.plan(t(12)), Next::Queue);
+        // Bytes bound: one big entry pushes out all older ones but itself.
+        q.push(t(17), 95, ());
+        assert_eq!(q.covered_after(), t(16));
+        assert_eq!((q.len(), q.bytes()), (1, 95));
+        // A single entry larger than the bound is kept (shipped as is).
+        q.push(t(18), 500, ());
+        assert_eq!((q.len(), q.bytes(), q.covered_after()), (1, 500, t(17)));
+        assert_eq!(q.plan(t(18)), Next::Idle);
+        assert_eq!(q.bytes(), 0);
+    }
+
+    #[test]
+    fn lags() {
+        use crate::storage::timestamp;
+        let at = |s: f64| timestamp::from_unix(1_700_000_000.0 + s);
+        // (newest, position, queued, bytes, catching up, want txns, estimated, bytes, seconds)
+        let table = [
+            (at(10.0), at(10.0), 0, 0, None, 0, false, 0, 0.0),
+            (at(10.0), at(4.0), 3, 300, None, 3, false, 300, 6.0),
+            (at(10.0), at(0.0), 5, 500, Some(100), 105, true, 500, 10.0),
+            (at(10.0), at(12.0), 2, 9, None, 0, false, 0, 0.0),
+        ];
+        for (newest, pos, q, b, c, txns, est, bytes, secs) in table {
+            let l = lag(newest, pos, q, b, c);
+            assert_eq!((l.transactions, l.estimated, l.bytes), (txns, est, bytes));
+            assert!((l.seconds - secs).abs() < 0.01, "{l:?}");
+        }
+    }
+
+    #[test]
+    fn health_table() {
+        let table = [
+            (5.0, 60.0, None, None),
+            (61.0, 60.0, None, Some("is 61 s behind (max-lag 60 s)")),
+            (0.0, 60.0, Some("link down"), Some("degraded: link down")),
+        ];
+        for (lag, max, down, want) in table {
+            let got = health("dr", lag, max, down);
+            match want {
+                None => assert_eq!(got, None),
+                Some(w) => assert!(got.as_deref().unwrap_or("").contains(w), "{got:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Restoring whole transactions on a server with many in flight
+//! ([`Client::restore_pipelined`], the off-site mirrors' writer): each
+//! transaction's `tpc_begin`, `restorea` calls, `vote` and `tpc_finish` go
+//! out in one write without waiting for the previous transaction's
+//! replies, which are collected as they arrive. The server handles a
+//! connection's messages in order, and a mirror's commit lock is never
+//! held by anyone else, so a long round trip costs latency, not rate.
+
+use super::conn::{Conn, OutFrame, Reply};
+use super::reply::{decode_ext, parse_vote, status_str, tid_of};
+use super::Client;
+use crate::storage::{Error, Result, Tid, TxnRecord};
+use crate::zeo::message;
+use crossbeam_channel::Receiver;
+use rmpv::Value;
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Transactions in flight at most.
+const WINDOW: usize = 64;
+/// Record bytes in flight at most.
+const WINDOW_BYTES: u64 = 16 << 20;
+
+struct InFlight {
+    tid: Tid,
+    bytes: u64,
+    vote: (i64, Receiver<Reply>),
+    finish: (i64, Receiver<Reply>),
+}
+
+impl Client {
+    /// Restore `recs` in order (same tids, status, metadata, records,
+    /// backpointers), keeping up to 64 transactions (16 MiB) in flight;
+    /// `on_done(tid, bytes)` follows each one the server finished, in
+    /// order. Stops early when `stop()` says so. The first failure ends
+    /// it: what was acknowledged is on the server, the rest is not.
+    pub fn restore_pipelined(
+        &self,
+        recs: impl Iterator<Item = std::result::Result<Arc<TxnRecord>, String>>,
+        stop: &dyn Fn() -> bool,
+        on_done: &mut dyn FnMut(Tid, u64),
+    ) -> Result<()> {
+        let inner = &self.inner;
+        let conn = inner.wait_conn(Instant::now() + inner.opts.call_timeout, "restore")?;
+        let mut flying: VecDeque<InFlight> = VecDeque::new();
+        let mut flying_bytes = 0u64;
+        for rec in recs {
+            if stop() {
+                break;
+            }
+            let rec = rec.map_err(Error::Io)?;
+            let f = self.send_restore(&conn, &rec)?;
+            flying_bytes += f.bytes;
+            flying.push_back(f);
+            while flying.len() >= WINDOW || flying_bytes > WINDOW_BYTES {
+                let Some(f) = flying.pop_front() else { break };
+                flying_bytes -= f.bytes;
+                self.complete(&conn, f, on_done)?;
+            }
+        }
+        while let Some(f) = flying.pop_front() {
+            self.complete(&conn, f, on_done)?;
+        }
+        Ok(())
+    }
+
+    fn send_restore(&self, conn: &Conn, rec: &TxnRecord) -> Result<InFlight> {
+        let inner = &self.inner;
+        let id = inner.next_txn_id.fetch_add(1, Ordering::Relaxed);
+        let idv = Value::from(id);
+        let mut frames = Vec::with_capacity(rec.records.len() + 3);
+        frames.push(OutFrame::whole(message::encode_oneway(
+            "tpc_begin",
+            vec![
+                idv.clone(),
+                message::bin(&rec.meta.user),
+                message::bin(&rec.meta.description),
+                decode_ext(&rec.meta.extension)?,
+                message::tid_value(rec.tid),
+                Value::from(status_str(rec.status)),
+            ],
+        )));
+        let mut bytes = 0u64;
+        for r in &rec.records {
+            bytes += r.data.as_ref().map_or(0, |d| d.len() as u64);
+            frames.push(OutFrame::oneway(
+                "restorea",
+                &[message::oid_value(r.oid), message::tid_value(rec.tid)],
+                r.data.as_deref(),
+                &[message::opt_tid_value(r.data_txn), idv.clone()],
+            ));
+        }
+        let vote_id = inner.msgid();
+        let vote_rx = conn.expect(vote_id)?;
+        let finish_id = inner.msgid();
+        let finish_rx = conn.expect(finish_id)?;
+        frames.push(OutFrame::whole(message::encode(
+            vote_id,
+            0,
+            "vote",
+            &Value::Array(vec![idv.clone()]),
+        )));
+        frames.push(OutFrame::whole(message::encode(
+            finish_id,
+            0,
+            "tpc_finish",
+            &Value::Array(vec![idv]),
+        )));
+        conn.send(&frames)?;
+        Ok(InFlight {
+            tid: rec.tid,
+            bytes,
+            vote: (vote_id, vote_rx),
+            finish: (finish_id, finish_rx),
+        })
+    }
+
+    fn complete(&self, conn: &Conn, f: InFlight, on_done: &mut dyn FnMut(Tid, u64)) -> Result<()> {
+        let timeout = self.inner.opts.call_timeout;
+        let vote = conn.await_reply(f.vote.0, &f.vote.1, "vote", timeout)?;
+        let (conflicts, _) = parse_vote(&vote)?;
+        if !conflicts.is_empty() {
+            return Err(Error::Transaction(format!(
+                "{} conflicts restoring transaction {}",
+                conflicts.len(),
+                f.tid
+            )));
+        }
+        let finished = conn.await_reply(f.finish.0, &f.finish.1, "tpc_finish", timeout)?;
+        let tid = tid_of(&finished, "tpc_finish reply")?;
+        if tid != f.tid {
+            return Err(Error::Transaction(format!(
+                "transaction {} was committed as {tid}",
+                f.tid
+            )));
+        }
+        on_done(tid, f.bytes);
+        Ok(())
+    }
+}

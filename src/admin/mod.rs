@@ -395,19 +395,24 @@ fn answer(ctx: &Context, r: Route) -> tiny_http::Response<std::io::Cursor<Vec<u8
     match r {
         Route::Status => match status::health(&doc()) {
             Ok((state, line)) => {
+                let doc = doc();
+                let (code, line) = match status::offsite_check(&doc) {
+                    Some(check) => status::with_certificate((state.exit_code(), line), check),
+                    None => (state.exit_code(), line),
+                };
                 let (code, line) = match ctx.tls.as_ref().map(TlsSwitch::info) {
                     Some(TlsInfo {
                         certificate,
                         not_after: Some(not_after),
                     }) => status::with_certificate(
-                        (state.exit_code(), line),
+                        (code, line),
                         status::certificate_health(
                             &certificate.display().to_string(),
                             not_after,
                             now_unix(),
                         ),
                     ),
-                    _ => (state.exit_code(), line),
+                    _ => (code, line),
                 };
                 json_response(
                     200,

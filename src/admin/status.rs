@@ -150,6 +150,40 @@ pub fn with_certificate(status: (u8, String), cert: (u8, String)) -> (u8, String
     (worst, format!("{line}; {}", cert.1))
 }
 
+/// The off-site mirrors' part of the status: WARNING with their
+/// warnings (degraded, or past `max-lag`), or OK with how far behind they
+/// are; `None` without off-site mirrors (pure).
+pub fn offsite_check(doc: &Value) -> Option<(u8, String)> {
+    let mirrors: Vec<&Value> = doc
+        .as_object()?
+        .values()
+        .filter_map(|s| s["raid"]["offsite"].as_array())
+        .flatten()
+        .collect();
+    if mirrors.is_empty() {
+        return None;
+    }
+    let warnings: Vec<String> = mirrors
+        .iter()
+        .filter_map(|m| m["warning"].as_str().map(str::to_string))
+        .collect();
+    if warnings.is_empty() {
+        let lags: Vec<String> = mirrors
+            .iter()
+            .map(|m| {
+                format!(
+                    "off-site {} {} s behind",
+                    text(&m["name"]),
+                    text(&m["lag-seconds"])
+                )
+            })
+            .collect();
+        Some((0, lags.join("; ")))
+    } else {
+        Some((1, warnings.join("; ")))
+    }
+}
+
 /// The certificate's expiry as a Prometheus gauge.
 pub fn certificate_metric(file: &str, not_after: i64) -> String {
     format!(
@@ -280,6 +314,43 @@ pub fn details_text(doc: &Value) -> String {
                 );
             }
         }
+        let mirrors = r["offsite"].as_array().filter(|m| !m.is_empty());
+        for m in mirrors.into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "  {:<12} {:<6} {:<11} {:<18} {:>10} {:>9} {:>9}  {}",
+                text(&m["name"]),
+                text(&m["kind"]),
+                text(&m["state"]),
+                text(&m["last-tid"]),
+                "off-site",
+                0,
+                text(&m["shipped"]),
+                text(&m["where"])
+            );
+            let _ = writeln!(
+                out,
+                "      behind by {} s, {}{} transactions, {} bytes queued (max-lag {} s); shipping {}/s, {} MB shipped; queue overflows {}",
+                text(&m["lag-seconds"]),
+                if m["lag-estimated"] == true { "about " } else { "" },
+                text(&m["lag-transactions"]),
+                text(&m["lag-bytes"]),
+                text(&m["max-lag"]),
+                text(&m["rate"]),
+                text(&m["shipped-megabytes"]),
+                text(&m["queue"]["overflows"])
+            );
+            if let Some(why) = m["reason"].as_str() {
+                let _ = writeln!(out, "      reason: {why}");
+            }
+            if let Some(err) = m["last-error"].as_str() {
+                let _ = writeln!(
+                    out,
+                    "      last error ({} failures): {err}",
+                    text(&m["failures"])
+                );
+            }
+        }
     }
     out
 }
@@ -366,6 +437,56 @@ pub fn prometheus(doc: &Value) -> String {
                     "commits admitted on credit after the longest wait",
                     &l,
                     num(&t["forced"]),
+                );
+            }
+            for o in r["offsite"].as_array().into_iter().flatten() {
+                let ol = format!("{l},backend=\"{}\"", esc(&text(&o["name"])));
+                for st in ["replicating", "catching-up", "degraded", "connecting"] {
+                    m.add(
+                        "zeoraid_offsite_state",
+                        "gauge",
+                        "1 for the off-site mirror's state",
+                        &format!("{ol},state=\"{st}\""),
+                        f64::from(u8::from(o["state"] == st)),
+                    );
+                }
+                let gauges = [
+                    ("lag-seconds", "zeoraid_offsite_lag_seconds", "commit time the off-site mirror trails the array by"),
+                    ("lag-transactions", "zeoraid_offsite_lag_transactions", "committed transactions not yet on the off-site mirror (estimated while it catches up)"),
+                    ("lag-bytes", "zeoraid_offsite_lag_bytes", "record bytes queued for the off-site mirror"),
+                    ("max-lag", "zeoraid_offsite_max_lag_seconds", "lag past which the status warns"),
+                    ("rate", "zeoraid_offsite_shipping_rate", "transactions shipped per second (smoothed)"),
+                ];
+                for (key, metric, help) in gauges {
+                    m.add(metric, "gauge", help, &ol, num(&o[key]));
+                }
+                m.add(
+                    "zeoraid_offsite_shipped_transactions_total",
+                    "counter",
+                    "transactions shipped to the off-site mirror since start",
+                    &ol,
+                    num(&o["shipped"]),
+                );
+                m.add(
+                    "zeoraid_offsite_shipped_megabytes_total",
+                    "counter",
+                    "record megabytes shipped to the off-site mirror since start",
+                    &ol,
+                    num(&o["shipped-megabytes"]),
+                );
+                m.add(
+                    "zeoraid_offsite_queue_overflows_total",
+                    "counter",
+                    "times the queue forgot transactions (read back from a synchronous backend)",
+                    &ol,
+                    num(&o["queue"]["overflows"]),
+                );
+                m.add(
+                    "zeoraid_offsite_failures_total",
+                    "counter",
+                    "shipping failures (link or mirror) since start",
+                    &ol,
+                    num(&o["failures"]),
                 );
             }
             for b in r["backends"].as_array().into_iter().flatten() {
@@ -636,6 +757,25 @@ mod tests {
             t.contains("recovering from a: 42.5% (425 copied, about 575 left, 100.0/s, ETA 6.0 s)"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn offsite_checks() {
+        let doc = |mirrors: Value| json!({"1": {"raid": {"offsite": mirrors}}});
+        assert_eq!(offsite_check(&json!({"1": {"loads": 1}})), None);
+        assert_eq!(offsite_check(&doc(json!([]))), None);
+        let (code, line) = offsite_check(&doc(
+            json!([{"name": "dr", "lag-seconds": 1.5, "warning": null}]),
+        ))
+        .unwrap();
+        assert_eq!((code, line.as_str()), (0, "off-site dr 1.5 s behind"));
+        let (code, line) = offsite_check(&doc(json!([
+            {"name": "dr", "lag-seconds": 1.5, "warning": null},
+            {"name": "dr2", "lag-seconds": 90, "warning": "off-site dr2 is 90 s behind (max-lag 60 s)"}
+        ])))
+        .unwrap();
+        assert_eq!(code, 1);
+        assert!(line.contains("dr2 is 90 s behind"), "{line}");
     }
 
     #[test]

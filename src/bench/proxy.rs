@@ -21,6 +21,10 @@
 //!   connected to the target at all and stays a sink after swallowing is
 //!   turned off; a connection that was forwarding resumes forwarding (what
 //!   was dropped meanwhile is lost, so its stream is likely broken).
+//! - **bandwidth** ([`Proxy::set_bandwidth`]): each direction is one link
+//!   of that many bytes per second, shared by all connections: a chunk is
+//!   delivered once the link has had time to carry it after the previous
+//!   one (after its delay, as on a real long fat pipe).
 //! - [`Proxy::cut`] closes every current connection (both sides, queued
 //!   data dropped); new connections are accepted as before.
 //!
@@ -128,6 +132,10 @@ struct Shared {
     delay_us: AtomicU64,
     service_us: AtomicU64,
     swallow: AtomicBool,
+    /// Bytes per second per direction (0: unlimited).
+    bandwidth: AtomicU64,
+    /// When each direction's link is free again (0 up, 1 down).
+    link_free: [Mutex<Instant>; 2],
     stopping: AtomicBool,
     /// Held while a frame is served in service-time mode.
     service: Mutex<()>,
@@ -213,6 +221,8 @@ impl Proxy {
             delay_us: AtomicU64::new(0),
             service_us: AtomicU64::new(0),
             swallow: AtomicBool::new(false),
+            bandwidth: AtomicU64::new(0),
+            link_free: [Mutex::new(Instant::now()), Mutex::new(Instant::now())],
             stopping: AtomicBool::new(false),
             service: Mutex::new(()),
             conns: Mutex::new(Vec::new()),
@@ -272,6 +282,13 @@ impl Proxy {
 
     pub fn swallowing(&self) -> bool {
         self.shared.swallowing()
+    }
+
+    /// Limit each direction to `bytes_per_second` (0: unlimited).
+    pub fn set_bandwidth(&self, bytes_per_second: u64) {
+        self.shared
+            .bandwidth
+            .store(bytes_per_second, Ordering::Relaxed);
     }
 
     /// Close every current connection and wait for its threads.
@@ -422,16 +439,16 @@ fn admit(shared: &Arc<Shared>, client: TcpStream) -> std::io::Result<()> {
                     .spawn(move || reader(&sh, &cl, src, tx, upstream))?,
             );
         }
-        let pairs: [(&str, TcpStream, Receiver<Item>); 2] = [
-            ("up-write", server.try_clone()?, up_rx),
-            ("down-write", client.try_clone()?, down_rx),
+        let pairs: [(&str, TcpStream, Receiver<Item>, usize); 2] = [
+            ("up-write", server.try_clone()?, up_rx, 0),
+            ("down-write", client.try_clone()?, down_rx, 1),
         ];
-        for (what, dst, rx) in pairs {
+        for (what, dst, rx, dir) in pairs {
             let (sh, cl) = (shared.clone(), closed.clone());
             conn.threads.push(
                 thread::Builder::new()
                     .name(name(what))
-                    .spawn(move || writer(&sh, &cl, dst, rx))?,
+                    .spawn(move || writer(&sh, &cl, dst, rx, dir))?,
             );
         }
         Ok(())
@@ -602,16 +619,30 @@ fn reader(
 }
 
 /// Deliver queued chunks at their due time, in order.
-fn writer(shared: &Shared, closed: &AtomicBool, mut dst: TcpStream, rx: Receiver<Item>) {
+fn writer(
+    shared: &Shared,
+    closed: &AtomicBool,
+    mut dst: TcpStream,
+    rx: Receiver<Item>,
+    dir: usize,
+) {
     while alive(shared, closed) {
         let item = match rx.recv_timeout(POLL) {
             Ok(i) => i,
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        let due = match &item {
+        let mut due = match &item {
             Item::Data(due, _) | Item::Eof(due) => *due,
         };
+        let bw = shared.bandwidth.load(Ordering::Relaxed);
+        if let (Item::Data(_, bytes), true) = (&item, bw > 0) {
+            // The link carries one chunk after another at `bw`.
+            let mut free = lock(&shared.link_free[dir]);
+            let start = (*free).max(due);
+            *free = start + Duration::from_secs_f64(bytes.len() as f64 / bw as f64);
+            due = *free;
+        }
         loop {
             let now = Instant::now();
             if now >= due || !alive(shared, closed) {

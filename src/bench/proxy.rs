@@ -28,6 +28,9 @@
 //! - [`Proxy::cut`] closes every current connection (both sides, queued
 //!   data dropped); new connections are accepted as before.
 //!
+//! [`Proxy::bytes_up`] counts what crossed the link toward the target
+//! (after delay and bandwidth), to measure a transfer against the link.
+//!
 //! Threads are named `proxy-<port>-...`: one acceptor, and per connection
 //! one reader and one writer per direction. Every socket operation has a
 //! timeout (reads wake every [`POLL`] to notice a stop or cut; writes give
@@ -143,6 +146,8 @@ struct Shared {
     next_id: AtomicU64,
     frames: AtomicU64,
     accepted: AtomicU64,
+    /// Bytes written to the target, over all connections.
+    bytes_up: AtomicU64,
 }
 
 impl Shared {
@@ -229,6 +234,7 @@ impl Proxy {
             next_id: AtomicU64::new(0),
             frames: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
+            bytes_up: AtomicU64::new(0),
         });
         let for_thread = shared.clone();
         let acceptor = thread::Builder::new()
@@ -301,6 +307,13 @@ impl Proxy {
     /// behind this proxy received), over all connections.
     pub fn frames(&self) -> u64 {
         self.shared.frames.load(Ordering::Relaxed)
+    }
+
+    /// Bytes delivered to the target so far (client→server, over all
+    /// connections): what crossed the link, after its delay and bandwidth.
+    /// Swallowed bytes are not counted.
+    pub fn bytes_up(&self) -> u64 {
+        self.shared.bytes_up.load(Ordering::Relaxed)
     }
 
     /// Connections accepted so far (including refused and swallowed ones).
@@ -661,6 +674,11 @@ fn writer(
                 if dst.write_all(&bytes).is_err() {
                     break;
                 }
+                if dir == 0 {
+                    shared
+                        .bytes_up
+                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                }
             }
             Item::Eof(_) => {
                 let _ = dst.shutdown(Shutdown::Write);
@@ -811,6 +829,13 @@ mod tests {
         assert_eq!(read_exactly(&mut s, msg.len()), msg);
         assert_eq!(p.frames(), 2);
         assert_eq!(p.connections(), 1);
+        // Counted once written (the echo may answer a moment before).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while p.bytes_up() < msg.len() as u64 {
+            assert!(Instant::now() < deadline, "bytes_up {}", p.bytes_up());
+            thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(p.bytes_up(), msg.len() as u64);
         drop(s);
         // The connection ends on its own once the client left.
         let deadline = Instant::now() + Duration::from_secs(5);

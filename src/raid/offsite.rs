@@ -189,22 +189,23 @@ impl Mirror {
     /// Status: state, lag, shipping, queue.
     pub(crate) fn status(&self, newest: Tid) -> serde_json::Value {
         let f = lock(&self.figures).clone();
-        let (queued, queued_bytes, overflows) = {
+        let (oldest, queued, queued_bytes, overflows) = {
             let q = lock(&self.queue);
             let pos = f.position.unwrap_or(Tid::ZERO);
-            let after: Vec<_> = q.take(pos, usize::MAX);
-            (
-                after.len() as u64,
-                after.iter().map(|e| e.1).sum::<u64>(),
-                q.overflows,
-            )
+            let (first, n, bytes) = q.after(pos);
+            (first, n, bytes, q.overflows)
         };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
         let lag = plan::lag(
             newest,
             f.position.unwrap_or(Tid::ZERO),
+            oldest,
             queued,
             queued_bytes,
             f.catching_left,
+            now,
         );
         serde_json::json!({
             "name": self.name,
@@ -362,6 +363,11 @@ fn step(
         *target = Some(open(m, core)?);
     }
     let t = target.clone().ok_or("not connected")?;
+    if let Some(c) = t.as_zeo_client() {
+        if !c.is_connected() {
+            return Err(format!("the connection to {} is down", c.addr()));
+        }
+    }
     if position.is_none() {
         let held = super::recovery::newest_held(
             t.as_ref(),
@@ -524,7 +530,8 @@ fn open(m: &Mirror, core: &Core) -> Result<Arc<dyn Storage>, String> {
         BackendSource::Unavailable(why) => Err(why.clone()),
         BackendSource::Zeo(o) => {
             let opts = ClientOptions {
-                call_timeout: o.call_timeout.max(core.opts.backend_timeout),
+                call_timeout: core.opts.backend_timeout,
+                connect_timeout: o.connect_timeout.min(core.opts.backend_timeout),
                 ..o.clone()
             };
             let addr = opts.addr.clone();

@@ -107,6 +107,19 @@ impl<T: Clone> ShipQueue<T> {
             .collect()
     }
 
+    /// The oldest entry after `position`, how many there are and their
+    /// bytes (for the lag; no copy).
+    pub fn after(&self, position: Tid) -> (Option<Tid>, u64, u64) {
+        let mut first = None;
+        let (mut n, mut bytes) = (0u64, 0u64);
+        for e in self.entries.iter().filter(|e| e.0 > position) {
+            first.get_or_insert(e.0);
+            n += 1;
+            bytes += e.1;
+        }
+        (first, n, bytes)
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -133,24 +146,35 @@ pub struct Lag {
     pub estimated: bool,
     /// Data bytes waiting in the queue.
     pub bytes: u64,
-    /// Commit time of the array's newest transaction minus the mirror's.
+    /// How long ago the oldest transaction the mirror lacks was committed
+    /// (0 when it lacks none).
     pub seconds: f64,
 }
 
-/// The lag of a mirror at `position` (pure). `queued` counts the queue's
-/// entries after the position; `catching_up_left` is the estimate of what
+/// The lag of a mirror at `position` at `now` (Unix seconds) (pure).
+/// `oldest_queued` is the queue's oldest entry after the position and
+/// `queued` how many there are; `catching_up_left` is the estimate of what
 /// a catch-up still has to read (None when streaming from the queue).
+/// While catching up the oldest missing transaction is not known: the
+/// position's commit time stands for it (an upper bound).
 pub fn lag(
     newest: Tid,
     position: Tid,
+    oldest_queued: Option<Tid>,
     queued: u64,
     queued_bytes: u64,
     catching_up_left: Option<u64>,
+    now: f64,
 ) -> Lag {
     let seconds = if newest <= position {
         0.0
     } else {
-        super::lag_seconds(newest, position).unwrap_or(0.0)
+        let oldest = match (catching_up_left, oldest_queued) {
+            (None, Some(t)) => t,
+            _ => position.max(Tid(1)),
+        };
+        let secs = now - crate::storage::timestamp::time_time(oldest);
+        (secs.max(0.0) * 1000.0).round() / 1000.0
     };
     Lag {
         transactions: if newest <= position {
@@ -206,6 +230,8 @@ mod tests {
             q.take(t(10), 1).iter().map(|e| e.0).collect::<Vec<_>>(),
             vec![t(11)]
         );
+        assert_eq!(q.after(t(10)), (Some(t(11)), 2, 20));
+        assert_eq!(q.after(t(12)), (None, 0, 0));
         // Shipped 11: it leaves the queue.
         assert_eq!(q.plan(t(11)), Next::Queue);
         assert_eq!((q.len(), q.bytes()), (1, 10));
@@ -239,15 +265,41 @@ mod tests {
     fn lags() {
         use crate::storage::timestamp;
         let at = |s: f64| timestamp::from_unix(1_700_000_000.0 + s);
-        // (newest, position, queued, bytes, catching up, want txns, estimated, bytes, seconds)
+        let now = 1_700_000_020.0;
+        // (newest, position, oldest queued, queued, bytes, catching up,
+        //  want txns, estimated, bytes, seconds)
         let table = [
-            (at(10.0), at(10.0), 0, 0, None, 0, false, 0, 0.0),
-            (at(10.0), at(4.0), 3, 300, None, 3, false, 300, 6.0),
-            (at(10.0), at(0.0), 5, 500, Some(100), 105, true, 500, 10.0),
-            (at(10.0), at(12.0), 2, 9, None, 0, false, 0, 0.0),
+            (at(10.0), at(10.0), None, 0, 0, None, 0, false, 0, 0.0),
+            // Streaming: the oldest queued was committed 15 s ago.
+            (
+                at(10.0),
+                at(4.0),
+                Some(at(5.0)),
+                3,
+                300,
+                None,
+                3,
+                false,
+                300,
+                15.0,
+            ),
+            // Catching up: from the position's time.
+            (
+                at(10.0),
+                at(0.0),
+                Some(at(9.0)),
+                5,
+                500,
+                Some(100),
+                105,
+                true,
+                500,
+                20.0,
+            ),
+            (at(10.0), at(12.0), None, 2, 9, None, 0, false, 0, 0.0),
         ];
-        for (newest, pos, q, b, c, txns, est, bytes, secs) in table {
-            let l = lag(newest, pos, q, b, c);
+        for (newest, pos, oldest, q, b, c, txns, est, bytes, secs) in table {
+            let l = lag(newest, pos, oldest, q, b, c, now);
             assert_eq!((l.transactions, l.estimated, l.bytes), (txns, est, bytes));
             assert!((l.seconds - secs).abs() < 0.01, "{l:?}");
         }

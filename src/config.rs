@@ -315,6 +315,14 @@ pub struct BackendConfig {
     /// (default 60).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_lag: Option<f64>,
+    /// `mode = "offsite"`: bounds of the queue of committed transactions
+    /// waiting to be shipped (beyond them the mirror reads from a
+    /// synchronous backend): transactions (default 100 000) and megabytes
+    /// of record data (default 64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_transactions: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_megabytes: Option<f64>,
     /// `kind = "zeo"`: the storage name on that server (default "1").
     #[serde(default)]
     pub storage: Option<String>,
@@ -700,14 +708,32 @@ fn validate_raid(
                 Err(invalid(&bkey(k), "(missing)".into(), reason))
             }
         };
-        match (b.mode, b.max_lag) {
-            (BackendMode::Sync, Some(_)) => {
-                return Err(invalid(
-                    &bkey("max-lag"),
-                    "(set)".into(),
-                    "only an off-site backend (mode = \"offsite\") has a max-lag",
-                ))
+        if b.mode.is_sync() {
+            for (k, set) in [
+                ("max-lag", b.max_lag.is_some()),
+                ("queue-transactions", b.queue_transactions.is_some()),
+                ("queue-megabytes", b.queue_megabytes.is_some()),
+            ] {
+                if set {
+                    return Err(invalid(
+                        &bkey(k),
+                        "(set)".into(),
+                        &format!("only an off-site backend (mode = \"offsite\") has a {k}"),
+                    ));
+                }
             }
+        }
+        if b.queue_transactions == Some(0)
+            || b.queue_megabytes
+                .is_some_and(|m| !(m.is_finite() && m > 0.0))
+        {
+            return Err(invalid(
+                &bkey("queue-transactions"),
+                "0".into(),
+                "the queue bounds must be positive",
+            ));
+        }
+        match (b.mode, b.max_lag) {
             (BackendMode::Offsite, Some(l)) if !(l.is_finite() && l > 0.0) => {
                 return Err(invalid(
                     &bkey("max-lag"),
@@ -929,6 +955,53 @@ mod tests {
             (
                 format!("{RAID}[[storage.backend]]\nname=\"a\"\nkind=\"zeo\"\naddress=\"nowhere\"\n"),
                 "storage[0].backend[0].address",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = parse(&text).expect_err(&text).to_string();
+            assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn offsite_backends() {
+        const RAID: &str = "[[storage]]\nname=\"1\"\nkind=\"raid\"\n";
+        const A: &str = "[[storage.backend]]\nname=\"a\"\nkind=\"file\"\npath=\"a.fs\"\n";
+        let c = parse(&format!(
+            "{RAID}{A}[[storage.backend]]\nname=\"dr\"\nkind=\"zeo\"\naddress=\"dr:8100\"\n\
+             mode=\"offsite\"\nmax-lag=30\nqueue-transactions=500\n"
+        ))
+        .expect("valid");
+        let dr = &c.storage[0].backend[1];
+        assert_eq!(dr.mode, BackendMode::Offsite);
+        assert_eq!((dr.max_lag, dr.queue_transactions), (Some(30.0), Some(500)));
+        assert_eq!(c.storage[0].backend[0].mode, BackendMode::Sync);
+        let offsite = |extra: &str| {
+            format!("[[storage.backend]]\nname=\"dr\"\nkind=\"zeo\"\naddress=\"h:1\"\nmode=\"offsite\"\n{extra}")
+        };
+        let cases = [
+            (format!("{RAID}{}", offsite("")), "storage[0].backend"),
+            (
+                format!("{RAID}{A}{}", offsite("max-lag=0\n")),
+                "storage[0].backend[1].max-lag",
+            ),
+            (
+                format!("{RAID}{A}{}", offsite("queue-transactions=0\n")),
+                "storage[0].backend[1].queue-transactions",
+            ),
+            (
+                format!("{RAID}{A}max-lag=5\n"),
+                "storage[0].backend[0].max-lag",
+            ),
+            (
+                format!("{RAID}min-optimal=2\n{A}{}", offsite("")),
+                "storage[0].min-optimal",
+            ),
+            (
+                format!(
+                    "{RAID}{A}[[storage.backend]]\nname=\"m\"\nkind=\"memory\"\nmode=\"offsite\"\n"
+                ),
+                "storage[0].backend[1].mode",
             ),
         ];
         for (text, key) in cases {

@@ -184,7 +184,13 @@ pub fn open_raid(s: &StorageConfig) -> Result<RaidStorage, String> {
     let raid = RaidStorage::open(raid_options(s), specs)?;
     for b in offsite {
         let max_lag = b.max_lag.unwrap_or(crate::config::DEFAULT_MAX_LAG);
-        let opts = crate::raid::offsite::Options::new(max_lag);
+        let mut opts = crate::raid::offsite::Options::new(max_lag);
+        if let Some(n) = b.queue_transactions {
+            opts.queue_entries = n;
+        }
+        if let Some(mb) = b.queue_megabytes {
+            opts.queue_bytes = (mb * 1e6) as u64;
+        }
         if let Err(e) = raid.add_offsite(backend_spec(&s.name, b), &opts) {
             raid.close();
             return Err(e);

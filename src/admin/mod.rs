@@ -114,6 +114,8 @@ fn backend_of(name: &str, query: &str) -> Result<crate::config::BackendConfig, (
         },
         mode: Default::default(),
         max_lag: None,
+        queue_transactions: None,
+        queue_megabytes: None,
     };
     match kind {
         BackendKind::Zeo if b.address.is_none() => {

@@ -243,6 +243,8 @@ mod tests {
             tls: None,
             mode: Default::default(),
             max_lag: None,
+            queue_transactions: None,
+            queue_megabytes: None,
         }
     }
 

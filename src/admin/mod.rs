@@ -62,7 +62,7 @@ pub enum Route {
     },
     Add {
         storage: String,
-        backend: crate::config::BackendConfig,
+        backend: Box<crate::config::BackendConfig>,
     },
     Remove {
         storage: String,
@@ -201,7 +201,7 @@ pub fn route(method: &str, url: &str) -> Result<Route, (u16, String)> {
                     let b = backend_of(&backend, query)?;
                     change(Route::Add {
                         storage,
-                        backend: b,
+                        backend: Box::new(b),
                     })
                 }
                 _ => Err((404, format!("no such request: {path}"))),
@@ -463,7 +463,7 @@ fn answer(ctx: &Context, r: Route) -> tiny_http::Response<std::io::Cursor<Vec<u8
             }
         }
         Route::Add { storage, backend } => {
-            let mut backend = backend;
+            let mut backend = *backend;
             if let (Some(p), Some(cfg)) = (&backend.path, &ctx.config) {
                 if p.is_relative() {
                     let base = cfg.parent().unwrap_or(std::path::Path::new(""));

@@ -79,8 +79,12 @@ impl Options {
     }
 }
 
-/// Transactions shipped per batch from the queue or per catch-up read.
+/// Transactions read ahead in a catch-up.
 const BATCH: usize = 256;
+
+/// A stream from the queue ends after this long without a new visible
+/// transaction (what is in flight is then acknowledged).
+const FEED_IDLE: Duration = Duration::from_millis(20);
 
 /// Backoff after failures: 1 s doubling to this.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -165,7 +169,10 @@ impl Mirror {
 
     /// Wake the thread (the array closes) and join it.
     pub(crate) fn stop(&self) {
-        self.queue_cv.notify_all();
+        {
+            let _q = lock(&self.queue);
+            self.queue_cv.notify_all();
+        }
         if let Some(h) = lock(&self.thread).take() {
             if h.join().is_err() {
                 log::error!("the off-site thread of {:?} panicked", self.name);
@@ -207,6 +214,8 @@ impl Mirror {
             f.catching_left,
             now,
         );
+        // Until the mirror says where it stands, the lag is unknown.
+        let known = f.position.is_some();
         serde_json::json!({
             "name": self.name,
             "kind": self.kind,
@@ -215,12 +224,12 @@ impl Mirror {
             "state": f.state,
             "reason": f.reason,
             "last-tid": f.position.map(|t| t.to_string()),
-            "lag-transactions": lag.transactions,
+            "lag-transactions": known.then_some(lag.transactions),
             "lag-estimated": lag.estimated,
-            "lag-bytes": lag.bytes,
-            "lag-seconds": lag.seconds,
+            "lag-bytes": known.then_some(lag.bytes),
+            "lag-seconds": known.then_some(lag.seconds),
             "max-lag": self.max_lag,
-            "warning": plan::health(&self.name, lag.seconds, self.max_lag,
+            "warning": plan::health(&self.name, if known { lag.seconds } else { 0.0 }, self.max_lag,
                 if f.state == "degraded" { f.reason.as_deref() } else { None }),
             "shipped": f.shipped,
             "shipped-megabytes": (f.shipped_bytes as f64 / 1e5).round() / 10.0,
@@ -292,7 +301,7 @@ fn run(m: &Arc<Mirror>, weak: &Weak<Core>) {
             break;
         }
         if !backoff.is_zero() {
-            wait(m, &core, backoff);
+            sleep(&core, backoff);
             if core.closing.load(Ordering::Acquire) {
                 break;
             }
@@ -335,21 +344,29 @@ fn run(m: &Arc<Mirror>, weak: &Weak<Core>) {
     }
 }
 
-/// Sleep `d` unless the array closes or (for waits on work) work comes.
-fn wait(m: &Mirror, core: &Core, d: Duration) {
+/// Sleep `d` (a backoff) unless the array closes.
+fn sleep(core: &Core, d: Duration) {
     let deadline = Instant::now() + d;
-    let mut q = lock(&m.queue);
+    let mut g = lock(&core.closing_cv.0);
     while !core.closing.load(Ordering::Acquire) {
         let now = Instant::now();
         if now >= deadline {
             return;
         }
-        q = m
-            .queue_cv
-            .wait_timeout(q, (deadline - now).min(Duration::from_millis(200)))
+        g = core
+            .closing_cv
+            .1
+            .wait_timeout(g, (deadline - now).min(Duration::from_millis(200)))
             .unwrap_or_else(|p| p.into_inner())
             .0;
     }
+}
+
+/// Wait at most `d` for work: a new transaction, a pack, or the array
+/// closing (the array notifies the queue's condition then).
+fn wait_for_work(m: &Mirror, d: Duration) {
+    let q = lock(&m.queue);
+    let _ = m.queue_cv.wait_timeout(q, d);
 }
 
 /// One round: (re)connect if needed, then ship what is next.
@@ -394,7 +411,7 @@ fn step(
                 f.reason = None;
                 f.catching_left = None;
             });
-            wait(m, core, Duration::from_secs(1));
+            wait_for_work(m, Duration::from_secs(1));
             Ok(())
         }
         Next::Queue => {
@@ -403,24 +420,12 @@ fn step(
                 f.reason = None;
                 f.catching_left = None;
             });
-            let batch = lock(&m.queue).take(pos, BATCH);
-            // Only what the synchronous backends show.
-            let visible = Tid(core.published.load(Ordering::Acquire));
-            let mut recs = Vec::with_capacity(batch.len());
-            for (tid, _, entry) in batch {
-                if tid > visible {
-                    break;
-                }
-                recs.push(match entry {
-                    Entry::Whole(r) => Ok(r),
-                    Entry::Fetch => fetch(core, tid).map(Arc::new),
-                });
-            }
-            if recs.is_empty() {
-                wait(m, core, Duration::from_millis(5));
-                return Ok(());
-            }
-            ship(m, core, &t, recs.into_iter(), position)
+            let feed = QueueFeed {
+                m,
+                core,
+                after: pos,
+            };
+            ship(m, core, &t, feed, position)
         }
         Next::CatchUp { after, until } => {
             let si = core
@@ -469,6 +474,57 @@ fn step(
                 }
                 shipped
             })
+        }
+    }
+}
+
+/// The queue's transactions after a position, oldest first, each once the
+/// synchronous backends show it; ends when none comes for [`FEED_IDLE`],
+/// when the queue no longer covers the next one, or when the array closes.
+struct QueueFeed<'a> {
+    m: &'a Mirror,
+    core: &'a Core,
+    after: Tid,
+}
+
+impl Iterator for QueueFeed<'_> {
+    type Item = Result<Arc<TxnRecord>, String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let deadline = Instant::now() + FEED_IDLE;
+        loop {
+            if self.core.closing.load(Ordering::Acquire) {
+                return None;
+            }
+            let visible = Tid(self.core.published.load(Ordering::Acquire));
+            let q = lock(&self.m.queue);
+            let next = match q.next_after(self.after) {
+                Err(()) => return None,
+                Ok(n) => n,
+            };
+            match next {
+                Some((tid, entry)) if tid <= visible => {
+                    drop(q);
+                    self.after = tid;
+                    return Some(match entry {
+                        Entry::Whole(r) => Ok(r),
+                        Entry::Fetch => fetch(self.core, tid).map(Arc::new),
+                    });
+                }
+                pending => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return None;
+                    }
+                    // Logged but not yet visible: look again shortly.
+                    let wait = if pending.is_some() {
+                        Duration::from_millis(1)
+                    } else {
+                        deadline - now
+                    };
+                    let _ = self.m.queue_cv.wait_timeout(q, wait);
+                }
+            }
         }
     }
 }
@@ -556,6 +612,7 @@ fn ship(
     let mut on_done = |tid: Tid, bytes: u64| {
         *position = Some(tid);
         n += 1;
+        lock(&m.queue).trim(tid);
         m.set(|f| {
             f.position = Some(tid);
             f.shipped += 1;

@@ -77,13 +77,31 @@ impl<T: Clone> ShipQueue<T> {
         }
     }
 
-    /// Drop what the mirror already holds and say what comes next.
-    pub fn plan(&mut self, position: Tid) -> Next {
+    /// Forget the entries the mirror holds (up to `position`).
+    pub fn trim(&mut self, position: Tid) {
         while self.entries.front().is_some_and(|e| e.0 <= position) {
             if let Some((_, b, _)) = self.entries.pop_front() {
                 self.bytes -= b;
             }
         }
+    }
+
+    /// The first entry after `after`, if the queue still covers it (`Err`:
+    /// it overflowed past `after`, read from the source).
+    pub fn next_after(&self, after: Tid) -> Result<Option<(Tid, T)>, ()> {
+        if after < self.covered_after {
+            return Err(());
+        }
+        Ok(self
+            .entries
+            .iter()
+            .find(|e| e.0 > after)
+            .map(|e| (e.0, e.2.clone())))
+    }
+
+    /// Drop what the mirror already holds and say what comes next.
+    pub fn plan(&mut self, position: Tid) -> Next {
+        self.trim(position);
         if position < self.covered_after {
             Next::CatchUp {
                 after: position,
@@ -232,6 +250,9 @@ mod tests {
         );
         assert_eq!(q.after(t(10)), (Some(t(11)), 2, 20));
         assert_eq!(q.after(t(12)), (None, 0, 0));
+        assert_eq!(q.next_after(t(10)), Ok(Some((t(11), ()))));
+        assert_eq!(q.next_after(t(12)), Ok(None));
+        assert_eq!(q.next_after(t(9)), Err(()));
         // Shipped 11: it leaves the queue.
         assert_eq!(q.plan(t(11)), Next::Queue);
         assert_eq!((q.len(), q.bytes()), (1, 10));

@@ -18,8 +18,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Transactions in flight at most.
-const WINDOW: usize = 64;
+/// Transactions in flight at most (the bytes bound usually decides: a
+/// window must cover the link's bandwidth-delay product).
+const WINDOW: usize = 8192;
 /// Record bytes in flight at most.
 const WINDOW_BYTES: u64 = 16 << 20;
 
@@ -54,7 +55,13 @@ impl Client {
             let f = self.send_restore(&conn, &rec)?;
             flying_bytes += f.bytes;
             flying.push_back(f);
-            while flying.len() >= WINDOW || flying_bytes > WINDOW_BYTES {
+            // Wait while the window is full; take whatever is answered.
+            while flying.len() >= WINDOW
+                || flying_bytes > WINDOW_BYTES
+                || flying
+                    .front()
+                    .is_some_and(|f| !f.vote.1.is_empty() && !f.finish.1.is_empty())
+            {
                 let Some(f) = flying.pop_front() else { break };
                 flying_bytes -= f.bytes;
                 self.complete(&conn, f, on_done)?;

@@ -50,7 +50,7 @@
 //! reach a client. Past `max-lag` seconds behind, `ctl status` warns.
 
 use super::backend::{BackendSource, BackendSpec};
-use super::state::offsite::{self as plan, Next, ShipQueue};
+use super::state::offsite::{self as plan, Following, Next, ShipQueue};
 use super::Core;
 use crate::locks::lock;
 use crate::storage::{timestamp, Op, Storage, Tid, Txn, TxnRecord};
@@ -499,8 +499,9 @@ impl Iterator for QueueFeed<'_> {
             let visible = Tid(self.core.published.load(Ordering::Acquire));
             let q = lock(&self.m.queue);
             let next = match q.next_after(self.after) {
-                Err(()) => return None,
-                Ok(n) => n,
+                Following::Overflowed => return None,
+                Following::Next(tid, entry) => Some((tid, entry)),
+                Following::Nothing => None,
             };
             match next {
                 Some((tid, entry)) if tid <= visible => {

@@ -26,6 +26,16 @@ pub enum Next {
     CatchUp { after: Tid, until: Tid },
 }
 
+/// What follows a position in the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Following<T> {
+    Next(Tid, T),
+    /// Nothing yet.
+    Nothing,
+    /// The queue forgot what follows (overflow): read from the source.
+    Overflowed,
+}
+
 /// Committed transactions waiting to be shipped, oldest first.
 #[derive(Debug)]
 pub struct ShipQueue<T> {
@@ -86,17 +96,15 @@ impl<T: Clone> ShipQueue<T> {
         }
     }
 
-    /// The first entry after `after`, if the queue still covers it (`Err`:
-    /// it overflowed past `after`, read from the source).
-    pub fn next_after(&self, after: Tid) -> Result<Option<(Tid, T)>, ()> {
+    /// The first entry after `after`.
+    pub fn next_after(&self, after: Tid) -> Following<T> {
         if after < self.covered_after {
-            return Err(());
+            return Following::Overflowed;
         }
-        Ok(self
-            .entries
-            .iter()
-            .find(|e| e.0 > after)
-            .map(|e| (e.0, e.2.clone())))
+        match self.entries.iter().find(|e| e.0 > after) {
+            Some(e) => Following::Next(e.0, e.2.clone()),
+            None => Following::Nothing,
+        }
     }
 
     /// Drop what the mirror already holds and say what comes next.
@@ -250,9 +258,9 @@ mod tests {
         );
         assert_eq!(q.after(t(10)), (Some(t(11)), 2, 20));
         assert_eq!(q.after(t(12)), (None, 0, 0));
-        assert_eq!(q.next_after(t(10)), Ok(Some((t(11), ()))));
-        assert_eq!(q.next_after(t(12)), Ok(None));
-        assert_eq!(q.next_after(t(9)), Err(()));
+        assert_eq!(q.next_after(t(10)), Following::Next(t(11), ()));
+        assert_eq!(q.next_after(t(12)), Following::Nothing);
+        assert_eq!(q.next_after(t(9)), Following::Overflowed);
         // Shipped 11: it leaves the queue.
         assert_eq!(q.plan(t(11)), Next::Queue);
         assert_eq!((q.len(), q.bytes()), (1, 10));

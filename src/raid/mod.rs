@@ -572,13 +572,20 @@ impl Core {
             .iter()
             .map(|&i| self.backends[i].latency())
             .collect();
-        self.pick_by_policy(&latencies).map(|p| candidates[p])
+        self.pick_by_policy(&latencies, true).map(|p| candidates[p])
     }
 
     /// Which of the backends with these recent `latencies` the read
     /// policy gives the next read (its position among them).
-    fn pick_by_policy(&self, latencies: &[f64]) -> Option<usize> {
-        let counter = self.reads.fetch_add(1, Ordering::Relaxed);
+    /// `advance`: count this pick (a peek leaves the round-robin where it
+    /// is, so a read that the peeked backend cannot answer at once goes to
+    /// the same backend the normal way).
+    fn pick_by_policy(&self, latencies: &[f64], advance: bool) -> Option<usize> {
+        let counter = if advance {
+            self.reads.fetch_add(1, Ordering::Relaxed)
+        } else {
+            self.reads.load(Ordering::Relaxed)
+        };
         let policy = self.read_policy();
         let random = if policy == ReadPolicy::Random {
             rand::random::<f64>()
@@ -589,11 +596,17 @@ impl Core {
     }
 
     /// [`Core::pick_reader`] over every optimal backend, without allocating
-    /// (this runs on the event loop for every page-cache load).
-    fn pick_optimal_reader(&self) -> Option<usize> {
+    /// (this runs on the event loop for every page-cache load); a peek
+    /// (`advance` false) does not count the pick.
+    fn pick_optimal_reader(&self, advance: bool) -> Option<usize> {
         const MAX: usize = 16;
         if self.backends.len() > MAX {
-            return self.pick_reader(&self.optimal());
+            let optimal = self.optimal();
+            let latencies: Vec<f64> = optimal
+                .iter()
+                .map(|&i| self.backends[i].latency())
+                .collect();
+            return self.pick_by_policy(&latencies, advance).map(|p| optimal[p]);
         }
         let (mut at, mut latency, mut n) = ([0usize; MAX], [0f64; MAX], 0);
         for (i, b) in self.backends.iter().enumerate() {
@@ -603,7 +616,7 @@ impl Core {
                 n += 1;
             }
         }
-        self.pick_by_policy(&latency[..n]).map(|p| at[p])
+        self.pick_by_policy(&latency[..n], advance).map(|p| at[p])
     }
 
     /// A read on one optimal backend chosen by the read policy; a failed

@@ -86,6 +86,9 @@ const BATCH: usize = 256;
 /// transaction (what is in flight is then acknowledged).
 const FEED_IDLE: Duration = Duration::from_millis(20);
 
+/// The off-site client's call timeout at least.
+const MIN_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Backoff after failures: 1 s doubling to this.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -97,6 +100,33 @@ pub(crate) enum Entry {
     /// Read it from a synchronous backend (an undo: its records are
     /// known only to the storages that applied it).
     Fetch,
+}
+
+/// A catch-up in progress.
+#[derive(Clone, Debug)]
+struct Catching {
+    after: Tid,
+    until: Tid,
+    /// The last transaction it shipped.
+    at: Tid,
+    copied: u64,
+}
+
+impl Catching {
+    /// Transactions left, estimated from the share of the commit-time span
+    /// covered so far (as a recovery's progress estimate); 0 until the
+    /// first one is shipped.
+    fn left(&self) -> u64 {
+        super::state::recovery::progress(
+            Some(self.after),
+            self.at,
+            self.until,
+            self.copied,
+            self.copied,
+            0.0,
+        )
+        .left
+    }
 }
 
 /// Where a mirror stands, for status and metrics.
@@ -112,8 +142,9 @@ struct Figures {
     rate: f64,
     failures: u64,
     last_error: Option<String>,
-    /// While catching up: transactions left (estimated).
-    catching_left: Option<u64>,
+    /// While catching up: from where to where, and how many it shipped
+    /// (the estimate of what is left comes from these).
+    catching: Option<Catching>,
 }
 
 /// An off-site mirror of an array.
@@ -211,7 +242,7 @@ impl Mirror {
             oldest,
             queued,
             queued_bytes,
-            f.catching_left,
+            f.catching.as_ref().map(Catching::left),
             now,
         );
         // Until the mirror says where it stands, the lag is unknown.
@@ -329,7 +360,7 @@ fn run(m: &Arc<Mirror>, weak: &Weak<Core>) {
                     f.reason = Some(why.clone());
                     f.last_error = Some(why.clone());
                     f.failures += 1;
-                    f.catching_left = None;
+                    f.catching = None;
                 });
                 if let Some(t) = target.take() {
                     t.close();
@@ -409,7 +440,7 @@ fn step(
             m.set(|f| {
                 f.state = "replicating";
                 f.reason = None;
-                f.catching_left = None;
+                f.catching = None;
             });
             wait_for_work(m, Duration::from_secs(1));
             Ok(())
@@ -418,7 +449,7 @@ fn step(
             m.set(|f| {
                 f.state = "replicating";
                 f.reason = None;
-                f.catching_left = None;
+                f.catching = None;
             });
             let feed = QueueFeed {
                 m,
@@ -434,7 +465,6 @@ fn step(
             let source = core.backends[si]
                 .storage()
                 .map_err(|e| format!("its source: {e}"))?;
-            let left = plan_left(after, until, core);
             m.set(|f| {
                 if f.state != "catching-up" {
                     log::info!(
@@ -447,7 +477,12 @@ fn step(
                 }
                 f.state = "catching-up";
                 f.reason = None;
-                f.catching_left = Some(left);
+                f.catching = Some(Catching {
+                    after,
+                    until,
+                    at: after,
+                    copied: 0,
+                });
             });
             let (tx, rx) = crossbeam_channel::bounded(BATCH);
             let start = if after == Tid::ZERO {
@@ -530,14 +565,6 @@ impl Iterator for QueueFeed<'_> {
     }
 }
 
-/// Transactions between two tids, estimated from the array's commit rate
-/// is unknown here: use the queue-free estimate of one per 10 ms of
-/// commit time, capped (only for the status's "about N left").
-fn plan_left(after: Tid, until: Tid, _core: &Core) -> u64 {
-    let secs = super::state::lag_seconds(until, after).unwrap_or(0.0);
-    (secs * 100.0).ceil() as u64
-}
-
 /// Read one committed transaction back from a synchronous backend.
 fn fetch(core: &Core, tid: Tid) -> Result<TxnRecord, String> {
     let si = core
@@ -587,7 +614,10 @@ fn open(m: &Mirror, core: &Core) -> Result<Arc<dyn Storage>, String> {
         BackendSource::Unavailable(why) => Err(why.clone()),
         BackendSource::Zeo(o) => {
             let opts = ClientOptions {
-                call_timeout: core.opts.backend_timeout,
+                // A slow link carries big transactions and history reads:
+                // a minute at least (a dead connection is noticed sooner,
+                // by the client's own reconnect).
+                call_timeout: core.opts.backend_timeout.max(MIN_CALL_TIMEOUT),
                 connect_timeout: o.connect_timeout.min(core.opts.backend_timeout),
                 ..o.clone()
             };
@@ -618,8 +648,9 @@ fn ship(
             f.position = Some(tid);
             f.shipped += 1;
             f.shipped_bytes += bytes;
-            if let Some(l) = f.catching_left.as_mut() {
-                *l = l.saturating_sub(1);
+            if let Some(c) = f.catching.as_mut() {
+                c.copied += 1;
+                c.at = tid;
             }
         });
     };

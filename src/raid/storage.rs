@@ -278,12 +278,15 @@ impl Storage for RaidStorage {
         if !core.readable() {
             return None;
         }
-        let b = &core.backends[core.pick_optimal_reader()?];
+        // A peek: if this backend cannot answer at once, the worker's
+        // read picks the same one.
+        let b = &core.backends[core.pick_optimal_reader(false)?];
         if !b.local {
             return None;
         }
         match b.storage().ok()?.load_before_nowait(oid, before)? {
             Ok(loaded) => {
+                core.reads.fetch_add(1, Ordering::Relaxed);
                 b.reads.fetch_add(1, Ordering::Relaxed);
                 Some(Ok(loaded))
             }

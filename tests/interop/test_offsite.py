@@ -47,9 +47,10 @@ status is the ``raid.offsite`` entry of the ``ruok`` document;
   link (30 KB/s) under a burst: ``zeoraid ctl status`` exits 1 (WARNING,
   "behind (max-lag 1 s)"); the link recovers, the mirror catches up and
   ``ctl status`` exits 0 (OK, "off-site NAME N s behind").
-* ``test_a_transaction_longer_on_the_link_than_backend_timeout`` (a
-  known failure, see KNOWN_FAILURES): one 400 KB transaction over a
-  100 KB/s link, twice ``backend-timeout`` on the wire.  The mirror must
+* ``test_a_transaction_longer_on_the_link_than_backend_timeout``: one
+  400 KB transaction over a 100 KB/s link, twice ``backend-timeout`` on
+  the wire (found by this suite: the shipper used to give up on it and
+  send it again).  The mirror must
   converge and its Data.fs must hold each transaction once (no tid twice,
   ``fstest`` clean).
 
@@ -80,15 +81,7 @@ from test_recovery import RecoveryTests, file_history, zeo_history
 from zeoraid_server import StorageSpec
 
 
-KNOWN_FAILURES = {
-    "test_a_transaction_longer_on_the_link_than_backend_timeout":
-        "zeoraid bug: the off-site shipper waits backend-timeout for each "
-        "vote reply, so a transaction that takes longer to cross the link "
-        "is abandoned and re-sent forever (the mirror never converges); "
-        "the abandoned copy still reaches the mirror and is committed, and "
-        "the re-sent one is committed again: the mirror's Data.fs holds the "
-        "same tid twice (fstest: time-stamp reduction)",
-}
+KNOWN_FAILURES = {}
 
 WRITERS = 4
 BACKEND_TIMEOUT = 2.0

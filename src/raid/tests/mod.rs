@@ -737,3 +737,26 @@ fn zeo_backends_that_do_not_answer_are_waited_for_side_by_side() {
         vec!["degraded", "degraded", "degraded", "optimal"]
     );
 }
+
+#[test]
+fn a_load_the_event_loop_cannot_answer_goes_to_the_backend_round_robin_chose() {
+    // Memory backends answer no load "without waiting" (the event loop
+    // path); the server then loads on a worker. Round-robin must still
+    // alternate: the event loop's pick is a peek.
+    let b = faulty(2);
+    let a = array_over(&b, opts());
+    let oid = a.new_oids(1).unwrap()[0];
+    commit(&a, vec![store(oid, Tid::ZERO, b"x")]).unwrap();
+    for _ in 0..100 {
+        if a.load_before_nowait(oid, Tid::MAX).is_none() {
+            a.load_before(oid, Tid::MAX).unwrap();
+        }
+    }
+    let reads: Vec<u64> = a.status()["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["reads"].as_u64().unwrap())
+        .collect();
+    assert_eq!(reads, vec![50, 50]);
+}

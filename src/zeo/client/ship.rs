@@ -23,6 +23,9 @@ use std::time::Instant;
 const WINDOW: usize = 8192;
 /// Record bytes in flight at most.
 const WINDOW_BYTES: u64 = 16 << 20;
+/// A transaction's replies may take this long per byte beyond the call
+/// timeout (a link slower than 16 KB/s counts as down).
+const SLOWEST_LINK: f64 = 16_000.0;
 
 struct InFlight {
     tid: Tid,
@@ -125,7 +128,10 @@ impl Client {
     }
 
     fn complete(&self, conn: &Conn, f: InFlight, on_done: &mut dyn FnMut(Tid, u64)) -> Result<()> {
-        let timeout = self.inner.opts.call_timeout;
+        // A big transaction needs time to cross a slow link: giving up
+        // early would abandon one the server may still commit.
+        let timeout = self.inner.opts.call_timeout
+            + std::time::Duration::from_secs_f64(f.bytes as f64 / SLOWEST_LINK);
         let vote = conn.await_reply(f.vote.0, &f.vote.1, "vote", timeout)?;
         let (conflicts, _) = parse_vote(&vote)?;
         if !conflicts.is_empty() {

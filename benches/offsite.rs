@@ -409,7 +409,29 @@ fn commit(k: &Knobs) {
             drain.push(t0.elapsed().as_secs_f64());
         }
     }
+    // The commit path's own cost: the same array with the link down (the
+    // mirror degraded, nothing shipped, commits still queued for it), so
+    // the off-site site's work does not compete for this machine's cores.
     let m = s.array.mirror().expect("status");
+    link_down(&s.link);
+    s.array.wait_mirror(
+        "the mirror should be degraded with its link down",
+        Duration::from_secs(30),
+        |m| m["state"] == "degraded",
+    );
+    let mut queued_only = Runs::default();
+    for rep in 0..k.repeat {
+        eprintln!("commit, link down: repeat {} of {}", rep + 1, k.repeat);
+        let r = commit_phase(without.addr.as_str(), "1", CLIENTS, phase, 1, 128)
+            .unwrap_or_else(|e| panic!("commit phase against {}: {e}", without.addr))
+            .result;
+        alone.push(&r);
+        let r = commit_phase(s.array.addr.as_str(), "1", CLIENTS, phase, 1, 128)
+            .unwrap_or_else(|e| panic!("commit phase against {}: {e}", s.array.addr))
+            .result;
+        queued_only.push(&r);
+    }
+    link_up(&s.link);
     println!(
         "\n## Commit latency with an off-site mirror 50 ms away\n\n\
          {CLIENTS} clients, one new 128-byte object per commit, {} s per run, the two arrays \
@@ -425,6 +447,10 @@ fn commit(k: &Knobs) {
     for (name, r) in [
         ("2 file mirrors", &alone),
         ("2 file mirrors + off-site (50 ms)", &with),
+        (
+            "2 file mirrors + off-site, its link down (queued, nothing shipped)",
+            &queued_only,
+        ),
     ] {
         println!(
             "| {name} | {:.0} | {:.2} | {:.2} |",
@@ -439,6 +465,12 @@ fn commit(k: &Knobs) {
     );
     let rr = ratio(median(&with.rate), median(&alone.rate));
     println!("| **with / without** | **{rr:.2}×** | **{r50:.2}×** | **{r99:.2}×** |");
+    let (q50, q99, qr) = (
+        ratio(median(&queued_only.p50), median(&alone.p50)),
+        ratio(median(&queued_only.p99), median(&alone.p99)),
+        ratio(median(&queued_only.rate), median(&alone.rate)),
+    );
+    println!("| **queued only / without** | **{qr:.2}×** | **{q50:.2}×** | **{q99:.2}×** |");
     println!(
         "\nTarget with/without ≤ 1.10: p50 {r50:.2} {}, p99 {r99:.2} {}.\n",
         mark(r50 <= 1.10),

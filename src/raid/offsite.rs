@@ -218,6 +218,13 @@ impl Mirror {
         self.queue_cv.notify_all();
     }
 
+    /// Transactions up to `tid` are visible on the synchronous backends
+    /// (group commit publishes after the fsync): wake a waiting shipper.
+    pub(crate) fn published(&self) {
+        let _q = lock(&self.queue);
+        self.queue_cv.notify_all();
+    }
+
     /// The array was packed at `t` after committing `after`.
     pub(crate) fn request_pack(&self, after: Tid, t: f64, gc: bool) {
         lock(&self.packs).push((after, t, gc));
@@ -531,8 +538,10 @@ impl Iterator for QueueFeed<'_> {
             if self.core.closing.load(Ordering::Acquire) {
                 return None;
             }
-            let visible = Tid(self.core.published.load(Ordering::Acquire));
+            // Under the queue's lock: publish notifies under it too, so no
+            // wake-up is lost between this look and the wait.
             let q = lock(&self.m.queue);
+            let visible = Tid(self.core.published.load(Ordering::Acquire));
             let next = match q.next_after(self.after) {
                 Following::Overflowed => return None,
                 Following::Next(tid, entry) => Some((tid, entry)),
@@ -552,13 +561,10 @@ impl Iterator for QueueFeed<'_> {
                     if now >= deadline {
                         return None;
                     }
-                    // Logged but not yet visible: look again shortly.
-                    let wait = if pending.is_some() {
-                        Duration::from_millis(1)
-                    } else {
-                        deadline - now
-                    };
-                    let _ = self.m.queue_cv.wait_timeout(q, wait);
+                    // Logged but not yet visible (publish wakes us), or
+                    // nothing yet (enqueue wakes us).
+                    drop(pending);
+                    let _ = self.m.queue_cv.wait_timeout(q, deadline - now);
                 }
             }
         }

@@ -169,9 +169,14 @@ impl Storage for RaidStorage {
             }
         }
         // A recovery finishing waits for this.
-        let _g = lock(&core.gate);
-        core.published.fetch_max(tid.0, Ordering::AcqRel);
-        core.gate_cv.notify_all();
+        {
+            let _g = lock(&core.gate);
+            core.published.fetch_max(tid.0, Ordering::AcqRel);
+            core.gate_cv.notify_all();
+        }
+        for m in read(&core.offsite).iter() {
+            m.published();
+        }
     }
 
     fn tpc_abort(&self) {
@@ -506,6 +511,9 @@ impl RaidStorage {
         }
         if !core.group {
             core.published.fetch_max(tid.0, Ordering::AcqRel);
+            for m in read(&core.offsite).iter() {
+                m.published();
+            }
         }
         if finished < core.opts.min_optimal.max(1) {
             log::error!(

@@ -50,7 +50,7 @@
 
 mod common;
 
-use common::{free_port, spawn_zeoraid, wanted};
+use common::{env, free_port, mark, ratio, spawn_zeoraid, wanted};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -71,10 +71,6 @@ const DELAY: Duration = Duration::from_millis(50);
 const LINK: u64 = 2_000_000;
 /// Clients of the commit runs.
 const CLIENTS: usize = 8;
-
-fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
-    std::env::var(name).ok().and_then(|s| s.parse().ok())
-}
 
 struct Knobs {
     seconds: f64,
@@ -330,22 +326,6 @@ fn link_down(p: &Proxy) {
 fn link_up(p: &Proxy) {
     p.set_swallow(false);
     p.cut();
-}
-
-fn ratio(a: f64, b: f64) -> f64 {
-    if b > 0.0 {
-        a / b
-    } else {
-        f64::NAN
-    }
-}
-
-fn mark(ok: bool) -> &'static str {
-    if ok {
-        "met"
-    } else {
-        "**missed**"
-    }
 }
 
 fn f64_of(m: &Value, key: &str) -> f64 {

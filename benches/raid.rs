@@ -40,7 +40,7 @@
 //! tables assert nothing about timing.
 
 mod common;
-use common::start_runzeo;
+use common::{env, mark, ratio, start_runzeo};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -69,10 +69,6 @@ impl Knobs {
     fn phase(&self) -> Duration {
         Duration::from_secs_f64(self.seconds)
     }
-}
-
-fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
-    std::env::var(name).ok().and_then(|s| s.parse().ok())
 }
 
 fn main() {
@@ -217,22 +213,6 @@ fn commits(addr: &str, clients: usize, k: &Knobs) -> PhaseResult {
 fn loads(addr: &str, clients: usize, pipeline: usize, oids: &[Oid], k: &Knobs) -> PhaseResult {
     load_phase(addr, "1", clients, k.phase(), pipeline, oids)
         .unwrap_or_else(|e| panic!("load phase against {addr}: {e}"))
-}
-
-fn ratio(a: f64, b: f64) -> f64 {
-    if b > 0.0 {
-        a / b
-    } else {
-        f64::NAN
-    }
-}
-
-fn mark(ok: bool) -> &'static str {
-    if ok {
-        "met"
-    } else {
-        "**missed**"
-    }
 }
 
 // ---------------------------------------------------------------------------

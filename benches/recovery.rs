@@ -23,7 +23,7 @@
 
 mod common;
 
-use common::{python, start_runzeo};
+use common::{env, python, start_runzeo};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,10 +39,6 @@ use zeoraid::server::Server;
 use zeoraid::storage::file::{FileOptions, FileStorage};
 use zeoraid::storage::{Data, Oid, Op, Storage, Tid, Txn, TxnMeta, Vote};
 use zeoraid::zeo::client::{Client, ClientOptions};
-
-fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
-    std::env::var(name).ok().and_then(|s| s.parse().ok())
-}
 
 struct Knobs {
     txns: usize,

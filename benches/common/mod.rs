@@ -137,3 +137,26 @@ pub fn wanted(name: &str) -> bool {
         .collect();
     args.is_empty() || args.iter().any(|a| a == name)
 }
+
+/// An environment knob, parsed; `None` when unset or unparsable.
+pub fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|s| s.parse().ok())
+}
+
+/// `a / b`, NaN when `b` is not positive.
+pub fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        f64::NAN
+    }
+}
+
+/// "met" or "**missed**" for a target.
+pub fn mark(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "**missed**"
+    }
+}

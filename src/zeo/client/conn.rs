@@ -255,18 +255,21 @@ impl Conn {
         }
     }
 
-    /// Wait for the reply registered with [`Conn::expect`].
+    /// Wait `wait` for the reply registered with [`Conn::expect`]
+    /// (`timeout` is the call timeout the error names).
     pub(super) fn await_reply(
         &self,
         msgid: i64,
         rx: &crossbeam_channel::Receiver<Reply>,
         method: &str,
+        wait: Duration,
         timeout: Duration,
     ) -> Result<Value> {
-        match rx.recv_timeout(timeout) {
+        match rx.recv_timeout(wait) {
             Ok(reply) => reply,
             Err(RecvTimeoutError::Timeout) => {
                 self.forget(msgid);
+                // The reply may have arrived between the timeout and `forget`.
                 if let Ok(reply) = rx.try_recv() {
                     return reply;
                 }
@@ -288,33 +291,19 @@ impl Conn {
         deadline: Instant,
         timeout: Duration,
     ) -> Result<Value> {
-        let (tx, rx) = bounded(1);
-        match &mut *lock(&self.pending) {
-            Pending::Open(m) => {
-                m.insert(msgid, tx);
-            }
-            Pending::Dead(r) => return Err(self.disconnected(r)),
-        }
+        let rx = self.expect(msgid)?;
         let payload = message::encode(msgid, 0, method, &Value::Array(args));
         if let Err(e) = self.send(&[OutFrame::whole(payload)]) {
             self.forget(msgid);
             return Err(e);
         }
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(reply) => reply,
-            Err(RecvTimeoutError::Timeout) => {
-                self.forget(msgid);
-                // The reply may have arrived between the timeout and `forget`.
-                if let Ok(reply) = rx.try_recv() {
-                    return reply;
-                }
-                Err(Error::Disconnected(format!(
-                    "{}: no reply to {method} within {timeout:?} (call timeout)",
-                    self.addr
-                )))
-            }
-            Err(RecvTimeoutError::Disconnected) => Err(self.dead_error()),
-        }
+        self.await_reply(
+            msgid,
+            &rx,
+            method,
+            deadline.saturating_duration_since(Instant::now()),
+            timeout,
+        )
     }
 }
 

@@ -132,7 +132,7 @@ impl Client {
         // early would abandon one the server may still commit.
         let timeout = self.inner.opts.call_timeout
             + std::time::Duration::from_secs_f64(f.bytes as f64 / SLOWEST_LINK);
-        let vote = conn.await_reply(f.vote.0, &f.vote.1, "vote", timeout)?;
+        let vote = conn.await_reply(f.vote.0, &f.vote.1, "vote", timeout, timeout)?;
         let (conflicts, _) = parse_vote(&vote)?;
         if !conflicts.is_empty() {
             return Err(Error::Transaction(format!(
@@ -141,7 +141,7 @@ impl Client {
                 f.tid
             )));
         }
-        let finished = conn.await_reply(f.finish.0, &f.finish.1, "tpc_finish", timeout)?;
+        let finished = conn.await_reply(f.finish.0, &f.finish.1, "tpc_finish", timeout, timeout)?;
         let tid = tid_of(&finished, "tpc_finish reply")?;
         if tid != f.tid {
             return Err(Error::Transaction(format!(

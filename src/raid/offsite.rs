@@ -21,6 +21,8 @@
 //!   synchronous backend (in-process first), exactly as a recovery does,
 //!   then returns to the queue. Nothing is lost: the synchronous backends
 //!   are the durable record; memory stays bounded.
+//! - *Second in line*: the thread runs at a lower CPU priority (nice
+//!   +10), so shipping never takes the CPU from commits and loads.
 //! - *Pipelined*: over ZEO the thread keeps a window of transactions in
 //!   flight (`tpc_begin`, `restorea`..., `vote`, `tpc_finish` sent back
 //!   to back; replies collected as they come), so the round trip does
@@ -328,8 +330,26 @@ fn entry_of(tid: Tid, txn: &Txn) -> (Entry, u64) {
     (Entry::Whole(Arc::new(rec)), bytes)
 }
 
+/// Lower this thread's CPU priority (nice +10): shipping yields the CPU
+/// to commits and loads when both want it, and takes what is left.
+fn yield_to_commits() {
+    // SAFETY: gettid and setpriority on the calling thread only; no memory
+    // is passed.
+    let rc = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10)
+    };
+    if rc != 0 {
+        log::debug!(
+            "cannot lower the off-site thread's priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// The thread: connect, find the position, ship, retry after failures.
 fn run(m: &Arc<Mirror>, weak: &Weak<Core>) {
+    yield_to_commits();
     let mut target: Option<Arc<dyn Storage>> = None;
     let mut position: Option<Tid> = None;
     let mut backoff = Duration::ZERO;

@@ -321,7 +321,24 @@ struct Setup {
 fn setup(bandwidth: u64, elsewhere: bool) -> Setup {
     let dir = tempfile::tempdir().expect("tmp");
     let dr = dr_site(&dir.path().join("dr"), elsewhere);
-    let link = Proxy::start(dr.addr.parse().expect("dr address")).expect("proxy");
+    let target: SocketAddr = dr.addr.parse().expect("dr address");
+    // Elsewhere, the link is routers, not this machine's cores: the proxy's
+    // threads (which inherit the priority of the thread that starts it)
+    // run at nice 19 too.
+    let link = std::thread::scope(|s| {
+        s.spawn(|| {
+            if elsewhere {
+                // SAFETY: setpriority on the calling thread; no memory passed.
+                unsafe {
+                    let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                    libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+                }
+            }
+            Proxy::start(target).expect("proxy")
+        })
+        .join()
+        .expect("proxy thread")
+    });
     link.set_delay(DELAY);
     link.set_bandwidth(bandwidth);
     let array = array(&dir.path().join("array"), Some(link.addr()));
@@ -452,7 +469,7 @@ fn commit(k: &Knobs) {
          `zeoraid serve` behind a proxy adding 50 ms each way (no bandwidth cap). *Its \
          site elsewhere*: a stand-in for a server on another machine — a memory storage \
          (no fsyncs on the array's disk) with every thread at nice 19 (it yields this \
-         machine's cores to the array); the proxy stays in the bench process. *Its site \
+         machine's cores to the array), and the proxy's threads at nice 19 too. *Its site \
          on this machine*: a file storage with fsync at normal priority, competing with \
          the array for the two cores and the disk. The load generator shares the cores \
          too.\n",

@@ -101,7 +101,10 @@ impl<T: Clone> ShipQueue<T> {
         if after < self.covered_after {
             return Following::Overflowed;
         }
-        match self.entries.iter().find(|e| e.0 > after) {
+        // Entries are in tid order: a binary search, not a scan (the
+        // shipper asks once per transaction, under the lock commits take).
+        let i = self.entries.partition_point(|e| e.0 <= after);
+        match self.entries.get(i) {
             Some(e) => Following::Next(e.0, e.2.clone()),
             None => Following::Nothing,
         }

@@ -451,14 +451,23 @@ fn commit(k: &Knobs) {
     let mut queued_only = Runs::default();
     for rep in 0..k.repeat {
         eprintln!("commit, link down: repeat {} of {}", rep + 1, k.repeat);
-        let r = commit_phase(without.addr.as_str(), "1", CLIENTS, phase, 1, 128)
-            .unwrap_or_else(|e| panic!("commit phase against {}: {e}", without.addr))
-            .result;
-        alone.push(&r);
-        let r = commit_phase(s.array.addr.as_str(), "1", CLIENTS, phase, 1, 128)
-            .unwrap_or_else(|e| panic!("commit phase against {}: {e}", s.array.addr))
-            .result;
-        queued_only.push(&r);
+        // Alternate which goes first, as above.
+        let order = if rep % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for queued in order {
+            let a = if queued { &s.array } else { &without };
+            let r = commit_phase(a.addr.as_str(), "1", CLIENTS, phase, 1, 128)
+                .unwrap_or_else(|e| panic!("commit phase against {}: {e}", a.addr))
+                .result;
+            if queued {
+                queued_only.push(&r);
+            } else {
+                alone.push(&r);
+            }
+        }
     }
     link_up(&s.link);
     println!(

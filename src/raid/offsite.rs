@@ -214,10 +214,12 @@ impl Mirror {
     }
 
     /// A transaction the array committed (called at finish, in tid order).
+    /// No wake-up here: the shipper ships only what is visible, and
+    /// [`Mirror::published`] wakes it once the transaction is (one wake-up
+    /// per publish, not two per commit).
     pub(crate) fn enqueue(&self, tid: Tid, txn: &Txn) {
         let (entry, bytes) = entry_of(tid, txn);
         lock(&self.queue).push(tid, bytes, entry);
-        self.queue_cv.notify_all();
     }
 
     /// Transactions up to `tid` are visible on the synchronous backends

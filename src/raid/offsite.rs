@@ -488,12 +488,7 @@ fn step(
             ship(m, core, &t, feed, position)
         }
         Next::CatchUp { after, until } => {
-            let si = core
-                .pick_source(usize::MAX)
-                .ok_or("no optimal synchronous backend to read from")?;
-            let source = core.backends[si]
-                .storage()
-                .map_err(|e| format!("its source: {e}"))?;
+            let (si, source) = source(core)?;
             m.set(|f| {
                 if f.state != "catching-up" {
                     log::info!(
@@ -593,14 +588,21 @@ impl Iterator for QueueFeed<'_> {
     }
 }
 
-/// Read one committed transaction back from a synchronous backend.
-fn fetch(core: &Core, tid: Tid) -> Result<TxnRecord, String> {
+/// The synchronous backend to read from (in-process first, as a
+/// recovery's source) and its storage.
+fn source(core: &Core) -> Result<(usize, Arc<dyn Storage>), String> {
     let si = core
         .pick_source(usize::MAX)
         .ok_or("no optimal synchronous backend to read from")?;
     let s = core.backends[si]
         .storage()
         .map_err(|e| format!("its source: {e}"))?;
+    Ok((si, s))
+}
+
+/// Read one committed transaction back from a synchronous backend.
+fn fetch(core: &Core, tid: Tid) -> Result<TxnRecord, String> {
+    let (_, s) = source(core)?;
     let mut it = s
         .iterator(Some(tid), Some(tid))
         .map_err(|e| format!("cannot read transaction {tid} from the source: {e}"))?;

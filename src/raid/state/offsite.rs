@@ -125,17 +125,6 @@ impl<T: Clone> ShipQueue<T> {
         }
     }
 
-    /// Up to `n` entries after `position`, oldest first (cloned: they stay
-    /// queued until [`ShipQueue::plan`] sees them shipped).
-    pub fn take(&self, position: Tid, n: usize) -> Vec<(Tid, u64, T)> {
-        self.entries
-            .iter()
-            .filter(|e| e.0 > position)
-            .take(n)
-            .cloned()
-            .collect()
-    }
-
     /// The oldest entry after `position`, how many there are and their
     /// bytes (for the lag; no copy).
     pub fn after(&self, position: Tid) -> (Option<Tid>, u64, u64) {
@@ -255,10 +244,6 @@ mod tests {
         q.push(t(9), 10, ()); // older: ignored
         assert_eq!((q.len(), q.bytes()), (2, 20));
         assert_eq!(q.plan(t(10)), Next::Queue);
-        assert_eq!(
-            q.take(t(10), 1).iter().map(|e| e.0).collect::<Vec<_>>(),
-            vec![t(11)]
-        );
         assert_eq!(q.after(t(10)), (Some(t(11)), 2, 20));
         assert_eq!(q.after(t(12)), (None, 0, 0));
         assert_eq!(q.next_after(t(10)), Following::Next(t(11), ()));

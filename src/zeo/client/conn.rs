@@ -78,6 +78,45 @@ impl<'a> OutFrame<'a> {
     fn len(&self) -> usize {
         self.prefix.len() + self.data.len() + self.suffix.len()
     }
+
+    /// `tpc_begin(id, user, description, ext, tid, status)`, one-way;
+    /// `ext` already decoded from the metadata's extension bytes.
+    pub(super) fn tpc_begin(
+        id: &Value,
+        meta: &crate::storage::TxnMeta,
+        ext: Value,
+        tid: Option<crate::storage::Tid>,
+        status: u8,
+    ) -> OutFrame<'static> {
+        OutFrame::whole(message::encode_oneway(
+            "tpc_begin",
+            vec![
+                id.clone(),
+                message::bin(&meta.user),
+                message::bin(&meta.description),
+                ext,
+                message::opt_tid_value(tid),
+                Value::from(super::reply::status_str(status)),
+            ],
+        ))
+    }
+
+    /// `restorea(oid, serial, data, prev_txn, id)`, one-way, the data
+    /// written from the caller's buffer.
+    pub(super) fn restorea(
+        oid: crate::storage::Oid,
+        serial: crate::storage::Tid,
+        data: Option<&'a [u8]>,
+        prev_txn: Option<crate::storage::Tid>,
+        id: &Value,
+    ) -> OutFrame<'a> {
+        OutFrame::oneway(
+            "restorea",
+            &[message::oid_value(oid), message::tid_value(serial)],
+            data,
+            &[message::opt_tid_value(prev_txn), id.clone()],
+        )
+    }
 }
 
 /// Write frames, coalescing small ones into few writes.

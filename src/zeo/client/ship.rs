@@ -7,7 +7,7 @@
 //! held by anyone else, so a long round trip costs latency, not rate.
 
 use super::conn::{Conn, OutFrame, Reply};
-use super::reply::{decode_ext, parse_vote, status_str, tid_of};
+use super::reply::{decode_ext, parse_vote, tid_of};
 use super::Client;
 use crate::storage::{Error, Result, Tid, TxnRecord};
 use crate::zeo::message;
@@ -81,25 +81,22 @@ impl Client {
         let id = inner.next_txn_id.fetch_add(1, Ordering::Relaxed);
         let idv = Value::from(id);
         let mut frames = Vec::with_capacity(rec.records.len() + 3);
-        frames.push(OutFrame::whole(message::encode_oneway(
-            "tpc_begin",
-            vec![
-                idv.clone(),
-                message::bin(&rec.meta.user),
-                message::bin(&rec.meta.description),
-                decode_ext(&rec.meta.extension)?,
-                message::tid_value(rec.tid),
-                Value::from(status_str(rec.status)),
-            ],
-        )));
+        frames.push(OutFrame::tpc_begin(
+            &idv,
+            &rec.meta,
+            decode_ext(&rec.meta.extension)?,
+            Some(rec.tid),
+            rec.status,
+        ));
         let mut bytes = 0u64;
         for r in &rec.records {
             bytes += r.data.as_ref().map_or(0, |d| d.len() as u64);
-            frames.push(OutFrame::oneway(
-                "restorea",
-                &[message::oid_value(r.oid), message::tid_value(rec.tid)],
+            frames.push(OutFrame::restorea(
+                r.oid,
+                rec.tid,
                 r.data.as_deref(),
-                &[message::opt_tid_value(r.data_txn), idv.clone()],
+                r.data_txn,
+                &idv,
             ));
         }
         let vote_id = inner.msgid();

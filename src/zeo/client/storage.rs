@@ -9,8 +9,8 @@ use super::conn::{Conn, OutFrame};
 use super::link::{Inner, TxnCtx};
 use super::reply::{
     data_of, decode_ext, int_of, parse_data_record, parse_history, parse_loaded, parse_oids,
-    parse_record_iternext, parse_size_info, parse_txn_header, parse_undo_log, parse_vote,
-    status_str, tid_of, CurrentRecord,
+    parse_record_iternext, parse_size_info, parse_txn_header, parse_undo_log, parse_vote, tid_of,
+    CurrentRecord,
 };
 use super::Client;
 use crate::locks::lock;
@@ -56,17 +56,9 @@ impl Client {
         });
 
         let mut frames = Vec::with_capacity(txn.ops.len() + 1);
-        frames.push(OutFrame::whole(message::encode_oneway(
-            "tpc_begin",
-            vec![
-                idv.clone(),
-                message::bin(&txn.meta.user),
-                message::bin(&txn.meta.description),
-                ext,
-                message::opt_tid_value(txn.tid),
-                Value::from(status_str(txn.status)),
-            ],
-        )));
+        frames.push(OutFrame::tpc_begin(
+            &idv, &txn.meta, ext, txn.tid, txn.status,
+        ));
         let oid = message::oid_value;
         let tid = message::tid_value;
         for op in &txn.ops {
@@ -94,12 +86,7 @@ impl Client {
                     serial,
                     data,
                     prev_txn,
-                } => OutFrame::oneway(
-                    "restorea",
-                    &[oid(*o), tid(*serial)],
-                    data.as_deref(),
-                    &[message::opt_tid_value(*prev_txn), idv.clone()],
-                ),
+                } => OutFrame::restorea(*o, *serial, data.as_deref(), *prev_txn, &idv),
                 Op::Undo { txn: t } => OutFrame::whole(message::encode_oneway(
                     "undoa",
                     vec![Value::Binary(undo_id(*t)), idv.clone()],

@@ -8,8 +8,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -66,20 +65,6 @@ fn config(dir: &Path, admin: SocketAddr, extra: &str, zeo: &str) -> String {
          [[storage.backend]]\nname = \"a\"\nkind = \"file\"\npath = \"a/Data.fs\"\n\
          [[storage.backend]]\nname = \"z\"\nkind = \"zeo\"\naddress = \"{zeo}\"\n"
     )
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).expect("connect to the admin listener");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_string()
 }
 
 /// The value of the sample `line_prefix` (metric name and labels).
@@ -200,7 +185,7 @@ fn ctl_status_follows_the_array_and_changes_need_the_token() {
     assert!(out.contains("z is optimal again"), "{out}");
 
     // Metrics: real Prometheus text, counters that moved.
-    let metrics = http_get(admin_addr, "/metrics");
+    let metrics = common::http_get(admin_addr, "/metrics");
     assert!(sample(&metrics, "zeoraid_commits_total{storage=\"1\"}") >= 155.0);
     assert!(sample(&metrics, "zeoraid_loads_total{storage=\"1\"}") >= 2.0);
     assert_eq!(

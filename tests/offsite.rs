@@ -10,13 +10,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use zeoraid::bench::fanout::local_server_options;
 use zeoraid::bench::proxy::Proxy;
-use zeoraid::server::{Options, Server};
+use zeoraid::server::Server;
 use zeoraid::storage::file::{FileOptions, FileStorage};
 use zeoraid::storage::*;
 use zeoraid::zeo::client::{Client, ClientOptions};
@@ -25,19 +26,7 @@ use zeoraid::zeo::client::{Client, ClientOptions};
 fn dr_server(dir: &Path) -> Server {
     let fs = FileStorage::open(&dir.join("dr.fs"), FileOptions::default()).expect("dr storage");
     Server::start(
-        Options {
-            listen: "127.0.0.1:0"
-                .parse::<std::net::SocketAddr>()
-                .expect("addr")
-                .into(),
-            workers: 4,
-            max_frame: 1 << 26,
-            invalidation_queue_size: 100,
-            transaction_timeout: None,
-            conflict_resolver: None,
-            tls: None,
-            socket_mode: None,
-        },
+        local_server_options(Some(4)),
         vec![("1".into(), Arc::new(fs), false)],
     )
     .expect("dr server")
@@ -85,12 +74,8 @@ impl Zeoraid {
 
     /// The array's off-site mirror in the status document.
     fn mirror(&self) -> serde_json::Value {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.admin)).expect("admin");
-        write!(s, "GET /details HTTP/1.0\r\nHost: x\r\n\r\n").expect("request");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("response");
-        let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        let doc: serde_json::Value = serde_json::from_str(body).expect("JSON");
+        let body = common::http_get(([127, 0, 0, 1], self.admin).into(), "/details");
+        let doc: serde_json::Value = serde_json::from_str(&body).expect("JSON");
         doc["1"]["raid"]["offsite"][0].clone()
     }
 

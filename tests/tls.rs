@@ -28,13 +28,8 @@ use zeoraid::zeo::client::{Client, ClientOptions};
 fn options(listen: Listen, tls: Option<TlsOptions>) -> Options {
     Options {
         listen,
-        workers: 4,
-        max_frame: 1 << 26,
-        invalidation_queue_size: 100,
-        transaction_timeout: None,
-        conflict_resolver: None,
         tls,
-        socket_mode: None,
+        ..zeoraid::bench::fanout::local_server_options(Some(4))
     }
 }
 
@@ -583,7 +578,7 @@ fn certificate_expiry_in_status_and_metrics() {
         let text = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(code), "{text}\n{}", p.log());
         assert!(text.contains(words), "{text}");
-        let metrics = http_get(admin, "/metrics");
+        let metrics = common::http_get(([127, 0, 0, 1], admin).into(), "/metrics");
         assert!(
             metrics.contains(&format!(
                 "zeoraid_tls_certificate_expiry_timestamp_seconds{{certificate=\"{}\"}}",
@@ -595,15 +590,6 @@ fn certificate_expiry_in_status_and_metrics() {
             p.wait_log("expired on 2021-01-01 00:00:00 UTC: clients will refuse the connection");
         }
     }
-}
-
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::Write;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("admin");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").expect("request");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("response");
-    out
 }
 
 /// The greeting read through a rustls client limited to one TLS version.

@@ -30,7 +30,7 @@
 //! Prints a markdown table per storage; asserts nothing about timing.
 
 mod common;
-use common::{free_port, python, wait_port};
+use common::{free_port, python};
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -200,15 +200,7 @@ fn start_runzeo(dir: &Path, kind: Kind) -> Server {
     // ZEO's defaults otherwise (the server resolves conflicts).
     let conf = common::write_runzeo_conf(dir, port, &storage, false);
     let (stderr, err) = stderr_file(dir, "runzeo");
-    let child = Command::new(python())
-        .args(["-m", "ZEO.runzeo", "-C"])
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(err)
-        .spawn()
-        .expect("start runzeo");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    wait_port(addr);
+    let (child, addr) = common::spawn_runzeo(&conf, port, Some(err));
     let storage = match kind {
         Kind::Memory => "mappingstorage",
         Kind::File => "filestorage, fsync",

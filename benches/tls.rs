@@ -25,9 +25,9 @@
 mod certs;
 mod common;
 
-use common::{free_port, python, spawn_zeoraid, wait_port, wanted};
+use common::{free_port, spawn_runzeo, spawn_zeoraid, wanted};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Child;
 use zeoraid::bench::{run, BenchArgs};
 
 const CLIENTS: usize = 8;
@@ -151,17 +151,11 @@ fn start_runzeo_tls(
         ),
     )
     .expect("zeo.conf");
-    let child = Command::new(python())
-        .args(["-m", "ZEO.runzeo", "-C"])
-        .arg(&conf)
-        .spawn()
-        .expect("start runzeo");
-    let addr = format!("127.0.0.1:{port}");
-    wait_port(addr.parse().expect("addr"));
+    let (child, addr) = spawn_runzeo(&conf, port, None);
     Proc {
         child,
         name: "python runzeo, TLS",
-        address: addr,
+        address: addr.to_string(),
         tls_ca: Some(ca.to_path_buf()),
         client: Some((client.cert.clone(), client.key.clone())),
     }

@@ -19,10 +19,10 @@
 //! Prints medians and zeoraid/Python ratios; asserts nothing about timing.
 
 mod common;
-use common::{free_port, python, wait_port};
+use common::free_port;
 use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::Duration;
 use zeoraid::bench::{run, BenchArgs};
 use zeoraid::zeo::frame::{read_frame, write_frame};
@@ -162,13 +162,7 @@ fn start_runzeo(dir: &std::path::Path, kind: Kind) -> Proc {
     };
     // ZEO's defaults otherwise (the server resolves conflicts).
     let conf = common::write_runzeo_conf(dir, port, &storage, false);
-    let child = Command::new(python())
-        .args(["-m", "ZEO.runzeo", "-C"])
-        .arg(&conf)
-        .spawn()
-        .expect("start runzeo");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    wait_port(addr);
+    let (child, addr) = common::spawn_runzeo(&conf, port, None);
     Proc {
         child: Some(child),
         addr,

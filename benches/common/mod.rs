@@ -85,15 +85,25 @@ pub fn start_runzeo(dir: &Path, client_conflict_resolution: bool) -> Runzeo {
         dir.join("Data.fs").display()
     );
     let conf = write_runzeo_conf(dir, port, &storage, client_conflict_resolution);
-    let child = Command::new(python())
-        .args(["-m", "ZEO.runzeo", "-C"])
-        .arg(&conf)
-        .spawn()
-        .expect("start runzeo");
+    let (child, addr) = spawn_runzeo(&conf, port, None);
+    Runzeo { child, addr }
+}
+
+/// Start `python -m ZEO.runzeo -C CONF` (listening on 127.0.0.1:`port`,
+/// stdout discarded, stderr to `stderr` or inherited) and wait until it
+/// accepts connections.
+pub fn spawn_runzeo(conf: &Path, port: u16, stderr: Option<std::fs::File>) -> (Child, SocketAddr) {
+    let mut cmd = Command::new(python());
+    cmd.args(["-m", "ZEO.runzeo", "-C"])
+        .arg(conf)
+        .stdout(std::process::Stdio::null());
+    if let Some(f) = stderr {
+        cmd.stderr(f);
+    }
+    let child = cmd.spawn().expect("start runzeo");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let proc = Runzeo { child, addr };
     wait_port(addr);
-    proc
+    (child, addr)
 }
 
 /// Start `zeoraid serve --config CONF` (built for this bench) with

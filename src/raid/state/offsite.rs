@@ -128,14 +128,17 @@ impl<T: Clone> ShipQueue<T> {
     /// The oldest entry after `position`, how many there are and their
     /// bytes (for the lag; no copy).
     pub fn after(&self, position: Tid) -> (Option<Tid>, u64, u64) {
-        let mut first = None;
-        let (mut n, mut bytes) = (0u64, 0u64);
-        for e in self.entries.iter().filter(|e| e.0 > position) {
-            first.get_or_insert(e.0);
-            n += 1;
-            bytes += e.1;
-        }
-        (first, n, bytes)
+        // Shipped entries are trimmed as they are acknowledged: the ones
+        // at or before the position are few, at the front. Counting them
+        // instead of the rest keeps a status call short (it holds the lock
+        // commits take).
+        let i = self.entries.partition_point(|e| e.0 <= position);
+        let before: u64 = self.entries.range(..i).map(|e| e.1).sum();
+        (
+            self.entries.get(i).map(|e| e.0),
+            (self.entries.len() - i) as u64,
+            self.bytes - before,
+        )
     }
 
     pub fn len(&self) -> usize {

@@ -96,7 +96,9 @@ pub(crate) struct Wire {
     tls: Option<Session>,
     /// Reader side: ciphertext read from the socket not yet fed to rustls.
     raw: Vec<u8>,
+    /// `raw[raw_pos..raw_end]` is waiting; the buffer is allocated once.
     raw_pos: usize,
+    raw_end: usize,
 }
 
 impl Wire {
@@ -125,6 +127,7 @@ impl Wire {
             tls: None,
             raw: Vec::new(),
             raw_pos: 0,
+            raw_end: 0,
         };
         if let Some(files) = tls_files {
             let fail = |m: String| Error::Disconnected(format!("{addr}: {m}"));
@@ -179,6 +182,7 @@ impl Wire {
             tls: self.tls.clone(),
             raw: Vec::new(),
             raw_pos: 0,
+            raw_end: 0,
         })
     }
 
@@ -227,8 +231,8 @@ impl Read for Wire {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e),
                 }
-                if self.raw_pos < self.raw.len() {
-                    let n = s.read_tls(&mut &self.raw[self.raw_pos..])?;
+                if self.raw_pos < self.raw_end {
+                    let n = s.read_tls(&mut &self.raw[self.raw_pos..self.raw_end])?;
                     self.raw_pos += n;
                     if let Err(e) = s.process_new_packets() {
                         return Err(tls_error(&e));
@@ -237,17 +241,12 @@ impl Read for Wire {
                 }
             }
             // Nothing decrypted is waiting: read ciphertext, unlocked.
-            self.raw.resize(64 << 10, 0);
-            let n = match self.sock.read(&mut self.raw) {
-                Ok(n) => n,
-                Err(e) => {
-                    self.raw.clear();
-                    self.raw_pos = 0;
-                    return Err(e);
-                }
-            };
-            self.raw.truncate(n);
-            self.raw_pos = 0;
+            if self.raw.is_empty() {
+                self.raw = vec![0u8; 64 << 10];
+            }
+            (self.raw_pos, self.raw_end) = (0, 0);
+            let n = self.sock.read(&mut self.raw)?;
+            self.raw_end = n;
             if n == 0 {
                 return Ok(0);
             }

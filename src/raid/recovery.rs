@@ -607,9 +607,7 @@ fn attempt(core: &Arc<Core>, i: usize, force: bool, was: &str) -> Result<Report,
         g.recovery = false;
         core.gate_cv.notify_all();
     }
-    finished?;
-    let r = lock(&b.recovery).take();
-    let (copied, bytes) = r.map(|r| (r.copied, r.bytes)).unwrap_or((0, 0));
+    let (copied, bytes) = finished?.map(|r| (r.copied, r.bytes)).unwrap_or((0, 0));
     Ok(Report {
         backend: b.name.clone(),
         source: source_b.name.clone(),
@@ -821,8 +819,11 @@ impl Copier<'_> {
     }
 
     /// With the gate held: wait until every logged transaction is visible,
-    /// copy what is left, check, rejoin.
-    fn finish_under_gate(&mut self) -> Result<(), String> {
+    /// copy what is left, check, rejoin. Returns the recovery's final
+    /// figures: the status fields a monitor reads (progress, failures,
+    /// throttle) are settled before the state turns optimal, so nobody sees
+    /// an optimal backend that still reports a recovery.
+    fn finish_under_gate(&mut self) -> Result<Option<Running>, String> {
         let (core, i, target) = (self.core, self.i, self.target);
         let last = *lock(&core.last_logged);
         // Group commit: the last transactions may be logged but not yet
@@ -854,8 +855,12 @@ impl Copier<'_> {
         let b = &core.backends[i];
         b.last_tid.store(have.0, Ordering::Relaxed);
         b.latency_us.store(0f64.to_bits(), Ordering::Relaxed);
+        let figures = lock(&b.recovery).take();
+        b.note_attempt(&Ok(()));
+        *lock(&core.credit) = None;
+        core.credit_cv.notify_all();
         core.set_state(i, BackendState::Optimal);
-        Ok(())
+        Ok(figures)
     }
 }
 

@@ -33,7 +33,25 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// A whole configuration: what `zeoraid serve` reads from TOML, and what an
+/// embedder may build in code and hand to [`crate::Zeoraid::start`].
+///
+/// ```
+/// use zeoraid::config::{BackendConfig, Config, StorageConfig};
+///
+/// let dir = std::env::temp_dir().join(format!("zeoraid-doc-{}", std::process::id()));
+/// let mut cfg = Config::default();
+/// cfg.server.listen = "127.0.0.1:0".into();
+/// cfg.storage.push(StorageConfig::raid(
+///     "1",
+///     vec![
+///         BackendConfig::file("a", dir.join("a.fs")),
+///         BackendConfig::file("b", dir.join("b.fs")),
+///     ],
+/// ));
+/// cfg.check().expect("a valid configuration");
+/// ```
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
     #[serde(default)]
@@ -69,6 +87,35 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8101";
 fn default_admin_listen() -> String {
     DEFAULT_ADMIN_LISTEN.to_string()
 }
+
+impl Config {
+    /// A setting this build cannot honour (a cargo feature left out), as
+    /// (key, reason).
+    fn not_built(&self) -> Option<(&'static str, &'static str)> {
+        if !cfg!(feature = "tls") {
+            if self.server.tls.is_some() {
+                return Some(("server.tls", NO_TLS));
+            }
+            if self
+                .storage
+                .iter()
+                .flat_map(|s| &s.backend)
+                .any(|b| b.tls.is_some())
+            {
+                return Some(("storage.backend.tls", NO_TLS));
+            }
+        }
+        if !cfg!(feature = "admin") && self.admin.is_some() {
+            return Some((
+                "admin",
+                "this zeoraid was built without the admin listener (cargo feature `admin`); rebuild with default features or remove [admin]",
+            ));
+        }
+        None
+    }
+}
+
+const NO_TLS: &str = "this zeoraid was built without TLS (cargo feature `tls`); rebuild with default features or remove the TLS settings";
 
 impl AdminConfig {
     /// The token from `token-file`, if one is configured.
@@ -387,6 +434,97 @@ pub struct StorageConfig {
     pub backend: Vec<BackendConfig>,
 }
 
+impl StorageConfig {
+    /// A storage of `kind` with every other setting at its default, as a
+    /// `[[storage]]` section with only `name` and `kind` would have.
+    pub fn new(name: &str, kind: StorageKind) -> StorageConfig {
+        StorageConfig {
+            name: name.to_string(),
+            kind,
+            read_only: false,
+            path: None,
+            sync: true,
+            pack_gc: true,
+            fanout: None,
+            read_policy: None,
+            min_optimal: None,
+            fail_mode: None,
+            backend_timeout: None,
+            state_file: None,
+            auto_recover: None,
+            recovery_ratio: None,
+            backend: Vec::new(),
+        }
+    }
+
+    /// An in-memory storage (lost on exit).
+    pub fn memory(name: &str) -> StorageConfig {
+        StorageConfig::new(name, StorageKind::Memory)
+    }
+
+    /// A `Data.fs` file storage, created when missing.
+    pub fn file(name: &str, path: impl Into<PathBuf>) -> StorageConfig {
+        StorageConfig {
+            path: Some(path.into()),
+            ..StorageConfig::new(name, StorageKind::File)
+        }
+    }
+
+    /// A RAID-1 array over `backends`. Built in code it has no state file
+    /// unless `state_file` is set (a config file defaults it to
+    /// `raid-NAME.state` next to the file); without one, a restart judges
+    /// the backends by their last transactions alone.
+    pub fn raid(name: &str, backends: Vec<BackendConfig>) -> StorageConfig {
+        StorageConfig {
+            backend: backends,
+            ..StorageConfig::new(name, StorageKind::Raid)
+        }
+    }
+}
+
+impl BackendConfig {
+    /// A backend of `kind` with every other setting at its default.
+    pub fn new(name: &str, kind: BackendKind) -> BackendConfig {
+        BackendConfig {
+            name: name.to_string(),
+            kind,
+            address: None,
+            tls: None,
+            mode: BackendMode::default(),
+            max_lag: None,
+            queue_transactions: None,
+            queue_megabytes: None,
+            storage: None,
+            path: None,
+            sync: true,
+            pack_gc: true,
+        }
+    }
+
+    /// An in-process `Data.fs` mirror.
+    pub fn file(name: &str, path: impl Into<PathBuf>) -> BackendConfig {
+        BackendConfig {
+            path: Some(path.into()),
+            ..BackendConfig::new(name, BackendKind::File)
+        }
+    }
+
+    /// A ZEO server (`host:port` or a Unix socket path) and the storage
+    /// name on it.
+    pub fn zeo(name: &str, address: &str, storage: &str) -> BackendConfig {
+        BackendConfig {
+            address: Some(address.to_string()),
+            storage: Some(storage.to_string()),
+            ..BackendConfig::new(name, BackendKind::Zeo)
+        }
+    }
+
+    /// An in-process memory mirror (tests, demonstrations).
+    pub fn memory(name: &str) -> BackendConfig {
+        BackendConfig::new(name, BackendKind::Memory)
+    }
+}
+
 fn yes() -> bool {
     true
 }
@@ -496,6 +634,12 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Validate a configuration built in code (one read from a file is
+    /// validated by [`Config::load`]); errors name the key as a file's do.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.validate(Path::new("(configuration built in code)"))
+    }
+
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |key: &str, value: String, reason: &str| ConfigError::Invalid {
             file: path.to_path_buf(),
@@ -503,6 +647,9 @@ impl Config {
             value,
             reason: reason.to_string(),
         };
+        if let Some(key) = self.not_built() {
+            return Err(invalid(key.0, "(set)".into(), key.1));
+        }
         if let Err(e) = parse_listen(&self.server.listen, None) {
             return Err(invalid(
                 "server.listen",

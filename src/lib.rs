@@ -11,8 +11,10 @@
 //! - [`bench`]: the load generator behind `zeoraid bench`.
 
 pub mod admin;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod config;
+mod instance;
 pub mod locks;
 pub mod net;
 pub mod open;
@@ -20,3 +22,5 @@ pub mod raid;
 pub mod server;
 pub mod storage;
 pub mod zeo;
+
+pub use instance::{StartError, Stopper, Zeoraid};

@@ -1,3 +1,4 @@
+#![cfg(all(feature = "admin", feature = "bench"))]
 //! The admin listener and `zeoraid ctl` against a running `zeoraid serve`
 //! (issue #9): `ctl status` exit codes for each state (optimal,
 //! recovering, degraded, failed) and for an unreachable server and a

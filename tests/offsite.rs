@@ -1,3 +1,4 @@
+#![cfg(all(feature = "admin", feature = "bench"))]
 //! Off-site mirrors end to end: `zeoraid serve` with two file mirrors and
 //! an off-site ZEO backend (a zeoraid server with a file storage) behind a
 //! proxy that adds a 50 ms one-way delay and caps the bandwidth. Commits

@@ -1,3 +1,4 @@
+#![cfg(all(feature = "admin", feature = "bench", feature = "tls"))]
 //! TLS and Unix sockets with the Rust client against the Rust server (the
 //! stock Python client's side is in tests/interop/test_tls.py): commits and
 //! loads over TLS (a record larger than rustls' buffers included), client

@@ -33,6 +33,7 @@ mod watchdog;
 mod wire;
 
 use crate::locks::read;
+use crate::net::tls::rustls;
 use crate::storage::resolve::ConflictResolver;
 use crate::storage::Storage;
 use crate::zeo::message::Message;

@@ -9,6 +9,7 @@
 //! than a slow plaintext one.
 
 use crate::net::tls;
+use crate::net::tls::rustls;
 use mio::event::Source;
 use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};

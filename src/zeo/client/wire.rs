@@ -11,6 +11,7 @@
 //! read never delays a write, and the reverse.
 
 use crate::net::tls;
+use crate::net::tls::rustls;
 use crate::net::Address;
 use crate::storage::{Error, Result};
 use std::io::{self, Read, Write};

@@ -343,3 +343,32 @@ fn verify_finds_one_changed_byte_and_names_its_transaction_and_object() {
     );
     a.close();
 }
+
+/// An embedder that commits with plain `tpc_finish` (no group-commit
+/// steps, as `zeoraid::storage::commit` does) can still recover a file
+/// backend: finishing must count as publishing, or the recovery waits for
+/// a publish that never comes and gives up after backend-timeout.
+#[test]
+fn recovery_finishes_when_commits_use_plain_tpc_finish() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = array(dir.path(), &["a", "b"], "backend-timeout = 5");
+    assert!(a.group_commit(), "file backends do group commit");
+    let oid = a.new_oids(1).expect("oid")[0];
+    let mut serial = Tid::ZERO;
+    let mut put = |n: usize| {
+        let txn = Txn::new(vec![store(oid, serial, &format!("v{n}"))]);
+        serial = zeoraid::storage::commit(&a, &txn).expect("commit");
+    };
+    put(0);
+    a.disable("b").expect("disable b");
+    (1..=5).for_each(&mut put);
+    let started = Instant::now();
+    let report = a.recover("b", false).expect("recovery finishes");
+    assert_eq!(report.copied, 5);
+    assert!(
+        started.elapsed().as_secs_f64() < 4.0,
+        "recovery waited {:?}: for a publish that never came?",
+        started.elapsed()
+    );
+    assert_eq!(a.verify("b").expect("verify").difference, None);
+}

@@ -61,6 +61,19 @@ fn replies<T, K>(
         .collect()
 }
 
+/// Transactions up to `tid` are visible on the backends: a recovery
+/// finishing and the off-site shippers wait for this.
+fn mark_published(core: &super::Core, tid: Tid) {
+    {
+        let _g = lock(&core.gate);
+        core.published.fetch_max(tid.0, Ordering::AcqRel);
+        core.gate_cv.notify_all();
+    }
+    for m in read(&core.offsite).iter() {
+        m.published();
+    }
+}
+
 impl Storage for RaidStorage {
     fn name(&self) -> String {
         self.core.opts.name.clone()
@@ -120,6 +133,11 @@ impl Storage for RaidStorage {
     fn tpc_finish(&self) -> Result<Tid> {
         let r = self.finish_with("tpc_finish", |s| s.tpc_finish());
         self.core.gate_leave();
+        // Without group commit (an in-process caller), finishing also
+        // made it durable and visible: tell whoever waits for that.
+        if let Ok(tid) = r {
+            mark_published(&self.core, tid);
+        }
         r
     }
 
@@ -168,15 +186,7 @@ impl Storage for RaidStorage {
                 s.publish(tid);
             }
         }
-        // A recovery finishing waits for this.
-        {
-            let _g = lock(&core.gate);
-            core.published.fetch_max(tid.0, Ordering::AcqRel);
-            core.gate_cv.notify_all();
-        }
-        for m in read(&core.offsite).iter() {
-            m.published();
-        }
+        mark_published(core, tid);
     }
 
     fn tpc_abort(&self) {

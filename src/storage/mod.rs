@@ -2,10 +2,25 @@
 //!
 //! Everything the server serves is a [`Storage`]: the in-memory storage, the
 //! file storage, a remote ZEO server reached through [`crate::zeo::client`],
-//! and (later) the RAID array itself. The server owns the per-connection
+//! and the RAID array itself ([`crate::raid::RaidStorage`]). The server owns the per-connection
 //! commit buffer and the commit lock; a storage sees one whole transaction at
 //! vote time ([`Storage::tpc_vote`]) and then exactly one of
 //! [`Storage::tpc_finish`] or [`Storage::tpc_abort`].
+//!
+//! In-process use, with [`commit`] and [`load`] (what a ZODB connection
+//! does, minus pickling):
+//!
+//! ```
+//! use zeoraid::storage::memory::MemoryStorage;
+//! use zeoraid::storage::{commit, load, Op, Storage, Tid, Txn};
+//!
+//! let s = MemoryStorage::new("1", false);
+//! let oid = s.new_oids(1).unwrap()[0];
+//! let store = Op::Store { oid, serial: Tid::ZERO, data: b"hello".to_vec().into() };
+//! let tid = commit(&s, &Txn::new(vec![store])).unwrap();
+//! assert_eq!(&load(&s, oid).unwrap().data[..], b"hello");
+//! assert_eq!(s.last_transaction().unwrap(), tid);
+//! ```
 //!
 //! The rules the memory and file storages share (serial checks, undo
 //! decisions, tid choice, ...) are pure functions in [`rules`].
@@ -231,6 +246,52 @@ pub type CurrentRecord = (Oid, Tid, Data, Option<Oid>);
 
 /// An iterator over committed transactions, oldest first.
 pub type TxnIter = Box<dyn Iterator<Item = Result<TxnRecord>> + Send>;
+
+impl Txn {
+    /// A transaction of `ops` with empty metadata, its tid chosen by the
+    /// storage.
+    pub fn new(ops: Vec<Op>) -> Txn {
+        Txn {
+            meta: TxnMeta::default(),
+            tid: None,
+            status: b' ',
+            ops,
+        }
+    }
+}
+
+/// Vote and finish `txn` on `s` (the storage's whole two-phase commit, as
+/// the server runs it for a client); returns the new transaction's tid.
+/// A conflict aborts and is answered as [`Error::Conflict`] for the first
+/// conflicting object (in-process callers have no client to resolve it).
+/// The caller keeps to the storage's rule: one transaction at a time.
+pub fn commit(s: &dyn Storage, txn: &Txn) -> Result<Tid> {
+    match s.tpc_vote(txn) {
+        Ok(Vote::Prepared { .. }) => s.tpc_finish().inspect_err(|_| s.tpc_abort()),
+        Ok(Vote::Conflicts(c)) => {
+            s.tpc_abort();
+            let first = c.first();
+            Err(Error::Conflict {
+                oid: first.map_or(Oid(0), |c| c.oid),
+                committed: first.map_or(Tid::ZERO, |c| c.committed),
+                read: first.map_or(Tid::ZERO, |c| c.read),
+                message: format!("{} object(s) changed since they were read", c.len()),
+                read_conflict: false,
+                class_name: None,
+            })
+        }
+        Err(e) => {
+            s.tpc_abort();
+            Err(e)
+        }
+    }
+}
+
+/// The current revision of `oid` (ZODB's `load`): `Err(PosKey)` when it
+/// does not exist.
+pub fn load(s: &dyn Storage, oid: Oid) -> Result<Loaded> {
+    s.load_before(oid, Tid::MAX)?.ok_or(Error::PosKey(oid))
+}
 
 /// The ZODB storage contract. Implementations are shared between threads;
 /// loads must not wait for a commit in progress. The caller guarantees that

@@ -1050,6 +1050,7 @@ mod tests {
         assert_eq!(none.conflict_resolution, None);
     }
 
+    #[cfg(feature = "tls")]
     #[test]
     fn tls_and_unix_sockets() {
         let c = Config::parse(
@@ -1285,5 +1286,78 @@ mod tests {
             let err = parse(&text).expect_err(&text).to_string();
             assert!(err.contains("test.toml"), "{err}");
         }
+    }
+
+    /// A build without a feature refuses its settings, naming the key and
+    /// the feature; a build with it accepts them.
+    #[test]
+    fn settings_of_features_left_out() {
+        let tls = "[server.tls]\ncertificate=\"s.pem\"\nkey=\"s.key\"\n[[storage]]\nname=\"1\"\nkind=\"memory\"\n";
+        let admin = "[admin]\n[[storage]]\nname=\"1\"\nkind=\"memory\"\n";
+        let table = [
+            (
+                tls,
+                cfg!(feature = "tls"),
+                "server.tls",
+                "cargo feature `tls`",
+            ),
+            (
+                admin,
+                cfg!(feature = "admin"),
+                "admin",
+                "cargo feature `admin`",
+            ),
+        ];
+        for (text, built, key, why) in table {
+            let r = Config::parse(text, Path::new("z.toml"));
+            if built {
+                assert!(r.is_ok(), "{r:?}");
+            } else {
+                let e = r.expect_err("refused").to_string();
+                assert!(
+                    e.contains(&format!("key `{key}`")) && e.contains(why),
+                    "{e}"
+                );
+            }
+        }
+    }
+
+    /// The constructors for configs built in code give what the same TOML
+    /// gives.
+    #[test]
+    fn constructors_match_toml() {
+        let parsed = Config::parse(
+            "[[storage]]\nname=\"m\"\nkind=\"memory\"\n\
+             [[storage]]\nname=\"f\"\nkind=\"file\"\npath=\"/d/f.fs\"\n\
+             [[storage]]\nname=\"r\"\nkind=\"raid\"\nstate-file=\"/d/r.state\"\n\
+             [[storage.backend]]\nname=\"a\"\nkind=\"file\"\npath=\"/d/a.fs\"\n\
+             [[storage.backend]]\nname=\"z\"\nkind=\"zeo\"\naddress=\"h:8100\"\nstorage=\"2\"\n\
+             [[storage.backend]]\nname=\"m\"\nkind=\"memory\"\n",
+            Path::new("/d/z.toml"),
+        )
+        .expect("valid");
+        let built = Config {
+            storage: vec![
+                StorageConfig::memory("m"),
+                StorageConfig::file("f", "/d/f.fs"),
+                StorageConfig {
+                    state_file: Some("/d/r.state".into()),
+                    ..StorageConfig::raid(
+                        "r",
+                        vec![
+                            BackendConfig::file("a", "/d/a.fs"),
+                            BackendConfig::zeo("z", "h:8100", "2"),
+                            BackendConfig::memory("m"),
+                        ],
+                    )
+                },
+            ],
+            ..Config::default()
+        };
+        assert_eq!(built.check(), Ok(()));
+        assert_eq!(built, parsed);
+        let mut bad = Config::default();
+        bad.storage.push(StorageConfig::raid("r", vec![]));
+        assert!(bad.check().is_err());
     }
 }

@@ -2,23 +2,6 @@
 //! feature) the admin listener — started from a [`Config`] value and
 //! stopped when its owner says so. `zeoraid serve` is this plus signal
 //! handling; an embedder uses it directly.
-//!
-//! ```
-//! use zeoraid::config::{Config, StorageConfig};
-//! use zeoraid::Zeoraid;
-//!
-//! let mut cfg = Config::default();
-//! cfg.server.listen = "127.0.0.1:0".into(); // a free port
-//! cfg.server.workers = Some(2);
-//! cfg.storage.push(StorageConfig::memory("1"));
-//! let zeoraid = Zeoraid::start(&cfg).expect("started");
-//! println!("ZEO clients connect to {}", zeoraid.local_addr());
-//!
-//! // Another thread (a signal handler, a UI) may ask it to stop:
-//! let stopper = zeoraid.stopper();
-//! std::thread::spawn(move || stopper.stop());
-//! zeoraid.join(); // returns once stopped: clients closed, storages closed
-//! ```
 
 use crate::config::{Config, ConfigError};
 use crate::server::{Listen, Options, Served, Server, TlsInfo, TlsOptions, TlsSwitch};
@@ -90,6 +73,23 @@ impl Stopper {
 }
 
 /// A running zeoraid.
+///
+/// ```
+/// use zeoraid::config::{Config, StorageConfig};
+/// use zeoraid::Zeoraid;
+///
+/// let mut cfg = Config::default();
+/// cfg.server.listen = "127.0.0.1:0".into(); // a free port
+/// cfg.server.workers = Some(2);
+/// cfg.storage.push(StorageConfig::memory("1"));
+/// let zeoraid = Zeoraid::start(&cfg).expect("started");
+/// println!("ZEO clients connect to {}", zeoraid.local_addr());
+///
+/// // Another thread (a signal handler, a UI) may ask it to stop:
+/// let stopper = zeoraid.stopper();
+/// std::thread::spawn(move || stopper.stop());
+/// zeoraid.join(); // returns once stopped: clients closed, storages closed
+/// ```
 pub struct Zeoraid {
     server: Server,
     #[cfg(feature = "admin")]

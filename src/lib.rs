@@ -1,26 +1,104 @@
-//! zeoraid: a RAID-1 controller and ZEO 5 server for ZODB.
+//! # zeoraid
 //!
-//! Layers, each knowing only the ones below it:
-//! - [`zeo`]: the ZEO 5 wire protocol (frames, msgpack messages) and a client;
-//! - [`storage`]: the ZODB storage contract and the storages we serve;
-//! - [`server`]: the mio event loop, worker pool, sessions and commit lock;
-//! - [`raid`]: the RAID-1 array, itself a storage the server serves;
-//! - [`admin`]: the admin HTTP listener (status, metrics, recover, verify,
-//!   disable) and `zeoraid ctl`, its client;
-//! - [`config`]: the TOML configuration;
-//! - [`bench`]: the load generator behind `zeoraid bench`.
+//! A RAID-1 controller and ZEO 5 server for ZODB, as a library. The
+//! `zeoraid` binary is a thin command line over it; a program can embed
+//! the same server, or use the array in-process with no network at all.
+//!
+//! ## A tour of the layers
+//!
+//! Each layer knows only the ones below it.
+//!
+//! - [`storage`]: the ZODB storage contract as the [`storage::Storage`]
+//!   trait (load, two-phase commit, undo, iteration, pack), its value
+//!   types, and the storages zeoraid serves: [`storage::memory`] and
+//!   [`storage::file`] (ZODB's own `Data.fs` format, interchangeable with
+//!   Python's FileStorage). [`storage::commit`] and [`storage::load`] use
+//!   any storage in-process.
+//! - [`zeo`]: the ZEO 5 wire protocol and a client,
+//!   [`zeo::client::Client`], which is itself a `Storage` (a remote ZEO
+//!   server, Python `runzeo` or zeoraid, used like a local one).
+//! - [`raid`]: the RAID-1 array, [`raid::RaidStorage`]: a `Storage` over
+//!   several backends (files, memory, ZEO servers) that mirrors every
+//!   transaction onto all of them in parallel, spreads reads, degrades a
+//!   failing backend and recovers it online; off-site mirrors trail over
+//!   slow links.
+//! - [`config`]: the configuration, from TOML or built in code, and
+//!   [`open`], which turns a [`config::StorageConfig`] into a storage.
+//! - [`Zeoraid`]: one running server — its storages, the ZEO listener and
+//!   (feature `admin`) the admin listener — started from a
+//!   [`config::Config`], stopped by its owner.
+//!
+//! ## Serving ZEO clients from a program
+//!
+//! ```
+//! use zeoraid::config::{Config, StorageConfig};
+//! use zeoraid::Zeoraid;
+//!
+//! let mut cfg = Config::default();
+//! cfg.server.listen = "127.0.0.1:0".into();
+//! cfg.storage.push(StorageConfig::memory("1"));
+//! let server = Zeoraid::start(&cfg).expect("started");
+//! // ... stock ZEO.ClientStorage clients connect to server.local_addr() ...
+//! server.shutdown();
+//! ```
+//!
+//! ## An array in-process
+//!
+//! ```
+//! use zeoraid::config::{BackendConfig, StorageConfig};
+//! use zeoraid::storage::{commit, load, Op, Storage, Tid, Txn};
+//!
+//! let array = zeoraid::open::open_raid(&StorageConfig::raid(
+//!     "1",
+//!     vec![BackendConfig::memory("a"), BackendConfig::memory("b")],
+//! ))
+//! .expect("the array opens");
+//! let oid = array.new_oids(1).unwrap()[0];
+//! let data = b"state".to_vec().into();
+//! commit(&array, &Txn::new(vec![Op::Store { oid, serial: Tid::ZERO, data }])).unwrap();
+//! assert_eq!(&load(&array, oid).unwrap().data[..], b"state");
+//! ```
+//!
+//! See `examples/embed_server.rs` and `examples/mirror_library.rs` for
+//! whole programs.
+//!
+//! ## The public API
+//!
+//! The documented items — [`Zeoraid`], [`Stopper`], [`StartError`],
+//! [`config`], [`open`], [`storage`], [`raid::RaidStorage`] and its
+//! options, [`zeo::client`] and [`net`]'s address and TLS file types — are
+//! the API this crate keeps stable across minor releases. Modules hidden
+//! from these docs (the server's internals, the admin listener, the
+//! benchmark tool, lock helpers) are public only for the `zeoraid` binary,
+//! the tests and the benchmarks, and may change in any release.
+//!
+//! ## Cargo features
+//!
+//! All on by default; `default-features = false` leaves the ZEO server,
+//! the storages, the array (with recovery and off-site mirrors) and the
+//! ZEO client.
+//!
+//! - `tls`: TLS on the listener and to backends (rustls, no OpenSSL).
+//! - `admin`: the admin HTTP listener (`[admin]`: status, metrics,
+//!   recover, reload).
+//! - `bench`: `zeoraid bench`, the load generator the benchmarks use.
 
+#[doc(hidden)]
 pub mod admin;
 #[cfg(feature = "bench")]
+#[doc(hidden)]
 pub mod bench;
 pub mod config;
 mod instance;
+#[doc(hidden)]
 pub mod locks;
 pub mod net;
 pub mod open;
 pub mod raid;
+#[doc(hidden)]
 pub mod server;
 pub mod storage;
 pub mod zeo;
 
 pub use instance::{StartError, Stopper, Zeoraid};
+pub use server::Listen;

@@ -6,7 +6,9 @@
 #      when something is missing, so a second run skips this in a second).
 #   2. cargo build --bins
 #   3. cargo test, with ZEORAID_PYTHON=.venv/bin/python exported: Rust tests
-#      use it to start Python runzeo servers and Python ZEO clients.
+#      use it to start Python runzeo servers and Python ZEO clients; then
+#      cargo test --no-default-features (the embedder's core) and cargo doc
+#      with warnings as errors.
 #   4. The interop suite (tests/interop/run.py): stock ZEO.ClientStorage and
 #      ZODB's storage conformance tests against target/debug/zeoraid.
 #
@@ -105,12 +107,27 @@ status=0
 # ---------------------------------------------------------------------------
 section "cargo test (ZEORAID_PYTHON=$ZEORAID_PYTHON)"
 cargo_log=$LOG_DIR/cargo-test.log
-if cargo test 2>&1 | tee "$cargo_log"; then
-    cargo_status=0
+: > "$cargo_log"
+cargo_status=0
+# Unit, integration, example and doc tests with the default features.
+cargo test 2>&1 | tee -a "$cargo_log" || cargo_status=1
+
+section "cargo test --no-default-features (the core an embedder keeps)"
+# Without tls, admin and bench: the server, storages, array and client
+# build and pass their tests (the suites that need a left-out feature are
+# compiled out).
+cargo test --no-default-features 2>&1 | tee -a "$cargo_log" || cargo_status=1
+
+section "cargo doc (no warnings)"
+# Broken links and other rustdoc warnings fail the docs, counted as one
+# test in the totals.
+if RUSTDOCFLAGS="-D warnings" cargo doc --no-deps 2>&1 | tee -a "$cargo_log"; then
+    echo "test result: ok. 1 passed; 0 failed; 0 ignored (cargo doc)" | tee -a "$cargo_log"
 else
+    echo "test result: FAILED. 0 passed; 1 failed; 0 ignored (cargo doc)" | tee -a "$cargo_log"
     cargo_status=1
-    status=1
 fi
+[ "$cargo_status" -eq 0 ] || status=1
 # Sum the "test result: ok. N passed; N failed; N ignored; ..." lines.
 read -r cargo_passed cargo_failed cargo_ignored < <(awk '
     /^test result:/ {

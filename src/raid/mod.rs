@@ -231,6 +231,40 @@ struct Gate {
 }
 
 /// The array. Cheap to share; the server holds it as `Arc<dyn Storage>`.
+///
+/// Built from configuration with [`crate::open::open_raid`] (as the
+/// server does), or from [`RaidOptions`] and [`BackendSpec`]s with
+/// [`RaidStorage::open`]. Operate it with [`RaidStorage::status`],
+/// [`RaidStorage::disable`], [`RaidStorage::recover`] and
+/// [`RaidStorage::verify`]:
+///
+/// ```
+/// use zeoraid::config::{BackendConfig, StorageConfig};
+/// use zeoraid::storage::{commit, Op, Storage, Tid, Txn};
+///
+/// let dir = std::env::temp_dir().join(format!("zeoraid-doc-raid-{}", std::process::id()));
+/// let array = zeoraid::open::open_raid(&StorageConfig::raid(
+///     "1",
+///     vec![
+///         BackendConfig::file("a", dir.join("a.fs")),
+///         BackendConfig::file("b", dir.join("b.fs")),
+///     ],
+/// ))
+/// .expect("the array opens");
+/// assert_eq!(array.status()["state"], "optimal");
+///
+/// array.disable("b").expect("b taken out");
+/// let oid = array.new_oids(1).unwrap()[0];
+/// let data = b"written while b was out".to_vec().into();
+/// commit(&array, &Txn::new(vec![Op::Store { oid, serial: Tid::ZERO, data }])).unwrap();
+/// assert_eq!(array.status()["state"], "degraded");
+///
+/// let report = array.recover("b", false).expect("recovered");
+/// assert_eq!(report.copied, 1);
+/// assert_eq!(array.verify("b").unwrap().difference, None);
+/// array.close();
+/// # std::fs::remove_dir_all(&dir).unwrap();
+/// ```
 pub struct RaidStorage {
     core: Arc<Core>,
     supervisor: Mutex<Option<std::thread::JoinHandle<()>>>,

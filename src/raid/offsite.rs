@@ -8,7 +8,7 @@
 //! semantics, as a recovery copies), oldest first:
 //!
 //! - *Fast path*: at finish the array puts the transaction into the
-//!   mirror's bounded queue ([`state::offsite::ShipQueue`], by default
+//!   mirror's bounded queue ([`super::state::offsite::ShipQueue`], by default
 //!   64 MiB and 100 000 transactions). The records share the client's
 //!   data buffers (reference-counted), so the queue costs no copy, and
 //!   the commit path does no extra write, fsync or network call. A

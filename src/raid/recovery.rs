@@ -9,7 +9,7 @@
 //!    target's data aside first and starts it empty);
 //! 2. marks it `recovering` and picks an optimal source (in-process
 //!    first, else the fastest);
-//! 3. finds where they agree ([`state::recovery::resume_point`]): the
+//! 3. finds where they agree ([`super::state::recovery::resume_point`]): the
 //!    target's last transaction must be in the source's history with the
 //!    same digest ([`super::verify::digest`]). A target that diverged is
 //!    refused with the first differing tid and nothing is written to it;
@@ -19,7 +19,7 @@
 //!    thread writes, so reading and writing overlap. A group-commit target
 //!    (a file backend) shares one fsync among the transactions the
 //!    channel has ready. Passes repeat until one copies at most
-//!    [`state::recovery::CATCH_UP_UNDER_LOCK`] transactions;
+//!    [`super::state::recovery::CATCH_UP_UNDER_LOCK`] transactions;
 //! 5. takes the array's commit lock (the gate: no transaction between
 //!    vote and finish), waits for the last one to be visible, copies the
 //!    rest and rejoins the target as optimal, atomically for commits.
@@ -27,7 +27,7 @@
 //! The cost grows with the missing transactions, never with the history.
 //!
 //! **Rate guarantee.** While a recovery runs, each new commit is admitted
-//! against credit the copy earns ([`state::Credit`], `recovery-ratio`):
+//! against credit the copy earns ([`super::state::Credit`], `recovery-ratio`):
 //! commits are slowed, never refused, and the recovery always finishes.
 //!
 //! **Failures.** If the source or target fails, or the array closes, the
@@ -39,7 +39,7 @@
 //! **Auto-recovery.** With `auto-recover` (the default) a supervisor
 //! thread (`zeoraid-recovery-ARRAY`) recovers degraded backends in
 //! configuration order, one after another, with a backoff per backend
-//! after failures ([`state::recovery::next_to_recover`]). A target found
+//! after failures ([`super::state::recovery::next_to_recover`]). A target found
 //! diverged is left to the operator.
 
 use super::state::{recovery as plan, Admission, BackendState, Credit};

@@ -4,11 +4,11 @@
 //!
 //! Flow of a request:
 //! 1. `io` (thread `zeoraid-io`) reads bytes, cuts frames, answers the
-//!    handshake, decodes messages and hands them to the pool as [`Job`]s —
+//!    handshake, decodes messages and hands them to the pool as `Job`s —
 //!    concurrent reads directly, transaction messages through the session's
-//!    ordered queue ([`session`]).
+//!    ordered queue (`session`).
 //! 2. A worker (`zeoraid-worker-N`) runs the method against the
-//!    [`crate::storage::Storage`] and sends the reply back as an [`Out`]
+//!    [`crate::storage::Storage`] and sends the reply back as an `Out`
 //!    over a channel, waking the loop with a mio `Waker`.
 //! 3. `io` writes it out, buffering when the socket is full.
 //!

@@ -293,7 +293,30 @@ pub fn load(s: &dyn Storage, oid: Oid) -> Result<Loaded> {
     s.load_before(oid, Tid::MAX)?.ok_or(Error::PosKey(oid))
 }
 
-/// The ZODB storage contract. Implementations are shared between threads;
+/// The ZODB storage contract. Every storage zeoraid serves implements it
+/// (memory, file, the array, the ZEO client), and so can an embedder's
+/// own; the server serves any `Arc<dyn Storage>`.
+///
+/// ```
+/// use zeoraid::storage::file::{FileOptions, FileStorage};
+/// use zeoraid::storage::{commit, Op, Storage, Tid, Txn};
+///
+/// let dir = std::env::temp_dir().join(format!("zeoraid-doc-file-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).unwrap();
+/// let fs = FileStorage::open(&dir.join("Data.fs"), FileOptions::default()).unwrap();
+/// let oid = fs.new_oids(1).unwrap()[0];
+/// let data = b"v1".to_vec().into();
+/// let t1 = commit(&fs, &Txn::new(vec![Op::Store { oid, serial: Tid::ZERO, data }])).unwrap();
+/// let data = b"v2".to_vec().into();
+/// let t2 = commit(&fs, &Txn::new(vec![Op::Store { oid, serial: t1, data }])).unwrap();
+/// // Every revision stays readable until a pack.
+/// assert_eq!(&fs.load_before(oid, t2).unwrap().unwrap().data[..], b"v1");
+/// assert_eq!(fs.history(oid, 10).unwrap().len(), 2);
+/// fs.close();
+/// # std::fs::remove_dir_all(&dir).unwrap();
+/// ```
+///
+/// Implementations are shared between threads;
 /// loads must not wait for a commit in progress. The caller guarantees that
 /// at most one transaction is between `tpc_vote` and `tpc_finish`/`tpc_abort`
 /// at a time (the server's commit lock).

@@ -179,7 +179,30 @@ pub enum ServerEvent {
 // ---------------------------------------------------------------------------
 
 /// A blocking, multiplexed ZEO 5 client. Share it (e.g. in an `Arc`); every
-/// method takes `&self`.
+/// method takes `&self`. It is a [`crate::storage::Storage`], so a remote
+/// ZEO server (Python `runzeo` or zeoraid) is used like a local storage;
+/// it reconnects by itself and every call has a deadline
+/// ([`ClientOptions::call_timeout`]).
+///
+/// ```
+/// use zeoraid::config::{Config, StorageConfig};
+/// use zeoraid::storage::{commit, load, Op, Storage, Tid, Txn};
+/// use zeoraid::zeo::client::{Client, ClientOptions};
+///
+/// # let mut cfg = Config::default();
+/// # cfg.server.listen = "127.0.0.1:0".into();
+/// # cfg.storage.push(StorageConfig::memory("1"));
+/// # let server = zeoraid::Zeoraid::start(&cfg).unwrap();
+/// # let addr = server.local_addr().to_string();
+/// // addr: "host:port" of a ZEO server, or its Unix socket path.
+/// let client = Client::connect(ClientOptions::new(addr)).expect("connected");
+/// let oid = client.new_oids(1).unwrap()[0];
+/// let data = b"over the wire".to_vec().into();
+/// let tid = commit(&client, &Txn::new(vec![Op::Store { oid, serial: Tid::ZERO, data }])).unwrap();
+/// assert_eq!(load(&client, oid).unwrap().start, tid);
+/// client.close();
+/// # server.shutdown();
+/// ```
 pub struct Client {
     inner: Arc<Inner>,
     reader: Mutex<Option<JoinHandle<()>>>,

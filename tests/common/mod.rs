@@ -94,9 +94,24 @@ impl ZeoraidProcess {
     /// Start the binary with `config` (TOML text written to `dir/zeoraid.toml`),
     /// listening on a free port; waits for the listening line.
     pub fn start(dir: &Path, config: &str) -> ZeoraidProcess {
+        ZeoraidProcess::start_under(dir, config, &[])
+    }
+
+    /// Start it as `start` does, under a command such as
+    /// `taskset -c 0` (`wrapper` empty: directly).
+    pub fn start_under(dir: &Path, config: &str, wrapper: &[&str]) -> ZeoraidProcess {
         let conf = dir.join("zeoraid.toml");
         std::fs::write(&conf, config).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_zeoraid"))
+        let bin = env!("CARGO_BIN_EXE_zeoraid");
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(bin),
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+        };
+        let mut child = cmd
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(&conf)
             .env("RUST_LOG", "warn")

@@ -164,6 +164,10 @@ pub struct ServerConfig {
     /// Unix socket permission bits, octal (`"0660"`); unset: the umask's.
     #[serde(default)]
     pub socket_mode: Option<String>,
+    /// The largest blob a client may upload, in bytes; a larger one fails
+    /// its transaction with a clear error. Unset: no limit.
+    #[serde(default)]
+    pub max_blob_size: Option<u64>,
     /// TLS on the listener; absent: plaintext.
     #[serde(default)]
     pub tls: Option<ServerTlsConfig>,
@@ -195,6 +199,7 @@ impl Default for ServerConfig {
             invalidation_queue_size: default_invq(),
             transaction_timeout: None,
             socket_mode: None,
+            max_blob_size: None,
             tls: None,
         }
     }
@@ -403,6 +408,13 @@ pub struct StorageConfig {
     /// Pack removes objects unreachable from the root (ZODB's `pack-gc`).
     #[serde(default = "yes")]
     pub pack_gc: bool,
+    /// `kind = "file"`: the blob directory (ZODB's `blob-dir`, bushy
+    /// layout; relative: to the config file); absent: blob calls are
+    /// refused. A `memory` storage keeps blobs in a temporary directory of
+    /// its own unless this names one (clients with `shared_blob_dir` need
+    /// to know where).
+    #[serde(default)]
+    pub blob_dir: Option<PathBuf>,
     /// `kind = "raid"`: call backends `parallel` (default) or `sequential`.
     #[serde(default)]
     pub fanout: Option<crate::raid::fanout::Mode>,
@@ -445,6 +457,7 @@ impl StorageConfig {
             path: None,
             sync: true,
             pack_gc: true,
+            blob_dir: None,
             fanout: None,
             read_policy: None,
             min_optimal: None,
@@ -588,6 +601,7 @@ impl Config {
         };
         for s in &mut cfg.storage {
             rebase(&mut s.path);
+            rebase(&mut s.blob_dir);
             if s.kind == StorageKind::Raid {
                 if s.state_file.is_none() {
                     s.state_file = Some(PathBuf::from(format!("raid-{}.state", s.name)));
@@ -744,6 +758,26 @@ impl Config {
                     ))
                 }
                 _ => {}
+            }
+            if let (Some(b), StorageKind::Raid) = (&s.blob_dir, s.kind) {
+                return Err(invalid(
+                    &format!("storage[{i}].blob-dir"),
+                    format!("{:?}", b.display().to_string()),
+                    "blobs through a RAID array are not supported yet: serve blobs from a storage of kind \"file\"",
+                ));
+            }
+            if s.blob_dir.is_some() && s.blob_dir == s.path {
+                return Err(invalid(
+                    &format!("storage[{i}].blob-dir"),
+                    format!(
+                        "{:?}",
+                        s.blob_dir
+                            .as_ref()
+                            .map(|b| b.display().to_string())
+                            .unwrap_or_default()
+                    ),
+                    "the blob directory must not be the Data.fs itself",
+                ));
             }
             if s.kind == StorageKind::Raid {
                 validate_raid(i, s, &invalid)?;

@@ -192,6 +192,7 @@ impl Zeoraid {
             listen: listen.clone(),
             tls,
             socket_mode,
+            max_blob_size: cfg.server.max_blob_size,
             workers: cfg.workers(),
             max_frame: cfg.server.max_frame_size,
             invalidation_queue_size: cfg.server.invalidation_queue_size,

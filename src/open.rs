@@ -15,13 +15,24 @@ use std::time::Duration;
 /// Open one configured storage.
 pub fn open_storage(s: &StorageConfig) -> Result<Arc<dyn Storage>, String> {
     match s.kind {
-        StorageKind::Memory => Ok(Arc::new(MemoryStorage::new(&s.name, s.read_only))),
+        StorageKind::Memory => Ok(Arc::new(MemoryStorage::with_blobs(
+            &s.name,
+            s.read_only,
+            s.blob_dir.as_deref(),
+        )?)),
         StorageKind::File => {
             let path = s
                 .path
                 .as_deref()
                 .ok_or_else(|| "kind = \"file\" needs a path".to_string())?;
-            open_file(&s.name, path, s.read_only, s.sync, s.pack_gc)
+            open_file(
+                &s.name,
+                path,
+                s.read_only,
+                s.sync,
+                s.pack_gc,
+                s.blob_dir.as_deref(),
+            )
         }
         StorageKind::Raid => open_raid(s).map(|r| Arc::new(r) as Arc<dyn Storage>),
     }
@@ -33,6 +44,7 @@ fn open_file(
     read_only: bool,
     sync: bool,
     pack_gc: bool,
+    blob_dir: Option<&Path>,
 ) -> Result<Arc<dyn Storage>, String> {
     if let Some(dir) = path.parent() {
         if !read_only && !dir.as_os_str().is_empty() {
@@ -49,7 +61,7 @@ fn open_file(
     if !sync {
         log::warn!("storage {name:?}: sync = false — a power loss can lose acknowledged commits");
     }
-    FileStorage::open(path, opts)
+    FileStorage::open_with_blobs(path, opts, blob_dir)
         .map(|f| Arc::new(f) as Arc<dyn Storage>)
         .map_err(|e| e.to_string())
 }
@@ -118,7 +130,7 @@ pub fn backend_spec(array: &str, b: &BackendConfig) -> BackendSpec {
             let (name, sync, pack_gc) = (format!("{array}/{}", b.name), b.sync, b.pack_gc);
             Arc::new(move |fresh: bool| {
                 let moved = if fresh { move_aside(&p)? } else { None };
-                let s = open_file(&name, &p, false, sync, pack_gc)?;
+                let s = open_file(&name, &p, false, sync, pack_gc, None)?;
                 Ok((s, moved))
             }) as Reopen
         }),
@@ -128,8 +140,14 @@ pub fn backend_spec(array: &str, b: &BackendConfig) -> BackendSpec {
         BackendKind::Memory => BackendSource::Local(Arc::new(MemoryStorage::new(&b.name, false))),
         BackendKind::File => match b.path.as_deref() {
             None => BackendSource::Unavailable("no path configured".into()),
-            Some(p) => match open_file(&format!("{array}/{}", b.name), p, false, b.sync, b.pack_gc)
-            {
+            Some(p) => match open_file(
+                &format!("{array}/{}", b.name),
+                p,
+                false,
+                b.sync,
+                b.pack_gc,
+                None,
+            ) {
                 Ok(s) => BackendSource::Local(s),
                 Err(e) => BackendSource::Unavailable(format!("cannot open {}: {e}", p.display())),
             },

@@ -48,6 +48,7 @@ fn memory_zeo() -> Server {
             conflict_resolver: None,
             tls: None,
             socket_mode: None,
+            max_blob_size: None,
         },
         vec![(
             "1".into(),

@@ -61,6 +61,7 @@ fn start(kind: Kind) -> Running {
             conflict_resolver: None,
             tls: None,
             socket_mode: None,
+            max_blob_size: None,
         },
         vec![("1".into(), storage, false)],
     )

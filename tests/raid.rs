@@ -30,6 +30,7 @@ fn serve(storage: Arc<dyn Storage>) -> Server {
             conflict_resolver: None,
             tls: None,
             socket_mode: None,
+            max_blob_size: None,
         },
         vec![("1".into(), storage, false)],
     )
@@ -391,6 +392,7 @@ fn file_server(path: &std::path::Path, listen: std::net::SocketAddr) -> Server {
             conflict_resolver: None,
             tls: None,
             socket_mode: None,
+            max_blob_size: None,
         },
         vec![("1".into(), Arc::new(fs), false)],
     )

@@ -31,6 +31,7 @@ fn start_opts(storage: Arc<dyn Storage>, transaction_timeout: Option<Duration>) 
             conflict_resolver: None,
             tls: None,
             socket_mode: None,
+            max_blob_size: None,
         },
         vec![("1".into(), storage, false)],
     )
@@ -657,6 +658,7 @@ fn with_a_resolver_conflicts_are_merged_on_the_server() {
             conflict_resolver: Some(Arc::new(Concat)),
             tls: None,
             socket_mode: None,
+            max_blob_size: None,
         },
         vec![("1".into(), Arc::new(MemoryStorage::new("1", false)), false)],
     )

@@ -211,6 +211,7 @@ pub fn local_server_options(workers: Option<usize>) -> Options {
         conflict_resolver: None,
         tls: None,
         socket_mode: None,
+        max_blob_size: None,
     }
 }
 

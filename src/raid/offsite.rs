@@ -319,7 +319,7 @@ fn entry_of(tid: Tid, txn: &Txn) -> (Entry, u64) {
             }
             Op::CheckCurrent { .. } => continue,
             // Their records are the storage's doing.
-            Op::Delete { .. } | Op::Undo { .. } => return (Entry::Fetch, 0),
+            Op::Delete { .. } | Op::Undo { .. } | Op::StoreBlob { .. } => return (Entry::Fetch, 0),
         };
         records.push(rec);
     }

@@ -26,14 +26,14 @@ use std::time::Instant;
 pub(crate) fn compact_ops(ops: &[Op]) -> Vec<Op> {
     let mut last_store: HashMap<Oid, usize> = HashMap::new();
     for (i, op) in ops.iter().enumerate() {
-        if let Op::Store { oid, .. } = op {
+        if let Op::Store { oid, .. } | Op::StoreBlob { oid, .. } = op {
             last_store.insert(*oid, i);
         }
     }
     ops.iter()
         .enumerate()
         .filter(|(i, op)| match op {
-            Op::Store { oid, .. } => last_store.get(oid) == Some(i),
+            Op::Store { oid, .. } | Op::StoreBlob { oid, .. } => last_store.get(oid) == Some(i),
             _ => true,
         })
         .map(|(_, op)| op.clone())
@@ -59,7 +59,11 @@ pub(super) fn do_vote(shared: &Shared, sess: &Session, st: &mut State) -> Result
         status: txn.status,
         ops: compact_ops(&txn.ops),
     };
-    let mut outcome = entry.storage.tpc_vote(&whole);
+    let mut outcome = match &txn.blob_failed {
+        // A blob of this transaction did not arrive whole.
+        Some(why) => Err(Error::Io(why.clone())),
+        None => entry.storage.tpc_vote(&whole),
+    };
     if let Some(resolver) = &entry.resolver {
         // Nothing else commits while we hold the lock, so one merge per
         // conflict settles it; a second round only covers a storage that

@@ -34,6 +34,7 @@ const FIRST_CONN: u64 = 2;
 enum Payload {
     Owned(Vec<u8>),
     Shared(Arc<Vec<u8>>),
+    Metered(super::blobs::Metered),
 }
 
 impl Payload {
@@ -41,6 +42,7 @@ impl Payload {
         match self {
             Payload::Owned(v) => v,
             Payload::Shared(v) => v,
+            Payload::Metered(m) => m.bytes(),
         }
     }
 }
@@ -417,6 +419,7 @@ impl Loop {
     fn deliver(&mut self, out: Out) {
         match out {
             Out::Send(id, payload) => self.queue(id, Payload::Owned(payload)),
+            Out::SendMetered(id, m) => self.queue(id, Payload::Metered(m)),
             Out::SendMany(id, payloads) => {
                 for p in payloads {
                     self.queue(id, Payload::Owned(p));

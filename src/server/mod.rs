@@ -19,6 +19,7 @@
 //! Python side expects them; `status` answers `get_info`, `server_status`
 //! and `ruok`.
 
+pub(crate) mod blobs;
 mod commit;
 pub mod commit_lock;
 mod committer;
@@ -125,6 +126,8 @@ pub(crate) enum Out {
     Send(ConnId, Vec<u8>),
     SendMany(ConnId, Vec<Vec<u8>>),
     Broadcast(Vec<ConnId>, Arc<Vec<u8>>),
+    /// A frame of a streamed download, counted until written.
+    SendMetered(ConnId, blobs::Metered),
     Close(ConnId),
 }
 
@@ -179,6 +182,9 @@ pub struct Options {
     pub tls: Option<TlsOptions>,
     /// Unix socket permission bits (`socket-mode`); `None`: the umask's.
     pub socket_mode: Option<u32>,
+    /// The largest blob a client may upload, in bytes (`max-blob-size`);
+    /// `None`: no limit.
+    pub max_blob_size: Option<u64>,
 }
 
 /// State shared by the loop and the workers.
@@ -193,6 +199,8 @@ pub(crate) struct Shared {
     pub stopping: AtomicBool,
     /// The listener's TLS configuration; `None`: plaintext.
     pub tls: Option<Arc<TlsState>>,
+    /// `Options::max_blob_size`.
+    pub max_blob_size: Option<u64>,
 }
 
 impl Shared {
@@ -285,6 +293,7 @@ impl Server {
                     info: RwLock::new(t.info.clone()),
                 })
             }),
+            max_blob_size: opts.max_blob_size,
         });
         let mut workers = Vec::new();
         for i in 0..opts.workers.max(1) {

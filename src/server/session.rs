@@ -7,6 +7,7 @@
 //! finds the commit lock held *parks* the queue and frees the worker, and is
 //! resumed when the lock is handed over ([`super::commit_lock`]).
 
+use super::blobs::{self, Staged, Upload};
 use super::commit::{do_vote, finish, vote};
 use super::status::{get_info, info_message, size_info_value, status_json};
 use super::wire::{
@@ -24,9 +25,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
-
-const BLOBS_UNSUPPORTED: &str =
-    "blobs are not supported yet by zeoraid; open the ClientStorage without blob_dir";
 
 #[derive(Default)]
 pub(super) struct Queue {
@@ -53,6 +51,13 @@ pub(super) struct TxnState {
     /// Oids whose conflicts the server merged ([`super::commit`]): the
     /// client must not cache its own state of them.
     pub(super) server_resolved: Vec<Oid>,
+    /// A blob upload between `storeBlobStart` and `storeBlobEnd`.
+    pub(super) upload: Option<Upload>,
+    /// Blob files of this transaction, removed when it ends.
+    pub(super) staged: Vec<Staged>,
+    /// Why a blob of this transaction cannot commit: the vote fails with
+    /// it (blob uploads are one-way messages, without an answer).
+    pub(super) blob_failed: Option<String>,
 }
 
 enum IterState {
@@ -126,6 +131,11 @@ impl Session {
         }
         q.scheduled = true;
         true
+    }
+
+    /// The connection is gone (a streaming reply stops).
+    pub(crate) fn is_closed(&self) -> bool {
+        lock(&self.queue).closed
     }
 
     pub(crate) fn mark_closed(&self) {
@@ -549,7 +559,13 @@ fn concurrent(shared: &Shared, sess: &Session, msg: &Message) -> Result<Value> {
         "server_status" => Ok(json_to_value(&status_json(entry))),
         "get_info" => Ok(get_info(entry)),
         "get_size_info" => Ok(size_info_value(entry)),
-        "sendBlob" => Err(Error::Unsupported(BLOBS_UNSUPPORTED.into())),
+        "sendBlob" => {
+            let oid = arg::oid(&a[0], "oid")?;
+            let serial = arg::tid(&a[1], "serial")?;
+            let path = st.load_blob(oid, serial)?;
+            blobs::send_blob(shared, sess.id, oid, serial, &path, &|| sess.is_closed())?;
+            Ok(Value::Nil)
+        }
         other => Err(Error::Value(format!("{other} cannot run concurrently"))),
     }
 }
@@ -608,6 +624,9 @@ fn ordered(shared: &Shared, sess: &Session, msg: &Message) -> Flow {
                 pending_vote: None,
                 conflicts: Vec::new(),
                 server_resolved: Vec::new(),
+                upload: None,
+                staged: Vec::new(),
+                blob_failed: None,
             });
             entry.stats.active_txns.fetch_add(1, Ordering::Relaxed);
             Ok(Value::Nil)
@@ -764,8 +783,91 @@ fn ordered(shared: &Shared, sess: &Session, msg: &Message) -> Flow {
             st.label = arg::string(&a[0], "label").unwrap_or_default();
             Ok(Value::Nil)
         }
-        "storeBlobStart" | "storeBlobChunk" | "storeBlobEnd" | "storeBlobShared" => {
-            Err(Error::Unsupported(BLOBS_UNSUPPORTED.into()))
+        "storeBlobStart" => {
+            let dir = blob_staging(sess)?;
+            let t = st.txn.as_mut().ok_or_else(|| {
+                Error::Transaction("no current transaction: storeBlobStart()".into())
+            })?;
+            if t.upload.take().is_some() {
+                t.blob_failed = Some("storeBlobStart before the previous blob ended".into());
+            }
+            match Upload::start(&dir) {
+                Ok(u) => t.upload = Some(u),
+                Err(e) => t.blob_failed = Some(e.to_string()),
+            }
+            Ok(Value::Nil)
+        }
+        "storeBlobChunk" => {
+            let chunk = arg::bytes(&a[0], "chunk")?;
+            let t = st.txn.as_mut().ok_or_else(|| {
+                Error::Transaction("no current transaction: storeBlobChunk()".into())
+            })?;
+            match t.upload.as_mut() {
+                Some(u) => u.chunk(chunk, shared.max_blob_size),
+                None => t.blob_failed = Some("storeBlobChunk without storeBlobStart".into()),
+            }
+            Ok(Value::Nil)
+        }
+        "storeBlobEnd" => {
+            let t = check_txn(sess, st, &a[3], "storeBlobEnd")?;
+            let oid = arg::oid(&a[0], "oid")?;
+            let serial = arg::serial(&a[1], "serial")?;
+            let data = data_arg(&a[2], "data")?;
+            match t.upload.take().map(Upload::end) {
+                Some(Ok(staged)) => {
+                    t.ops.push(Op::StoreBlob {
+                        oid,
+                        serial,
+                        data,
+                        blob: staged.path().to_path_buf(),
+                    });
+                    t.staged.push(staged);
+                }
+                Some(Err(why)) => t.blob_failed = Some(why),
+                None => t.blob_failed = Some("storeBlobEnd without storeBlobStart".into()),
+            }
+            sess.entry()?.stats.stores.fetch_add(1, Ordering::Relaxed);
+            Ok(Value::Nil)
+        }
+        "storeBlobShared" => {
+            blob_staging(sess)?;
+            let entry = sess.entry()?.clone();
+            let t = check_txn(sess, st, &a[4], "storeBlobShared")?;
+            let oid = arg::oid(&a[0], "oid")?;
+            let serial = arg::serial(&a[1], "serial")?;
+            let data = data_arg(&a[2], "data")?;
+            let name = arg::string(&a[3], "filename")?;
+            if !blobs::shared_name_ok(&name) {
+                log::error!(
+                    "connection {} from {}: refused storeBlobShared file name {name:?} (not a \
+                     plain name ending in .tmp: a client sharing the blob directory names only \
+                     its own upload); the transaction fails",
+                    sess.id,
+                    sess.peer
+                );
+                t.blob_failed = Some(format!("bad file name for storeBlobShared: {name:?}"));
+                return Err(Error::Value(name));
+            }
+            let path = entry
+                .storage
+                .shared_blob_path(oid, &name)
+                .ok_or_else(|| Error::Unsupported(crate::storage::NO_BLOBS.into()))?;
+            if !path.is_file() {
+                t.blob_failed = Some(format!(
+                    "the shared blob upload {} does not exist: is the client's blob_dir \
+                     really zeoraid's blob-dir (shared_blob_dir = True needs the same directory)?",
+                    path.display()
+                ));
+            }
+            t.ops.push(Op::StoreBlob {
+                oid,
+                serial,
+                data,
+                blob: path.clone(),
+            });
+            t.staged.push(Staged::adopt(path));
+            entry.stats.stores.fetch_add(1, Ordering::Relaxed);
+            Ok(Value::Nil)
         }
         other => Err(Error::Value(format!("{other} is not an ordered method"))),
     })();
@@ -774,6 +876,15 @@ fn ordered(shared: &Shared, sess: &Session, msg: &Message) -> Flow {
     } else {
         Flow::Reply(r)
     }
+}
+
+/// The registered storage's blob staging directory, or the error blob
+/// calls get without one.
+fn blob_staging(sess: &Session) -> Result<std::path::PathBuf> {
+    sess.entry()?
+        .storage
+        .blob_staging_dir()
+        .ok_or_else(|| Error::Unsupported(crate::storage::NO_BLOBS.into()))
 }
 
 fn register(shared: &Shared, sess: &Session, a: &[Value]) -> Result<Tid> {

@@ -29,6 +29,9 @@ pub(crate) fn get_info(entry: &StorageEntry) -> Value {
     if undo {
         ifaces.push("IStorageUndoable");
     }
+    if entry.storage.blob_staging_dir().is_some() {
+        ifaces.push("IBlobStorage");
+    }
     let interfaces = ifaces
         .into_iter()
         .map(|i| Value::Array(vec![Value::from("ZODB.interfaces"), Value::from(i)]))

@@ -39,6 +39,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use super::blobdir::BlobDir;
 use super::gc::{self, GcError, PackGc};
 use super::resolve::{resolve_undo, ConflictResolver};
 use super::rules::{self, UndoView, STATUS_PACKED, UNDO_INVALID_RECORD};
@@ -252,6 +253,9 @@ impl Committed {
 /// The voted transaction, waiting for `tpc_finish` or `tpc_abort`.
 struct Prepared {
     entry: TxnEntry,
+    /// Objects whose blob file for this transaction is in place (removed
+    /// again if it aborts).
+    blobs: Vec<u64>,
 }
 
 /// An MVCC in-memory ZODB storage (see the module documentation).
@@ -266,6 +270,28 @@ pub struct MemoryStorage {
     pack_lock: Mutex<()>,
     /// Merges states for undos that meet later changes (optional).
     resolver: std::sync::OnceLock<Arc<dyn ConflictResolver>>,
+    /// Blob files, when the storage keeps blobs.
+    blobs: Option<Blobs>,
+}
+
+/// A memory storage's blob directory: one it was given, or a temporary
+/// one of its own, removed with the storage.
+struct Blobs {
+    dir: BlobDir,
+    temporary: bool,
+}
+
+impl Drop for Blobs {
+    fn drop(&mut self) {
+        if self.temporary {
+            if let Err(e) = std::fs::remove_dir_all(self.dir.base()) {
+                log::warn!(
+                    "cannot remove the memory storage's blob directory {}: {e}",
+                    self.dir.base().display()
+                );
+            }
+        }
+    }
 }
 
 impl MemoryStorage {
@@ -279,7 +305,34 @@ impl MemoryStorage {
             max_oid: Mutex::new(0),
             pack_lock: Mutex::new(()),
             resolver: std::sync::OnceLock::new(),
+            blobs: None,
         }
+    }
+
+    /// An empty storage that keeps blobs: in `dir` (ZODB's layout), or
+    /// without one in a temporary directory of its own, removed with the
+    /// storage (the blobs are as volatile as the rest).
+    pub fn with_blobs(
+        name: &str,
+        read_only: bool,
+        dir: Option<&std::path::Path>,
+    ) -> std::result::Result<MemoryStorage, String> {
+        let (path, temporary) = match dir {
+            Some(d) => (d.to_path_buf(), false),
+            None => {
+                let d = std::env::temp_dir().join(format!(
+                    "zeoraid-memory-blobs-{}-{}",
+                    std::process::id(),
+                    rand::random::<u64>()
+                ));
+                (d, true)
+            }
+        };
+        let dir = BlobDir::open(&path, true)?;
+        Ok(MemoryStorage {
+            blobs: Some(Blobs { dir, temporary }),
+            ..MemoryStorage::new(name, read_only)
+        })
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Committed> {
@@ -559,6 +612,12 @@ struct Staging<'a> {
     seen_resolved: HashSet<Oid>,
     seen_invalidated: HashSet<Oid>,
     max_oid: u64,
+    /// The storage keeps blobs.
+    keeps_blobs: bool,
+    /// Blob files to commit as this transaction's: (oid, staged file).
+    blob_files: Vec<(u64, std::path::PathBuf)>,
+    /// Undone blob revisions: (oid, tid whose blob file comes back).
+    blob_copies: Vec<(u64, u64)>,
 }
 
 impl<'a> Staging<'a> {
@@ -579,6 +638,9 @@ impl<'a> Staging<'a> {
             seen_resolved: HashSet::new(),
             seen_invalidated: HashSet::new(),
             max_oid: 0,
+            keeps_blobs: false,
+            blob_files: Vec::new(),
+            blob_copies: Vec::new(),
         }
     }
 
@@ -633,12 +695,27 @@ impl<'a> Staging<'a> {
                 prev_txn,
             } => self.restore(*oid, *serial, data, *prev_txn),
             Op::Undo { txn } => self.undo(*txn),
+            Op::StoreBlob {
+                oid,
+                serial,
+                data,
+                blob,
+            } => {
+                if !self.keeps_blobs {
+                    return Err(Error::Unsupported(crate::storage::NO_BLOBS.into()));
+                }
+                self.store(*oid, *serial, data);
+                self.blob_files.push((oid.0, blob.clone()));
+                Ok(())
+            }
         }
     }
 
     /// A store checks the committed serial; conflicts are collected for
     /// the client to resolve ([`rules::note_store`]).
     fn store(&mut self, oid: Oid, serial: Tid, data: &Data) {
+        // A later store of the object replaces a blob staged for it.
+        self.blob_files.retain(|(o, _)| *o != oid.0);
         let committed = self.state.current(oid).map(|r| r.tid);
         let conflict = rules::store_conflict(oid, committed, serial, data);
         if rules::note_store(&mut self.conflicts, oid, conflict) {
@@ -699,6 +776,13 @@ impl<'a> Staging<'a> {
             };
             match outcome {
                 Ok((data, data_txn)) => {
+                    // Undoing to a blob revision brings its file back.
+                    self.blob_copies.retain(|(o, _)| *o != oid.0);
+                    if let (true, Some(d), Some(from)) = (self.keeps_blobs, &data, data_txn) {
+                        if pickle_refs::is_blob_record(d) {
+                            self.blob_copies.push((oid.0, from.0));
+                        }
+                    }
                     self.put(oid, data, data_txn);
                     if self.seen_resolved.insert(oid) {
                         self.resolved.push(oid);
@@ -805,6 +889,7 @@ impl Storage for MemoryStorage {
         let st = self.read();
         let tid = rules::choose_tid(txn.tid, st.last_tid, timestamp::now())?;
         let mut stage = Staging::new(&st, self.resolver.get().map(|r| r.as_ref()), tid);
+        stage.keeps_blobs = self.blobs.is_some();
         for op in &txn.ops {
             stage.apply(op)?;
         }
@@ -816,9 +901,15 @@ impl Storage for MemoryStorage {
             resolved,
             invalidated,
             max_oid,
+            blob_files,
+            blob_copies,
             ..
         } = stage;
         drop(st);
+        let blobs = match &self.blobs {
+            Some(b) => b.dir.commit_txn(tid.0, &blob_files, &blob_copies)?,
+            None => Vec::new(),
+        };
         {
             let mut max = self.max_oid();
             *max = (*max).max(max_oid);
@@ -830,6 +921,7 @@ impl Storage for MemoryStorage {
                 meta: txn.meta.clone(),
                 records,
             },
+            blobs,
         });
         Ok(Vote::Prepared {
             tid,
@@ -856,7 +948,31 @@ impl Storage for MemoryStorage {
     }
 
     fn tpc_abort(&self) {
-        self.prepared().take();
+        if let (Some(p), Some(b)) = (self.prepared().take(), &self.blobs) {
+            b.dir.remove_txn(p.entry.tid.0, &p.blobs);
+        }
+    }
+
+    fn blob_staging_dir(&self) -> Option<std::path::PathBuf> {
+        self.blobs.as_ref().map(|b| b.dir.tmp_dir().to_path_buf())
+    }
+
+    fn shared_blob_path(&self, oid: Oid, file_name: &str) -> Option<std::path::PathBuf> {
+        self.blobs
+            .as_ref()
+            .map(|b| b.dir.oid_path(oid.0).join(file_name))
+    }
+
+    fn load_blob(&self, oid: Oid, serial: Tid) -> Result<std::path::PathBuf> {
+        let Some(b) = &self.blobs else {
+            return Err(Error::Unsupported(crate::storage::NO_BLOBS.into()));
+        };
+        let path = b.dir.path(oid.0, serial.0);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(Error::PosKey(oid))
+        }
     }
 
     /// `first`/`last` are already normalised by the caller (ZODB's
@@ -939,6 +1055,11 @@ impl Storage for MemoryStorage {
             st.gc_from_future(packtid, plan)?;
         }
         st.apply_pack(packtid, &todo, plan.as_ref());
+        drop(st);
+        if let Some(b) = &self.blobs {
+            let keep = super::blob_revisions(self, packtid)?;
+            b.dir.sweep(packtid.0, &keep)?;
+        }
         Ok(())
     }
 

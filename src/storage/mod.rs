@@ -25,6 +25,7 @@
 //! The rules the memory and file storages share (serial checks, undo
 //! decisions, tid choice, ...) are pure functions in [`rules`].
 
+pub mod blobdir;
 pub mod file;
 pub mod gc;
 pub mod memory;
@@ -103,6 +104,18 @@ pub enum Op {
     CheckCurrent {
         oid: Oid,
         serial: Tid,
+    },
+    /// A store whose object has a blob (ZODB's `storeBlob`): `data` is the
+    /// `Blob` object's record, `blob` a file holding the blob's bytes. The
+    /// storage makes the file part of the transaction at vote (a hard link
+    /// into its blob directory, so a re-vote after conflicts finds it
+    /// again) and leaves `blob` itself alone: whoever staged it removes it
+    /// when the transaction ends.
+    StoreBlob {
+        oid: Oid,
+        serial: Tid,
+        data: Data,
+        blob: std::path::PathBuf,
     },
     /// Copy a record committed elsewhere (recovery, zodbconvert). `data`
     /// `None` means "no data" (an undone creation).
@@ -287,11 +300,33 @@ pub fn commit(s: &dyn Storage, txn: &Txn) -> Result<Tid> {
     }
 }
 
+/// The (oid, tid) of every blob record of `s` up to `upto`: the blob
+/// files that must stay after a pack (every blob revision, undo copies
+/// included, has a file named by its own tid).
+pub(crate) fn blob_revisions(
+    s: &dyn Storage,
+    upto: Tid,
+) -> Result<std::collections::HashSet<(u64, u64)>> {
+    let mut keep = std::collections::HashSet::new();
+    for t in s.iterator(None, Some(upto))? {
+        for r in t?.records {
+            if r.data.as_deref().is_some_and(pickle_refs::is_blob_record) {
+                keep.insert((r.oid.0, r.tid.0));
+            }
+        }
+    }
+    Ok(keep)
+}
+
 /// The current revision of `oid` (ZODB's `load`): `Err(PosKey)` when it
 /// does not exist.
 pub fn load(s: &dyn Storage, oid: Oid) -> Result<Loaded> {
     s.load_before(oid, Tid::MAX)?.ok_or(Error::PosKey(oid))
 }
+
+/// What blob calls answer on a storage without a blob directory.
+pub const NO_BLOBS: &str =
+    "this storage keeps no blobs: set blob-dir on it in the zeoraid configuration, or open the ClientStorage without blob_dir";
 
 /// The ZODB storage contract. Every storage zeoraid serves implements it
 /// (memory, file, the array, the ZEO client), and so can an embedder's
@@ -406,6 +441,24 @@ pub trait Storage: Send + Sync {
     /// (recover, verify, disable); `None` for plain storages.
     fn as_raid(&self) -> Option<&crate::raid::RaidStorage> {
         None
+    }
+    /// Blob support: the directory where blob uploads for this storage are
+    /// staged (on the blob directory's filesystem, so that committing one
+    /// is a link, not a copy); `None`: the storage keeps no blobs and blob
+    /// calls are refused.
+    fn blob_staging_dir(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+    /// Where a client sharing the blob directory (`shared_blob_dir`) left
+    /// the upload named `file_name` for `oid`: the object's directory in
+    /// the blob directory. `None` without a blob directory.
+    fn shared_blob_path(&self, _oid: Oid, _file_name: &str) -> Option<std::path::PathBuf> {
+        None
+    }
+    /// The committed blob file of `oid` written by `serial`
+    /// (`loadBlob`); `Err(PosKey)` when there is none.
+    fn load_blob(&self, _oid: Oid, _serial: Tid) -> Result<std::path::PathBuf> {
+        Err(Error::Unsupported(NO_BLOBS.into()))
     }
     /// The ZEO client behind this storage (the off-site mirrors' pipelined
     /// writer uses it); `None` for other storages.

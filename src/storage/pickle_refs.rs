@@ -670,6 +670,33 @@ fn decode_string_literal(arg: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Is `record` the record of a `ZODB.blob.Blob` (ZODB's `is_blob_record`:
+/// its class pickle is exactly that class)? Blob records have a blob file
+/// beside them; copies and undo must bring it along (pure).
+pub fn is_blob_record(record: &[u8]) -> bool {
+    const GLOBAL: &[u8] = b"cZODB.blob\nBlob\n";
+    let mut rest = match record {
+        [0x80, _, rest @ ..] => rest,
+        rest => rest,
+    };
+    let Some(after) = rest.strip_prefix(GLOBAL) else {
+        return false;
+    };
+    rest = after;
+    // An optional memo store, then the end of the class pickle.
+    rest = match rest {
+        [b'q', _, r @ ..] => r,
+        [b'r', _, _, _, _, r @ ..] => r,
+        [0x94, r @ ..] => r,
+        [b'p', r @ ..] => match r.iter().position(|&b| b == b'\n') {
+            Some(n) => &r[n + 1..],
+            None => return false,
+        },
+        r => r,
+    };
+    rest.first() == Some(&b'.')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -967,6 +994,25 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(arg)
             );
+        }
+    }
+
+    #[test]
+    fn blob_records() {
+        let table: [(&[u8], bool); 9] = [
+            (b"\x80\x03cZODB.blob\nBlob\nq\x00.\x80\x03N.", true),
+            (b"\x80\x02cZODB.blob\nBlob\nq\x00.", true),
+            (b"cZODB.blob\nBlob\nq\x00.", true),
+            (b"cZODB.blob\nBlob\np0\n.", true),
+            (b"\x80\x03cZODB.blob\nBlob\n.", true),
+            // A subclass, or the (class, args) form: not ZODB's Blob.
+            (b"\x80\x03cmy.app\nBlob\nq\x00.", false),
+            (b"\x80\x03cZODB.blob\nBlobFile\nq\x00.", false),
+            (b"\x80\x03cZODB.blob\nBlob\nq\x00N\x86q\x01.", false),
+            (b"", false),
+        ];
+        for (record, want) in table {
+            assert_eq!(is_blob_record(record), want, "{record:?}");
         }
     }
 }

@@ -160,6 +160,13 @@ class StorageSpec:
     # section (e.g. its [storage.backend.tls] table).
     backends: tuple = ()
     raid_options: str = ""   # extra TOML lines for the [[storage]] section
+    # kind="file" or "memory": the server's blob directory (zeoraid's
+    # blob-dir, runzeo's <filestorage> blob-dir); None: no key (a zeoraid
+    # memory storage then keeps its blobs in a temporary directory).
+    blob_dir: str = None
+    # kind="file": False writes pack-gc = false (zeoraid) / pack-gc false
+    # (runzeo); None leaves the server's default (gc on).
+    pack_gc: bool = None
 
 
 # The backend combinations the conformance suites run against (the RAID
@@ -299,6 +306,11 @@ class Server:
             ]
             if spec.kind == "file":
                 lines.append(f"path = {q(self._storage_path(spec))}")
+            if spec.blob_dir is not None:
+                lines.append(f"blob-dir = {q(spec.blob_dir)}")
+            if spec.pack_gc is not None:
+                lines.append(
+                    f"pack-gc = {'true' if spec.pack_gc else 'false'}")
             if spec.kind == "raid":
                 lines += self._raid_lines(spec)
             lines.append("")
@@ -389,6 +401,12 @@ class Server:
                     raise HarnessError(
                         "runzeo: a read-only mappingstorage cannot be "
                         "configured; use the file flavour")
+                if spec.blob_dir is not None:
+                    lines += [f"<blobstorage {spec.name}>",
+                              f"  blob-dir {spec.blob_dir}",
+                              "  <mappingstorage>", "  </mappingstorage>",
+                              "</blobstorage>"]
+                    continue
                 lines += [f"<mappingstorage {spec.name}>",
                           "</mappingstorage>"]
                 continue
@@ -399,8 +417,13 @@ class Server:
                 ZODB.FileStorage.FileStorage(path).close()
             lines += [f"<filestorage {spec.name}>",
                       f"  path {path}",
-                      f"  read-only {'true' if spec.read_only else 'false'}",
-                      "</filestorage>"]
+                      f"  read-only {'true' if spec.read_only else 'false'}"]
+            if spec.blob_dir is not None:
+                lines.append(f"  blob-dir {spec.blob_dir}")
+            if spec.pack_gc is not None:
+                lines.append(
+                    f"  pack-gc {'true' if spec.pack_gc else 'false'}")
+            lines.append("</filestorage>")
         return "\n".join(lines) + "\n"
 
     def _prepare(self):

@@ -78,6 +78,7 @@ use self::format::{
 };
 use self::index::Index;
 use self::records::{corrupt, io_err, Src};
+use super::blobdir::BlobDir;
 use super::resolve::{resolve_undo, ConflictResolver};
 use super::rules::{self, UndoView, UNDO_INVALID_RECORD};
 use super::{
@@ -165,6 +166,9 @@ struct Prepared {
     start: u64,
     end: u64,
     updates: Updates,
+    /// Objects whose blob file for `tid` this transaction put in place
+    /// (removed again if it aborts).
+    blobs: Vec<Oid>,
 }
 
 /// A FileStorage on a `Data.fs` file (see the module documentation).
@@ -195,6 +199,9 @@ pub struct FileStorage {
     closed: AtomicBool,
     /// Merges states for undos that meet later changes (optional).
     resolver: std::sync::OnceLock<Arc<dyn ConflictResolver>>,
+    /// The blob directory (`blob-dir`), in ZODB's own layout; `None`: blob
+    /// stores are refused.
+    blobs: Option<BlobDir>,
     _lock: Option<lock::LockFile>,
     #[cfg(test)]
     fail_writes: AtomicBool,
@@ -212,11 +219,28 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 impl FileStorage {
     /// Open (or create) the storage file at `path`.
     pub fn open(path: &Path, opts: FileOptions) -> Result<FileStorage> {
+        FileStorage::open_with_blobs(path, opts, None)
+    }
+
+    /// Open `path` with the blob directory `blob_dir` (created when
+    /// missing; an existing one, Python's included, is used as it is):
+    /// blob stores then commit their file there, and `loadBlob` reads it.
+    pub fn open_with_blobs(
+        path: &Path,
+        opts: FileOptions,
+        blob_dir: Option<&Path>,
+    ) -> Result<FileStorage> {
         let name = path.display().to_string();
         let lock = if opts.read_only {
             None
         } else {
             Some(lock::lock(&with_suffix(path, ".lock"))?)
+        };
+        // After the lock: opening a blob directory empties its tmp/
+        // (uploads of transactions that never committed).
+        let blobs = match blob_dir {
+            None => None,
+            Some(d) => Some(BlobDir::open(d, !opts.read_only).map_err(Error::Io)?),
         };
         let exists = path.exists();
         let file = if opts.read_only {
@@ -299,6 +323,7 @@ impl FileStorage {
             pack_tid: Mutex::new(None),
             closed: AtomicBool::new(false),
             resolver: std::sync::OnceLock::new(),
+            blobs,
             _lock: lock,
             #[cfg(test)]
             fail_writes: AtomicBool::new(false),
@@ -448,6 +473,45 @@ impl Drop for FileStorage {
 }
 
 // ---------------------------------------------------------------------------
+// Blobs.
+
+impl FileStorage {
+    /// Put a voted transaction's blob files in place (see
+    /// [`BlobDir::commit_txn`]).
+    fn commit_blobs(
+        &self,
+        tid: Tid,
+        files: &[(Oid, PathBuf)],
+        copies: &[(Oid, Tid)],
+    ) -> Result<Vec<Oid>> {
+        let Some(dir) = &self.blobs else {
+            return Ok(Vec::new());
+        };
+        let files: Vec<(u64, PathBuf)> = files.iter().map(|(o, p)| (o.0, p.clone())).collect();
+        let copies: Vec<(u64, u64)> = copies.iter().map(|(o, t)| (o.0, t.0)).collect();
+        let done = dir.commit_txn(tid.0, &files, &copies)?;
+        Ok(done.into_iter().map(Oid).collect())
+    }
+
+    /// Remove the blob files of an aborted transaction.
+    fn remove_blobs(&self, tid: Tid, oids: &[Oid]) {
+        if let Some(dir) = &self.blobs {
+            dir.remove_txn(tid.0, &oids.iter().map(|o| o.0).collect::<Vec<_>>());
+        }
+    }
+
+    /// After a pack: remove the blob files no record of the packed file
+    /// names, up to `packtid` (see [`BlobDir::sweep`]).
+    pub(super) fn sweep_blobs(&self, packtid: Tid) -> Result<usize> {
+        let Some(dir) = &self.blobs else {
+            return Ok(0);
+        };
+        let keep = crate::storage::blob_revisions(self, packtid)?;
+        Ok(dir.sweep(packtid.0, &keep)?)
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Pure decisions (those the memory storage makes too are in `rules`).
 
 /// What a staged data record holds in the file.
@@ -493,6 +557,13 @@ struct Staging<'a> {
     resolved: Vec<Oid>,
     invalidated: Vec<Oid>,
     max_oid: u64,
+    /// The storage keeps blobs.
+    keeps_blobs: bool,
+    /// Blob files to commit as this transaction's: (oid, staged file).
+    blob_files: Vec<(Oid, PathBuf)>,
+    /// Undone blob revisions: (oid, tid whose blob file the undo's
+    /// revision copies).
+    blob_copies: Vec<(Oid, Tid)>,
 }
 
 impl<'a> Staging<'a> {
@@ -538,10 +609,25 @@ impl<'a> Staging<'a> {
                 prev_txn,
             } => self.restore(*oid, *serial, data, *prev_txn),
             Op::Undo { txn } => self.undo(*txn),
+            Op::StoreBlob {
+                oid,
+                serial,
+                data,
+                blob,
+            } => {
+                if !self.keeps_blobs {
+                    return Err(Error::Unsupported(crate::storage::NO_BLOBS.into()));
+                }
+                self.store(*oid, *serial, data)?;
+                self.blob_files.push((*oid, blob.clone()));
+                Ok(())
+            }
         }
     }
 
     fn store(&mut self, oid: Oid, serial: Tid, data: &Data) -> Result<()> {
+        // A later store of the object replaces a blob staged for it.
+        self.blob_files.retain(|(o, _)| *o != oid);
         if data.is_empty() {
             return Err(Error::Value(format!(
                 "{oid}: empty object data cannot be stored in a FileStorage"
@@ -663,8 +749,16 @@ impl<'a> Staging<'a> {
             };
             let staged = match outcome {
                 Ok(None) => {
-                    let data = self.src.load_back(h.prev)?.map(|(d, _)| d);
-                    Some((Payload::Back(h.prev), data))
+                    let back = self.src.load_back(h.prev)?;
+                    // Undoing to a blob revision: that revision's file
+                    // becomes the undo's too (FileStorage.undo).
+                    self.blob_copies.retain(|(o, _)| *o != h.oid);
+                    if let Some((d, from)) = &back {
+                        if self.keeps_blobs && crate::storage::pickle_refs::is_blob_record(d) {
+                            self.blob_copies.push((h.oid, *from));
+                        }
+                    }
+                    Some((Payload::Back(h.prev), back.map(|(d, _)| d)))
                 }
                 Ok(Some(merged)) => Some((Payload::Data(merged.clone()), Some(merged))),
                 Err(m) => {
@@ -1083,6 +1177,9 @@ impl Storage for FileStorage {
             resolved: Vec::new(),
             invalidated: Vec::new(),
             max_oid: 0,
+            keeps_blobs: self.blobs.is_some(),
+            blob_files: Vec::new(),
+            blob_copies: Vec::new(),
         };
         for op in &txn.ops {
             stage.apply(op)?;
@@ -1109,8 +1206,19 @@ impl Storage for FileStorage {
             resolved,
             invalidated,
             max_oid,
+            blob_files,
+            blob_copies,
             ..
         } = stage;
+        // The blob files, durable before the vote answers: a crash after
+        // the commit is acknowledged never loses one.
+        let blobs = match self.commit_blobs(tid, &blob_files, &blob_copies) {
+            Ok(b) => b,
+            Err(e) => {
+                self.truncate_to(start);
+                return Err(e);
+            }
+        };
         {
             let mut max = self.max_oid();
             *max = (*max).max(max_oid);
@@ -1121,6 +1229,7 @@ impl Storage for FileStorage {
             start,
             end: start + bytes.len() as u64,
             updates,
+            blobs,
         });
         Ok(Vote::Prepared {
             tid,
@@ -1237,6 +1346,7 @@ impl Storage for FileStorage {
         let mut slot = self.slot();
         if let Some(p) = slot.take() {
             self.truncate_to(p.start);
+            self.remove_blobs(p.tid, &p.blobs);
         }
     }
 
@@ -1332,6 +1442,28 @@ impl Storage for FileStorage {
         SizeInfo {
             objects: st.index.live(),
             bytes: st.pos,
+        }
+    }
+
+    fn blob_staging_dir(&self) -> Option<PathBuf> {
+        self.blobs.as_ref().map(|b| b.tmp_dir().to_path_buf())
+    }
+
+    fn shared_blob_path(&self, oid: Oid, file_name: &str) -> Option<PathBuf> {
+        self.blobs
+            .as_ref()
+            .map(|b| b.oid_path(oid.0).join(file_name))
+    }
+
+    fn load_blob(&self, oid: Oid, serial: Tid) -> Result<PathBuf> {
+        let Some(dir) = &self.blobs else {
+            return Err(Error::Unsupported(crate::storage::NO_BLOBS.into()));
+        };
+        let path = dir.path(oid.0, serial.0);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(Error::PosKey(oid))
         }
     }
 

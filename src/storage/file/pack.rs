@@ -440,6 +440,18 @@ impl FileStorage {
         if result.is_ok() {
             *last_pack = Some(packtid);
         }
+        if matches!(result, Ok(true)) {
+            match self.sweep_blobs(packtid) {
+                Ok(0) => {}
+                Ok(n) => log::info!("{}: pack removed {n} blob file(s)", self.name),
+                // The pack itself succeeded; what is left is only space.
+                Err(e) => log::error!(
+                    "{}: pack could not remove the blob files of removed revisions: {e}; \
+                     they stay on disk until the next pack",
+                    self.name
+                ),
+            }
+        }
         result.map(|_| ())
     }
 

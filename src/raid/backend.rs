@@ -24,6 +24,8 @@ pub type Reopen = Arc<
 >;
 
 /// How to reach one backend.
+// One per backend, built once: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum BackendSource {
     /// An in-process storage (file, memory), already open.
     Local(Arc<dyn Storage>),

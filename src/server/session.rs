@@ -784,16 +784,16 @@ fn ordered(shared: &Shared, sess: &Session, msg: &Message) -> Flow {
             Ok(Value::Nil)
         }
         "storeBlobStart" => {
-            let dir = blob_staging(sess)?;
+            let dir = blob_staging(sess);
             let t = st.txn.as_mut().ok_or_else(|| {
                 Error::Transaction("no current transaction: storeBlobStart()".into())
             })?;
             if t.upload.take().is_some() {
-                t.blob_failed = Some("storeBlobStart before the previous blob ended".into());
+                fail_blob(t, "storeBlobStart before the previous blob ended".into());
             }
-            match Upload::start(&dir) {
+            match dir.and_then(|d| Upload::start(&d)) {
                 Ok(u) => t.upload = Some(u),
-                Err(e) => t.blob_failed = Some(e.to_string()),
+                Err(e) => fail_blob(t, e.to_string()),
             }
             Ok(Value::Nil)
         }
@@ -804,7 +804,8 @@ fn ordered(shared: &Shared, sess: &Session, msg: &Message) -> Flow {
             })?;
             match t.upload.as_mut() {
                 Some(u) => u.chunk(chunk, shared.max_blob_size),
-                None => t.blob_failed = Some("storeBlobChunk without storeBlobStart".into()),
+                // (Its start failed, and said why.)
+                None => fail_blob(t, "storeBlobChunk without storeBlobStart".into()),
             }
             Ok(Value::Nil)
         }
@@ -823,14 +824,13 @@ fn ordered(shared: &Shared, sess: &Session, msg: &Message) -> Flow {
                     });
                     t.staged.push(staged);
                 }
-                Some(Err(why)) => t.blob_failed = Some(why),
-                None => t.blob_failed = Some("storeBlobEnd without storeBlobStart".into()),
+                Some(Err(why)) => fail_blob(t, why),
+                None => fail_blob(t, "storeBlobEnd without storeBlobStart".into()),
             }
             sess.entry()?.stats.stores.fetch_add(1, Ordering::Relaxed);
             Ok(Value::Nil)
         }
         "storeBlobShared" => {
-            blob_staging(sess)?;
             let entry = sess.entry()?.clone();
             let t = check_txn(sess, st, &a[4], "storeBlobShared")?;
             let oid = arg::oid(&a[0], "oid")?;
@@ -845,19 +845,22 @@ fn ordered(shared: &Shared, sess: &Session, msg: &Message) -> Flow {
                     sess.id,
                     sess.peer
                 );
-                t.blob_failed = Some(format!("bad file name for storeBlobShared: {name:?}"));
-                return Err(Error::Value(name));
+                fail_blob(t, format!("bad file name for storeBlobShared: {name:?}"));
+                return Ok(Value::Nil);
             }
-            let path = entry
-                .storage
-                .shared_blob_path(oid, &name)
-                .ok_or_else(|| Error::Unsupported(crate::storage::NO_BLOBS.into()))?;
+            let Some(path) = entry.storage.shared_blob_path(oid, &name) else {
+                fail_blob(t, crate::storage::NO_BLOBS.into());
+                return Ok(Value::Nil);
+            };
             if !path.is_file() {
-                t.blob_failed = Some(format!(
-                    "the shared blob upload {} does not exist: is the client's blob_dir \
+                fail_blob(
+                    t,
+                    format!(
+                        "the shared blob upload {} does not exist: is the client's blob_dir \
                      really zeoraid's blob-dir (shared_blob_dir = True needs the same directory)?",
-                    path.display()
-                ));
+                        path.display()
+                    ),
+                );
             }
             t.ops.push(Op::StoreBlob {
                 oid,
@@ -876,6 +879,12 @@ fn ordered(shared: &Shared, sess: &Session, msg: &Message) -> Flow {
     } else {
         Flow::Reply(r)
     }
+}
+
+/// Remember why a blob of `t` cannot commit (the first reason wins): its
+/// vote fails with it.
+fn fail_blob(t: &mut TxnState, why: String) {
+    t.blob_failed.get_or_insert(why);
 }
 
 /// The registered storage's blob staging directory, or the error blob

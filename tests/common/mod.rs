@@ -147,6 +147,8 @@ pub struct RunZeo {
     pub port: u16,
     pub dir: tempfile::TempDir,
     conflict_resolution: bool,
+    /// Its FileStorage has a `blob-dir` (`dir/blobs`).
+    blobs: bool,
     pub python: PathBuf,
 }
 
@@ -163,10 +165,29 @@ impl RunZeo {
             port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
             conflict_resolution,
+            blobs: false,
             python: python(),
         };
         z.spawn();
         z
+    }
+
+    /// A runzeo whose FileStorage keeps blobs in [`RunZeo::blob_dir`].
+    pub fn start_with_blobs() -> RunZeo {
+        let mut z = RunZeo {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            conflict_resolution: true,
+            blobs: true,
+            python: python(),
+        };
+        z.spawn();
+        z
+    }
+
+    pub fn blob_dir(&self) -> PathBuf {
+        self.dir.path().join("blobs")
     }
 
     pub fn addr(&self) -> String {
@@ -184,10 +205,15 @@ impl RunZeo {
             &conf,
             format!(
                 "<zeo>\n  address 127.0.0.1:{}\n  msgpack true\n  client-conflict-resolution {}\n</zeo>\n\
-                 <filestorage 1>\n  path {}\n</filestorage>\n",
+                 <filestorage 1>\n  path {}\n{}</filestorage>\n",
                 self.port,
                 self.conflict_resolution,
-                dir.join("Data.fs").display()
+                dir.join("Data.fs").display(),
+                if self.blobs {
+                    format!("  blob-dir {}\n", self.blob_dir().display())
+                } else {
+                    String::new()
+                }
             ),
         )
         .expect("write zeo.conf");

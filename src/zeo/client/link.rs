@@ -73,6 +73,10 @@ pub(super) struct Inner {
     pub(super) last_tid: Mutex<Tid>,
     /// The socket of a reconnection in progress, so `close` can interrupt it.
     pub(super) connecting: Mutex<Option<Wire>>,
+    /// Blob downloads waiting for their `receiveBlob*` calls.
+    pub(super) downloads: super::blobs::Downloads,
+    /// The blob cache (`ClientOptions::blob_dir`).
+    pub(super) blob_cache: Option<crate::storage::blobdir::BlobDir>,
 }
 
 impl Inner {
@@ -263,6 +267,9 @@ impl Inner {
     }
 
     fn handle_server_call(&self, msg: Message) {
+        if self.downloads.handle(&msg.method, msg.arg_list()) {
+            return;
+        }
         match msg.method.as_str() {
             "invalidateTransaction" => match parse_invalidation(msg.arg_list()) {
                 Ok((tid, oids)) => self.emit(ServerEvent::Invalidate { tid, oids }),

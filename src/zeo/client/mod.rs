@@ -83,6 +83,7 @@
 //! [`message::error_from_wire`]: crate::zeo::message::error_from_wire
 //! [`Storage`]: crate::storage::Storage
 
+mod blobs;
 mod conn;
 mod connect;
 mod link;
@@ -134,6 +135,10 @@ pub struct ClientOptions {
     /// TLS to the server (its files are read at every connect, so renewed
     /// certificates are used from the next reconnection); `None`: plaintext.
     pub tls: Option<crate::net::tls::ClientFiles>,
+    /// The client's blob cache (ZODB's directory layout; created when
+    /// missing): loaded blobs are kept there and uploads staged in its
+    /// `tmp/`. `None`: blob calls are refused.
+    pub blob_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ClientOptions {
@@ -147,6 +152,7 @@ impl Default for ClientOptions {
             max_frame: frame::DEFAULT_MAX_FRAME,
             heartbeat: Duration::from_secs(60),
             tls: None,
+            blob_dir: None,
         }
     }
 }
@@ -231,6 +237,13 @@ impl Client {
         opts: ClientOptions,
         handler: Option<EventHandler>,
     ) -> Result<Client> {
+        let blob_cache = match &opts.blob_dir {
+            None => None,
+            Some(d) => Some(
+                crate::storage::blobdir::BlobDir::open(d, true)
+                    .map_err(|e| Error::Io(format!("the client's blob cache: {e}")))?,
+            ),
+        };
         let inner = Arc::new(Inner {
             opts,
             link: Mutex::new(Link::Down("connecting".into())),
@@ -243,6 +256,8 @@ impl Client {
             info: Mutex::new(Vec::new()),
             last_tid: Mutex::new(Tid::ZERO),
             connecting: Mutex::new(None),
+            downloads: blobs::Downloads::default(),
+            blob_cache,
         });
         let est = inner.establish()?;
         inner.install(&est);

@@ -26,9 +26,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Storing blobs through zeoraid's client comes with issue #11's client
-/// work; until then it is refused before anything is sent.
-const NO_CLIENT_BLOBS: &str = "storing blobs through zeoraid's ZEO client is not supported yet";
+fn inner_has_no_cache(c: &Client) -> bool {
+    c.inner.blob_cache.is_none()
+}
+
+/// What blob calls answer on a client without a blob cache.
+const NO_CLIENT_BLOBS: &str =
+    "this ZEO client has no blob cache: set ClientOptions::blob_dir to use blobs";
 
 /// `pack` can legitimately run for a long time: its deadline is this many call timeouts.
 const PACK_TIMEOUT_FACTOR: u32 = 60;
@@ -37,7 +41,7 @@ const OIDS_PER_CALL: usize = 100;
 
 impl Client {
     fn tpc_vote_inner(&self, txn: &Txn) -> Result<Vote> {
-        if txn.ops.iter().any(|op| matches!(op, Op::StoreBlob { .. })) {
+        if inner_has_no_cache(self) && txn.ops.iter().any(|op| matches!(op, Op::StoreBlob { .. })) {
             return Err(Error::Unsupported(NO_CLIENT_BLOBS.into()));
         }
         let inner = &self.inner;
@@ -98,7 +102,18 @@ impl Client {
                     "undoa",
                     vec![Value::Binary(undo_id(*t)), idv.clone()],
                 )),
-                Op::StoreBlob { .. } => return Err(Error::Unsupported(NO_CLIENT_BLOBS.into())),
+                Op::StoreBlob {
+                    oid: o,
+                    serial,
+                    data,
+                    blob,
+                } => {
+                    // Streamed, a chunk at a time, after what came before.
+                    conn.send(&frames)?;
+                    frames.clear();
+                    super::blobs::store(&conn, blob, *o, *serial, data, &idv)?;
+                    continue;
+                }
             });
         }
         conn.send(&frames)?;
@@ -306,6 +321,20 @@ impl Storage for Client {
 
     fn as_zeo_client(&self) -> Option<&Client> {
         Some(self)
+    }
+
+    fn blob_staging_dir(&self) -> Option<std::path::PathBuf> {
+        self.inner
+            .blob_cache
+            .as_ref()
+            .map(|b| b.tmp_dir().to_path_buf())
+    }
+
+    fn load_blob(&self, oid: Oid, serial: Tid) -> Result<std::path::PathBuf> {
+        match &self.inner.blob_cache {
+            Some(dir) => super::blobs::load(&self.inner, dir, oid, serial),
+            None => Err(Error::Unsupported(NO_CLIENT_BLOBS.into())),
+        }
     }
 
     fn tpc_finish(&self) -> Result<Tid> {

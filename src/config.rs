@@ -387,6 +387,12 @@ pub struct BackendConfig {
     /// `kind = "file"`: pack removes unreachable objects.
     #[serde(default = "yes")]
     pub pack_gc: bool,
+    /// `kind = "file"`: the backend's blob directory (ZODB's layout);
+    /// `kind = "zeo"`: zeoraid's cache of that server's blobs (the server
+    /// keeps its own). Absent: the backend takes no blobs, and a blob
+    /// commit degrades it. Relative: to the config file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -511,6 +517,7 @@ impl BackendConfig {
             path: None,
             sync: true,
             pack_gc: true,
+            blob_dir: None,
         }
     }
 
@@ -609,6 +616,7 @@ impl Config {
                 rebase(&mut s.state_file);
                 for b in &mut s.backend {
                     rebase(&mut b.path);
+                    rebase(&mut b.blob_dir);
                     if let Some(t) = &mut b.tls {
                         rebase(&mut t.ca);
                         rebase(&mut t.certificate);
@@ -763,7 +771,7 @@ impl Config {
                 return Err(invalid(
                     &format!("storage[{i}].blob-dir"),
                     format!("{:?}", b.display().to_string()),
-                    "blobs through a RAID array are not supported yet: serve blobs from a storage of kind \"file\"",
+                    "an array keeps no blobs itself: set blob-dir on its backends (file backends: their blob directory; zeo backends: zeoraid's cache of that server's blobs)",
                 ));
             }
             if s.blob_dir.is_some() && s.blob_dir == s.path {

@@ -121,23 +121,34 @@ pub fn backend_spec(array: &str, b: &BackendConfig) -> BackendSpec {
             let name = b.name.clone();
             Some(Arc::new(move |_fresh| {
                 Ok((
-                    Arc::new(MemoryStorage::new(&name, false)) as Arc<dyn Storage>,
+                    Arc::new(MemoryStorage::with_blobs(&name, false, None)?) as Arc<dyn Storage>,
                     None,
                 ))
             }))
         }
         BackendKind::File => b.path.clone().map(|p| {
             let (name, sync, pack_gc) = (format!("{array}/{}", b.name), b.sync, b.pack_gc);
+            let blobs = b.blob_dir.clone();
             Arc::new(move |fresh: bool| {
-                let moved = if fresh { move_aside(&p)? } else { None };
-                let s = open_file(&name, &p, false, sync, pack_gc, None)?;
+                let moved = if fresh {
+                    if let Some(d) = &blobs {
+                        move_aside(d)?;
+                    }
+                    move_aside(&p)?
+                } else {
+                    None
+                };
+                let s = open_file(&name, &p, false, sync, pack_gc, blobs.as_deref())?;
                 Ok((s, moved))
             }) as Reopen
         }),
         BackendKind::Zeo => None,
     };
     let source = match b.kind {
-        BackendKind::Memory => BackendSource::Local(Arc::new(MemoryStorage::new(&b.name, false))),
+        BackendKind::Memory => match MemoryStorage::with_blobs(&b.name, false, None) {
+            Ok(m) => BackendSource::Local(Arc::new(m)),
+            Err(e) => BackendSource::Unavailable(e),
+        },
         BackendKind::File => match b.path.as_deref() {
             None => BackendSource::Unavailable("no path configured".into()),
             Some(p) => match open_file(
@@ -146,7 +157,7 @@ pub fn backend_spec(array: &str, b: &BackendConfig) -> BackendSpec {
                 false,
                 b.sync,
                 b.pack_gc,
-                None,
+                b.blob_dir.as_deref(),
             ) {
                 Ok(s) => BackendSource::Local(s),
                 Err(e) => BackendSource::Unavailable(format!("cannot open {}: {e}", p.display())),
@@ -156,6 +167,7 @@ pub fn backend_spec(array: &str, b: &BackendConfig) -> BackendSpec {
             let mut opts = ClientOptions::new(b.address.clone().unwrap_or_default());
             opts.storage = b.storage.clone().unwrap_or_else(|| "1".into());
             opts.tls = b.tls.as_ref().map(|t| t.files());
+            opts.blob_dir = b.blob_dir.clone();
             BackendSource::Zeo(opts)
         }
     };

@@ -95,6 +95,7 @@ fn backend_of(name: &str, query: &str) -> Result<crate::config::BackendConfig, (
         path: get("path").map(std::path::PathBuf::from),
         sync: get("sync").as_deref() != Some("false"),
         pack_gc: get("pack-gc").as_deref() != Some("false"),
+        blob_dir: get("blob-dir").map(std::path::PathBuf::from),
         tls: {
             let t = crate::config::BackendTlsConfig {
                 ca: get("tls-ca").map(std::path::PathBuf::from),

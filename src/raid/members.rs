@@ -229,23 +229,9 @@ impl RaidStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::BackendKind;
 
     fn b(name: &str) -> BackendConfig {
-        BackendConfig {
-            name: name.into(),
-            kind: BackendKind::Memory,
-            address: None,
-            storage: None,
-            path: None,
-            sync: true,
-            pack_gc: true,
-            tls: None,
-            mode: Default::default(),
-            max_lag: None,
-            queue_transactions: None,
-            queue_megabytes: None,
-        }
+        BackendConfig::memory(name)
     }
 
     fn names(v: &[BackendConfig]) -> Vec<&str> {

@@ -53,6 +53,7 @@
 //! connection drops.
 
 pub mod balance;
+mod blobs;
 pub mod fanout;
 pub mod members;
 pub mod offsite;
@@ -553,10 +554,13 @@ impl Core {
         let last = lasts.iter().flatten().copied().max().unwrap_or(Tid::ZERO);
         *lock(&self.last_logged) = last;
         self.published.store(last.0, Ordering::Release);
+        // `next_oid` is the last oid handed out: the first a backend
+        // offers is still free (a fresh array hands out 1 first, as a
+        // single storage does).
         let mut next = 0u64;
         for i in self.optimal() {
             match self.backends[i].storage().and_then(|s| s.new_oids(1)) {
-                Ok(o) => next = next.max(o.first().map(|o| o.0).unwrap_or(0)),
+                Ok(o) => next = next.max(o.first().map(|o| o.0.saturating_sub(1)).unwrap_or(0)),
                 Err(Error::ReadOnly) => {}
                 Err(e) => self.degrade(i, format!("new_oids failed at start-up: {e}")),
             }

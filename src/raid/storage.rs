@@ -10,16 +10,12 @@ use super::{Backend, Pending, RaidStorage};
 use crate::locks::{lock, read};
 use crate::storage::resolve::ConflictResolver;
 use crate::storage::{
-    timestamp, CurrentRecord, Data, Error, HistoryEntry, Loaded, Oid, Result, SizeInfo, Storage,
-    Tid, Txn, TxnIter, UndoEntry, Vote,
+    timestamp, CurrentRecord, Data, Error, HistoryEntry, Loaded, Oid, Op, Result, SizeInfo,
+    Storage, Tid, Txn, TxnIter, UndoEntry, Vote,
 };
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Blobs through an array come with issue #11's array work; until then a
-/// blob store is refused before any backend sees it.
-const NO_ARRAY_BLOBS: &str = "blobs through a RAID array are not supported yet; serve blobs from a file storage with blob-dir";
 
 fn vote_key(v: &Result<Vote>) -> VoteKey {
     match v {
@@ -127,13 +123,6 @@ impl Storage for RaidStorage {
     }
 
     fn tpc_vote(&self, txn: &Txn) -> Result<Vote> {
-        if txn
-            .ops
-            .iter()
-            .any(|op| matches!(op, crate::storage::Op::StoreBlob { .. }))
-        {
-            return Err(Error::Unsupported(NO_ARRAY_BLOBS.into()));
-        }
         let core = &self.core;
         core.admit_commit();
         core.gate_enter();
@@ -339,6 +328,20 @@ impl Storage for RaidStorage {
         Some(self)
     }
 
+    /// The staging directory of the first optimal backend that keeps
+    /// blobs: that backend's copy is then a hard link.
+    fn blob_staging_dir(&self) -> Option<std::path::PathBuf> {
+        let core = &self.core;
+        core.optimal()
+            .into_iter()
+            .filter_map(|i| core.backends[i].storage().ok())
+            .find_map(|s| s.blob_staging_dir())
+    }
+
+    fn load_blob(&self, oid: Oid, serial: Tid) -> Result<std::path::PathBuf> {
+        self.core.read_op("loadBlob", |s| s.load_blob(oid, serial))
+    }
+
     fn close(&self) {
         self.stop_supervisor();
         let mirrors: Vec<_> = read(&self.core.offsite).clone();
@@ -385,7 +388,21 @@ impl RaidStorage {
             let mut next = lock(&core.next_oid);
             *next = (*next).max(top);
         }
-        let answered = core.write_op("vote", &optimal, false, |s| s.tpc_vote(&whole));
+        // Each backend commits its own copy of a blob (a backend moves the
+        // file into its blob directory): made on the backend's thread, so
+        // the copies are written in parallel; left-overs go when the vote
+        // returns.
+        let has_blobs = whole
+            .ops
+            .iter()
+            .any(|op| matches!(op, Op::StoreBlob { .. }));
+        let answered = core.write_op("vote", &optimal, false, |s| {
+            if !has_blobs {
+                return s.tpc_vote(&whole);
+            }
+            let (own, _copies) = super::blobs::for_backend(&whole, s)?;
+            s.tpc_vote(&own)
+        });
         let mut keys = replies(&answered, vote_key);
         if state::unify_resolution(&mut keys) {
             log::debug!(

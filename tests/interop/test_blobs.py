@@ -142,6 +142,12 @@ REUSABLE_TARGETS = [
     ("FileSharedBlobs", "file", True),
     ("MemoryNonSharedBlobs", "memory", False),
     ("MemorySharedBlobs", "memory", True),
+    # Arrays (clients of an array do not share its backends' directories):
+    # over two file backends with blob-dir, and over two Python runzeo
+    # servers with blob-dir (zeoraid streams blobs to them and caches what
+    # it loads).
+    ("RaidFile2NonSharedBlobs", "raid:file2", False),
+    ("RaidRunzeo2NonSharedBlobs", "raid:runzeo2", False),
 ]
 
 # Seconds a ClientStorage waits for its first connection (ZEO's default is
@@ -215,11 +221,17 @@ class ZeoraidClientStorage(ClientStorage):
 
     def __init__(self, name, blob_dir, shared=False, kind="file",
                  pack_gc=None):
-        spec = StorageSpec(
-            name="1", kind=kind,
-            path=os.path.abspath(f"{name}.fs") if kind == "file" else None,
-            blob_dir=_server_blob_dir(kind, shared, blob_dir),
-            pack_gc=pack_gc)
+        if kind.startswith("raid:"):
+            spec = StorageSpec(
+                name="1", kind="raid",
+                backends=zeoraid_server.RAID_LAYOUTS[kind[len("raid:"):]],
+                backend_blobs=True)
+        else:
+            spec = StorageSpec(
+                name="1", kind=kind,
+                path=os.path.abspath(f"{name}.fs") if kind == "file" else None,
+                blob_dir=_server_blob_dir(kind, shared, blob_dir),
+                pack_gc=pack_gc)
         self._interop_server = _servers().start_server([spec])
         ClientStorage.__init__(
             self, self._interop_server.addr, blob_dir=blob_dir,

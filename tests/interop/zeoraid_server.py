@@ -167,6 +167,10 @@ class StorageSpec:
     # kind="file": False writes pack-gc = false (zeoraid) / pack-gc false
     # (runzeo); None leaves the server's default (gc on).
     pack_gc: bool = None
+    # kind="raid": the backends keep blobs (file backends: a blob-dir of
+    # their own; runzeo backends: a blob-dir on their server and a blob
+    # cache in zeoraid).
+    backend_blobs: bool = False
 
 
 # The backend combinations the conformance suites run against (the RAID
@@ -347,10 +351,19 @@ class Server:
                 if kind == "file":
                     path = os.path.join(self.dir, f"raid-{spec.name}-{i}.fs")
                     lines.append(f"path = {q(path)}")
+                    if spec.backend_blobs:
+                        blobs = os.path.join(self.dir,
+                                             f"raid-{spec.name}-{i}.blobs")
+                        lines.append(f"blob-dir = {q(blobs)}")
             elif kind in ("runzeo", "zeoraid"):
+                blobs = None
+                if spec.backend_blobs:
+                    blobs = os.path.join(self.dir,
+                                         f"raid-{spec.name}-{i}.server-blobs")
+                    lines.append(f"blob-dir = {q(os.path.join(self.dir, f'raid-{spec.name}-{i}.cache'))}")
                 backend = Server(
                     [StorageSpec(name="1", kind="file" if kind == "runzeo"
-                                 else "memory")],
+                                 else "memory", blob_dir=blobs)],
                     target_name=kind, resolver=self.resolver,
                     client_conflict_resolution=False)
                 self.backend_servers.append(backend)

@@ -16,7 +16,14 @@ use std::path::{Path, PathBuf};
 
 /// Files made for one backend's vote; removed when dropped (a backend
 /// that committed one has moved it away already).
+#[derive(Default)]
 pub(super) struct Copies(Vec<PathBuf>);
+
+impl Copies {
+    pub(super) fn push(&mut self, p: PathBuf) {
+        self.0.push(p);
+    }
+}
 
 impl Drop for Copies {
     fn drop(&mut self) {
@@ -36,7 +43,7 @@ pub(super) fn for_backend(txn: &Txn, s: &dyn Storage) -> Result<(Txn, Copies)> {
     let mut copies = Copies(Vec::new());
     let mut own = txn.clone();
     for op in &mut own.ops {
-        if let Op::StoreBlob { blob, .. } = op {
+        if let Op::StoreBlob { blob, .. } | Op::RestoreBlob { blob, .. } = op {
             let dir = s.blob_staging_dir().ok_or_else(|| {
                 Error::Unsupported(format!(
                     "{}: set blob-dir on this backend of the array",
@@ -52,7 +59,7 @@ pub(super) fn for_backend(txn: &Txn, s: &dyn Storage) -> Result<(Txn, Copies)> {
 }
 
 /// A new file in `dir` with the content of `src`.
-fn copy_into(src: &Path, dir: &Path) -> Result<PathBuf> {
+pub(super) fn copy_into(src: &Path, dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::Io(format!("cannot create {}: {e}", dir.display())))?;
     for _ in 0..100 {

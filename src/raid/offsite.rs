@@ -319,7 +319,9 @@ fn entry_of(tid: Tid, txn: &Txn) -> (Entry, u64) {
             }
             Op::CheckCurrent { .. } => continue,
             // Their records are the storage's doing.
-            Op::Delete { .. } | Op::Undo { .. } | Op::StoreBlob { .. } => return (Entry::Fetch, 0),
+            Op::Delete { .. } | Op::Undo { .. } | Op::StoreBlob { .. } | Op::RestoreBlob { .. } => {
+                return (Entry::Fetch, 0)
+            }
         };
         records.push(rec);
     }
@@ -719,7 +721,7 @@ fn ship_local(
             break;
         }
         let rec = r?;
-        let bytes = super::recovery::restore(t, &rec, group)?;
+        let bytes = super::recovery::restore(None, t, &rec, group)?;
         if group {
             t.make_durable(rec.tid)
                 .map_err(|e| format!("writing to it failed: {e}"))?;

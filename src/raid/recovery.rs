@@ -745,7 +745,7 @@ impl Copier<'_> {
         rx: &crossbeam_channel::Receiver<Result<TxnRecord, Error>>,
         group: bool,
     ) -> Result<u64, String> {
-        let (core, si, target) = (self.core, self.si, self.target);
+        let (core, si, source, target) = (self.core, self.si, self.source, self.target);
         let b = &core.backends[self.i];
         let source_name = &core.backends[si].name;
         let mut copied = 0u64;
@@ -770,7 +770,7 @@ impl Copier<'_> {
             if self.after.is_some_and(|a| rec.tid <= a) {
                 continue;
             }
-            let bytes = restore(target.as_ref(), &rec, group)?;
+            let bytes = restore(Some(source.as_ref()), target.as_ref(), &rec, group)?;
             self.after = Some(rec.tid);
             copied += 1;
             if group {
@@ -864,6 +864,33 @@ impl Copier<'_> {
     }
 }
 
+/// A copy of `source`'s blob file of `oid` at `tid` in `target`'s
+/// staging directory; `None` when the source has no file for it (ZODB's
+/// `copyTransactionsFrom` copies such a record without its blob too, with
+/// a warning here).
+fn blob_copy(
+    source: &dyn Storage,
+    target: &dyn Storage,
+    oid: crate::storage::Oid,
+    tid: Tid,
+    copies: &mut super::blobs::Copies,
+) -> Result<Option<std::path::PathBuf>, String> {
+    let file = match source.load_blob(oid, tid) {
+        Ok(p) => p,
+        Err(Error::PosKey(_)) => {
+            log::warn!("the source has no blob file for {oid} at {tid}: copied without it");
+            return Ok(None);
+        }
+        Err(e) => return Err(format!("reading the blob of {oid} at {tid} failed: {e}")),
+    };
+    let dir = target.blob_staging_dir().ok_or_else(|| {
+        format!("{oid} at {tid} is a blob and the target keeps no blobs: set blob-dir on it")
+    })?;
+    let copy = super::blobs::copy_into(&file, &dir).map_err(|e| e.to_string())?;
+    copies.push(copy.clone());
+    Ok(Some(copy))
+}
+
 /// Send `s`'s transactions from `start` to `stop` down `tx`, until the
 /// history ends, an error (sent too) or the receiver goes away.
 pub(super) fn feed(
@@ -889,17 +916,39 @@ pub(super) fn feed(
 
 /// Write one transaction to the target as it is on the source (same tid,
 /// status, metadata, records, backpointers). Returns its data bytes.
-pub(super) fn restore(target: &dyn Storage, rec: &TxnRecord, group: bool) -> Result<u64, String> {
-    let ops: Vec<Op> = rec
-        .records
-        .iter()
-        .map(|r| Op::Restore {
-            oid: r.oid,
-            serial: rec.tid,
-            data: r.data.clone(),
-            prev_txn: r.data_txn,
-        })
-        .collect();
+pub(super) fn restore(
+    source: Option<&dyn Storage>,
+    target: &dyn Storage,
+    rec: &TxnRecord,
+    group: bool,
+) -> Result<u64, String> {
+    // Blob records bring their file: a copy in the target's staging
+    // directory, which the target takes (left-overs go with `_copies`).
+    let mut copies = super::blobs::Copies::default();
+    let mut ops: Vec<Op> = Vec::with_capacity(rec.records.len());
+    for r in &rec.records {
+        let blob = match (source, &r.data) {
+            (Some(s), Some(d)) if crate::storage::pickle_refs::is_blob_record(d) => {
+                blob_copy(s, target, r.oid, rec.tid, &mut copies)?
+            }
+            _ => None,
+        };
+        ops.push(match (blob, &r.data) {
+            (Some(blob), Some(data)) => Op::RestoreBlob {
+                oid: r.oid,
+                serial: rec.tid,
+                data: data.clone(),
+                prev_txn: r.data_txn,
+                blob,
+            },
+            _ => Op::Restore {
+                oid: r.oid,
+                serial: rec.tid,
+                data: r.data.clone(),
+                prev_txn: r.data_txn,
+            },
+        });
+    }
     let bytes = rec
         .records
         .iter()

@@ -44,6 +44,7 @@ fn op_oid(op: &crate::storage::Op) -> Option<Oid> {
     match op {
         Op::Store { oid, .. }
         | Op::StoreBlob { oid, .. }
+        | Op::RestoreBlob { oid, .. }
         | Op::Restore { oid, .. }
         | Op::Delete { oid, .. } => Some(*oid),
         Op::CheckCurrent { .. } | Op::Undo { .. } => None,
@@ -395,7 +396,7 @@ impl RaidStorage {
         let has_blobs = whole
             .ops
             .iter()
-            .any(|op| matches!(op, Op::StoreBlob { .. }));
+            .any(|op| matches!(op, Op::StoreBlob { .. } | Op::RestoreBlob { .. }));
         let answered = core.write_op("vote", &optimal, false, |s| {
             if !has_blobs {
                 return s.tpc_vote(&whole);

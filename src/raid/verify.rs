@@ -315,6 +315,13 @@ fn compare(
                     break Ok(d);
                 }
             }
+            if let Some(t) = &a {
+                match blob_difference(checked.as_ref(), reference.as_ref(), t) {
+                    Ok(None) => {}
+                    Ok(Some(d)) => break Ok(Some(d)),
+                    Err(e) => break Err(e),
+                }
+            }
             if let Some(a) = &a {
                 n += 1;
                 bytes += a
@@ -332,6 +339,92 @@ fn compare(
         }
         result.map(|d| (n, bytes, d))
     })
+}
+
+/// The first blob record of `t` whose file differs between the checked
+/// backend and the reference (contents compared byte for byte, streamed),
+/// or is missing on one side.
+fn blob_difference(
+    checked: &dyn Storage,
+    reference: &dyn Storage,
+    t: &TxnRecord,
+) -> Result<Option<Difference>, String> {
+    for r in &t.records {
+        if !r
+            .data
+            .as_deref()
+            .is_some_and(crate::storage::pickle_refs::is_blob_record)
+        {
+            continue;
+        }
+        let fetch = |s: &dyn Storage| match s.load_blob(r.oid, t.tid) {
+            Ok(p) => Ok(Some(p)),
+            Err(Error::PosKey(_)) => Ok(None),
+            Err(e) => Err(format!(
+                "reading the blob of {} at {} failed: {e}",
+                r.oid, t.tid
+            )),
+        };
+        let what = match (fetch(checked)?, fetch(reference)?) {
+            (None, None) => continue,
+            (None, Some(_)) => "its blob file is missing",
+            (Some(_), None) => "it has a blob file the reference lacks",
+            (Some(a), Some(b)) => match same_contents(&a, &b) {
+                Ok(true) => continue,
+                Ok(false) => "its blob file differs",
+                Err(e) => return Err(e),
+            },
+        };
+        return Ok(Some(Difference {
+            tid: t.tid,
+            oid: Some(r.oid),
+            what: what.into(),
+        }));
+    }
+    Ok(None)
+}
+
+/// Do two files hold the same bytes (read side by side in 1 MiB pieces)?
+fn same_contents(a: &std::path::Path, b: &std::path::Path) -> Result<bool, String> {
+    let open = |p: &std::path::Path| {
+        std::fs::File::open(p).map_err(|e| format!("cannot open {}: {e}", p.display()))
+    };
+    let (mut fa, mut fb) = (open(a)?, open(b)?);
+    let len = |f: &std::fs::File, p: &std::path::Path| {
+        f.metadata()
+            .map(|m| m.len())
+            .map_err(|e| format!("cannot stat {}: {e}", p.display()))
+    };
+    if len(&fa, a)? != len(&fb, b)? {
+        return Ok(false);
+    }
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let na =
+            read_full(&mut fa, &mut ba).map_err(|e| format!("cannot read {}: {e}", a.display()))?;
+        let nb =
+            read_full(&mut fb, &mut bb).map_err(|e| format!("cannot read {}: {e}", b.display()))?;
+        if na != nb || ba[..na] != bb[..nb] {
+            return Ok(false);
+        }
+        if na == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::io::Read;
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

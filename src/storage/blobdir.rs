@@ -995,6 +995,19 @@ impl BlobDir {
         Ok(removed)
     }
 
+    /// Remove every blob file of a revision after `tid` (those of a
+    /// transaction a crash left unfinished, which nothing names). Returns
+    /// how many went.
+    pub fn sweep_after(&self, tid: u64) -> Result<usize, BlobError> {
+        let mut removed = 0;
+        for (oid, t) in self.list()? {
+            if t > tid && self.remove(oid, t)? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     fn apply_removed_file(&self) -> Result<usize, BlobError> {
         let Some(removals) = self.read_removed()? else {
             return Ok(0);

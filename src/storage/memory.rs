@@ -708,6 +708,21 @@ impl<'a> Staging<'a> {
                 self.blob_files.push((oid.0, blob.clone()));
                 Ok(())
             }
+            Op::RestoreBlob {
+                oid,
+                serial,
+                data,
+                prev_txn,
+                blob,
+            } => {
+                if !self.keeps_blobs {
+                    return Err(Error::Unsupported(crate::storage::NO_BLOBS.into()));
+                }
+                self.restore(*oid, *serial, &Some(data.clone()), *prev_txn)?;
+                self.blob_files.retain(|(o, _)| *o != oid.0);
+                self.blob_files.push((oid.0, blob.clone()));
+                Ok(())
+            }
         }
     }
 

@@ -117,6 +117,16 @@ pub enum Op {
         data: Data,
         blob: std::path::PathBuf,
     },
+    /// A restore of a blob record with its blob file (ZODB's
+    /// `restoreBlob`: recovery copying a blob revision). The file is the
+    /// storage's to take (a copy made for it in its staging directory).
+    RestoreBlob {
+        oid: Oid,
+        serial: Tid,
+        data: Data,
+        prev_txn: Option<Tid>,
+        blob: std::path::PathBuf,
+    },
     /// Copy a record committed elsewhere (recovery, zodbconvert). `data`
     /// `None` means "no data" (an undone creation).
     Restore {

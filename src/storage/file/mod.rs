@@ -293,6 +293,16 @@ impl FileStorage {
             log::warn!("{name}: {why} at byte {}: discarding it", end.pos);
             if !opts.read_only {
                 index::discard_tail(&file, &name, end.pos, size)?;
+                // Blob files of that transaction (put in place at its vote)
+                // go with it: nothing names them.
+                if let Some(b) = &blobs {
+                    let orphans = b.sweep_after(end.last_tid.0).map_err(Error::from)?;
+                    if orphans > 0 {
+                        log::warn!(
+                            "{name}: removed {orphans} blob file(s) of the discarded transaction"
+                        );
+                    }
+                }
             }
         }
         let max_oid = index.max_oid().unwrap_or(0);
@@ -619,6 +629,21 @@ impl<'a> Staging<'a> {
                     return Err(Error::Unsupported(crate::storage::NO_BLOBS.into()));
                 }
                 self.store(*oid, *serial, data)?;
+                self.blob_files.push((*oid, blob.clone()));
+                Ok(())
+            }
+            Op::RestoreBlob {
+                oid,
+                serial,
+                data,
+                prev_txn,
+                blob,
+            } => {
+                if !self.keeps_blobs {
+                    return Err(Error::Unsupported(crate::storage::NO_BLOBS.into()));
+                }
+                self.restore(*oid, *serial, &Some(data.clone()), *prev_txn)?;
+                self.blob_files.retain(|(o, _)| o != oid);
                 self.blob_files.push((*oid, blob.clone()));
                 Ok(())
             }

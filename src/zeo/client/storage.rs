@@ -41,7 +41,12 @@ const OIDS_PER_CALL: usize = 100;
 
 impl Client {
     fn tpc_vote_inner(&self, txn: &Txn) -> Result<Vote> {
-        if inner_has_no_cache(self) && txn.ops.iter().any(|op| matches!(op, Op::StoreBlob { .. })) {
+        if inner_has_no_cache(self)
+            && txn
+                .ops
+                .iter()
+                .any(|op| matches!(op, Op::StoreBlob { .. } | Op::RestoreBlob { .. }))
+        {
             return Err(Error::Unsupported(NO_CLIENT_BLOBS.into()));
         }
         let inner = &self.inner;
@@ -114,6 +119,22 @@ impl Client {
                     super::blobs::store(&conn, blob, *o, *serial, data, &idv)?;
                     continue;
                 }
+                Op::RestoreBlob {
+                    oid: o, data, blob, ..
+                } => {
+                    // ZEO has no restoreBlob: a store of the record and its
+                    // file inside this transaction, begun with the source's
+                    // tid, against the target's current revision.
+                    conn.send(&frames)?;
+                    frames.clear();
+                    let current = match self.load_before(*o, Tid::MAX) {
+                        Ok(Some(l)) => l.start,
+                        Ok(None) | Err(Error::PosKey(_)) => Tid::ZERO,
+                        Err(e) => return Err(e),
+                    };
+                    super::blobs::store(&conn, blob, *o, current, data, &idv)?;
+                    continue;
+                }
             });
         }
         conn.send(&frames)?;
@@ -135,6 +156,7 @@ impl Client {
             .filter_map(|op| match op {
                 Op::Store { oid, .. }
                 | Op::StoreBlob { oid, .. }
+                | Op::RestoreBlob { oid, .. }
                 | Op::Delete { oid, .. }
                 | Op::Restore { oid, .. } => Some(*oid),
                 Op::CheckCurrent { .. } | Op::Undo { .. } => None,

@@ -177,3 +177,148 @@ fn blobs_without_a_cache_or_a_blob_dir_are_refused_saying_what_to_set() {
     plain.close();
     cached.close();
 }
+
+/// An array over `names`: file backends with a blob directory each (in
+/// `dir/NAME/`), plus `zeo` backends (name, address) with a blob cache.
+fn array(dir: &Path, files: &[&str], zeo: &[(&str, String)]) -> zeoraid::raid::RaidStorage {
+    use zeoraid::config::{BackendConfig, StorageConfig};
+    let mut backends: Vec<BackendConfig> = files
+        .iter()
+        .map(|n| BackendConfig {
+            blob_dir: Some(dir.join(n).join("blobs")),
+            sync: false,
+            ..BackendConfig::file(n, dir.join(n).join("Data.fs"))
+        })
+        .collect();
+    for (n, addr) in zeo {
+        backends.push(BackendConfig {
+            blob_dir: Some(dir.join(format!("{n}-cache"))),
+            ..BackendConfig::zeo(n, addr, "1")
+        });
+    }
+    let cfg = StorageConfig {
+        auto_recover: Some(false),
+        ..StorageConfig::raid("1", backends)
+    };
+    zeoraid::open::open_raid(&cfg).expect("the array opens")
+}
+
+/// Commit a new blob revision of `oid` through the array (staged as the
+/// server stages an upload); the new serial.
+fn put_blob(a: &dyn Storage, oid: Oid, serial: Tid, len: usize, seed: u8) -> Tid {
+    let staging = a.blob_staging_dir().expect("the array stages blobs");
+    std::fs::create_dir_all(&staging).expect("staging dir");
+    let (path, _) = blob_file(&staging, &format!("up-{}-{seed}", oid.0), len);
+    // Make the content depend on the seed too.
+    let mut bytes = std::fs::read(&path).expect("read");
+    for b in bytes.iter_mut() {
+        *b = b.wrapping_add(seed);
+    }
+    std::fs::write(&path, &bytes).expect("write");
+    let tid = commit(
+        a,
+        &Txn::new(vec![Op::StoreBlob {
+            oid,
+            serial,
+            data: BLOB_RECORD.to_vec().into(),
+            blob: path.clone(),
+        }]),
+    )
+    .expect("commit a blob through the array");
+    let _ = std::fs::remove_file(&path); // the server removes its staged upload
+    tid
+}
+
+fn backend_blob(dir: &Path, name: &str, oid: Oid, tid: Tid) -> Option<Vec<u8>> {
+    let d = BlobDir::open(&dir.join(name).join("blobs"), false).expect("blob dir");
+    std::fs::read(d.path(oid.0, tid.0)).ok()
+}
+
+#[test]
+fn an_array_mirrors_blobs_recovers_them_and_verify_finds_a_changed_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = array(dir.path(), &["a", "b"], &[]);
+    let oids = a.new_oids(3).expect("oids");
+    let mut serials = vec![Tid::ZERO; 3];
+    let mut written = Vec::new();
+    for (i, oid) in oids.iter().enumerate() {
+        serials[i] = put_blob(&a, *oid, serials[i], 100_000 * (i + 1), 1);
+        written.push((*oid, serials[i]));
+    }
+    for (oid, tid) in &written {
+        let on_a = backend_blob(dir.path(), "a", *oid, *tid).expect("on a");
+        assert_eq!(
+            backend_blob(dir.path(), "b", *oid, *tid),
+            Some(on_a),
+            "mirrored"
+        );
+    }
+    // Loads go through the read policy; the bytes are the same either way.
+    let p = a
+        .load_blob(oids[0], serials[0])
+        .expect("load through the array");
+    assert_eq!(std::fs::read(p).expect("read").len(), 100_000);
+
+    // b is out while blobs are committed; its recovery brings them.
+    a.disable("b").expect("disable b");
+    for (i, oid) in oids.iter().enumerate() {
+        serials[i] = put_blob(&a, *oid, serials[i], 50_000 + i, 2);
+        written.push((*oid, serials[i]));
+    }
+    let report = a.recover("b", false).expect("recover b");
+    assert_eq!(report.copied, 3);
+    for (oid, tid) in &written {
+        assert_eq!(
+            backend_blob(dir.path(), "b", *oid, *tid),
+            backend_blob(dir.path(), "a", *oid, *tid),
+            "after recovery, b holds {oid} at {tid} as a does"
+        );
+    }
+    assert_eq!(a.verify("b").expect("verify").difference, None);
+
+    // One byte of one blob file on b changes: verify names it.
+    let (oid, tid) = written[1];
+    let victim = BlobDir::open(&dir.path().join("b").join("blobs"), false)
+        .expect("dir")
+        .path(oid.0, tid.0);
+    let mut bytes = std::fs::read(&victim).expect("read");
+    bytes[777] ^= 1;
+    let mut perms = std::fs::metadata(&victim).expect("meta").permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&victim, perms).expect("chmod");
+    std::fs::write(&victim, &bytes).expect("write");
+    let d = a
+        .verify("b")
+        .expect("verify")
+        .difference
+        .expect("a difference");
+    assert_eq!((d.tid, d.oid), (tid, Some(oid)), "{d}");
+    assert!(d.what.contains("blob file differs"), "{d}");
+    a.close();
+}
+
+#[test]
+fn recovery_copies_blobs_onto_a_python_zeo_target() {
+    let zeo = common::RunZeo::start_with_blobs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = array(dir.path(), &["a"], &[("py", zeo.addr())]);
+    let oid = a.new_oids(1).expect("oid")[0];
+    let t1 = put_blob(&a, oid, Tid::ZERO, 70_000, 3);
+    a.disable("py").expect("disable py");
+    let t2 = put_blob(&a, oid, t1, 130_000, 4);
+    let oid2 = a.new_oids(1).expect("oid")[0];
+    let t3 = put_blob(&a, oid2, Tid::ZERO, 10, 5);
+    let report = a.recover("py", false).expect("recover onto runzeo");
+    assert_eq!(report.copied, 2);
+    let theirs = BlobDir::open(&zeo.blob_dir(), false).expect("runzeo's blob dir");
+    for (o, t) in [(oid, t1), (oid, t2), (oid2, t3)] {
+        assert_eq!(
+            std::fs::read(theirs.path(o.0, t.0)).ok(),
+            backend_blob(dir.path(), "a", o, t),
+            "runzeo holds {o} at {t} as the file backend does"
+        );
+    }
+    assert_eq!(a.verify("py").expect("verify").difference, None);
+    a.close();
+}

@@ -1,7 +1,8 @@
 //! Blobs through the array: the server stages an upload once (in the
 //! staging directory of the first backend that keeps blobs, so that
-//! backend's copy is a hard link); at vote every backend gets a copy of
-//! its own in *its* staging directory ([`for_backend`], run on that
+//! backend's copy is a hard link); at vote every other backend gets a real
+//! copy of its own (never a link: mirrors must not share an inode) in
+//! *its* staging directory ([`for_backend`], run on that
 //! backend's fan-out thread, so the copies are written in parallel), since
 //! a backend moves the file into its blob directory when it commits it. A
 //! ZEO backend streams its copy to its server. Loads go to one backend by
@@ -58,8 +59,12 @@ pub(super) fn for_backend(txn: &Txn, s: &dyn Storage) -> Result<(Txn, Copies)> {
     Ok((own, copies))
 }
 
-/// A new file in `dir` with the content of `src`.
+/// A new file in `dir` with the content of `src`: a hard link when `src`
+/// is in `dir` itself (the upload staged in this backend's own staging
+/// directory), else a real copy. Never a link across backends: mirrors
+/// sharing one inode would share its corruption.
 pub(super) fn copy_into(src: &Path, dir: &Path) -> Result<PathBuf> {
+    let same_dir = src.parent() == Some(dir);
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::Io(format!("cannot create {}: {e}", dir.display())))?;
     for _ in 0..100 {
@@ -68,7 +73,7 @@ pub(super) fn copy_into(src: &Path, dir: &Path) -> Result<PathBuf> {
             std::process::id(),
             rand::random::<u64>()
         ));
-        if std::fs::hard_link(src, &dst).is_ok() {
+        if same_dir && std::fs::hard_link(src, &dst).is_ok() {
             return Ok(dst);
         }
         if dst.exists() {
@@ -101,8 +106,14 @@ mod tests {
         let d = tempfile::tempdir().expect("tempdir");
         let src = d.path().join("upload.tmp");
         std::fs::write(&src, b"blob bytes").expect("write");
+        // In the upload's own directory: a link; elsewhere: a copy.
+        let link = copy_into(&src, d.path()).expect("link");
+        use std::os::unix::fs::MetadataExt;
+        let ino = |p: &Path| std::fs::metadata(p).expect("meta").ino();
+        assert_eq!(ino(&link), ino(&src));
         let other = d.path().join("other");
         let a = copy_into(&src, &other).expect("copy");
+        assert_ne!(ino(&a), ino(&src), "another backend's copy is its own file");
         let b = copy_into(&src, &other).expect("copy");
         assert_ne!(a, b);
         assert_eq!(std::fs::read(&a).expect("read"), b"blob bytes");

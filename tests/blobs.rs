@@ -239,7 +239,7 @@ fn an_array_mirrors_blobs_recovers_them_and_verify_finds_a_changed_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let a = array(dir.path(), &["a", "b"], &[]);
     let oids = a.new_oids(3).expect("oids");
-    let mut serials = vec![Tid::ZERO; 3];
+    let mut serials = [Tid::ZERO; 3];
     let mut written = Vec::new();
     for (i, oid) in oids.iter().enumerate() {
         serials[i] = put_blob(&a, *oid, serials[i], 100_000 * (i + 1), 1);

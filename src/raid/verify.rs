@@ -400,10 +400,10 @@ fn same_contents(a: &std::path::Path, b: &std::path::Path) -> Result<bool, Strin
     }
     let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
     loop {
-        let na =
-            read_full(&mut fa, &mut ba).map_err(|e| format!("cannot read {}: {e}", a.display()))?;
-        let nb =
-            read_full(&mut fb, &mut bb).map_err(|e| format!("cannot read {}: {e}", b.display()))?;
+        let na = crate::storage::blobdir::read_full(&mut fa, &mut ba)
+            .map_err(|e| format!("cannot read {}: {e}", a.display()))?;
+        let nb = crate::storage::blobdir::read_full(&mut fb, &mut bb)
+            .map_err(|e| format!("cannot read {}: {e}", b.display()))?;
         if na != nb || ba[..na] != bb[..nb] {
             return Ok(false);
         }
@@ -411,20 +411,6 @@ fn same_contents(a: &std::path::Path, b: &std::path::Path) -> Result<bool, Strin
             return Ok(true);
         }
     }
-}
-
-fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    use std::io::Read;
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]

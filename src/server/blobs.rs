@@ -30,7 +30,7 @@ use super::{ConnId, Out, Shared};
 use crate::locks::lock;
 use crate::storage::{Error, Oid, Result, Tid};
 use crate::zeo::message::{self, bin, oid_value, tid_value};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -292,7 +292,7 @@ pub(crate) fn send_blob(
     ))?;
     let mut buf = vec![0u8; CHUNK];
     loop {
-        let n = read_full(&mut file, &mut buf)
+        let n = crate::storage::blobdir::read_full(&mut file, &mut buf)
             .map_err(|e| Error::Io(format!("cannot read blob file {}: {e}", path.display())))?;
         if n == 0 {
             break;
@@ -309,20 +309,6 @@ pub(crate) fn send_blob(
         "receiveBlobStop",
         vec![oid_value(oid), tid_value(serial)],
     ))
-}
-
-/// Fill `buf` as far as the file goes.
-fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]

@@ -91,6 +91,22 @@ fn io_err(path: &Path, what: &str, e: &io::Error) -> BlobError {
     BlobError::Io(format!("{}: {what}: {e}", path.display()))
 }
 
+/// Fill `buf` from `f` as far as the file goes (fewer bytes only at its
+/// end): blob files are streamed in fixed-size pieces this way.
+pub fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    use std::io::Read;
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 // ---------------------------------------------------------------------------
 // Names (pure)
 // ---------------------------------------------------------------------------

@@ -23,7 +23,7 @@ use crate::storage::{Error, Oid, Result, Tid};
 use crate::zeo::message::{self, oid_value, tid_value};
 use rmpv::Value;
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -189,7 +189,7 @@ pub(super) fn store(
     ))])?;
     let mut buf = vec![0u8; CHUNK];
     loop {
-        let n = read_full(&mut f, &mut buf)
+        let n = crate::storage::blobdir::read_full(&mut f, &mut buf)
             .map_err(|e| Error::Io(format!("cannot read the blob file {}: {e}", path.display())))?;
         if n > 0 {
             conn.send(&[OutFrame::oneway(
@@ -209,17 +209,4 @@ pub(super) fn store(
         Some(data),
         std::slice::from_ref(txn_id),
     )])
-}
-
-fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }

@@ -73,6 +73,10 @@ pub enum CtlCommand {
         /// kind file: the Data.fs (relative: to the server's config file).
         #[arg(long)]
         path: Option<String>,
+        /// kind file: its blob directory; kind zeo: zeoraid's cache of that
+        /// server's blobs. Without it the backend takes no blobs.
+        #[arg(long)]
+        blob_dir: Option<String>,
         /// kind zeo: connect over TLS, verifying the server with this CA file.
         #[arg(long)]
         tls_ca: Option<String>,
@@ -279,6 +283,7 @@ pub fn run(args: &CtlArgs) -> u8 {
             address,
             storage: zeo_storage,
             path,
+            blob_dir,
             tls_ca,
             tls_certificate,
             tls_key,
@@ -289,6 +294,7 @@ pub fn run(args: &CtlArgs) -> u8 {
                 ("address", address),
                 ("storage", zeo_storage),
                 ("path", path),
+                ("blob-dir", blob_dir),
                 ("tls-ca", tls_ca),
                 ("tls-certificate", tls_certificate),
                 ("tls-key", tls_key),

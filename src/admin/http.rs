@@ -255,10 +255,13 @@ fn answer(ctx: &Context, r: Route) -> tiny_http::Response<std::io::Cursor<Vec<u8
         }
         Route::Add { storage, backend } => {
             let mut backend = *backend;
-            if let (Some(p), Some(cfg)) = (&backend.path, &ctx.config) {
-                if p.is_relative() {
-                    let base = cfg.parent().unwrap_or(std::path::Path::new(""));
-                    backend.path = Some(base.join(p));
+            if let Some(cfg) = &ctx.config {
+                // Relative paths are relative to the config file, as in it.
+                let base = cfg.parent().unwrap_or(std::path::Path::new(""));
+                for p in [&mut backend.path, &mut backend.blob_dir] {
+                    if let Some(rel) = p.as_ref().filter(|p| p.is_relative()) {
+                        *p = Some(base.join(rel));
+                    }
                 }
             }
             let name = backend.name.clone();

@@ -35,6 +35,8 @@ pub struct CtlArgs {
     pub cmd: CtlCommand,
 }
 
+// Parsed once per invocation: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(clap::Subcommand, Debug)]
 pub enum CtlCommand {
     /// optimal | recovering | degraded | failed, with Nagios exit codes.

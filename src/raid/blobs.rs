@@ -24,6 +24,15 @@ impl Copies {
     pub(super) fn push(&mut self, p: PathBuf) {
         self.0.push(p);
     }
+
+    /// The bytes of the copies (for progress figures).
+    pub(super) fn bytes(&self) -> u64 {
+        self.0
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
 }
 
 impl Drop for Copies {

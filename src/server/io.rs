@@ -77,7 +77,14 @@ struct Conn {
     want_write: bool,
     close_after_flush: bool,
     session: Arc<Session>,
+    /// Not read while its session's queue is over `session::QUEUE_HIGH`
+    /// (resumed by `Out::ResumeReading`).
+    paused: bool,
 }
+
+/// Bytes one `read` takes from a connection before its frames are routed
+/// (and a paused connection stops being read).
+const READ_BUDGET: usize = 1 << 20;
 
 struct Loop {
     poll: Poll,
@@ -207,6 +214,7 @@ impl Loop {
                         want_write: false,
                         close_after_flush: false,
                         session,
+                        paused: false,
                     };
                     conn.outq
                         .push_back(OutFrame::new(Payload::Owned(PROTOCOL.to_vec())));
@@ -224,16 +232,32 @@ impl Loop {
         }
     }
 
+    /// Read what the connection has, a budget at a time, until it would
+    /// block or its session asks the loop to pause it.
     fn read(&mut self, id: ConnId) {
+        while self.read_some(id) {}
+    }
+
+    /// One budget's worth; true when there may be more to read now.
+    fn read_some(&mut self, id: ConnId) -> bool {
         let mut frames = Vec::new();
+        let mut more = false;
         let mut closed = None;
         // A TLS client turned away: (peer, why), logged rate-limited.
         let mut refused: Option<(String, String)> = None;
         {
             let Some(conn) = self.conns.get_mut(&id) else {
-                return;
+                return false;
             };
+            if conn.paused {
+                return false;
+            }
+            let mut got = 0usize;
             loop {
+                if got >= READ_BUDGET {
+                    more = true;
+                    break;
+                }
                 match conn.transport.read(&mut self.read_buf) {
                     Ok(0) => {
                         if conn.transport.abandoned_handshake() {
@@ -246,6 +270,7 @@ impl Loop {
                         break;
                     }
                     Ok(n) => {
+                        got += n;
                         conn.decoder.feed(&self.read_buf[..n]);
                         loop {
                             match conn.decoder.next_frame() {
@@ -293,7 +318,7 @@ impl Loop {
         let mut reads = Vec::new();
         for f in frames {
             if !self.conns.contains_key(&id) {
-                return;
+                return false;
             }
             self.frame(id, f, &mut reads);
         }
@@ -311,7 +336,9 @@ impl Loop {
                 log::error!("{r}");
             }
             self.close(id);
+            return false;
         }
+        more && self.conns.get(&id).is_some_and(|c| !c.paused)
     }
 
     /// Log a refused client at warn level, once per host per minute (a
@@ -358,10 +385,10 @@ impl Loop {
         if msg.is_heartbeat() || msg.method == message::REPLY {
             return; // heartbeat
         }
-        self.route(id, msg, reads);
+        self.route(id, msg, frame.len(), reads);
     }
 
-    fn route(&mut self, id: ConnId, msg: Message, reads: &mut Vec<Message>) {
+    fn route(&mut self, id: ConnId, msg: Message, size: usize, reads: &mut Vec<Message>) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -409,8 +436,19 @@ impl Loop {
             } else {
                 reads.push(msg);
             }
-        } else if session.enqueue(msg) {
-            let _ = self.shared.jobs.send(Job::Drain(id));
+        } else {
+            let queued = session.enqueue(msg, size);
+            if queued.pause {
+                conn.paused = true;
+                log::debug!(
+                    "connection {id} from {}: more than {} MiB waiting for a worker; not reading it until it drains",
+                    conn.peer,
+                    session::QUEUE_HIGH >> 20
+                );
+            }
+            if queued.drain {
+                let _ = self.shared.jobs.send(Job::Drain(id));
+            }
         }
     }
 
@@ -420,6 +458,12 @@ impl Loop {
         match out {
             Out::Send(id, payload) => self.queue(id, Payload::Owned(payload)),
             Out::SendMetered(id, m) => self.queue(id, Payload::Metered(m)),
+            Out::ResumeReading(id) => {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.paused = false;
+                }
+                self.read(id);
+            }
             Out::SendMany(id, payloads) => {
                 for p in payloads {
                     self.queue(id, Payload::Owned(p));

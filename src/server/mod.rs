@@ -128,6 +128,8 @@ pub(crate) enum Out {
     Broadcast(Vec<ConnId>, Arc<Vec<u8>>),
     /// A frame of a streamed download, counted until written.
     SendMetered(ConnId, blobs::Metered),
+    /// The connection's queue drained: read from it again.
+    ResumeReading(ConnId),
     Close(ConnId),
 }
 

@@ -28,10 +28,32 @@ use std::time::Instant;
 
 #[derive(Default)]
 pub(super) struct Queue {
-    msgs: VecDeque<Message>,
+    /// Ordered messages and their frame sizes.
+    msgs: VecDeque<(Message, usize)>,
+    /// The frame bytes waiting in `msgs`.
+    bytes: usize,
+    /// The event loop stopped reading this connection ([`QUEUE_HIGH`]).
+    paused: bool,
     scheduled: bool,
     pub(super) parked: bool,
     closed: bool,
+}
+
+/// Past this many bytes of ordered messages waiting for a worker (a blob
+/// upload outrunning the disk), the event loop stops reading the
+/// connection: the client waits in TCP flow control instead of the server
+/// holding its data in memory.
+pub(super) const QUEUE_HIGH: usize = 8 << 20;
+
+/// Reading resumes once the queue is down to this.
+pub(super) const QUEUE_LOW: usize = 2 << 20;
+
+/// What queueing a message asks of the event loop.
+pub(crate) struct Enqueued {
+    /// Schedule a drain of the session's queue.
+    pub(crate) drain: bool,
+    /// Stop reading the connection until the worker says resume.
+    pub(crate) pause: bool,
 }
 
 pub(super) struct TxnState {
@@ -119,18 +141,29 @@ impl Session {
             .unwrap_or(false)
     }
 
-    /// Queue an ordered message; true when the caller must schedule a drain.
-    pub(crate) fn enqueue(&self, msg: Message) -> bool {
+    /// Queue an ordered message of `size` frame bytes.
+    pub(crate) fn enqueue(&self, msg: Message, size: usize) -> Enqueued {
         let mut q = lock(&self.queue);
         if q.closed {
-            return false;
+            return Enqueued {
+                drain: false,
+                pause: false,
+            };
         }
-        q.msgs.push_back(msg);
+        q.msgs.push_back((msg, size));
+        q.bytes += size;
+        let pause = !q.paused && q.bytes > QUEUE_HIGH;
+        if pause {
+            q.paused = true;
+        }
         if q.scheduled || q.parked {
-            return false;
+            return Enqueued {
+                drain: false,
+                pause,
+            };
         }
         q.scheduled = true;
-        true
+        Enqueued { drain: true, pause }
     }
 
     /// The connection is gone (a streaming reply stops).
@@ -142,6 +175,7 @@ impl Session {
         let mut q = lock(&self.queue);
         q.closed = true;
         q.msgs.clear();
+        q.bytes = 0;
     }
 
     pub(super) fn entry(&self) -> Result<&Arc<StorageEntry>> {
@@ -310,20 +344,30 @@ fn encode_reply(id: ConnId, msg: &Message, result: Result<Value>) -> Option<Vec<
 
 fn drain(shared: &Arc<Shared>, sess: &Arc<Session>) {
     loop {
-        let msg = {
+        let (msg, resume_reading) = {
             let mut q = lock(&sess.queue);
             if q.parked {
                 q.scheduled = false;
                 return;
             }
             match q.msgs.pop_front() {
-                Some(m) => m,
+                Some((m, size)) => {
+                    q.bytes = q.bytes.saturating_sub(size);
+                    let resume = q.paused && q.bytes <= QUEUE_LOW;
+                    if resume {
+                        q.paused = false;
+                    }
+                    (m, resume)
+                }
                 None => {
                     q.scheduled = false;
                     return;
                 }
             }
         };
+        if resume_reading {
+            shared.send(Out::ResumeReading(sess.id));
+        }
         let flow = guarded(&msg.method, || ordered(shared, sess, &msg))
             .unwrap_or_else(|e| Flow::Reply(Err(e)));
         match flow {

@@ -38,7 +38,8 @@ sys.path.insert(0, HERE)
 # Test modules, in the order they run.  Each defines load_suite(filter).
 MODULES = ["test_invalidations", "test_hot_objects", "test_conformance",
            "test_raid", "test_recovery", "test_raid_conformance", "test_tls",
-           "test_offsite", "test_blobs", "test_blob_durability"]
+           "test_offsite", "test_blobs", "test_blob_durability",
+           "test_blob_raid"]
 
 CHILD_FAILED = 3   # exit code of a child whose tests (only) failed
 

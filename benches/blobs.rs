@@ -687,34 +687,33 @@ fn make_source(driver: &Path, path: &Path, size: u64) -> String {
 // throughput
 // ---------------------------------------------------------------------------
 
-fn throughput(driver: &Path, root: &Path) {
-    let repeat = env::<usize>("ZEORAID_BENCH_REPEAT").unwrap_or(3).max(1);
-    // The largest cell: its blobs on the server and in the download caches.
-    let need = CELLS
-        .iter()
-        .map(|&(s, c, n)| 2 * s * (c * n) as u64)
-        .max()
-        .unwrap_or(0)
-        + 101 * MIB
-        + GIB;
-    if !enough_disk(root, need, "throughput") {
-        return;
-    }
+/// Every cell of [`CELLS`], `repeat` rounds, for the two servers `impls`
+/// (fresh servers per cell, which goes first alternating by round):
+/// `runs[cell][i]` = (upload, download) of `impls[i]`, one per round. The
+/// source files are made in `root` under `prefix`.
+fn run_cells(
+    driver: &Path,
+    root: &Path,
+    prefix: &str,
+    impls: [Impl; 2],
+    repeat: usize,
+) -> Vec<[Vec<(Phase, Phase)>; 2]> {
     let sources: Vec<PathBuf> = [MIB, 100 * MIB]
         .iter()
         .map(|&s| {
-            let p = root.join(format!("src-{s}"));
+            let p = root.join(format!("{prefix}-{s}"));
             make_source(driver, &p, s);
             p
         })
         .collect();
     let source = |s: u64| &sources[usize::from(s != MIB)];
-    // runs[cell][0 python, 1 zeoraid] = (upload, download) per round
     let mut runs: Vec<[Vec<(Phase, Phase)>; 2]> =
         CELLS.iter().map(|_| [Vec::new(), Vec::new()]).collect();
     for round in 0..repeat {
         for (ci, &(size, clients, per)) in CELLS.iter().enumerate() {
-            for (si, which) in [Impl::Python, Impl::Zeoraid].into_iter().enumerate() {
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for si in order {
+                let which = impls[si];
                 let t = Instant::now();
                 let dir = tempfile::tempdir_in(root).expect("cell dir");
                 let server = start(which, &dir.path().join("server"));
@@ -743,6 +742,24 @@ fn throughput(driver: &Path, root: &Path) {
             }
         }
     }
+    runs
+}
+
+fn throughput(driver: &Path, root: &Path) {
+    let repeat = env::<usize>("ZEORAID_BENCH_REPEAT").unwrap_or(3).max(1);
+    // The largest cell: its blobs on the server and in the download caches.
+    let need = CELLS
+        .iter()
+        .map(|&(s, c, n)| 2 * s * (c * n) as u64)
+        .max()
+        .unwrap_or(0)
+        + 101 * MIB
+        + GIB;
+    if !enough_disk(root, need, "throughput") {
+        return;
+    }
+    // runs[cell][0 python, 1 zeoraid] = (upload, download) per round
+    let runs = run_cells(driver, root, "src", [Impl::Python, Impl::Zeoraid], repeat);
     // Medians per cell, server and direction.
     let med = |v: &[(Phase, Phase)], f: &dyn Fn(&Phase) -> f64, down: bool| {
         median(
@@ -849,52 +866,14 @@ fn array(driver: &Path, root: &Path) {
     if !enough_disk(root, need, "array") {
         return;
     }
-    let sources: Vec<PathBuf> = [MIB, 100 * MIB]
-        .iter()
-        .map(|&s| {
-            let p = root.join(format!("array-src-{s}"));
-            make_source(driver, &p, s);
-            p
-        })
-        .collect();
-    let source = |s: u64| &sources[usize::from(s != MIB)];
-    let mut runs: Vec<[Vec<(Phase, Phase)>; 2]> =
-        CELLS.iter().map(|_| [Vec::new(), Vec::new()]).collect();
-    for round in 0..repeat {
-        for (ci, &(size, clients, per)) in CELLS.iter().enumerate() {
-            // Alternate which goes first.
-            let order = if round % 2 == 0 {
-                [(0, Impl::Zeoraid), (1, Impl::Array)]
-            } else {
-                [(1, Impl::Array), (0, Impl::Zeoraid)]
-            };
-            for (si, which) in order {
-                let dir = tempfile::tempdir_in(root).expect("cell dir");
-                let server = start(which, &dir.path().join("server"));
-                let r = up_and_down(
-                    driver,
-                    &server,
-                    dir.path(),
-                    source(size),
-                    size,
-                    clients,
-                    per,
-                    None,
-                );
-                drop(server);
-                drop(dir);
-                eprintln!(
-                    "array round {}/{repeat}, {} x {clients} x {per}, {}: up {:.0} MB/s, down {:.0} MB/s",
-                    round + 1,
-                    size_label(size),
-                    which.name(),
-                    r.0.mb_per_s(),
-                    r.1.mb_per_s()
-                );
-                runs[ci][si].push(r);
-            }
-        }
-    }
+    // runs[cell][0 one file storage, 1 the array]
+    let runs = run_cells(
+        driver,
+        root,
+        "array-src",
+        [Impl::Zeoraid, Impl::Array],
+        repeat,
+    );
     let med = |v: &[(Phase, Phase)], down: bool| {
         median(
             &v.iter()

@@ -13,6 +13,13 @@ blob revision, oid and tid as 16 lower-case hex digits (the 8 bytes, big
 endian: ``ZODB.utils.u64`` in ``%016x``), the SHA-256 of the blob file's
 bytes in lower-case hex.
 
+Also what test_blob_durability and test_blob_raid share: the blob files
+of a blob directory (``blob_files``, ``tmp_files``), stock client
+processes that commit blobs (``child_init``, ``writer_ready``,
+``change_a_blob``) and the ``BlobClientFixture`` mixin (a temporary
+directory, stock ClientStorage databases and client processes, cleaned
+up with the servers).
+
 Run this file to see both on a fresh pair::
 
     .venv/bin/python tests/interop/blob_interchange.py [DIR]
@@ -20,9 +27,13 @@ Run this file to see both on a fresh pair::
 
 import hashlib
 import json
+import logging
+import multiprocessing
 import os
 import random
+import shutil
 import sys
+import tempfile
 import time
 
 import transaction
@@ -31,8 +42,12 @@ import ZODB.blob
 import ZODB.FileStorage
 import ZODB.serialize
 import ZODB.utils
+from persistent.mapping import PersistentMapping
 from persistent.TimeStamp import TimeStamp
+from ZEO.ClientStorage import ClientStorage
 from ZODB.POSException import POSKeyError
+
+import zeoraid_server
 
 
 FS_NAME = "Data.fs"
@@ -71,7 +86,7 @@ def _content(label, size):
     return random.Random(f"{label}:{size}").randbytes(size)
 
 
-def _file_sha256(path):
+def file_sha256(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 16), b""):
@@ -211,7 +226,7 @@ def write_python_pair(directory):
     finally:
         db.close()
 
-    on_disk = _blob_files(bdir)
+    on_disk = blob_files(bdir)
     if on_disk != expected:
         raise AssertionError(f"blob files on disk {on_disk} != expected "
                              f"{expected}")
@@ -221,9 +236,9 @@ def write_python_pair(directory):
     return expected
 
 
-def _blob_files(bdir):
+def blob_files(bdir):
     """{oid_hex: {tid_hex: sha256}} of the ``.blob`` files in a bushy
-    blob directory."""
+    blob directory (tmp/ left out)."""
     layout = ZODB.blob.BushyLayout()
     found = {}
     for base, dirs, files in os.walk(bdir):
@@ -235,7 +250,7 @@ def _blob_files(bdir):
             oid = layout.path_to_oid(os.path.relpath(base, bdir))
             tid = ZODB.utils.repr_to_oid(name[:-len(".blob")])
             found.setdefault(oid_hex(oid), {})[tid_hex(tid)] = \
-                _file_sha256(full)
+                file_sha256(full)
     return found
 
 
@@ -258,7 +273,7 @@ def read_all_blobs_python(fs_path, blob_dir):
                 if data is None or not ZODB.blob.is_blob_record(data):
                     continue
                 try:
-                    digest = _file_sha256(
+                    digest = file_sha256(
                         storage.loadBlob(record.oid, txn.tid))
                 except POSKeyError:
                     digest = None
@@ -267,6 +282,188 @@ def read_all_blobs_python(fs_path, blob_dir):
     finally:
         storage.close()
     return found
+
+
+def tmp_files(bdir):
+    """[(name, size)] of what is in ``bdir``'s staging directory tmp/."""
+    tmp = os.path.join(bdir, "tmp")
+    out = []
+    try:
+        names = os.listdir(tmp)
+    except FileNotFoundError:
+        return out
+    for name in names:
+        try:
+            out.append((name, os.stat(os.path.join(tmp, name)).st_size))
+        except FileNotFoundError:
+            pass
+    return sorted(out)
+
+
+# ---------------------------------------------------------------------------
+# Stock clients of a blob server, in the test process and in client
+# processes (test_blob_durability, test_blob_raid).
+
+CONNECT_TIMEOUT = 30          # seconds a ClientStorage waits to connect
+_MP = multiprocessing.get_context("spawn")
+
+
+def child_init(log_path, parent_pid):
+    """First thing in a client process: it dies with the test process (and
+    exits if that is gone already), and logs to ``log_path``."""
+    zeoraid_server._die_with_parent()
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    logging.basicConfig(
+        filename=log_path, level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s [%(threadName)s] "
+               "%(message)s")
+
+
+def writer_ready(db, name, record, go):
+    """In a writer process: a connection to ``db`` with a transaction
+    manager of its own, root[name] (the writer's PersistentMapping)
+    loaded; writes "ready" to ``record`` and waits until ``go`` is set
+    (RuntimeError after 60 s).  Returns (the transaction manager,
+    root[name])."""
+    tm = transaction.TransactionManager()
+    conn = db.open(tm)
+    mine = conn.root()[name]
+    mine["n"]
+    tm.abort()
+    record.write("ready\n")
+    if not go.wait(60):
+        raise RuntimeError("never told to go")
+    return tm, mine
+
+
+def change_a_blob(tm, rng, mine, n, data):
+    """A writer's next transaction, begun on ``tm`` and not committed: a
+    new blob ``mine[f"b{n}"]`` holding ``data`` (while ``mine`` has fewer
+    than 3 blobs, else 40% of the time) or ``data`` as the next revision
+    of one of ``mine``'s blobs, picked by ``rng``; ``mine["n"] = n``, so
+    once committed the mapping's _p_serial is the transaction's tid.
+    Returns the blob."""
+    tm.begin()
+    keys = [k for k in mine if k != "n"]
+    if len(keys) < 3 or rng.random() < 0.4:
+        blob = ZODB.blob.Blob(data)
+        mine[f"b{n}"] = blob
+    else:
+        blob = mine[rng.choice(keys)]
+        with blob.open("w") as f:
+            f.write(data)
+    mine["n"] = n
+    return blob
+
+
+class BlobClientFixture(zeoraid_server.ServerFixture):
+    """Mixin for unittest.TestCase: a temporary directory ``self.dir`` for
+    the blob caches and the client processes' files; stock ClientStorage
+    databases (``open_db``) and client processes (``start_proc``,
+    ``start_writers``) that tearDown closes and kills before it stops the
+    servers; the tails of the client processes' files offered with the
+    servers' logs."""
+
+    dir_prefix = "zeoraid-blobs-"
+    # The files in self.dir that interop_logs shows, by their ending.
+    client_files = (".log", ".acked")
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix=self.dir_prefix)
+        self.dbs = []
+        self.procs = []
+
+    def tearDown(self):
+        for db in self.dbs:
+            try:
+                db.close()
+            except Exception:
+                pass
+        for proc in self.procs:
+            if proc.is_alive():
+                proc.kill()
+            proc.join(5)
+        self.stop_servers()
+
+    def interop_logs(self):
+        logs = super().interop_logs()
+        log_dir = getattr(self, "dir", None)
+        if log_dir and os.path.isdir(log_dir):
+            for name in sorted(os.listdir(log_dir)):
+                if name.endswith(self.client_files):
+                    with open(os.path.join(log_dir, name), "rb") as f:
+                        text = f.read()[-6000:].decode("utf-8", "replace")
+                    logs.append((f"client file {name}", text))
+        return logs
+
+    def interop_cleanup(self):
+        super().interop_cleanup()
+        if hasattr(self, "dir"):
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def open_db(self, addr, cache_name):
+        storage = ClientStorage(addr, blob_dir=os.path.join(self.dir,
+                                                            cache_name),
+                                wait_timeout=CONNECT_TIMEOUT)
+        db = ZODB.DB(storage)
+        self.dbs.append(db)
+        return db
+
+    def close_db(self, db):
+        db.close()
+        self.dbs.remove(db)
+
+    def start_proc(self, target, name, *args):
+        """``target(name, log_path, parent_pid, *args)`` in a client
+        process (log_path: ``self.dir/NAME.log``)."""
+        log_path = os.path.join(self.dir, f"{name}.log")
+        proc = _MP.Process(target=target, name=name, daemon=True,
+                           args=(name, log_path, os.getpid()) + args)
+        proc.start()
+        self.procs.append(proc)
+        return proc
+
+    def start_writers(self, target, addr, names, *events):
+        """A writer process for each of ``names``: root[name] =
+        PersistentMapping(n=0) is committed through ``addr``, then
+        ``target(name, log_path, parent_pid, addr, cache_dir, record_path,
+        seed + i, *events)`` is started (cache_dir ``self.dir/NAME-cache``,
+        record_path ``self.dir/NAME.acked``, ``seed`` random) and each has
+        written "ready" to its record (the test fails if one exits first
+        or they are not all ready within CONNECT_TIMEOUT).  Returns
+        (procs, lines, seed): ``lines(name)``, the lines of name's record
+        so far."""
+        db = self.open_db(addr, "setup-cache")
+        with db.transaction() as conn:
+            for name in names:
+                conn.root()[name] = PersistentMapping(n=0)
+        self.close_db(db)
+
+        records = {name: os.path.join(self.dir, f"{name}.acked")
+                   for name in names}
+        seed = random.randrange(1 << 30)
+        procs = [self.start_proc(target, name, addr,
+                                 os.path.join(self.dir, f"{name}-cache"),
+                                 records[name], seed + i, *events)
+                 for i, name in enumerate(names)]
+
+        def lines(name):
+            try:
+                with open(records[name]) as f:
+                    return f.read().splitlines()
+            except FileNotFoundError:
+                return []
+
+        deadline = time.monotonic() + CONNECT_TIMEOUT
+        while not all("ready" in lines(n) for n in names):
+            for name, proc in zip(names, procs):
+                self.assertTrue(proc.is_alive() or "ready" in lines(name),
+                                f"writer {name} exited: {lines(name)}")
+            self.assertLess(time.monotonic(), deadline,
+                            "writers not connected in time")
+            time.sleep(0.05)
+        return procs, lines, seed
 
 
 def main(argv):

@@ -64,16 +64,12 @@ its evidence in brackets.  Run it::
     ZEORAID_BIN=target/debug/zeoraid .venv/bin/python tests/interop/run.py test_blob_durability
 """
 
-import hashlib
+import functools
 import logging
-import multiprocessing
 import os
 import random
-import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import time
 import traceback
 import unittest
@@ -90,19 +86,26 @@ from ZODB.POSException import POSKeyError
 import blob_interchange
 import harness
 import zeoraid_server
+from blob_interchange import CONNECT_TIMEOUT
+from blob_interchange import _MP
+from blob_interchange import BlobClientFixture
+from blob_interchange import blob_files
+from blob_interchange import change_a_blob
+from blob_interchange import child_init
+from blob_interchange import file_sha256
 from blob_interchange import oid_hex
 from blob_interchange import read_all_blobs_python
+from blob_interchange import sha256
 from blob_interchange import tid_hex
+from blob_interchange import tmp_files
 from blob_interchange import write_python_pair
+from blob_interchange import writer_ready
+from test_recovery import RecoveryTests
 from zeoraid_server import Server
-from zeoraid_server import ServerFixture
 from zeoraid_server import StorageSpec
 
 
 KNOWN_FAILURES = {}
-
-CONNECT_TIMEOUT = 30          # seconds a ClientStorage waits to connect
-_MP = multiprocessing.get_context("spawn")
 
 # test_kill_9_during_blob_uploads
 WRITERS = 4
@@ -127,36 +130,6 @@ TMP_EMPTY_DEADLINE = 10.0
 # Helpers
 
 
-def sha256(data):
-    return hashlib.sha256(data).hexdigest()
-
-
-def file_sha256(path):
-    return blob_interchange._file_sha256(path)
-
-
-def blob_files(bdir):
-    """{oid_hex: {tid_hex: sha256}} of the .blob files under ``bdir``
-    (tmp/ left out)."""
-    return blob_interchange._blob_files(bdir)
-
-
-def tmp_files(bdir):
-    """[(name, size)] of what is in ``bdir``'s staging directory tmp/."""
-    tmp = os.path.join(bdir, "tmp")
-    out = []
-    try:
-        names = os.listdir(tmp)
-    except FileNotFoundError:
-        return out
-    for name in names:
-        try:
-            out.append((name, os.stat(os.path.join(tmp, name)).st_size))
-        except FileNotFoundError:
-            pass
-    return sorted(out)
-
-
 def blob_path(bdir, oid, tid):
     """Where a bushy blob directory keeps ``oid``'s revision ``tid``."""
     return os.path.join(bdir, ZODB.blob.BushyLayout().getBlobFilePath(
@@ -165,14 +138,6 @@ def blob_path(bdir, oid, tid):
 
 def oid_dir(bdir, oid):
     return os.path.join(bdir, ZODB.blob.BushyLayout().oid_to_path(oid))
-
-
-def fstest(path):
-    """(exit code, output) of ZODB's ``fstest`` on ``path``."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "ZODB.scripts.fstest", path],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
-    return proc.returncode, proc.stdout.decode("utf-8", "replace")
 
 
 def content(label, size):
@@ -210,16 +175,6 @@ def disk_full_cause(text):
 # Client processes.  Module-level, so 'spawn' can import them.
 
 
-def _child_init(log_path, parent_pid):
-    zeoraid_server._die_with_parent()
-    if os.getppid() != parent_pid:
-        os._exit(1)
-    logging.basicConfig(
-        filename=log_path, level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s [%(threadName)s] "
-               "%(message)s")
-
-
 def blob_writer(name, log_path, parent_pid, addr, cache_dir, record_path,
                 seed, go):
     """Commit blobs of random sizes into root[name] (a PersistentMapping
@@ -229,7 +184,7 @@ def blob_writer(name, log_path, parent_pid, addr, cache_dir, record_path,
     line "OID TID SHA256" is appended to ``record_path`` (and flushed)
     only after ``commit()`` returned; the first exception ends the loop
     with a line "error: ..."."""
-    _child_init(log_path, parent_pid)
+    child_init(log_path, parent_pid)
     rng = random.Random(seed)
     record = open(record_path, "a", buffering=1)
     db = None
@@ -238,29 +193,13 @@ def blob_writer(name, log_path, parent_pid, addr, cache_dir, record_path,
         # wait for a connection (new_oids) give up soon.
         db = ZODB.DB(ClientStorage(addr, blob_dir=cache_dir,
                                    wait_timeout=WRITER_WAIT_TIMEOUT))
-        tm = transaction.TransactionManager()
-        conn = db.open(tm)
-        mine = conn.root()[name]
-        mine["n"]
-        tm.abort()
-        record.write("ready\n")
-        if not go.wait(60):
-            raise RuntimeError("never told to go")
+        tm, mine = writer_ready(db, name, record, go)
         n = 0
         while True:
             n += 1
             size = rng.randint(MIN_BLOB, MAX_BLOB)
             data = rng.randbytes(size)
-            tm.begin()
-            keys = [k for k in mine if k != "n"]
-            if len(keys) < 3 or rng.random() < 0.4:
-                blob = ZODB.blob.Blob(data)
-                mine[f"b{n}"] = blob
-            else:
-                blob = mine[rng.choice(keys)]
-                with blob.open("w") as f:
-                    f.write(data)
-            mine["n"] = n
+            blob = change_a_blob(tm, rng, mine, n, data)
             # What is about to be committed (a blob file of a commit that
             # was never acknowledged must still be one of these).
             record.write(f"try {sha256(data)} {size}\n")
@@ -284,7 +223,7 @@ def big_uploader(name, log_path, parent_pid, addr, cache_dir, size,
                  status_path):
     """Commit one blob of ``size`` bytes (the test kills us during the
     upload)."""
-    _child_init(log_path, parent_pid)
+    child_init(log_path, parent_pid)
     status = open(status_path, "a", buffering=1)
     try:
         db = ZODB.DB(ClientStorage(addr, blob_dir=cache_dir,
@@ -311,47 +250,25 @@ def big_uploader(name, log_path, parent_pid, addr, cache_dir, size,
 # ---------------------------------------------------------------------------
 
 
-class BlobDurabilityTests(ServerFixture, unittest.TestCase):
+class BlobDurabilityTests(BlobClientFixture, unittest.TestCase):
+
+    dir_prefix = "zeoraid-blobdur-"
+    client_files = (".log", ".acked", ".status")
 
     def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="zeoraid-blobdur-")
-        self.dbs = []
-        self.procs = []
+        super().setUp()
         self.mounts = []
 
     def tearDown(self):
         try:
-            for db in self.dbs:
-                try:
-                    db.close()
-                except Exception:
-                    pass
-            for proc in self.procs:
-                if proc.is_alive():
-                    proc.kill()
-                proc.join(5)
-            self.stop_servers()
+            super().tearDown()
         finally:
             for mount in reversed(self.mounts):
                 if is_mount_point(mount):
                     if subprocess.run(["umount", mount]).returncode != 0:
                         subprocess.run(["umount", "-l", mount])
 
-    def interop_logs(self):
-        logs = super().interop_logs()
-        log_dir = getattr(self, "dir", None)
-        if log_dir and os.path.isdir(log_dir):
-            for name in sorted(os.listdir(log_dir)):
-                if name.endswith((".log", ".acked", ".status")):
-                    with open(os.path.join(log_dir, name), "rb") as f:
-                        text = f.read()[-6000:].decode("utf-8", "replace")
-                    logs.append((f"client file {name}", text))
-        return logs
-
-    def interop_cleanup(self):
-        super().interop_cleanup()
-        if hasattr(self, "dir"):
-            shutil.rmtree(self.dir, ignore_errors=True)
+    assert_fstest = RecoveryTests.assert_fstest
 
     # -- helpers -------------------------------------------------------------
 
@@ -377,18 +294,6 @@ class BlobDurabilityTests(ServerFixture, unittest.TestCase):
         server.start()
         return server
 
-    def open_db(self, addr, cache_name):
-        storage = ClientStorage(addr, blob_dir=os.path.join(self.dir,
-                                                            cache_name),
-                                wait_timeout=CONNECT_TIMEOUT)
-        db = ZODB.DB(storage)
-        self.dbs.append(db)
-        return db
-
-    def assert_fstest(self, path):
-        rc, out = fstest(path)
-        self.assertEqual(rc, 0, f"fstest {path} failed:\n{out}")
-
     def wait_tmp_empty(self, bdir, timeout):
         """Seconds until ``bdir``/tmp is empty (fails after ``timeout``
         with what is still there)."""
@@ -401,14 +306,6 @@ class BlobDurabilityTests(ServerFixture, unittest.TestCase):
                 self.fail(f"{bdir}/tmp still holds {left} "
                           f"{timeout:g} s after the transaction ended")
             time.sleep(0.02)
-
-    def start_proc(self, target, name, *args):
-        log_path = os.path.join(self.dir, f"{name}.log")
-        proc = _MP.Process(target=target, name=name, daemon=True,
-                           args=(name, log_path, os.getpid()) + args)
-        proc.start()
-        self.procs.append(proc)
-        return proc
 
     def commit_blob(self, db, tm, conn, key, data):
         """root[key] = Blob(data), committed; returns (oid, tid) from the
@@ -436,6 +333,14 @@ class BlobDurabilityTests(ServerFixture, unittest.TestCase):
             tm.abort()
             return exc, oid
         self.fail(f"a {len(data)}-byte blob committed; it must fail")
+
+    def commit_noted(self, committed, db, tm, conn, key, size):
+        """commit_blob of ``content(key, size)``, its sha256 noted in
+        ``committed`` ({oid_hex: {tid_hex: sha256}})."""
+        data = content(key, size)
+        oid, tid = self.commit_blob(db, tm, conn, key, data)
+        committed.setdefault(oid_hex(oid), {})[tid_hex(tid)] = \
+            sha256(data)
 
     # -- 1. Python -> zeoraid ------------------------------------------------
 
@@ -669,37 +574,9 @@ class BlobDurabilityTests(ServerFixture, unittest.TestCase):
         bdir = os.path.join(self.dir, "blobs")
         server = self.file_server(fs, bdir)
         names = [f"w{i}" for i in range(WRITERS)]
-        db = self.open_db(server.addr, "setup-cache")
-        with db.transaction() as conn:
-            for name in names:
-                conn.root()[name] = PersistentMapping(n=0)
-        db.close()
-        self.dbs.remove(db)
-
         go = _MP.Event()
-        records = {name: os.path.join(self.dir, f"{name}.acked")
-                   for name in names}
-        seed = random.randrange(1 << 30)
-        procs = [self.start_proc(blob_writer, name, server.addr,
-                                 os.path.join(self.dir, f"{name}-cache"),
-                                 records[name], seed + i, go)
-                 for i, name in enumerate(names)]
-
-        def lines(name):
-            try:
-                with open(records[name]) as f:
-                    return f.read().splitlines()
-            except FileNotFoundError:
-                return []
-
-        deadline = time.monotonic() + CONNECT_TIMEOUT
-        while not all("ready" in lines(n) for n in names):
-            for name, proc in zip(names, procs):
-                self.assertTrue(proc.is_alive() or "ready" in lines(name),
-                                f"writer {name} exited: {lines(name)}")
-            self.assertLess(time.monotonic(), deadline,
-                            "writers not connected in time")
-            time.sleep(0.05)
+        procs, lines, seed = self.start_writers(blob_writer, server.addr,
+                                                names, go)
         go.set()
         started = time.monotonic()
         time.sleep(KILL_AFTER + random.uniform(0, 1.0))
@@ -828,12 +705,7 @@ class BlobDurabilityTests(ServerFixture, unittest.TestCase):
         tm = transaction.TransactionManager()
         conn = db.open(tm)
         committed = {}
-
-        def ok(key, size):
-            data = content(key, size)
-            oid, tid = self.commit_blob(db, tm, conn, key, data)
-            committed.setdefault(oid_hex(oid), {})[tid_hex(tid)] = \
-                sha256(data)
+        ok = functools.partial(self.commit_noted, committed, db, tm, conn)
 
         ok("first", 1000)
         failures = []
@@ -905,12 +777,7 @@ class BlobDurabilityTests(ServerFixture, unittest.TestCase):
         conn = db.open(tm)
         storage = db.storage
         committed = {}
-
-        def ok(key, size):
-            data = content(key, size)
-            oid, tid = self.commit_blob(db, tm, conn, key, data)
-            committed.setdefault(oid_hex(oid), {})[tid_hex(tid)] = \
-                sha256(data)
+        ok = functools.partial(self.commit_noted, committed, db, tm, conn)
 
         def free():
             st = os.statvfs(mnt)

@@ -54,7 +54,6 @@ import os
 import random
 import shutil
 import signal
-import tempfile
 import threading
 import time
 import unittest
@@ -63,32 +62,33 @@ import transaction
 import ZODB
 import ZODB.blob
 import ZODB.utils
-from persistent.mapping import PersistentMapping
 from ZEO.ClientStorage import ClientStorage
 from ZODB.POSException import POSKeyError
 
 import harness
 import zeoraid_server
+from blob_interchange import CONNECT_TIMEOUT
+from blob_interchange import _MP
+from blob_interchange import BlobClientFixture
+from blob_interchange import change_a_blob
+from blob_interchange import child_init
+from blob_interchange import file_sha256
 from blob_interchange import oid_hex
 from blob_interchange import read_all_blobs_python
+from blob_interchange import sha256
 from blob_interchange import tid_hex
-from test_blob_durability import _MP
-from test_blob_durability import _child_init
-from test_blob_durability import file_sha256
-from test_blob_durability import tmp_files
+from blob_interchange import tmp_files
+from blob_interchange import writer_ready
 from test_raid import ruok
 from test_recovery import RECOVERED_RE
+from test_recovery import RecoveryTests
 from test_recovery import data_fs_tail
 from test_recovery import file_history
 from test_recovery import first_difference
-from test_recovery import fstest
-from zeoraid_server import ServerFixture
 from zeoraid_server import StorageSpec
 
 
 KNOWN_FAILURES = {}
-
-CONNECT_TIMEOUT = 30          # seconds a ClientStorage waits to connect
 
 # test_kill_a_backend_while_clients_store_blobs
 WRITERS = 3
@@ -113,10 +113,6 @@ DISK_MARGIN = 512 << 20
 
 # ---------------------------------------------------------------------------
 # Helpers
-
-
-def sha256(data):
-    return hashlib.sha256(data).hexdigest()
 
 
 def p64_hex(h):
@@ -205,7 +201,7 @@ def raid_blob_writer(name, log_path, parent_pid, addr, cache_dir,
     returned, "error: MONOTONIC ..." for every exception (the transaction
     is aborted and the loop goes on, up to MAX_WRITER_ERRORS), and
     "done" at the end."""
-    _child_init(log_path, parent_pid)
+    child_init(log_path, parent_pid)
     rng = random.Random(seed)
     record = open(record_path, "a", buffering=1)
     db = None
@@ -213,30 +209,14 @@ def raid_blob_writer(name, log_path, parent_pid, addr, cache_dir,
     try:
         db = ZODB.DB(ClientStorage(addr, blob_dir=cache_dir,
                                    wait_timeout=CONNECT_TIMEOUT))
-        tm = transaction.TransactionManager()
-        conn = db.open(tm)
-        mine = conn.root()[name]
-        mine["n"]
-        tm.abort()
-        record.write("ready\n")
-        if not go.wait(60):
-            raise RuntimeError("never told to go")
+        tm, mine = writer_ready(db, name, record, go)
         n = 0
         while not stop.is_set():
             n += 1
             size = rng.randint(MIN_BLOB, MAX_BLOB)
             data = rng.randbytes(size)
             try:
-                tm.begin()
-                keys = [k for k in mine if k != "n"]
-                if len(keys) < 3 or rng.random() < 0.4:
-                    blob = ZODB.blob.Blob(data)
-                    mine[f"b{n}"] = blob
-                else:
-                    blob = mine[rng.choice(keys)]
-                    with blob.open("w") as f:
-                        f.write(data)
-                mine["n"] = n
+                blob = change_a_blob(tm, rng, mine, n, data)
                 started = time.monotonic()
                 tm.commit()
                 took = time.monotonic() - started
@@ -276,66 +256,11 @@ def raid_blob_writer(name, log_path, parent_pid, addr, cache_dir,
 # ---------------------------------------------------------------------------
 
 
-class BlobRaidTests(ServerFixture, unittest.TestCase):
+class BlobRaidTests(BlobClientFixture, unittest.TestCase):
 
-    def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="zeoraid-blobraid-")
-        self.dbs = []
-        self.procs = []
+    dir_prefix = "zeoraid-blobraid-"
 
-    def tearDown(self):
-        for db in self.dbs:
-            try:
-                db.close()
-            except Exception:
-                pass
-        for proc in self.procs:
-            if proc.is_alive():
-                proc.kill()
-            proc.join(5)
-        self.stop_servers()
-
-    def interop_logs(self):
-        logs = super().interop_logs()
-        log_dir = getattr(self, "dir", None)
-        if log_dir and os.path.isdir(log_dir):
-            for name in sorted(os.listdir(log_dir)):
-                if name.endswith((".log", ".acked")):
-                    with open(os.path.join(log_dir, name), "rb") as f:
-                        text = f.read()[-6000:].decode("utf-8", "replace")
-                    logs.append((f"client file {name}", text))
-        return logs
-
-    def interop_cleanup(self):
-        super().interop_cleanup()
-        if hasattr(self, "dir"):
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-    # -- helpers -------------------------------------------------------------
-
-    def open_db(self, addr, cache_name):
-        storage = ClientStorage(addr, blob_dir=os.path.join(self.dir,
-                                                            cache_name),
-                                wait_timeout=CONNECT_TIMEOUT)
-        db = ZODB.DB(storage)
-        self.dbs.append(db)
-        return db
-
-    def close_db(self, db):
-        db.close()
-        self.dbs.remove(db)
-
-    def start_proc(self, target, name, *args):
-        log_path = os.path.join(self.dir, f"{name}.log")
-        proc = _MP.Process(target=target, name=name, daemon=True,
-                           args=(name, log_path, os.getpid()) + args)
-        proc.start()
-        self.procs.append(proc)
-        return proc
-
-    def assert_fstest(self, path):
-        rc, out = fstest(path)
-        self.assertEqual(rc, 0, f"fstest {path} failed:\n{out}")
+    assert_fstest = RecoveryTests.assert_fstest
 
     # -- 1. kill -9 of a runzeo backend under blob writers -----------------
 
@@ -355,36 +280,9 @@ class BlobRaidTests(ServerFixture, unittest.TestCase):
                          ["optimal", "optimal"], doc)
 
         names = [f"w{i}" for i in range(WRITERS)]
-        db = self.open_db(server.addr, "setup-cache")
-        with db.transaction() as conn:
-            for name in names:
-                conn.root()[name] = PersistentMapping(n=0)
-        self.close_db(db)
-
         go, stop = _MP.Event(), _MP.Event()
-        records = {name: os.path.join(self.dir, f"{name}.acked")
-                   for name in names}
-        seed = random.randrange(1 << 30)
-        procs = [self.start_proc(raid_blob_writer, name, server.addr,
-                                 os.path.join(self.dir, f"{name}-cache"),
-                                 records[name], seed + i, go, stop)
-                 for i, name in enumerate(names)]
-
-        def lines(name):
-            try:
-                with open(records[name]) as f:
-                    return f.read().splitlines()
-            except FileNotFoundError:
-                return []
-
-        deadline = time.monotonic() + CONNECT_TIMEOUT
-        while not all("ready" in lines(n) for n in names):
-            for name, proc in zip(names, procs):
-                self.assertTrue(proc.is_alive() or "ready" in lines(name),
-                                f"writer {name} exited: {lines(name)}")
-            self.assertLess(time.monotonic(), deadline,
-                            "writers not connected in time")
-            time.sleep(0.05)
+        procs, lines, seed = self.start_writers(raid_blob_writer,
+                                                server.addr, names, go, stop)
 
         # The schedule, polling ruok all along: backend 1's states, with
         # the moment each was first seen.

@@ -728,13 +728,15 @@ class ServerFixture:
         server.start()
         return server
 
-    def stop_servers(self):
-        """Stop every server this test started.  Raises AssertionError if
+    def stop_servers(self, listening_only=False):
+        """Stop every server this test started (with ``listening_only``,
+        those that got as far as listening).  Raises AssertionError if
         one did not shut down gracefully (exit 0 soon after SIGTERM): that is
         part of what zeoraid promises (DESIGN.md, rule 4)."""
         problems = []
         for server in getattr(self, "_interop_servers", []):
-            if server.proc is None:
+            if server.proc is None or (listening_only
+                                       and server.addr is None):
                 continue
             server.stop()
             problem = server.graceful_problem()

@@ -48,7 +48,8 @@ impl Drop for Copies {
 }
 
 /// `txn` with each blob file replaced by a copy in `s`'s staging
-/// directory (a hard link when it is on the same filesystem).
+/// directory: the one [`prepare`] made when the upload ended, else one made
+/// now (a hard link in the upload's own directory).
 pub(super) fn for_backend(txn: &Txn, s: &dyn Storage) -> Result<(Txn, Copies)> {
     let mut copies = Copies(Vec::new());
     let mut own = txn.clone();
@@ -60,12 +61,66 @@ pub(super) fn for_backend(txn: &Txn, s: &dyn Storage) -> Result<(Txn, Copies)> {
                     crate::storage::NO_BLOBS
                 ))
             })?;
-            let copy = copy_into(blob, &dir)?;
-            copies.0.push(copy.clone());
+            let prepared = prepared_name(blob).map(|n| dir.join(n));
+            let copy = match prepared.filter(|p| p.is_file()) {
+                // The backend takes it; whoever staged the upload removes
+                // what is left when the transaction ends.
+                Some(p) => p,
+                None => {
+                    let c = copy_into(blob, &dir)?;
+                    copies.0.push(c.clone());
+                    c
+                }
+            };
             *blob = copy;
         }
     }
     Ok((own, copies))
+}
+
+/// The name of the copy [`prepare`] makes of `upload` in another
+/// backend's staging directory (pure).
+fn prepared_name(upload: &Path) -> Option<String> {
+    upload
+        .file_name()
+        .map(|n| format!("{}.mirror.tmp", n.to_string_lossy()))
+}
+
+/// Copy a finished upload into every other blob-keeping backend's staging
+/// directory, before the transaction votes (outside the commit lock, so a
+/// large blob's copies do not hold up other commits). Returns the copies.
+pub(super) fn prepare(
+    upload: &Path,
+    targets: &[std::sync::Arc<dyn Storage>],
+) -> Result<Vec<PathBuf>> {
+    let Some(name) = prepared_name(upload) else {
+        return Ok(Vec::new());
+    };
+    let mut made = Vec::new();
+    for s in targets {
+        let Some(dir) = s.blob_staging_dir() else {
+            continue;
+        };
+        if upload.parent() == Some(dir.as_path()) {
+            continue; // linked at vote
+        }
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::Io(format!("cannot create {}: {e}", dir.display())))?;
+        let dst = dir.join(&name);
+        if let Err(e) = std::fs::copy(upload, &dst) {
+            let _ = std::fs::remove_file(&dst);
+            for m in &made {
+                let _ = std::fs::remove_file(m);
+            }
+            return Err(Error::Io(format!(
+                "cannot copy the blob {} to {}: {e} (is the disk full?)",
+                upload.display(),
+                dst.display()
+            )));
+        }
+        made.push(dst);
+    }
+    Ok(made)
 }
 
 /// A new file in `dir` with the content of `src`: a hard link when `src`
@@ -132,5 +187,46 @@ mod tests {
         drop(copies);
         assert!(!b.exists(), "left-over removed");
         assert!(src.exists(), "the upload itself stays with its owner");
+    }
+
+    #[test]
+    fn copies_made_when_the_upload_ends_are_the_ones_the_vote_uses() {
+        use crate::storage::memory::MemoryStorage;
+        use crate::storage::{Oid, Tid};
+        let d = tempfile::tempdir().expect("tempdir");
+        let own = std::sync::Arc::new(
+            MemoryStorage::with_blobs("own", false, Some(&d.path().join("own"))).expect("blobs"),
+        ) as std::sync::Arc<dyn Storage>;
+        let other = std::sync::Arc::new(
+            MemoryStorage::with_blobs("other", false, Some(&d.path().join("other")))
+                .expect("blobs"),
+        ) as std::sync::Arc<dyn Storage>;
+        let staging = own.blob_staging_dir().expect("staging");
+        let upload = staging.join("up-1.tmp");
+        std::fs::write(&upload, b"payload").expect("write");
+        let made = prepare(&upload, &[own.clone(), other.clone()]).expect("prepare");
+        assert_eq!(
+            made.len(),
+            1,
+            "the upload's own backend links at vote: {made:?}"
+        );
+        let txn = Txn::new(vec![Op::StoreBlob {
+            oid: Oid(1),
+            serial: Tid::ZERO,
+            data: b"x".to_vec().into(),
+            blob: upload.clone(),
+        }]);
+        let (theirs, copies) = for_backend(&txn, other.as_ref()).expect("for other");
+        match &theirs.ops[0] {
+            Op::StoreBlob { blob, .. } => assert_eq!(blob, &made[0], "the prepared copy"),
+            op => panic!("{op:?}"),
+        }
+        assert!(copies.0.is_empty(), "nothing copied at vote");
+        let (mine, copies) = for_backend(&txn, own.as_ref()).expect("for own");
+        match &mine.ops[0] {
+            Op::StoreBlob { blob, .. } => assert_ne!(blob, &upload, "its own link"),
+            op => panic!("{op:?}"),
+        }
+        assert_eq!(copies.0.len(), 1);
     }
 }

@@ -343,6 +343,16 @@ impl Storage for RaidStorage {
         self.core.read_op("loadBlob", |s| s.load_blob(oid, serial))
     }
 
+    fn prepare_blob(&self, upload: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
+        let core = &self.core;
+        let targets: Vec<Arc<dyn Storage>> = core
+            .optimal()
+            .into_iter()
+            .filter_map(|i| core.backends[i].storage().ok())
+            .collect();
+        super::blobs::prepare(upload, &targets)
+    }
+
     fn close(&self) {
         self.stop_supervisor();
         let mirrors: Vec<_> = read(&self.core.offsite).clone();

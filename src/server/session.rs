@@ -860,6 +860,12 @@ fn ordered(shared: &Shared, sess: &Session, msg: &Message) -> Flow {
             let data = data_arg(&a[2], "data")?;
             match t.upload.take().map(Upload::end) {
                 Some(Ok(staged)) => {
+                    // Copies the storage wants (an array's mirrors), made
+                    // now rather than under the commit lock.
+                    match sess.entry()?.storage.prepare_blob(staged.path()) {
+                        Ok(extra) => t.staged.extend(extra.into_iter().map(Staged::adopt)),
+                        Err(e) => fail_blob(t, e.to_string()),
+                    }
                     t.ops.push(Op::StoreBlob {
                         oid,
                         serial,

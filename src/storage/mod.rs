@@ -465,6 +465,14 @@ pub trait Storage: Send + Sync {
     fn shared_blob_path(&self, _oid: Oid, _file_name: &str) -> Option<std::path::PathBuf> {
         None
     }
+    /// An upload staged at `upload` has arrived whole (the server calls
+    /// this before the transaction votes, outside the commit lock): a
+    /// storage that needs more copies of it (an array: one per mirror)
+    /// makes them now and returns them; the caller removes them when the
+    /// transaction ends. The default needs none.
+    fn prepare_blob(&self, _upload: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
+        Ok(Vec::new())
+    }
     /// The committed blob file of `oid` written by `serial`
     /// (`loadBlob`); `Err(PosKey)` when there is none.
     fn load_blob(&self, _oid: Oid, _serial: Tid) -> Result<std::path::PathBuf> {

@@ -78,6 +78,27 @@ pub(super) fn for_backend(txn: &Txn, s: &dyn Storage) -> Result<(Txn, Copies)> {
     Ok((own, copies))
 }
 
+/// Copy `src` to a new file `dst` with plain reads and writes, so the
+/// copy's pages are in the page cache when it is read back (a
+/// `copy_file_range` copy, what `std::fs::copy` does, left a mirror's
+/// blob to be read from the disk by the first download).
+fn copy_through_cache(src: &Path, dst: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut from = std::fs::File::open(src)?;
+    let mut to = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dst)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = crate::storage::blobdir::read_full(&mut from, &mut buf)?;
+        to.write_all(&buf[..n])?;
+        if n < buf.len() {
+            return Ok(());
+        }
+    }
+}
+
 /// The name of the copy [`prepare`] makes of `upload` in another
 /// backend's staging directory (pure).
 fn prepared_name(upload: &Path) -> Option<String> {
@@ -107,7 +128,7 @@ pub(super) fn prepare(
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::Io(format!("cannot create {}: {e}", dir.display())))?;
         let dst = dir.join(&name);
-        if let Err(e) = std::fs::copy(upload, &dst) {
+        if let Err(e) = copy_through_cache(upload, &dst) {
             let _ = std::fs::remove_file(&dst);
             for m in &made {
                 let _ = std::fs::remove_file(m);
@@ -143,8 +164,8 @@ pub(super) fn copy_into(src: &Path, dir: &Path) -> Result<PathBuf> {
         if dst.exists() {
             continue;
         }
-        return match std::fs::copy(src, &dst) {
-            Ok(_) => Ok(dst),
+        return match copy_through_cache(src, &dst) {
+            Ok(()) => Ok(dst),
             Err(e) => {
                 let _ = std::fs::remove_file(&dst);
                 Err(Error::Io(format!(

@@ -52,7 +52,8 @@
 mod common;
 
 use common::{
-    env, free_port, mark, python, ratio, spawn_runzeo, spawn_zeoraid, wanted, write_runzeo_conf,
+    env, free_port, mark, median, python, ratio, spawn_runzeo, spawn_zeoraid, status_kib, wanted,
+    write_runzeo_conf,
 };
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -269,12 +270,6 @@ fn main() {
 // Building blocks.
 // ---------------------------------------------------------------------------
 
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 fn size_label(bytes: u64) -> String {
     if bytes >= GIB && bytes.is_multiple_of(GIB) {
         format!("{} GiB", bytes / GIB)
@@ -334,16 +329,9 @@ fn enough_disk(dir: &Path, need: u64, what: &str) -> bool {
     }
 }
 
-/// A field of `/proc/PID/status`, KiB -> bytes.
+/// A memory field of `/proc/PID/status`, in bytes.
 fn status_bytes(pid: u32, key: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kib| kib * 1024.0)
+    status_kib(pid, key) * 1024.0
 }
 
 /// utime + stime of `pid` (all its threads), seconds.

@@ -30,7 +30,7 @@
 //! Prints a markdown table per storage; asserts nothing about timing.
 
 mod common;
-use common::{free_port, python};
+use common::{free_port, median, python};
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -377,11 +377,6 @@ fn run_once(server: &Server, script: &Path, writers: usize, seconds: f64) -> Run
     run
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    v[v.len() / 2]
-}
-
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
@@ -440,10 +435,10 @@ fn compare(kind: Kind, writers: &[usize], seconds: f64, repeat: usize) {
                 out.push(run_once(s, &script, w, seconds));
             }
         }
-        let python_rate = median(runs[0].iter().map(|r| r.rate).collect());
+        let python_rate = median(&runs[0].iter().map(|r| r.rate).collect::<Vec<_>>());
         for (s, rs) in servers.iter().zip(&runs) {
-            let rate = median(rs.iter().map(|r| r.rate).collect());
-            let retries = median(rs.iter().map(|r| r.retries as f64).collect());
+            let rate = median(&rs.iter().map(|r| r.rate).collect::<Vec<_>>());
+            let retries = median(&rs.iter().map(|r| r.retries as f64).collect::<Vec<_>>());
             let errors: u64 = rs.iter().map(|r| r.errors).sum();
             let ratio = if s.python {
                 String::new()

@@ -44,7 +44,9 @@
 
 mod common;
 
-use common::{env, free_port, mark, python, ratio, wait_port, wanted, write_runzeo_conf};
+use common::{
+    env, free_port, mark, median, python, ratio, status_kib, wait_port, wanted, write_runzeo_conf,
+};
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -106,12 +108,6 @@ fn main() {
 // ---------------------------------------------------------------------------
 // Building blocks.
 // ---------------------------------------------------------------------------
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
 
 fn mib(kib: f64) -> String {
     format!("{:.1} MiB", kib / 1024.0)
@@ -241,21 +237,6 @@ fn runzeo_file(dir: &Path, cpu: Option<usize>) -> Server {
         dir.join("Data.fs").display()
     );
     start_runzeo(dir, "python runzeo (filestorage, fsync)", &storage, cpu)
-}
-
-/// A field of `/proc/PID/status` (kB for the memory ones).
-fn status_field(pid: u32, key: &str) -> Option<String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .map(|v| v.trim().to_string())
-}
-
-fn status_kib(pid: u32, key: &str) -> f64 {
-    status_field(pid, key)
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(f64::NAN)
 }
 
 /// The CPUs the threads of `pid` may run on, e.g. `CPU 0 for all 7 threads`.

@@ -25,7 +25,7 @@
 mod certs;
 mod common;
 
-use common::{free_port, spawn_runzeo, spawn_zeoraid, wanted};
+use common::{free_port, median, spawn_runzeo, spawn_zeoraid, wanted};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use zeoraid::bench::{run, BenchArgs};
@@ -200,11 +200,6 @@ fn measure(p: &Proc, seconds: f64) -> Figures {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    v[v.len() / 2]
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` probes with --list
@@ -250,10 +245,10 @@ fn compare(kind: Kind, seconds: f64, repeat: usize) {
     let med: Vec<Figures> = runs
         .iter()
         .map(|r| Figures {
-            commits: median(r.iter().map(|f| f.commits).collect()),
-            commit_p99: median(r.iter().map(|f| f.commit_p99).collect()),
-            loads: median(r.iter().map(|f| f.loads).collect()),
-            loads_pipelined: median(r.iter().map(|f| f.loads_pipelined).collect()),
+            commits: median(&r.iter().map(|f| f.commits).collect::<Vec<_>>()),
+            commit_p99: median(&r.iter().map(|f| f.commit_p99).collect::<Vec<_>>()),
+            loads: median(&r.iter().map(|f| f.loads).collect::<Vec<_>>()),
+            loads_pipelined: median(&r.iter().map(|f| f.loads_pipelined).collect::<Vec<_>>()),
         })
         .collect();
     println!(

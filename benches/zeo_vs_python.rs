@@ -19,7 +19,7 @@
 //! Prints medians and zeoraid/Python ratios; asserts nothing about timing.
 
 mod common;
-use common::free_port;
+use common::{free_port, median};
 use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Child;
@@ -168,11 +168,6 @@ fn start_runzeo(dir: &std::path::Path, kind: Kind) -> Proc {
         addr,
         name: "python runzeo",
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    v[v.len() / 2]
 }
 
 #[derive(Default, Clone)]
@@ -330,11 +325,11 @@ fn compare(kind: Kind, seconds: f64, repeat: usize, idle: Option<usize>) {
             }
         }
         let med = |v: &Vec<Figures>| Figures {
-            commits: median(v.iter().map(|f| f.commits).collect()),
-            commit_p99: median(v.iter().map(|f| f.commit_p99).collect()),
-            loads: median(v.iter().map(|f| f.loads).collect()),
-            load_p99: median(v.iter().map(|f| f.load_p99).collect()),
-            loads_pipelined: median(v.iter().map(|f| f.loads_pipelined).collect()),
+            commits: median(&v.iter().map(|f| f.commits).collect::<Vec<_>>()),
+            commit_p99: median(&v.iter().map(|f| f.commit_p99).collect::<Vec<_>>()),
+            loads: median(&v.iter().map(|f| f.loads).collect::<Vec<_>>()),
+            load_p99: median(&v.iter().map(|f| f.load_p99).collect::<Vec<_>>()),
+            loads_pipelined: median(&v.iter().map(|f| f.loads_pipelined).collect::<Vec<_>>()),
         };
         let (p, r, c) = (med(&py), med(&rs), med(&top));
         for (name, f) in [(py_name, &p), (our_name, &r), (noop.name, &c)] {

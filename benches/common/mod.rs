@@ -170,3 +170,23 @@ pub fn mark(ok: bool) -> &'static str {
         "**missed**"
     }
 }
+
+/// The median of `v` (the upper one of an even count); NaN when empty.
+pub fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// A memory field of `/proc/PID/status` (`VmRSS`, `VmHWM`, ...) in KiB;
+/// NaN when the process or the field is not there.
+pub fn status_kib(pid: u32, key: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .unwrap_or(f64::NAN)
+}

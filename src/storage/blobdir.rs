@@ -107,6 +107,62 @@ pub fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// The blob side of a vote, as the memory and the file storage stage it:
+/// the uploads to commit and the revisions an undo brings back (pure
+/// bookkeeping; [`BlobDir::commit_txn`] puts them in place).
+#[derive(Default)]
+pub struct StagedBlobs {
+    /// The storage keeps blobs (else a blob store is refused).
+    pub keeps: bool,
+    /// (oid, staged file) to commit as this transaction's revision.
+    pub files: Vec<(u64, PathBuf)>,
+    /// (oid, tid whose blob file an undo makes this transaction's).
+    pub copies: Vec<(u64, u64)>,
+}
+
+impl StagedBlobs {
+    pub fn new(keeps: bool) -> StagedBlobs {
+        StagedBlobs {
+            keeps,
+            ..StagedBlobs::default()
+        }
+    }
+
+    /// Refuse a blob store on a storage without blobs.
+    pub fn check(&self) -> crate::storage::Result<()> {
+        if self.keeps {
+            Ok(())
+        } else {
+            Err(crate::storage::Error::Unsupported(
+                crate::storage::NO_BLOBS.into(),
+            ))
+        }
+    }
+
+    /// `oid` is stored again in this transaction: a file staged for it
+    /// no longer applies.
+    pub fn stored(&mut self, oid: u64) {
+        self.files.retain(|(o, _)| *o != oid);
+    }
+
+    /// `file` is `oid`'s blob in this transaction (the last one wins).
+    pub fn file(&mut self, oid: u64, file: &Path) {
+        self.stored(oid);
+        self.files.push((oid, file.to_path_buf()));
+    }
+
+    /// An undo gives `oid` the state `data` first written by `from`: when
+    /// that is a blob record, its file comes back too.
+    pub fn undone(&mut self, oid: u64, data: Option<&[u8]>, from: Option<u64>) {
+        self.copies.retain(|(o, _)| *o != oid);
+        if let (true, Some(d), Some(from)) = (self.keeps, data, from) {
+            if crate::storage::pickle_refs::is_blob_record(d) {
+                self.copies.push((oid, from));
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Names (pure)
 // ---------------------------------------------------------------------------
@@ -1841,5 +1897,27 @@ fs.close()
         assert_eq!(d.list().expect("list"), [(o1, t2), (o1, t4)]);
         // Python removed the emptied directories of o2 too.
         assert_eq!(names_in(&blobs), [".layout", "0x00", "tmp"]);
+    }
+
+    #[test]
+    fn staged_blobs_keep_the_last_word_per_object() {
+        let blob: &[u8] = b"\x80\x03cZODB.blob\nBlob\nq\x00.\x80\x03N.";
+        let mut s = StagedBlobs::new(true);
+        assert!(s.check().is_ok());
+        s.file(1, Path::new("a.tmp"));
+        s.file(1, Path::new("b.tmp"));
+        s.file(2, Path::new("c.tmp"));
+        s.stored(2); // a plain store of 2 after its blob
+        assert_eq!(s.files, vec![(1, PathBuf::from("b.tmp"))]);
+        s.undone(3, Some(blob), Some(7));
+        s.undone(4, Some(b"\x80\x03cfoo\nBar\nq\x00."), Some(8));
+        s.undone(5, None, None);
+        s.undone(3, Some(blob), Some(9));
+        assert_eq!(s.copies, vec![(3, 9)]);
+        let none = StagedBlobs::new(false);
+        assert!(none.check().is_err());
+        let mut none = none;
+        none.undone(3, Some(blob), Some(7));
+        assert!(none.copies.is_empty(), "no blob directory, nothing to copy");
     }
 }

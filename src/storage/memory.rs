@@ -39,7 +39,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use super::blobdir::BlobDir;
+use super::blobdir::{BlobDir, StagedBlobs};
 use super::gc::{self, GcError, PackGc};
 use super::resolve::{resolve_undo, ConflictResolver};
 use super::rules::{self, UndoView, STATUS_PACKED, UNDO_INVALID_RECORD};
@@ -612,12 +612,8 @@ struct Staging<'a> {
     seen_resolved: HashSet<Oid>,
     seen_invalidated: HashSet<Oid>,
     max_oid: u64,
-    /// The storage keeps blobs.
-    keeps_blobs: bool,
-    /// Blob files to commit as this transaction's: (oid, staged file).
-    blob_files: Vec<(u64, std::path::PathBuf)>,
-    /// Undone blob revisions: (oid, tid whose blob file comes back).
-    blob_copies: Vec<(u64, u64)>,
+    /// Blob files to commit with this transaction.
+    blobs: StagedBlobs,
 }
 
 impl<'a> Staging<'a> {
@@ -638,9 +634,7 @@ impl<'a> Staging<'a> {
             seen_resolved: HashSet::new(),
             seen_invalidated: HashSet::new(),
             max_oid: 0,
-            keeps_blobs: false,
-            blob_files: Vec::new(),
-            blob_copies: Vec::new(),
+            blobs: StagedBlobs::default(),
         }
     }
 
@@ -701,11 +695,9 @@ impl<'a> Staging<'a> {
                 data,
                 blob,
             } => {
-                if !self.keeps_blobs {
-                    return Err(Error::Unsupported(crate::storage::NO_BLOBS.into()));
-                }
+                self.blobs.check()?;
                 self.store(*oid, *serial, data);
-                self.blob_files.push((oid.0, blob.clone()));
+                self.blobs.file(oid.0, blob);
                 Ok(())
             }
             Op::RestoreBlob {
@@ -715,12 +707,9 @@ impl<'a> Staging<'a> {
                 prev_txn,
                 blob,
             } => {
-                if !self.keeps_blobs {
-                    return Err(Error::Unsupported(crate::storage::NO_BLOBS.into()));
-                }
+                self.blobs.check()?;
                 self.restore(*oid, *serial, &Some(data.clone()), *prev_txn)?;
-                self.blob_files.retain(|(o, _)| *o != oid.0);
-                self.blob_files.push((oid.0, blob.clone()));
+                self.blobs.file(oid.0, blob);
                 Ok(())
             }
         }
@@ -729,8 +718,7 @@ impl<'a> Staging<'a> {
     /// A store checks the committed serial; conflicts are collected for
     /// the client to resolve ([`rules::note_store`]).
     fn store(&mut self, oid: Oid, serial: Tid, data: &Data) {
-        // A later store of the object replaces a blob staged for it.
-        self.blob_files.retain(|(o, _)| *o != oid.0);
+        self.blobs.stored(oid.0);
         let committed = self.state.current(oid).map(|r| r.tid);
         let conflict = rules::store_conflict(oid, committed, serial, data);
         if rules::note_store(&mut self.conflicts, oid, conflict) {
@@ -792,12 +780,8 @@ impl<'a> Staging<'a> {
             match outcome {
                 Ok((data, data_txn)) => {
                     // Undoing to a blob revision brings its file back.
-                    self.blob_copies.retain(|(o, _)| *o != oid.0);
-                    if let (true, Some(d), Some(from)) = (self.keeps_blobs, &data, data_txn) {
-                        if pickle_refs::is_blob_record(d) {
-                            self.blob_copies.push((oid.0, from.0));
-                        }
-                    }
+                    self.blobs
+                        .undone(oid.0, data.as_deref(), data_txn.map(|t| t.0));
                     self.put(oid, data, data_txn);
                     if self.seen_resolved.insert(oid) {
                         self.resolved.push(oid);
@@ -904,7 +888,7 @@ impl Storage for MemoryStorage {
         let st = self.read();
         let tid = rules::choose_tid(txn.tid, st.last_tid, timestamp::now())?;
         let mut stage = Staging::new(&st, self.resolver.get().map(|r| r.as_ref()), tid);
-        stage.keeps_blobs = self.blobs.is_some();
+        stage.blobs = StagedBlobs::new(self.blobs.is_some());
         for op in &txn.ops {
             stage.apply(op)?;
         }
@@ -916,13 +900,14 @@ impl Storage for MemoryStorage {
             resolved,
             invalidated,
             max_oid,
-            blob_files,
-            blob_copies,
+            blobs: staged_blobs,
             ..
         } = stage;
         drop(st);
         let blobs = match &self.blobs {
-            Some(b) => b.dir.commit_txn(tid.0, &blob_files, &blob_copies)?,
+            Some(b) => b
+                .dir
+                .commit_txn(tid.0, &staged_blobs.files, &staged_blobs.copies)?,
             None => Vec::new(),
         };
         {

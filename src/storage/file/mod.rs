@@ -78,7 +78,7 @@ use self::format::{
 };
 use self::index::Index;
 use self::records::{corrupt, io_err, Src};
-use super::blobdir::BlobDir;
+use super::blobdir::{BlobDir, StagedBlobs};
 use super::resolve::{resolve_undo, ConflictResolver};
 use super::rules::{self, UndoView, UNDO_INVALID_RECORD};
 use super::{
@@ -487,19 +487,12 @@ impl Drop for FileStorage {
 
 impl FileStorage {
     /// Put a voted transaction's blob files in place (see
-    /// [`BlobDir::commit_txn`]).
-    fn commit_blobs(
-        &self,
-        tid: Tid,
-        files: &[(Oid, PathBuf)],
-        copies: &[(Oid, Tid)],
-    ) -> Result<Vec<Oid>> {
+    /// [`BlobDir::commit_txn`]); the oids that now hold a file.
+    fn commit_blobs(&self, tid: Tid, staged: &StagedBlobs) -> Result<Vec<Oid>> {
         let Some(dir) = &self.blobs else {
             return Ok(Vec::new());
         };
-        let files: Vec<(u64, PathBuf)> = files.iter().map(|(o, p)| (o.0, p.clone())).collect();
-        let copies: Vec<(u64, u64)> = copies.iter().map(|(o, t)| (o.0, t.0)).collect();
-        let done = dir.commit_txn(tid.0, &files, &copies)?;
+        let done = dir.commit_txn(tid.0, &staged.files, &staged.copies)?;
         Ok(done.into_iter().map(Oid).collect())
     }
 
@@ -567,13 +560,8 @@ struct Staging<'a> {
     resolved: Vec<Oid>,
     invalidated: Vec<Oid>,
     max_oid: u64,
-    /// The storage keeps blobs.
-    keeps_blobs: bool,
-    /// Blob files to commit as this transaction's: (oid, staged file).
-    blob_files: Vec<(Oid, PathBuf)>,
-    /// Undone blob revisions: (oid, tid whose blob file the undo's
-    /// revision copies).
-    blob_copies: Vec<(Oid, Tid)>,
+    /// Blob files to commit with this transaction.
+    blobs: StagedBlobs,
 }
 
 impl<'a> Staging<'a> {
@@ -625,11 +613,9 @@ impl<'a> Staging<'a> {
                 data,
                 blob,
             } => {
-                if !self.keeps_blobs {
-                    return Err(Error::Unsupported(crate::storage::NO_BLOBS.into()));
-                }
+                self.blobs.check()?;
                 self.store(*oid, *serial, data)?;
-                self.blob_files.push((*oid, blob.clone()));
+                self.blobs.file(oid.0, blob);
                 Ok(())
             }
             Op::RestoreBlob {
@@ -639,20 +625,16 @@ impl<'a> Staging<'a> {
                 prev_txn,
                 blob,
             } => {
-                if !self.keeps_blobs {
-                    return Err(Error::Unsupported(crate::storage::NO_BLOBS.into()));
-                }
+                self.blobs.check()?;
                 self.restore(*oid, *serial, &Some(data.clone()), *prev_txn)?;
-                self.blob_files.retain(|(o, _)| o != oid);
-                self.blob_files.push((*oid, blob.clone()));
+                self.blobs.file(oid.0, blob);
                 Ok(())
             }
         }
     }
 
     fn store(&mut self, oid: Oid, serial: Tid, data: &Data) -> Result<()> {
-        // A later store of the object replaces a blob staged for it.
-        self.blob_files.retain(|(o, _)| *o != oid);
+        self.blobs.stored(oid.0);
         if data.is_empty() {
             return Err(Error::Value(format!(
                 "{oid}: empty object data cannot be stored in a FileStorage"
@@ -777,12 +759,11 @@ impl<'a> Staging<'a> {
                     let back = self.src.load_back(h.prev)?;
                     // Undoing to a blob revision: that revision's file
                     // becomes the undo's too (FileStorage.undo).
-                    self.blob_copies.retain(|(o, _)| *o != h.oid);
-                    if let Some((d, from)) = &back {
-                        if self.keeps_blobs && crate::storage::pickle_refs::is_blob_record(d) {
-                            self.blob_copies.push((h.oid, *from));
-                        }
-                    }
+                    self.blobs.undone(
+                        h.oid.0,
+                        back.as_ref().map(|(d, _)| &d[..]),
+                        back.as_ref().map(|(_, from)| from.0),
+                    );
                     Some((Payload::Back(h.prev), back.map(|(d, _)| d)))
                 }
                 Ok(Some(merged)) => Some((Payload::Data(merged.clone()), Some(merged))),
@@ -1202,9 +1183,7 @@ impl Storage for FileStorage {
             resolved: Vec::new(),
             invalidated: Vec::new(),
             max_oid: 0,
-            keeps_blobs: self.blobs.is_some(),
-            blob_files: Vec::new(),
-            blob_copies: Vec::new(),
+            blobs: StagedBlobs::new(self.blobs.is_some()),
         };
         for op in &txn.ops {
             stage.apply(op)?;
@@ -1231,13 +1210,12 @@ impl Storage for FileStorage {
             resolved,
             invalidated,
             max_oid,
-            blob_files,
-            blob_copies,
+            blobs: staged_blobs,
             ..
         } = stage;
         // The blob files, durable before the vote answers: a crash after
         // the commit is acknowledged never loses one.
-        let blobs = match self.commit_blobs(tid, &blob_files, &blob_copies) {
+        let blobs = match self.commit_blobs(tid, &staged_blobs) {
             Ok(b) => b,
             Err(e) => {
                 self.truncate_to(start);

@@ -78,17 +78,13 @@ pub(super) fn for_backend(txn: &Txn, s: &dyn Storage) -> Result<(Txn, Copies)> {
     Ok((own, copies))
 }
 
-/// Copy `src` to a new file `dst` with plain reads and writes, so the
+/// Copy `src` into the new file `to` with plain reads and writes, so the
 /// copy's pages are in the page cache when it is read back (a
 /// `copy_file_range` copy, what `std::fs::copy` does, left a mirror's
 /// blob to be read from the disk by the first download).
-fn copy_through_cache(src: &Path, dst: &Path) -> std::io::Result<()> {
+fn copy_through_cache(src: &Path, mut to: std::fs::File) -> std::io::Result<()> {
     use std::io::Write;
     let mut from = std::fs::File::open(src)?;
-    let mut to = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(dst)?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = crate::storage::blobdir::read_full(&mut from, &mut buf)?;
@@ -128,7 +124,12 @@ pub(super) fn prepare(
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::Io(format!("cannot create {}: {e}", dir.display())))?;
         let dst = dir.join(&name);
-        if let Err(e) = copy_through_cache(upload, &dst) {
+        let copied = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&dst)
+            .and_then(|f| copy_through_cache(upload, f));
+        if let Err(e) = copied {
             let _ = std::fs::remove_file(&dst);
             for m in &made {
                 let _ = std::fs::remove_file(m);
@@ -149,37 +150,34 @@ pub(super) fn prepare(
 /// directory), else a real copy. Never a link across backends: mirrors
 /// sharing one inode would share its corruption.
 pub(super) fn copy_into(src: &Path, dir: &Path) -> Result<PathBuf> {
-    let same_dir = src.parent() == Some(dir);
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::Io(format!("cannot create {}: {e}", dir.display())))?;
-    for _ in 0..100 {
-        let dst = dir.join(format!(
-            "zeoraid-raid-{}-{}.tmp",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        if same_dir && std::fs::hard_link(src, &dst).is_ok() {
-            return Ok(dst);
-        }
-        if dst.exists() {
-            continue;
-        }
-        return match copy_through_cache(src, &dst) {
-            Ok(()) => Ok(dst),
-            Err(e) => {
-                let _ = std::fs::remove_file(&dst);
-                Err(Error::Io(format!(
-                    "cannot copy the blob {} to {}: {e} (is the disk full?)",
-                    src.display(),
-                    dst.display()
-                )))
+    if src.parent() == Some(dir) {
+        for _ in 0..100 {
+            let dst = dir.join(format!(
+                "zeoraid-raid-{}-{}.tmp",
+                std::process::id(),
+                rand::random::<u64>()
+            ));
+            match std::fs::hard_link(src, &dst) {
+                Ok(()) => return Ok(dst),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(_) => break, // copy it instead
             }
-        };
+        }
     }
-    Err(Error::Io(format!(
-        "cannot find a free file name in {}",
-        dir.display()
-    )))
+    let (file, dst) = crate::storage::blobdir::create_temp(dir)?;
+    match copy_through_cache(src, file) {
+        Ok(()) => Ok(dst),
+        Err(e) => {
+            let _ = std::fs::remove_file(&dst);
+            Err(Error::Io(format!(
+                "cannot copy the blob {} to {}: {e} (is the disk full?)",
+                src.display(),
+                dst.display()
+            )))
+        }
+    }
 }
 
 #[cfg(test)]

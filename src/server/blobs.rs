@@ -91,7 +91,7 @@ impl Upload {
                 dir.display()
             ))
         })?;
-        let (file, path) = create_unique(dir)?;
+        let (file, path) = crate::storage::blobdir::create_temp(dir)?;
         Ok(Upload {
             file,
             staged: Staged(path),
@@ -126,38 +126,6 @@ impl Upload {
             None => Ok(self.staged),
         }
     }
-}
-
-/// A new file with a unique name ending in `.tmp` in `dir`.
-fn create_unique(dir: &Path) -> Result<(std::fs::File, PathBuf)> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    for _ in 0..100 {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!(
-            "zeoraid-upload-{}-{n}-{}.tmp",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(f) => return Ok((f, path)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => {
-                return Err(Error::Io(format!(
-                    "cannot create a blob upload file in {}: {e}",
-                    dir.display()
-                )))
-            }
-        }
-    }
-    Err(Error::Io(format!(
-        "cannot find a free blob upload file name in {}",
-        dir.display()
-    )))
 }
 
 /// Why an upload of `bytes` so far is refused under the limit `max`

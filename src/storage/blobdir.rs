@@ -163,6 +163,42 @@ impl StagedBlobs {
     }
 }
 
+/// A new, empty file with a unique name ending in `.tmp` in `dir` (mode
+/// 0600, as Python's `mkstemp`): where uploads and copies of blobs are
+/// staged.
+pub fn create_temp(dir: &Path) -> Result<(File, PathBuf), BlobError> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut last = None;
+    for _ in 0..16 {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!(
+            "{}-{n}-{:016x}{TMP_SUFFIX}",
+            std::process::id(),
+            rand::random::<u64>()
+        );
+        let p = dir.join(name);
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&p)
+        {
+            Ok(f) => return Ok((f, p)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => {
+                return Err(io_err(
+                    &p,
+                    "cannot create an upload file (is the disk full, or tmp/ missing?)",
+                    &e,
+                ))
+            }
+        }
+    }
+    let e = last.unwrap_or_else(|| io::Error::other("name collisions"));
+    Err(io_err(dir, "cannot find a free upload file name", &e))
+}
+
 // ---------------------------------------------------------------------------
 // Names (pure)
 // ---------------------------------------------------------------------------
@@ -480,8 +516,6 @@ pub struct BlobDir {
     /// Held while making an oid's directories and moving a file in, and
     /// while removing emptied directories, so neither undoes the other.
     dirs: Mutex<()>,
-    /// Part of staged file names (with the pid and a random number).
-    counter: AtomicU64,
 }
 
 fn fsync_dir(d: &Path) -> Result<(), BlobError> {
@@ -605,7 +639,6 @@ impl BlobDir {
             tmp,
             layout,
             dirs: Mutex::new(()),
-            counter: AtomicU64::new(0),
         };
         let n = dir.clean_tmp().map_err(|e| e.to_string())?;
         if n > 0 {
@@ -641,35 +674,7 @@ impl BlobDir {
     /// A new, empty, uniquely named file in `tmp/` (name ending in `.tmp`,
     /// mode 0600 as `mkstemp` makes), open for reading and writing.
     pub fn new_temp_file(&self) -> Result<(File, PathBuf), BlobError> {
-        let mut last = None;
-        for _ in 0..16 {
-            let n = self.counter.fetch_add(1, Ordering::Relaxed);
-            let name = format!(
-                "{}-{n}-{:016x}{TMP_SUFFIX}",
-                std::process::id(),
-                rand::random::<u64>()
-            );
-            let p = self.tmp.join(name);
-            match OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&p)
-            {
-                Ok(f) => return Ok((f, p)),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
-                Err(e) => {
-                    return Err(io_err(
-                        &p,
-                        "cannot create an upload file (is the disk full, or tmp/ missing?)",
-                        &e,
-                    ))
-                }
-            }
-        }
-        let e = last.unwrap_or_else(|| io::Error::other("name collisions"));
-        Err(io_err(&self.tmp, "cannot find a free upload file name", &e))
+        create_temp(&self.tmp)
     }
 
     /// The committed file of revision `tid` of `oid` (it may not exist).

@@ -12,38 +12,27 @@
 //! A backend without a blob directory (`blob-dir` unset) refuses the blob
 //! and is degraded with that reason, saying what to set.
 
+use crate::storage::blobdir::StagedFile;
 use crate::storage::{Error, Op, Result, Storage, Txn};
 use std::path::{Path, PathBuf};
 
 /// Files made for one backend's vote; removed when dropped (a backend
 /// that committed one has moved it away already).
 #[derive(Default)]
-pub(super) struct Copies(Vec<PathBuf>);
+pub(super) struct Copies(Vec<StagedFile>);
 
 impl Copies {
     pub(super) fn push(&mut self, p: PathBuf) {
-        self.0.push(p);
+        self.0.push(StagedFile::new(p));
     }
 
     /// The bytes of the copies (for progress figures).
     pub(super) fn bytes(&self) -> u64 {
         self.0
             .iter()
-            .filter_map(|p| std::fs::metadata(p).ok())
+            .filter_map(|p| std::fs::metadata(p.path()).ok())
             .map(|m| m.len())
             .sum()
-    }
-}
-
-impl Drop for Copies {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            if let Err(e) = std::fs::remove_file(p) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    log::warn!("cannot remove the blob copy {}: {e}", p.display());
-                }
-            }
-        }
     }
 }
 
@@ -51,7 +40,7 @@ impl Drop for Copies {
 /// directory: the one [`prepare`] made when the upload ended, else one made
 /// now (a hard link in the upload's own directory).
 pub(super) fn for_backend(txn: &Txn, s: &dyn Storage) -> Result<(Txn, Copies)> {
-    let mut copies = Copies(Vec::new());
+    let mut copies = Copies::default();
     let mut own = txn.clone();
     for op in &mut own.ops {
         if let Op::StoreBlob { blob, .. } | Op::RestoreBlob { blob, .. } = op {
@@ -68,7 +57,7 @@ pub(super) fn for_backend(txn: &Txn, s: &dyn Storage) -> Result<(Txn, Copies)> {
                 Some(p) => p,
                 None => {
                     let c = copy_into(blob, &dir)?;
-                    copies.0.push(c.clone());
+                    copies.push(c.clone());
                     c
                 }
             };
@@ -202,7 +191,9 @@ mod tests {
         assert_eq!(std::fs::read(&a).expect("read"), b"blob bytes");
         // A consumer moving its copy away does not touch the others.
         std::fs::rename(&a, d.path().join("moved")).expect("move");
-        let copies = Copies(vec![a.clone(), b.clone()]);
+        let mut copies = Copies::default();
+        copies.push(a.clone());
+        copies.push(b.clone());
         drop(copies);
         assert!(!b.exists(), "left-over removed");
         assert!(src.exists(), "the upload itself stays with its owner");

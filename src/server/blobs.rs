@@ -22,16 +22,17 @@
 //!   [`STREAM_WINDOW`] bytes of its own are queued for the client
 //!   ([`OutMeter`]), so a slow reader holds back the file, not memory.
 //!
-//! Staged files are [`Staged`]: removed when the transaction ends, however
+//! Staged files are [`StagedFile`]s: removed when the transaction ends, however
 //! it ends (finish, abort, the client vanishing), so no upload outlives its
 //! transaction; the storage keeps its own link to the files it committed.
 
 use super::{ConnId, Out, Shared};
 use crate::locks::lock;
+use crate::storage::blobdir::StagedFile;
 use crate::storage::{Error, Oid, Result, Tid};
 use crate::zeo::message::{self, bin, oid_value, tid_value};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,39 +45,10 @@ pub(crate) const STREAM_WINDOW: usize = 4 << 20;
 /// How long a download waits for a client that reads nothing at all.
 const STALL_LIMIT: Duration = Duration::from_secs(300);
 
-/// A file staged for the current transaction; removed when dropped.
-#[derive(Debug)]
-pub(crate) struct Staged(PathBuf);
-
-impl Staged {
-    /// Take charge of a file someone else staged (a sharing client's
-    /// upload).
-    pub(crate) fn adopt(path: PathBuf) -> Staged {
-        Staged(path)
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_file(&self.0) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                log::warn!(
-                    "cannot remove the staged blob file {}: {e}",
-                    self.0.display()
-                );
-            }
-        }
-    }
-}
-
 /// An upload between `storeBlobStart` and `storeBlobEnd`.
 pub(crate) struct Upload {
     file: std::fs::File,
-    staged: Staged,
+    staged: StagedFile,
     bytes: u64,
     /// Why this upload cannot commit (kept for the vote to report).
     failed: Option<String>,
@@ -94,7 +66,7 @@ impl Upload {
         let (file, path) = crate::storage::blobdir::create_temp(dir)?;
         Ok(Upload {
             file,
-            staged: Staged(path),
+            staged: StagedFile::new(path),
             bytes: 0,
             failed: None,
         })
@@ -120,7 +92,7 @@ impl Upload {
     }
 
     /// The staged file, or why the upload failed.
-    pub(crate) fn end(self) -> std::result::Result<Staged, String> {
+    pub(crate) fn end(self) -> std::result::Result<StagedFile, String> {
         match self.failed {
             Some(why) => Err(why),
             None => Ok(self.staged),

@@ -7,7 +7,7 @@
 //! finds the commit lock held *parks* the queue and frees the worker, and is
 //! resumed when the lock is handed over ([`super::commit_lock`]).
 
-use super::blobs::{self, Staged, Upload};
+use super::blobs::{self, Upload};
 use super::commit::{do_vote, finish, vote};
 use super::status::{get_info, info_message, size_info_value, status_json};
 use super::wire::{
@@ -16,6 +16,7 @@ use super::wire::{
 };
 use super::{lock, ConnId, Job, Out, Shared, StorageEntry};
 use crate::locks::{read, write};
+use crate::storage::blobdir::StagedFile;
 use crate::storage::{timestamp, Error, Oid, Op, Result, Tid, TxnIter, TxnMeta, TxnRecord};
 use crate::zeo::message::{self, arg, bin, oid_value, opt_tid_value, tid_value, Message};
 use crossbeam_channel::Receiver;
@@ -76,7 +77,7 @@ pub(super) struct TxnState {
     /// A blob upload between `storeBlobStart` and `storeBlobEnd`.
     pub(super) upload: Option<Upload>,
     /// Blob files of this transaction, removed when it ends.
-    pub(super) staged: Vec<Staged>,
+    pub(super) staged: Vec<StagedFile>,
     /// Why a blob of this transaction cannot commit: the vote fails with
     /// it (blob uploads are one-way messages, without an answer).
     pub(super) blob_failed: Option<String>,
@@ -863,7 +864,7 @@ fn ordered(shared: &Shared, sess: &Session, msg: &Message) -> Flow {
                     // Copies the storage wants (an array's mirrors), made
                     // now rather than under the commit lock.
                     match sess.entry()?.storage.prepare_blob(staged.path()) {
-                        Ok(extra) => t.staged.extend(extra.into_iter().map(Staged::adopt)),
+                        Ok(extra) => t.staged.extend(extra.into_iter().map(StagedFile::new)),
                         Err(e) => fail_blob(t, e.to_string()),
                     }
                     t.ops.push(Op::StoreBlob {
@@ -918,7 +919,7 @@ fn ordered(shared: &Shared, sess: &Session, msg: &Message) -> Flow {
                 data,
                 blob: path.clone(),
             });
-            t.staged.push(Staged::adopt(path));
+            t.staged.push(StagedFile::new(path));
             entry.stats.stores.fetch_add(1, Ordering::Relaxed);
             Ok(Value::Nil)
         }

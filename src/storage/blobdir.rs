@@ -163,6 +163,35 @@ impl StagedBlobs {
     }
 }
 
+/// A staged file (an upload, a copy for a mirror) that is removed when
+/// dropped, unless someone moved it away first (a storage committing it).
+#[derive(Debug)]
+pub struct StagedFile(PathBuf);
+
+impl StagedFile {
+    /// Take charge of `path`.
+    pub fn new(path: PathBuf) -> StagedFile {
+        StagedFile(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_file(&self.0) {
+            if e.kind() != io::ErrorKind::NotFound {
+                log::warn!(
+                    "cannot remove the staged blob file {}: {e}",
+                    self.0.display()
+                );
+            }
+        }
+    }
+}
+
 /// A new, empty file with a unique name ending in `.tmp` in `dir` (mode
 /// 0600, as Python's `mkstemp`): where uploads and copies of blobs are
 /// staged.

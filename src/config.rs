@@ -566,9 +566,11 @@ pub enum ConfigError {
 
 impl Config {
     /// The worker pool size: `server.workers` when set, else 2 x cores
-    /// (4 to 64) plus 8 per ZEO backend of an array, because a worker that
-    /// waits for a backend's answer uses no CPU and reads through an array
-    /// are round trips.
+    /// (4 to 64) plus 8 per synchronous ZEO backend of an array, because a
+    /// worker that waits for a backend's answer uses no CPU and reads
+    /// through an array are round trips. Off-site backends add none: no
+    /// worker ever waits for them (their own thread ships to them), and
+    /// idle workers on few cores cost commits latency.
     pub fn workers(&self) -> usize {
         if let Some(w) = self.server.workers {
             return w;
@@ -577,7 +579,7 @@ impl Config {
             .storage
             .iter()
             .flat_map(|s| &s.backend)
-            .filter(|b| b.kind == BackendKind::Zeo)
+            .filter(|b| b.kind == BackendKind::Zeo && b.mode != BackendMode::Offsite)
             .count();
         (default_workers() + 8 * zeo_backends).min(64)
     }
@@ -1267,6 +1269,14 @@ mod tests {
             (format!("{RAID}{}", zeo(2)), (base + 16).min(64)),
             (format!("[server]\nworkers = 3\n{RAID}{}", zeo(2)), 3),
             (format!("{RAID}{}", zeo(20)), 64),
+            // An off-site ZEO backend keeps no worker waiting.
+            (
+                format!(
+                    "{RAID}[[storage.backend]]\nname=\"f\"\nkind=\"file\"\npath=\"f.fs\"\n{}mode=\"offsite\"\n",
+                    zeo(1)
+                ),
+                base,
+            ),
         ];
         for (text, want) in cases {
             assert_eq!(parse(&text).expect(&text).workers(), want, "{text}");

@@ -56,9 +56,9 @@ use super::state::offsite::{self as plan, Following, Next, ShipQueue};
 use super::Core;
 use crate::locks::lock;
 use crate::storage::{timestamp, Op, Storage, Tid, Txn, TxnRecord};
-use crate::zeo::client::{Client, ClientOptions};
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use crate::zeo::client::{Client, ClientOptions, Shipped};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 /// How an off-site mirror is run.
@@ -87,6 +87,18 @@ const BATCH: usize = 256;
 /// A stream from the queue ends after this long without a new visible
 /// transaction (what is in flight is then acknowledged).
 const FEED_IDLE: Duration = Duration::from_millis(20);
+
+/// After shipping a batch the shipper lets the next one gather this long
+/// (write-behind): under a steady load it wakes a hundred times a second
+/// and sends one write per wake-up, instead of waking and writing per
+/// commit. Nothing waits for it but the mirror's lag, which a WAN's round
+/// trip dwarfs.
+const LINGER: Duration = Duration::from_millis(10);
+
+/// A batch (one write to the mirror) holds at most this many
+/// transactions and this many bytes of records (but always one).
+const BATCH_ENTRIES: usize = 1024;
+const BATCH_BYTES: u64 = 4 << 20;
 
 /// The off-site client's call timeout at least.
 const MIN_CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -157,7 +169,17 @@ pub(crate) struct Mirror {
     pub max_lag: f64,
     source: BackendSource,
     queue: Mutex<ShipQueue<Entry>>,
-    queue_cv: Condvar,
+    /// The commit path's way into the queue: a lock-free channel, so a
+    /// commit never waits for a lock the shipper holds (the shipper runs at
+    /// idle priority and may be preempted holding the queue's lock). The
+    /// shipper moves it into the queue ([`Mirror::queue`]).
+    inbox: Inbox,
+    /// The shipping thread, to wake (set once it runs).
+    shipper: std::sync::OnceLock<std::thread::Thread>,
+    /// The shipper is about to park until a publish: a publish wakes it
+    /// only then, so a commit makes no wake-up system call while it
+    /// lingers or ships.
+    shipper_waits: AtomicBool,
     /// Packs to apply once the mirror holds the given transaction.
     packs: Mutex<Vec<(Tid, f64, bool)>>,
     figures: Mutex<Figures>,
@@ -179,7 +201,9 @@ impl Mirror {
             max_lag: opts.max_lag,
             source: spec.source,
             queue: Mutex::new(ShipQueue::new(last, opts.queue_bytes, opts.queue_entries)),
-            queue_cv: Condvar::new(),
+            inbox: Inbox::new(opts.queue_bytes, opts.queue_entries),
+            shipper: std::sync::OnceLock::new(),
+            shipper_waits: AtomicBool::new(false),
             packs: Mutex::new(Vec::new()),
             figures: Mutex::new(Figures {
                 state: "connecting",
@@ -196,16 +220,14 @@ impl Mirror {
             .name(format!("zeoraid-offsite-{}-{}", core.opts.name, self.name))
             .spawn(move || run(&me, &weak))
             .map_err(|e| format!("cannot start the off-site thread of {:?}: {e}", self.name))?;
+        let _ = self.shipper.set(h.thread().clone());
         *lock(&self.thread) = Some(h);
         Ok(())
     }
 
     /// Wake the thread (the array closes) and join it.
     pub(crate) fn stop(&self) {
-        {
-            let _q = lock(&self.queue);
-            self.queue_cv.notify_all();
-        }
+        self.wake();
         if let Some(h) = lock(&self.thread).take() {
             if h.join().is_err() {
                 log::error!("the off-site thread of {:?} panicked", self.name);
@@ -213,33 +235,62 @@ impl Mirror {
         }
     }
 
-    /// A transaction the array committed (called at finish, in tid order).
+    /// A transaction the array committed (called at finish, in tid order,
+    /// under the array's `last_logged` lock). Lock-free: into the inbox.
     /// No wake-up here: the shipper ships only what is visible, and
-    /// [`Mirror::published`] wakes it once the transaction is (one wake-up
-    /// per publish, not two per commit).
+    /// [`Mirror::published`] wakes it once the transaction is.
     pub(crate) fn enqueue(&self, tid: Tid, txn: &Txn) {
         let (entry, bytes) = entry_of(tid, txn);
-        lock(&self.queue).push(tid, bytes, entry);
+        self.inbox.put(tid, bytes, entry);
     }
 
     /// Transactions up to `tid` are visible on the synchronous backends
-    /// (group commit publishes after the fsync): wake a waiting shipper.
+    /// (group commit publishes after the fsync; the array stores its
+    /// `published` tid before calling this): wake the shipper if it waits.
     pub(crate) fn published(&self) {
-        let _q = lock(&self.queue);
-        self.queue_cv.notify_all();
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.shipper_waits.swap(false, Ordering::SeqCst) {
+            self.wake();
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(t) = self.shipper.get() {
+            t.unpark();
+        }
+    }
+
+    /// The shipper waits at most `d` for a publish, unless `ready` says
+    /// there is something already (checked after telling publishers to
+    /// wake it, so none is missed).
+    fn wait(&self, d: Duration, ready: impl Fn() -> bool) {
+        self.shipper_waits.store(true, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if !ready() {
+            std::thread::park_timeout(d);
+        }
+        self.shipper_waits.store(false, Ordering::SeqCst);
+    }
+
+    /// The queue, with what the inbox holds moved in (in commit order; the
+    /// lock makes one mover at a time).
+    fn queue(&self) -> std::sync::MutexGuard<'_, ShipQueue<Entry>> {
+        let mut q = lock(&self.queue);
+        self.inbox.drain_into(&mut q);
+        q
     }
 
     /// The array was packed at `t` after committing `after`.
     pub(crate) fn request_pack(&self, after: Tid, t: f64, gc: bool) {
         lock(&self.packs).push((after, t, gc));
-        self.queue_cv.notify_all();
+        self.wake();
     }
 
     /// Status: state, lag, shipping, queue.
     pub(crate) fn status(&self, newest: Tid) -> serde_json::Value {
         let f = lock(&self.figures).clone();
         let (oldest, queued, queued_bytes, overflows) = {
-            let q = lock(&self.queue);
+            let q = self.queue();
             let pos = f.position.unwrap_or(Tid::ZERO);
             let (first, n, bytes) = q.after(pos);
             (first, n, bytes, q.overflows)
@@ -285,6 +336,67 @@ impl Mirror {
 
     fn set(&self, f: impl FnOnce(&mut Figures)) {
         f(&mut lock(&self.figures));
+    }
+}
+
+/// The commit path's side of the queue: an unbounded lock-free channel
+/// kept within the queue's bounds by counting. Past them a transaction is
+/// not put in; the newest one left out is remembered, and when the
+/// shipper moves the inbox into the queue everything up to it is
+/// forgotten there too ([`ShipQueue::forget_through`]) and read from the
+/// source instead. Puts come in tid order (under `last_logged`), so
+/// draining before looking at what was left out never leaves a hole: a
+/// transaction that reached the queue after one left out was put after
+/// that one was recorded.
+struct Inbox {
+    tx: crossbeam_channel::Sender<(Tid, u64, Entry)>,
+    rx: crossbeam_channel::Receiver<(Tid, u64, Entry)>,
+    len: std::sync::atomic::AtomicUsize,
+    bytes: std::sync::atomic::AtomicU64,
+    max_entries: usize,
+    max_bytes: u64,
+    /// The newest tid left out (0: none since the last drain).
+    left_out: std::sync::atomic::AtomicU64,
+}
+
+impl Inbox {
+    fn new(max_bytes: u64, max_entries: usize) -> Inbox {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Inbox {
+            tx,
+            rx,
+            len: Default::default(),
+            bytes: Default::default(),
+            max_entries: max_entries.max(1),
+            max_bytes,
+            left_out: Default::default(),
+        }
+    }
+
+    fn put(&self, tid: Tid, bytes: u64, entry: Entry) {
+        let len = self.len.load(Ordering::Relaxed);
+        let held = self.bytes.load(Ordering::Relaxed);
+        if len >= self.max_entries || (len > 0 && held + bytes > self.max_bytes) {
+            self.left_out.fetch_max(tid.0, Ordering::AcqRel);
+            return;
+        }
+        self.len.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        // The receiver lives as long as the sender (both are ours).
+        let _ = self.tx.send((tid, bytes, entry));
+    }
+
+    /// Move everything into `q`, then forget there what was left out.
+    fn drain_into(&self, q: &mut ShipQueue<Entry>) {
+        while let Ok((tid, bytes, entry)) = self.rx.try_recv() {
+            self.len.fetch_sub(1, Ordering::Relaxed);
+            self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+            q.push(tid, bytes, entry);
+        }
+        let left_out = self.left_out.swap(0, Ordering::AcqRel);
+        if left_out != 0 {
+            q.forget_through(Tid(left_out));
+        }
     }
 }
 
@@ -334,18 +446,42 @@ fn entry_of(tid: Tid, txn: &Txn) -> (Entry, u64) {
     (Entry::Whole(Arc::new(rec)), bytes)
 }
 
-/// Lower this thread's CPU priority (nice +10): shipping yields the CPU
-/// to commits and loads when both want it, and takes what is left.
-fn yield_to_commits() {
-    // SAFETY: gettid and setpriority on the calling thread only; no memory
-    // is passed.
+/// The shipping thread's CPU priority.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Priority {
+    /// nice +10: yields the CPU to commits and loads when both want it.
+    /// While it may take locks commits take too (the source storage's, in
+    /// a catch-up or a fetch, the array's state).
+    Background,
+    /// `SCHED_IDLE`: runs only on CPU time nothing else wants, and a
+    /// waking commit or load preempts it at once (at nice +10 a burst of
+    /// shipping still delayed some commits: p99 1.2x). Only while it
+    /// streams from the queue, where it shares no lock with the commit
+    /// path (the inbox is lock-free).
+    Idle,
+}
+
+/// Set the calling thread's priority (a failure is logged at debug: the
+/// thread then ships at normal priority).
+fn set_priority(p: Priority) {
+    let param = libc::sched_param { sched_priority: 0 };
+    let policy = match p {
+        Priority::Background => libc::SCHED_OTHER,
+        Priority::Idle => libc::SCHED_IDLE,
+    };
+    // SAFETY: sched_setscheduler, gettid and setpriority on the calling
+    // thread only, with a parameter that lives across the call.
     let rc = unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 10)
+        let mut rc = libc::sched_setscheduler(0, policy, &param);
+        if rc == 0 && p == Priority::Background {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            rc = libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+        }
+        rc
     };
     if rc != 0 {
         log::debug!(
-            "cannot lower the off-site thread's priority: {}",
+            "cannot set the off-site thread's priority to {p:?}: {}",
             std::io::Error::last_os_error()
         );
     }
@@ -353,7 +489,7 @@ fn yield_to_commits() {
 
 /// The thread: connect, find the position, ship, retry after failures.
 fn run(m: &Arc<Mirror>, weak: &Weak<Core>) {
-    yield_to_commits();
+    set_priority(Priority::Background);
     let mut target: Option<Arc<dyn Storage>> = None;
     let mut position: Option<Tid> = None;
     let mut backoff = Duration::ZERO;
@@ -363,7 +499,9 @@ fn run(m: &Arc<Mirror>, weak: &Weak<Core>) {
             break;
         }
         if !backoff.is_zero() {
-            sleep(&core, backoff);
+            // The inbox moves into the queue meanwhile, so what overflows
+            // is the queue's oldest (the bounds hold either way).
+            sleep(&core, backoff, || drop(m.queue()));
             if core.closing.load(Ordering::Acquire) {
                 break;
             }
@@ -406,11 +544,12 @@ fn run(m: &Arc<Mirror>, weak: &Weak<Core>) {
     }
 }
 
-/// Sleep `d` (a backoff) unless the array closes.
-fn sleep(core: &Core, d: Duration) {
+/// Sleep `d` (a backoff) unless the array closes, doing `every_200ms`.
+fn sleep(core: &Core, d: Duration, every_200ms: impl Fn()) {
     let deadline = Instant::now() + d;
     let mut g = lock(&core.closing_cv.0);
     while !core.closing.load(Ordering::Acquire) {
+        every_200ms();
         let now = Instant::now();
         if now >= deadline {
             return;
@@ -424,11 +563,11 @@ fn sleep(core: &Core, d: Duration) {
     }
 }
 
-/// Wait at most `d` for work: a new transaction, a pack, or the array
-/// closing (the array notifies the queue's condition then).
-fn wait_for_work(m: &Mirror, d: Duration) {
-    let q = lock(&m.queue);
-    let _ = m.queue_cv.wait_timeout(q, d);
+/// Wait at most `d` for work: a new transaction (a publish wakes the
+/// shipper), a pack or the array closing (both unpark it).
+fn wait_for_work(m: &Mirror, core: &Core, d: Duration) {
+    let seen = core.published.load(Ordering::Acquire);
+    m.wait(d, || core.published.load(Ordering::Acquire) != seen);
 }
 
 /// One round: (re)connect if needed, then ship what is next.
@@ -465,7 +604,7 @@ fn step(
     }
     let pos = position.unwrap_or(Tid::ZERO);
     apply_packs(m, core, &t, pos)?;
-    let next = lock(&m.queue).plan(pos);
+    let next = m.queue().plan(pos);
     match next {
         Next::Idle => {
             m.set(|f| {
@@ -473,7 +612,7 @@ fn step(
                 f.reason = None;
                 f.catching = None;
             });
-            wait_for_work(m, Duration::from_secs(1));
+            wait_for_work(m, core, Duration::from_secs(1));
             Ok(())
         }
         Next::Queue => {
@@ -482,12 +621,10 @@ fn step(
                 f.reason = None;
                 f.catching = None;
             });
-            let feed = QueueFeed {
-                m,
-                core,
-                after: pos,
-            };
-            ship(m, core, &t, feed, position)
+            set_priority(Priority::Idle);
+            let shipped = ship(m, core, &t, QueueFeed::new(m, core, pos), position);
+            set_priority(Priority::Background);
+            shipped
         }
         Next::CatchUp { after, until } => {
             let (si, source) = source(core)?;
@@ -524,11 +661,7 @@ fn step(
                         super::recovery::feed(src, start, Some(until), &tx)
                     })
                     .map_err(|e| format!("cannot start a reader thread: {e}"))?;
-                let recs = rx.iter().map(|r| {
-                    r.map(Arc::new)
-                        .map_err(|e| format!("reading from the source failed: {e}"))
-                });
-                let shipped = ship(m, core, &t, recs, position);
+                let shipped = ship(m, core, &t, ReadAhead::new(&rx), position);
                 drop(rx);
                 if reader.join().is_err() {
                     return Err("the off-site reader thread panicked (a zeoraid bug)".into());
@@ -539,54 +672,131 @@ fn step(
     }
 }
 
-/// The queue's transactions after a position, oldest first, each once the
-/// synchronous backends show it; ends when none comes for [`FEED_IDLE`],
-/// when the queue no longer covers the next one, or when the array closes.
+/// The queue's transactions after a position, oldest first, in batches of
+/// what the synchronous backends show; after a batch the next one gathers
+/// for [`LINGER`]. Ends when none comes for [`FEED_IDLE`], when the queue
+/// no longer covers the next one, or when the array closes.
 struct QueueFeed<'a> {
     m: &'a Mirror,
     core: &'a Core,
     after: Tid,
+    /// The last call handed out a batch: let the next one gather.
+    linger: bool,
+}
+
+impl QueueFeed<'_> {
+    fn new<'a>(m: &'a Mirror, core: &'a Core, after: Tid) -> QueueFeed<'a> {
+        QueueFeed {
+            m,
+            core,
+            after,
+            linger: false,
+        }
+    }
 }
 
 impl Iterator for QueueFeed<'_> {
-    type Item = Result<Arc<TxnRecord>, String>;
+    type Item = Result<Vec<Arc<TxnRecord>>, String>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if std::mem::take(&mut self.linger) {
+            std::thread::sleep(LINGER);
+        }
         let deadline = Instant::now() + FEED_IDLE;
-        loop {
+        let entries = loop {
             if self.core.closing.load(Ordering::Acquire) {
                 return None;
             }
-            // Under the queue's lock: publish notifies under it too, so no
-            // wake-up is lost between this look and the wait.
-            let q = lock(&self.m.queue);
-            let visible = Tid(self.core.published.load(Ordering::Acquire));
-            let next = match q.next_after(self.after) {
-                Following::Overflowed => return None,
-                Following::Next(tid, entry) => Some((tid, entry)),
-                Following::Nothing => None,
+            let visible = self.core.published.load(Ordering::Acquire);
+            let bound = plan::Batch {
+                visible: Tid(visible),
+                entries: BATCH_ENTRIES,
+                bytes: BATCH_BYTES,
             };
-            match next {
-                Some((tid, entry)) if tid <= visible => {
-                    drop(q);
-                    self.after = tid;
-                    return Some(match entry {
-                        Entry::Whole(r) => Ok(r),
-                        Entry::Fetch => fetch(self.core, tid).map(Arc::new),
-                    });
-                }
-                pending => {
+            match self.m.queue().next_after(self.after, bound) {
+                Following::Overflowed => return None,
+                Following::Next(entries) => break entries,
+                Following::Nothing => {
+                    // Logged but not yet visible, or nothing yet: a
+                    // publish wakes us.
                     let now = Instant::now();
                     if now >= deadline {
                         return None;
                     }
-                    // Logged but not yet visible (publish wakes us), or
-                    // nothing yet (enqueue wakes us).
-                    drop(pending);
-                    let _ = self.m.queue_cv.wait_timeout(q, deadline - now);
+                    let published = &self.core.published;
+                    self.m.wait(deadline - now, || {
+                        published.load(Ordering::Acquire) != visible
+                    });
                 }
             }
+        };
+        let mut batch = Vec::with_capacity(entries.len());
+        for (tid, entry) in entries {
+            match entry {
+                Entry::Whole(r) => batch.push(r),
+                Entry::Fetch => match fetch_in_background(self.core, tid) {
+                    Ok(r) => batch.push(Arc::new(r)),
+                    Err(e) if batch.is_empty() => return Some(Err(e)),
+                    // Ship what came before it; the next call fails.
+                    Err(_) => break,
+                },
+            }
+            self.after = tid;
         }
+        self.linger = true;
+        Some(Ok(batch))
+    }
+}
+
+/// A catch-up's transactions in batches of what the reader thread has
+/// read ahead (one blocking receive, then what is already there).
+struct ReadAhead<'a> {
+    rx: &'a crossbeam_channel::Receiver<crate::storage::Result<TxnRecord>>,
+    /// A read failure that ended the previous batch: the next item.
+    failed: Option<String>,
+}
+
+impl<'a> ReadAhead<'a> {
+    fn new(rx: &'a crossbeam_channel::Receiver<crate::storage::Result<TxnRecord>>) -> Self {
+        ReadAhead { rx, failed: None }
+    }
+}
+
+impl Iterator for ReadAhead<'_> {
+    type Item = Result<Vec<Arc<TxnRecord>>, String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(e) = self.failed.take() {
+            return Some(Err(e));
+        }
+        let mut batch = Vec::new();
+        let mut bytes = 0u64;
+        let mut next = self.rx.recv().ok();
+        while let Some(r) = next {
+            match r {
+                Ok(r) => {
+                    bytes += r
+                        .records
+                        .iter()
+                        .map(|d| d.data.as_ref().map_or(0, |d| d.len() as u64))
+                        .sum::<u64>();
+                    batch.push(Arc::new(r));
+                }
+                Err(e) => {
+                    let e = format!("reading from the source failed: {e}");
+                    if batch.is_empty() {
+                        return Some(Err(e));
+                    }
+                    self.failed = Some(e);
+                    break;
+                }
+            }
+            if batch.len() >= BATCH_ENTRIES || bytes >= BATCH_BYTES {
+                break;
+            }
+            next = self.rx.try_recv().ok();
+        }
+        (!batch.is_empty()).then_some(Ok(batch))
     }
 }
 
@@ -600,6 +810,15 @@ fn source(core: &Core) -> Result<(usize, Arc<dyn Storage>), String> {
         .storage()
         .map_err(|e| format!("its source: {e}"))?;
     Ok((si, s))
+}
+
+/// [`fetch`] from the queue's stream (at idle priority): at background
+/// priority, since it takes the source storage's locks.
+fn fetch_in_background(core: &Core, tid: Tid) -> Result<TxnRecord, String> {
+    set_priority(Priority::Background);
+    let r = fetch(core, tid);
+    set_priority(Priority::Idle);
+    r
 }
 
 /// Read one committed transaction back from a synchronous backend.
@@ -654,34 +873,44 @@ fn open(m: &Mirror, core: &Core) -> Result<Arc<dyn Storage>, String> {
                 ..o.clone()
             };
             let addr = opts.addr.clone();
-            Client::connect(opts)
+            // The client's reader thread inherits the idle priority: it
+            // shares no lock with the commit path either.
+            set_priority(Priority::Idle);
+            let client = Client::connect(opts);
+            set_priority(Priority::Background);
+            client
                 .map(|c| Arc::new(c) as Arc<dyn Storage>)
                 .map_err(|e| format!("cannot connect to {addr}: {e}"))
         }
     }
 }
 
-/// Ship transactions in order; `position` follows each one the mirror
-/// acknowledged.
+/// Ship batches of transactions in order; `position` follows the ones the
+/// mirror acknowledged.
 fn ship(
     m: &Mirror,
     core: &Core,
     t: &Arc<dyn Storage>,
-    recs: impl Iterator<Item = Result<Arc<TxnRecord>, String>>,
+    batches: impl Iterator<Item = Result<Vec<Arc<TxnRecord>>, String>>,
     position: &mut Option<Tid>,
 ) -> Result<(), String> {
     let started = Instant::now();
     let mut n = 0u64;
-    let mut on_done = |tid: Tid, bytes: u64| {
+    // Once per acknowledged run, not per transaction: the queue's lock is
+    // the one commits take.
+    let mut on_done = |done: &[Shipped]| {
+        let Some(&(tid, _)) = done.last() else { return };
+        let bytes: u64 = done.iter().map(|d| d.1).sum();
+        let count = done.len() as u64;
         *position = Some(tid);
-        n += 1;
-        lock(&m.queue).trim(tid);
+        n += count;
+        m.queue().trim(tid);
         m.set(|f| {
             f.position = Some(tid);
-            f.shipped += 1;
+            f.shipped += count;
             f.shipped_bytes += bytes;
             if let Some(c) = f.catching.as_mut() {
-                c.copied += 1;
+                c.copied += count;
                 c.at = tid;
             }
         });
@@ -689,9 +918,9 @@ fn ship(
     let closing = || core.closing.load(Ordering::Acquire);
     let result = match t.as_zeo_client() {
         Some(client) => client
-            .restore_pipelined(recs, &closing, &mut on_done)
+            .restore_pipelined(batches, &closing, &mut on_done)
             .map_err(|e| format!("shipping failed: {e}")),
-        None => ship_local(t.as_ref(), recs, &closing, &mut on_done),
+        None => ship_local(t.as_ref(), batches, &closing, &mut on_done),
     };
     let secs = started.elapsed().as_secs_f64();
     if n > 0 && secs > 0.0 {
@@ -711,23 +940,31 @@ fn ship(
 /// commit target shares one fsync per batch).
 fn ship_local(
     t: &dyn Storage,
-    recs: impl Iterator<Item = Result<Arc<TxnRecord>, String>>,
+    batches: impl Iterator<Item = Result<Vec<Arc<TxnRecord>>, String>>,
     closing: &dyn Fn() -> bool,
-    on_done: &mut dyn FnMut(Tid, u64),
+    on_done: &mut dyn FnMut(&[Shipped]),
 ) -> Result<(), String> {
     let group = t.group_commit();
-    for r in recs {
+    for batch in batches {
+        let mut done = Vec::new();
+        for rec in batch? {
+            if closing() {
+                break;
+            }
+            let bytes = super::recovery::restore(None, t, &rec, group)?;
+            done.push((rec.tid, bytes));
+        }
+        if group {
+            if let Some(&(last, _)) = done.last() {
+                t.make_durable(last)
+                    .map_err(|e| format!("writing to it failed: {e}"))?;
+                t.publish(last);
+            }
+        }
+        on_done(&done);
         if closing() {
             break;
         }
-        let rec = r?;
-        let bytes = super::recovery::restore(None, t, &rec, group)?;
-        if group {
-            t.make_durable(rec.tid)
-                .map_err(|e| format!("writing to it failed: {e}"))?;
-            t.publish(rec.tid);
-        }
-        on_done(rec.tid, bytes);
     }
     Ok(())
 }

@@ -29,11 +29,22 @@ pub enum Next {
 /// What follows a position in the queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Following<T> {
-    Next(Tid, T),
-    /// Nothing yet.
+    /// The next entries, oldest first (at least one).
+    Next(Vec<(Tid, T)>),
+    /// Nothing (visible) yet.
     Nothing,
     /// The queue forgot what follows (overflow): read from the source.
     Overflowed,
+}
+
+/// What [`ShipQueue::next_after`] may hand out at once: entries up to the
+/// `visible` tid (published on the synchronous backends), at most
+/// `entries` of them and `bytes` of data (but always one, however big).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batch {
+    pub visible: Tid,
+    pub entries: usize,
+    pub bytes: u64,
 }
 
 /// Committed transactions waiting to be shipped, oldest first.
@@ -87,6 +98,17 @@ impl<T: Clone> ShipQueue<T> {
         }
     }
 
+    /// The inbox in front of the queue overflowed: transaction `tid` (and
+    /// maybe some before it) never reached the queue. Forget everything up
+    /// to it; those are read from the source.
+    pub fn forget_through(&mut self, tid: Tid) {
+        self.trim(tid);
+        if tid > self.covered_after {
+            self.covered_after = tid;
+        }
+        self.overflows += 1;
+    }
+
     /// Forget the entries the mirror holds (up to `position`).
     pub fn trim(&mut self, position: Tid) {
         while self.entries.front().is_some_and(|e| e.0 <= position) {
@@ -97,16 +119,27 @@ impl<T: Clone> ShipQueue<T> {
     }
 
     /// The first entry after `after`.
-    pub fn next_after(&self, after: Tid) -> Following<T> {
+    pub fn next_after(&self, after: Tid, bound: Batch) -> Following<T> {
         if after < self.covered_after {
             return Following::Overflowed;
         }
         // Entries are in tid order: a binary search, not a scan (the
-        // shipper asks once per transaction, under the lock commits take).
+        // shipper asks under the lock commits take).
         let i = self.entries.partition_point(|e| e.0 <= after);
-        match self.entries.get(i) {
-            Some(e) => Following::Next(e.0, e.2.clone()),
-            None => Following::Nothing,
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        for e in self.entries.range(i..) {
+            let full = out.len() >= bound.entries || (bytes + e.1 > bound.bytes && !out.is_empty());
+            if e.0 > bound.visible || full {
+                break;
+            }
+            bytes += e.1;
+            out.push((e.0, e.2.clone()));
+        }
+        if out.is_empty() {
+            Following::Nothing
+        } else {
+            Following::Next(out)
         }
     }
 
@@ -249,9 +282,17 @@ mod tests {
         assert_eq!(q.plan(t(10)), Next::Queue);
         assert_eq!(q.after(t(10)), (Some(t(11)), 2, 20));
         assert_eq!(q.after(t(12)), (None, 0, 0));
-        assert_eq!(q.next_after(t(10)), Following::Next(t(11), ()));
-        assert_eq!(q.next_after(t(12)), Following::Nothing);
-        assert_eq!(q.next_after(t(9)), Following::Overflowed);
+        let all = Batch {
+            visible: t(99),
+            entries: 100,
+            bytes: 1000,
+        };
+        assert_eq!(
+            q.next_after(t(10), all),
+            Following::Next(vec![(t(11), ()), (t(12), ())])
+        );
+        assert_eq!(q.next_after(t(12), all), Following::Nothing);
+        assert_eq!(q.next_after(t(9), all), Following::Overflowed);
         // Shipped 11: it leaves the queue.
         assert_eq!(q.plan(t(11)), Next::Queue);
         assert_eq!((q.len(), q.bytes()), (1, 10));
@@ -279,6 +320,72 @@ mod tests {
         assert_eq!((q.len(), q.bytes(), q.covered_after()), (1, 500, t(17)));
         assert_eq!(q.plan(t(18)), Next::Idle);
         assert_eq!(q.bytes(), 0);
+    }
+
+    #[test]
+    fn forgetting_what_the_inbox_dropped() {
+        let mut q: ShipQueue<()> = ShipQueue::new(t(10), 1000, 100);
+        for n in [11, 12, 14] {
+            q.push(t(n), 10, ());
+        }
+        // 13 was dropped on its way in: 11 and 12 go too, 14 stays.
+        q.forget_through(t(13));
+        assert_eq!(
+            (q.len(), q.bytes(), q.covered_after(), q.overflows),
+            (1, 10, t(13), 1)
+        );
+        assert_eq!(
+            q.plan(t(12)),
+            Next::CatchUp {
+                after: t(12),
+                until: t(13)
+            }
+        );
+        assert_eq!(q.plan(t(13)), Next::Queue);
+        // A drop older than what the queue covers changes nothing else.
+        q.forget_through(t(12));
+        assert_eq!((q.len(), q.covered_after(), q.overflows), (1, t(13), 2));
+    }
+
+    #[test]
+    fn batches_stop_at_the_visible_tid_and_the_bounds() {
+        let mut q: ShipQueue<u64> = ShipQueue::new(t(10), 1000, 100);
+        for (n, bytes) in [(11, 10), (12, 10), (13, 50), (14, 10), (15, 10)] {
+            q.push(t(n), bytes, n);
+        }
+        let tids = |f: Following<u64>| match f {
+            Following::Next(v) => v.into_iter().map(|(t, _)| t.0).collect(),
+            Following::Nothing => vec![],
+            Following::Overflowed => vec![0],
+        };
+        let b = |visible: u64, entries: usize, bytes: u64| Batch {
+            visible: t(visible),
+            entries,
+            bytes,
+        };
+        // (after, bound, want)
+        let cases: [(u64, Batch, Vec<u64>); 8] = [
+            (10, b(99, 100, 1000), vec![11, 12, 13, 14, 15]),
+            // Logged but not yet published: not handed out.
+            (10, b(12, 100, 1000), vec![11, 12]),
+            (12, b(12, 100, 1000), vec![]),
+            // Entries bound.
+            (10, b(99, 2, 1000), vec![11, 12]),
+            // Bytes bound: 11 + 12 fit in 25, 13 does not.
+            (10, b(99, 100, 25), vec![11, 12]),
+            // One entry bigger than the bound still goes, alone.
+            (12, b(99, 100, 25), vec![13]),
+            (13, b(99, 100, 25), vec![14, 15]),
+            // Before what the queue covers: read from the source.
+            (9, b(99, 100, 1000), vec![0]),
+        ];
+        for (after, bound, want) in cases {
+            assert_eq!(
+                tids(q.next_after(t(after), bound)),
+                want,
+                "after {after}, {bound:?}"
+            );
+        }
     }
 
     #[test]

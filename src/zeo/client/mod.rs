@@ -99,6 +99,7 @@ pub use reply::{
     parse_oids, parse_record_iternext, parse_size_info, parse_txn_header, parse_undo_log,
     parse_vote, CurrentRecord,
 };
+pub use ship::Shipped;
 
 use crate::locks::{lock, write};
 use crate::storage::{Error, Oid, Tid};

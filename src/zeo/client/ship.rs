@@ -27,6 +27,9 @@ const WINDOW_BYTES: u64 = 16 << 20;
 /// timeout (a link slower than 16 KB/s counts as down).
 const SLOWEST_LINK: f64 = 16_000.0;
 
+/// A transaction the server finished: its tid and record bytes.
+pub type Shipped = (Tid, u64);
+
 struct InFlight {
     tid: Tid,
     bytes: u64,
@@ -35,29 +38,34 @@ struct InFlight {
 }
 
 impl Client {
-    /// Restore `recs` in order (same tids, status, metadata, records,
-    /// backpointers), keeping up to 64 transactions (16 MiB) in flight;
-    /// `on_done(tid, bytes)` follows each one the server finished, in
-    /// order. Stops early when `stop()` says so. The first failure ends
-    /// it: what was acknowledged is on the server, the rest is not.
+    /// Restore `batches` in order (same tids, status, metadata, records,
+    /// backpointers), keeping up to [`WINDOW`] transactions
+    /// ([`WINDOW_BYTES`]) in flight. Each batch goes out in one write, so
+    /// a stream of small transactions costs a few system calls per batch,
+    /// not per transaction. `on_done` follows the transactions the server
+    /// finished, in order, a run at a time (tid and record bytes each).
+    /// Stops early when `stop()` says so. The first failure ends it: what
+    /// was acknowledged is on the server, the rest is not.
     pub fn restore_pipelined(
         &self,
-        recs: impl Iterator<Item = std::result::Result<Arc<TxnRecord>, String>>,
+        batches: impl Iterator<Item = std::result::Result<Vec<Arc<TxnRecord>>, String>>,
         stop: &dyn Fn() -> bool,
-        on_done: &mut dyn FnMut(Tid, u64),
+        on_done: &mut dyn FnMut(&[Shipped]),
     ) -> Result<()> {
         let inner = &self.inner;
         let conn = inner.wait_conn(Instant::now() + inner.opts.call_timeout, "restore")?;
         let mut flying: VecDeque<InFlight> = VecDeque::new();
         let mut flying_bytes = 0u64;
-        for rec in recs {
+        let mut done = Vec::new();
+        for batch in batches {
             if stop() {
                 break;
             }
-            let rec = rec.map_err(Error::Io)?;
-            let f = self.send_restore(&conn, &rec)?;
-            flying_bytes += f.bytes;
-            flying.push_back(f);
+            let batch = batch.map_err(Error::Io)?;
+            for f in self.send_restores(&conn, &batch)? {
+                flying_bytes += f.bytes;
+                flying.push_back(f);
+            }
             // Wait while the window is full; take whatever is answered.
             while flying.len() >= WINDOW
                 || flying_bytes > WINDOW_BYTES
@@ -67,64 +75,82 @@ impl Client {
             {
                 let Some(f) = flying.pop_front() else { break };
                 flying_bytes -= f.bytes;
-                self.complete(&conn, f, on_done)?;
+                done.push(self.complete(&conn, f)?);
+            }
+            if !done.is_empty() {
+                on_done(&done);
+                done.clear();
             }
         }
         while let Some(f) = flying.pop_front() {
-            self.complete(&conn, f, on_done)?;
+            done.push(self.complete(&conn, f)?);
+            if done.len() >= 256 {
+                on_done(&done);
+                done.clear();
+            }
+        }
+        if !done.is_empty() {
+            on_done(&done);
         }
         Ok(())
     }
 
-    fn send_restore(&self, conn: &Conn, rec: &TxnRecord) -> Result<InFlight> {
+    /// Send the transactions of a batch back to back, in one write.
+    fn send_restores(&self, conn: &Conn, batch: &[Arc<TxnRecord>]) -> Result<Vec<InFlight>> {
         let inner = &self.inner;
-        let id = inner.next_txn_id.fetch_add(1, Ordering::Relaxed);
-        let idv = Value::from(id);
-        let mut frames = Vec::with_capacity(rec.records.len() + 3);
-        frames.push(OutFrame::tpc_begin(
-            &idv,
-            &rec.meta,
-            decode_ext(&rec.meta.extension)?,
-            Some(rec.tid),
-            rec.status,
-        ));
-        let mut bytes = 0u64;
-        for r in &rec.records {
-            bytes += r.data.as_ref().map_or(0, |d| d.len() as u64);
-            frames.push(OutFrame::restorea(
-                r.oid,
-                rec.tid,
-                r.data.as_deref(),
-                r.data_txn,
+        let mut frames = Vec::with_capacity(batch.iter().map(|r| r.records.len() + 3).sum());
+        let mut sent = Vec::with_capacity(batch.len());
+        for rec in batch {
+            let id = inner.next_txn_id.fetch_add(1, Ordering::Relaxed);
+            let idv = Value::from(id);
+            frames.push(OutFrame::tpc_begin(
                 &idv,
+                &rec.meta,
+                decode_ext(&rec.meta.extension)?,
+                Some(rec.tid),
+                rec.status,
             ));
+            let mut bytes = 0u64;
+            for r in &rec.records {
+                bytes += r.data.as_ref().map_or(0, |d| d.len() as u64);
+                frames.push(OutFrame::restorea(
+                    r.oid,
+                    rec.tid,
+                    r.data.as_deref(),
+                    r.data_txn,
+                    &idv,
+                ));
+            }
+            let vote_id = inner.msgid();
+            let vote_rx = conn.expect(vote_id)?;
+            let finish_id = inner.msgid();
+            let finish_rx = conn.expect(finish_id)?;
+            frames.push(OutFrame::whole(message::encode(
+                vote_id,
+                0,
+                "vote",
+                &Value::Array(vec![idv.clone()]),
+            )));
+            frames.push(OutFrame::whole(message::encode(
+                finish_id,
+                0,
+                "tpc_finish",
+                &Value::Array(vec![idv]),
+            )));
+            sent.push(InFlight {
+                tid: rec.tid,
+                bytes,
+                vote: (vote_id, vote_rx),
+                finish: (finish_id, finish_rx),
+            });
         }
-        let vote_id = inner.msgid();
-        let vote_rx = conn.expect(vote_id)?;
-        let finish_id = inner.msgid();
-        let finish_rx = conn.expect(finish_id)?;
-        frames.push(OutFrame::whole(message::encode(
-            vote_id,
-            0,
-            "vote",
-            &Value::Array(vec![idv.clone()]),
-        )));
-        frames.push(OutFrame::whole(message::encode(
-            finish_id,
-            0,
-            "tpc_finish",
-            &Value::Array(vec![idv]),
-        )));
         conn.send(&frames)?;
-        Ok(InFlight {
-            tid: rec.tid,
-            bytes,
-            vote: (vote_id, vote_rx),
-            finish: (finish_id, finish_rx),
-        })
+        Ok(sent)
     }
 
-    fn complete(&self, conn: &Conn, f: InFlight, on_done: &mut dyn FnMut(Tid, u64)) -> Result<()> {
+    /// Wait for a transaction's replies: its tid and record bytes once
+    /// the server finished it.
+    fn complete(&self, conn: &Conn, f: InFlight) -> Result<Shipped> {
         // A big transaction needs time to cross a slow link: giving up
         // early would abandon one the server may still commit.
         let timeout = self.inner.opts.call_timeout
@@ -146,7 +172,6 @@ impl Client {
                 f.tid
             )));
         }
-        on_done(tid, f.bytes);
-        Ok(())
+        Ok((tid, f.bytes))
     }
 }

@@ -77,8 +77,6 @@ pub const MAX_CONNECTIONS: usize = 64;
 pub const QUEUE_CHUNKS: usize = 1024;
 /// Largest read from a socket.
 const CHUNK: usize = 64 * 1024;
-/// How often the acceptor looks for a new connection.
-const ACCEPT_POLL: Duration = Duration::from_millis(1);
 
 /// Splits a byte stream into ZEO frames (4-byte big-endian length, then
 /// that many bytes) without buffering: it only remembers where it is.
@@ -217,8 +215,9 @@ impl Proxy {
     /// Listen on `127.0.0.1:0` and forward to `target`, with no delay, no
     /// service time and no swallowing.
     pub fn start(target: SocketAddr) -> std::io::Result<Proxy> {
+        // A blocking accept: an idle proxy wakes no core (stop connects
+        // to it to end the accept).
         let listener = TcpListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             target,
@@ -334,6 +333,8 @@ impl Proxy {
     pub fn stop(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         if let Some(h) = lock(&self.acceptor).take() {
+            // Wake the blocked accept; it sees `stopping` and ends.
+            let _ = TcpStream::connect_timeout(&self.addr, CONNECT_TIMEOUT);
             let _ = h.join();
         }
         self.cut();
@@ -356,18 +357,20 @@ fn close_all(mut conns: Vec<Conn>) {
 }
 
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    while !shared.stopping.load(Ordering::SeqCst) {
-        match listener.accept() {
+    loop {
+        let accepted = listener.accept();
+        if shared.stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        reap(&shared);
+        match accepted {
             Ok((client, _)) => {
                 shared.accepted.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = admit(&shared, client) {
                     log::debug!("proxy {}: connection dropped: {e}", shared.port);
                 }
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
-                reap(&shared);
-                thread::sleep(ACCEPT_POLL);
-            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => {
                 log::warn!("proxy {}: accept failed: {e}", shared.port);
                 thread::sleep(POLL);

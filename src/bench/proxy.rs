@@ -634,7 +634,28 @@ fn reader(
     kill(closed, &src);
 }
 
-/// Deliver queued chunks at their due time, in order.
+/// When `item` may leave: its due time, and for data on a capped link
+/// after the chunks before it have crossed (books the link's time).
+fn departure(shared: &Shared, dir: usize, item: &Item) -> Instant {
+    let due = match item {
+        Item::Data(due, _) | Item::Eof(due) => *due,
+    };
+    let bw = shared.bandwidth.load(Ordering::Relaxed);
+    match item {
+        Item::Data(_, bytes) if bw > 0 => {
+            // The link carries one chunk after another at `bw`.
+            let mut free = lock(&shared.link_free[dir]);
+            let start = (*free).max(due);
+            *free = start + Duration::from_secs_f64(bytes.len() as f64 / bw as f64);
+            *free
+        }
+        _ => due,
+    }
+}
+
+/// Deliver queued chunks at their due time, in order. Chunks already due
+/// when one is written go out in the same write (a link has no threads to
+/// wake per chunk: the proxy should not cost the machine that either).
 fn writer(
     shared: &Shared,
     closed: &AtomicBool,
@@ -642,23 +663,17 @@ fn writer(
     rx: Receiver<Item>,
     dir: usize,
 ) {
+    let mut held: Option<(Instant, Item)> = None;
+    let mut out: Vec<u8> = Vec::new();
     while alive(shared, closed) {
-        let item = match rx.recv_timeout(POLL) {
-            Ok(i) => i,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => break,
+        let (due, item) = match held.take() {
+            Some(h) => h,
+            None => match rx.recv_timeout(POLL) {
+                Ok(i) => (departure(shared, dir, &i), i),
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            },
         };
-        let mut due = match &item {
-            Item::Data(due, _) | Item::Eof(due) => *due,
-        };
-        let bw = shared.bandwidth.load(Ordering::Relaxed);
-        if let (Item::Data(_, bytes), true) = (&item, bw > 0) {
-            // The link carries one chunk after another at `bw`.
-            let mut free = lock(&shared.link_free[dir]);
-            let start = (*free).max(due);
-            *free = start + Duration::from_secs_f64(bytes.len() as f64 / bw as f64);
-            due = *free;
-        }
         loop {
             let now = Instant::now();
             if now >= due || !alive(shared, closed) {
@@ -669,24 +684,39 @@ fn writer(
         if !alive(shared, closed) {
             break;
         }
-        match item {
-            Item::Data(_, bytes) => {
-                if shared.swallowing() {
-                    continue;
-                }
-                if dst.write_all(&bytes).is_err() {
+        let mut eof = false;
+        let mut next = Some(item);
+        while let Some(item) = next.take() {
+            match item {
+                Item::Data(_, bytes) => out.extend_from_slice(&bytes),
+                Item::Eof(_) => {
+                    eof = true;
                     break;
                 }
-                if dir == 0 {
-                    shared
-                        .bytes_up
-                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            }
+            if let Ok(i) = rx.try_recv() {
+                let d = departure(shared, dir, &i);
+                if d <= Instant::now() {
+                    next = Some(i);
+                } else {
+                    held = Some((d, i));
                 }
             }
-            Item::Eof(_) => {
-                let _ = dst.shutdown(Shutdown::Write);
-                return;
+        }
+        if !out.is_empty() && !shared.swallowing() {
+            if dst.write_all(&out).is_err() {
+                break;
             }
+            if dir == 0 {
+                shared
+                    .bytes_up
+                    .fetch_add(out.len() as u64, Ordering::Relaxed);
+            }
+        }
+        out.clear();
+        if eof {
+            let _ = dst.shutdown(Shutdown::Write);
+            return;
         }
     }
     kill(closed, &dst);

@@ -52,8 +52,8 @@
 mod common;
 
 use common::{
-    env, free_port, mark, median, python, ratio, spawn_runzeo, spawn_zeoraid, status_kib, wanted,
-    write_runzeo_conf,
+    cpu_seconds, env, free_port, mark, median, python, ratio, spawn_runzeo, spawn_zeoraid,
+    status_kib, wanted, write_runzeo_conf,
 };
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -332,22 +332,6 @@ fn enough_disk(dir: &Path, need: u64, what: &str) -> bool {
 /// A memory field of `/proc/PID/status`, in bytes.
 fn status_bytes(pid: u32, key: &str) -> f64 {
     status_kib(pid, key) * 1024.0
-}
-
-/// utime + stime of `pid` (all its threads), seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command name, which is in parentheses and may
-    // hold spaces: state is field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    match (ticks(11), ticks(12)) {
-        (Some(u), Some(s)) if hz > 0.0 => (u + s) / hz,
-        _ => f64::NAN,
-    }
 }
 
 /// Busy CPU seconds of the whole machine (all cores: user, nice, system,

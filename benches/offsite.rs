@@ -50,7 +50,7 @@
 
 mod common;
 
-use common::{env, free_port, mark, ratio, spawn_zeoraid, wanted};
+use common::{cpu_seconds, env, free_port, mark, ratio, spawn_zeoraid, wanted};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -392,24 +392,58 @@ fn u64_of(m: &Value, key: &str) -> u64 {
 // commit: the array with and without an off-site backend 50 ms away.
 // ---------------------------------------------------------------------------
 
+/// One commit run against an array: its figures, and the CPU time the
+/// array's process spent per 1000 commits (what the off-site mirror
+/// costs the array's machine, whatever the stand-ins on this one cost).
+struct CommitRun {
+    result: PhaseResult,
+    cpu_ms_per_1000: f64,
+}
+
+impl Zeoraid {
+    fn commit_run(&self, phase: Duration) -> CommitRun {
+        let pid = self.child.as_ref().map_or(0, |c| c.id());
+        let cpu0 = cpu_seconds(pid);
+        let result = commit_phase(self.addr.as_str(), "1", CLIENTS, phase, 1, 128)
+            .unwrap_or_else(|e| panic!("commit phase against {}: {e}", self.addr))
+            .result;
+        let cpu = cpu_seconds(pid) - cpu0;
+        CommitRun {
+            cpu_ms_per_1000: cpu * 1e6 / result.ops.max(1) as f64,
+            result,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Runs {
     rate: Vec<f64>,
     p50: Vec<f64>,
     p99: Vec<f64>,
+    cpu: Vec<f64>,
 }
 
 impl Runs {
     /// One run's figures (also on stderr, to see the spread).
-    fn push(&mut self, label: &str, r: &PhaseResult) {
+    fn push(&mut self, label: &str, run: &CommitRun) {
+        let r = &run.result;
         eprintln!(
-            "  {label}: {:.0}/s p50 {:.2} ms p99 {:.2} ms",
-            r.per_second, r.p50_ms, r.p99_ms
+            "  {label}: {:.0}/s p50 {:.2} ms p99 {:.2} ms, array CPU {:.0} ms per 1000 commits",
+            r.per_second, r.p50_ms, r.p99_ms, run.cpu_ms_per_1000
         );
         self.rate.push(r.per_second);
         self.p50.push(r.p50_ms);
         self.p99.push(r.p99_ms);
+        self.cpu.push(run.cpu_ms_per_1000);
     }
+}
+
+/// Let the machine settle before a run: dirty pages written back (a
+/// previous run's, or a mirror's catch-up), then half a second of quiet.
+fn settle() {
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::thread::sleep(Duration::from_millis(500));
 }
 
 /// The median of the ratios `a[i] / b[i]` (runs paired by round).
@@ -424,34 +458,39 @@ fn commit(k: &Knobs) {
     let dir = tempfile::tempdir().expect("tmp");
     let without = array(dir.path(), None);
     let phase = Duration::from_secs_f64(k.seconds);
-    let (mut alone, mut with) = (Runs::default(), Runs::default());
-    let mut with_here = Runs::default();
-    let (mut lag_txns, mut lag_secs, mut drain) = (Vec::new(), Vec::new(), Vec::new());
-    for rep in 0..k.repeat {
-        eprintln!("commit: repeat {} of {}", rep + 1, k.repeat);
-        let order = if rep % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        for offsite in order {
-            let a = if offsite { &s.array } else { &without };
-            let r = commit_phase(a.addr.as_str(), "1", CLIENTS, phase, 1, 128)
-                .unwrap_or_else(|e| panic!("commit phase against {}: {e}", a.addr))
-                .result;
-            if !offsite {
-                alone.push("without", &r);
-                continue;
+    // Rounds of two runs back to back, `without` against `other`, which
+    // goes first alternating; `after` follows each run of `other`.
+    let rounds = |what: &str, other: &Zeoraid, label: &str, after: &mut dyn FnMut()| {
+        let (mut alone, mut runs) = (Runs::default(), Runs::default());
+        for rep in 0..k.repeat {
+            eprintln!("commit, {what}: round {} of {}", rep + 1, k.repeat);
+            let order = if rep % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
+            for second in order {
+                // Every run starts on a quiet machine: the previous run's
+                // dirty pages written back, nothing left in flight.
+                settle();
+                if second {
+                    runs.push(label, &other.commit_run(phase));
+                    after();
+                } else {
+                    alone.push("without", &without.commit_run(phase));
+                }
             }
-            with.push("with, site elsewhere", &r);
-            // The same with the off-site site competing for this machine.
-            let h = commit_phase(here.array.addr.as_str(), "1", CLIENTS, phase, 1, 128)
-                .unwrap_or_else(|e| panic!("commit phase against {}: {e}", here.array.addr))
-                .result;
-            with_here.push("with, site here", &h);
-            let last = here.array.last_tid();
-            here.array.wait_caught_up(&last, Duration::from_secs(120));
-            // How far behind the load left it, and how long it took to drain.
+        }
+        (alone, runs)
+    };
+    // How far behind each load left the mirror, and how long it took to
+    // drain (before the next run).
+    let (mut lag_txns, mut lag_secs, mut drain) = (Vec::new(), Vec::new(), Vec::new());
+    let (alone, with) = rounds(
+        "site elsewhere",
+        &s.array,
+        "with, site elsewhere",
+        &mut || {
             let t0 = Instant::now();
             let m = s.array.mirror().expect("status");
             lag_txns.push(u64_of(&m, "lag-transactions") as f64);
@@ -459,8 +498,18 @@ fn commit(k: &Knobs) {
             let last = s.array.last_tid();
             s.array.wait_caught_up(&last, Duration::from_secs(120));
             drain.push(t0.elapsed().as_secs_f64());
-        }
-    }
+        },
+    );
+    // The same with the off-site site competing for this machine.
+    let (alone_here, with_here) = rounds(
+        "site on this machine",
+        &here.array,
+        "with, site here",
+        &mut || {
+            let last = here.array.last_tid();
+            here.array.wait_caught_up(&last, Duration::from_secs(120));
+        },
+    );
     // The commit path's own cost: the same array with the link down (the
     // mirror degraded, nothing shipped, commits still queued for it), so
     // the off-site site's work does not compete for this machine's cores.
@@ -471,47 +520,28 @@ fn commit(k: &Knobs) {
         Duration::from_secs(30),
         |m| m["state"] == "degraded",
     );
-    let (mut queued_only, mut alone_down) = (Runs::default(), Runs::default());
-    for rep in 0..k.repeat {
-        eprintln!("commit, link down: repeat {} of {}", rep + 1, k.repeat);
-        // Alternate which goes first, as above.
-        let order = if rep % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        for queued in order {
-            let a = if queued { &s.array } else { &without };
-            let r = commit_phase(a.addr.as_str(), "1", CLIENTS, phase, 1, 128)
-                .unwrap_or_else(|e| panic!("commit phase against {}: {e}", a.addr))
-                .result;
-            if queued {
-                queued_only.push("queued only", &r);
-            } else {
-                alone_down.push("without", &r);
-            }
-        }
-    }
+    let (alone_down, queued_only) = rounds("link down", &s.array, "queued only", &mut || {});
     link_up(&s.link);
     println!(
         "\n## Commit latency with an off-site mirror 50 ms away\n\n\
-         {CLIENTS} clients, one new 128-byte object per commit, {} s per run, the two arrays \
-         back to back in each of {} rounds (which goes first alternates); figures are medians          over the rounds, ratios the median of the rounds' ratios. Both arrays: two file mirrors (fsync on every commit) \
-         in `zeoraid serve`; WITH adds `mode = \"offsite\"` backend `dr`, a second \
-         `zeoraid serve` behind a proxy adding 50 ms each way (no bandwidth cap). *Its \
-         site elsewhere*: a stand-in for a server on another machine — a memory storage \
-         (no fsyncs on the array's disk) with every thread at idle priority (`SCHED_IDLE`: it \
-         takes none of the CPU the array wants), and the proxy's threads too. *Its site \
-         on this machine*: a file storage with fsync at normal priority, competing with \
-         the array for the two cores and the disk. The load generator shares the cores \
-         too.\n",
+         {CLIENTS} clients, one new 128-byte object per commit, {} s per run. Rounds of two \
+         runs back to back, the array without the off-site mirror and one with it (which goes \
+         first alternates; before each run `sync` and 0.5 s of quiet), {} rounds per row; \
+         figures are medians over the rounds, ratios the median of the rounds' ratios. Both \
+         arrays: two file mirrors (fsync on every commit) in `zeoraid serve`; WITH adds \
+         `mode = \"offsite\"` backend `dr`, a second `zeoraid serve` behind a proxy adding \
+         50 ms each way (no bandwidth cap). *Its site elsewhere*: a stand-in for a server on \
+         another machine — a memory storage (no fsyncs on the array's disk) with every \
+         thread at idle priority (`SCHED_IDLE`: it takes only CPU the array leaves), and the \
+         proxy's threads too. *Its site on this machine*: a file storage with fsync at \
+         normal priority, competing with the array for the two cores and the disk. The load \
+         generator shares the cores too.\n",
         k.seconds, k.repeat
     );
-    println!("| array | commits/s | p50 ms | p99 ms |");
-    println!("|---|---:|---:|---:|");
+    println!("| array | commits/s | p50 ms | p99 ms | array CPU ms per 1000 commits |");
+    println!("|---|---:|---:|---:|---:|");
     for (name, r) in [
         ("2 file mirrors", &alone),
-        ("2 file mirrors (in the link-down rounds)", &alone_down),
         (
             "2 file mirrors + off-site (50 ms), its site elsewhere",
             &with,
@@ -526,27 +556,43 @@ fn commit(k: &Knobs) {
         ),
     ] {
         println!(
-            "| {name} | {:.0} | {:.2} | {:.2} |",
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.0} |",
             median(&r.rate),
             median(&r.p50),
-            median(&r.p99)
+            median(&r.p99),
+            median(&r.cpu)
         );
     }
     // Ratios are the median of each round's ratio (the two runs of a
     // round are back to back): this machine's speed drifts by ±15 % over
     // a minute, more than the effect measured.
-    let (rr, r50, r99) = (
+    let (rr, r50, r99, rc) = (
         paired(&with.rate, &alone.rate),
         paired(&with.p50, &alone.p50),
         paired(&with.p99, &alone.p99),
+        paired(&with.cpu, &alone.cpu),
     );
-    println!("| **with / without** | **{rr:.2}×** | **{r50:.2}×** | **{r99:.2}×** |");
-    let (qr, q50, q99) = (
+    println!(
+        "| **with, site elsewhere / without** | **{rr:.2}×** | **{r50:.2}×** | **{r99:.2}×** | **{rc:.2}×** |"
+    );
+    let (hr, h50, h99, hc) = (
+        paired(&with_here.rate, &alone_here.rate),
+        paired(&with_here.p50, &alone_here.p50),
+        paired(&with_here.p99, &alone_here.p99),
+        paired(&with_here.cpu, &alone_here.cpu),
+    );
+    println!(
+        "| **with, site on this machine / without** | **{hr:.2}×** | **{h50:.2}×** | **{h99:.2}×** | **{hc:.2}×** |"
+    );
+    let (qr, q50, q99, qc) = (
         paired(&queued_only.rate, &alone_down.rate),
         paired(&queued_only.p50, &alone_down.p50),
         paired(&queued_only.p99, &alone_down.p99),
+        paired(&queued_only.cpu, &alone_down.cpu),
     );
-    println!("| **queued only / without** | **{qr:.2}×** | **{q50:.2}×** | **{q99:.2}×** |");
+    println!(
+        "| **queued only / without** | **{qr:.2}×** | **{q50:.2}×** | **{q99:.2}×** | **{qc:.2}×** |"
+    );
     println!(
         "\nTarget with/without ≤ 1.10: p50 {r50:.2} {}, p99 {r99:.2} {}.\n",
         mark(r50 <= 1.10),

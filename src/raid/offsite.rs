@@ -11,7 +11,10 @@
 //!   mirror's bounded queue ([`super::state::offsite::ShipQueue`], by default
 //!   64 MiB and 100 000 transactions). The records share the client's
 //!   data buffers (reference-counted), so the queue costs no copy, and
-//!   the commit path does no extra write, fsync or network call. A
+//!   the commit path does no extra write, fsync or network call, and
+//!   takes no lock the shipper holds: the transaction goes through a
+//!   lock-free inbox the shipper moves into the queue (bounded the same
+//!   way). A
 //!   transaction whose records the array does not know at finish (an
 //!   undo) is queued as a tid and read back from a synchronous backend.
 //!   Only transactions visible on the synchronous backends are shipped.
@@ -21,8 +24,13 @@
 //!   synchronous backend (in-process first), exactly as a recovery does,
 //!   then returns to the queue. Nothing is lost: the synchronous backends
 //!   are the durable record; memory stays bounded.
-//! - *Second in line*: the thread runs at a lower CPU priority (nice
-//!   +10), so shipping never takes the CPU from commits and loads.
+//! - *Second in line*: while it streams from the queue the thread runs at
+//!   `SCHED_IDLE` (only on CPU time nothing else wants; a waking commit
+//!   preempts it at once), elsewhere at nice +10 (a catch-up takes the
+//!   source storage's locks, which commits take too).
+//! - *Write-behind*: the stream goes out in batches, everything published
+//!   since the last one, at most every [`LINGER`] (one write and one
+//!   wake-up per batch, not per commit).
 //! - *Pipelined*: over ZEO the thread keeps a window of transactions in
 //!   flight (`tpc_begin`, `restorea`..., `vote`, `tpc_finish` sent back
 //!   to back; replies collected as they come), so the round trip does

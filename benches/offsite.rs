@@ -566,33 +566,26 @@ fn commit(k: &Knobs) {
     // Ratios are the median of each round's ratio (the two runs of a
     // round are back to back): this machine's speed drifts by ±15 % over
     // a minute, more than the effect measured.
-    let (rr, r50, r99, rc) = (
-        paired(&with.rate, &alone.rate),
-        paired(&with.p50, &alone.p50),
-        paired(&with.p99, &alone.p99),
-        paired(&with.cpu, &alone.cpu),
-    );
-    println!(
-        "| **with, site elsewhere / without** | **{rr:.2}×** | **{r50:.2}×** | **{r99:.2}×** | **{rc:.2}×** |"
-    );
-    let (hr, h50, h99, hc) = (
-        paired(&with_here.rate, &alone_here.rate),
-        paired(&with_here.p50, &alone_here.p50),
-        paired(&with_here.p99, &alone_here.p99),
-        paired(&with_here.cpu, &alone_here.cpu),
-    );
-    println!(
-        "| **with, site on this machine / without** | **{hr:.2}×** | **{h50:.2}×** | **{h99:.2}×** | **{hc:.2}×** |"
-    );
-    let (qr, q50, q99, qc) = (
-        paired(&queued_only.rate, &alone_down.rate),
-        paired(&queued_only.p50, &alone_down.p50),
-        paired(&queued_only.p99, &alone_down.p99),
-        paired(&queued_only.cpu, &alone_down.cpu),
-    );
-    println!(
-        "| **queued only / without** | **{qr:.2}×** | **{q50:.2}×** | **{q99:.2}×** | **{qc:.2}×** |"
-    );
+    let ratios = |a: &Runs, b: &Runs| {
+        [
+            paired(&a.rate, &b.rate),
+            paired(&a.p50, &b.p50),
+            paired(&a.p99, &b.p99),
+            paired(&a.cpu, &b.cpu),
+        ]
+    };
+    let elsewhere = ratios(&with, &alone);
+    let (r50, r99) = (elsewhere[1], elsewhere[2]);
+    for (name, [r, p50, p99, cpu]) in [
+        ("with, site elsewhere / without", elsewhere),
+        (
+            "with, site on this machine / without",
+            ratios(&with_here, &alone_here),
+        ),
+        ("queued only / without", ratios(&queued_only, &alone_down)),
+    ] {
+        println!("| **{name}** | **{r:.2}×** | **{p50:.2}×** | **{p99:.2}×** | **{cpu:.2}×** |");
+    }
     println!(
         "\nTarget with/without ≤ 1.10: p50 {r50:.2} {}, p99 {r99:.2} {}.\n",
         mark(r50 <= 1.10),

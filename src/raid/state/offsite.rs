@@ -262,18 +262,19 @@ mod tests {
         Tid(n)
     }
 
+    fn catch_up(after: u64, until: u64) -> Next {
+        Next::CatchUp {
+            after: t(after),
+            until: t(until),
+        }
+    }
+
     #[test]
     fn queue_plans() {
         // Bounds: 100 bytes, 4 entries; covers everything after tid 10.
         let mut q: ShipQueue<()> = ShipQueue::new(t(10), 100, 4);
         assert_eq!(q.plan(t(10)), Next::Idle);
-        assert_eq!(
-            q.plan(t(5)),
-            Next::CatchUp {
-                after: t(5),
-                until: t(10)
-            }
-        );
+        assert_eq!(q.plan(t(5)), catch_up(5, 10));
         q.push(t(11), 10, ());
         q.push(t(12), 10, ());
         q.push(t(12), 10, ()); // repeated: ignored
@@ -302,13 +303,7 @@ mod tests {
         }
         assert_eq!(q.covered_after(), t(12));
         assert_eq!(q.overflows, 1);
-        assert_eq!(
-            q.plan(t(11)),
-            Next::CatchUp {
-                after: t(11),
-                until: t(12)
-            }
-        );
+        assert_eq!(q.plan(t(11)), catch_up(11, 12));
         // The catch-up shipped 12: back to the queue.
         assert_eq!(q.plan(t(12)), Next::Queue);
         // Bytes bound: one big entry pushes out all older ones but itself.
@@ -334,13 +329,7 @@ mod tests {
             (q.len(), q.bytes(), q.covered_after(), q.overflows),
             (1, 10, t(13), 1)
         );
-        assert_eq!(
-            q.plan(t(12)),
-            Next::CatchUp {
-                after: t(12),
-                until: t(13)
-            }
-        );
+        assert_eq!(q.plan(t(12)), catch_up(12, 13));
         assert_eq!(q.plan(t(13)), Next::Queue);
         // A drop older than what the queue covers changes nothing else.
         q.forget_through(t(12));

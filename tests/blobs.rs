@@ -181,7 +181,17 @@ fn blobs_without_a_cache_or_a_blob_dir_are_refused_saying_what_to_set() {
 /// An array over `names`: file backends with a blob directory each (in
 /// `dir/NAME/`), plus `zeo` backends (name, address) with a blob cache.
 fn array(dir: &Path, files: &[&str], zeo: &[(&str, String)]) -> zeoraid::raid::RaidStorage {
-    use zeoraid::config::{BackendConfig, StorageConfig};
+    array_with_offsite(dir, files, zeo, &[])
+}
+
+/// [`array`] plus off-site ZEO backends (name, address) with a blob cache.
+fn array_with_offsite(
+    dir: &Path,
+    files: &[&str],
+    zeo: &[(&str, String)],
+    offsite: &[(&str, String)],
+) -> zeoraid::raid::RaidStorage {
+    use zeoraid::config::{BackendConfig, BackendMode, StorageConfig};
     let mut backends: Vec<BackendConfig> = files
         .iter()
         .map(|n| BackendConfig {
@@ -193,6 +203,14 @@ fn array(dir: &Path, files: &[&str], zeo: &[(&str, String)]) -> zeoraid::raid::R
     for (n, addr) in zeo {
         backends.push(BackendConfig {
             blob_dir: Some(dir.join(format!("{n}-cache"))),
+            ..BackendConfig::zeo(n, addr, "1")
+        });
+    }
+    for (n, addr) in offsite {
+        backends.push(BackendConfig {
+            blob_dir: Some(dir.join(format!("{n}-cache"))),
+            mode: BackendMode::Offsite,
+            max_lag: Some(60.0),
             ..BackendConfig::zeo(n, addr, "1")
         });
     }
@@ -332,5 +350,72 @@ fn recovery_copies_blobs_onto_a_python_zeo_target() {
         );
     }
     assert_eq!(a.verify("py").expect("verify").difference, None);
+    a.close();
+}
+
+#[test]
+fn an_offsite_mirror_gets_every_blob_file() {
+    // The off-site site: Python runzeo with a blob directory (ZEO has no
+    // restoreBlob: each blob goes as a store inside the transaction begun
+    // with the source's tid, between pipelined plain transactions).
+    let zeo = common::RunZeo::start_with_blobs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = array_with_offsite(dir.path(), &["a", "b"], &[], &[("dr", zeo.addr())]);
+    let oids = a.new_oids(4).expect("oids");
+    let mut written = Vec::new();
+    let mut serial = Tid::ZERO;
+    for round in 0..3u8 {
+        // Plain transactions around each blob, so batches mix the two.
+        for i in 0..5u8 {
+            commit(
+                &a,
+                &Txn::new(vec![Op::Store {
+                    oid: oids[3],
+                    serial,
+                    data: vec![round, i].into(),
+                }]),
+            )
+            .map(|t| serial = t)
+            .expect("a plain commit");
+        }
+        for (i, oid) in oids[..3].iter().enumerate() {
+            let prev = written
+                .iter()
+                .rev()
+                .find(|(o, _)| o == oid)
+                .map_or(Tid::ZERO, |(_, t)| *t);
+            let tid = put_blob(&a, *oid, prev, 20_000 + 7_000 * i, 10 + round);
+            written.push((*oid, tid));
+        }
+    }
+    let last = a.last_transaction().expect("last");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = a.status()["offsite"][0].clone();
+        if m["last-tid"].as_str() == Some(last.to_string().as_str()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the off-site mirror did not catch up: {m}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let theirs = BlobDir::open(&zeo.blob_dir(), false).expect("runzeo's blob dir");
+    for (o, t) in &written {
+        let mirrored = std::fs::read(theirs.path(o.0, t.0)).ok();
+        assert!(
+            mirrored.is_some(),
+            "the mirror lacks the blob of {o} at {t}"
+        );
+        assert_eq!(
+            mirrored,
+            backend_blob(dir.path(), "a", *o, *t),
+            "the mirror's blob of {o} at {t} is a's"
+        );
+    }
+    // Its history is the array's, plain transactions included.
+    let dr = client(&zeo.addr(), None);
+    assert_eq!(dr.last_transaction().expect("dr last"), last);
     a.close();
 }

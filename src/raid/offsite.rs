@@ -28,6 +28,9 @@
 //!   `SCHED_IDLE` (only on CPU time nothing else wants; a waking commit
 //!   preempts it at once), elsewhere at nice +10 (a catch-up takes the
 //!   source storage's locks, which commits take too).
+//! - *Blobs*: a transaction with blob records goes alone, between
+//!   pipelined runs, with its blob files read from a synchronous backend
+//!   and stored as a recovery stores them ([`BlobSplit`]).
 //! - *Write-behind*: the stream goes out in batches, everything published
 //!   since the last one, at most every [`LINGER`] (one write and one
 //!   wake-up per batch, not per commit).
@@ -473,9 +476,19 @@ enum Priority {
     Idle,
 }
 
+thread_local! {
+    /// The priority [`set_priority`] last set on this thread.
+    static PRIORITY: std::cell::Cell<Priority> = const { std::cell::Cell::new(Priority::Background) };
+}
+
+fn current_priority() -> Priority {
+    PRIORITY.with(|p| p.get())
+}
+
 /// Set the calling thread's priority (a failure is logged at debug: the
 /// thread then ships at normal priority).
 fn set_priority(p: Priority) {
+    PRIORITY.with(|c| c.set(p));
     let param = libc::sched_param { sched_priority: 0 };
     let policy = match p {
         Priority::Background => libc::SCHED_OTHER,
@@ -827,9 +840,10 @@ fn source(core: &Core) -> Result<(usize, Arc<dyn Storage>), String> {
 /// [`fetch`] from the queue's stream (at idle priority): at background
 /// priority, since it takes the source storage's locks.
 fn fetch_in_background(core: &Core, tid: Tid) -> Result<TxnRecord, String> {
+    let before = current_priority();
     set_priority(Priority::Background);
     let r = fetch(core, tid);
-    set_priority(Priority::Idle);
+    set_priority(before);
     r
 }
 
@@ -929,10 +943,26 @@ fn ship(
     };
     let closing = || core.closing.load(Ordering::Acquire);
     let result = match t.as_zeo_client() {
-        Some(client) => client
-            .restore_pipelined(batches, &closing, &mut on_done)
-            .map_err(|e| format!("shipping failed: {e}")),
-        None => ship_local(t.as_ref(), batches, &closing, &mut on_done),
+        // Pipelined, up to a transaction with blobs: that one goes alone
+        // with its blob files (ZEO has no pipelined blob restore), then
+        // the pipeline resumes.
+        Some(client) => {
+            let mut stream = BlobSplit::new(batches);
+            loop {
+                client
+                    .restore_pipelined(&mut stream, &closing, &mut on_done)
+                    .map_err(|e| format!("shipping failed: {e}"))?;
+                let Some(rec) = stream.blob.take() else {
+                    break Ok(());
+                };
+                if closing() {
+                    break Ok(());
+                }
+                let bytes = restore_with_blobs(core, t.as_ref(), &rec, false)?;
+                on_done(&[(rec.tid, bytes)]);
+            }
+        }
+        None => ship_local(core, t.as_ref(), batches, &closing, &mut on_done),
     };
     let secs = started.elapsed().as_secs_f64();
     if n > 0 && secs > 0.0 {
@@ -948,9 +978,93 @@ fn ship(
     result
 }
 
+/// Does the transaction hold a blob record (whose file must go along)?
+fn has_blobs(rec: &TxnRecord) -> bool {
+    rec.records.iter().any(|r| {
+        r.data
+            .as_deref()
+            .is_some_and(crate::storage::pickle_refs::is_blob_record)
+    })
+}
+
+/// Restore one transaction with its blob files read from a synchronous
+/// backend (as a recovery copies them; onto a ZEO mirror as stores of the
+/// blob inside the transaction begun with its tid), at background
+/// priority: it takes the source storage's locks.
+fn restore_with_blobs(
+    core: &Core,
+    t: &dyn Storage,
+    rec: &TxnRecord,
+    group: bool,
+) -> Result<u64, String> {
+    let before = current_priority();
+    set_priority(Priority::Background);
+    let restored =
+        source(core).and_then(|(_, s)| super::recovery::restore(Some(s.as_ref()), t, rec, group));
+    set_priority(before);
+    restored
+}
+
+/// A stream of batches cut before each transaction with blobs: the
+/// iterator ends there (what came before it is shipped), the transaction
+/// waits in `blob`, and the next use goes on after it.
+struct BlobSplit<I> {
+    inner: I,
+    /// Transactions of a cut batch still to come.
+    rest: std::collections::VecDeque<Arc<TxnRecord>>,
+    /// The transaction with blobs the stream stopped at.
+    blob: Option<Arc<TxnRecord>>,
+}
+
+impl<I> BlobSplit<I> {
+    fn new(inner: I) -> Self {
+        BlobSplit {
+            inner,
+            rest: Default::default(),
+            blob: None,
+        }
+    }
+}
+
+impl<I> Iterator for BlobSplit<I>
+where
+    I: Iterator<Item = Result<Vec<Arc<TxnRecord>>, String>>,
+{
+    type Item = Result<Vec<Arc<TxnRecord>>, String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.blob.is_some() {
+            return None;
+        }
+        loop {
+            if self.rest.is_empty() {
+                match self.inner.next()? {
+                    Ok(batch) => self.rest.extend(batch),
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            let mut plain = Vec::new();
+            while let Some(rec) = self.rest.pop_front() {
+                if has_blobs(&rec) {
+                    self.blob = Some(rec);
+                    break;
+                }
+                plain.push(rec);
+            }
+            match (plain.is_empty(), self.blob.is_some()) {
+                (false, _) => return Some(Ok(plain)),
+                // The batch began with one: end here, it goes alone.
+                (true, true) => return None,
+                (true, false) => continue,
+            }
+        }
+    }
+}
+
 /// Ship to an in-process storage, one restore after another (a group
 /// commit target shares one fsync per batch).
 fn ship_local(
+    core: &Core,
     t: &dyn Storage,
     batches: impl Iterator<Item = Result<Vec<Arc<TxnRecord>>, String>>,
     closing: &dyn Fn() -> bool,
@@ -963,7 +1077,11 @@ fn ship_local(
             if closing() {
                 break;
             }
-            let bytes = super::recovery::restore(None, t, &rec, group)?;
+            let bytes = if has_blobs(&rec) {
+                restore_with_blobs(core, t, &rec, group)?
+            } else {
+                super::recovery::restore(None, t, &rec, group)?
+            };
             done.push((rec.tid, bytes));
         }
         if group {
@@ -979,4 +1097,80 @@ fn ship_local(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{DataRecord, Oid, TxnMeta};
+
+    /// Transaction `n`, with a blob record when `blob`.
+    fn txn(n: u64, blob: bool) -> Arc<TxnRecord> {
+        let data: &[u8] = if blob {
+            b"\x80\x03cZODB.blob\nBlob\nq\x00.\x80\x03N."
+        } else {
+            b"\x80\x03cfoo\nBar\nq\x00.N."
+        };
+        Arc::new(TxnRecord {
+            tid: Tid(n),
+            status: b' ',
+            meta: TxnMeta::default(),
+            records: vec![DataRecord {
+                oid: Oid(n),
+                tid: Tid(n),
+                data: Some(data.to_vec().into()),
+                data_txn: None,
+            }],
+        })
+    }
+
+    #[test]
+    fn a_stream_is_cut_before_each_transaction_with_blobs() {
+        // (batches, tids: (plain runs the pipeline gets, the blob it stops
+        // at) until the end); a negative tid is a blob transaction.
+        type Stop = (Vec<Vec<u64>>, Option<u64>);
+        let cases: [(Vec<Vec<i64>>, Vec<Stop>); 4] = [
+            (
+                vec![vec![1, 2], vec![3]],
+                vec![(vec![vec![1, 2], vec![3]], None)],
+            ),
+            (
+                vec![vec![1, -2, 3], vec![4]],
+                vec![(vec![vec![1]], Some(2)), (vec![vec![3], vec![4]], None)],
+            ),
+            // One at the start of a batch, two in a row, one at the end.
+            (
+                vec![vec![-1, -2], vec![3, -4]],
+                vec![
+                    (vec![], Some(1)),
+                    (vec![], Some(2)),
+                    (vec![vec![3]], Some(4)),
+                    (vec![], None),
+                ],
+            ),
+            // Empty batches are skipped, not taken for the end.
+            (vec![vec![], vec![1]], vec![(vec![vec![1]], None)]),
+        ];
+        for (batches, want) in cases {
+            let input: Vec<Result<Vec<Arc<TxnRecord>>, String>> = batches
+                .iter()
+                .map(|b| Ok(b.iter().map(|&n| txn(n.unsigned_abs(), n < 0)).collect()))
+                .collect();
+            let mut split = BlobSplit::new(input.into_iter());
+            let mut got = Vec::new();
+            loop {
+                let runs: Vec<Vec<u64>> = split
+                    .by_ref()
+                    .map(|b| b.unwrap().iter().map(|r| r.tid.0).collect())
+                    .collect();
+                let blob = split.blob.take().map(|r| r.tid.0);
+                let end = blob.is_none();
+                got.push((runs, blob));
+                if end {
+                    break;
+                }
+            }
+            assert_eq!(got, want, "{batches:?}");
+        }
+    }
 }

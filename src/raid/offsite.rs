@@ -30,9 +30,9 @@
 //!   source storage's locks, which commits take too).
 //! - *Blobs*: a transaction with blob records goes alone, between
 //!   pipelined runs, with its blob files read from a synchronous backend
-//!   and stored as a recovery stores them ([`BlobSplit`]).
+//!   and stored as a recovery stores them (`BlobSplit`).
 //! - *Write-behind*: the stream goes out in batches, everything published
-//!   since the last one, at most every [`LINGER`] (one write and one
+//!   since the last one, at most every `LINGER` (one write and one
 //!   wake-up per batch, not per commit).
 //! - *Pipelined*: over ZEO the thread keeps a window of transactions in
 //!   flight (`tpc_begin`, `restorea`..., `vote`, `tpc_finish` sent back

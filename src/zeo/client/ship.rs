@@ -39,8 +39,8 @@ struct InFlight {
 
 impl Client {
     /// Restore `batches` in order (same tids, status, metadata, records,
-    /// backpointers), keeping up to [`WINDOW`] transactions
-    /// ([`WINDOW_BYTES`]) in flight. Each batch goes out in one write, so
+    /// backpointers), keeping up to `WINDOW` transactions
+    /// (`WINDOW_BYTES`) in flight. Each batch goes out in one write, so
     /// a stream of small transactions costs a few system calls per batch,
     /// not per transaction. `on_done` follows the transactions the server
     /// finished, in order, a run at a time (tid and record bytes each).

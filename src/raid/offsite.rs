@@ -118,6 +118,13 @@ const BATCH_BYTES: u64 = 4 << 20;
 /// The off-site client's call timeout at least.
 const MIN_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A mirror's last transaction must hold still this long before the
+/// shipper takes it as its position (see [`settled_last`]).
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// ... and gives up (the mirror is degraded, retried later) after this.
+const SETTLE_AT_MOST: Duration = Duration::from_secs(120);
+
 /// Backoff after failures: 1 s doubling to this.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -612,12 +619,8 @@ fn step(
         }
     }
     if position.is_none() {
-        let held = super::recovery::newest_held(
-            t.as_ref(),
-            t.last_transaction()
-                .map_err(|e| format!("cannot read its last transaction: {e}"))?,
-        )
-        .map_err(|e| format!("cannot read its history: {e}"))?;
+        let held = super::recovery::newest_held(t.as_ref(), settled_last(m, core, t.as_ref())?)
+            .map_err(|e| format!("cannot read its history: {e}"))?;
         let p = held.map_or(Tid::ZERO, |r| r.tid);
         *position = Some(p);
         m.set(|f| f.position = Some(p));
@@ -859,6 +862,58 @@ fn fetch(core: &Core, tid: Tid) -> Result<TxnRecord, String> {
             "cannot read transaction {tid} from the source: {e}"
         )),
         _ => Err(format!("the source does not hold transaction {tid}")),
+    }
+}
+
+/// The mirror's last transaction once it holds still for [`SETTLE`]. After
+/// a crash or a failed link, transactions an earlier connection sent may
+/// still be on their way (on the link, in the mirror's buffers) and be
+/// committed after this connection looked: shipping from a position read
+/// meanwhile would restore some of them twice (a Python FileStorage takes
+/// a repeated or older tid without a word). Only zeoraid writes to a
+/// mirror, so once nothing changes for a while that backlog is through.
+/// (A single transaction taking longer than `SETTLE` to cross the link
+/// could still slip by.)
+fn settled_last(m: &Mirror, core: &Core, t: &dyn Storage) -> Result<Tid, String> {
+    let read = || {
+        t.last_transaction()
+            .map_err(|e| format!("cannot read its last transaction: {e}"))
+    };
+    let mut last = read()?;
+    if t.as_zeo_client().is_none() {
+        // In-process: nothing can be on its way.
+        return Ok(last);
+    }
+    let (started, mut still_since) = (Instant::now(), Instant::now());
+    let mut said = false;
+    loop {
+        if core.closing.load(Ordering::Acquire) {
+            return Err("the array is closing".into());
+        }
+        if started.elapsed() > SETTLE_AT_MOST {
+            return Err(format!(
+                "its last transaction kept changing for {} s: something other than this \
+                 array writes to it; an off-site mirror must be written by its array alone",
+                SETTLE_AT_MOST.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        let now = read()?;
+        if now != last && !said {
+            said = true;
+            log::info!(
+                "RAID array {:?}: off-site backend {:?} is still committing what an earlier \
+                 connection sent (now at {now}); waiting until it holds still",
+                core.opts.name,
+                m.name
+            );
+        }
+        if now != last {
+            last = now;
+            still_since = Instant::now();
+        } else if still_since.elapsed() >= SETTLE {
+            return Ok(last);
+        }
     }
 }
 
@@ -1122,6 +1177,33 @@ mod tests {
                 data_txn: None,
             }],
         })
+    }
+
+    #[test]
+    fn an_inbox_past_its_bounds_leaves_transactions_out_and_the_queue_forgets_up_to_them() {
+        let inbox = Inbox::new(1000, 3);
+        let mut q: ShipQueue<Entry> = ShipQueue::new(Tid(10), 1000, 100);
+        for n in 11..=15 {
+            inbox.put(Tid(n), 10, Entry::Fetch);
+        }
+        // 11, 12, 13 went in; 14 and 15 were left out: the queue forgets
+        // everything up to 15 (read from the source instead).
+        inbox.drain_into(&mut q);
+        assert_eq!((q.len(), q.covered_after(), q.overflows), (0, Tid(15), 1));
+        // Drained: room again, and nothing more is forgotten.
+        for n in 16..=17 {
+            inbox.put(Tid(n), 10, Entry::Fetch);
+        }
+        inbox.drain_into(&mut q);
+        assert_eq!((q.len(), q.covered_after(), q.overflows), (2, Tid(15), 1));
+        // The byte bound: one entry always goes in, however big.
+        let inbox = Inbox::new(25, 100);
+        for (n, bytes) in [(21, 100), (22, 10)] {
+            inbox.put(Tid(n), bytes, Entry::Fetch);
+        }
+        let mut q: ShipQueue<Entry> = ShipQueue::new(Tid(20), 1000, 100);
+        inbox.drain_into(&mut q);
+        assert_eq!((q.len(), q.covered_after()), (0, Tid(22)));
     }
 
     #[test]

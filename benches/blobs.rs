@@ -37,7 +37,12 @@
 //!   twice) vs zeoraid serving one file storage, alternating. Target: the
 //!   array at least 0.8x the single storage.
 //!
-//! Run: `cargo bench --bench blobs [-- throughput|memory|array]` (all by
+//! - `rust`: the `throughput` cells against the same two servers, driven
+//!   by zeoraid's own ZEO client (threads, each with its own connection
+//!   and blob cache; the same ZEO chunking both ways) instead of Python
+//!   processes, so the servers, not the clients, are what is measured.
+//!
+//! Run: `cargo bench --bench blobs [-- throughput|rust|memory|array]` (all by
 //! default). Needs a Python with ZODB 6 + ZEO 6 (`$ZEORAID_PYTHON` or
 //! `.venv/bin/python`, made by `bash tests/run-all.sh`). Knobs:
 //! `ZEORAID_BENCH_REPEAT` (rounds; default 3 for `throughput`, 1 for
@@ -246,6 +251,9 @@ fn main() {
     std::fs::write(&driver, DRIVER).expect("write the Python driver");
     if wanted("throughput") {
         throughput(&driver, &root_path);
+    }
+    if wanted("rust") {
+        rust_clients(&driver, &root_path);
     }
     if wanted("memory") {
         memory(&driver, &root_path);
@@ -814,6 +822,207 @@ fn throughput(driver: &Path, root: &Path) {
                 busy(1)
             );
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// rust: the same cells driven by zeoraid's own ZEO client
+// ---------------------------------------------------------------------------
+
+/// A blob record as ZODB writes it (`ZODB.blob.Blob`, protocol 3).
+const BLOB_RECORD: &[u8] = b"\x80\x03cZODB.blob\nBlob\nq\x00.\x80\x03N.";
+
+/// Upload `per_client` blobs of `src` (`size` bytes) from each of
+/// `clients` threads, each with its own connection and blob cache, one
+/// blob per transaction; then download them all through fresh connections
+/// with empty caches (each file's size checked, then removed). zeoraid's
+/// client streams both ways in ZEO's chunks, as Python's does, at a
+/// fraction of its CPU: the servers are what is measured.
+fn rust_up_and_down(
+    server: &Server,
+    dir: &Path,
+    src: &Path,
+    size: u64,
+    clients: usize,
+    per_client: usize,
+) -> (Phase, Phase) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Barrier, Mutex};
+    use zeoraid::storage::{commit, Oid, Op, Storage, Tid, Txn};
+    use zeoraid::zeo::client::{Client, ClientOptions};
+    let connect = |cache: PathBuf| {
+        Client::connect(ClientOptions {
+            call_timeout: Duration::from_secs(600),
+            blob_dir: Some(cache),
+            ..ClientOptions::new(&server.addr)
+        })
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", server.addr))
+    };
+    let stored: Mutex<Vec<Vec<(Oid, Tid)>>> = Mutex::new(vec![Vec::new(); clients]);
+    // One phase: every thread connects, waits for the others, runs `work`
+    // timed; the main thread samples the server meanwhile.
+    let run = |what: &str, work: &(dyn Fn(usize, &Client) -> f64 + Sync)| -> Phase {
+        let pid = server.pid();
+        let barrier = Barrier::new(clients + 1);
+        let done = AtomicUsize::new(0);
+        let times: Mutex<Vec<(Instant, Instant, f64)>> = Mutex::new(Vec::new());
+        let mut rss_max = status_bytes(pid, "VmRSS");
+        let (mut cpu0, mut busy0, mut wall0) = (0.0, 0.0, Instant::now());
+        std::thread::scope(|scope| {
+            for i in 0..clients {
+                let (barrier, done, times) = (&barrier, &done, &times);
+                std::thread::Builder::new()
+                    .name(format!("blob-{what}-{i}"))
+                    .spawn_scoped(scope, move || {
+                        let c = connect(dir.join(format!("{what}-cache-{i}")));
+                        barrier.wait();
+                        let t0 = Instant::now();
+                        let bytes = work(i, &c);
+                        times
+                            .lock()
+                            .expect("times")
+                            .push((t0, Instant::now(), bytes));
+                        done.fetch_add(1, Ordering::SeqCst);
+                        c.close();
+                    })
+                    .expect("spawn a blob client thread");
+            }
+            barrier.wait();
+            cpu0 = cpu_seconds(pid);
+            busy0 = machine_busy_seconds();
+            wall0 = Instant::now();
+            while done.load(Ordering::SeqCst) < clients {
+                rss_max = rss_max.max(status_bytes(pid, "VmRSS"));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let times = times.into_inner().expect("times");
+        let start = times.iter().map(|t| t.0).min().unwrap_or(wall0);
+        let end = times.iter().map(|t| t.1).max().unwrap_or(wall0);
+        Phase {
+            bytes: times.iter().map(|t| t.2).sum(),
+            seconds: (end - start).as_secs_f64(),
+            server_cpu: cpu_seconds(pid) - cpu0,
+            client_cpu: f64::NAN,
+            rss_max,
+            cores_busy: ratio(
+                machine_busy_seconds() - busy0,
+                wall0.elapsed().as_secs_f64(),
+            ),
+            sha_ok: None,
+        }
+    };
+    let up = run("up", &|i, c| {
+        let oids = c.new_oids(per_client).expect("new oids");
+        let mut mine = Vec::with_capacity(per_client);
+        for oid in oids {
+            let tid = commit(
+                c,
+                &Txn::new(vec![Op::StoreBlob {
+                    oid,
+                    serial: Tid::ZERO,
+                    data: BLOB_RECORD.to_vec().into(),
+                    blob: src.to_path_buf(),
+                }]),
+            )
+            .expect("store a blob");
+            mine.push((oid, tid));
+        }
+        stored.lock().expect("stored")[i] = mine;
+        (size * per_client as u64) as f64
+    });
+    let down = run("down", &|i, c| {
+        let mine = stored.lock().expect("stored")[i].clone();
+        let mut bytes = 0.0;
+        for (oid, tid) in mine {
+            let p = c.load_blob(oid, tid).expect("load a blob");
+            let len = std::fs::metadata(&p).expect("the loaded blob").len();
+            assert_eq!(len, size, "the blob of {oid} at {tid} came back whole");
+            bytes += len as f64;
+            let _ = std::fs::remove_file(&p);
+        }
+        bytes
+    });
+    (up, down)
+}
+
+/// Throughput of zeoraid vs Python runzeo driven by zeoraid's own client
+/// (the `throughput` cells), fresh servers per cell, alternating.
+fn rust_clients(driver: &Path, root: &Path) {
+    let repeat = env::<usize>("ZEORAID_BENCH_REPEAT").unwrap_or(3).max(1);
+    let need = CELLS
+        .iter()
+        .map(|&(s, c, n)| s * (c * n) as u64)
+        .max()
+        .unwrap_or(0)
+        + 101 * MIB
+        + GIB;
+    if !enough_disk(root, need, "rust") {
+        return;
+    }
+    let sources: Vec<PathBuf> = [MIB, 100 * MIB]
+        .iter()
+        .map(|&s| {
+            let p = root.join(format!("rust-src-{s}"));
+            make_source(driver, &p, s);
+            p
+        })
+        .collect();
+    let impls = [Impl::Python, Impl::Zeoraid];
+    let mut runs: Vec<[Vec<(Phase, Phase)>; 2]> =
+        CELLS.iter().map(|_| [Vec::new(), Vec::new()]).collect();
+    for round in 0..repeat {
+        for (ci, &(size, clients, per)) in CELLS.iter().enumerate() {
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for si in order {
+                let dir = tempfile::tempdir_in(root).expect("cell dir");
+                let server = start(impls[si], &dir.path().join("server"));
+                let src = &sources[usize::from(size != MIB)];
+                let r = rust_up_and_down(&server, dir.path(), src, size, clients, per);
+                eprintln!(
+                    "rust round {}/{repeat}, {} x {clients} clients x {per}, {}: up {:.0} MB/s, down {:.0} MB/s",
+                    round + 1,
+                    size_label(size),
+                    impls[si].name(),
+                    r.0.mb_per_s(),
+                    r.1.mb_per_s()
+                );
+                runs[ci][si].push(r);
+            }
+        }
+    }
+    let med = |v: &[(Phase, Phase)], f: &dyn Fn(&Phase) -> f64, down: bool| {
+        median(
+            &v.iter()
+                .map(|(u, d)| f(if down { d } else { u }))
+                .collect::<Vec<_>>(),
+        )
+    };
+    println!(
+        "\nBlob throughput driven by zeoraid's own ZEO client (Rust; each thread its own connection and \
+         blob cache; the same cells, servers and files as `throughput`), median of {repeat}:\n"
+    );
+    println!(
+        "| blob | clients x blobs each | python upload MB/s | zeoraid upload MB/s | **zeoraid/python** | \
+         python download MB/s | zeoraid download MB/s | **zeoraid/python** | server CPU s/GB up, python / zeoraid | \
+         down, python / zeoraid |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---|---|");
+    for (ci, &(size, clients, per)) in CELLS.iter().enumerate() {
+        let rate = |si: usize, down: bool| med(&runs[ci][si], &Phase::mb_per_s, down);
+        let cpu = |si: usize, down: bool| med(&runs[ci][si], &Phase::server_cpu_per_gb, down);
+        let (pu, ru, pd, rd) = (rate(0, false), rate(1, false), rate(0, true), rate(1, true));
+        println!(
+            "| {} | {clients} x {per} | {pu:.0} | {ru:.0} | **{:.2}x** | {pd:.0} | {rd:.0} | **{:.2}x** | \
+             {:.2} / {:.2} | {:.2} / {:.2} |",
+            size_label(size),
+            ratio(ru, pu),
+            ratio(rd, pd),
+            cpu(0, false),
+            cpu(1, false),
+            cpu(0, true),
+            cpu(1, true)
+        );
     }
 }
 

@@ -250,10 +250,10 @@ fn main() {
     let driver = root_path.join("driver.py");
     std::fs::write(&driver, DRIVER).expect("write the Python driver");
     if wanted("throughput") {
-        throughput(&driver, &root_path);
+        throughput(&driver, &root_path, false);
     }
     if wanted("rust") {
-        rust_clients(&driver, &root_path);
+        throughput(&driver, &root_path, true);
     }
     if wanted("memory") {
         memory(&driver, &root_path);
@@ -500,6 +500,9 @@ fn spawn_client(driver: &Path, args: Vec<String>) -> Client {
     }
 }
 
+/// Per cell of [`CELLS`], per server: (upload, download) of each round.
+type CellRuns = Vec<[Vec<(Phase, Phase)>; 2]>;
+
 /// What one phase (all clients uploading, or all downloading) measured.
 #[derive(Clone, Copy, Default)]
 struct Phase {
@@ -598,6 +601,15 @@ fn phase(server: &Server, mut clients: Vec<Client>) -> Phase {
     }
 }
 
+/// The median of `f` over a cell's rounds, of the uploads or downloads.
+fn cell_median(v: &[(Phase, Phase)], f: &dyn Fn(&Phase) -> f64, down: bool) -> f64 {
+    median(
+        &v.iter()
+            .map(|(u, d)| f(if down { d } else { u }))
+            .collect::<Vec<_>>(),
+    )
+}
+
 fn path_arg(p: &Path) -> String {
     p.display().to_string()
 }
@@ -670,14 +682,16 @@ fn make_source(driver: &Path, path: &Path, size: u64) -> String {
 /// Every cell of [`CELLS`], `repeat` rounds, for the two servers `impls`
 /// (fresh servers per cell, which goes first alternating by round):
 /// `runs[cell][i]` = (upload, download) of `impls[i]`, one per round. The
-/// source files are made in `root` under `prefix`.
+/// source files are made in `root` under `prefix`. `rust`: drive them
+/// with zeoraid's own client ([`rust_up_and_down`]) instead of Python's.
 fn run_cells(
     driver: &Path,
     root: &Path,
     prefix: &str,
     impls: [Impl; 2],
     repeat: usize,
-) -> Vec<[Vec<(Phase, Phase)>; 2]> {
+    rust: bool,
+) -> CellRuns {
     let sources: Vec<PathBuf> = [MIB, 100 * MIB]
         .iter()
         .map(|&s| {
@@ -687,8 +701,7 @@ fn run_cells(
         })
         .collect();
     let source = |s: u64| &sources[usize::from(s != MIB)];
-    let mut runs: Vec<[Vec<(Phase, Phase)>; 2]> =
-        CELLS.iter().map(|_| [Vec::new(), Vec::new()]).collect();
+    let mut runs: CellRuns = CELLS.iter().map(|_| [Vec::new(), Vec::new()]).collect();
     for round in 0..repeat {
         for (ci, &(size, clients, per)) in CELLS.iter().enumerate() {
             let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
@@ -697,16 +710,20 @@ fn run_cells(
                 let t = Instant::now();
                 let dir = tempfile::tempdir_in(root).expect("cell dir");
                 let server = start(which, &dir.path().join("server"));
-                let r = up_and_down(
-                    driver,
-                    &server,
-                    dir.path(),
-                    source(size),
-                    size,
-                    clients,
-                    per,
-                    None,
-                );
+                let r = if rust {
+                    rust_up_and_down(&server, dir.path(), source(size), size, clients, per)
+                } else {
+                    up_and_down(
+                        driver,
+                        &server,
+                        dir.path(),
+                        source(size),
+                        size,
+                        clients,
+                        per,
+                        None,
+                    )
+                };
                 drop(server);
                 drop(dir);
                 eprintln!(
@@ -725,9 +742,16 @@ fn run_cells(
     runs
 }
 
-fn throughput(driver: &Path, root: &Path) {
-    let repeat = env::<usize>("ZEORAID_BENCH_REPEAT").unwrap_or(3).max(1);
-    // The largest cell: its blobs on the server and in the download caches.
+/// [`run_cells`] for Python runzeo vs zeoraid, if the disk has room for
+/// the largest cell (its blobs on the server and in the download caches);
+/// `section` names the files and the message when it has not.
+fn python_vs_zeoraid(
+    driver: &Path,
+    root: &Path,
+    section: &str,
+    repeat: usize,
+    rust: bool,
+) -> Option<CellRuns> {
     let need = CELLS
         .iter()
         .map(|&(s, c, n)| 2 * s * (c * n) as u64)
@@ -735,25 +759,43 @@ fn throughput(driver: &Path, root: &Path) {
         .unwrap_or(0)
         + 101 * MIB
         + GIB;
-    if !enough_disk(root, need, "throughput") {
-        return;
-    }
-    // runs[cell][0 python, 1 zeoraid] = (upload, download) per round
-    let runs = run_cells(driver, root, "src", [Impl::Python, Impl::Zeoraid], repeat);
-    // Medians per cell, server and direction.
-    let med = |v: &[(Phase, Phase)], f: &dyn Fn(&Phase) -> f64, down: bool| {
-        median(
-            &v.iter()
-                .map(|(u, d)| f(if down { d } else { u }))
-                .collect::<Vec<_>>(),
+    enough_disk(root, need, section).then(|| {
+        run_cells(
+            driver,
+            root,
+            &format!("{section}-src"),
+            [Impl::Python, Impl::Zeoraid],
+            repeat,
+            rust,
         )
+    })
+}
+
+/// The `throughput` section (`rust`: the `rust` section, the same cells
+/// driven by zeoraid's own client).
+fn throughput(driver: &Path, root: &Path, rust: bool) {
+    let repeat = env::<usize>("ZEORAID_BENCH_REPEAT").unwrap_or(3).max(1);
+    let section = if rust { "rust" } else { "throughput" };
+    // runs[cell][0 python, 1 zeoraid] = (upload, download) per round
+    let Some(runs) = python_vs_zeoraid(driver, root, section, repeat, rust) else {
+        return;
     };
-    println!(
-        "\nBlob throughput, stock Python `ZEO.ClientStorage` clients (each its own blob cache, not shared), \
-         MB = 10^6 bytes; upload = one blob per transaction (`consumeFile` of a hard link, committed through \
-         `ZODB.DB`), download = a fresh client with an empty cache fetching every blob (`loadBlob` -> `sendBlob`); \
-         a phase's rate is all clients' bytes over (last end - first start); fresh servers per cell, median of {repeat}\n"
-    );
+    // Medians per cell, server and direction.
+    let med = cell_median;
+    if rust {
+        println!(
+            "\nBlob throughput driven by zeoraid's own ZEO client (Rust threads, each its own connection and \
+             blob cache, ZEO's chunking both ways), so the servers are what is measured; otherwise as \
+             `throughput`; median of {repeat}\n"
+        );
+    } else {
+        println!(
+            "\nBlob throughput, stock Python `ZEO.ClientStorage` clients (each its own blob cache, not shared), \
+             MB = 10^6 bytes; upload = one blob per transaction (`consumeFile` of a hard link, committed through \
+             `ZODB.DB`), download = a fresh client with an empty cache fetching every blob (`loadBlob` -> `sendBlob`); \
+             a phase's rate is all clients' bytes over (last end - first start); fresh servers per cell, median of {repeat}\n"
+        );
+    }
     println!(
         "| blob | clients x blobs each | python upload MB/s | zeoraid upload MB/s | **zeoraid/python** | \
          python download MB/s | zeoraid download MB/s | **zeoraid/python** |"
@@ -788,11 +830,16 @@ fn throughput(driver: &Path, root: &Path) {
         mark(worst_down.0 >= SPEED_TARGET)
     );
     println!(
-        "\nThe clients are Python on the same 2 cores as the server: the client itself may be the bottleneck \
-         (see its CPU below), capping both servers at a similar rate. zeoraid fsyncs every blob file and its \
+        "\n{}zeoraid fsyncs every blob file and its \
          directory before the vote answers; Python's FileStorage fsyncs Data.fs only, not blob files. \
          So zeoraid's server CPU includes the writeback of its blob files (done by the fsyncing thread), \
-         while Python's is done later by kernel threads: counted in the cores busy, not in its server CPU."
+         while Python's is done later by kernel threads: counted in the cores busy, not in its server CPU.",
+        if rust {
+            ""
+        } else {
+            "The clients are Python on the same 2 cores as the server: the client itself may be the \
+             bottleneck (see its CPU below), capping both servers at a similar rate. "
+        }
     );
     println!(
         "\nCPU seconds per GB moved (/proc/PID/stat utime + stime of the server over the phase; the clients' \
@@ -946,86 +993,6 @@ fn rust_up_and_down(
     (up, down)
 }
 
-/// Throughput of zeoraid vs Python runzeo driven by zeoraid's own client
-/// (the `throughput` cells), fresh servers per cell, alternating.
-fn rust_clients(driver: &Path, root: &Path) {
-    let repeat = env::<usize>("ZEORAID_BENCH_REPEAT").unwrap_or(3).max(1);
-    let need = CELLS
-        .iter()
-        .map(|&(s, c, n)| s * (c * n) as u64)
-        .max()
-        .unwrap_or(0)
-        + 101 * MIB
-        + GIB;
-    if !enough_disk(root, need, "rust") {
-        return;
-    }
-    let sources: Vec<PathBuf> = [MIB, 100 * MIB]
-        .iter()
-        .map(|&s| {
-            let p = root.join(format!("rust-src-{s}"));
-            make_source(driver, &p, s);
-            p
-        })
-        .collect();
-    let impls = [Impl::Python, Impl::Zeoraid];
-    let mut runs: Vec<[Vec<(Phase, Phase)>; 2]> =
-        CELLS.iter().map(|_| [Vec::new(), Vec::new()]).collect();
-    for round in 0..repeat {
-        for (ci, &(size, clients, per)) in CELLS.iter().enumerate() {
-            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-            for si in order {
-                let dir = tempfile::tempdir_in(root).expect("cell dir");
-                let server = start(impls[si], &dir.path().join("server"));
-                let src = &sources[usize::from(size != MIB)];
-                let r = rust_up_and_down(&server, dir.path(), src, size, clients, per);
-                eprintln!(
-                    "rust round {}/{repeat}, {} x {clients} clients x {per}, {}: up {:.0} MB/s, down {:.0} MB/s",
-                    round + 1,
-                    size_label(size),
-                    impls[si].name(),
-                    r.0.mb_per_s(),
-                    r.1.mb_per_s()
-                );
-                runs[ci][si].push(r);
-            }
-        }
-    }
-    let med = |v: &[(Phase, Phase)], f: &dyn Fn(&Phase) -> f64, down: bool| {
-        median(
-            &v.iter()
-                .map(|(u, d)| f(if down { d } else { u }))
-                .collect::<Vec<_>>(),
-        )
-    };
-    println!(
-        "\nBlob throughput driven by zeoraid's own ZEO client (Rust; each thread its own connection and \
-         blob cache; the same cells, servers and files as `throughput`), median of {repeat}:\n"
-    );
-    println!(
-        "| blob | clients x blobs each | python upload MB/s | zeoraid upload MB/s | **zeoraid/python** | \
-         python download MB/s | zeoraid download MB/s | **zeoraid/python** | server CPU s/GB up, python / zeoraid | \
-         down, python / zeoraid |"
-    );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---|---|");
-    for (ci, &(size, clients, per)) in CELLS.iter().enumerate() {
-        let rate = |si: usize, down: bool| med(&runs[ci][si], &Phase::mb_per_s, down);
-        let cpu = |si: usize, down: bool| med(&runs[ci][si], &Phase::server_cpu_per_gb, down);
-        let (pu, ru, pd, rd) = (rate(0, false), rate(1, false), rate(0, true), rate(1, true));
-        println!(
-            "| {} | {clients} x {per} | {pu:.0} | {ru:.0} | **{:.2}x** | {pd:.0} | {rd:.0} | **{:.2}x** | \
-             {:.2} / {:.2} | {:.2} / {:.2} |",
-            size_label(size),
-            ratio(ru, pu),
-            ratio(rd, pd),
-            cpu(0, false),
-            cpu(1, false),
-            cpu(0, true),
-            cpu(1, true)
-        );
-    }
-}
-
 // ---------------------------------------------------------------------------
 // array
 // ---------------------------------------------------------------------------
@@ -1054,14 +1021,9 @@ fn array(driver: &Path, root: &Path) {
         "array-src",
         [Impl::Zeoraid, Impl::Array],
         repeat,
+        false,
     );
-    let med = |v: &[(Phase, Phase)], down: bool| {
-        median(
-            &v.iter()
-                .map(|(u, d)| if down { d.mb_per_s() } else { u.mb_per_s() })
-                .collect::<Vec<_>>(),
-        )
-    };
+    let med = |v: &[(Phase, Phase)], down: bool| cell_median(v, &Phase::mb_per_s, down);
     println!(
         "\nBlobs through an array of two file mirrors (each with fsync and its own blob-dir; every blob \
          written to both) vs one file storage, both zeoraid, the same stock Python clients as `throughput`; \

@@ -14,9 +14,9 @@
 //!   the commit path does no extra write, fsync or network call, and
 //!   takes no lock the shipper holds: the transaction goes through a
 //!   lock-free inbox the shipper moves into the queue (bounded the same
-//!   way). A
-//!   transaction whose records the array does not know at finish (an
-//!   undo) is queued as a tid and read back from a synchronous backend.
+//!   way). A transaction whose records the array does not know at finish
+//!   (an undo, a blob store) is queued as a tid and read back from a
+//!   synchronous backend.
 //!   Only transactions visible on the synchronous backends are shipped.
 //! - *Catch-up*: when the queue overflowed (it forgets its oldest entries
 //!   and remembers up to where), after a link failure, and after a
@@ -43,7 +43,10 @@
 //!
 //! **Where it resumes.** The newest transaction the mirror holds (its
 //! `lastTransaction`, checked against its history as for a recovery: a
-//! Python FileStorage killed mid-commit may report one it cut off).
+//! Python FileStorage killed mid-commit may report one it cut off), read
+//! once it has held still for `SETTLE`: what an earlier connection (a
+//! killed process, a failed link) sent may still be arriving and being
+//! committed, and must not be shipped a second time.
 //!
 //! **Pack while lagging.** A pack of the array is applied to the
 //! synchronous backends at once and remembered for each mirror with the

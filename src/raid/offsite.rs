@@ -806,11 +806,7 @@ impl Iterator for ReadAhead<'_> {
         while let Some(r) = next {
             match r {
                 Ok(r) => {
-                    bytes += r
-                        .records
-                        .iter()
-                        .map(|d| d.data.as_ref().map_or(0, |d| d.len() as u64))
-                        .sum::<u64>();
+                    bytes += r.data_bytes();
                     batch.push(Arc::new(r));
                 }
                 Err(e) => {
@@ -902,16 +898,16 @@ fn settled_last(m: &Mirror, core: &Core, t: &dyn Storage) -> Result<Tid, String>
         }
         std::thread::sleep(Duration::from_millis(250));
         let now = read()?;
-        if now != last && !said {
-            said = true;
-            log::info!(
-                "RAID array {:?}: off-site backend {:?} is still committing what an earlier \
-                 connection sent (now at {now}); waiting until it holds still",
-                core.opts.name,
-                m.name
-            );
-        }
         if now != last {
+            if !said {
+                log::info!(
+                    "RAID array {:?}: off-site backend {:?} is still committing what an earlier \
+                     connection sent (now at {now}); waiting until it holds still",
+                    core.opts.name,
+                    m.name
+                );
+            }
+            said = true;
             last = now;
             still_since = Instant::now();
         } else if still_since.elapsed() >= SETTLE {
@@ -980,8 +976,8 @@ fn ship(
 ) -> Result<(), String> {
     let started = Instant::now();
     let mut n = 0u64;
-    // Once per acknowledged run, not per transaction: the queue's lock is
-    // the one commits take.
+    // Once per acknowledged run, not per transaction: one trim of the
+    // queue and one update of the figures (locks the status shares).
     let mut on_done = |done: &[Shipped]| {
         let Some(&(tid, _)) = done.last() else { return };
         let bytes: u64 = done.iter().map(|d| d.1).sum();

@@ -950,12 +950,7 @@ pub(super) fn restore(
         });
     }
     // Records and the blob files copied with them.
-    let bytes = rec
-        .records
-        .iter()
-        .map(|r| r.data.as_ref().map_or(0, |d| d.len() as u64))
-        .sum::<u64>()
-        + copies.bytes();
+    let bytes = rec.data_bytes() + copies.bytes();
     let txn = Txn {
         meta: rec.meta.clone(),
         tid: Some(rec.tid),

@@ -324,11 +324,7 @@ fn compare(
             }
             if let Some(a) = &a {
                 n += 1;
-                bytes += a
-                    .records
-                    .iter()
-                    .map(|r| r.data.as_ref().map_or(0, |d| d.len() as u64))
-                    .sum::<u64>();
+                bytes += a.data_bytes();
             }
         };
         drop(ra);

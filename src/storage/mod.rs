@@ -218,6 +218,16 @@ pub struct TxnRecord {
     pub records: Vec<DataRecord>,
 }
 
+impl TxnRecord {
+    /// Bytes of record data it carries (backpointers carry none).
+    pub fn data_bytes(&self) -> u64 {
+        self.records
+            .iter()
+            .map(|r| r.data.as_ref().map_or(0, |d| d.len() as u64))
+            .sum()
+    }
+}
+
 /// Errors of the storage layer. Mapped to ZODB exception class names only at
 /// the protocol edge (`zeo::message`).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

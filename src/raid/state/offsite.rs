@@ -118,13 +118,13 @@ impl<T: Clone> ShipQueue<T> {
         }
     }
 
-    /// The first entry after `after`.
+    /// The entries after `after`, as many as `bound` allows.
     pub fn next_after(&self, after: Tid, bound: Batch) -> Following<T> {
         if after < self.covered_after {
             return Following::Overflowed;
         }
         // Entries are in tid order: a binary search, not a scan (the
-        // shipper asks under the lock commits take).
+        // shipper asks for every batch, under the lock the status takes).
         let i = self.entries.partition_point(|e| e.0 <= after);
         let mut out = Vec::new();
         let mut bytes = 0u64;

@@ -110,9 +110,7 @@ impl Client {
                 Some(rec.tid),
                 rec.status,
             ));
-            let mut bytes = 0u64;
             for r in &rec.records {
-                bytes += r.data.as_ref().map_or(0, |d| d.len() as u64);
                 frames.push(OutFrame::restorea(
                     r.oid,
                     rec.tid,
@@ -139,7 +137,7 @@ impl Client {
             )));
             sent.push(InFlight {
                 tid: rec.tid,
-                bytes,
+                bytes: rec.data_bytes(),
                 vote: (vote_id, vote_rx),
                 finish: (finish_id, finish_rx),
             });

@@ -89,6 +89,7 @@ pub mod admin;
 #[doc(hidden)]
 pub mod bench;
 pub mod config;
+pub(crate) mod handoff;
 mod instance;
 #[doc(hidden)]
 pub mod locks;

@@ -331,7 +331,7 @@ fn finish_txn(shared: &Shared, sess: &Session, st: &mut State, msg: &Message) ->
             invalidated,
         };
         let unsent = match &entry.committer {
-            Some(tx) => tx.send(CommitMsg::Finished(finished)).err().map(|e| e.0),
+            Some(tx) => tx.send(CommitMsg::Finished(finished)).err(),
             None => Some(CommitMsg::Finished(finished)),
         };
         // The next voter may go on while this one becomes durable.

@@ -7,8 +7,9 @@
 //! (`zeoraid-commit-NAME`) takes every transaction waiting, makes them
 //! durable with one call (one fsync), then, oldest first, publishes each
 //! under the storage's visibility lock, queues its invalidations and
-//! acknowledges it. A channel is FIFO and logging happens under the commit
-//! lock, so transactions arrive here in tid order and are published in it.
+//! acknowledges it. The queue (`handoff`) is FIFO and logging happens
+//! under the commit lock, so transactions arrive here in tid order and are
+//! published in it.
 //!
 //! Nothing is acknowledged before it is durable. When durability fails the
 //! whole batch gets the error and the storage refuses later commits.
@@ -17,10 +18,10 @@ use super::commit::announce;
 use super::session::guarded;
 use super::status::info_message;
 use super::{ConnId, Out, Shared, StorageEntry};
+use crate::handoff::Receiver;
 use crate::locks::write;
 use crate::storage::{Oid, Tid};
 use crate::zeo::message::{self, tid_value};
-use crossbeam_channel::Receiver;
 use rmpv::Value;
 use std::sync::Arc;
 
@@ -43,12 +44,12 @@ pub(crate) enum Msg {
 pub(crate) fn run(shared: Arc<Shared>, entry: Arc<StorageEntry>, rx: Receiver<Msg>) {
     loop {
         let first = match rx.recv() {
-            Ok(Msg::Finished(f)) => f,
-            Ok(Msg::Stop) | Err(_) => return,
+            Some(Msg::Finished(f)) => f,
+            Some(Msg::Stop) | None => return,
         };
         let mut batch = vec![first];
         let mut stop = false;
-        while let Ok(m) = rx.try_recv() {
+        while let Some(m) = rx.try_recv() {
             match m {
                 Msg::Finished(f) => batch.push(f),
                 Msg::Stop => {

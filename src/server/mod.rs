@@ -33,12 +33,12 @@ mod transport;
 mod watchdog;
 mod wire;
 
+use crate::handoff::{self, Receiver, Sender};
 use crate::locks::read;
 use crate::net::tls::rustls;
 use crate::storage::resolve::ConflictResolver;
 use crate::storage::Storage;
 use crate::zeo::message::Message;
-use crossbeam_channel::{unbounded, Receiver, Sender};
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -194,7 +194,7 @@ pub(crate) struct Shared {
     pub storages: HashMap<String, Arc<StorageEntry>>,
     pub sessions: RwLock<HashMap<ConnId, Arc<Session>>>,
     pub jobs: Sender<Job>,
-    pub out: Sender<Out>,
+    pub out: crossbeam_channel::Sender<Out>,
     pub waker: Arc<mio::Waker>,
     /// Set by `send` when it woke the loop; cleared by the loop before it drains.
     pub wake_pending: AtomicBool,
@@ -252,14 +252,14 @@ impl Server {
         let (listener, listening) = transport::Listener::bind(&opts.listen, opts.socket_mode)?;
         let poll = mio::Poll::new()?;
         let waker = Arc::new(mio::Waker::new(poll.registry(), io::WAKER)?);
-        let (job_tx, job_rx) = unbounded();
-        let (out_tx, out_rx) = unbounded();
+        let (job_tx, job_rx) = handoff::queue();
+        let (out_tx, out_rx) = crossbeam_channel::unbounded();
         let mut commit_rx = Vec::new();
         let storages = storages
             .into_iter()
             .map(|(name, storage, read_only)| {
                 let committer = storage.group_commit().then(|| {
-                    let (tx, rx) = unbounded();
+                    let (tx, rx) = handoff::queue();
                     commit_rx.push((name.clone(), tx.clone(), rx));
                     tx
                 });

@@ -15,11 +15,11 @@ use super::wire::{
     txn_meta_entries, undo_entry_value, undo_range,
 };
 use super::{lock, ConnId, Job, Out, Shared, StorageEntry};
+use crate::handoff::Receiver;
 use crate::locks::{read, write};
 use crate::storage::blobdir::StagedFile;
 use crate::storage::{timestamp, Error, Oid, Op, Result, Tid, TxnIter, TxnMeta, TxnRecord};
 use crate::zeo::message::{self, arg, bin, oid_value, opt_tid_value, tid_value, Message};
-use crossbeam_channel::Receiver;
 use rmpv::Value;
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -188,7 +188,7 @@ impl Session {
 
 /// The worker thread body.
 pub(crate) fn worker(shared: Arc<Shared>, jobs: Receiver<Job>) {
-    while let Ok(job) = jobs.recv() {
+    while let Some(job) = jobs.recv() {
         match job {
             Job::Stop => break,
             Job::Concurrent(id, mut msgs) => {

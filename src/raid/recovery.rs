@@ -241,8 +241,10 @@ impl RaidStorage {
     /// only; nothing is deleted) and rebuilt from scratch.
     pub fn recover(&self, name: &str, force: bool) -> Result<Report, String> {
         let i = self.position(name)?;
-        lock(&self.core.backends[i].attempts).disabled = false;
-        run_on_thread(&self.core, i, force)
+        // `disabled` is cleared once this recovery holds the array, not
+        // before: auto-recovery would take the backend in between, and
+        // this call would find the array busy with it.
+        run_on_thread(&self.core, i, force, true)
     }
 
     /// Ask for a recovery of backend `name` (`force`: rebuild a diverged
@@ -355,7 +357,14 @@ impl Drop for RaidStorage {
 }
 
 /// Run one recovery on its own named thread and wait for it.
-fn run_on_thread(core: &Arc<Core>, i: usize, force: bool) -> Result<Report, String> {
+/// `operator`: asked for by name ([`RaidStorage::recover`]), so a backend
+/// the operator disabled is taken back.
+fn run_on_thread(
+    core: &Arc<Core>,
+    i: usize,
+    force: bool,
+    operator: bool,
+) -> Result<Report, String> {
     let name = format!(
         "zeoraid-recover-{}-{}",
         core.opts.name, core.backends[i].name
@@ -363,7 +372,7 @@ fn run_on_thread(core: &Arc<Core>, i: usize, force: bool) -> Result<Report, Stri
     let c = core.clone();
     let h = std::thread::Builder::new()
         .name(name)
-        .spawn(move || recover_now(&c, i, force))
+        .spawn(move || recover_now(&c, i, force, operator))
         .map_err(|e| format!("cannot start a recovery thread: {e}"))?;
     h.join()
         .unwrap_or_else(|_| Err("the recovery thread panicked (a zeoraid bug; see the log)".into()))
@@ -387,7 +396,7 @@ fn supervise(weak: Weak<Core>) {
         // Recoveries an operator asked for come first.
         let asked = lock(&core.requests).pop_front();
         if let Some((i, force)) = asked {
-            if let Err(why) = run_on_thread(&core, i, force) {
+            if let Err(why) = run_on_thread(&core, i, force, false) {
                 log::warn!(
                     "RAID array {:?}: the recovery of backend {:?} asked for did not succeed: {why}",
                     core.opts.name,
@@ -418,7 +427,7 @@ fn supervise(weak: Weak<Core>) {
         let busy = lock(&core.busy).is_some();
         if let Some(i) = plan::next_to_recover(&candidates, busy) {
             if core.pick_source(i).is_some() {
-                match run_on_thread(&core, i, false) {
+                match run_on_thread(&core, i, false, false) {
                     Ok(_) => {}
                     Err(why) => log::warn!(
                         "RAID array {:?}: auto-recovery of backend {:?} did not succeed: {why}{}",
@@ -453,12 +462,15 @@ fn wait_tick(core: &Core) {
 }
 
 /// Recover backend `i` on this thread.
-fn recover_now(core: &Arc<Core>, i: usize, force: bool) -> Result<Report, String> {
+fn recover_now(core: &Arc<Core>, i: usize, force: bool, operator: bool) -> Result<Report, String> {
     let b = &core.backends[i];
     if b.is_removed() {
         return Err(format!("backend {:?} was removed", b.name));
     }
     let _busy = core.claim(format!("backend {:?} is recovering", b.name))?;
+    if operator {
+        lock(&b.attempts).disabled = false;
+    }
     let was = match &*read(&b.state) {
         BackendState::Optimal if b.is_open() => {
             return Err(format!(

@@ -487,12 +487,18 @@ enum Priority {
 }
 
 thread_local! {
-    /// The priority [`set_priority`] last set on this thread.
+    /// The priority [`set_priority`] last set on this thread (for
+    /// [`at_priority`] to go back to).
     static PRIORITY: std::cell::Cell<Priority> = const { std::cell::Cell::new(Priority::Background) };
 }
 
-fn current_priority() -> Priority {
-    PRIORITY.with(|p| p.get())
+/// Run `f` at priority `p`, then go back to the priority before.
+fn at_priority<T>(p: Priority, f: impl FnOnce() -> T) -> T {
+    let before = PRIORITY.with(|c| c.get());
+    set_priority(p);
+    let r = f();
+    set_priority(before);
+    r
 }
 
 /// Set the calling thread's priority (a failure is logged at debug: the
@@ -652,10 +658,9 @@ fn step(
                 f.reason = None;
                 f.catching = None;
             });
-            set_priority(Priority::Idle);
-            let shipped = ship(m, core, &t, QueueFeed::new(m, core, pos), position);
-            set_priority(Priority::Background);
-            shipped
+            at_priority(Priority::Idle, || {
+                ship(m, core, &t, QueueFeed::new(m, core, pos), position)
+            })
         }
         Next::CatchUp { after, until } => {
             let (si, source) = source(core)?;
@@ -842,11 +847,7 @@ fn source(core: &Core) -> Result<(usize, Arc<dyn Storage>), String> {
 /// [`fetch`] from the queue's stream (at idle priority): at background
 /// priority, since it takes the source storage's locks.
 fn fetch_in_background(core: &Core, tid: Tid) -> Result<TxnRecord, String> {
-    let before = current_priority();
-    set_priority(Priority::Background);
-    let r = fetch(core, tid);
-    set_priority(before);
-    r
+    at_priority(Priority::Background, || fetch(core, tid))
 }
 
 /// Read one committed transaction back from a synchronous backend.
@@ -955,10 +956,7 @@ fn open(m: &Mirror, core: &Core) -> Result<Arc<dyn Storage>, String> {
             let addr = opts.addr.clone();
             // The client's reader thread inherits the idle priority: it
             // shares no lock with the commit path either.
-            set_priority(Priority::Idle);
-            let client = Client::connect(opts);
-            set_priority(Priority::Background);
-            client
+            at_priority(Priority::Idle, || Client::connect(opts))
                 .map(|c| Arc::new(c) as Arc<dyn Storage>)
                 .map_err(|e| format!("cannot connect to {addr}: {e}"))
         }
@@ -1051,12 +1049,9 @@ fn restore_with_blobs(
     rec: &TxnRecord,
     group: bool,
 ) -> Result<u64, String> {
-    let before = current_priority();
-    set_priority(Priority::Background);
-    let restored =
-        source(core).and_then(|(_, s)| super::recovery::restore(Some(s.as_ref()), t, rec, group));
-    set_priority(before);
-    restored
+    at_priority(Priority::Background, || {
+        source(core).and_then(|(_, s)| super::recovery::restore(Some(s.as_ref()), t, rec, group))
+    })
 }
 
 /// A stream of batches cut before each transaction with blobs: the

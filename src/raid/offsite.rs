@@ -24,10 +24,8 @@
 //!   synchronous backend (in-process first), exactly as a recovery does,
 //!   then returns to the queue. Nothing is lost: the synchronous backends
 //!   are the durable record; memory stays bounded.
-//! - *Second in line*: while it streams from the queue the thread runs at
-//!   `SCHED_IDLE` (only on CPU time nothing else wants; a waking commit
-//!   preempts it at once), elsewhere at nice +10 (a catch-up takes the
-//!   source storage's locks, which commits take too).
+//! - *Second in line*: the thread runs at nice +10, so commits and loads
+//!   get the CPU first, yet it keeps a share on a host that is never idle.
 //! - *Blobs*: a transaction with blob records goes alone, between
 //!   pipelined runs, with its blob files read from a synchronous backend
 //!   and stored as a recovery stores them (`BlobSplit`).
@@ -196,7 +194,7 @@ pub(crate) struct Mirror {
     queue: Mutex<ShipQueue<Entry>>,
     /// The commit path's way into the queue: a lock-free channel, so a
     /// commit never waits for a lock the shipper holds (the shipper runs at
-    /// idle priority and may be preempted holding the queue's lock). The
+    /// a lower priority and may be preempted holding the queue's lock). The
     /// shipper moves it into the queue ([`Mirror::queue`]).
     inbox: Inbox,
     /// The shipping thread, to wake (set once it runs).
@@ -261,12 +259,12 @@ impl Mirror {
     }
 
     /// A transaction the array committed (called at finish, in tid order,
-    /// under the array's `last_logged` lock). Lock-free: into the inbox.
+    /// under the array's `last_logged` lock; `entry` made by [`entry_of`]
+    /// before it, once for every mirror). Lock-free: into the inbox.
     /// No wake-up here: the shipper ships only what is visible, and
     /// [`Mirror::published`] wakes it once the transaction is.
-    pub(crate) fn enqueue(&self, tid: Tid, txn: &Txn) {
-        let (entry, bytes) = entry_of(tid, txn);
-        self.inbox.put(tid, bytes, entry);
+    pub(crate) fn enqueue(&self, tid: Tid, (entry, bytes): &(Entry, u64)) {
+        self.inbox.put(tid, *bytes, entry.clone());
     }
 
     /// Transactions up to `tid` are visible on the synchronous backends
@@ -426,7 +424,7 @@ impl Inbox {
 }
 
 /// The queue entry of a committed transaction and its data bytes.
-fn entry_of(tid: Tid, txn: &Txn) -> (Entry, u64) {
+pub(crate) fn entry_of(tid: Tid, txn: &Txn) -> (Entry, u64) {
     let mut records = Vec::with_capacity(txn.ops.len());
     let mut bytes = 0u64;
     for op in &txn.ops {
@@ -471,58 +469,27 @@ fn entry_of(tid: Tid, txn: &Txn) -> (Entry, u64) {
     (Entry::Whole(Arc::new(rec)), bytes)
 }
 
-/// The shipping thread's CPU priority.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Priority {
-    /// nice +10: yields the CPU to commits and loads when both want it.
-    /// While it may take locks commits take too (the source storage's, in
-    /// a catch-up or a fetch, the array's state).
-    Background,
-    /// `SCHED_IDLE`: runs only on CPU time nothing else wants, and a
-    /// waking commit or load preempts it at once (at nice +10 a burst of
-    /// shipping still delayed some commits: p99 1.2x). Only while it
-    /// streams from the queue, where it shares no lock with the commit
-    /// path (the inbox is lock-free).
-    Idle,
-}
+/// How far the shipping thread stands back: nice +10. Commits and loads
+/// (nice 0) get the CPU first when both want it, yet the mirror keeps a
+/// share on a host that is never idle, so it catches up by itself.
+/// (`SCHED_IDLE`, which runs only on CPU time nothing else wants, would
+/// starve it there, and measured no better for commits: commit p99 with /
+/// without the mirror 1.14x, median of nine runs of the bench's "site
+/// elsewhere" rows, against 1.10x at nice +10, `benches/offsite.rs`.)
+const NICE: libc::c_int = 10;
 
-thread_local! {
-    /// The priority [`set_priority`] last set on this thread (for
-    /// [`at_priority`] to go back to).
-    static PRIORITY: std::cell::Cell<Priority> = const { std::cell::Cell::new(Priority::Background) };
-}
-
-/// Run `f` at priority `p`, then go back to the priority before.
-fn at_priority<T>(p: Priority, f: impl FnOnce() -> T) -> T {
-    let before = PRIORITY.with(|c| c.get());
-    set_priority(p);
-    let r = f();
-    set_priority(before);
-    r
-}
-
-/// Set the calling thread's priority (a failure is logged at debug: the
-/// thread then ships at normal priority).
-fn set_priority(p: Priority) {
-    PRIORITY.with(|c| c.set(p));
-    let param = libc::sched_param { sched_priority: 0 };
-    let policy = match p {
-        Priority::Background => libc::SCHED_OTHER,
-        Priority::Idle => libc::SCHED_IDLE,
-    };
-    // SAFETY: sched_setscheduler, gettid and setpriority on the calling
-    // thread only, with a parameter that lives across the call.
+/// Put the calling thread at [`NICE`] (threads it starts inherit it:
+/// the mirror's ZEO client's reader too). A failure is logged at debug:
+/// the thread then ships at normal priority.
+fn stand_back() {
+    // SAFETY: gettid and setpriority on the calling thread only.
     let rc = unsafe {
-        let mut rc = libc::sched_setscheduler(0, policy, &param);
-        if rc == 0 && p == Priority::Background {
-            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-            rc = libc::setpriority(libc::PRIO_PROCESS, tid, 10);
-        }
-        rc
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, NICE)
     };
     if rc != 0 {
         log::debug!(
-            "cannot set the off-site thread's priority to {p:?}: {}",
+            "cannot set the off-site thread's nice value to {NICE}: {}",
             std::io::Error::last_os_error()
         );
     }
@@ -530,7 +497,7 @@ fn set_priority(p: Priority) {
 
 /// The thread: connect, find the position, ship, retry after failures.
 fn run(m: &Arc<Mirror>, weak: &Weak<Core>) {
-    set_priority(Priority::Background);
+    stand_back();
     let mut target: Option<Arc<dyn Storage>> = None;
     let mut position: Option<Tid> = None;
     let mut backoff = Duration::ZERO;
@@ -658,9 +625,7 @@ fn step(
                 f.reason = None;
                 f.catching = None;
             });
-            at_priority(Priority::Idle, || {
-                ship(m, core, &t, QueueFeed::new(m, core, pos), position)
-            })
+            ship(m, core, &t, QueueFeed::new(m, core, pos), position)
         }
         Next::CatchUp { after, until } => {
             let (si, source) = source(core)?;
@@ -770,7 +735,7 @@ impl Iterator for QueueFeed<'_> {
         for (tid, entry) in entries {
             match entry {
                 Entry::Whole(r) => batch.push(r),
-                Entry::Fetch => match fetch_in_background(self.core, tid) {
+                Entry::Fetch => match fetch(self.core, tid) {
                     Ok(r) => batch.push(Arc::new(r)),
                     Err(e) if batch.is_empty() => return Some(Err(e)),
                     // Ship what came before it; the next call fails.
@@ -842,12 +807,6 @@ fn source(core: &Core) -> Result<(usize, Arc<dyn Storage>), String> {
         .storage()
         .map_err(|e| format!("its source: {e}"))?;
     Ok((si, s))
-}
-
-/// [`fetch`] from the queue's stream (at idle priority): at background
-/// priority, since it takes the source storage's locks.
-fn fetch_in_background(core: &Core, tid: Tid) -> Result<TxnRecord, String> {
-    at_priority(Priority::Background, || fetch(core, tid))
 }
 
 /// Read one committed transaction back from a synchronous backend.
@@ -954,9 +913,7 @@ fn open(m: &Mirror, core: &Core) -> Result<Arc<dyn Storage>, String> {
                 ..o.clone()
             };
             let addr = opts.addr.clone();
-            // The client's reader thread inherits the idle priority: it
-            // shares no lock with the commit path either.
-            at_priority(Priority::Idle, || Client::connect(opts))
+            Client::connect(opts)
                 .map(|c| Arc::new(c) as Arc<dyn Storage>)
                 .map_err(|e| format!("cannot connect to {addr}: {e}"))
         }
@@ -1041,17 +998,14 @@ fn has_blobs(rec: &TxnRecord) -> bool {
 
 /// Restore one transaction with its blob files read from a synchronous
 /// backend (as a recovery copies them; onto a ZEO mirror as stores of the
-/// blob inside the transaction begun with its tid), at background
-/// priority: it takes the source storage's locks.
+/// blob inside the transaction begun with its tid).
 fn restore_with_blobs(
     core: &Core,
     t: &dyn Storage,
     rec: &TxnRecord,
     group: bool,
 ) -> Result<u64, String> {
-    at_priority(Priority::Background, || {
-        source(core).and_then(|(_, s)| super::recovery::restore(Some(s.as_ref()), t, rec, group))
-    })
+    source(core).and_then(|(_, s)| super::recovery::restore(Some(s.as_ref()), t, rec, group))
 }
 
 /// A stream of batches cut before each transaction with blobs: the

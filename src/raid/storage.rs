@@ -552,12 +552,20 @@ impl RaidStorage {
         // client is told so even if fewer than min-optimal remain; the
         // array applies fail-mode to what comes next.
         {
+            // The off-site mirrors' entry, made before the lock (one for
+            // all of them: its records are shared).
+            let entry_of = |txn| super::offsite::entry_of(tid, txn);
+            let mut entry = match &pending.txn {
+                Some(txn) if !read(&core.offsite).is_empty() => Some(entry_of(txn)),
+                _ => None,
+            };
             let mut last = lock(&core.last_logged);
             *last = (*last).max(tid);
-            // In tid order (under last_logged), for the off-site mirrors.
+            // In tid order (under last_logged), for the off-site mirrors
+            // (one added meanwhile gets it too).
             if let Some(txn) = &pending.txn {
                 for m in read(&core.offsite).iter() {
-                    m.enqueue(tid, txn);
+                    m.enqueue(tid, entry.get_or_insert_with(|| entry_of(txn)));
                 }
             }
         }

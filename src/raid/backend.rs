@@ -272,7 +272,7 @@ impl Backend {
         self.opened.load(Ordering::Acquire)
     }
 
-    fn set_storage(&self, s: Option<Arc<dyn Storage>>) {
+    pub(crate) fn set_storage(&self, s: Option<Arc<dyn Storage>>) {
         let mut g = write(&self.storage);
         self.opened.store(s.is_some(), Ordering::Release);
         *g = s;
@@ -330,6 +330,28 @@ impl Backend {
         let (s, note) = reopen(fresh)?;
         self.set_storage(Some(s));
         Ok(note)
+    }
+
+    /// Make its connection or file handle anew, whether it is open or not
+    /// (a ZEO backend: a new connection, so its server ends whatever the
+    /// old one left open; a local one: closed and opened again, so an
+    /// unfinished transaction is cut off). A local backend that cannot be
+    /// reopened (memory) is left as it is.
+    pub(crate) fn reset(
+        &self,
+        core: Weak<Core>,
+        i: usize,
+        timeout: Duration,
+    ) -> std::result::Result<(), String> {
+        if self.zeo.is_none() && self.reopen.is_none() {
+            return Ok(());
+        }
+        let old = write(&self.storage).take();
+        self.opened.store(false, Ordering::Release);
+        if let Some(old) = old {
+            old.close();
+        }
+        self.reopen(core, i, false, timeout).map(|_| ())
     }
 
     pub(crate) fn note_attempt(&self, result: &std::result::Result<(), String>) {

@@ -184,6 +184,14 @@ impl RaidStorage {
         }
         b.removed.store(true, Ordering::Release);
         drop(g);
+        // A transaction it logged before the lock passed on is made
+        // durable and published on it before it is closed.
+        if let super::state::inflight::Readiness::Logged(tid) = core.wait_ended(i) {
+            log::warn!(
+                "RAID array {:?}: backend {name:?} is removed with transaction {tid} logged                  but not durable on it",
+                core.opts.name
+            );
+        }
         {
             let _g = lock(&core.states);
             let mut m = lock(&core.members);
@@ -195,9 +203,12 @@ impl RaidStorage {
             drop(m);
             core.save_state();
         }
+        // Closed and let go of (a file backend's lock is released, so the
+        // same file can be added again).
         if let Ok(s) = b.storage() {
             s.close();
         }
+        b.set_storage(None);
         log::info!(
             "RAID array {:?}: backend {name:?} removed and closed; {} of {} backends optimal, \
              array {}",

@@ -111,6 +111,7 @@ impl RaidOptions {
 }
 
 mod backend;
+mod settle;
 mod storage;
 
 use backend::{event_handler, Backend};
@@ -169,12 +170,11 @@ fn open_sources(specs: &[BackendSpec], weak: &Weak<Core>, opts: &RaidOptions) ->
 /// Room for backends added while the array runs (`zeoraid ctl add`).
 pub const EXTRA_BACKENDS: usize = 8;
 
-/// The transaction between vote and finish.
+/// The transaction between vote and finish (which backends hold it, and
+/// how far, is [`state::inflight`]'s).
 #[derive(Default)]
 struct Pending {
     tid: Option<Tid>,
-    /// Backends that prepared it (positions).
-    prepared: Vec<usize>,
     /// The transaction, kept for the off-site mirrors' queues.
     txn: Option<Txn>,
 }
@@ -184,6 +184,12 @@ pub(crate) struct Core {
     backends: backend::Backends,
     fanout: fanout::Fanout,
     pending: Mutex<Pending>,
+    /// Which backends hold the array's transactions, phase by phase: a
+    /// backend that leaves the optimal set mid-commit has its transaction
+    /// ended before a recovery or a removal touches it.
+    inflight: Mutex<state::inflight::Inflight>,
+    /// Signalled whenever a backend's share of a transaction ends.
+    inflight_cv: Condvar,
     /// Last tid logged (voted and finished, perhaps not yet durable).
     last_logged: Mutex<Tid>,
     /// Last tid visible to loads.
@@ -330,6 +336,8 @@ impl RaidStorage {
                 backends: backend::Backends::new(backends, capacity),
                 fanout,
                 pending: Mutex::new(Pending::default()),
+                inflight: Mutex::new(state::inflight::Inflight::default()),
+                inflight_cv: Condvar::new(),
                 last_logged: Mutex::new(Tid::ZERO),
                 published: AtomicU64::new(0),
                 next_oid: Mutex::new(0),

@@ -45,7 +45,7 @@
 use super::state::{recovery as plan, Admission, BackendState, Credit};
 use super::verify;
 use super::{Core, RaidStorage};
-use crate::locks::{lock, read, write};
+use crate::locks::{lock, read};
 use crate::storage::{timestamp, Error, Op, Storage, Tid, Txn, TxnRecord, Vote};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -197,13 +197,6 @@ impl Core {
             g.txn = false;
             self.gate_cv.notify_all();
         }
-    }
-
-    /// Set backend `i`'s state (recovery's transitions), log, persist.
-    fn set_state(&self, i: usize, st: BackendState) {
-        let _g = lock(&self.states);
-        *write(&self.backends[i].state) = st;
-        self.save_state();
     }
 
     /// The source for a recovery of `target`: an optimal backend, in
@@ -543,7 +536,9 @@ fn attempt(core: &Arc<Core>, i: usize, force: bool, was: &str) -> Result<Report,
         bytes: 0,
         phase: "comparing",
     });
-    core.set_state(i, BackendState::Recovering(was.to_string()));
+    // Nothing of the array's may still be open on it (ended by the commit
+    // path, or resolved now), and no vote may choose it from here on.
+    core.take_for_recovery(i, was)?;
     log::info!(
         "RAID array {:?}: recovering backend {:?} from {:?} (it was degraded: {was})",
         core.opts.name,

@@ -5,6 +5,7 @@
 //! [`super::fanout`].
 
 use super::fanout::Outcome;
+use super::state::inflight::FinishEnd;
 use super::state::{self, VoteKey};
 use super::{Backend, Pending, RaidStorage};
 use crate::locks::{lock, read};
@@ -135,7 +136,7 @@ impl Storage for RaidStorage {
     }
 
     fn tpc_finish(&self) -> Result<Tid> {
-        let r = self.finish_with("tpc_finish", |s| s.tpc_finish());
+        let r = self.finish_with("tpc_finish", false, |s| s.tpc_finish());
         self.core.gate_leave();
         // Without group commit (an in-process caller), finishing also
         // made it durable and visible: tell whoever waits for that.
@@ -150,19 +151,27 @@ impl Storage for RaidStorage {
     }
 
     fn finish_log(&self) -> Result<Tid> {
-        let r = self.finish_with("finish_log", |s| s.finish_log());
+        let r = self.finish_with("finish_log", true, |s| s.finish_log());
         self.core.gate_leave();
         r
     }
 
+    /// On every backend that logged transactions up to `tid`, optimal or
+    /// not (one that left the array after its `finish_log` still holds
+    /// them: the log is final). Only the optimal ones count for the client.
     fn make_durable(&self, tid: Tid) -> Result<()> {
         let core = &self.core;
-        let optimal = core.optimal();
-        let answered = core.write_op("make_durable", &optimal, true, |s| s.make_durable(tid));
+        let logged = core.logged_through(tid);
+        if logged.is_empty() {
+            // Every transaction up to `tid` is durable and published.
+            return Ok(());
+        }
+        let answered = core.write_op("make_durable", &logged, true, |s| s.make_durable(tid));
         let mut durable = 0;
         for (i, r) in answered {
             match r {
-                Ok(()) => durable += 1,
+                Ok(()) if core.backends[i].is_optimal() => durable += 1,
+                Ok(()) => {}
                 Err(e) => core.degrade(i, format!("could not make {tid} durable: {e}; it may lack recent transactions, recover it")),
             }
         }
@@ -183,20 +192,24 @@ impl Storage for RaidStorage {
         Ok(())
     }
 
+    /// On every backend that logged transactions up to `tid`, optimal or
+    /// not, so none is left holding a logged transaction it does not show.
     fn publish(&self, tid: Tid) {
         let core = &self.core;
-        for i in core.optimal() {
+        for i in core.logged_through(tid) {
             if let Ok(s) = core.backends[i].storage() {
                 s.publish(tid);
             }
+            core.published_on(i, tid);
         }
         mark_published(core, tid);
     }
 
     fn tpc_abort(&self) {
         let core = &self.core;
-        let pending = std::mem::take(&mut *lock(&core.pending));
-        core.abort_on(&pending.prepared);
+        *lock(&core.pending) = Pending::default();
+        let held = lock(&core.inflight).abortable();
+        core.abort_held(&held);
         core.gate_leave();
     }
 
@@ -370,10 +383,30 @@ impl Storage for RaidStorage {
 }
 
 impl RaidStorage {
+    /// Vote `txn` on every optimal backend; each of them holds the
+    /// transaction prepared or has it ended when this returns
+    /// ([`Core::vote_ended`]).
     fn vote_locked(&self, txn: &Txn) -> Result<Vote> {
         let core = &self.core;
-        let optimal = core.optimal();
-        core.check_writable(optimal.len())?;
+        core.check_writable(core.optimal().len())?;
+        let mut kept = Vec::new();
+        let mut answered_at = Vec::new();
+        let mut participants = Vec::new();
+        let r = self.vote_on(txn, &mut participants, &mut kept, &mut answered_at);
+        core.vote_ended(&participants, &kept, &answered_at);
+        r
+    }
+
+    /// [`RaidStorage::vote_locked`]'s work: fills in the participants,
+    /// those that keep it prepared and those that answered.
+    fn vote_on(
+        &self,
+        txn: &Txn,
+        optimal: &mut Vec<usize>,
+        kept: &mut Vec<usize>,
+        answered_at: &mut Vec<usize>,
+    ) -> Result<Vote> {
+        let core = &self.core;
         let last = *lock(&core.last_logged);
         let tid = match txn.tid {
             Some(t) if t <= last => {
@@ -384,6 +417,13 @@ impl RaidStorage {
             Some(t) => t,
             None => state::next_tid(timestamp::now(), last, &[]),
         };
+        *optimal = core.begin_txn(tid);
+        if let Err(e) = core.check_writable(optimal.len()) {
+            // None of them was called: none holds anything.
+            answered_at.clone_from(optimal);
+            return Err(e);
+        }
+        let optimal = &*optimal;
         let mut whole = txn.clone();
         whole.tid = Some(tid);
         // Oids stored with ids the array did not hand out (restores, or a
@@ -407,7 +447,7 @@ impl RaidStorage {
             .ops
             .iter()
             .any(|op| matches!(op, Op::StoreBlob { .. } | Op::RestoreBlob { .. }));
-        let answered = core.write_op("vote", &optimal, false, |s| {
+        let answered = core.write_op("vote", optimal, false, |s| {
             if !has_blobs {
                 return s.tpc_vote(&whole);
             }
@@ -436,7 +476,8 @@ impl RaidStorage {
         // deadline is not called again (it is degraded, and would only make
         // this commit wait once more); its server drops the transaction
         // when the connection goes or by its own transaction-timeout.
-        let answered_at: Vec<usize> = answered.iter().map(|(i, _)| *i).collect();
+        *answered_at = answered.iter().map(|(i, _)| *i).collect();
+        let answered_at = &*answered_at;
         let abort_all_but = |keep: &[usize]| {
             let others: Vec<usize> = optimal
                 .iter()
@@ -480,9 +521,9 @@ impl RaidStorage {
                 };
                 *lock(&core.pending) = Pending {
                     tid: Some(tid),
-                    prepared,
                     txn: (!read(&core.offsite).is_empty()).then_some(whole),
                 };
+                *kept = prepared;
                 Ok(vote)
             }
             Some(VoteKey::Conflicts(_)) => {
@@ -508,10 +549,13 @@ impl RaidStorage {
     }
 
     /// Finish the pending transaction on every backend that prepared it
-    /// (`tpc_finish`, or `finish_log` for group commit).
+    /// and is still optimal (`tpc_finish`, or `finish_log` for group
+    /// commit: `logs`); one that left the optimal set since its vote is
+    /// aborted instead, so it holds nothing a recovery would trip over.
     fn finish_with(
         &self,
         what: &str,
+        logs: bool,
         f: impl Fn(&dyn Storage) -> Result<Tid> + Sync,
     ) -> Result<Tid> {
         let core = &self.core;
@@ -521,21 +565,54 @@ impl RaidStorage {
                 "{what} without a voted transaction"
             )));
         };
-        let answered = core.write_op(what, &pending.prepared, false, f);
+        let plan = core.finish_plan();
+        if !plan.abort.is_empty() {
+            for &i in &plan.abort {
+                log::info!(
+                    "RAID array {:?}: backend {:?} left the array between its vote and its finish                      of {tid}: aborted there (a recovery copies it)",
+                    core.opts.name,
+                    core.backends[i].name
+                );
+            }
+            core.abort_held(&plan.abort);
+        }
+        let answered = core.write_op(what, &plan.finish, false, f);
+        let ok = if logs {
+            FinishEnd::Logged
+        } else {
+            FinishEnd::Committed
+        };
+        // Those that did not answer by the deadline (degraded by
+        // write_op) may or may not hold it.
+        for &i in &plan.finish {
+            if !answered.iter().any(|(j, _)| *j == i) {
+                core.finish_ended(i, tid, FinishEnd::Unknown);
+            }
+        }
         let mut finished = 0;
         for (i, r) in answered {
             match r {
                 Ok(t) if t == tid => {
+                    core.finish_ended(i, tid, ok);
                     finished += 1;
                     let b = &core.backends[i];
                     b.last_tid.store(tid.0, Ordering::Relaxed);
                     b.writes.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(t) => core.degrade(i, format!("{what} committed as {t}, the array gave it {tid}; recover it")),
-                Err(e) => core.degrade(
-                    i,
-                    format!("{what} of {tid} failed: {e}; it may or may not hold that transaction, recover it"),
-                ),
+                Ok(t) => {
+                    core.finish_ended(i, t, ok);
+                    core.degrade(
+                        i,
+                        format!("{what} committed as {t}, the array gave it {tid}; recover it"),
+                    )
+                }
+                Err(e) => {
+                    core.finish_ended(i, tid, FinishEnd::Unknown);
+                    core.degrade(
+                        i,
+                        format!("{what} of {tid} failed: {e}; it may or may not hold that transaction, recover it"),
+                    )
+                }
             }
         }
         // Timed-out backends were degraded by write_op.

@@ -16,10 +16,13 @@
 //! - [`next_tid`]: the tid the array gives the next transaction.
 //! - [`credit`]: the recovery rate guarantee (`recovery-ratio`): when a
 //!   commit may go ahead while a backend recovers.
+//! - [`inflight`]: which backends hold the array's transactions and how
+//!   far, so one that leaves mid-commit has its transaction ended;
 //! - [`recovery`]: where a recovery starts (or why it must not), its
 //!   progress figures, and auto-recovery's backoff.
 
 pub mod credit;
+pub mod inflight;
 pub mod offsite;
 pub mod recovery;
 

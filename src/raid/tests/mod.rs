@@ -1,6 +1,7 @@
 //! The array over in-process backends, some of them made to fail.
 
 mod offsite;
+mod phases;
 mod recovery;
 
 use super::*;

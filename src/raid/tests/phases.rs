@@ -46,6 +46,9 @@ pub(super) enum Twist {
 
 type Action = Box<dyn FnOnce() + Send>;
 
+/// A `remove_backend` running on its own thread.
+type Removal = std::thread::JoinHandle<std::result::Result<(), String>>;
+
 #[derive(Default)]
 pub(super) struct HookCell {
     armed: Mutex<Option<(Phase, Twist, Option<Action>)>>,
@@ -284,8 +287,7 @@ fn run_case(phase: Phase, fault: Fault) {
     for _ in 0..3 {
         c.bump(&a).unwrap();
     }
-    let removing: Arc<Mutex<Option<std::thread::JoinHandle<std::result::Result<(), String>>>>> =
-        Arc::default();
+    let removing: Arc<Mutex<Option<Removal>>> = Arc::default();
     let (twist, action): (Twist, Action) = match fault {
         Fault::Disable => {
             let arr = a.clone();

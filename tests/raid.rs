@@ -464,3 +464,160 @@ fn a_restart_keeps_a_degraded_backend_degraded() {
     drop(raid);
     drop(backend);
 }
+
+/// A memory storage whose loads fail, once switched on, the way Python
+/// ZEO's msgpack server answers a load it cannot encode (RelStorage's
+/// POSKeyError): `builtins.ValueError("Couldn't pickle response")`.
+struct ForeignLoadErrors {
+    inner: MemoryStorage,
+    on: AtomicBool,
+}
+
+impl ForeignLoadErrors {
+    fn check(&self) -> Result<(), Error> {
+        if self.on.load(Ordering::SeqCst) {
+            return Err(Error::Value("Couldn't pickle response".into()));
+        }
+        Ok(())
+    }
+}
+
+impl Storage for ForeignLoadErrors {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    fn is_read_only(&self) -> bool {
+        false
+    }
+    fn supports_undo(&self) -> bool {
+        self.inner.supports_undo()
+    }
+    fn last_transaction(&self) -> zeoraid::storage::Result<Tid> {
+        self.inner.last_transaction()
+    }
+    fn load_before(
+        &self,
+        oid: Oid,
+        before: Tid,
+    ) -> zeoraid::storage::Result<Option<zeoraid::storage::Loaded>> {
+        self.check()?;
+        self.inner.load_before(oid, before)
+    }
+    fn load_serial(&self, oid: Oid, serial: Tid) -> zeoraid::storage::Result<Data> {
+        self.check()?;
+        self.inner.load_serial(oid, serial)
+    }
+    fn history(
+        &self,
+        oid: Oid,
+        size: usize,
+    ) -> zeoraid::storage::Result<Vec<zeoraid::storage::HistoryEntry>> {
+        self.check()?;
+        self.inner.history(oid, size)
+    }
+    fn new_oids(&self, n: usize) -> zeoraid::storage::Result<Vec<Oid>> {
+        self.inner.new_oids(n)
+    }
+    fn tpc_vote(&self, txn: &Txn) -> zeoraid::storage::Result<Vote> {
+        self.inner.tpc_vote(txn)
+    }
+    fn tpc_finish(&self) -> zeoraid::storage::Result<Tid> {
+        self.inner.tpc_finish()
+    }
+    fn tpc_abort(&self) {
+        self.inner.tpc_abort()
+    }
+    fn undo_log(
+        &self,
+        first: usize,
+        last: usize,
+    ) -> zeoraid::storage::Result<Vec<zeoraid::storage::UndoEntry>> {
+        self.inner.undo_log(first, last)
+    }
+    fn iterator(
+        &self,
+        start: Option<Tid>,
+        stop: Option<Tid>,
+    ) -> zeoraid::storage::Result<zeoraid::storage::TxnIter> {
+        self.inner.iterator(start, stop)
+    }
+    fn record_iternext(
+        &self,
+        next: Option<Oid>,
+    ) -> zeoraid::storage::Result<Option<zeoraid::storage::CurrentRecord>> {
+        self.inner.record_iternext(next)
+    }
+    fn pack(&self, t: f64, gc: bool) -> zeoraid::storage::Result<()> {
+        self.inner.pack(t, gc)
+    }
+    fn size_info(&self) -> zeoraid::storage::SizeInfo {
+        self.inner.size_info()
+    }
+}
+
+/// Issue #25: a mirror answering reads with a server error that is no
+/// storage answer is degraded (the reason names the error) and the read
+/// is answered by the other mirror; the client sees nothing of it. On an
+/// empty database (the root's first load) and on a populated one.
+#[test]
+fn a_mirror_answering_reads_with_a_foreign_server_error_is_degraded_and_the_read_retried() {
+    for populated in [false, true] {
+        let bad = Arc::new(ForeignLoadErrors {
+            inner: MemoryStorage::new("1", false),
+            on: AtomicBool::new(!populated),
+        });
+        let bad_server = serve(bad.clone());
+        let good_server = memory_server();
+        let raid = Arc::new(
+            RaidStorage::open(
+                opts("1"),
+                vec![
+                    zeo("bad", bad_server.local_addr().to_string()),
+                    zeo("good", good_server.local_addr().to_string()),
+                ],
+            )
+            .expect("array opens"),
+        );
+        let front = serve(raid.clone());
+        let c = client(front.local_addr().to_string());
+        let mut acked = Vec::new();
+        if populated {
+            for i in 0..5u8 {
+                let oid = c.new_oids(1).unwrap()[0];
+                let t = commit(&c, vec![store(oid, Tid::ZERO, &[b'v', i])]).unwrap();
+                acked.push((t, oid, vec![b'v', i]));
+            }
+            bad.on.store(true, Ordering::SeqCst);
+        }
+        // The root's load: on an empty database both would say POSKeyError.
+        match c.load_before(Oid(0), Tid::MAX) {
+            Err(Error::PosKey(_)) if !populated => {}
+            other if !populated => panic!("empty database: root load gave {other:?}"),
+            _ => {}
+        }
+        for (t, oid, data) in &acked {
+            // Read policy round-robin: several loads reach "bad" first.
+            for _ in 0..3 {
+                let got = c
+                    .load_before(*oid, Tid::MAX)
+                    .expect("load through the array");
+                let got = got.expect("the object exists");
+                assert_eq!((got.start, &got.data[..]), (*t, &data[..]));
+            }
+        }
+        let (state, reason) = backend_state(&raid, 0);
+        assert_eq!(state, "degraded", "populated {populated}");
+        assert!(
+            reason.contains("builtins.ValueError") && reason.contains("Couldn't pickle response"),
+            "the reason names the error: {reason}"
+        );
+        assert_eq!(backend_state(&raid, 1).0, "optimal");
+        // The client can commit, and reads keep working (from "good").
+        let oid = c.new_oids(1).unwrap()[0];
+        let t = commit(&c, vec![store(oid, Tid::ZERO, b"after")]).unwrap();
+        assert_eq!(c.load_before(oid, Tid::MAX).unwrap().unwrap().start, t);
+        drop(c);
+        drop(front);
+        raid.close();
+    }
+}

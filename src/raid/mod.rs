@@ -167,6 +167,15 @@ fn open_sources(specs: &[BackendSpec], weak: &Weak<Core>, opts: &RaidOptions) ->
     })
 }
 
+/// An error as the operator should read it in a reason: its ZODB (or
+/// Python) class and its message.
+fn describe(e: &Error) -> String {
+    match e {
+        Error::Remote { .. } | Error::Disconnected(_) | Error::Io(_) => e.to_string(),
+        _ => format!("{}: {e}", crate::zeo::message::error_to_wire(e).0),
+    }
+}
+
 /// Room for backends added while the array runs (`zeoraid ctl add`).
 pub const EXTRA_BACKENDS: usize = 8;
 
@@ -713,8 +722,23 @@ impl Core {
                 Err(Error::PosKey(oid)) if missing.is_none() => {
                     missing = Some((i, Error::PosKey(oid)))
                 }
-                Err(e) if state::classify(&e) == state::ErrorKind::Failure => {
-                    self.degrade(i, format!("{what} failed: {e}"));
+                Err(e) if state::classify(state::Call::Read, &e) == state::ErrorKind::Failure => {
+                    let others = self.optimal().iter().filter(|&&j| j != i).count();
+                    match state::on_read_failure(&e, others, self.opts.min_optimal) {
+                        state::ReadFailure::Degrade => {
+                            self.degrade(i, format!("{what} failed: {}", describe(&e)))
+                        }
+                        state::ReadFailure::Relay => {
+                            log::warn!(
+                                "RAID array {:?}: backend {:?} failed {what}: {}; it is kept, as \
+                                 degrading it would fail the array, and the client gets the error",
+                                self.opts.name,
+                                b.name,
+                                describe(&e)
+                            );
+                            return Err(e);
+                        }
+                    }
                 }
                 Err(e) => return Err(e),
             }
@@ -747,7 +771,7 @@ impl Core {
             // timeout: report it the same way.
             let outcome = match outcome {
                 Outcome::Done(Err(e), took)
-                    if state::classify(&e) == state::ErrorKind::Failure
+                    if state::classify(state::Call::Write, &e) == state::ErrorKind::Failure
                         && took >= self.opts.backend_timeout =>
                 {
                     Outcome::TimedOut

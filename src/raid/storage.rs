@@ -60,7 +60,9 @@ fn replies<T, K>(
     answered
         .iter()
         .map(|(_, r)| match r {
-            Err(e) if state::classify(e) == state::ErrorKind::Failure => Err(e.to_string()),
+            Err(e) if state::classify(state::Call::Write, e) == state::ErrorKind::Failure => {
+                Err(e.to_string())
+            }
             r => Ok(key(r)),
         })
         .collect()

@@ -3,8 +3,10 @@
 //!
 //! - [`BackendState`] and [`array_state`]: what each mirror is and what
 //!   that makes the array.
-//! - [`classify`]: whether a backend's error is *its* failure (degrade it)
-//!   or an answer to compare with the others (a ZODB exception).
+//! - [`classify`]: whether a backend's error, for the call it answered,
+//!   is *its* failure (degrade it, ask another) or a storage answer to
+//!   compare with the others' (a ZODB exception that call may raise);
+//!   [`on_read_failure`]: what a read does with a failed backend.
 //! - [`decide`]: the vote among the backends' answers to one call. The
 //!   answer given by most backends wins; a backend that failed or answered
 //!   differently is degraded with the reason. **Tie rule:** among groups of
@@ -166,19 +168,64 @@ pub enum ErrorKind {
     Answer,
 }
 
-/// Sort a backend's error into [`ErrorKind`].
-pub fn classify(e: &Error) -> ErrorKind {
-    match e {
-        Error::Disconnected(_) | Error::Io(_) => ErrorKind::Failure,
-        Error::Remote { class, .. } if !class.starts_with("ZODB.POSException.") => {
+/// Which kind of call a backend answered, for [`classify`]: the errors
+/// that are storage answers differ by call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// A read (`loadBefore`, `loadSerial`, `history`, `loadBlob`,
+    /// `undoLog`, iterators): the only storage answers are "no such
+    /// object" (`POSKeyError`) and "not supported here"; anything else — a
+    /// `ValueError` a server raised because it could not encode its
+    /// answer, any exception outside ZODB's, a protocol error — is that
+    /// backend failing, and another mirror is asked.
+    Read,
+    /// A vote or a pack: ZODB's exceptions (conflicts, undo errors,
+    /// read-only, a `ValueError` on bad input, ...) are answers compared
+    /// among the backends; connection, disk and foreign exceptions, and
+    /// `StorageError`s, are failures.
+    Write,
+    /// A finish or `make_durable`: every error is a failure (the backend
+    /// may or may not hold the transaction).
+    Finish,
+}
+
+/// Sort a backend's error, in answer to a `call`, into [`ErrorKind`].
+pub fn classify(call: Call, e: &Error) -> ErrorKind {
+    match (call, e) {
+        (_, Error::Disconnected(_) | Error::Io(_)) | (Call::Finish, _) => ErrorKind::Failure,
+        (Call::Read, Error::PosKey(_) | Error::Unsupported(_)) => ErrorKind::Answer,
+        (Call::Read, _) => ErrorKind::Failure,
+        (Call::Write, Error::Remote { class, .. }) if !class.starts_with("ZODB.POSException.") => {
             ErrorKind::Failure
         }
-        Error::Remote { class, .. }
+        (Call::Write, Error::Remote { class, .. })
             if class.ends_with(".StorageError") || class.ends_with(".StorageTransactionError") =>
         {
             ErrorKind::Failure
         }
-        _ => ErrorKind::Answer,
+        (Call::Write, _) => ErrorKind::Answer,
+    }
+}
+
+/// What a read does with a backend that failed it ([`classify`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadFailure {
+    /// Degrade it and ask another optimal backend.
+    Degrade,
+    /// Keep it and give the client the error: it is up (it answered) and
+    /// degrading it would leave fewer than `min-optimal` optimal backends,
+    /// failing the whole array over one read no mirror can serve.
+    Relay,
+}
+
+/// [`ReadFailure`] for a backend that failed a read with `e`, when
+/// `others` other backends are optimal.
+pub fn on_read_failure(e: &Error, others: usize, min_optimal: usize) -> ReadFailure {
+    let answered = !matches!(e, Error::Disconnected(_) | Error::Io(_));
+    if answered && others < min_optimal.max(1) {
+        ReadFailure::Relay
+    } else {
+        ReadFailure::Degrade
     }
 }
 
@@ -538,33 +585,95 @@ mod tests {
     #[test]
     fn classify_table() {
         use crate::storage::Oid;
+        use Call::*;
+        use ErrorKind::*;
         let remote = |c: &str| Error::Remote {
             class: c.into(),
             message: "m".into(),
         };
+        let conflict = Error::Conflict {
+            oid: Oid(1),
+            committed: Tid(2),
+            read: Tid(1),
+            message: "c".into(),
+            read_conflict: false,
+            class_name: None,
+        };
+        let undo = Error::Undo {
+            message: "x".into(),
+            oid: None,
+        };
+        // (error, as a read, as a vote or pack, as a finish)
         let cases = [
-            (Error::Disconnected("x".into()), ErrorKind::Failure),
-            (Error::Io("disk".into()), ErrorKind::Failure),
-            (remote("builtins.RuntimeError"), ErrorKind::Failure),
-            (remote("ZODB.POSException.StorageError"), ErrorKind::Failure),
+            (Error::Disconnected("x".into()), Failure, Failure, Failure),
+            (Error::Io("disk".into()), Failure, Failure, Failure),
+            (remote("builtins.RuntimeError"), Failure, Failure, Failure),
+            (
+                remote("ZODB.POSException.StorageError"),
+                Failure,
+                Failure,
+                Failure,
+            ),
             (
                 remote("ZODB.POSException.StorageTransactionError"),
-                ErrorKind::Failure,
+                Failure,
+                Failure,
+                Failure,
             ),
-            (remote("ZODB.POSException.UndoError"), ErrorKind::Answer),
-            (Error::PosKey(Oid(1)), ErrorKind::Answer),
-            (Error::ReadOnly, ErrorKind::Answer),
-            (Error::Value("bad".into()), ErrorKind::Answer),
             (
-                Error::Undo {
-                    message: "x".into(),
-                    oid: None,
-                },
-                ErrorKind::Answer,
+                remote("ZODB.POSException.UndoError"),
+                Failure,
+                Answer,
+                Failure,
+            ),
+            (Error::PosKey(Oid(1)), Answer, Answer, Failure),
+            (Error::ReadOnly, Failure, Answer, Failure),
+            // What Python ZEO's msgpack server sends when it cannot encode
+            // its answer (RelStorage's POSKeyError): no answer to a read.
+            (
+                Error::Value("Couldn't pickle response".into()),
+                Failure,
+                Answer,
+                Failure,
+            ),
+            (undo, Failure, Answer, Failure),
+            (conflict, Failure, Answer, Failure),
+            (Error::Transaction("t".into()), Failure, Answer, Failure),
+            (
+                Error::Unsupported("no blobs".into()),
+                Answer,
+                Answer,
+                Failure,
             ),
         ];
-        for (e, want) in cases {
-            assert_eq!(classify(&e), want, "{e:?}");
+        for (e, read, write, finish) in cases {
+            assert_eq!(classify(Read, &e), read, "read: {e:?}");
+            assert_eq!(classify(Write, &e), write, "write: {e:?}");
+            assert_eq!(classify(Finish, &e), finish, "finish: {e:?}");
+        }
+    }
+
+    #[test]
+    fn on_read_failure_table() {
+        use ReadFailure::*;
+        let foreign = Error::Value("Couldn't pickle response".into());
+        let down = Error::Disconnected("gone".into());
+        // (error, other optimal backends, min-optimal, what happens)
+        let cases = [
+            (&foreign, 1, 1, Degrade),
+            (&foreign, 2, 2, Degrade),
+            (&foreign, 0, 1, Relay),
+            (&foreign, 1, 2, Relay),
+            (&foreign, 0, 0, Relay),
+            (&down, 0, 1, Degrade),
+            (&down, 1, 1, Degrade),
+        ];
+        for (e, others, min, want) in cases {
+            assert_eq!(
+                on_read_failure(e, others, min),
+                want,
+                "{e:?} {others} {min}"
+            );
         }
     }
 

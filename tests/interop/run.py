@@ -37,6 +37,7 @@ sys.path.insert(0, HERE)
 
 # Test modules, in the order they run.  Each defines load_suite(filter).
 MODULES = ["test_invalidations", "test_hot_objects", "test_conformance",
+           "test_mirror_faults",
            "test_raid", "test_recovery", "test_raid_conformance", "test_tls",
            "test_offsite", "test_blobs", "test_blob_durability",
            "test_blob_raid"]

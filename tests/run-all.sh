@@ -109,8 +109,10 @@ section "cargo test (ZEORAID_PYTHON=$ZEORAID_PYTHON)"
 cargo_log=$LOG_DIR/cargo-test.log
 : > "$cargo_log"
 cargo_status=0
-# Unit, integration, example and doc tests with the default features.
-cargo test 2>&1 | tee -a "$cargo_log" || cargo_status=1
+# Unit, integration, example and doc tests with the default features;
+# --no-fail-fast: a failing test binary does not keep the others from
+# running (the totals count every test).
+cargo test --no-fail-fast 2>&1 | tee -a "$cargo_log" || cargo_status=1
 
 section "cargo test --no-default-features (the core an embedder keeps)"
 # Without tls, admin and bench: the server, storages, array and client
@@ -118,7 +120,7 @@ section "cargo test --no-default-features (the core an embedder keeps)"
 # compiled out).
 # In a target directory of its own: its zeoraid binary (without TLS and
 # the admin listener) must not replace the one the interop suite runs.
-CARGO_TARGET_DIR=$TARGET_DIR/no-default-features cargo test --no-default-features 2>&1 \
+CARGO_TARGET_DIR=$TARGET_DIR/no-default-features cargo test --no-fail-fast --no-default-features 2>&1 \
     | tee -a "$cargo_log" || cargo_status=1
 
 section "cargo doc (no warnings)"
@@ -174,6 +176,17 @@ printf 'cargo test: %d passed, %d failed, %d ignored%s\n' \
 printf 'interop:    %d passed, %d failed, %d skipped%s\n' \
     "$interop_passed" "$interop_failed" "$interop_skipped" \
     "$([ "$interop_status" -eq 0 ] && echo "" || echo "  (FAILED)")"
+# The failed tests by name, with the first lines of what each printed, so
+# that the end of the output alone says what to look at.
+if [ "$cargo_status" -ne 0 ]; then
+    echo "cargo tests that failed:"
+    grep -E '^test .* \.\.\. FAILED$' "$cargo_log" | sed 's/^/  /' || true
+    awk '/^---- .* stdout ----$/ { n = 8 } n > 0 { print "    " $0; n-- }' "$cargo_log" | head -60
+fi
+if [ "$interop_status" -ne 0 ]; then
+    echo "interop tests that failed:"
+    grep -E '\.\.\. (FAIL|ERROR)' "$interop_log" | cut -c1-300 | sed 's/^/  /' || true
+fi
 printf 'logs: %s, %s; took %ds\n' "$cargo_log" "$interop_log" "$((SECONDS - started))"
 printf '%d passed, %d failed, %d skipped\n' \
     "$((cargo_passed + interop_passed))" \

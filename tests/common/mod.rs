@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod gate;
 
 use std::ffi::OsStr;
 use std::fs::File;

@@ -621,3 +621,48 @@ fn a_mirror_answering_reads_with_a_foreign_server_error_is_degraded_and_the_read
         raid.close();
     }
 }
+
+#[test]
+fn with_min_optimal_two_a_mirror_failing_reads_is_kept_and_the_other_serves_them() {
+    let bad = Arc::new(ForeignLoadErrors {
+        inner: MemoryStorage::new("1", false),
+        on: AtomicBool::new(false),
+    });
+    let bad_server = serve(bad.clone());
+    let good_server = memory_server();
+    let raid = Arc::new(
+        RaidStorage::open(
+            RaidOptions {
+                min_optimal: 2,
+                ..opts("1")
+            },
+            vec![
+                zeo("bad", bad_server.local_addr().to_string()),
+                zeo("good", good_server.local_addr().to_string()),
+            ],
+        )
+        .expect("array opens"),
+    );
+    let front = serve(raid.clone());
+    let c = client(front.local_addr().to_string());
+    let oid = c.new_oids(1).unwrap()[0];
+    let t = commit(&c, vec![store(oid, Tid::ZERO, b"kept")]).unwrap();
+    bad.on.store(true, Ordering::SeqCst);
+    // Degrading "bad" would leave one optimal backend of the two required
+    // and fail the array: it is kept, and every read is served by "good".
+    for _ in 0..4 {
+        let got = c
+            .load_before(oid, Tid::MAX)
+            .expect("load through the array")
+            .expect("the object exists");
+        assert_eq!((got.start, &got.data[..]), (t, &b"kept"[..]));
+    }
+    assert_eq!(backend_state(&raid, 0).0, "optimal");
+    assert_eq!(raid.status()["state"], "optimal");
+    // Commits go on on both.
+    let t2 = commit(&c, vec![store(oid, t, b"again")]).unwrap();
+    assert!(t2 > t);
+    drop(c);
+    drop(front);
+    raid.close();
+}

@@ -180,7 +180,9 @@ printf 'interop:    %d passed, %d failed, %d skipped%s\n' \
 # that the end of the output alone says what to look at.
 if [ "$cargo_status" -ne 0 ]; then
     echo "cargo tests that failed:"
-    grep -E '^test .* \.\.\. FAILED$' "$cargo_log" | sed 's/^/  /' || true
+    grep -E '^test .* \.\.\. FAILED$|^test result: FAILED.*\(cargo doc\)$' "$cargo_log" \
+        | sed 's/^/  /' || true
+    grep -E '^error(\[E[0-9]+\])?: ' "$cargo_log" | head -10 | sed 's/^/  /' || true
     awk '/^---- .* stdout ----$/ { n = 8 } n > 0 { print "    " $0; n-- }' "$cargo_log" | head -60
 fi
 if [ "$interop_status" -ne 0 ]; then

@@ -681,6 +681,9 @@ impl Core {
         self.check_readable()?;
         let mut tried: Vec<usize> = Vec::new();
         let mut missing: Option<(usize, Error)> = None;
+        // A failure kept rather than degraded ([`state::ReadFailure::Relay`]):
+        // the client's answer if no other backend gives one.
+        let mut kept: Option<Error> = None;
         loop {
             let candidates: Vec<usize> = self
                 .optimal()
@@ -688,9 +691,12 @@ impl Core {
                 .filter(|i| !tried.contains(i))
                 .collect();
             let Some(i) = self.pick_reader(&candidates) else {
-                return Err(match missing {
-                    Some((_, e)) => e,
-                    None => Error::Disconnected(format!(
+                // An unconfirmed POSKeyError is passed on only when no
+                // other backend could be asked (not when one failed).
+                return Err(match (kept, missing) {
+                    (Some(e), _) => e,
+                    (None, Some((_, e))) => e,
+                    (None, None) => Error::Disconnected(format!(
                         "RAID array {:?}: no optimal backend left to serve {what}",
                         self.opts.name
                     )),
@@ -730,13 +736,16 @@ impl Core {
                         }
                         state::ReadFailure::Relay => {
                             log::warn!(
-                                "RAID array {:?}: backend {:?} failed {what}: {}; it is kept, as \
-                                 degrading it would fail the array, and the client gets the error",
+                                "RAID array {:?}: backend {:?} failed {what}: {}; it is kept \
+                                 (degrading it would leave fewer than min-optimal = {} optimal \
+                                 backends) and the read is tried on the others; check that \
+                                 backend's server log",
                                 self.opts.name,
                                 b.name,
-                                describe(&e)
+                                describe(&e),
+                                self.opts.min_optimal
                             );
-                            return Err(e);
+                            kept.get_or_insert(e);
                         }
                     }
                 }

@@ -97,7 +97,9 @@ pub struct FinishPlan {
     pub abort: Vec<usize>,
 }
 
-/// Every backend's [`Held`], by position.
+/// What each backend holds of the array's transactions (its open one and
+/// its phase, logged tids not yet published, calls with no answer), by
+/// position.
 #[derive(Clone, Debug, Default)]
 pub struct Inflight {
     held: Vec<Held>,

@@ -212,9 +212,10 @@ pub fn classify(call: Call, e: &Error) -> ErrorKind {
 pub enum ReadFailure {
     /// Degrade it and ask another optimal backend.
     Degrade,
-    /// Keep it and give the client the error: it is up (it answered) and
-    /// degrading it would leave fewer than `min-optimal` optimal backends,
-    /// failing the whole array over one read no mirror can serve.
+    /// Keep it and ask the others; the client gets this error only if none
+    /// of them answers. It is up (it answered) and degrading it would
+    /// leave fewer than `min-optimal` optimal backends, failing the whole
+    /// array over one read.
     Relay,
 }
 

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use zeoraid::bench::proxy::Proxy;
-use zeoraid::server::{Options, Server};
+use zeoraid::server::Server;
 use zeoraid::storage::memory::MemoryStorage;
 use zeoraid::storage::{Data, Oid, Op, Storage, Tid, Txn, TxnMeta, Vote};
 use zeoraid::zeo::client::{Client, ClientOptions};
@@ -35,28 +35,7 @@ fn ctl(args: &[&str]) -> (i32, String, String) {
 }
 
 fn memory_zeo() -> Server {
-    Server::start(
-        Options {
-            listen: "127.0.0.1:0"
-                .parse::<std::net::SocketAddr>()
-                .unwrap()
-                .into(),
-            workers: 4,
-            max_frame: 1 << 24,
-            invalidation_queue_size: 100,
-            transaction_timeout: None,
-            conflict_resolver: None,
-            tls: None,
-            socket_mode: None,
-            max_blob_size: None,
-        },
-        vec![(
-            "1".into(),
-            Arc::new(MemoryStorage::new("1", false)) as Arc<dyn Storage>,
-            false,
-        )],
-    )
-    .expect("start a memory ZEO server")
+    common::serve_with(Arc::new(MemoryStorage::new("1", false)), 4)
 }
 
 fn config(dir: &Path, admin: SocketAddr, extra: &str, zeo: &str) -> String {

@@ -10,11 +10,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use zeoraid::server::{Options, Server};
+use zeoraid::server::Server;
 use zeoraid::storage::file::{FileOptions, FileStorage};
 use zeoraid::storage::memory::MemoryStorage;
 use zeoraid::storage::*;
 use zeoraid::zeo::client::{Client, ClientOptions, ServerEvent};
+
+mod common;
 
 /// A server on a memory storage or on a file storage in a fresh directory
 /// (kept as long as the server).
@@ -48,24 +50,7 @@ fn start(kind: Kind) -> Running {
             (Arc::new(fs), Some(dir))
         }
     };
-    let server = Server::start(
-        Options {
-            listen: "127.0.0.1:0"
-                .parse::<std::net::SocketAddr>()
-                .expect("addr")
-                .into(),
-            workers: 4,
-            max_frame: 1 << 24,
-            invalidation_queue_size: 100,
-            transaction_timeout: None,
-            conflict_resolver: None,
-            tls: None,
-            socket_mode: None,
-            max_blob_size: None,
-        },
-        vec![("1".into(), storage, false)],
-    )
-    .expect("server starts");
+    let server = common::serve_with(storage, 4);
     Running { server, _dir: dir }
 }
 

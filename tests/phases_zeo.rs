@@ -32,13 +32,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 use zeoraid::config::BackendConfig;
 use zeoraid::raid::{BackendSource, BackendSpec, RaidOptions, RaidStorage};
-use zeoraid::server::{Options, Server};
-use zeoraid::storage::{Data, Error, Oid, Op, Storage, Tid, Txn, TxnMeta, Vote};
+use zeoraid::server::Server;
+use zeoraid::storage::{Error, Oid, Storage, Tid};
 use zeoraid::zeo::client::{Client, ClientOptions};
 
 mod common;
 use common::gate::{Gate, Hold, Release};
-use common::{RunZeo, ZeoraidProcess};
+use common::{commit_store, serve_with, RunZeo, ZeoraidProcess};
 
 /// The array's backend timeout: a held call past this degrades b2.
 const BACKEND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -160,26 +160,6 @@ fn client(addr: SocketAddr) -> Client {
     .expect("connect")
 }
 
-fn commit(c: &dyn Storage, oid: Oid, serial: Tid, data: &[u8]) -> Result<Tid, Error> {
-    let t = Txn {
-        meta: TxnMeta::default(),
-        tid: None,
-        status: b' ',
-        ops: vec![Op::Store {
-            oid,
-            serial,
-            data: Data::from(data),
-        }],
-    };
-    match c.tpc_vote(&t)? {
-        Vote::Prepared { .. } => c.tpc_finish(),
-        Vote::Conflicts(cs) => {
-            c.tpc_abort();
-            Err(Error::Value(format!("unexpected conflicts {cs:?}")))
-        }
-    }
-}
-
 /// What every client was told: acknowledged (tid, oid, data), and errors.
 #[derive(Default)]
 struct Ledger {
@@ -236,7 +216,7 @@ impl Writers {
                             }
                             n += 1;
                             let data = format!("writer {w} value {n}").into_bytes();
-                            match commit(&c, oid, serial, &data) {
+                            match commit_store(&c, oid, serial, &data) {
                                 Ok(t) => {
                                     serial = t;
                                     ledger.ack(t, oid, data);
@@ -328,21 +308,7 @@ impl Rig {
             )
             .expect("the array opens"),
         );
-        let server = Server::start(
-            Options {
-                listen: "127.0.0.1:0".parse::<SocketAddr>().expect("address").into(),
-                workers: 8,
-                max_frame: 1 << 24,
-                invalidation_queue_size: 100,
-                transaction_timeout: None,
-                conflict_resolver: None,
-                tls: None,
-                socket_mode: None,
-                max_blob_size: None,
-            },
-            vec![("1".into(), raid.clone(), false)],
-        )
-        .expect("server starts");
+        let server = serve_with(raid.clone(), 8);
         Rig {
             kind,
             b1,
@@ -375,7 +341,7 @@ impl Rig {
                 .name("probe".into())
                 .spawn(move || {
                     let c = client(addr);
-                    commit(&c, probe_oid, probe_serial, &data).map(|t| (t, data))
+                    commit_store(&c, probe_oid, probe_serial, &data).map(|t| (t, data))
                 })
                 .expect("spawn the probe")
         };

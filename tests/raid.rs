@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use zeoraid::raid::state::FailMode;
 use zeoraid::raid::{BackendSource, BackendSpec, RaidOptions, RaidStorage};
-use zeoraid::server::{Options, Server};
+use zeoraid::server::Server;
 use zeoraid::storage::memory::MemoryStorage;
 use zeoraid::storage::{Data, Error, Oid, Op, Storage, Tid, Txn, TxnMeta, Vote};
 use zeoraid::zeo::client::{Client, ClientOptions, EventHandler, ServerEvent};
@@ -17,24 +17,7 @@ mod common;
 use common::RunZeo;
 
 fn serve(storage: Arc<dyn Storage>) -> Server {
-    Server::start(
-        Options {
-            listen: "127.0.0.1:0"
-                .parse::<std::net::SocketAddr>()
-                .unwrap()
-                .into(),
-            workers: 8,
-            max_frame: 1 << 24,
-            invalidation_queue_size: 100,
-            transaction_timeout: None,
-            conflict_resolver: None,
-            tls: None,
-            socket_mode: None,
-            max_blob_size: None,
-        },
-        vec![("1".into(), storage, false)],
-    )
-    .expect("server starts")
+    common::serve_with(storage, 8)
 }
 
 fn memory_server() -> Server {
@@ -382,21 +365,7 @@ fn ruok(addr: std::net::SocketAddr) -> serde_json::Value {
 fn file_server(path: &std::path::Path, listen: std::net::SocketAddr) -> Server {
     let fs =
         zeoraid::storage::file::FileStorage::open(path, Default::default()).expect("open Data.fs");
-    Server::start(
-        Options {
-            listen: listen.into(),
-            workers: 4,
-            max_frame: 1 << 24,
-            invalidation_queue_size: 100,
-            transaction_timeout: None,
-            conflict_resolver: None,
-            tls: None,
-            socket_mode: None,
-            max_blob_size: None,
-        },
-        vec![("1".into(), Arc::new(fs), false)],
-    )
-    .expect("backend server starts")
+    common::serve_on(listen, Arc::new(fs), 4)
 }
 
 #[test]
@@ -559,26 +528,42 @@ impl Storage for ForeignLoadErrors {
 /// storage answer is degraded (the reason names the error) and the read
 /// is answered by the other mirror; the client sees nothing of it. On an
 /// empty database (the root's first load) and on a populated one.
+/// An array with `opts` over "bad" (a [`ForeignLoadErrors`], failing
+/// loads from the start if `failing`) and "good", both behind ZEO servers;
+/// the array served too. The servers live as long as the returned pair.
+fn foreign_array(
+    opts: RaidOptions,
+    failing: bool,
+) -> (
+    Arc<ForeignLoadErrors>,
+    (Server, Server),
+    Arc<RaidStorage>,
+    Server,
+) {
+    let bad = Arc::new(ForeignLoadErrors {
+        inner: MemoryStorage::new("1", false),
+        on: AtomicBool::new(failing),
+    });
+    let bad_server = serve(bad.clone());
+    let good_server = memory_server();
+    let raid = Arc::new(
+        RaidStorage::open(
+            opts,
+            vec![
+                zeo("bad", bad_server.local_addr().to_string()),
+                zeo("good", good_server.local_addr().to_string()),
+            ],
+        )
+        .expect("array opens"),
+    );
+    let front = serve(raid.clone());
+    (bad, (bad_server, good_server), raid, front)
+}
+
 #[test]
 fn a_mirror_answering_reads_with_a_foreign_server_error_is_degraded_and_the_read_retried() {
     for populated in [false, true] {
-        let bad = Arc::new(ForeignLoadErrors {
-            inner: MemoryStorage::new("1", false),
-            on: AtomicBool::new(!populated),
-        });
-        let bad_server = serve(bad.clone());
-        let good_server = memory_server();
-        let raid = Arc::new(
-            RaidStorage::open(
-                opts("1"),
-                vec![
-                    zeo("bad", bad_server.local_addr().to_string()),
-                    zeo("good", good_server.local_addr().to_string()),
-                ],
-            )
-            .expect("array opens"),
-        );
-        let front = serve(raid.clone());
+        let (bad, _servers, raid, front) = foreign_array(opts("1"), !populated);
         let c = client(front.local_addr().to_string());
         let mut acked = Vec::new();
         if populated {
@@ -624,26 +609,13 @@ fn a_mirror_answering_reads_with_a_foreign_server_error_is_degraded_and_the_read
 
 #[test]
 fn with_min_optimal_two_a_mirror_failing_reads_is_kept_and_the_other_serves_them() {
-    let bad = Arc::new(ForeignLoadErrors {
-        inner: MemoryStorage::new("1", false),
-        on: AtomicBool::new(false),
-    });
-    let bad_server = serve(bad.clone());
-    let good_server = memory_server();
-    let raid = Arc::new(
-        RaidStorage::open(
-            RaidOptions {
-                min_optimal: 2,
-                ..opts("1")
-            },
-            vec![
-                zeo("bad", bad_server.local_addr().to_string()),
-                zeo("good", good_server.local_addr().to_string()),
-            ],
-        )
-        .expect("array opens"),
+    let (bad, _servers, raid, front) = foreign_array(
+        RaidOptions {
+            min_optimal: 2,
+            ..opts("1")
+        },
+        false,
     );
-    let front = serve(raid.clone());
     let c = client(front.local_addr().to_string());
     let oid = c.new_oids(1).unwrap()[0];
     let t = commit(&c, vec![store(oid, Tid::ZERO, b"kept")]).unwrap();

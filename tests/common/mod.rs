@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests: the Python interpreter with
-//! stock ZODB/ZEO, and a `zeoraid serve` child process.
+//! stock ZODB/ZEO, a `zeoraid serve` child process, an in-process server
+//! and a one-store commit.
 #![allow(dead_code)]
 
 pub mod certs;
@@ -12,8 +13,60 @@ use std::net::SocketAddr;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
+use zeoraid::server::{Options, Server};
+use zeoraid::storage::{Data, Error, Oid, Op, Storage, Tid, Txn, TxnMeta, Vote};
+
+/// An in-process zeoraid server on `127.0.0.1:0` with `workers` workers,
+/// serving `storage` as "1".
+pub fn serve_with(storage: Arc<dyn Storage>, workers: usize) -> Server {
+    let any = "127.0.0.1:0".parse().expect("a loopback address");
+    serve_on(any, storage, workers)
+}
+
+/// An in-process zeoraid server on `listen` (say, the port a stopped one
+/// had), as [`serve_with`].
+pub fn serve_on(listen: SocketAddr, storage: Arc<dyn Storage>, workers: usize) -> Server {
+    Server::start(
+        Options {
+            listen: listen.into(),
+            workers,
+            max_frame: 1 << 24,
+            invalidation_queue_size: 100,
+            transaction_timeout: None,
+            conflict_resolver: None,
+            tls: None,
+            socket_mode: None,
+            max_blob_size: None,
+        },
+        vec![("1".into(), storage, false)],
+    )
+    .expect("server starts")
+}
+
+/// A commit of one store: `data` as the revision of `oid` after `serial`.
+/// Conflicts are an error (the caller is the object's only writer).
+pub fn commit_store(c: &dyn Storage, oid: Oid, serial: Tid, data: &[u8]) -> Result<Tid, Error> {
+    let t = Txn {
+        meta: TxnMeta::default(),
+        tid: None,
+        status: b' ',
+        ops: vec![Op::Store {
+            oid,
+            serial,
+            data: Data::from(data),
+        }],
+    };
+    match c.tpc_vote(&t)? {
+        Vote::Prepared { .. } => c.tpc_finish(),
+        Vote::Conflicts(cs) => {
+            c.tpc_abort();
+            Err(Error::Value(format!("unexpected conflicts {cs:?}")))
+        }
+    }
+}
 
 /// The venv python, checked to import ZODB, ZEO and msgpack. Panics (fails
 /// the test, never skips) with instructions when there is none.

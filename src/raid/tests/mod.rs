@@ -3,6 +3,7 @@
 mod offsite;
 mod phases;
 mod recovery;
+mod sim;
 
 use super::*;
 use crate::storage::memory::MemoryStorage;

@@ -24,7 +24,7 @@ pub(super) enum Phase {
     BeforePublish,
 }
 
-const PHASES: [Phase; 6] = [
+pub(super) const PHASES: [Phase; 6] = [
     Phase::BeforeVote,
     Phase::AfterVote,
     Phase::BeforeFinish,
@@ -44,20 +44,25 @@ pub(super) enum Twist {
     FinishFailsAfterDoing,
 }
 
-type Action = Box<dyn FnOnce() + Send>;
+pub(super) type Action = Box<dyn FnOnce() + Send>;
 
 /// A `remove_backend` running on its own thread.
-type Removal = std::thread::JoinHandle<std::result::Result<(), String>>;
+pub(super) type Removal = std::thread::JoinHandle<std::result::Result<(), String>>;
 
 #[derive(Default)]
 pub(super) struct HookCell {
     armed: Mutex<Option<(Phase, Twist, Option<Action>)>>,
-    fired: AtomicU64,
+    pub(super) fired: AtomicU64,
 }
 
 impl HookCell {
-    fn arm(&self, phase: Phase, twist: Twist, action: Action) {
+    pub(super) fn arm(&self, phase: Phase, twist: Twist, action: Action) {
         *lock(&self.armed) = Some((phase, twist, Some(action)));
+    }
+
+    /// Forget an arming that did not fire.
+    pub(super) fn disarm(&self) {
+        *lock(&self.armed) = None;
     }
 
     /// Run the action if armed for `at`; the twist that applies.
@@ -182,8 +187,12 @@ impl Storage for Hooked {
     }
 }
 
-fn open_file(path: &std::path::Path, hook: &Arc<HookCell>) -> Arc<dyn Storage> {
-    let fs = FileStorage::open(path, FileOptions::default()).expect("file storage opens");
+fn open_file(path: &std::path::Path, hook: &Arc<HookCell>, sync: bool) -> Arc<dyn Storage> {
+    let options = FileOptions {
+        sync,
+        ..FileOptions::default()
+    };
+    let fs = FileStorage::open(path, options).expect("file storage opens");
     Arc::new(Hooked {
         inner: Arc::new(fs),
         hook: hook.clone(),
@@ -191,15 +200,20 @@ fn open_file(path: &std::path::Path, hook: &Arc<HookCell>) -> Arc<dyn Storage> {
 }
 
 /// A file backend "name" at `path` whose hook is `hook` (reopened with
-/// the same hook).
-fn file_spec(name: &str, path: std::path::PathBuf, hook: &Arc<HookCell>) -> BackendSpec {
-    let s = open_file(&path, hook);
+/// the same hook); `sync`: fsync at every commit.
+pub(super) fn file_spec(
+    name: &str,
+    path: std::path::PathBuf,
+    hook: &Arc<HookCell>,
+    sync: bool,
+) -> BackendSpec {
+    let s = open_file(&path, hook, sync);
     let (p, h) = (path.clone(), hook.clone());
     BackendSpec {
         name: name.into(),
         kind: "file",
         source: BackendSource::Local(s),
-        reopen: Some(Arc::new(move |_fresh| Ok((open_file(&p, &h), None)))),
+        reopen: Some(Arc::new(move |_fresh| Ok((open_file(&p, &h, sync), None)))),
     }
 }
 
@@ -209,8 +223,8 @@ fn file_array(dir: &std::path::Path) -> (Arc<RaidStorage>, Arc<HookCell>) {
     let a = RaidStorage::open(
         opts(),
         vec![
-            file_spec("a", dir.join("a.fs"), &ha),
-            file_spec("b", dir.join("b.fs"), &hb),
+            file_spec("a", dir.join("a.fs"), &ha, true),
+            file_spec("b", dir.join("b.fs"), &hb, true),
         ],
     )
     .expect("array opens");
@@ -219,7 +233,7 @@ fn file_array(dir: &std::path::Path) -> (Arc<RaidStorage>, Arc<HookCell>) {
 
 /// One whole commit as the server runs it (group commit's three steps
 /// when the array does group commit).
-fn server_commit(a: &RaidStorage, ops: Vec<Op>) -> Result<Tid> {
+pub(super) fn server_commit(a: &RaidStorage, ops: Vec<Op>) -> Result<Tid> {
     match a.tpc_vote(&txn(ops))? {
         Vote::Prepared { .. } => {}
         Vote::Conflicts(c) => {
@@ -237,14 +251,14 @@ fn server_commit(a: &RaidStorage, ops: Vec<Op>) -> Result<Tid> {
 }
 
 /// Writes one object per round; remembers what it acknowledged.
-struct Counter {
-    oid: Oid,
+pub(super) struct Counter {
+    pub(super) oid: Oid,
     serial: Tid,
-    acked: Vec<(Tid, Vec<u8>)>,
+    pub(super) acked: Vec<(Tid, Vec<u8>)>,
 }
 
 impl Counter {
-    fn new(a: &RaidStorage) -> Counter {
+    pub(super) fn new(a: &RaidStorage) -> Counter {
         Counter {
             oid: a.new_oids(1).unwrap()[0],
             serial: Tid::ZERO,
@@ -252,7 +266,7 @@ impl Counter {
         }
     }
 
-    fn bump(&mut self, a: &RaidStorage) -> Result<Tid> {
+    pub(super) fn bump(&mut self, a: &RaidStorage) -> Result<Tid> {
         let data = format!("value {}", self.acked.len()).into_bytes();
         let t = server_commit(a, vec![store(self.oid, self.serial, &data)])?;
         self.serial = t;
@@ -261,7 +275,7 @@ impl Counter {
     }
 
     /// Every acknowledged revision is on `s`.
-    fn check_on(&self, s: &dyn Storage, what: &str) {
+    pub(super) fn check_on(&self, s: &dyn Storage, what: &str) {
         for (t, data) in &self.acked {
             let got = s
                 .load_serial(self.oid, *t)
@@ -328,7 +342,7 @@ fn run_case(phase: Phase, fault: Fault) {
     match fault {
         Fault::Remove => {
             let hb = Arc::new(HookCell::default());
-            let spec = file_spec("b", dir.path().join("b.fs"), &hb);
+            let spec = file_spec("b", dir.path().join("b.fs"), &hb, true);
             a.add_backend(
                 spec,
                 crate::config::BackendConfig::file("b", dir.path().join("b.fs")),
@@ -369,7 +383,7 @@ fn run_case(phase: Phase, fault: Fault) {
     a.close();
 }
 
-fn states_by_name(a: &RaidStorage) -> std::collections::HashMap<String, String> {
+pub(super) fn states_by_name(a: &RaidStorage) -> std::collections::HashMap<String, String> {
     a.core
         .backends
         .iter()

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use zeoraid::bench::proxy::Proxy;
 use zeoraid::server::Server;
 use zeoraid::storage::memory::MemoryStorage;
-use zeoraid::storage::{Data, Oid, Op, Storage, Tid, Txn, TxnMeta, Vote};
+use zeoraid::storage::{Oid, Storage, Tid};
 use zeoraid::zeo::client::{Client, ClientOptions};
 
 /// `zeoraid ctl ARGS`: (exit code, stdout, stderr).
@@ -66,18 +66,8 @@ fn commit_n(addr: SocketAddr, n: usize) -> Oid {
     let oid = c.new_oids(1).unwrap()[0];
     let mut serial = Tid::ZERO;
     for i in 0..n {
-        let txn = Txn {
-            meta: TxnMeta::default(),
-            tid: None,
-            status: b' ',
-            ops: vec![Op::Store {
-                oid,
-                serial,
-                data: Data::from(format!("value {i}").as_bytes()),
-            }],
-        };
-        assert!(matches!(c.tpc_vote(&txn), Ok(Vote::Prepared { .. })));
-        serial = c.tpc_finish().unwrap();
+        serial =
+            common::commit_store(&c, oid, serial, format!("value {i}").as_bytes()).expect("commit");
     }
     let _ = c.load_before(oid, Tid::MAX).unwrap();
     Storage::close(&c);

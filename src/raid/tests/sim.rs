@@ -149,11 +149,7 @@ impl Sim {
                 if optimal.len() >= 2 {
                     let n = self.pick(&optimal[1..]).expect("one");
                     self.trail.push(format!("verify {n}"));
-                    match self.array.verify(n) {
-                        Ok(v) if v.difference.is_none() => {}
-                        Ok(v) => self.fail(&format!("verify {n}: {:?}", v.difference)),
-                        Err(e) => self.fail(&format!("verify {n}: {e}")),
-                    }
+                    self.verify(n, "");
                 }
             }
             _ => {
@@ -259,10 +255,15 @@ impl Sim {
         if self.states().get(n).map(String::as_str) != Some("optimal") {
             self.fail(&format!("{n} not optimal after its recovery"));
         }
+        self.verify(n, " after recovery");
+    }
+
+    /// Verify finds `n` identical to an optimal backend.
+    fn verify(&self, n: &str, when: &str) {
         match self.array.verify(n) {
             Ok(v) if v.difference.is_none() => {}
-            Ok(v) => self.fail(&format!("verify {n} after recovery: {:?}", v.difference)),
-            Err(e) => self.fail(&format!("verify {n} after recovery: {e}")),
+            Ok(v) => self.fail(&format!("verify {n}{when}: {:?}", v.difference)),
+            Err(e) => self.fail(&format!("verify {n}{when}: {e}")),
         }
     }
 

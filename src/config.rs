@@ -347,6 +347,35 @@ impl BackendKind {
     }
 }
 
+impl BackendConfig {
+    /// A backend as the array's state file remembered it (added at
+    /// runtime); an error says what is wrong with the entry.
+    pub fn from_recipe(r: &crate::raid::statefile::Recipe) -> Result<BackendConfig, String> {
+        serde_json::from_value(serde_json::Value::Object(r.0.clone())).map_err(|e| {
+            format!(
+                "backend {:?} cannot be read back: {e}",
+                r.name().unwrap_or("(no name)")
+            )
+        })
+    }
+}
+
+/// What the array's state file keeps of a backend added at runtime: its
+/// table, as JSON.
+impl From<BackendConfig> for crate::raid::statefile::Recipe {
+    fn from(b: BackendConfig) -> Self {
+        match serde_json::to_value(&b) {
+            Ok(serde_json::Value::Object(m)) => crate::raid::statefile::Recipe(m),
+            // A struct always serializes to an object; keep the name at least.
+            _ => {
+                let mut m = serde_json::Map::new();
+                m.insert("name".into(), b.name.into());
+                crate::raid::statefile::Recipe(m)
+            }
+        }
+    }
+}
+
 /// One mirror of an array.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]

@@ -4,6 +4,7 @@
 //! handling; an embedder uses it directly.
 
 use crate::config::{Config, ConfigError};
+use crate::open::Opened;
 use crate::server::{Listen, Options, Served, Server, TlsInfo, TlsOptions, TlsSwitch};
 use crate::storage::resolve::{ConflictResolver, PythonOptions, PythonResolver};
 use crate::storage::Storage;
@@ -94,7 +95,7 @@ pub struct Zeoraid {
     server: Server,
     #[cfg(feature = "admin")]
     admin: Option<crate::admin::Admin>,
-    storages: Vec<(String, Arc<dyn Storage>)>,
+    storages: Vec<(String, Opened)>,
     /// Kept until the server is shut down (its thread and helper end then).
     _resolver: Option<Arc<PythonResolver>>,
     config_file: Option<PathBuf>,
@@ -163,10 +164,12 @@ impl Zeoraid {
             .map_err(within)?
             .flatten();
         let mut served: Vec<Served> = Vec::new();
+        let mut opened_all: Vec<(String, Opened)> = Vec::new();
         for s in &cfg.storage {
-            let storage = crate::open::open_storage(s)
+            let opened = crate::open::open_served(s)
                 .map_err(|e| within(format!("cannot open storage {:?}: {e}", s.name)))?;
-            served.push((s.name.clone(), storage, s.read_only));
+            opened_all.push((s.name.clone(), opened.clone()));
+            served.push((s.name.clone(), opened.storage, s.read_only));
         }
         let resolver = match &cfg.conflict_resolution {
             None => None,
@@ -199,10 +202,7 @@ impl Zeoraid {
             transaction_timeout: cfg.server.transaction_timeout.map(Duration::from_secs_f64),
             conflict_resolver: resolver.clone().map(|r| r as Arc<dyn ConflictResolver>),
         };
-        let storages: Vec<(String, Arc<dyn Storage>)> = served
-            .iter()
-            .map(|(n, s, _)| (n.clone(), s.clone()))
-            .collect();
+        let storages = opened_all;
         let server = Server::start(opts, served).map_err(|e| {
             StartError::Host(format!(
                 "cannot listen on {listen}: {e} (is another server using it? set server.listen{})",
@@ -268,7 +268,7 @@ impl Zeoraid {
         self.storages
             .iter()
             .find(|(n, _)| n == name)
-            .map(|(_, s)| s.clone())
+            .map(|(_, s)| s.storage.clone())
     }
 
     /// The names of the served storages, in config order.
@@ -285,7 +285,7 @@ impl Zeoraid {
     /// to the running arrays (as SIGHUP and `zeoraid ctl reload` do);
     /// returns what changed. One started from a value has no file.
     pub fn reload(&self) -> Result<Vec<String>, String> {
-        let running: HashMap<String, Arc<dyn Storage>> = self.storages.iter().cloned().collect();
+        let running: HashMap<String, Opened> = self.storages.iter().cloned().collect();
         crate::admin::reload(
             self.config_file.as_deref(),
             &running,

@@ -638,3 +638,48 @@ fn with_min_optimal_two_a_mirror_failing_reads_is_kept_and_the_other_serves_them
     drop(front);
     raid.close();
 }
+
+/// The state file keeps what was added and removed at runtime: after a
+/// restart an added backend is back (with its settings) and a removed one
+/// stays out, though the config still names it.
+#[test]
+fn backends_added_and_removed_at_runtime_survive_a_restart() {
+    use zeoraid::config::{BackendConfig, StorageConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = StorageConfig::raid(
+        "1",
+        vec![
+            BackendConfig::file("a", dir.path().join("a.fs")),
+            BackendConfig::file("b", dir.path().join("b.fs")),
+        ],
+    );
+    cfg.state_file = Some(dir.path().join("raid.state"));
+    cfg.auto_recover = Some(false);
+    let array = zeoraid::open::open_raid(&cfg).expect("the array opens");
+    let mut c = BackendConfig::file("c", dir.path().join("c.fs"));
+    c.pack_gc = false;
+    array
+        .add_backend(zeoraid::open::backend_spec("1", &c), c.clone())
+        .expect("c added");
+    array.recover("c", false).expect("c recovered");
+    array.remove_backend("b").expect("b removed");
+    array.close();
+    drop(array);
+
+    let saved = zeoraid::raid::statefile::load(&dir.path().join("raid.state"))
+        .expect("the state file reads")
+        .expect("the state file exists");
+    assert_eq!(saved.removed, vec!["b".to_string()]);
+    assert_eq!(
+        BackendConfig::from_recipe(&saved.added[0]).expect("c's entry reads back"),
+        c,
+        "the state file keeps c's settings as given"
+    );
+    let array = zeoraid::open::open_raid(&cfg).expect("the array opens again");
+    assert_eq!(
+        array.backend_names(),
+        vec!["a".to_string(), "c".to_string()]
+    );
+    assert_eq!(array.status()["state"], "optimal");
+    array.close();
+}

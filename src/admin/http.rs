@@ -2,8 +2,8 @@
 //! worker threads answering [`Route`]s over tiny_http, joined at shutdown.
 
 use super::{reload, route, status, token_matches, Route};
+use crate::open::Opened;
 use crate::server::{StatusSource, TlsInfo, TlsSwitch};
-use crate::storage::Storage;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +29,7 @@ pub struct Admin {
 
 struct Context {
     status: StatusSource,
-    storages: HashMap<String, Arc<dyn Storage>>,
+    storages: HashMap<String, Opened>,
     token: Option<String>,
     /// The config file the server runs from (reload, and what `details`
     /// compares the running arrays with).
@@ -44,7 +44,7 @@ impl Admin {
         listen: &str,
         token: Option<String>,
         status: StatusSource,
-        storages: Vec<(String, Arc<dyn Storage>)>,
+        storages: Vec<(String, Opened)>,
         config: Option<std::path::PathBuf>,
         tls: Option<TlsSwitch>,
     ) -> Result<Admin, String> {
@@ -182,7 +182,8 @@ fn answer(ctx: &Context, r: Route) -> tiny_http::Response<std::io::Cursor<Vec<u8
                 ctx.storages.keys().cloned().collect::<Vec<_>>().join(", ")
             )
         })?;
-        s.as_raid()
+        s.array
+            .as_deref()
             .ok_or_else(|| format!("storage {storage:?} is not a RAID array"))
     };
     match r {
@@ -309,15 +310,15 @@ fn with_config_diff(ctx: &Context, mut doc: serde_json::Value) -> serde_json::Va
     else {
         return doc;
     };
-    for (name, storage) in &ctx.storages {
+    for (name, opened) in &ctx.storages {
         let (Some(raid), Some(s)) = (
-            storage.as_raid(),
+            opened.array.as_deref(),
             cfg.storage.iter().find(|s| &s.name == name),
         ) else {
             continue;
         };
-        let (sync, _) = crate::raid::members::split_modes(&s.backend);
-        let (add, remove) = crate::raid::members::diff(&raid.backend_names(), &sync);
+        let (sync, _) = crate::open::members::split_modes(&s.backend);
+        let (add, remove) = crate::open::members::diff(&raid.backend_names(), &sync);
         if add.is_empty() && remove.is_empty() {
             continue;
         }

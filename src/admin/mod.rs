@@ -28,10 +28,9 @@ pub mod status;
 #[cfg(feature = "admin")]
 pub use http::Admin;
 
+use crate::open::Opened;
 use crate::server::TlsSwitch;
-use crate::storage::Storage;
 use std::collections::HashMap;
-use std::sync::Arc;
 
 /// What a request asks for.
 #[derive(Clone, Debug, PartialEq)]
@@ -227,7 +226,7 @@ pub fn token_matches(presented: &[u8], expected: &[u8]) -> bool {
 /// changes nothing.
 pub fn reload(
     config: Option<&std::path::Path>,
-    storages: &HashMap<String, Arc<dyn Storage>>,
+    storages: &HashMap<String, Opened>,
     tls: Option<&TlsSwitch>,
 ) -> Result<Vec<String>, String> {
     let path = config.ok_or("this zeoraid was started without a config file to reload")?;
@@ -246,7 +245,7 @@ pub fn reload(
             ))
         }
     };
-    let running: Vec<(String, Arc<dyn Storage>)> = storages
+    let running: Vec<(String, Opened)> = storages
         .iter()
         .map(|(n, s)| (n.clone(), s.clone()))
         .collect();

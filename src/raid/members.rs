@@ -9,14 +9,15 @@
 //! flight finishes, before the next one votes — and then closed. Neither
 //! is allowed to leave fewer than `min-optimal` optimal backends. The
 //! state file remembers both, so a restart neither drops an added backend
-//! nor brings a removed one back ([`merge_saved`]).
+//! nor brings a removed one back (the opener merges them into the
+//! configured backends: `open::members`).
 
 use super::backend::{Backend, BackendSource, BackendSpec};
 use super::balance::ReadPolicy;
 use super::fanout::Mode;
 use super::state::BackendState;
+use super::statefile::Recipe;
 use super::RaidStorage;
-use crate::config::BackendConfig;
 use crate::locks::{lock, read};
 use crate::zeo::client::Client;
 use std::sync::atomic::Ordering;
@@ -25,52 +26,6 @@ use std::time::Duration;
 
 /// Longest a removal waits for the transaction in flight.
 const REMOVE_WAIT: Duration = Duration::from_secs(30);
-
-/// The backends to open: the config's, minus those removed at runtime,
-/// plus those added at runtime (as the state file remembers them). Pure.
-pub fn merge_saved(
-    configured: &[BackendConfig],
-    added: &[BackendConfig],
-    removed: &[String],
-) -> Vec<BackendConfig> {
-    let mut out: Vec<BackendConfig> = configured
-        .iter()
-        .filter(|b| !removed.contains(&b.name))
-        .cloned()
-        .collect();
-    for a in added {
-        if !out.iter().any(|b| b.name == a.name) {
-            out.push(a.clone());
-        }
-    }
-    out
-}
-
-/// The configured backends split by mode: the synchronous ones, and the
-/// names of the off-site mirrors.
-pub fn split_modes(backends: &[BackendConfig]) -> (Vec<BackendConfig>, Vec<String>) {
-    let (sync, offsite): (Vec<_>, Vec<_>) = backends
-        .iter()
-        .cloned()
-        .partition(|b| b.mode == crate::config::BackendMode::Sync);
-    (sync, offsite.into_iter().map(|b| b.name).collect())
-}
-
-/// What a reload changes: backends to add (from the file) and to remove
-/// (running, no longer in the file). Pure.
-pub fn diff(running: &[String], configured: &[BackendConfig]) -> (Vec<BackendConfig>, Vec<String>) {
-    let add = configured
-        .iter()
-        .filter(|b| !running.contains(&b.name))
-        .cloned()
-        .collect();
-    let remove = running
-        .iter()
-        .filter(|n| !configured.iter().any(|b| &b.name == *n))
-        .cloned()
-        .collect();
-    (add, remove)
-}
 
 impl RaidStorage {
     /// The names of the backends in the array now, in order.
@@ -84,8 +39,10 @@ impl RaidStorage {
     }
 
     /// Add a backend while the array runs: it joins degraded and is
-    /// recovered. `config` is what the state file remembers.
-    pub fn add_backend(&self, spec: BackendSpec, config: BackendConfig) -> Result<(), String> {
+    /// recovered. `recipe` is what the state file remembers to open it
+    /// again after a restart (a `config::BackendConfig` converts into one).
+    pub fn add_backend(&self, spec: BackendSpec, recipe: impl Into<Recipe>) -> Result<(), String> {
+        let recipe = recipe.into();
         let core = &self.core;
         let _one_at_a_time = lock(&core.reconfig);
         if self.backend_names().contains(&spec.name) {
@@ -133,8 +90,8 @@ impl RaidStorage {
             let _g = lock(&core.states);
             let mut m = lock(&core.members);
             m.1.retain(|n| n != &name);
-            m.0.retain(|b| b.name != name);
-            m.0.push(config);
+            m.0.retain(|b| b.name() != Some(&name));
+            m.0.push(recipe);
             drop(m);
             core.save_state();
         }
@@ -196,7 +153,7 @@ impl RaidStorage {
             let _g = lock(&core.states);
             let mut m = lock(&core.members);
             if b.added {
-                m.0.retain(|c| c.name != name);
+                m.0.retain(|c| c.name() != Some(name));
             } else if !m.1.iter().any(|n| n == name) {
                 m.1.push(name.to_string());
             }
@@ -234,58 +191,5 @@ impl RaidStorage {
             changed.push(format!("read-policy = {}", read_policy.label()));
         }
         changed
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn b(name: &str) -> BackendConfig {
-        BackendConfig::memory(name)
-    }
-
-    fn names(v: &[BackendConfig]) -> Vec<&str> {
-        v.iter().map(|b| b.name.as_str()).collect()
-    }
-
-    #[test]
-    fn merge_saved_table() {
-        // (configured, added at runtime, removed at runtime, want)
-        type Case = (
-            Vec<BackendConfig>,
-            Vec<BackendConfig>,
-            Vec<String>,
-            Vec<&'static str>,
-        );
-        let cases: Vec<Case> = vec![
-            (vec![b("a"), b("b")], vec![], vec![], vec!["a", "b"]),
-            (
-                vec![b("a"), b("b")],
-                vec![b("c")],
-                vec![],
-                vec!["a", "b", "c"],
-            ),
-            (vec![b("a"), b("b")], vec![], vec!["b".into()], vec!["a"]),
-            (vec![b("a"), b("b")], vec![b("b")], vec![], vec!["a", "b"]),
-            (vec![b("a")], vec![b("c")], vec!["a".into()], vec!["c"]),
-        ];
-        for (configured, added, removed, want) in cases {
-            assert_eq!(names(&merge_saved(&configured, &added, &removed)), want);
-        }
-    }
-
-    #[test]
-    fn diff_table() {
-        let run = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let (add, remove) = diff(&run(&["a", "b"]), &[b("a"), b("b")]);
-        assert!(add.is_empty() && remove.is_empty());
-        let (add, remove) = diff(&run(&["a", "b"]), &[b("a"), b("c")]);
-        assert_eq!((names(&add), remove), (vec!["c"], vec!["b".to_string()]));
-        let (add, remove) = diff(&run(&["a"]), &[b("a"), b("b"), b("c")]);
-        assert_eq!(
-            (names(&add), remove),
-            (vec!["b", "c"], Vec::<String>::new())
-        );
     }
 }

@@ -228,7 +228,7 @@ pub(crate) struct Core {
     /// `read-policy` (a reload may change it).
     read_policy: std::sync::atomic::AtomicU8,
     /// Backends added and removed at runtime (the state file keeps them).
-    members: Mutex<(Vec<crate::config::BackendConfig>, Vec<String>)>,
+    members: Mutex<(Vec<statefile::Recipe>, Vec<String>)>,
     /// Set when the array closes: recoveries stop, the supervisor ends.
     closing: std::sync::atomic::AtomicBool,
     closing_cv: (Mutex<()>, Condvar),
@@ -325,7 +325,7 @@ impl RaidStorage {
                 .into_iter()
                 .zip(opened)
                 .map(|(spec, (storage, problem))| {
-                    let added = saved.added.iter().any(|a| a.name == spec.name);
+                    let added = saved.added.iter().any(|a| a.name() == Some(&spec.name));
                     let state = match (problem, saved.degraded.get(&spec.name)) {
                         (Some(p), _) => BackendState::Degraded(p),
                         (None, Some(why)) => {

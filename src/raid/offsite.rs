@@ -498,7 +498,7 @@ fn stand_back() {
 /// The thread: connect, find the position, ship, retry after failures.
 fn run(m: &Arc<Mirror>, weak: &Weak<Core>) {
     stand_back();
-    let mut target: Option<Arc<dyn Storage>> = None;
+    let mut target: Option<Target> = None;
     let mut position: Option<Tid> = None;
     let mut backoff = Duration::ZERO;
     loop {
@@ -582,20 +582,20 @@ fn wait_for_work(m: &Mirror, core: &Core, d: Duration) {
 fn step(
     m: &Mirror,
     core: &Arc<Core>,
-    target: &mut Option<Arc<dyn Storage>>,
+    target: &mut Option<Target>,
     position: &mut Option<Tid>,
 ) -> Result<(), String> {
     if target.is_none() {
         *target = Some(open(m, core)?);
     }
     let t = target.clone().ok_or("not connected")?;
-    if let Some(c) = t.as_zeo_client() {
+    if let Some(c) = t.client() {
         if !c.is_connected() {
             return Err(format!("the connection to {} is down", c.addr()));
         }
     }
     if position.is_none() {
-        let held = super::recovery::newest_held(t.as_ref(), settled_last(m, core, t.as_ref())?)
+        let held = super::recovery::newest_held(t.storage(), settled_last(m, core, &t)?)
             .map_err(|e| format!("cannot read its history: {e}"))?;
         let p = held.map_or(Tid::ZERO, |r| r.tid);
         *position = Some(p);
@@ -833,13 +833,14 @@ fn fetch(core: &Core, tid: Tid) -> Result<TxnRecord, String> {
 /// mirror, so once nothing changes for a while that backlog is through.
 /// (A single transaction taking longer than `SETTLE` to cross the link
 /// could still slip by.)
-fn settled_last(m: &Mirror, core: &Core, t: &dyn Storage) -> Result<Tid, String> {
+fn settled_last(m: &Mirror, core: &Core, target: &Target) -> Result<Tid, String> {
+    let t = target.storage();
     let read = || {
         t.last_transaction()
             .map_err(|e| format!("cannot read its last transaction: {e}"))
     };
     let mut last = read()?;
-    if t.as_zeo_client().is_none() {
+    if target.client().is_none() {
         // In-process: nothing can be on its way.
         return Ok(last);
     }
@@ -877,7 +878,7 @@ fn settled_last(m: &Mirror, core: &Core, t: &dyn Storage) -> Result<Tid, String>
 }
 
 /// Apply the packs whose transaction the mirror holds.
-fn apply_packs(m: &Mirror, core: &Core, t: &Arc<dyn Storage>, pos: Tid) -> Result<(), String> {
+fn apply_packs(m: &Mirror, core: &Core, t: &Target, pos: Tid) -> Result<(), String> {
     let due: Vec<(Tid, f64, bool)> = {
         let mut p = lock(&m.packs);
         let (due, later) = p.drain(..).partition(|(after, _, _)| *after <= pos);
@@ -885,7 +886,7 @@ fn apply_packs(m: &Mirror, core: &Core, t: &Arc<dyn Storage>, pos: Tid) -> Resul
         due
     };
     for (after, time, gc) in due {
-        if let Err(e) = t.pack(time, gc) {
+        if let Err(e) = t.storage().pack(time, gc) {
             lock(&m.packs).push((after, time, gc));
             return Err(format!("pack failed: {e}"));
         }
@@ -898,10 +899,39 @@ fn apply_packs(m: &Mirror, core: &Core, t: &Arc<dyn Storage>, pos: Tid) -> Resul
     Ok(())
 }
 
+/// What an off-site mirror ships to: a ZEO server through the array's own
+/// client (pipelined restores), or an in-process storage.
+#[derive(Clone)]
+enum Target {
+    Zeo(Arc<Client>),
+    Local(Arc<dyn Storage>),
+}
+
+impl Target {
+    fn storage(&self) -> &dyn Storage {
+        match self {
+            Target::Zeo(c) => c.as_ref(),
+            Target::Local(s) => s.as_ref(),
+        }
+    }
+
+    /// The ZEO client, for a mirror that is a ZEO server.
+    fn client(&self) -> Option<&Client> {
+        match self {
+            Target::Zeo(c) => Some(c),
+            Target::Local(_) => None,
+        }
+    }
+
+    fn close(&self) {
+        self.storage().close()
+    }
+}
+
 /// Open the mirror's storage.
-fn open(m: &Mirror, core: &Core) -> Result<Arc<dyn Storage>, String> {
+fn open(m: &Mirror, core: &Core) -> Result<Target, String> {
     match &m.source {
-        BackendSource::Local(s) => Ok(s.clone()),
+        BackendSource::Local(s) => Ok(Target::Local(s.clone())),
         BackendSource::Unavailable(why) => Err(why.clone()),
         BackendSource::Zeo(o) => {
             let opts = ClientOptions {
@@ -914,7 +944,7 @@ fn open(m: &Mirror, core: &Core) -> Result<Arc<dyn Storage>, String> {
             };
             let addr = opts.addr.clone();
             Client::connect(opts)
-                .map(|c| Arc::new(c) as Arc<dyn Storage>)
+                .map(|c| Target::Zeo(Arc::new(c)))
                 .map_err(|e| format!("cannot connect to {addr}: {e}"))
         }
     }
@@ -925,7 +955,7 @@ fn open(m: &Mirror, core: &Core) -> Result<Arc<dyn Storage>, String> {
 fn ship(
     m: &Mirror,
     core: &Core,
-    t: &Arc<dyn Storage>,
+    t: &Target,
     batches: impl Iterator<Item = Result<Vec<Arc<TxnRecord>>, String>>,
     position: &mut Option<Tid>,
 ) -> Result<(), String> {
@@ -951,7 +981,7 @@ fn ship(
         });
     };
     let closing = || core.closing.load(Ordering::Acquire);
-    let result = match t.as_zeo_client() {
+    let result = match t.client() {
         // Pipelined, up to a transaction with blobs: that one goes alone
         // with its blob files (ZEO has no pipelined blob restore), then
         // the pipeline resumes.
@@ -967,11 +997,11 @@ fn ship(
                 if closing() {
                     break Ok(());
                 }
-                let bytes = restore_with_blobs(core, t.as_ref(), &rec, false)?;
+                let bytes = restore_with_blobs(core, t.storage(), &rec, false)?;
                 on_done(&[(rec.tid, bytes)]);
             }
         }
-        None => ship_local(core, t.as_ref(), batches, &closing, &mut on_done),
+        None => ship_local(core, t.storage(), batches, &closing, &mut on_done),
     };
     let secs = started.elapsed().as_secs_f64();
     if n > 0 && secs > 0.0 {

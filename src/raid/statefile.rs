@@ -20,12 +20,28 @@ use std::path::{Path, PathBuf};
 pub struct Saved {
     /// Backends that are not optimal, with why.
     pub degraded: BTreeMap<String, String>,
-    /// Backends added at runtime (`zeoraid ctl add`), as configured.
+    /// Backends added at runtime (`zeoraid ctl add`), as their opener
+    /// described them.
     #[serde(default)]
-    pub added: Vec<crate::config::BackendConfig>,
+    pub added: Vec<Recipe>,
     /// Backends of the config file removed at runtime (`zeoraid ctl remove`).
     #[serde(default)]
     pub removed: Vec<String>,
+}
+
+/// How to open a backend added at runtime again after a restart: the
+/// description its opener gave (for zeoraid, its `[[storage.backend]]`
+/// table as JSON, see `config::BackendConfig`), kept as given. The array
+/// reads only its `name`; the opener turns it back into a backend.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Recipe(pub serde_json::Map<String, serde_json::Value>);
+
+impl Recipe {
+    /// The backend's name, when the description has one.
+    pub fn name(&self) -> Option<&str> {
+        self.0.get("name").and_then(|n| n.as_str())
+    }
 }
 
 /// Read the state file; `Ok(None)` when it does not exist.

@@ -340,10 +340,6 @@ impl Storage for RaidStorage {
         Some(self.core.status())
     }
 
-    fn as_raid(&self) -> Option<&RaidStorage> {
-        Some(self)
-    }
-
     /// The staging directory of the first optimal backend that keeps
     /// blobs: that backend's copy is then a hard link.
     fn blob_staging_dir(&self) -> Option<std::path::PathBuf> {

@@ -457,11 +457,6 @@ pub trait Storage: Send + Sync {
     fn raid_status(&self) -> Option<serde_json::Value> {
         None
     }
-    /// The array behind this storage, for the admin interface's actions
-    /// (recover, verify, disable); `None` for plain storages.
-    fn as_raid(&self) -> Option<&crate::raid::RaidStorage> {
-        None
-    }
     /// Blob support: the directory where blob uploads for this storage are
     /// staged (on the blob directory's filesystem, so that committing one
     /// is a link, not a copy); `None`: the storage keeps no blobs and blob
@@ -487,11 +482,6 @@ pub trait Storage: Send + Sync {
     /// (`loadBlob`); `Err(PosKey)` when there is none.
     fn load_blob(&self, _oid: Oid, _serial: Tid) -> Result<std::path::PathBuf> {
         Err(Error::Unsupported(NO_BLOBS.into()))
-    }
-    /// The ZEO client behind this storage (the off-site mirrors' pipelined
-    /// writer uses it); `None` for other storages.
-    fn as_zeo_client(&self) -> Option<&crate::zeo::client::Client> {
-        None
     }
     /// Flush and release resources.
     fn close(&self) {}

@@ -341,10 +341,6 @@ impl Storage for Client {
         self.tpc_vote_inner(txn)
     }
 
-    fn as_zeo_client(&self) -> Option<&Client> {
-        Some(self)
-    }
-
     fn blob_staging_dir(&self) -> Option<std::path::PathBuf> {
         self.inner
             .blob_cache

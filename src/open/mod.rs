@@ -2,6 +2,8 @@
 //! over their backends. Used by `zeoraid serve`, the tests and embedders,
 //! so every way in opens storages the same way.
 
+pub mod members;
+
 use crate::config::{BackendConfig, BackendKind, StorageConfig, StorageKind};
 use crate::raid::{BackendSource, BackendSpec, RaidOptions, RaidStorage, Reopen};
 use crate::storage::file::{FileOptions, FileStorage};
@@ -12,14 +14,38 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A storage as opened from its config: what the server serves and, for
+/// an array, the typed handle its operators use (the admin interface's
+/// recover, disable, verify, reload).
+#[derive(Clone)]
+pub struct Opened {
+    pub storage: Arc<dyn Storage>,
+    /// The same object as `storage` when it is a RAID array.
+    pub array: Option<Arc<RaidStorage>>,
+}
+
+impl Opened {
+    fn plain(storage: Arc<dyn Storage>) -> Opened {
+        Opened {
+            storage,
+            array: None,
+        }
+    }
+}
+
 /// Open one configured storage.
 pub fn open_storage(s: &StorageConfig) -> Result<Arc<dyn Storage>, String> {
+    open_served(s).map(|o| o.storage)
+}
+
+/// Open one configured storage, keeping an array's typed handle.
+pub fn open_served(s: &StorageConfig) -> Result<Opened, String> {
     match s.kind {
-        StorageKind::Memory => Ok(Arc::new(MemoryStorage::with_blobs(
+        StorageKind::Memory => Ok(Opened::plain(Arc::new(MemoryStorage::with_blobs(
             &s.name,
             s.read_only,
             s.blob_dir.as_deref(),
-        )?)),
+        )?))),
         StorageKind::File => {
             let path = s
                 .path
@@ -33,8 +59,15 @@ pub fn open_storage(s: &StorageConfig) -> Result<Arc<dyn Storage>, String> {
                 s.pack_gc,
                 s.blob_dir.as_deref(),
             )
+            .map(Opened::plain)
         }
-        StorageKind::Raid => open_raid(s).map(|r| Arc::new(r) as Arc<dyn Storage>),
+        StorageKind::Raid => open_raid(s).map(|r| {
+            let array = Arc::new(r);
+            Opened {
+                storage: array.clone(),
+                array: Some(array),
+            }
+        }),
     }
 }
 
@@ -187,7 +220,22 @@ pub fn open_raid(s: &StorageConfig) -> Result<RaidStorage, String> {
         Some(p) => crate::raid::statefile::load(p)?.unwrap_or_default(),
         None => Default::default(),
     };
-    let backends = crate::raid::members::merge_saved(&s.backend, &saved.added, &saved.removed);
+    let added = saved
+        .added
+        .iter()
+        .map(BackendConfig::from_recipe)
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|e| {
+            format!(
+                "{e} (a backend added at runtime, in the state file {}; restore the file, or \
+                 remove that entry and add the backend again)",
+                s.state_file
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            )
+        })?;
+    let backends = members::merge_saved(&s.backend, &added, &saved.removed);
     for name in &saved.removed {
         log::warn!(
             "RAID array {:?}: backend {name:?} is in the config but was removed at runtime \
@@ -195,8 +243,7 @@ pub fn open_raid(s: &StorageConfig) -> Result<RaidStorage, String> {
             s.name
         );
     }
-    for b in saved
-        .added
+    for b in added
         .iter()
         .filter(|a| !s.backend.iter().any(|c| c.name == a.name))
     {
@@ -236,12 +283,12 @@ pub fn open_raid(s: &StorageConfig) -> Result<RaidStorage, String> {
 /// answer). Returns what changed.
 pub fn reload(
     cfg: &crate::config::Config,
-    running: &[(String, Arc<dyn Storage>)],
+    running: &[(String, Opened)],
 ) -> Result<Vec<String>, String> {
     let mut changes = Vec::new();
     let mut problems = Vec::new();
-    for (name, storage) in running {
-        let Some(raid) = storage.as_raid() else {
+    for (name, opened) in running {
+        let Some(raid) = &opened.array else {
             continue;
         };
         let Some(s) = cfg.storage.iter().find(|s| &s.name == name) else {
@@ -262,14 +309,14 @@ pub fn reload(
         ) {
             changes.push(format!("storage {name}: {c}"));
         }
-        let (sync, offsite) = crate::raid::members::split_modes(&s.backend);
+        let (sync, offsite) = members::split_modes(&s.backend);
         if offsite != raid.offsite_names() {
             problems.push(format!(
                 "storage {name:?}: adding or removing off-site backends needs a restart (running: {:?}, config: {offsite:?})",
                 raid.offsite_names()
             ));
         }
-        let (add, remove) = crate::raid::members::diff(&raid.backend_names(), &sync);
+        let (add, remove) = members::diff(&raid.backend_names(), &sync);
         for b in add {
             match raid.add_backend(backend_spec(name, &b), b.clone()) {
                 Ok(()) => changes.push(format!("storage {name}: added backend {}", b.name)),

@@ -153,24 +153,20 @@ fn array(mode: Mode, policy: ReadPolicy, sources: Vec<BackendSource>) -> Arc<Rai
 
 /// The figures of a run whose array lost a backend would mean nothing.
 fn assert_all_optimal(raid: &RaidStorage, when: &str) {
-    let st = raid.status();
-    for b in st["backends"].as_array().expect("backends") {
+    for b in raid.status().backends {
         assert_eq!(
-            b["state"], "optimal",
-            "backend {} degraded {when}: {}",
-            b["name"], b["reason"]
+            b.state.label(),
+            "optimal",
+            "backend {} degraded {when}: {:?}",
+            b.name,
+            b.reason
         );
     }
 }
 
 /// Reads each backend of the array served so far.
 fn reads_per_backend(raid: &RaidStorage) -> Vec<u64> {
-    raid.status()["backends"]
-        .as_array()
-        .expect("backends")
-        .iter()
-        .map(|b| b["reads"].as_u64().unwrap_or(0))
-        .collect()
+    raid.status().backends.iter().map(|b| b.reads).collect()
 }
 
 /// An array served in-process; shut down on drop (which closes the array).
@@ -865,7 +861,7 @@ mod profile {
         fn set_conflict_resolver(&self, r: Arc<dyn ConflictResolver>) {
             self.inner.set_conflict_resolver(r)
         }
-        fn raid_status(&self) -> Option<serde_json::Value> {
+        fn raid_status(&self) -> Option<zeoraid::status::ArrayStatus> {
             self.inner.raid_status()
         }
         fn close(&self) {

@@ -413,7 +413,7 @@ fn converge(k: &Knobs) {
         s.spawn(|| {
             while !stop.load(Ordering::Acquire) {
                 let st = raid.status();
-                if let Some(n) = st["backends"][1]["recovery"]["copied"].as_u64() {
+                if let Some(n) = st.backends[1].recovery.as_ref().map(|r| r.copied) {
                     copied
                         .lock()
                         .expect("lock")

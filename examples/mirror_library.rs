@@ -99,22 +99,16 @@ fn run(dir: &std::path::Path) -> Result<(), Box<dyn Error>> {
 /// "optimal (3 of 3): a optimal, b optimal, c optimal".
 fn summary(array: &zeoraid::raid::RaidStorage) -> String {
     let doc = array.status();
-    let backends = doc["backends"].as_array().cloned().unwrap_or_default();
-    let states: Vec<String> = backends
+    let states: Vec<String> = doc
+        .backends
         .iter()
-        .map(|b| {
-            format!(
-                "{} {}",
-                b["name"].as_str().unwrap_or("?"),
-                b["state"].as_str().unwrap_or("?")
-            )
-        })
+        .map(|b| format!("{} {}", b.name, b.state))
         .collect();
     format!(
         "{} ({} of {}): {}",
-        doc["state"].as_str().unwrap_or("?"),
-        doc["optimal"],
-        backends.len(),
+        doc.state,
+        doc.optimal,
+        doc.backends.len(),
         states.join(", ")
     )
 }

@@ -98,6 +98,7 @@ pub mod open;
 pub mod raid;
 #[doc(hidden)]
 pub mod server;
+pub mod status;
 pub mod storage;
 pub mod zeo;
 

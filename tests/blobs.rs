@@ -391,7 +391,7 @@ fn an_offsite_mirror_gets_every_blob_file() {
     let last = a.last_transaction().expect("last");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let m = a.status()["offsite"][0].clone();
+        let m = serde_json::to_value(&a.status().offsite[0]).unwrap();
         if m["last-tid"].as_str() == Some(last.to_string().as_str()) {
             break;
         }

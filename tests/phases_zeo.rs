@@ -262,14 +262,8 @@ impl Writers {
 }
 
 fn state_of(raid: &RaidStorage, name: &str) -> Option<(String, String)> {
-    let s = raid.status();
-    s["backends"].as_array()?.iter().find_map(|b| {
-        (b["name"] == name).then(|| {
-            (
-                b["state"].as_str().unwrap_or("").to_string(),
-                b["reason"].as_str().unwrap_or("").to_string(),
-            )
-        })
+    raid.status().backends.into_iter().find_map(|b| {
+        (b.name == name).then(|| (b.state.label().to_string(), b.reason.unwrap_or_default()))
     })
 }
 

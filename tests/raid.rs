@@ -95,11 +95,10 @@ fn eventually(what: &str, f: impl Fn() -> bool) {
 }
 
 fn backend_state(raid: &RaidStorage, i: usize) -> (String, String) {
-    let s = raid.status();
-    let b = &s["backends"][i];
+    let b = &raid.status().backends[i];
     (
-        b["state"].as_str().unwrap_or("").to_string(),
-        b["reason"].as_str().unwrap_or("").to_string(),
+        b.state.label().to_string(),
+        b.reason.clone().unwrap_or_default(),
     )
 }
 
@@ -169,7 +168,7 @@ fn invalidations_reach_each_client_once_and_a_direct_write_degrades_the_backend(
         .map(|(t, o)| (*t, vec![*o]))
         .collect();
     assert_eq!(seen, expected);
-    assert_eq!(raid.status()["state"], "optimal");
+    assert_eq!(raid.status().state.label(), "optimal");
     // Someone writes straight to backend c: the array stops trusting it.
     let direct = client(backends[2].local_addr().to_string());
     let stray = direct.new_oids(1).unwrap()[0];
@@ -240,7 +239,7 @@ fn started_with_a_backend_down_it_serves_from_the_other_and_fails_as_configured(
         commit(&c, vec![store(oid2, Tid::ZERO, b"x")]).unwrap();
         drop(lone);
         eventually("the array has failed", || {
-            raid.status()["state"] == "failed"
+            raid.status().state.label() == "failed"
         });
         let w = commit(&c, vec![store(oid2, Tid::ZERO, b"y")]);
         match mode {
@@ -318,7 +317,7 @@ fn kill_9_of_a_runzeo_backend_under_load_loses_nothing() {
     let errors = errors.lock().unwrap().clone();
     assert!(
         errors.is_empty(),
-        "clients saw errors: {errors:?}; array: {}; backend a's log: {}",
+        "clients saw errors: {errors:?}; array: {:?}; backend a's log: {}",
         raid.status(),
         backends[0].log()
     );
@@ -630,7 +629,7 @@ fn with_min_optimal_two_a_mirror_failing_reads_is_kept_and_the_other_serves_them
         assert_eq!((got.start, &got.data[..]), (t, &b"kept"[..]));
     }
     assert_eq!(backend_state(&raid, 0).0, "optimal");
-    assert_eq!(raid.status()["state"], "optimal");
+    assert_eq!(raid.status().state.label(), "optimal");
     // Commits go on on both.
     let t2 = commit(&c, vec![store(oid, t, b"again")]).unwrap();
     assert!(t2 > t);
@@ -680,6 +679,6 @@ fn backends_added_and_removed_at_runtime_survive_a_restart() {
         array.backend_names(),
         vec!["a".to_string(), "c".to_string()]
     );
-    assert_eq!(array.status()["state"], "optimal");
+    assert_eq!(array.status().state.label(), "optimal");
     array.close();
 }

@@ -170,10 +170,10 @@ fn an_empty_backend_gets_a_10000_transaction_history_with_undo_pack_and_deletes(
     drop(a);
     // The new backend, empty, joins the configuration.
     let a = array(dir.path(), &["a", "b"], "");
-    assert_eq!(a.status()["backends"][1]["state"], "degraded");
+    assert_eq!(a.status().backends[1].state.label(), "degraded");
     let r = a.recover("b", false).expect("recovers");
     assert_eq!(r.from, None, "the whole history");
-    assert_eq!(a.status()["state"], "optimal");
+    assert_eq!(a.status().state.label(), "optimal");
     let v = a.verify("b").expect("verify runs");
     assert_eq!(v.difference, None, "{v:?}");
     // It takes commits like the other.
@@ -237,7 +237,7 @@ fn a_full_speed_writer_does_not_keep_recovery_from_finishing() {
         "{during} commits while {} were copied in {secs:.1} s",
         r.copied
     );
-    assert_eq!(a.status()["state"], "optimal");
+    assert_eq!(a.status().state.label(), "optimal");
     a.close();
     drop(a);
     assert!(history(&data_fs(dir.path(), "a")) == history(&data_fs(dir.path(), "b")));
@@ -276,7 +276,7 @@ fn a_diverged_target_is_refused_untouched_and_a_forced_recovery_rebuilds_it() {
     a.close();
     drop(a);
     let a = array(dir.path(), &["a", "b"], "");
-    assert_eq!(a.status()["backends"][1]["state"], "degraded");
+    assert_eq!(a.status().backends[1].state.label(), "degraded");
     let bytes = std::fs::read(data_fs(dir.path(), "b")).unwrap();
     let e = a.recover("b", false).unwrap_err();
     assert!(e.starts_with(&format!("diverged at {sneaky}")), "{e}");
@@ -285,7 +285,7 @@ fn a_diverged_target_is_refused_untouched_and_a_forced_recovery_rebuilds_it() {
         bytes,
         "nothing written"
     );
-    let reason = a.status()["backends"][1]["reason"].to_string();
+    let reason = format!("{:?}", a.status().backends[1].reason);
     assert!(reason.contains("diverged at"), "{reason}");
     // Forced: the old file is moved aside (kept), b rebuilt from a.
     let r = a.recover("b", true).expect("forced recovery");
@@ -296,7 +296,7 @@ fn a_diverged_target_is_refused_untouched_and_a_forced_recovery_rebuilds_it() {
         "the old data is kept"
     );
     assert_eq!(r.from, None);
-    assert_eq!(a.status()["state"], "optimal");
+    assert_eq!(a.status().state.label(), "optimal");
     a.close();
     drop(a);
     assert!(history(&data_fs(dir.path(), "a")) == history(&data_fs(dir.path(), "b")));
@@ -330,13 +330,13 @@ fn verify_finds_one_changed_byte_and_names_its_transaction_and_object() {
     bytes[at + 2] ^= 0x01;
     std::fs::write(&path, &bytes).unwrap();
     let a = array(dir.path(), &["a", "b"], "");
-    assert_eq!(a.status()["state"], "optimal", "nothing noticed yet");
+    assert_eq!(a.status().state.label(), "optimal", "nothing noticed yet");
     let v = a.verify("b").expect("verify runs");
     let d = v.difference.expect("the changed byte is found");
     assert_eq!((d.tid, d.oid), (tid, Some(oid)), "{d}");
     let st = a.status();
-    assert_eq!(st["backends"][1]["state"], "degraded");
-    let reason = st["backends"][1]["reason"].as_str().unwrap().to_string();
+    assert_eq!(st.backends[1].state.label(), "degraded");
+    let reason = st.backends[1].reason.clone().unwrap();
     assert!(
         reason.contains(&tid.to_string()) && reason.contains(&oid.to_string()),
         "{reason}"

@@ -5,6 +5,7 @@
 
 use super::status::{self, UNKNOWN};
 use crate::config::{Config, DEFAULT_ADMIN_LISTEN};
+use crate::status::{BackendStatus, Document, Health, Role, VerifySummary};
 use serde_json::Value;
 use std::io::{IsTerminal, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -223,21 +224,31 @@ fn json_of(r: &Reply) -> Result<Value, String> {
     serde_json::from_str(&r.body).map_err(|_| "zeoraid answered something that is not JSON".into())
 }
 
+/// The server's status document (`GET /details`).
+fn details(t: &Target) -> Result<Document, String> {
+    let r = request(t, "GET", "/details", Duration::from_secs(10))?;
+    if r.code != 200 {
+        let v = json_of(&r)?;
+        return Err(format!(
+            "HTTP {}: {}",
+            r.code,
+            v["error"].as_str().unwrap_or("?")
+        ));
+    }
+    crate::status::parse(&r.body)
+}
+
 /// The one array of the server, or the one named.
 fn array_name(t: &Target, storage: &Option<String>) -> Result<String, String> {
     if let Some(s) = storage {
         return Ok(s.clone());
     }
-    let doc = json_of(&request(t, "GET", "/details", Duration::from_secs(10))?)?;
+    let doc = details(t)?;
     let arrays: Vec<String> = doc
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .filter(|(_, s)| s.get("raid").is_some())
-                .map(|(n, _)| n.clone())
-                .collect()
-        })
-        .unwrap_or_default();
+        .iter()
+        .filter(|(_, s)| s.raid.is_some())
+        .map(|(n, _)| n.clone())
+        .collect();
     match arrays.as_slice() {
         [one] => Ok(one.clone()),
         [] => Err("this zeoraid serves no RAID array".into()),
@@ -271,11 +282,7 @@ pub fn run(args: &CtlArgs) -> u8 {
     };
     match &args.cmd {
         CtlCommand::Status => status_cmd(&t, args.json),
-        CtlCommand::Details => report(
-            args.json,
-            request(&t, "GET", "/details", Duration::from_secs(10)),
-            status::details_text,
-        ),
+        CtlCommand::Details => details_cmd(&t, args.json),
         CtlCommand::Disable { backend } => simple("disable", backend, 30),
         CtlCommand::Verify { backend } => simple("verify", backend, 86_400),
         CtlCommand::Remove { backend } => simple("remove", backend, 60),
@@ -330,7 +337,7 @@ pub fn run(args: &CtlArgs) -> u8 {
                 }
             };
             let before = backend_doc(&t, &storage, backend)
-                .map(|b| b["recovery-failures"].as_u64().unwrap_or(0))
+                .map(|b| b.recovery_failures)
                 .unwrap_or(0);
             let query = if *force { "?force=true" } else { "" };
             let code = change(
@@ -392,25 +399,21 @@ fn status_cmd(t: &Target, json: bool) -> u8 {
             return UNKNOWN;
         }
     };
-    let v = match json_of(&r) {
-        Ok(v) if r.code == 200 => v,
-        _ => {
-            println!(
-                "ZEORAID UNKNOWN - {} answered HTTP {} with no status",
-                t.addr, r.code
-            );
-            return UNKNOWN;
-        }
-    };
-    let code = v["code"].as_u64().filter(|c| *c <= 2).map(|c| c as u8);
-    match (code, v["line"].as_str()) {
-        (Some(code), Some(line)) => {
+    if r.code != 200 {
+        println!(
+            "ZEORAID UNKNOWN - {} answered HTTP {} with no status",
+            t.addr, r.code
+        );
+        return UNKNOWN;
+    }
+    match serde_json::from_str::<Health>(&r.body) {
+        Ok(h) if h.code <= 2 => {
             if json {
-                println!("{v}");
+                println!("{}", r.body.trim_end());
             } else {
-                println!("{line}");
+                println!("{}", h.line);
             }
-            code
+            h.code
         }
         _ => {
             println!(
@@ -422,22 +425,15 @@ fn status_cmd(t: &Target, json: bool) -> u8 {
     }
 }
 
-fn report(json: bool, r: Result<Reply, String>, human: impl Fn(&Value) -> String) -> u8 {
-    match r.and_then(|r| json_of(&r).map(|v| (r.code, v))) {
-        Ok((200, v)) => {
+fn details_cmd(t: &Target, json: bool) -> u8 {
+    match details(t) {
+        Ok(doc) => {
             if json {
-                println!("{v}");
+                println!("{}", serde_json::to_string(&doc).unwrap_or_default());
             } else {
-                print!("{}", human(&v));
+                print!("{}", status::details_text(&doc));
             }
             0
-        }
-        Ok((code, v)) => {
-            eprintln!(
-                "zeoraid ctl: HTTP {code}: {}",
-                v["error"].as_str().unwrap_or("?")
-            );
-            2
         }
         Err(e) => {
             eprintln!("zeoraid ctl: {e}");
@@ -475,7 +471,7 @@ fn change(
             } else {
                 println!("{}", describe(action, backend, &v));
             }
-            if action == "verify" && !v["difference"].is_null() {
+            if action == "verify" && verify_summary(&v).is_none_or(|s| s.difference.is_some()) {
                 2
             } else {
                 0
@@ -499,25 +495,42 @@ fn describe(action: &str, backend: &str, v: &Value) -> String {
         "disable" => {
             format!("{backend} disabled: it gets no reads or writes until it is recovered")
         }
-        "verify" => match v["difference"].as_str() {
-            None => format!(
-                "{backend}: identical to {} over {} transactions ({} MB) up to {}",
-                v["reference"].as_str().unwrap_or("?"),
-                v["transactions"],
-                v["megabytes"],
-                v["upto"].as_str().unwrap_or("?")
+        "verify" => match verify_summary(v) {
+            Some(VerifySummary {
+                difference: None,
+                reference,
+                transactions,
+                megabytes,
+                upto,
+                ..
+            }) => format!(
+                "{backend}: identical to {reference} over {transactions} transactions \
+                 ({megabytes} MB) up to {upto}"
             ),
-            Some(d) => format!("{backend}: {d}; it is degraded now"),
+            Some(VerifySummary {
+                difference: Some(d),
+                ..
+            }) => format!("{backend}: {d}; it is degraded now"),
+            None => format!("{backend}: zeoraid answered a verify ctl does not understand: {v}"),
         },
         _ => v.to_string(),
     }
 }
 
-fn backend_doc(t: &Target, storage: &str, backend: &str) -> Result<Value, String> {
-    let doc = json_of(&request(t, "GET", "/details", Duration::from_secs(10))?)?;
-    doc[storage]["raid"]["backends"]
-        .as_array()
-        .and_then(|bs| bs.iter().find(|b| b["name"] == backend).cloned())
+/// A value as JSON writes it (`100.0`, `null`).
+fn as_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+fn verify_summary(v: &Value) -> Option<VerifySummary> {
+    serde_json::from_value(v.clone()).ok()
+}
+
+fn backend_doc(t: &Target, storage: &str, backend: &str) -> Result<BackendStatus, String> {
+    details(t)?
+        .remove(storage)
+        .and_then(|s| s.raid)
+        .and_then(|r| r.backends.into_iter().find(|b| b.name == backend))
         .ok_or_else(|| format!("storage {storage:?} has no backend {backend:?}"))
 }
 
@@ -562,40 +575,38 @@ fn wait_recovered(
                 return UNKNOWN;
             }
         };
-        let state = b["state"].as_str().unwrap_or("");
-        let failures = b["recovery-failures"].as_u64().unwrap_or(0);
-        if state == "optimal" {
+        let failures = b.recovery_failures;
+        if b.state == Role::Optimal {
             if tty {
                 println!();
             }
             println!("{backend} is optimal again");
             return 0;
         }
-        if failures > failures_before && state != "recovering" {
+        if failures > failures_before && b.state != Role::Recovering {
             if tty {
                 println!();
             }
             eprintln!(
                 "zeoraid ctl: the recovery of {backend} failed: {}",
-                b["last-recovery-error"]
-                    .as_str()
-                    .or(b["reason"].as_str())
+                b.last_recovery_error
+                    .as_deref()
+                    .or(b.reason.as_deref())
                     .unwrap_or("?")
             );
             return 2;
         }
-        let rec = &b["recovery"];
-        if rec.is_null() {
+        let Some(rec) = &b.recovery else {
             continue;
-        }
+        };
         let line = format!(
             "{} {:>5.1}% {} copied, about {} left, {}/s, ETA {} s",
-            bar(rec["percent"].as_f64().unwrap_or(0.0), 30),
-            rec["percent"].as_f64().unwrap_or(0.0),
-            rec["copied"],
-            rec["left"],
-            rec["rate"],
-            rec["eta-seconds"]
+            bar(rec.percent, 30),
+            rec.percent,
+            rec.copied,
+            rec.left,
+            as_json(&rec.rate),
+            as_json(&rec.eta_seconds)
         );
         if tty {
             print!("\r{line}   ");

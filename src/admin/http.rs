@@ -4,6 +4,7 @@
 use super::{reload, route, status, token_matches, Route};
 use crate::open::Opened;
 use crate::server::{StatusSource, TlsInfo, TlsSwitch};
+use crate::status::Document;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -118,9 +119,11 @@ impl Drop for Admin {
 
 fn json_response(
     code: u16,
-    v: &serde_json::Value,
+    v: &impl serde::Serialize,
 ) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-    let mut r = tiny_http::Response::from_string(format!("{v}\n")).with_status_code(code);
+    let text = serde_json::to_string(v)
+        .unwrap_or_else(|e| format!("{{\"error\": \"cannot write the answer as JSON: {e}\"}}"));
+    let mut r = tiny_http::Response::from_string(format!("{text}\n")).with_status_code(code);
     if let Ok(h) = tiny_http::Header::from_bytes("Content-Type", "application/json") {
         r.add_header(h);
     }
@@ -210,7 +213,11 @@ fn answer(ctx: &Context, r: Route) -> tiny_http::Response<std::io::Cursor<Vec<u8
                 };
                 json_response(
                     200,
-                    &serde_json::json!({"state": state.label(), "line": line, "code": code}),
+                    &crate::status::Health {
+                        state: state.into(),
+                        line,
+                        code,
+                    },
                 )
             }
             Err(e) => error(500, &e),
@@ -302,7 +309,7 @@ fn answer(ctx: &Context, r: Route) -> tiny_http::Response<std::io::Cursor<Vec<u8
 /// The status document with, per array, how the running backends differ
 /// from the config file's (a restart would go by the file and the state
 /// file's additions and removals).
-fn with_config_diff(ctx: &Context, mut doc: serde_json::Value) -> serde_json::Value {
+fn with_config_diff(ctx: &Context, mut doc: Document) -> Document {
     let Some(cfg) = ctx
         .config
         .as_deref()
@@ -322,10 +329,10 @@ fn with_config_diff(ctx: &Context, mut doc: serde_json::Value) -> serde_json::Va
         if add.is_empty() && remove.is_empty() {
             continue;
         }
-        if let Some(r) = doc.get_mut(name).and_then(|d| d.get_mut("raid")) {
-            r["differs-from-config"] = serde_json::json!({
-                "only-running": remove,
-                "only-in-config": add.iter().map(|b| b.name.clone()).collect::<Vec<_>>(),
+        if let Some(r) = doc.get_mut(name).and_then(|d| d.raid.as_mut()) {
+            r.differs_from_config = Some(crate::status::ConfigDiff {
+                only_running: remove,
+                only_in_config: add.iter().map(|b| b.name.clone()).collect(),
             });
         }
     }

@@ -2,9 +2,12 @@
 //! `zeoraid ctl status` with its Nagios exit code ([`health`]), the
 //! per-backend table of `ctl details` ([`details_text`]) and the
 //! Prometheus text of `/metrics` ([`prometheus`]). All pure functions of
-//! the server's status document (the same JSON the `ruok` probe answers:
-//! storage name → its counters and, for an array, `raid`).
+//! the server's status document ([`crate::status::Document`], the same
+//! one the `ruok` probe answers: storage name → its counters and, for an
+//! array, `raid`).
 
+use crate::status::{ArrayState, Document, Histogram, OffsiteState, OffsiteStatus, Role};
+use serde::Serialize;
 use serde_json::Value;
 use std::fmt::Write;
 
@@ -43,15 +46,27 @@ impl State {
             State::Degraded | State::Failed => "CRITICAL",
         }
     }
+}
 
-    fn parse(s: &str) -> Option<State> {
-        Some(match s {
-            "optimal" => State::Optimal,
-            "recovering" => State::Recovering,
-            "degraded" => State::Degraded,
-            "failed" => State::Failed,
-            _ => return None,
-        })
+impl From<ArrayState> for State {
+    fn from(s: ArrayState) -> State {
+        match s {
+            ArrayState::Optimal => State::Optimal,
+            ArrayState::Recovering => State::Recovering,
+            ArrayState::Degraded => State::Degraded,
+            ArrayState::Failed => State::Failed,
+        }
+    }
+}
+
+impl From<State> for ArrayState {
+    fn from(s: State) -> ArrayState {
+        match s {
+            State::Optimal => ArrayState::Optimal,
+            State::Recovering => ArrayState::Recovering,
+            State::Degraded => ArrayState::Degraded,
+            State::Failed => ArrayState::Failed,
+        }
     }
 }
 
@@ -60,27 +75,24 @@ pub const UNKNOWN: u8 = 3;
 
 /// The server's state (the worst of its storages; a plain storage is
 /// optimal) and a Nagios-style line, or why the document makes no sense.
-pub fn health(doc: &Value) -> Result<(State, String), String> {
-    let storages = doc
-        .as_object()
-        .filter(|m| !m.is_empty())
-        .ok_or("the status document has no storages")?;
+pub fn health(doc: &Document) -> Result<(State, String), String> {
+    if doc.is_empty() {
+        return Err("the status document has no storages".into());
+    }
     let mut worst = State::Optimal;
     let mut parts = Vec::new();
-    for (name, s) in storages {
-        let (state, what) = match s.get("raid") {
+    for (name, s) in doc {
+        let (state, what) = match &s.raid {
             None => (State::Optimal, "served".to_string()),
             Some(r) => {
-                let label = r["state"].as_str().unwrap_or("");
-                let state = State::parse(label)
-                    .ok_or_else(|| format!("storage {name:?} has no valid array state"))?;
-                let total = r["backends"].as_array().map_or(0, |b| b.len());
+                let state = State::from(r.state);
                 (
                     state,
                     format!(
-                        "{} ({} of {total} backends optimal)",
+                        "{} ({} of {} backends optimal)",
                         state.label(),
-                        r["optimal"].as_u64().unwrap_or(0)
+                        r.optimal,
+                        r.backends.len()
                     ),
                 )
             }
@@ -153,30 +165,20 @@ pub fn with_certificate(status: (u8, String), cert: (u8, String)) -> (u8, String
 /// The off-site mirrors' part of the status: WARNING with their
 /// warnings (degraded, or past `max-lag`), or OK with how far behind they
 /// are; `None` without off-site mirrors (pure).
-pub fn offsite_check(doc: &Value) -> Option<(u8, String)> {
-    let mirrors: Vec<&Value> = doc
-        .as_object()?
+pub fn offsite_check(doc: &Document) -> Option<(u8, String)> {
+    let mirrors: Vec<&OffsiteStatus> = doc
         .values()
-        .filter_map(|s| s["raid"]["offsite"].as_array())
-        .flatten()
+        .filter_map(|s| s.raid.as_ref())
+        .flat_map(|r| &r.offsite)
         .collect();
     if mirrors.is_empty() {
         return None;
     }
-    let warnings: Vec<String> = mirrors
-        .iter()
-        .filter_map(|m| m["warning"].as_str().map(str::to_string))
-        .collect();
+    let warnings: Vec<String> = mirrors.iter().filter_map(|m| m.warning.clone()).collect();
     if warnings.is_empty() {
         let lags: Vec<String> = mirrors
             .iter()
-            .map(|m| {
-                format!(
-                    "off-site {} {} s behind",
-                    text(&m["name"]),
-                    text(&m["lag-seconds"])
-                )
-            })
+            .map(|m| format!("off-site {} {} s behind", m.name, t(&m.lag_seconds)))
             .collect();
         Some((0, lags.join("; ")))
     } else {
@@ -194,67 +196,68 @@ pub fn certificate_metric(file: &str, not_after: i64) -> String {
     )
 }
 
-fn text(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+/// A value as the status document writes it (`2.0`, not `2`), `-` for
+/// none.
+fn t<T: Serialize + ?Sized>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(Value::Null) | Err(_) => "-".into(),
+        Ok(Value::String(s)) => s,
+        Ok(other) => other.to_string(),
     }
 }
 
 /// `ctl details`: per storage, each backend's kind, state, reason, last
 /// tid, latency, reads and writes, and a recovery's progress.
-pub fn details_text(doc: &Value) -> String {
+pub fn details_text(doc: &Document) -> String {
     let mut out = String::new();
-    let Some(storages) = doc.as_object() else {
+    if doc.is_empty() {
         return "no storages\n".into();
-    };
-    for (name, s) in storages {
+    }
+    for (name, s) in doc {
         let _ = writeln!(
             out,
             "storage {name}: {} connections, {} commits, {} loads, last transaction {}",
-            text(&s["connections"]),
-            text(&s["commits"]),
-            text(&s["loads"]),
-            text(&s["last-transaction"])
+            s.connections,
+            s.commits,
+            s.loads,
+            t(&s.last_transaction)
         );
-        let Some(r) = s.get("raid") else {
+        let Some(r) = &s.raid else {
             continue;
         };
         let _ = writeln!(
             out,
             "  array {} ({} of {} optimal, min-optimal {}), {} fan-out, auto-recover {}, recovery-ratio {}",
-            text(&r["state"]),
-            text(&r["optimal"]),
-            r["backends"].as_array().map_or(0, |b| b.len()),
-            text(&r["min-optimal"]),
-            text(&r["fanout"]),
-            text(&r["auto-recover"]),
-            text(&r["recovery-ratio"])
+            r.state,
+            r.optimal,
+            r.backends.len(),
+            r.min_optimal,
+            t(&r.fanout),
+            r.auto_recover,
+            t(&r.recovery_ratio)
         );
-        if let Some(d) = r.get("differs-from-config") {
-            let list = |v: &Value| {
-                v.as_array()
-                    .map(|a| a.iter().map(text).collect::<Vec<_>>().join(", "))
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or_else(|| "none".into())
+        if let Some(d) = &r.differs_from_config {
+            let list = |v: &[String]| {
+                if v.is_empty() {
+                    "none".to_string()
+                } else {
+                    v.join(", ")
+                }
             };
             let _ = writeln!(
                 out,
                 "  differs from the config file: running but not in it: {}; in it but not \
                  running: {} (a restart keeps runtime changes; `zeoraid ctl reload` makes the \
                  array match the file)",
-                list(&d["only-running"]),
-                list(&d["only-in-config"])
+                list(&d.only_running),
+                list(&d.only_in_config)
             );
         }
-        if let Some(t) = r.get("throttle").filter(|t| !t.is_null()) {
+        if let Some(th) = &r.throttle {
             let _ = writeln!(
                 out,
                 "  commit throttle: {} admitted, {} waited, {} forced",
-                text(&t["admitted"]),
-                text(&t["throttled"]),
-                text(&t["forced"])
+                th.admitted, th.throttled, th.forced
             );
         }
         let _ = writeln!(
@@ -262,93 +265,88 @@ pub fn details_text(doc: &Value) -> String {
             "  {:<12} {:<6} {:<11} {:<18} {:>10} {:>9} {:>9}  WHERE",
             "BACKEND", "KIND", "STATE", "LAST TID", "LATENCY", "READS", "WRITES"
         );
-        for b in r["backends"].as_array().into_iter().flatten() {
+        for b in &r.backends {
             let _ = writeln!(
                 out,
                 "  {:<12} {:<6} {:<11} {:<18} {:>8}ms {:>9} {:>9}  {}",
-                text(&b["name"]),
-                text(&b["kind"]),
-                text(&b["state"]),
-                text(&b["last-transaction"]),
-                text(&b["latency-ms"]),
-                text(&b["reads"]),
-                text(&b["writes"]),
-                text(&b["where"])
+                b.name,
+                b.kind,
+                b.state.label(),
+                b.last_transaction,
+                t(&b.latency_ms),
+                b.reads,
+                b.writes,
+                b.place
             );
-            if let Some(why) = b["reason"].as_str() {
+            if let Some(why) = &b.reason {
                 let _ = writeln!(out, "      reason: {why}");
             }
-            if let Some(lag) = b["lag-seconds"].as_f64().filter(|l| *l > 0.0) {
+            if let Some(lag) = b.lag_seconds.filter(|l| *l > 0.0) {
                 let _ = writeln!(out, "      behind the array by {lag} s of commits");
             }
-            if let Some(rec) = b.get("recovery").filter(|r| !r.is_null()) {
+            if let Some(rec) = &b.recovery {
                 let _ = writeln!(
                     out,
                     "      recovering from {}: {}% ({} copied, about {} left, {}/s, ETA {} s)",
-                    text(&rec["source"]),
-                    text(&rec["percent"]),
-                    text(&rec["copied"]),
-                    text(&rec["left"]),
-                    text(&rec["rate"]),
-                    text(&rec["eta-seconds"])
+                    rec.source,
+                    t(&rec.percent),
+                    rec.copied,
+                    rec.left,
+                    t(&rec.rate),
+                    t(&rec.eta_seconds)
                 );
             }
-            if let Some(err) = b["last-recovery-error"].as_str() {
+            if let Some(err) = &b.last_recovery_error {
                 let _ = writeln!(
                     out,
                     "      last recovery attempt ({} failed): {err}",
-                    text(&b["recovery-failures"])
+                    b.recovery_failures
                 );
             }
-            if let Some(v) = b.get("verify").filter(|v| !v.is_null()) {
+            if let Some(v) = &b.verify {
                 let _ = writeln!(
                     out,
                     "      last verify: {}",
-                    v["difference"]
-                        .as_str()
+                    v.difference
+                        .as_ref()
                         .map(|d| format!("DIFFERENT: {d}"))
                         .unwrap_or_else(|| format!(
                             "identical over {} transactions",
-                            text(&v["transactions"])
+                            v.transactions
                         ))
                 );
             }
         }
-        let mirrors = r["offsite"].as_array().filter(|m| !m.is_empty());
-        for m in mirrors.into_iter().flatten() {
+        for m in &r.offsite {
             let _ = writeln!(
                 out,
                 "  {:<12} {:<6} {:<11} {:<18} {:>10} {:>9} {:>9}  {}",
-                text(&m["name"]),
-                text(&m["kind"]),
-                text(&m["state"]),
-                text(&m["last-tid"]),
+                m.name,
+                m.kind,
+                m.state.label(),
+                t(&m.last_tid),
                 "off-site",
                 0,
-                text(&m["shipped"]),
-                text(&m["where"])
+                m.shipped,
+                m.place
             );
             let _ = writeln!(
                 out,
                 "      behind by {} s, {}{} transactions, {} bytes queued (max-lag {} s); shipping {}/s, {} MB shipped; queue overflows {}",
-                text(&m["lag-seconds"]),
-                if m["lag-estimated"] == true { "about " } else { "" },
-                text(&m["lag-transactions"]),
-                text(&m["lag-bytes"]),
-                text(&m["max-lag"]),
-                text(&m["rate"]),
-                text(&m["shipped-megabytes"]),
-                text(&m["queue"]["overflows"])
+                t(&m.lag_seconds),
+                if m.lag_estimated { "about " } else { "" },
+                t(&m.lag_transactions),
+                t(&m.lag_bytes),
+                t(&m.max_lag),
+                t(&m.rate),
+                t(&m.shipped_megabytes),
+                m.queue.overflows
             );
-            if let Some(why) = m["reason"].as_str() {
+            if let Some(why) = &m.reason {
                 let _ = writeln!(out, "      reason: {why}");
             }
-            if let Some(err) = m["last-error"].as_str() {
-                let _ = writeln!(
-                    out,
-                    "      last error ({} failures): {err}",
-                    text(&m["failures"])
-                );
+            if let Some(err) = &m.last_error {
+                let _ = writeln!(out, "      last error ({} failures): {err}", m.failures);
             }
         }
     }
@@ -363,249 +361,246 @@ fn esc(s: &str) -> String {
 }
 
 /// Prometheus text (version 0.0.4) of the status document.
-pub fn prometheus(doc: &Value) -> String {
+pub fn prometheus(doc: &Document) -> String {
     let mut m = Metrics::default();
-    if let Some(storages) = doc.as_object() {
-        for (name, s) in storages {
-            let l = format!("storage=\"{}\"", esc(name));
-            let counters = [
-                ("loads", "loads"),
-                ("stores", "stores"),
-                ("commits", "commits"),
-                ("aborts", "aborts"),
-                ("conflicts", "conflicts"),
-                ("conflicts_resolved", "conflicts_resolved"),
+    for (name, s) in doc {
+        let l = format!("storage=\"{}\"", esc(name));
+        let counters = [
+            ("loads", s.loads),
+            ("stores", s.stores),
+            ("commits", s.commits),
+            ("aborts", s.aborts),
+            ("conflicts", s.conflicts),
+            ("conflicts_resolved", s.conflicts_resolved),
+        ];
+        for (metric, value) in counters {
+            m.add(
+                &format!("zeoraid_{metric}_total"),
+                "counter",
+                &format!("{metric} since start, per storage"),
+                &l,
+                value as f64,
+            );
+        }
+        m.add(
+            "zeoraid_connections",
+            "gauge",
+            "client connections",
+            &l,
+            s.connections as f64,
+        );
+        m.add(
+            "zeoraid_waiting_votes",
+            "gauge",
+            "votes waiting for the commit lock",
+            &l,
+            s.waiting as f64,
+        );
+        let Some(r) = &s.raid else { continue };
+        for st in [
+            ArrayState::Optimal,
+            ArrayState::Degraded,
+            ArrayState::Recovering,
+            ArrayState::Failed,
+        ] {
+            m.add(
+                "zeoraid_array_state",
+                "gauge",
+                "1 for the array's state",
+                &format!("{l},state=\"{st}\""),
+                f64::from(u8::from(r.state == st)),
+            );
+        }
+        m.add(
+            "zeoraid_array_optimal_backends",
+            "gauge",
+            "optimal backends",
+            &l,
+            r.optimal as f64,
+        );
+        if let Some(th) = &r.throttle {
+            m.add(
+                "zeoraid_recovery_throttle_admitted",
+                "gauge",
+                "commits admitted during the running recovery",
+                &l,
+                th.admitted as f64,
+            );
+            m.add(
+                "zeoraid_recovery_throttle_waited",
+                "gauge",
+                "commits that waited for recovery credit",
+                &l,
+                th.throttled as f64,
+            );
+            m.add(
+                "zeoraid_recovery_throttle_forced",
+                "gauge",
+                "commits admitted on credit after the longest wait",
+                &l,
+                th.forced as f64,
+            );
+        }
+        for o in &r.offsite {
+            let ol = format!("{l},backend=\"{}\"", esc(&o.name));
+            for st in OffsiteState::ALL {
+                m.add(
+                    "zeoraid_offsite_state",
+                    "gauge",
+                    "1 for the off-site mirror's state",
+                    &format!("{ol},state=\"{st}\""),
+                    f64::from(u8::from(o.state == st)),
+                );
+            }
+            let gauges = [
+                (o.lag_seconds.unwrap_or(0.0), "zeoraid_offsite_lag_seconds", "commit time the off-site mirror trails the array by"),
+                (o.lag_transactions.unwrap_or(0) as f64, "zeoraid_offsite_lag_transactions", "committed transactions not yet on the off-site mirror (estimated while it catches up)"),
+                (o.lag_bytes.unwrap_or(0) as f64, "zeoraid_offsite_lag_bytes", "record bytes queued for the off-site mirror"),
+                (o.max_lag, "zeoraid_offsite_max_lag_seconds", "lag past which the status warns"),
+                (o.rate, "zeoraid_offsite_shipping_rate", "transactions shipped per second (smoothed)"),
             ];
-            for (key, metric) in counters {
+            for (value, metric, help) in gauges {
+                m.add(metric, "gauge", help, &ol, value);
+            }
+            m.add(
+                "zeoraid_offsite_shipped_transactions_total",
+                "counter",
+                "transactions shipped to the off-site mirror since start",
+                &ol,
+                o.shipped as f64,
+            );
+            m.add(
+                "zeoraid_offsite_shipped_megabytes_total",
+                "counter",
+                "record megabytes shipped to the off-site mirror since start",
+                &ol,
+                o.shipped_megabytes,
+            );
+            m.add(
+                "zeoraid_offsite_queue_overflows_total",
+                "counter",
+                "times the queue forgot transactions (read back from a synchronous backend)",
+                &ol,
+                o.queue.overflows as f64,
+            );
+            m.add(
+                "zeoraid_offsite_failures_total",
+                "counter",
+                "shipping failures (link or mirror) since start",
+                &ol,
+                o.failures as f64,
+            );
+        }
+        for b in &r.backends {
+            let bl = format!("{l},backend=\"{}\"", esc(&b.name));
+            for st in Role::ALL {
                 m.add(
-                    &format!("zeoraid_{metric}_total"),
-                    "counter",
-                    &format!("{metric} since start, per storage"),
-                    &l,
-                    num(&s[key]),
+                    "zeoraid_backend_state",
+                    "gauge",
+                    "1 for the backend's state",
+                    &format!("{bl},state=\"{st}\""),
+                    f64::from(u8::from(b.state == st)),
                 );
             }
             m.add(
-                "zeoraid_connections",
+                "zeoraid_backend_latency_seconds",
                 "gauge",
-                "client connections",
-                &l,
-                num(&s["connections"]),
+                "recent call latency (moving average)",
+                &bl,
+                b.latency_ms / 1000.0,
             );
-            m.add(
-                "zeoraid_waiting_votes",
-                "gauge",
-                "votes waiting for the commit lock",
-                &l,
-                num(&s["waiting"]),
+            m.add_histogram(
+                "zeoraid_backend_call_seconds",
+                "backend call latency (reads, votes, finishes)",
+                &bl,
+                &b.latency_histogram,
             );
-            let Some(r) = s.get("raid") else { continue };
-            for st in ["optimal", "degraded", "recovering", "failed"] {
+            if let Some(lag) = b.lag_seconds {
                 m.add(
-                    "zeoraid_array_state",
+                    "zeoraid_backend_lag_seconds",
                     "gauge",
-                    "1 for the array's state",
-                    &format!("{l},state=\"{st}\""),
-                    f64::from(u8::from(r["state"] == st)),
+                    "commit time between the array's newest transaction and the backend's",
+                    &bl,
+                    lag,
                 );
             }
             m.add(
-                "zeoraid_array_optimal_backends",
-                "gauge",
-                "optimal backends",
-                &l,
-                num(&r["optimal"]),
+                "zeoraid_backend_reads_total",
+                "counter",
+                "reads served",
+                &bl,
+                b.reads as f64,
             );
-            if let Some(t) = r.get("throttle").filter(|t| !t.is_null()) {
+            m.add(
+                "zeoraid_backend_writes_total",
+                "counter",
+                "transactions committed",
+                &bl,
+                b.writes as f64,
+            );
+            m.add(
+                "zeoraid_backend_errors_total",
+                "counter",
+                "times the backend was degraded or a recovery of it failed",
+                &bl,
+                b.errors as f64,
+            );
+            m.add(
+                "zeoraid_backend_recovery_failures",
+                "gauge",
+                "failed recovery attempts in a row",
+                &bl,
+                b.recovery_failures as f64,
+            );
+            if let Some(rec) = &b.recovery {
                 m.add(
-                    "zeoraid_recovery_throttle_admitted",
+                    "zeoraid_recovery_copied",
                     "gauge",
-                    "commits admitted during the running recovery",
-                    &l,
-                    num(&t["admitted"]),
+                    "transactions copied by the running recovery",
+                    &bl,
+                    rec.copied as f64,
                 );
                 m.add(
-                    "zeoraid_recovery_throttle_waited",
+                    "zeoraid_recovery_left",
                     "gauge",
-                    "commits that waited for recovery credit",
-                    &l,
-                    num(&t["throttled"]),
+                    "transactions left to copy (estimate)",
+                    &bl,
+                    rec.left as f64,
                 );
                 m.add(
-                    "zeoraid_recovery_throttle_forced",
+                    "zeoraid_recovery_percent",
                     "gauge",
-                    "commits admitted on credit after the longest wait",
-                    &l,
-                    num(&t["forced"]),
+                    "recovery progress, percent",
+                    &bl,
+                    rec.percent,
+                );
+                m.add(
+                    "zeoraid_recovery_rate",
+                    "gauge",
+                    "transactions copied per second",
+                    &bl,
+                    rec.rate,
                 );
             }
-            for o in r["offsite"].as_array().into_iter().flatten() {
-                let ol = format!("{l},backend=\"{}\"", esc(&text(&o["name"])));
-                for st in ["replicating", "catching-up", "degraded", "connecting"] {
-                    m.add(
-                        "zeoraid_offsite_state",
-                        "gauge",
-                        "1 for the off-site mirror's state",
-                        &format!("{ol},state=\"{st}\""),
-                        f64::from(u8::from(o["state"] == st)),
-                    );
-                }
-                let gauges = [
-                    ("lag-seconds", "zeoraid_offsite_lag_seconds", "commit time the off-site mirror trails the array by"),
-                    ("lag-transactions", "zeoraid_offsite_lag_transactions", "committed transactions not yet on the off-site mirror (estimated while it catches up)"),
-                    ("lag-bytes", "zeoraid_offsite_lag_bytes", "record bytes queued for the off-site mirror"),
-                    ("max-lag", "zeoraid_offsite_max_lag_seconds", "lag past which the status warns"),
-                    ("rate", "zeoraid_offsite_shipping_rate", "transactions shipped per second (smoothed)"),
-                ];
-                for (key, metric, help) in gauges {
-                    m.add(metric, "gauge", help, &ol, num(&o[key]));
-                }
+            if let Some(v) = &b.verify {
                 m.add(
-                    "zeoraid_offsite_shipped_transactions_total",
-                    "counter",
-                    "transactions shipped to the off-site mirror since start",
-                    &ol,
-                    num(&o["shipped"]),
-                );
-                m.add(
-                    "zeoraid_offsite_shipped_megabytes_total",
-                    "counter",
-                    "record megabytes shipped to the off-site mirror since start",
-                    &ol,
-                    num(&o["shipped-megabytes"]),
-                );
-                m.add(
-                    "zeoraid_offsite_queue_overflows_total",
-                    "counter",
-                    "times the queue forgot transactions (read back from a synchronous backend)",
-                    &ol,
-                    num(&o["queue"]["overflows"]),
-                );
-                m.add(
-                    "zeoraid_offsite_failures_total",
-                    "counter",
-                    "shipping failures (link or mirror) since start",
-                    &ol,
-                    num(&o["failures"]),
-                );
-            }
-            for b in r["backends"].as_array().into_iter().flatten() {
-                let bl = format!("{l},backend=\"{}\"", esc(&text(&b["name"])));
-                for st in ["optimal", "degraded", "recovering"] {
-                    m.add(
-                        "zeoraid_backend_state",
-                        "gauge",
-                        "1 for the backend's state",
-                        &format!("{bl},state=\"{st}\""),
-                        f64::from(u8::from(b["state"] == st)),
-                    );
-                }
-                m.add(
-                    "zeoraid_backend_latency_seconds",
+                    "zeoraid_verify_identical",
                     "gauge",
-                    "recent call latency (moving average)",
+                    "1 when the last verify found the histories identical",
                     &bl,
-                    num(&b["latency-ms"]) / 1000.0,
-                );
-                if let Some(h) = b.get("latency-histogram").filter(|h| !h.is_null()) {
-                    m.add_histogram(
-                        "zeoraid_backend_call_seconds",
-                        "backend call latency (reads, votes, finishes)",
-                        &bl,
-                        h,
-                    );
-                }
-                if let Some(lag) = b["lag-seconds"].as_f64() {
-                    m.add(
-                        "zeoraid_backend_lag_seconds",
-                        "gauge",
-                        "commit time between the array's newest transaction and the backend's",
-                        &bl,
-                        lag,
-                    );
-                }
-                m.add(
-                    "zeoraid_backend_reads_total",
-                    "counter",
-                    "reads served",
-                    &bl,
-                    num(&b["reads"]),
+                    f64::from(u8::from(v.difference.is_none())),
                 );
                 m.add(
-                    "zeoraid_backend_writes_total",
-                    "counter",
-                    "transactions committed",
-                    &bl,
-                    num(&b["writes"]),
-                );
-                m.add(
-                    "zeoraid_backend_errors_total",
-                    "counter",
-                    "times the backend was degraded or a recovery of it failed",
-                    &bl,
-                    num(&b["errors"]),
-                );
-                m.add(
-                    "zeoraid_backend_recovery_failures",
+                    "zeoraid_verify_transactions",
                     "gauge",
-                    "failed recovery attempts in a row",
+                    "transactions compared by the last verify",
                     &bl,
-                    num(&b["recovery-failures"]),
+                    v.transactions as f64,
                 );
-                if let Some(rec) = b.get("recovery").filter(|r| !r.is_null()) {
-                    m.add(
-                        "zeoraid_recovery_copied",
-                        "gauge",
-                        "transactions copied by the running recovery",
-                        &bl,
-                        num(&rec["copied"]),
-                    );
-                    m.add(
-                        "zeoraid_recovery_left",
-                        "gauge",
-                        "transactions left to copy (estimate)",
-                        &bl,
-                        num(&rec["left"]),
-                    );
-                    m.add(
-                        "zeoraid_recovery_percent",
-                        "gauge",
-                        "recovery progress, percent",
-                        &bl,
-                        num(&rec["percent"]),
-                    );
-                    m.add(
-                        "zeoraid_recovery_rate",
-                        "gauge",
-                        "transactions copied per second",
-                        &bl,
-                        num(&rec["rate"]),
-                    );
-                }
-                if let Some(v) = b.get("verify").filter(|v| !v.is_null()) {
-                    m.add(
-                        "zeoraid_verify_identical",
-                        "gauge",
-                        "1 when the last verify found the histories identical",
-                        &bl,
-                        f64::from(u8::from(v["difference"].is_null())),
-                    );
-                    m.add(
-                        "zeoraid_verify_transactions",
-                        "gauge",
-                        "transactions compared by the last verify",
-                        &bl,
-                        num(&v["transactions"]),
-                    );
-                }
             }
         }
     }
     m.render()
-}
-
-fn num(v: &Value) -> f64 {
-    v.as_f64().unwrap_or(0.0)
 }
 
 /// Samples grouped by metric (the text format wants each metric's
@@ -625,24 +620,22 @@ impl Metrics {
         e.2.push(format!("{name}{{{labels}}} {value}"));
     }
 
-    /// A histogram from `{le, counts (cumulative, then +Inf), sum, count}`.
-    fn add_histogram(&mut self, name: &str, help: &str, labels: &str, h: &Value) {
-        let les = h["le"].as_array().cloned().unwrap_or_default();
-        let counts = h["counts"].as_array().cloned().unwrap_or_default();
+    /// A histogram from its bounds, cumulative counts (then `+Inf`), sum
+    /// and count.
+    fn add_histogram(&mut self, name: &str, help: &str, labels: &str, h: &Histogram) {
         let e = self.by_name.entry(name.to_string()).or_insert_with(|| {
             self.order.push(name.to_string());
             ("histogram".to_string(), help.to_string(), Vec::new())
         });
-        for (k, c) in counts.iter().enumerate() {
-            let le = les
-                .get(k)
-                .and_then(Value::as_f64)
-                .map(|v| v.to_string())
-                .unwrap_or_else(|| "+Inf".into());
-            e.2.push(format!("{name}_bucket{{{labels},le=\"{le}\"}} {}", num(c)));
+        for (k, c) in h.counts.iter().enumerate() {
+            let le =
+                h.le.get(k)
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "+Inf".into());
+            e.2.push(format!("{name}_bucket{{{labels},le=\"{le}\"}} {c}"));
         }
-        e.2.push(format!("{name}_sum{{{labels}}} {}", num(&h["sum"])));
-        e.2.push(format!("{name}_count{{{labels}}} {}", num(&h["count"])));
+        e.2.push(format!("{name}_sum{{{labels}}} {}", h.sum));
+        e.2.push(format!("{name}_count{{{labels}}} {}", h.count));
     }
 
     fn render(&self) -> String {
@@ -662,6 +655,11 @@ impl Metrics {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A document from JSON, as `ctl` reads it.
+    fn d(v: &Value) -> Document {
+        crate::status::from_value(v.clone()).expect("a status document")
+    }
 
     fn array(state: &str, optimal: u64, backends: &[(&str, &str)]) -> Value {
         json!({
@@ -719,7 +717,7 @@ mod tests {
             ),
         ];
         for (doc, state, code) in cases {
-            let (got, line) = health(&doc).unwrap();
+            let (got, line) = health(&d(&doc)).unwrap();
             assert_eq!(got, state, "{doc}");
             assert_eq!(got.exit_code(), code);
             assert!(line.starts_with("ZEORAID "), "{line}");
@@ -731,11 +729,16 @@ mod tests {
             json!("ok"),
             json!({"1": {"raid": {"state": "weird"}}}),
         ] {
-            assert!(health(&nonsense).is_err(), "{nonsense}");
+            assert!(
+                crate::status::from_value(nonsense.clone())
+                    .map_or(true, |doc| health(&doc).is_err()),
+                "{nonsense}"
+            );
         }
-        let (_, line) =
-            health(&json!({"1": array("degraded", 1, &[("a", "optimal"), ("b", "degraded")])}))
-                .unwrap();
+        let (_, line) = health(&d(
+            &json!({"1": array("degraded", 1, &[("a", "optimal"), ("b", "degraded")])}),
+        ))
+        .unwrap();
         assert_eq!(
             line,
             "ZEORAID CRITICAL - degraded; storage 1: degraded (1 of 2 backends optimal)"
@@ -750,7 +753,7 @@ mod tests {
         doc["1"]["raid"]["backends"][1]["recovery"] = json!({
             "source": "a", "percent": 42.5, "copied": 425, "left": 575, "rate": 100.0, "eta-seconds": 6.0
         });
-        let t = details_text(&doc);
+        let t = details_text(&d(&doc));
         assert!(t.contains("array recovering (1 of 2 optimal"), "{t}");
         assert!(t.contains("reason: connection lost"), "{t}");
         assert!(
@@ -761,8 +764,9 @@ mod tests {
 
     #[test]
     fn offsite_checks() {
-        let doc = |mirrors: Value| json!({"1": {"raid": {"offsite": mirrors}}});
-        assert_eq!(offsite_check(&json!({"1": {"loads": 1}})), None);
+        let doc =
+            |mirrors: Value| d(&json!({"1": {"raid": {"state": "optimal", "offsite": mirrors}}}));
+        assert_eq!(offsite_check(&d(&json!({"1": {"loads": 1}}))), None);
         assert_eq!(offsite_check(&doc(json!([]))), None);
         let (code, line) = offsite_check(&doc(
             json!([{"name": "dr", "lag-seconds": 1.5, "warning": null}]),
@@ -826,7 +830,7 @@ mod tests {
     fn prometheus_text_groups_samples_under_one_help_and_type() {
         let mut doc = json!({"1": array("degraded", 1, &[("a", "optimal"), ("b\"x", "degraded")])});
         doc["1"]["raid"]["backends"][0]["verify"] = json!({"difference": null, "transactions": 7});
-        let t = prometheus(&doc);
+        let t = prometheus(&d(&doc));
         assert_eq!(
             t.matches("# TYPE zeoraid_backend_state gauge").count(),
             1,

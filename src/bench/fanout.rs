@@ -244,12 +244,11 @@ fn measure(mode: Mode, backends: &[BackendAddr], args: &FanoutArgs) -> Result<Co
     let raid = Arc::new(raid);
     let degraded = |raid: &RaidStorage| -> Option<String> {
         let st = raid.status();
-        let bad: Vec<String> = st["backends"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|b| b["state"] != "optimal")
-            .map(|b| format!("{}: {}", b["name"], b["reason"]))
+        let bad: Vec<String> = st
+            .backends
+            .iter()
+            .filter(|b| b.state != crate::status::Role::Optimal)
+            .map(|b| format!("{}: {}", b.name, b.reason.as_deref().unwrap_or("?")))
             .collect();
         (!bad.is_empty()).then(|| bad.join("; "))
     };

@@ -139,8 +139,8 @@ impl Histogram {
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// `{le: [...], counts: [cumulative..., +Inf], sum, count}`.
-    pub(crate) fn to_json(&self) -> serde_json::Value {
+    /// Bounds, cumulative counts (then `+Inf`), sum and count.
+    pub(crate) fn summary(&self) -> crate::status::Histogram {
         let mut total = 0;
         let cumulative: Vec<u64> = self
             .counts
@@ -150,12 +150,12 @@ impl Histogram {
                 total
             })
             .collect();
-        serde_json::json!({
-            "le": LATENCY_BUCKETS,
-            "counts": cumulative,
-            "sum": self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
-            "count": total,
-        })
+        crate::status::Histogram {
+            le: LATENCY_BUCKETS.to_vec(),
+            counts: cumulative,
+            sum: self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+            count: total,
+        }
     }
 }
 
@@ -199,7 +199,7 @@ pub(crate) struct Backend {
     /// Where it lives (address or path), for status documents.
     pub(crate) place: String,
     /// The last verify's result, for status documents.
-    pub(crate) verified: Mutex<Option<serde_json::Value>>,
+    pub(crate) verified: Mutex<Option<crate::status::VerifySummary>>,
     pub(crate) removed: AtomicBool,
     /// Added at runtime (not from the config the array was opened with).
     pub(crate) added: bool,
@@ -325,7 +325,7 @@ impl Backend {
         let old = write(&self.storage).take();
         self.opened.store(false, Ordering::Release);
         if let Some(old) = old {
-            old.close();
+            self.let_go(old, timeout)?;
         }
         let (s, note) = reopen(fresh)?;
         self.set_storage(Some(s));
@@ -349,9 +349,43 @@ impl Backend {
         let old = write(&self.storage).take();
         self.opened.store(false, Ordering::Release);
         if let Some(old) = old {
-            old.close();
+            self.let_go(old, timeout)?;
         }
         self.reopen(core, i, false, timeout).map(|_| ())
+    }
+
+    /// Take its handle out, close it and wait (up to `timeout`) for the
+    /// calls still running on it ([`Backend::let_go`]): a removed
+    /// backend's file can be added again at once.
+    pub(crate) fn release(&self, timeout: Duration) -> std::result::Result<(), String> {
+        let old = write(&self.storage).take();
+        self.opened.store(false, Ordering::Release);
+        match old {
+            Some(old) => self.let_go(old, timeout),
+            None => Ok(()),
+        }
+    }
+
+    /// Close a handle taken out of the backend and wait, up to `timeout`,
+    /// for the calls still running on it to let go (a fan-out thread that
+    /// has answered but not yet dropped its clone, or one past its
+    /// deadline): a file storage's lock on its file goes with the last
+    /// handle, and a new handle must not write beside an old one.
+    fn let_go(&self, old: Arc<dyn Storage>, timeout: Duration) -> std::result::Result<(), String> {
+        old.close();
+        let deadline = Instant::now() + timeout;
+        while Arc::strong_count(&old) > 1 {
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "backend {:?}: a call on its old handle has not ended after {:.1} s, so it \
+                     cannot be opened anew yet; try again (auto-recovery does)",
+                    self.name,
+                    timeout.as_secs_f64()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
     }
 
     pub(crate) fn note_attempt(&self, result: &std::result::Result<(), String>) {

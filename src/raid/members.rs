@@ -162,10 +162,13 @@ impl RaidStorage {
         }
         // Closed and let go of (a file backend's lock is released, so the
         // same file can be added again).
-        if let Ok(s) = b.storage() {
-            s.close();
+        if let Err(e) = b.release(REMOVE_WAIT) {
+            log::warn!(
+                "RAID array {:?}: {e} (it is removed; its file stays locked until that call \
+                 ends)",
+                core.opts.name
+            );
         }
-        b.set_storage(None);
         log::info!(
             "RAID array {:?}: backend {name:?} removed and closed; {} of {} backends optimal, \
              array {}",

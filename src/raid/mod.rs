@@ -267,13 +267,13 @@ struct Gate {
 ///     ],
 /// ))
 /// .expect("the array opens");
-/// assert_eq!(array.status()["state"], "optimal");
+/// assert_eq!(array.status().state.label(), "optimal");
 ///
 /// array.disable("b").expect("b taken out");
 /// let oid = array.new_oids(1).unwrap()[0];
 /// let data = b"written while b was out".to_vec().into();
 /// commit(&array, &Txn::new(vec![Op::Store { oid, serial: Tid::ZERO, data }])).unwrap();
-/// assert_eq!(array.status()["state"], "degraded");
+/// assert_eq!(array.status().state.label(), "degraded");
 ///
 /// let report = array.recover("b", false).expect("recovered");
 /// assert_eq!(report.copied, 1);
@@ -395,8 +395,9 @@ impl RaidStorage {
         })
     }
 
-    /// The array's state and each backend's, for `ruok` and logs.
-    pub fn status(&self) -> serde_json::Value {
+    /// The array's state and each backend's, as the status document
+    /// (`ruok`, `ctl details`, `/metrics`) shows them.
+    pub fn status(&self) -> crate::status::ArrayStatus {
         self.core.status()
     }
 
@@ -814,9 +815,10 @@ impl Core {
         });
     }
 
-    fn status(&self) -> serde_json::Value {
+    fn status(&self) -> crate::status::ArrayStatus {
+        use crate::status::{ArrayStatus, BackendStatus, Throttle};
         let newest = Tid(self.published.load(Ordering::Acquire));
-        let backends: Vec<serde_json::Value> = self
+        let backends = self
             .backends
             .iter()
             .filter(|b| !b.is_removed())
@@ -828,48 +830,50 @@ impl Core {
                 } else {
                     st
                 };
-                serde_json::json!({
-                    "name": b.name,
-                    "kind": b.kind,
-                    "state": st.label(),
-                    "reason": st.reason(),
-                    "last-transaction": format!("{:016x}", b.last_tid.load(Ordering::Relaxed)),
-                    "lag-seconds": state::lag_seconds(newest, Tid(b.last_tid.load(Ordering::Relaxed))),
-                    "latency-ms": (b.latency() / 1000.0 * 1000.0).round() / 1000.0,
-                    "reads": b.reads.load(Ordering::Relaxed),
-                    "writes": b.writes.load(Ordering::Relaxed),
-                    "recovery": lock(&b.recovery).as_ref().map(|r| r.status()),
-                    "where": b.place,
-                    "added-at-runtime": b.added,
-                    "latency-histogram": b.calls.to_json(),
-                    "errors": b.errors.load(Ordering::Relaxed),
-                    "disabled": attempts.disabled,
-                    "verify": lock(&b.verified).clone(),
-                    "recovery-failures": attempts.failures,
-                    "last-recovery-error": attempts.error,
-                })
+                let last = b.last_tid.load(Ordering::Relaxed);
+                BackendStatus {
+                    name: b.name.clone(),
+                    kind: b.kind.to_string(),
+                    state: st.role(),
+                    reason: st.reason().map(str::to_string),
+                    last_transaction: format!("{last:016x}"),
+                    lag_seconds: state::lag_seconds(newest, Tid(last)),
+                    latency_ms: (b.latency() / 1000.0 * 1000.0).round() / 1000.0,
+                    reads: b.reads.load(Ordering::Relaxed),
+                    writes: b.writes.load(Ordering::Relaxed),
+                    recovery: lock(&b.recovery).as_ref().map(|r| r.status()),
+                    place: b.place.clone(),
+                    added_at_runtime: b.added,
+                    latency_histogram: b.calls.summary(),
+                    errors: b.errors.load(Ordering::Relaxed),
+                    disabled: attempts.disabled,
+                    verify: lock(&b.verified).clone(),
+                    recovery_failures: u64::from(attempts.failures),
+                    last_recovery_error: attempts.error,
+                }
             })
             .collect();
-        serde_json::json!({
-            "state": self.array_state().to_string(),
-            "optimal": self.optimal().len(),
-            "min-optimal": self.opts.min_optimal,
-            "fanout": self.fanout.mode().label(),
-            "read-policy": self.read_policy().label(),
-            "auto-recover": self.opts.auto_recover,
-            "recovery-ratio": self.opts.recovery_ratio,
-            "throttle": lock(&self.credit).as_ref().map(|c| serde_json::json!({
-                "admitted": c.admitted,
-                "throttled": c.throttled,
-                "forced": c.forced,
-                "credit": (c.balance() * 10.0).round() / 10.0,
-            })),
-            "backends": backends,
-            "offsite": read(&self.offsite)
+        ArrayStatus {
+            state: self.array_state(),
+            optimal: self.optimal().len() as u64,
+            min_optimal: self.opts.min_optimal as u64,
+            fanout: self.fanout.mode().label().to_string(),
+            read_policy: self.read_policy().label().to_string(),
+            auto_recover: self.opts.auto_recover,
+            recovery_ratio: self.opts.recovery_ratio,
+            throttle: lock(&self.credit).as_ref().map(|c| Throttle {
+                admitted: c.admitted,
+                throttled: c.throttled,
+                forced: c.forced,
+                credit: (c.balance() * 10.0).round() / 10.0,
+            }),
+            backends,
+            offsite: read(&self.offsite)
                 .iter()
-                .map(|m| m.status(Tid(self.published.load(Ordering::Acquire))))
-                .collect::<Vec<_>>(),
-        })
+                .map(|m| m.status(newest))
+                .collect(),
+            differs_from_config: None,
+        }
     }
 }
 

@@ -67,6 +67,7 @@ use super::backend::{BackendSource, BackendSpec};
 use super::state::offsite::{self as plan, Following, Next, ShipQueue};
 use super::Core;
 use crate::locks::lock;
+use crate::status::{OffsiteQueue, OffsiteState, OffsiteStatus};
 use crate::storage::{timestamp, Op, Storage, Tid, Txn, TxnRecord};
 use crate::zeo::client::{Client, ClientOptions, Shipped};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -169,7 +170,7 @@ impl Catching {
 /// Where a mirror stands, for status and metrics.
 #[derive(Clone, Debug, Default)]
 struct Figures {
-    state: &'static str,
+    state: OffsiteState,
     reason: Option<String>,
     /// The newest transaction it holds (once known).
     position: Option<Tid>,
@@ -229,7 +230,7 @@ impl Mirror {
             shipper_waits: AtomicBool::new(false),
             packs: Mutex::new(Vec::new()),
             figures: Mutex::new(Figures {
-                state: "connecting",
+                state: OffsiteState::Connecting,
                 ..Figures::default()
             }),
             thread: Mutex::new(None),
@@ -310,7 +311,7 @@ impl Mirror {
     }
 
     /// Status: state, lag, shipping, queue.
-    pub(crate) fn status(&self, newest: Tid) -> serde_json::Value {
+    pub(crate) fn status(&self, newest: Tid) -> OffsiteStatus {
         let f = lock(&self.figures).clone();
         let (oldest, queued, queued_bytes, overflows) = {
             let q = self.queue();
@@ -332,29 +333,42 @@ impl Mirror {
         );
         // Until the mirror says where it stands, the lag is unknown.
         let known = f.position.is_some();
-        serde_json::json!({
-            "name": self.name,
-            "kind": self.kind,
-            "mode": "offsite",
-            "where": self.location,
-            "state": f.state,
-            "reason": f.reason,
-            "last-tid": f.position.map(|t| t.to_string()),
-            "lag-transactions": known.then_some(lag.transactions),
-            "lag-estimated": lag.estimated,
-            "lag-bytes": known.then_some(lag.bytes),
-            "lag-seconds": known.then_some(lag.seconds),
-            "max-lag": self.max_lag,
-            "warning": plan::health(&self.name, if known { lag.seconds } else { 0.0 }, self.max_lag,
-                if f.state == "degraded" { f.reason.as_deref() } else { None }),
-            "shipped": f.shipped,
-            "shipped-megabytes": (f.shipped_bytes as f64 / 1e5).round() / 10.0,
-            "rate": (f.rate * 10.0).round() / 10.0,
-            "queue": {"transactions": queued, "bytes": queued_bytes, "overflows": overflows},
-            "failures": f.failures,
-            "last-error": f.last_error,
-            "reads": 0,
-        })
+        let warning = plan::health(
+            &self.name,
+            if known { lag.seconds } else { 0.0 },
+            self.max_lag,
+            if f.state == OffsiteState::Degraded {
+                f.reason.as_deref()
+            } else {
+                None
+            },
+        );
+        OffsiteStatus {
+            name: self.name.clone(),
+            kind: self.kind.to_string(),
+            mode: "offsite".into(),
+            place: self.location.clone(),
+            state: f.state,
+            reason: f.reason.clone(),
+            last_tid: f.position.map(|t| t.to_string()),
+            lag_transactions: known.then_some(lag.transactions),
+            lag_estimated: lag.estimated,
+            lag_bytes: known.then_some(lag.bytes),
+            lag_seconds: known.then_some(lag.seconds),
+            max_lag: self.max_lag,
+            warning,
+            shipped: f.shipped,
+            shipped_megabytes: (f.shipped_bytes as f64 / 1e5).round() / 10.0,
+            rate: (f.rate * 10.0).round() / 10.0,
+            queue: OffsiteQueue {
+                transactions: queued,
+                bytes: queued_bytes,
+                overflows,
+            },
+            failures: f.failures,
+            last_error: f.last_error.clone(),
+            reads: 0,
+        }
     }
 
     fn set(&self, f: impl FnOnce(&mut Figures)) {
@@ -521,7 +535,7 @@ fn run(m: &Arc<Mirror>, weak: &Weak<Core>) {
                 if core.closing.load(Ordering::Acquire) {
                     break;
                 }
-                let first = lock(&m.figures).state != "degraded";
+                let first = lock(&m.figures).state != OffsiteState::Degraded;
                 if first {
                     log::error!(
                         "RAID array {:?}: off-site backend {:?} degraded: {why}; clients are not \
@@ -533,7 +547,7 @@ fn run(m: &Arc<Mirror>, weak: &Weak<Core>) {
                     log::debug!("off-site {:?}: still failing: {why}", m.name);
                 }
                 m.set(|f| {
-                    f.state = "degraded";
+                    f.state = OffsiteState::Degraded;
                     f.reason = Some(why.clone());
                     f.last_error = Some(why.clone());
                     f.failures += 1;
@@ -612,7 +626,7 @@ fn step(
     match next {
         Next::Idle => {
             m.set(|f| {
-                f.state = "replicating";
+                f.state = OffsiteState::Replicating;
                 f.reason = None;
                 f.catching = None;
             });
@@ -621,7 +635,7 @@ fn step(
         }
         Next::Queue => {
             m.set(|f| {
-                f.state = "replicating";
+                f.state = OffsiteState::Replicating;
                 f.reason = None;
                 f.catching = None;
             });
@@ -630,7 +644,7 @@ fn step(
         Next::CatchUp { after, until } => {
             let (si, source) = source(core)?;
             m.set(|f| {
-                if f.state != "catching-up" {
+                if f.state != OffsiteState::CatchingUp {
                     log::info!(
                         "RAID array {:?}: off-site backend {:?} catching up from {:?}: the \
                          transactions after {after} up to {until}",
@@ -639,7 +653,7 @@ fn step(
                         core.backends[si].name
                     );
                 }
-                f.state = "catching-up";
+                f.state = OffsiteState::CatchingUp;
                 f.reason = None;
                 f.catching = Some(Catching {
                     after,

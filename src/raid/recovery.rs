@@ -99,20 +99,20 @@ impl Running {
         )
     }
 
-    pub(crate) fn status(&self) -> serde_json::Value {
+    pub(crate) fn status(&self) -> crate::status::RecoveryStatus {
         let p = self.progress();
-        serde_json::json!({
-            "source": self.source,
-            "phase": self.phase,
-            "copied": p.copied,
-            "left": p.left,
-            "percent": p.percent,
-            "rate": (p.rate * 10.0).round() / 10.0,
-            "eta-seconds": p.eta.map(|e| e.round()),
-            "megabytes": (self.bytes as f64 / 1e5).round() / 10.0,
-            "at": self.at.to_string(),
-            "from": self.from.map(|t| t.to_string()),
-        })
+        crate::status::RecoveryStatus {
+            source: self.source.clone(),
+            phase: self.phase.to_string(),
+            copied: p.copied,
+            left: p.left,
+            percent: p.percent,
+            rate: (p.rate * 10.0).round() / 10.0,
+            eta_seconds: p.eta.map(|e| e.round()),
+            megabytes: (self.bytes as f64 / 1e5).round() / 10.0,
+            at: self.at.to_string(),
+            from: self.from.map(|t| t.to_string()),
+        }
     }
 }
 
@@ -554,6 +554,8 @@ fn attempt(core: &Arc<Core>, i: usize, force: bool, was: &str) -> Result<Report,
                 core.opts.name,
                 b.name
             );
+            // Its old handle goes first (a file's lock goes with it).
+            drop(target);
             moved_aside = b.reopen(Arc::downgrade(core), i, true, timeout)?;
             target = b.storage().map_err(|e| e.to_string())?;
             if target.last_transaction().map_err(|e| e.to_string())? != Tid::ZERO {

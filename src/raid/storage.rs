@@ -336,7 +336,7 @@ impl Storage for RaidStorage {
         }
     }
 
-    fn raid_status(&self) -> Option<serde_json::Value> {
+    fn raid_status(&self) -> Option<crate::status::ArrayStatus> {
         Some(self.core.status())
     }
 

@@ -174,16 +174,21 @@ pub struct Report {
 
 impl Report {
     /// As status documents and the admin interface show it.
+    pub fn summary(&self) -> crate::status::VerifySummary {
+        crate::status::VerifySummary {
+            backend: self.backend.clone(),
+            reference: self.reference.clone(),
+            transactions: self.transactions,
+            megabytes: (self.bytes as f64 / 1e5).round() / 10.0,
+            seconds: (self.seconds * 100.0).round() / 100.0,
+            upto: self.upto.to_string(),
+            difference: self.difference.as_ref().map(|d| d.to_string()),
+        }
+    }
+
+    /// [`Report::summary`] as JSON.
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "backend": self.backend,
-            "reference": self.reference,
-            "transactions": self.transactions,
-            "megabytes": (self.bytes as f64 / 1e5).round() / 10.0,
-            "seconds": (self.seconds * 100.0).round() / 100.0,
-            "upto": self.upto.to_string(),
-            "difference": self.difference.as_ref().map(|d| d.to_string()),
-        })
+        serde_json::to_value(self.summary()).unwrap_or_default()
     }
 }
 
@@ -219,7 +224,7 @@ fn verify_now(core: &Arc<Core>, i: usize) -> Result<Report, String> {
         upto,
         difference,
     };
-    *lock(&b.verified) = Some(report.to_json());
+    *lock(&b.verified) = Some(report.summary());
     match &report.difference {
         None => log::info!(
             "RAID array {:?}: backend {:?} verified against {:?}: {} transactions ({:.1} MB) up to \

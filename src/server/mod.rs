@@ -238,7 +238,7 @@ pub struct Server {
 pub struct StatusSource(Arc<Shared>);
 
 impl StatusSource {
-    pub fn document(&self) -> serde_json::Value {
+    pub fn document(&self) -> crate::status::Document {
         status::status_document(&self.0)
     }
 }

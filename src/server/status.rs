@@ -2,6 +2,7 @@
 //! `server_status` and the JSON answer to a `ruok` probe.
 
 use super::{lock, Shared, StorageEntry};
+use crate::status::{Document, StorageStatus};
 use rmpv::Value;
 use std::sync::atomic::Ordering;
 
@@ -49,8 +50,14 @@ pub(crate) fn get_info(entry: &StorageEntry) -> Value {
     ])
 }
 
-/// The status of one storage (ZEO's `server_status`).
+/// The status of one storage (ZEO's `server_status`), as JSON.
 pub(crate) fn status_json(entry: &StorageEntry) -> serde_json::Value {
+    serde_json::to_value(storage_status(entry)).unwrap_or_default()
+}
+
+/// The status of one storage: the server's counters and, for an array,
+/// the array's own.
+pub(crate) fn storage_status(entry: &StorageEntry) -> StorageStatus {
     let s = &entry.stats;
     let connections = entry.clients.read().map(|c| c.len()).unwrap_or(0);
     let last = entry
@@ -59,37 +66,34 @@ pub(crate) fn status_json(entry: &StorageEntry) -> serde_json::Value {
         .map(|t| format!("{:016x}", t.0))
         .unwrap_or_default();
     let waiting = lock(&entry.lock).waiting();
-    let mut doc = serde_json::json!({
-        "storage": entry.name,
-        "connections": connections,
-        "loads": s.loads.load(Ordering::Relaxed),
-        "stores": s.stores.load(Ordering::Relaxed),
-        "commits": s.commits.load(Ordering::Relaxed),
-        "aborts": s.aborts.load(Ordering::Relaxed),
-        "conflicts": s.conflicts.load(Ordering::Relaxed),
-        "conflicts_resolved": s.conflicts_resolved.load(Ordering::Relaxed),
-        "active_txns": s.active_txns.load(Ordering::Relaxed),
-        "waiting": waiting,
-        "uptime-seconds": entry.started.elapsed().as_secs(),
-        "last-transaction": last,
-    });
-    if let (Some(raid), Some(map)) = (entry.storage.raid_status(), doc.as_object_mut()) {
-        map.insert("raid".into(), raid);
+    StorageStatus {
+        storage: entry.name.clone(),
+        connections: connections as u64,
+        loads: s.loads.load(Ordering::Relaxed),
+        stores: s.stores.load(Ordering::Relaxed),
+        commits: s.commits.load(Ordering::Relaxed),
+        aborts: s.aborts.load(Ordering::Relaxed),
+        conflicts: s.conflicts.load(Ordering::Relaxed),
+        conflicts_resolved: s.conflicts_resolved.load(Ordering::Relaxed),
+        active_txns: s.active_txns.load(Ordering::Relaxed),
+        waiting: waiting as u64,
+        uptime_seconds: entry.started.elapsed().as_secs(),
+        last_transaction: last,
+        raid: entry.storage.raid_status(),
     }
-    doc
 }
 
 /// The `ruok` probe's answer: a JSON object of every storage's status.
 pub(crate) fn ruok_json(shared: &Shared) -> String {
-    status_document(shared).to_string()
+    serde_json::to_string(&status_document(shared)).unwrap_or_else(|_| "{}".into())
 }
 
 /// Every storage's status, by name (the `ruok` document; the admin
 /// interface renders it too).
-pub(crate) fn status_document(shared: &Shared) -> serde_json::Value {
-    let mut all = serde_json::Map::new();
-    for (name, entry) in &shared.storages {
-        all.insert(name.clone(), status_json(entry));
-    }
-    serde_json::Value::Object(all)
+pub(crate) fn status_document(shared: &Shared) -> Document {
+    shared
+        .storages
+        .iter()
+        .map(|(name, entry)| (name.clone(), storage_status(entry)))
+        .collect()
 }

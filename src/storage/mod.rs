@@ -454,7 +454,7 @@ pub trait Storage: Send + Sync {
     fn set_conflict_resolver(&self, _r: Arc<dyn resolve::ConflictResolver>) {}
     /// For a RAID array: its state and each backend's (the `ruok` document
     /// shows it); `None` for plain storages.
-    fn raid_status(&self) -> Option<serde_json::Value> {
+    fn raid_status(&self) -> Option<crate::status::ArrayStatus> {
         None
     }
     /// Blob support: the directory where blob uploads for this storage are

@@ -52,10 +52,15 @@ impl BackendState {
 
     /// `optimal` | `degraded`, as status documents show it.
     pub fn label(&self) -> &'static str {
+        self.role().label()
+    }
+
+    /// As the status document names it.
+    pub fn role(&self) -> crate::status::Role {
         match self {
-            BackendState::Optimal => "optimal",
-            BackendState::Degraded(_) => "degraded",
-            BackendState::Recovering(_) => "recovering",
+            BackendState::Optimal => crate::status::Role::Optimal,
+            BackendState::Degraded(_) => crate::status::Role::Degraded,
+            BackendState::Recovering(_) => crate::status::Role::Recovering,
         }
     }
 
@@ -67,29 +72,8 @@ impl BackendState {
     }
 }
 
-/// The array as a whole.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ArrayState {
-    /// Every backend is optimal.
-    Optimal,
-    /// Some backend is not optimal, but at least `min-optimal` are.
-    Degraded,
-    /// Like degraded, and a backend is being recovered.
-    Recovering,
-    /// Fewer than `min-optimal` optimal backends: `fail-mode` applies.
-    Failed,
-}
-
-impl fmt::Display for ArrayState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ArrayState::Optimal => "optimal",
-            ArrayState::Degraded => "degraded",
-            ArrayState::Recovering => "recovering",
-            ArrayState::Failed => "failed",
-        })
-    }
-}
+/// The array as a whole (a type of the status document).
+pub use crate::status::ArrayState;
 
 /// The array's state from its backends' states.
 pub fn array_state(states: &[BackendState], min_optimal: usize) -> ArrayState {

@@ -694,10 +694,11 @@ fn a_backend_that_cannot_be_opened_starts_degraded() {
     let oid = a.new_oids(1).unwrap()[0];
     commit(&a, vec![store(oid, Tid::ZERO, b"v")]).unwrap();
     let status = a.status();
-    assert_eq!(status["state"], "degraded");
-    assert_eq!(status["backends"][0]["state"], "degraded");
-    assert!(status["backends"][0]["reason"]
-        .as_str()
+    assert_eq!(status.state, crate::status::ArrayState::Degraded);
+    assert_eq!(status.backends[0].state, crate::status::Role::Degraded);
+    assert!(status.backends[0]
+        .reason
+        .as_deref()
         .unwrap()
         .contains("cannot connect"));
 }
@@ -754,11 +755,6 @@ fn a_load_the_event_loop_cannot_answer_goes_to_the_backend_round_robin_chose() {
             a.load_before(oid, Tid::MAX).unwrap();
         }
     }
-    let reads: Vec<u64> = a.status()["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["reads"].as_u64().unwrap())
-        .collect();
+    let reads: Vec<u64> = a.status().backends.iter().map(|b| b.reads).collect();
     assert_eq!(reads, vec![50, 50]);
 }

@@ -187,16 +187,21 @@ impl Storage for Hooked {
     }
 }
 
-fn open_file(path: &std::path::Path, hook: &Arc<HookCell>, sync: bool) -> Arc<dyn Storage> {
+fn open_file(
+    path: &std::path::Path,
+    hook: &Arc<HookCell>,
+    sync: bool,
+) -> std::result::Result<Arc<dyn Storage>, String> {
     let options = FileOptions {
         sync,
         ..FileOptions::default()
     };
-    let fs = FileStorage::open(path, options).expect("file storage opens");
-    Arc::new(Hooked {
+    let fs = FileStorage::open(path, options)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    Ok(Arc::new(Hooked {
         inner: Arc::new(fs),
         hook: hook.clone(),
-    })
+    }))
 }
 
 /// A file backend "name" at `path` whose hook is `hook` (reopened with
@@ -207,13 +212,15 @@ pub(super) fn file_spec(
     hook: &Arc<HookCell>,
     sync: bool,
 ) -> BackendSpec {
-    let s = open_file(&path, hook, sync);
+    let s = open_file(&path, hook, sync).expect("the file storage opens");
     let (p, h) = (path.clone(), hook.clone());
     BackendSpec {
         name: name.into(),
         kind: "file",
         source: BackendSource::Local(s),
-        reopen: Some(Arc::new(move |_fresh| Ok((open_file(&p, &h, sync), None)))),
+        // As the real opener does: a reopen that fails (the old handle
+        // still holds the file's lock) is an error the array reports.
+        reopen: Some(Arc::new(move |_fresh| Ok((open_file(&p, &h, sync)?, None)))),
     }
 }
 

@@ -64,7 +64,7 @@ fn a_backend_that_missed_transactions_is_recovered_and_rejoins() {
     // It takes writes again, and reads.
     let t = w.commit(&a).unwrap();
     assert_eq!(b[1].inner.last_transaction().unwrap(), t);
-    assert_eq!(a.status()["state"], "optimal");
+    assert_eq!(a.status().state.label(), "optimal");
     // And it verifies clean.
     let v = a.verify("b").unwrap();
     assert_eq!(v.difference, None, "{v:?}");
@@ -125,11 +125,11 @@ fn commits_go_on_during_recovery_and_it_still_finishes() {
                 w.commit(&a).unwrap();
                 n += 1;
                 let st = a.status();
-                if st["backends"][1]["state"] == "recovering" {
+                if st.backends[1].state == crate::status::Role::Recovering {
                     seen = true;
-                    assert_eq!(st["state"], "recovering");
-                    let rec = &st["backends"][1]["recovery"];
-                    assert!(rec["copied"].is_u64() && rec["percent"].is_f64(), "{rec}");
+                    assert_eq!(st.state, crate::status::ArrayState::Recovering);
+                    let rec = st.backends[1].recovery.as_ref();
+                    assert!(rec.is_some_and(|r| r.percent >= 0.0), "{rec:?}");
                     if !pack_refused {
                         let e = a.pack(timestamp::now(), false).unwrap_err();
                         pack_refused = e.to_string().contains("recovering");
@@ -154,10 +154,7 @@ fn commits_go_on_during_recovery_and_it_still_finishes() {
         lock(&a.core.credit).is_none(),
         "the throttle ends with the recovery"
     );
-    assert_eq!(
-        a.status()["backends"][1]["recovery"],
-        serde_json::Value::Null
-    );
+    assert_eq!(a.status().backends[1].recovery, None);
 }
 
 #[test]
@@ -215,7 +212,7 @@ fn auto_recovery_brings_back_a_backend_that_answers_again() {
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     while states(&a) != vec!["optimal", "optimal"] {
-        assert!(Instant::now() < deadline, "not recovered: {}", a.status());
+        assert!(Instant::now() < deadline, "not recovered: {:?}", a.status());
         w.commit(&a).unwrap();
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -233,7 +230,7 @@ fn auto_recovery_brings_back_a_backend_that_answers_again() {
     b[1].set(Fault::None);
     let deadline = Instant::now() + Duration::from_secs(20);
     while states(&a) != vec!["optimal", "optimal"] {
-        assert!(Instant::now() < deadline, "not recovered: {}", a.status());
+        assert!(Instant::now() < deadline, "not recovered: {:?}", a.status());
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(history_of(b[0].as_ref()), history_of(b[1].as_ref()));
@@ -273,7 +270,7 @@ fn several_degraded_backends_recover_one_after_another() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen_recovering = 0;
     while states(&a) != vec!["optimal"; 3] {
-        assert!(Instant::now() < deadline, "not recovered: {}", a.status());
+        assert!(Instant::now() < deadline, "not recovered: {:?}", a.status());
         let st = states(&a);
         let recovering = st.iter().filter(|s| *s == "recovering").count();
         assert!(recovering <= 1, "one at a time: {st:?}");

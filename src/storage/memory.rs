@@ -43,9 +43,10 @@ use super::blobdir::{BlobDir, StagedBlobs};
 use super::gc::{self, GcError, PackGc};
 use super::resolve::{resolve_undo, ConflictResolver};
 use super::rules::{self, UndoView, STATUS_PACKED, UNDO_INVALID_RECORD};
+use super::stage::{self, Stage};
 use super::{
     pickle_refs, timestamp, Conflict, CurrentRecord, Data, DataRecord, Error, HistoryEntry, Loaded,
-    Oid, Op, Result, SizeInfo, Storage, Tid, Txn, TxnIter, TxnMeta, TxnRecord, UndoEntry, Vote,
+    Oid, Result, SizeInfo, Storage, Tid, Txn, TxnIter, TxnMeta, TxnRecord, UndoEntry, Vote,
 };
 
 pub use super::rules::MAX_NEW_OIDS;
@@ -673,57 +674,23 @@ impl<'a> Staging<'a> {
             None => self.state.current(oid).cloned(),
         }
     }
+}
 
-    fn apply(&mut self, op: &Op) -> Result<()> {
-        match op {
-            Op::Store { oid, serial, data } => {
-                self.store(*oid, *serial, data);
-                Ok(())
-            }
-            Op::Delete { oid, serial } => self.delete(*oid, *serial),
-            Op::CheckCurrent { oid, serial } => self.check_current(*oid, *serial),
-            Op::Restore {
-                oid,
-                serial,
-                data,
-                prev_txn,
-            } => self.restore(*oid, *serial, data, *prev_txn),
-            Op::Undo { txn } => self.undo(*txn),
-            Op::StoreBlob {
-                oid,
-                serial,
-                data,
-                blob,
-            } => {
-                self.blobs.check()?;
-                self.store(*oid, *serial, data);
-                self.blobs.file(oid.0, blob);
-                Ok(())
-            }
-            Op::RestoreBlob {
-                oid,
-                serial,
-                data,
-                prev_txn,
-                blob,
-            } => {
-                self.blobs.check()?;
-                self.restore(*oid, *serial, &Some(data.clone()), *prev_txn)?;
-                self.blobs.file(oid.0, blob);
-                Ok(())
-            }
-        }
+impl Stage for Staging<'_> {
+    fn blobs(&mut self) -> &mut StagedBlobs {
+        &mut self.blobs
     }
 
     /// A store checks the committed serial; conflicts are collected for
     /// the client to resolve ([`rules::note_store`]).
-    fn store(&mut self, oid: Oid, serial: Tid, data: &Data) {
+    fn store(&mut self, oid: Oid, serial: Tid, data: &Data) -> Result<()> {
         self.blobs.stored(oid.0);
         let committed = self.state.current(oid).map(|r| r.tid);
         let conflict = rules::store_conflict(oid, committed, serial, data);
         if rules::note_store(&mut self.conflicts, oid, conflict) {
             self.put(oid, Some(data.clone()), None);
         }
+        Ok(())
     }
 
     fn delete(&mut self, oid: Oid, serial: Tid) -> Result<()> {
@@ -890,7 +857,7 @@ impl Storage for MemoryStorage {
         let mut stage = Staging::new(&st, self.resolver.get().map(|r| r.as_ref()), tid);
         stage.blobs = StagedBlobs::new(self.blobs.is_some());
         for op in &txn.ops {
-            stage.apply(op)?;
+            stage::apply(&mut stage, op)?;
         }
         if !stage.conflicts.is_empty() {
             return Ok(Vote::Conflicts(stage.conflicts));
@@ -1087,6 +1054,7 @@ mod tests {
         at, commit, commit_txn, d, meta, o, records, restore_txn, revisions, store, t, txn, undo,
         undo_tids,
     };
+    use crate::storage::Op;
 
     // -- helpers (the shared ones are in `storage::testutil`) -----------------
 

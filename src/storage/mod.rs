@@ -32,6 +32,7 @@ pub mod memory;
 pub mod pickle_refs;
 pub mod resolve;
 pub mod rules;
+mod stage;
 #[cfg(test)]
 pub(crate) mod testutil;
 pub mod timestamp;

@@ -11,6 +11,7 @@ use crate::storage::testutil::{
     at, commit, commit_txn, d, meta, o, records, restore_txn, revisions, store, t, txn, undo,
     undo_tids,
 };
+use crate::storage::Op;
 
 struct Tmp {
     _dir: tempfile::TempDir,

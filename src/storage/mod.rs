@@ -26,6 +26,8 @@
 //! decisions, tid choice, ...) are pure functions in [`rules`].
 
 pub mod blobdir;
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod file;
 pub mod gc;
 pub mod memory;

@@ -5,6 +5,7 @@
 
 use super::format::TXN_HDR_LEN;
 use super::*;
+use crate::storage::conformance::{conformance_suite, Kind};
 use crate::storage::memory::MemoryStorage;
 use crate::storage::rules::{UNDO_ADD_CONFLICT, UNDO_INVALID_TXN};
 use crate::storage::testutil::{
@@ -38,6 +39,28 @@ fn open_ro(p: &Path) -> FileStorage {
     )
     .expect("open read-only")
 }
+
+/// The file storage for the conformance suite.
+struct FileKind;
+
+impl Kind for FileKind {
+    type S = FileStorage;
+    const SIZE_IS_DATA: bool = false;
+    /// A read-only storage opens an empty file created for it.
+    fn open(path: &Path, read_only: bool) -> FileStorage {
+        if read_only {
+            open(path).close();
+            open_ro(path)
+        } else {
+            open(path)
+        }
+    }
+    fn name(path: &Path) -> String {
+        path.display().to_string()
+    }
+}
+
+conformance_suite!(FileKind);
 
 fn value(s: &dyn Storage, oid: u64) -> String {
     match s.load_before(o(oid), Tid::MAX) {

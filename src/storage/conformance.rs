@@ -9,18 +9,20 @@
 //! oid allocation, read-only, tids), loads (`loadBefore`, `loadSerial`,
 //! history), stores and conflicts, deletes, `checkCurrentSerialInTransaction`,
 //! two-phase commit (prepared invisible, abort, empty transactions, status),
-//! transactional undo and the undo log, iteration and `record_iternext`,
-//! restore, pack (with and without garbage collection, with a prepared
-//! transaction), size counts, and loads running during commits and packs.
+//! transactional undo (also merged through a conflict resolver) and the
+//! undo log, iteration and `record_iternext`, restore, pack (with and
+//! without garbage collection, with a prepared transaction), size counts,
+//! and loads running during commits and packs.
 //! Tests of one storage's own decisions, format or limits stay with it.
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
-use crate::storage::rules::MAX_NEW_OIDS;
+use crate::locks::lock;
 use crate::storage::rules::{
-    UNDO_ADD_CONFLICT, UNDO_INVALID_TXN, UNDO_MODIFIED_LATER, UNDO_NOT_UNDOABLE,
+    MAX_NEW_OIDS, UNDO_ADD_CONFLICT, UNDO_INVALID_TXN, UNDO_MODIFIED_LATER, UNDO_NOT_UNDOABLE,
 };
 use crate::storage::testutil::{
     at, commit, commit_txn, d, meta, o, records, restore_txn, revisions, store, t, txn, undo,
@@ -136,9 +138,12 @@ macro_rules! conformance_suite {
             gc_keeps_what_a_later_undo_brings_back,
             gc_refuses_what_it_cannot_read,
             gc_without_a_root,
+            undo_merges_through_the_resolver,
             pack_with_a_prepared_transaction,
             size_info_counts,
-            loads_proceed_during_a_prepared_commit_and_packs,);
+            loads_proceed_during_a_prepared_commit_and_packs,
+            readers_run_alongside_commits,
+        );
     };
     (@tests $kind:ident; $($name:ident),* $(,)?) => {
         /// The storage contract ([`crate::storage::conformance`]).
@@ -1072,6 +1077,48 @@ pub(crate) fn record_iternext_order<K: Kind>(x: &Scratch) {
     }
 }
 
+// -- undo merged by a conflict resolver ---------------------------------
+
+/// Answers "merged" and remembers what it was asked (old, committed, new).
+#[derive(Default)]
+struct Recording(Mutex<Vec<(String, String, String)>>);
+
+impl crate::storage::resolve::ConflictResolver for Recording {
+    fn resolve(
+        &self,
+        _: Oid,
+        old: &Data,
+        committed: &Data,
+        new: &Data,
+    ) -> std::result::Result<Data, String> {
+        let s = |d: &Data| String::from_utf8_lossy(d).into_owned();
+        lock(&self.0).push((s(old), s(committed), s(new)));
+        Ok(d("merged"))
+    }
+}
+
+/// An undo meeting later changes fails without a resolver and is merged
+/// by one, which is asked (undone, current, before the undone).
+pub(crate) fn undo_merges_through_the_resolver<K: Kind>(x: &Scratch) {
+    let s = new::<K>(x);
+    let a = commit(&s, Some(t(1)), vec![store(1, Tid::ZERO, "1")]);
+    let b = commit(&s, Some(t(2)), vec![store(1, a, "2")]);
+    commit(&s, Some(t(3)), vec![store(1, b, "3")]);
+    // Without a resolver: UndoError, as before.
+    let e = s.tpc_vote(&txn(Some(t(4)), vec![undo(b)]));
+    assert!(matches!(e, Err(Error::Undo { .. })), "{e:?}");
+    let r = Arc::new(Recording::default());
+    s.set_conflict_resolver(r.clone());
+    let (tid, resolved, _) = commit_txn(&s, txn(Some(t(4)), vec![undo(b)]));
+    assert_eq!((tid, resolved), (t(4), vec![o(1)]));
+    assert_eq!(value(&s, 1), "merged");
+    // Undone state, current state, the state before the undone one.
+    assert_eq!(
+        lock(&r.0).clone(),
+        vec![("2".into(), "3".into(), "1".into())]
+    );
+}
+
 // -- restore -------------------------------------------------------------
 
 pub(crate) fn restore_records<K: Kind>(x: &Scratch) {
@@ -1761,4 +1808,56 @@ pub(crate) fn loads_proceed_during_a_prepared_commit_and_packs<K: Kind>(x: &Scra
     }
     assert_eq!(value(s.as_ref(), 1), "199");
     K::check(&s);
+}
+
+pub(crate) fn readers_run_alongside_commits<K: Kind>(x: &Scratch) {
+    let s = Arc::new(new::<K>(x));
+    let first = commit(s.as_ref(), None, vec![store(1, Tid::ZERO, "0")]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|i| {
+            let (s, stop) = (s.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name(format!("reader-{i}"))
+                .spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let l = s.load_before(o(1), Tid::MAX).expect("load").expect("some");
+                        // Every revision's data is its commit number; the
+                        // history's newest entry is never older than the load.
+                        let v: u64 = std::str::from_utf8(&l.data)
+                            .expect("utf8")
+                            .parse()
+                            .expect("n");
+                        assert!(v >= n, "went back from {n} to {v}");
+                        n = v;
+                        assert_eq!(s.load_serial(o(1), l.start), Ok(l.data.clone()));
+                        assert!(s.history(o(1), 1).expect("history")[0].tid >= l.start);
+                    }
+                    n
+                })
+                .expect("spawn")
+        })
+        .collect();
+    let mut serial = first;
+    for i in 1..=200u64 {
+        let tx = txn(None, vec![store(1, serial, &i.to_string())]);
+        match s.tpc_vote(&tx) {
+            Ok(Vote::Prepared { tid, .. }) => {
+                // Prepared but not finished: readers still see the old state.
+                assert_eq!(
+                    s.load_before(o(1), Tid::MAX).expect("l").expect("s").start,
+                    serial
+                );
+                serial = s.tpc_finish().expect("finish");
+                assert_eq!(serial, tid);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        assert!(r.join().expect("reader") <= 200);
+    }
+    assert_eq!(value(s.as_ref(), 1), "200");
 }

@@ -1,16 +1,17 @@
-//! Unit tests of the file storage: its own pure decisions (tables; the
-//! shared ones are tested in `storage::rules`), every storage method, crash
-//! recovery, disk-full, and a differential run against the memory storage
+//! Unit tests of the file storage: the storage contract through the shared
+//! suite (`storage::conformance`), its own pure decisions (tables; the
+//! shared ones are tested in `storage::rules`), what only a file has (the
+//! file's bytes, the index file, the lock, reopening, crash recovery,
+//! damage, disk-full, fsync failures, group commit, the page cache, pack
+//! into a new file), and a differential run against the memory storage
 //! (same operations, same answers).
 
 use super::format::TXN_HDR_LEN;
 use super::*;
 use crate::storage::conformance::{conformance_suite, Kind};
 use crate::storage::memory::MemoryStorage;
-use crate::storage::rules::{UNDO_ADD_CONFLICT, UNDO_INVALID_TXN};
 use crate::storage::testutil::{
-    at, commit, commit_txn, d, meta, o, records, restore_txn, revisions, store, t, txn, undo,
-    undo_tids,
+    at, commit, commit_txn, d, o, records, restore_txn, revisions, store, t, txn, undo, undo_tids,
 };
 use crate::storage::Op;
 
@@ -97,14 +98,12 @@ fn restore_payload_table() {
 
 // -- the storage ----------------------------------------------------------
 
+/// An empty file is the magic alone, and stays so through a pack and an
+/// abort (the empty storage's answers are `conformance::empty_storage`).
 #[test]
 fn empty_storage_and_reopen() {
     let tp = tmp();
     let s = open(&tp.path);
-    assert_eq!(s.name(), tp.path.display().to_string());
-    assert!(!s.is_read_only());
-    assert!(s.supports_undo());
-    assert_eq!(s.last_transaction(), Ok(Tid::ZERO));
     assert_eq!(
         s.size_info(),
         SizeInfo {
@@ -112,15 +111,8 @@ fn empty_storage_and_reopen() {
             bytes: 4
         }
     );
-    assert_eq!(s.load_before(o(0), Tid::MAX), Err(Error::PosKey(o(0))));
-    assert_eq!(s.load_serial(o(0), t(1)), Err(Error::PosKey(o(0))));
-    assert_eq!(s.history(o(0), 1), Err(Error::PosKey(o(0))));
-    assert_eq!(s.record_iternext(None), Ok(None));
-    assert_eq!(s.undo_log(0, 20), Ok(vec![]));
-    assert!(records(&s).is_empty());
     assert_eq!(s.pack(at(100, 0.0), true), Ok(()));
     s.tpc_abort();
-    assert!(matches!(s.tpc_finish(), Err(Error::Transaction(_))));
     s.close();
     drop(s);
     assert_eq!(std::fs::read(&tp.path).expect("read"), b"FS30");
@@ -238,52 +230,17 @@ fn extension_round_trips_through_the_pickle() {
     assert!(matches!(s.tpc_finish(), Err(Error::Transaction(_))));
 }
 
+/// `checkCurrentSerialInTransaction` on an object deleted and stored again
+/// (the record read is the new one), and empty data, which the format
+/// cannot hold. Conflicts, deletes and the other checks are
+/// `conformance::{conflicts_are_collected_and_stage_nothing,
+/// delete_semantics, check_current_table}`.
 #[test]
 fn conflicts_deletes_and_check_current() {
     let tp = tmp();
     let s = open(&tp.path);
     let a = commit(&s, None, vec![store(1, Tid::ZERO, "a")]);
     let b = commit(&s, None, vec![store(1, a, "b")]);
-    let v = s.tpc_vote(&txn(
-        None,
-        vec![store(1, a, "stale"), store(2, Tid::ZERO, "n")],
-    ));
-    assert_eq!(
-        v,
-        Ok(Vote::Conflicts(vec![Conflict {
-            oid: o(1),
-            committed: b,
-            read: a,
-            data: d("stale"),
-        }]))
-    );
-    assert!(matches!(s.tpc_finish(), Err(Error::Transaction(_))));
-    // Delete: wrong serial conflicts, unknown is POSKey.
-    let e = s.tpc_vote(&txn(
-        None,
-        vec![Op::Delete {
-            oid: o(1),
-            serial: a,
-        }],
-    ));
-    assert!(
-        matches!(
-            e,
-            Err(Error::Conflict {
-                read_conflict: false,
-                ..
-            })
-        ),
-        "{e:?}"
-    );
-    let e = s.tpc_vote(&txn(
-        None,
-        vec![Op::Delete {
-            oid: o(9),
-            serial: a,
-        }],
-    ));
-    assert_eq!(e, Err(Error::PosKey(o(9))));
     let del = commit(
         &s,
         None,
@@ -292,11 +249,6 @@ fn conflicts_deletes_and_check_current() {
             serial: b,
         }],
     );
-    assert_eq!(s.load_before(o(1), Tid::MAX), Err(Error::PosKey(o(1))));
-    assert_eq!(s.size_info().objects, 0);
-    assert_eq!(s.record_iternext(None), Ok(None));
-    assert_eq!(s.history(o(1), 1).expect("h")[0].size, 0);
-    // CheckCurrent.
     let e = s.tpc_vote(&txn(
         None,
         vec![Op::CheckCurrent {
@@ -337,6 +289,10 @@ fn conflicts_deletes_and_check_current() {
     ));
 }
 
+/// The vote writes the transaction, the abort truncates it away (what
+/// loads and iteration see meanwhile is
+/// `conformance::prepared_is_invisible_until_finish` and
+/// `conformance::abort_leaves_nothing`).
 #[test]
 fn abort_truncates_and_prepared_is_invisible() {
     let tp = tmp();
@@ -346,12 +302,6 @@ fn abort_truncates_and_prepared_is_invisible() {
     let v = s.tpc_vote(&txn(None, vec![store(2, Tid::ZERO, "b")]));
     assert!(matches!(v, Ok(Vote::Prepared { .. })));
     assert!(std::fs::metadata(&tp.path).expect("meta").len() > size);
-    assert_eq!(s.load_before(o(2), Tid::MAX), Err(Error::PosKey(o(2))));
-    assert_eq!(records(&s).len(), 1);
-    assert!(matches!(
-        s.tpc_vote(&txn(None, vec![])),
-        Err(Error::Transaction(_))
-    ));
     s.tpc_abort();
     assert_eq!(std::fs::metadata(&tp.path).expect("meta").len(), size);
     commit(&s, None, vec![store(2, Tid::ZERO, "b")]);
@@ -609,6 +559,9 @@ fn corrupted_bytes_never_panic() {
     }
 }
 
+/// Undo records are backpointers, and survive a reopen (the undo decisions
+/// and states are `conformance::simple_transactional_undo` and the undo
+/// tests after it).
 #[test]
 fn undo_through_backpointers() {
     let tp = tmp();
@@ -616,10 +569,7 @@ fn undo_through_backpointers() {
     let r1 = commit(&s, None, vec![store(1, Tid::ZERO, "23")]);
     let r2 = commit(&s, None, vec![store(1, r1, "24")]);
     let _r3 = commit(&s, None, vec![store(1, r2, "25")]);
-    let log = undo_tids(&s);
-    let (u1, resolved, inv) = commit_txn(&s, txn(None, vec![undo(log[0])]));
-    assert_eq!((resolved, inv), (vec![o(1)], vec![o(1)]));
-    assert_eq!(value(&s, 1), "24");
+    let u1 = commit(&s, None, vec![undo(undo_tids(&s)[0])]);
     let last = records(&s).pop().expect("txn");
     assert_eq!(
         last.records,
@@ -631,12 +581,7 @@ fn undo_through_backpointers() {
         }]
     );
     commit(&s, None, vec![undo(undo_tids(&s)[2])]);
-    assert_eq!(value(&s, 1), "23");
-    let log = undo_tids(&s);
-    assert_eq!(log.len(), 5);
-    commit(&s, None, vec![undo(log[4])]);
-    assert_eq!(s.load_before(o(1), Tid::MAX), Err(Error::PosKey(o(1))));
-    assert_eq!(s.size_info().objects, 0);
+    commit(&s, None, vec![undo(undo_tids(&s)[4])]);
     let last = records(&s).pop().expect("txn");
     assert_eq!(
         (last.records[0].data.clone(), last.records[0].data_txn),
@@ -644,32 +589,14 @@ fn undo_through_backpointers() {
     );
     commit(&s, None, vec![undo(undo_tids(&s)[0])]);
     assert_eq!(value(&s, 1), "23");
-    assert_eq!(s.size_info().objects, 1);
-    // Refusals.
-    let r = commit(&s, None, vec![store(2, Tid::ZERO, "x")]);
-    commit(&s, None, vec![store(2, r, "y")]);
-    let e = s.tpc_vote(&txn(None, vec![undo(r)]));
-    assert_eq!(
-        e,
-        Err(Error::Undo {
-            message: UNDO_ADD_CONFLICT.to_string(),
-            oid: Some(o(2))
-        })
-    );
-    let e = s.tpc_vote(&txn(None, vec![undo(Tid(12345))]));
-    assert_eq!(
-        e,
-        Err(Error::Undo {
-            message: UNDO_INVALID_TXN.to_string(),
-            oid: None
-        })
-    );
     // Everything survives a reopen.
     let before = records(&s);
     drop(s);
     assert_eq!(records(&open(&tp.path)), before);
 }
 
+/// A memory storage's history restored into a file storage reads back the
+/// same (the restore checks are `conformance::restore_checks`).
 #[test]
 fn restore_copies_with_backpointers() {
     let src = MemoryStorage::new("src", false);
@@ -683,25 +610,12 @@ fn restore_copies_with_backpointers() {
         commit_txn(&dst, restore_txn(&rec));
     }
     assert_eq!(records(&dst), records(&src));
-    let e = dst.tpc_vote(&Txn {
-        meta: meta("x"),
-        tid: Some(t(9)),
-        status: b' ',
-        ops: vec![Op::Restore {
-            oid: o(1),
-            serial: t(8),
-            data: None,
-            prev_txn: None,
-        }],
-    });
-    assert!(matches!(e, Err(Error::Transaction(_))), "{e:?}");
-    let e = dst.tpc_vote(&Txn {
-        status: b'x',
-        ..txn(None, vec![])
-    });
-    assert!(matches!(e, Err(Error::Value(_))), "{e:?}");
 }
 
+/// With a later transaction of another object (so a pack "tomorrow" is
+/// not clamped to the packed object's last revision): the revisions kept,
+/// `Data.fs.old`, and the packed file after a reopen (the full table of
+/// pack times is `conformance::pack_keeps_exactly_the_right_revisions`).
 #[test]
 fn pack_keeps_exactly_the_right_revisions() {
     let cases: &[(f64, &[u32])] = &[

@@ -6,13 +6,13 @@
 //! storage's (`storage::file::tests`) each invoke it once.
 //!
 //! What it covers, by ZODB's conformance mixins: basics (an empty storage,
-//! oid allocation, read-only, tids), loads (`loadBefore`, `loadSerial`,
+//! oid allocation, read-only, tids, the transaction extension), loads (`loadBefore`, `loadSerial`,
 //! history), stores and conflicts, deletes, `checkCurrentSerialInTransaction`,
 //! two-phase commit (prepared invisible, abort, empty transactions, status),
 //! transactional undo (also merged through a conflict resolver) and the
 //! undo log, iteration and `record_iternext`, restore, pack (with and
 //! without garbage collection, with a prepared transaction), size counts,
-//! and loads running during commits and packs.
+//! loads running during commits and packs, and commits during a pack.
 //! Tests of one storage's own decisions, format or limits stay with it.
 
 use std::cell::Cell;
@@ -98,6 +98,7 @@ macro_rules! conformance_suite {
             new_oids_are_monotonic_and_follow_stores,
             read_only_refuses_writes,
             tids_increase_and_last_transaction_follows,
+            extension_round_trips,
             load_before_table,
             load_before_consecutive_tids,
             load_before_without_data_is_poskey,
@@ -143,6 +144,7 @@ macro_rules! conformance_suite {
             size_info_counts,
             loads_proceed_during_a_prepared_commit_and_packs,
             readers_run_alongside_commits,
+            commits_continue_during_pack,
         );
     };
     (@tests $kind:ident; $($name:ident),* $(,)?) => {
@@ -267,6 +269,23 @@ pub(crate) fn tids_increase_and_last_transaction_follows<K: Kind>(x: &Scratch) {
     let e = s.tpc_vote(&txn(Some(b), vec![store(2, Tid::ZERO, "x")]));
     assert!(matches!(e, Err(Error::Transaction(_))), "{e:?}");
     assert_eq!(s.tpc_finish().ok(), None);
+}
+
+/// The transaction extension comes back as it was given, from the
+/// iterator and the undo log.
+pub(crate) fn extension_round_trips<K: Kind>(x: &Scratch) {
+    let s = new::<K>(x);
+    let mut ext = Vec::new();
+    rmpv::encode::write_value(
+        &mut ext,
+        &rmpv::Value::Map(vec![(rmpv::Value::from("k"), rmpv::Value::from("v"))]),
+    )
+    .expect("encode");
+    let mut tx = txn(None, vec![store(1, Tid::ZERO, "a")]);
+    tx.meta.extension = ext.clone();
+    commit_txn(&s, tx);
+    assert_eq!(records(&s)[0].meta.extension, ext);
+    assert_eq!(s.undo_log(0, 1).expect("log")[0].meta.extension, ext);
 }
 
 // -- loads ---------------------------------------------------------------
@@ -1860,4 +1879,67 @@ pub(crate) fn readers_run_alongside_commits<K: Kind>(x: &Scratch) {
         assert!(r.join().expect("reader") <= 200);
     }
     assert_eq!(value(s.as_ref(), 1), "200");
+}
+
+/// Commits go on while a pack runs (`commit_during_a_pack`).
+pub(crate) fn commits_continue_during_pack<K: Kind>(x: &Scratch) {
+    let s = Arc::new(new::<K>(x));
+    commit_during_a_pack(&s);
+    K::check(&s);
+}
+
+/// 200 commits over 7 objects, then a pack to the last of them while
+/// another thread commits 100 new objects: every one of those is there
+/// afterwards, as it was committed.
+pub(crate) fn commit_during_a_pack<S: Storage + 'static>(s: &Arc<S>) {
+    let mut serial = Tid::ZERO;
+    for i in 0..200 {
+        serial = commit(
+            s.as_ref(),
+            None,
+            vec![store(
+                1 + i % 7,
+                if i < 7 {
+                    Tid::ZERO
+                } else {
+                    s.load_before(o(1 + i % 7), Tid::MAX)
+                        .expect("l")
+                        .expect("s")
+                        .start
+                },
+                &format!("{i}"),
+            )],
+        );
+    }
+    let _ = serial;
+    let writer = {
+        let s = s.clone();
+        std::thread::Builder::new()
+            .name("pack-test-writer".into())
+            .spawn(move || {
+                let mut tids = Vec::new();
+                for i in 0..100u64 {
+                    tids.push(commit(
+                        s.as_ref(),
+                        None,
+                        vec![store(100 + i, Tid::ZERO, "w")],
+                    ));
+                }
+                tids
+            })
+            .expect("spawn")
+    };
+    s.pack(
+        timestamp::time_time(s.last_transaction().expect("last")),
+        false,
+    )
+    .expect("pack");
+    let tids = writer.join().expect("join");
+    for (i, tid) in tids.iter().enumerate() {
+        let l = s
+            .load_before(o(100 + i as u64), Tid::MAX)
+            .expect("load")
+            .expect("some");
+        assert_eq!((l.data, l.start), (d("w"), *tid));
+    }
 }

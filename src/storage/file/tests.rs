@@ -206,21 +206,13 @@ fn commits_loads_and_reopen() {
     check(&open_ro(&tp.path));
 }
 
+/// What the format refuses in transaction metadata: an extension that is
+/// not a msgpack map of strings, a user name longer than 65535 bytes (the
+/// round trip is `conformance::extension_round_trips`).
 #[test]
-fn extension_round_trips_through_the_pickle() {
+fn metadata_the_format_cannot_hold_is_refused() {
     let tp = tmp();
     let s = open(&tp.path);
-    let mut ext = Vec::new();
-    rmpv::encode::write_value(
-        &mut ext,
-        &rmpv::Value::Map(vec![(rmpv::Value::from("k"), rmpv::Value::from("v"))]),
-    )
-    .expect("encode");
-    let mut tx = txn(None, vec![store(1, Tid::ZERO, "a")]);
-    tx.meta.extension = ext.clone();
-    commit_txn(&s, tx);
-    assert_eq!(records(&s)[0].meta.extension, ext);
-    assert_eq!(s.undo_log(0, 1).expect("log")[0].meta.extension, ext);
     let mut bad = txn(None, vec![]);
     bad.meta.extension = vec![0x01];
     assert!(matches!(s.tpc_vote(&bad), Err(Error::Value(_))));
@@ -648,60 +640,13 @@ fn pack_keeps_exactly_the_right_revisions() {
     }
 }
 
+/// `conformance::commits_continue_during_pack`, then the packed file
+/// with the commits made during the pack survives a reopen.
 #[test]
 fn commits_continue_during_pack() {
     let tp = tmp();
     let s = Arc::new(open(&tp.path));
-    let mut serial = Tid::ZERO;
-    for i in 0..200 {
-        serial = commit(
-            s.as_ref(),
-            None,
-            vec![store(
-                1 + i % 7,
-                if i < 7 {
-                    Tid::ZERO
-                } else {
-                    s.load_before(o(1 + i % 7), Tid::MAX)
-                        .expect("l")
-                        .expect("s")
-                        .start
-                },
-                &format!("{i}"),
-            )],
-        );
-    }
-    let _ = serial;
-    let writer = {
-        let s = s.clone();
-        std::thread::Builder::new()
-            .name("pack-test-writer".into())
-            .spawn(move || {
-                let mut tids = Vec::new();
-                for i in 0..100u64 {
-                    tids.push(commit(
-                        s.as_ref(),
-                        None,
-                        vec![store(100 + i, Tid::ZERO, "w")],
-                    ));
-                }
-                tids
-            })
-            .expect("spawn")
-    };
-    s.pack(
-        timestamp::time_time(s.last_transaction().expect("last")),
-        false,
-    )
-    .expect("pack");
-    let tids = writer.join().expect("join");
-    for (i, tid) in tids.iter().enumerate() {
-        let l = s
-            .load_before(o(100 + i as u64), Tid::MAX)
-            .expect("load")
-            .expect("some");
-        assert_eq!((l.data, l.start), (d("w"), *tid));
-    }
+    crate::storage::conformance::commit_during_a_pack(&s);
     let before = records(s.as_ref());
     s.close();
     drop(s);

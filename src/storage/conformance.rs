@@ -6,8 +6,9 @@
 //! storage's (`storage::file::tests`) each invoke it once.
 //!
 //! What it covers, by ZODB's conformance mixins: basics (an empty storage,
-//! oid allocation, read-only, tids, the transaction extension), loads (`loadBefore`, `loadSerial`,
-//! history), stores and conflicts, deletes, `checkCurrentSerialInTransaction`,
+//! oid allocation, read-only, tids, the transaction extension), loads
+//! (`loadBefore`, `loadSerial`, history), stores and conflicts, deletes,
+//! `checkCurrentSerialInTransaction`,
 //! two-phase commit (prepared invisible, abort, empty transactions, status),
 //! transactional undo (also merged through a conflict resolver) and the
 //! undo log, iteration and `record_iternext`, restore, pack (with and
@@ -141,6 +142,7 @@ macro_rules! conformance_suite {
             gc_without_a_root,
             undo_merges_through_the_resolver,
             pack_with_a_prepared_transaction,
+            a_voted_transaction_survives_a_pack,
             size_info_counts,
             loads_proceed_during_a_prepared_commit_and_packs,
             readers_run_alongside_commits,
@@ -1713,6 +1715,50 @@ pub(crate) fn pack_with_a_prepared_transaction<K: Kind>(x: &Scratch) {
     let last = records(&s).pop().expect("txn");
     assert_eq!(last.records[0].data_txn, None);
     K::check(&s);
+}
+
+/// A transaction voted before a pack is finished, or aborted, after it
+/// (`pack_with_a_voted_transaction`, both ways).
+pub(crate) fn a_voted_transaction_survives_a_pack<K: Kind>(x: &Scratch) {
+    for finish in [true, false] {
+        let s = new::<K>(x);
+        pack_with_a_voted_transaction(&s, finish);
+        K::check(&s);
+    }
+}
+
+/// On an empty `s`: three revisions of object 1 (and object 2), a vote of
+/// an undo of the last (a backpointer to the second) with a new object 3,
+/// a pack to the second, then finish (or abort): the pack dropped only the
+/// first revision, the voted transaction stayed invisible through it, and
+/// finishing it makes it whole (its backpointer kept); aborting leaves
+/// the packed state.
+pub(crate) fn pack_with_a_voted_transaction(s: &dyn Storage, finish: bool) {
+    let a = commit(
+        s,
+        Some(t(1)),
+        vec![store(1, Tid::ZERO, "a"), store(2, Tid::ZERO, "x")],
+    );
+    let b = commit(s, Some(t(2)), vec![store(1, a, "b")]);
+    let c = commit(s, Some(t(3)), vec![store(1, b, "c")]);
+    // Voted: undo c (a backpointer to b's record) and a new object.
+    let v = s.tpc_vote(&txn(Some(t(5)), vec![undo(c), store(3, Tid::ZERO, "n")]));
+    assert!(matches!(v, Ok(Vote::Prepared { .. })), "{v:?}");
+    // Pack to t(2): drops a's revision of 1, keeps b (the undo's target).
+    s.pack(at(2, 0.5), false).expect("pack");
+    assert_eq!(s.load_serial(o(1), a), Err(Error::PosKey(o(1))));
+    assert_eq!(value(s, 3), format!("{:?}", Error::PosKey(o(3))));
+    if finish {
+        assert_eq!(s.tpc_finish(), Ok(t(5)));
+        assert_eq!(value(s, 1), "b");
+        assert_eq!(value(s, 3), "n");
+        let last = records(s).pop().expect("txn");
+        assert_eq!(last.records[0].data_txn, Some(b));
+    } else {
+        s.tpc_abort();
+        assert_eq!(value(s, 1), "c");
+        assert_eq!(s.last_transaction(), Ok(c));
+    }
 }
 
 pub(crate) fn size_info_counts<K: Kind>(x: &Scratch) {

@@ -653,36 +653,15 @@ fn commits_continue_during_pack() {
     assert_eq!(records(&open(&tp.path)), before);
 }
 
+/// `conformance::a_voted_transaction_survives_a_pack`, then the file:
+/// its size is what `size_info` says, and it reopens with the same
+/// transactions.
 #[test]
 fn a_voted_transaction_moves_with_the_pack() {
     for finish in [true, false] {
         let tp = tmp();
         let s = open(&tp.path);
-        let a = commit(
-            &s,
-            Some(t(1)),
-            vec![store(1, Tid::ZERO, "a"), store(2, Tid::ZERO, "x")],
-        );
-        let b = commit(&s, Some(t(2)), vec![store(1, a, "b")]);
-        let c = commit(&s, Some(t(3)), vec![store(1, b, "c")]);
-        // Voted: undo c (a backpointer to b's record) and a new object.
-        let v = s.tpc_vote(&txn(Some(t(5)), vec![undo(c), store(3, Tid::ZERO, "n")]));
-        assert!(matches!(v, Ok(Vote::Prepared { .. })), "{v:?}");
-        // Pack to t(2): drops a's revision of 1, keeps b (the undo's target).
-        s.pack(at(2, 0.5), false).expect("pack");
-        assert_eq!(s.load_serial(o(1), a), Err(Error::PosKey(o(1))));
-        assert_eq!(value(&s, 3), format!("{:?}", Error::PosKey(o(3))));
-        if finish {
-            assert_eq!(s.tpc_finish(), Ok(t(5)));
-            assert_eq!(value(&s, 1), "b");
-            assert_eq!(value(&s, 3), "n");
-            let last = records(&s).pop().expect("txn");
-            assert_eq!(last.records[0].data_txn, Some(b));
-        } else {
-            s.tpc_abort();
-            assert_eq!(value(&s, 1), "c");
-            assert_eq!(s.last_transaction(), Ok(c));
-        }
+        crate::storage::conformance::pack_with_a_voted_transaction(&s, finish);
         let want = records(&s);
         let size = std::fs::metadata(&tp.path).expect("m").len();
         assert_eq!(size, s.size_info().bytes);
@@ -695,8 +674,9 @@ fn a_voted_transaction_moves_with_the_pack() {
 
 // -- undo merged by a conflict resolver -----------------------------------
 
-/// An undo merged by the resolver (`conformance::undo_merges_through_the_resolver`)
-/// is written as data and survives a reopen.
+/// An undo merged by the resolver
+/// (`conformance::undo_merges_through_the_resolver`) is written as data and
+/// survives a reopen.
 #[test]
 fn a_merged_undo_survives_a_reopen() {
     let tp = tmp();

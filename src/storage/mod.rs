@@ -26,12 +26,15 @@
 //! decisions, tid choice, ...) are pure functions in [`rules`].
 
 pub mod blobdir;
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod file;
 pub mod gc;
 pub mod memory;
 pub mod pickle_refs;
 pub mod resolve;
 pub mod rules;
+mod stage;
 #[cfg(test)]
 pub(crate) mod testutil;
 pub mod timestamp;

@@ -81,9 +81,10 @@ use self::records::{corrupt, io_err, Src};
 use super::blobdir::{BlobDir, StagedBlobs};
 use super::resolve::{resolve_undo, ConflictResolver};
 use super::rules::{self, UndoView, UNDO_INVALID_RECORD};
+use super::stage::{self, Stage};
 use super::{
-    timestamp, Conflict, CurrentRecord, Data, DataRecord, Error, HistoryEntry, Loaded, Oid, Op,
-    Result, SizeInfo, Storage, Tid, Txn, TxnIter, TxnRecord, UndoEntry, Vote,
+    timestamp, Conflict, CurrentRecord, Data, DataRecord, Error, HistoryEntry, Loaded, Oid, Result,
+    SizeInfo, Storage, Tid, Txn, TxnIter, TxnRecord, UndoEntry, Vote,
 };
 
 pub use super::rules::MAX_NEW_OIDS;
@@ -595,42 +596,40 @@ impl<'a> Staging<'a> {
         }
     }
 
-    fn apply(&mut self, op: &Op) -> Result<()> {
-        match op {
-            Op::Store { oid, serial, data } => self.store(*oid, *serial, data),
-            Op::Delete { oid, serial } => self.delete(*oid, *serial),
-            Op::CheckCurrent { oid, serial } => self.check_current(*oid, *serial),
-            Op::Restore {
-                oid,
-                serial,
-                data,
-                prev_txn,
-            } => self.restore(*oid, *serial, data, *prev_txn),
-            Op::Undo { txn } => self.undo(*txn),
-            Op::StoreBlob {
-                oid,
-                serial,
-                data,
-                blob,
-            } => {
-                self.blobs.check()?;
-                self.store(*oid, *serial, data)?;
-                self.blobs.file(oid.0, blob);
-                Ok(())
-            }
-            Op::RestoreBlob {
-                oid,
-                serial,
-                data,
-                prev_txn,
-                blob,
-            } => {
-                self.blobs.check()?;
-                self.restore(*oid, *serial, &Some(data.clone()), *prev_txn)?;
-                self.blobs.file(oid.0, blob);
-                Ok(())
-            }
+    /// The object's state as this transaction sees it so far.
+    fn view(&self, oid: Oid) -> Result<Option<UndoView<u64>>> {
+        if let Some(&i) = self.at.get(&oid) {
+            let r = &self.records[i];
+            return Ok(Some(UndoView {
+                record: None,
+                data_ptr: match r.payload {
+                    Payload::Back(p) if p != 0 => Some(p),
+                    _ => None,
+                },
+                data: r.data.clone(),
+            }));
         }
+        let Some((p, h)) = self.committed(oid)? else {
+            return Ok(None);
+        };
+        let data_ptr = if h.plen != 0 {
+            Some(p)
+        } else if h.back != 0 {
+            Some(h.back)
+        } else {
+            None
+        };
+        Ok(Some(UndoView {
+            record: Some(p),
+            data_ptr,
+            data: self.src.record_data(p, &h)?,
+        }))
+    }
+}
+
+impl Stage for Staging<'_> {
+    fn blobs(&mut self) -> &mut StagedBlobs {
+        &mut self.blobs
     }
 
     fn store(&mut self, oid: Oid, serial: Tid, data: &Data) -> Result<()> {
@@ -691,36 +690,6 @@ impl<'a> Staging<'a> {
         };
         self.put(oid, payload, resolved);
         Ok(())
-    }
-
-    /// The object's state as this transaction sees it so far.
-    fn view(&self, oid: Oid) -> Result<Option<UndoView<u64>>> {
-        if let Some(&i) = self.at.get(&oid) {
-            let r = &self.records[i];
-            return Ok(Some(UndoView {
-                record: None,
-                data_ptr: match r.payload {
-                    Payload::Back(p) if p != 0 => Some(p),
-                    _ => None,
-                },
-                data: r.data.clone(),
-            }));
-        }
-        let Some((p, h)) = self.committed(oid)? else {
-            return Ok(None);
-        };
-        let data_ptr = if h.plen != 0 {
-            Some(p)
-        } else if h.back != 0 {
-            Some(h.back)
-        } else {
-            None
-        };
-        Ok(Some(UndoView {
-            record: Some(p),
-            data_ptr,
-            data: self.src.record_data(p, &h)?,
-        }))
     }
 
     /// Undo by [`rules::undo_check`]: the undo record points back at the
@@ -1186,7 +1155,7 @@ impl Storage for FileStorage {
             blobs: StagedBlobs::new(self.blobs.is_some()),
         };
         for op in &txn.ops {
-            stage.apply(op)?;
+            stage::apply(&mut stage, op)?;
         }
         if !stage.conflicts.is_empty() {
             return Ok(Vote::Conflicts(stage.conflicts));

@@ -388,7 +388,10 @@ impl Backend {
         Ok(())
     }
 
-    pub(crate) fn note_attempt(&self, result: &std::result::Result<(), String>) {
+    pub(crate) fn note_attempt(
+        &self,
+        result: &std::result::Result<(), super::state::RecoveryError>,
+    ) {
         let mut a = lock(&self.attempts);
         a.last = Some(Instant::now());
         match result {
@@ -400,8 +403,8 @@ impl Backend {
             }
             Err(why) => {
                 a.failures = a.failures.saturating_add(1);
-                a.diverged = super::state::recovery::is_divergence(why);
-                a.error = Some(why.clone());
+                a.diverged = why.is_divergence();
+                a.error = Some(why.to_string());
             }
         }
     }
@@ -415,17 +418,14 @@ pub(crate) fn event_handler(core: Weak<Core>, i: usize) -> crate::zeo::client::E
         match ev {
             ServerEvent::Invalidate { tid, oids } => core.degrade(
                 i,
-                format!(
-                    "written to directly: transaction {tid} ({} objects) was committed on it by \
-                     another client, not through the array; stop writing to backends directly and \
-                     recover it",
-                    oids.len()
-                ),
+                super::Reason::WrittenDirectly {
+                    tid,
+                    objects: oids.len(),
+                },
             ),
-            ServerEvent::Disconnected(why) => core.degrade(
-                i,
-                format!("connection lost: {why}; recover it once it is back"),
-            ),
+            ServerEvent::Disconnected(why) => {
+                core.degrade(i, super::Reason::ConnectionLost(why.to_string()))
+            }
             ServerEvent::Connected { .. } | ServerEvent::Info(_) => {}
         }
     })

@@ -75,10 +75,7 @@ impl RaidStorage {
             BackendSource::Local(s) => (Some(s.clone()), None),
             BackendSource::Unavailable(why) => (None, Some(why.clone())),
         };
-        let why = match problem {
-            Some(p) => format!("added at runtime; {p}"),
-            None => "added at runtime: it is recovered from an optimal backend".to_string(),
-        };
+        let why = super::Reason::Added(problem);
         let name = spec.name.clone();
         let b = Backend::new(spec, storage, BackendState::Degraded(why), true);
         let at = core

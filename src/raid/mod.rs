@@ -120,6 +120,8 @@ pub use backend::{BackendSource, BackendSpec, Reopen};
 /// A backend's storage, or why there is none.
 type Opened = (Option<Arc<dyn Storage>>, Option<String>);
 
+pub use state::Reason;
+
 /// Each backend's storage (or why there is none), connecting the ZEO
 /// backends in parallel on named scoped threads.
 fn open_sources(specs: &[BackendSpec], weak: &Weak<Core>, opts: &RaidOptions) -> Vec<Opened> {
@@ -327,9 +329,9 @@ impl RaidStorage {
                 .map(|(spec, (storage, problem))| {
                     let added = saved.added.iter().any(|a| a.name() == Some(&spec.name));
                     let state = match (problem, saved.degraded.get(&spec.name)) {
-                        (Some(p), _) => BackendState::Degraded(p),
+                        (Some(p), _) => BackendState::Degraded(Reason::Unavailable(p)),
                         (None, Some(why)) => {
-                            BackendState::Degraded(format!("degraded before the restart: {why}"))
+                            BackendState::Degraded(Reason::BeforeRestart(why.clone()))
                         }
                         (None, None) => BackendState::Optimal,
                     };
@@ -462,7 +464,7 @@ impl Core {
     }
 
     /// Degrade backend `i` with `why` (idempotent), log it, persist it.
-    fn degrade(&self, i: usize, why: String) {
+    fn degrade(&self, i: usize, why: Reason) {
         let _g = lock(&self.states);
         let b = &self.backends[i];
         {
@@ -519,7 +521,7 @@ impl Core {
             match &*read(&b.state) {
                 BackendState::Optimal => {}
                 BackendState::Degraded(why) => {
-                    saved.degraded.insert(b.name.clone(), why.clone());
+                    saved.degraded.insert(b.name.clone(), why.to_string());
                 }
                 BackendState::Recovering(why) => {
                     saved
@@ -558,7 +560,13 @@ impl Core {
                         Some(t)
                     }
                     Err(e) => {
-                        self.degrade(i, format!("lastTransaction failed at start-up: {e}"));
+                        self.degrade(
+                            i,
+                            Reason::StartUp {
+                                call: "lastTransaction",
+                                error: e.to_string(),
+                            },
+                        );
                         None
                     }
                 }
@@ -580,7 +588,13 @@ impl Core {
             match self.backends[i].storage().and_then(|s| s.new_oids(1)) {
                 Ok(o) => next = next.max(o.first().map(|o| o.0.saturating_sub(1)).unwrap_or(0)),
                 Err(Error::ReadOnly) => {}
-                Err(e) => self.degrade(i, format!("new_oids failed at start-up: {e}")),
+                Err(e) => self.degrade(
+                    i,
+                    Reason::StartUp {
+                        call: "new_oids",
+                        error: e.to_string(),
+                    },
+                ),
             }
         }
         *lock(&self.next_oid) = next;
@@ -718,10 +732,10 @@ impl Core {
                         }
                         self.degrade(
                             j,
-                            format!(
-                                "missing object: {oid} is on backend {:?}; recover it",
-                                b.name
-                            ),
+                            Reason::MissingObject {
+                                oid,
+                                on: b.name.clone(),
+                            },
                         );
                     }
                     return Ok(v);
@@ -732,9 +746,13 @@ impl Core {
                 Err(e) if state::classify(state::Call::Read, &e) == state::ErrorKind::Failure => {
                     let others = self.optimal().iter().filter(|&&j| j != i).count();
                     match state::on_read_failure(&e, others, self.opts.min_optimal) {
-                        state::ReadFailure::Degrade => {
-                            self.degrade(i, format!("{what} failed: {}", describe(&e)))
-                        }
+                        state::ReadFailure::Degrade => self.degrade(
+                            i,
+                            Reason::Failed {
+                                what: what.to_string(),
+                                error: describe(&e),
+                            },
+                        ),
                         state::ReadFailure::Relay => {
                             log::warn!(
                                 "RAID array {:?}: backend {:?} failed {what}: {}; it is kept \
@@ -795,10 +813,10 @@ impl Core {
                 }
                 Outcome::TimedOut => self.degrade(
                     i,
-                    format!(
-                        "{what} did not answer within backend-timeout ({:.1} s)",
-                        self.opts.backend_timeout.as_secs_f64()
-                    ),
+                    Reason::TimedOut {
+                        what: what.to_string(),
+                        after: self.opts.backend_timeout,
+                    },
                 ),
             }
         }
@@ -826,7 +844,7 @@ impl Core {
                 let attempts = lock(&b.attempts).clone();
                 let st = read(&b.state).clone();
                 let st = if !b.is_open() && st.is_optimal() {
-                    BackendState::Degraded("not open".into())
+                    BackendState::Degraded(Reason::NotOpen)
                 } else {
                     st
                 };
@@ -835,7 +853,7 @@ impl Core {
                     name: b.name.clone(),
                     kind: b.kind.to_string(),
                     state: st.role(),
-                    reason: st.reason().map(str::to_string),
+                    reason: st.reason().map(Reason::to_string),
                     last_transaction: format!("{last:016x}"),
                     lag_seconds: state::lag_seconds(newest, Tid(last)),
                     latency_ms: (b.latency() / 1000.0 * 1000.0).round() / 1000.0,

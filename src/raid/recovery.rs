@@ -42,7 +42,7 @@
 //! after failures ([`super::state::recovery::next_to_recover`]). A target found
 //! diverged is left to the operator.
 
-use super::state::{recovery as plan, Admission, BackendState, Credit};
+use super::state::{recovery as plan, Admission, BackendState, Credit, Reason, RecoveryError};
 use super::verify;
 use super::{Core, RaidStorage};
 use crate::locks::{lock, read};
@@ -237,7 +237,7 @@ impl RaidStorage {
         // `disabled` is cleared once this recovery holds the array, not
         // before: auto-recovery would take the backend in between, and
         // this call would find the array busy with it.
-        run_on_thread(&self.core, i, force, true)
+        run_on_thread(&self.core, i, force, true).map_err(|e| e.to_string())
     }
 
     /// Ask for a recovery of backend `name` (`force`: rebuild a diverged
@@ -297,11 +297,7 @@ impl RaidStorage {
             ));
         }
         lock(&b.attempts).disabled = true;
-        core.degrade(
-            i,
-            "disabled by the operator (zeoraid ctl disable); `zeoraid ctl recover` brings it back"
-                .into(),
-        );
+        core.degrade(i, Reason::Disabled);
         Ok(())
     }
 
@@ -357,7 +353,7 @@ fn run_on_thread(
     i: usize,
     force: bool,
     operator: bool,
-) -> Result<Report, String> {
+) -> Result<Report, RecoveryError> {
     let name = format!(
         "zeoraid-recover-{}-{}",
         core.opts.name, core.backends[i].name
@@ -367,8 +363,11 @@ fn run_on_thread(
         .name(name)
         .spawn(move || recover_now(&c, i, force, operator))
         .map_err(|e| format!("cannot start a recovery thread: {e}"))?;
-    h.join()
-        .unwrap_or_else(|_| Err("the recovery thread panicked (a zeoraid bug; see the log)".into()))
+    h.join().unwrap_or_else(|_| {
+        Err(RecoveryError::Failed(
+            "the recovery thread panicked (a zeoraid bug; see the log)".into(),
+        ))
+    })
 }
 
 /// The supervisor thread of auto-recovery.
@@ -426,7 +425,7 @@ fn supervise(weak: Weak<Core>) {
                         "RAID array {:?}: auto-recovery of backend {:?} did not succeed: {why}{}",
                         core.opts.name,
                         core.backends[i].name,
-                        if plan::is_divergence(&why) {
+                        if why.is_divergence() {
                             "; it is left to the operator (recover it with force to rebuild it)"
                                 .to_string()
                         } else {
@@ -455,10 +454,15 @@ fn wait_tick(core: &Core) {
 }
 
 /// Recover backend `i` on this thread.
-fn recover_now(core: &Arc<Core>, i: usize, force: bool, operator: bool) -> Result<Report, String> {
+fn recover_now(
+    core: &Arc<Core>,
+    i: usize,
+    force: bool,
+    operator: bool,
+) -> Result<Report, RecoveryError> {
     let b = &core.backends[i];
     if b.is_removed() {
-        return Err(format!("backend {:?} was removed", b.name));
+        return Err(format!("backend {:?} was removed", b.name).into());
     }
     let _busy = core.claim(format!("backend {:?} is recovering", b.name))?;
     if operator {
@@ -466,15 +470,12 @@ fn recover_now(core: &Arc<Core>, i: usize, force: bool, operator: bool) -> Resul
     }
     let was = match &*read(&b.state) {
         BackendState::Optimal if b.is_open() => {
-            return Err(format!(
-                "backend {:?} is optimal: nothing to recover",
-                b.name
-            ))
+            return Err(format!("backend {:?} is optimal: nothing to recover", b.name).into())
         }
-        BackendState::Optimal => "it was not open".to_string(),
+        BackendState::Optimal => Reason::NotOpen,
         BackendState::Degraded(why) => why.clone(),
         BackendState::Recovering(_) => {
-            return Err(format!("backend {:?} is already recovering", b.name))
+            return Err(format!("backend {:?} is already recovering", b.name).into())
         }
     };
     let result = attempt(core, i, force, &was);
@@ -499,7 +500,10 @@ fn recover_now(core: &Arc<Core>, i: usize, force: bool, operator: bool) -> Resul
         Err(_) if !matches!(*read(&b.state), BackendState::Recovering(_)) => {}
         Err(why) => {
             b.errors.fetch_add(1, Ordering::Relaxed);
-            core.set_state(i, BackendState::Degraded(format!("recovery failed: {why}")));
+            core.set_state(
+                i,
+                BackendState::Degraded(Reason::RecoveryFailed(why.to_string())),
+            );
             log::error!(
                 "RAID array {:?}: recovery of backend {:?} failed: {why}; it stays degraded",
                 core.opts.name,
@@ -510,7 +514,7 @@ fn recover_now(core: &Arc<Core>, i: usize, force: bool, operator: bool) -> Resul
     result
 }
 
-fn attempt(core: &Arc<Core>, i: usize, force: bool, was: &str) -> Result<Report, String> {
+fn attempt(core: &Arc<Core>, i: usize, force: bool, was: &Reason) -> Result<Report, RecoveryError> {
     let b = &core.backends[i];
     let timeout = core.opts.backend_timeout;
     let mut moved_aside = b.reopen(Arc::downgrade(core), i, false, timeout)?;
@@ -548,7 +552,7 @@ fn attempt(core: &Arc<Core>, i: usize, force: bool, was: &str) -> Result<Report,
     let mut target = b.storage().map_err(|e| e.to_string())?;
     let from = match resume_point(source.as_ref(), target.as_ref()) {
         Ok(from) => from,
-        Err(why) if force && plan::is_divergence(&why) => {
+        Err(why) if force && why.is_divergence() => {
             log::warn!(
                 "RAID array {:?}: backend {:?} {why}; forced: rebuilding it from scratch",
                 core.opts.name,
@@ -606,7 +610,8 @@ fn attempt(core: &Arc<Core>, i: usize, force: bool, was: &str) -> Result<Report,
              up to {}, the next attempt finishes it",
             GATE_WAIT.as_secs(),
             copier.after.map(|t| t.to_string()).unwrap_or_default()
-        ));
+        )
+        .into());
     };
     g.recovery = true;
     drop(g);
@@ -629,7 +634,7 @@ fn attempt(core: &Arc<Core>, i: usize, force: bool, was: &str) -> Result<Report,
 }
 
 /// Where the copy starts, or why the target diverged.
-fn resume_point(source: &dyn Storage, target: &dyn Storage) -> Result<Option<Tid>, String> {
+fn resume_point(source: &dyn Storage, target: &dyn Storage) -> Result<Option<Tid>, RecoveryError> {
     let claimed = target
         .last_transaction()
         .map_err(|e| format!("cannot read its last transaction: {e}"))?;
@@ -642,7 +647,7 @@ fn resume_point(source: &dyn Storage, target: &dyn Storage) -> Result<Option<Tid
     // tid as `lastTransaction()`.
     let held = newest_held(target, claimed).map_err(|e| format!("cannot read its history: {e}"))?;
     let Some(held) = held else {
-        return plan::resume_point(Tid::ZERO, source_last, None, None);
+        return Ok(plan::resume_point(Tid::ZERO, source_last, None, None)?);
     };
     if held.tid != claimed {
         log::warn!(
@@ -662,19 +667,19 @@ fn resume_point(source: &dyn Storage, target: &dyn Storage) -> Result<Option<Tid
         match it.next() {
             Some(Ok(t)) if t.tid == target_last => Some((t.tid, verify::digest(&t))),
             Some(Err(e)) => {
-                return Err(format!(
-                    "cannot read transaction {target_last} on the source: {e}"
-                ))
+                return Err(
+                    format!("cannot read transaction {target_last} on the source: {e}").into(),
+                )
             }
             _ => None,
         }
     };
-    plan::resume_point(
+    Ok(plan::resume_point(
         target_last,
         source_last,
         Some((held.tid, verify::digest(&held))),
         on_source,
-    )
+    )?)
 }
 
 /// The newest transaction in `s`'s history at or before `claimed` (its

@@ -117,7 +117,11 @@ impl Core {
     /// or resolved here — mark it recovering, atomically with respect to
     /// votes choosing their backends. Refused (it stays degraded) when a
     /// transaction is still open on it after [`END_WAIT`].
-    pub(super) fn take_for_recovery(self: &Arc<Self>, i: usize, was: &str) -> Result<(), String> {
+    pub(super) fn take_for_recovery(
+        self: &Arc<Self>,
+        i: usize,
+        was: &super::Reason,
+    ) -> Result<(), String> {
         loop {
             match self.wait_ended(i) {
                 Readiness::Idle => {
@@ -125,7 +129,7 @@ impl Core {
                     if inf.readiness(i) != Readiness::Idle {
                         continue;
                     }
-                    self.set_state(i, BackendState::Recovering(was.to_string()));
+                    self.set_state(i, BackendState::Recovering(was.clone()));
                     drop(inf);
                     return Ok(());
                 }

@@ -6,7 +6,7 @@
 
 use super::fanout::Outcome;
 use super::state::inflight::FinishEnd;
-use super::state::{self, VoteKey};
+use super::state::{self, Reason, VoteKey};
 use super::{Backend, Pending, RaidStorage};
 use crate::locks::{lock, read};
 use crate::storage::resolve::ConflictResolver;
@@ -174,7 +174,13 @@ impl Storage for RaidStorage {
             match r {
                 Ok(()) if core.backends[i].is_optimal() => durable += 1,
                 Ok(()) => {}
-                Err(e) => core.degrade(i, format!("could not make {tid} durable: {e}; it may lack recent transactions, recover it")),
+                Err(e) => core.degrade(
+                    i,
+                    Reason::NotDurable {
+                        tid,
+                        error: e.to_string(),
+                    },
+                ),
             }
         }
         if durable == 0 {
@@ -263,7 +269,7 @@ impl Storage for RaidStorage {
                 .map(|e| crate::zeo::message::error_to_wire(e).0)
         }));
         for (pos, why) in decision.degrade {
-            core.degrade(answered[pos].0, format!("pack: {why}"));
+            core.degrade(answered[pos].0, Reason::Pack(why));
         }
         let packed = match decision.agree.first().map(|&p| &answered[p].1) {
             Some(r) => r.clone(),
@@ -462,7 +468,13 @@ impl RaidStorage {
         }
         let decision = state::decide(&keys);
         for &(pos, ref why) in &decision.degrade {
-            core.degrade(answered[pos].0, format!("vote of {tid}: {why}"));
+            core.degrade(
+                answered[pos].0,
+                Reason::Vote {
+                    tid,
+                    why: why.clone(),
+                },
+            );
         }
         // Answers of the winners, in configuration order.
         let winners: Vec<&(usize, Result<Vote>)> =
@@ -601,14 +613,22 @@ impl RaidStorage {
                     core.finish_ended(i, t, ok);
                     core.degrade(
                         i,
-                        format!("{what} committed as {t}, the array gave it {tid}; recover it"),
+                        Reason::WrongTid {
+                            what: what.to_string(),
+                            committed: t,
+                            given: tid,
+                        },
                     )
                 }
                 Err(e) => {
                     core.finish_ended(i, tid, FinishEnd::Unknown);
                     core.degrade(
                         i,
-                        format!("{what} of {tid} failed: {e}; it may or may not hold that transaction, recover it"),
+                        Reason::FinishFailed {
+                            what: what.to_string(),
+                            tid,
+                            error: e.to_string(),
+                        },
                     )
                 }
             }

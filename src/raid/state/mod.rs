@@ -26,9 +26,11 @@
 pub mod credit;
 pub mod inflight;
 pub mod offsite;
+pub mod reason;
 pub mod recovery;
 
 pub use credit::{Admission, Credit};
+pub use reason::{Reason, RecoveryError};
 
 use crate::storage::{timestamp, Error, Oid, Tid};
 use std::fmt;
@@ -39,10 +41,10 @@ pub enum BackendState {
     /// Receives every write; may serve reads.
     Optimal,
     /// Dropped out of the array; the reason says why and what to do.
-    Degraded(String),
+    Degraded(Reason),
     /// Being recovered (the reason it was degraded): not written to by
     /// commits and never read from until the recovery rejoins it.
-    Recovering(String),
+    Recovering(Reason),
 }
 
 impl BackendState {
@@ -64,7 +66,7 @@ impl BackendState {
         }
     }
 
-    pub fn reason(&self) -> Option<&str> {
+    pub fn reason(&self) -> Option<&Reason> {
         match self {
             BackendState::Optimal => None,
             BackendState::Degraded(r) | BackendState::Recovering(r) => Some(r),
@@ -353,15 +355,15 @@ pub fn lag_seconds(newest: Tid, backend: Tid) -> Option<f64> {
 
 /// Which backends start degraded: those whose last tid is behind the
 /// newest (they miss transactions). Returns the reason per position.
-pub fn behind_at_start(last_tids: &[Option<Tid>]) -> Vec<Option<String>> {
+pub fn behind_at_start(last_tids: &[Option<Tid>]) -> Vec<Option<Reason>> {
     let newest = last_tids.iter().flatten().copied().max();
     last_tids
         .iter()
         .map(|t| match (t, newest) {
-            (Some(t), Some(n)) if *t < n => Some(format!(
-                "missing transactions: its last transaction is {t}, another backend has {n}; \
-                 recover it"
-            )),
+            (Some(t), Some(n)) if *t < n => Some(Reason::Behind {
+                last: *t,
+                newest: n,
+            }),
             _ => None,
         })
         .collect()
@@ -518,8 +520,8 @@ mod tests {
     #[test]
     fn array_state_table() {
         use BackendState::*;
-        let deg = || Degraded("x".into());
-        let rec = || Recovering("x".into());
+        let deg = || Degraded(Reason::Disabled);
+        let rec = || Recovering(Reason::Disabled);
         let cases = [
             (vec![Optimal, Optimal], 1, ArrayState::Optimal),
             (vec![Optimal, deg()], 1, ArrayState::Degraded),

@@ -4,6 +4,7 @@
 //! [`backoff`]), and when the copy is close enough to finish under the
 //! array's commit lock ([`close_enough`]).
 
+use super::reason::{Divergence, DivergenceKind};
 use crate::storage::{timestamp, Tid};
 use std::time::Duration;
 
@@ -22,35 +23,25 @@ pub fn resume_point(
     source_last: Tid,
     target_txn: Option<Digest>,
     source_txn: Option<Digest>,
-) -> Result<Option<Tid>, String> {
+) -> Result<Option<Tid>, Divergence> {
     if target_last == Tid::ZERO {
         return Ok(None);
     }
+    let diverged = |how| {
+        Err(Divergence {
+            at: target_last,
+            how,
+        })
+    };
     if target_last > source_last {
-        return Err(format!(
-            "diverged at {target_last}: it holds transactions the source lacks (its last is \
-             {target_last}, the source's {source_last})"
-        ));
+        return diverged(DivergenceKind::Ahead { source_last });
     }
     match (target_txn, source_txn) {
-        (_, None) => Err(format!(
-            "diverged at {target_last}: its last transaction is not in the source's history"
-        )),
-        (None, Some(_)) => Err(format!(
-            "diverged at {target_last}: its own last transaction could not be read back"
-        )),
-        (Some(t), Some(s)) if t != s => Err(format!(
-            "diverged at {target_last}: the transaction differs from the source's (metadata or \
-             records)"
-        )),
+        (_, None) => diverged(DivergenceKind::NotInSource),
+        (None, Some(_)) => diverged(DivergenceKind::Unreadable),
+        (Some(t), Some(s)) if t != s => diverged(DivergenceKind::Differs),
         _ => Ok(Some(target_last)),
     }
-}
-
-/// Whether a refusal reason means the target diverged (auto-recovery then
-/// leaves it to the operator).
-pub fn is_divergence(reason: &str) -> bool {
-    reason.starts_with("diverged")
 }
 
 /// A recovery's figures, as status documents show them.
@@ -233,10 +224,11 @@ mod tests {
             let got = resume_point(tl, sl, td, sd);
             match (&got, want) {
                 (Ok(g), Ok(w)) => assert_eq!(*g, w, "{name}"),
-                (Err(g), Err(w)) => {
+                (Err(d), Err(w)) => {
+                    assert_eq!(d.at, tl, "{name}");
+                    let g = d.to_string();
                     assert!(g.contains(w), "{name}: {g}");
                     assert!(g.starts_with("diverged at "), "{name}: {g}");
-                    assert!(is_divergence(g), "{name}");
                     assert!(g.contains(&tl.to_string()), "{name}: names the tid: {g}");
                 }
                 _ => panic!("{name}: got {got:?}, want {want:?}"),

@@ -6,6 +6,10 @@
 //! one connection between all its threads, so loads must not queue behind
 //! each other or behind a parked vote).
 
+use super::request::{self as r, Decode, Request};
+use crate::storage::Error;
+use crate::zeo::message::Message;
+
 /// How a method is scheduled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -14,20 +18,41 @@ pub enum Kind {
 }
 
 /// One row of the table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct Method {
     pub name: &'static str,
     pub min_args: usize,
     pub max_args: usize,
     pub kind: Kind,
+    /// A point read: cheap, bounded work that may run on the event loop
+    /// itself when the storage's reads never block.
+    pub point_read: bool,
+    /// The method's arguments to its typed request ([`super::request`]).
+    pub(crate) decode: Decode,
 }
 
-const fn m(name: &'static str, min_args: usize, max_args: usize, kind: Kind) -> Method {
+const fn m(
+    name: &'static str,
+    min_args: usize,
+    max_args: usize,
+    kind: Kind,
+    decode: Decode,
+) -> Method {
     Method {
         name,
         min_args,
         max_args,
         kind,
+        point_read: false,
+        decode,
+    }
+}
+
+/// A concurrent method that is a point read.
+const fn point(name: &'static str, min_args: usize, max_args: usize, decode: Decode) -> Method {
+    Method {
+        point_read: true,
+        ..m(name, min_args, max_args, Concurrent, decode)
     }
 }
 
@@ -35,57 +60,81 @@ use Kind::*;
 
 /// Every method we answer (ZEO's `registered_methods` plus `register`).
 pub const METHODS: &[Method] = &[
-    m("register", 2, 3, Ordered),
-    m("get_info", 0, 0, Concurrent),
-    m("get_size_info", 0, 0, Concurrent),
-    m("lastTransaction", 0, 0, Concurrent),
-    m("loadBefore", 2, 2, Concurrent),
-    m("loadSerial", 2, 2, Concurrent),
-    m("getTid", 1, 1, Concurrent),
-    m("history", 1, 2, Concurrent),
-    m("new_oids", 0, 1, Concurrent),
-    m("new_oid", 0, 0, Concurrent),
-    m("getInvalidations", 1, 1, Concurrent),
-    m("pack", 1, 2, Concurrent),
-    m("undoInfo", 0, 3, Concurrent),
-    m("undoLog", 0, 2, Concurrent),
-    m("record_iternext", 0, 1, Concurrent),
-    m("ping", 0, 0, Concurrent),
-    m("server_status", 0, 0, Concurrent),
-    m("tpc_begin", 4, 6, Ordered),
-    m("storea", 4, 4, Ordered),
-    m("deleteObject", 3, 3, Ordered),
-    m("checkCurrentSerialInTransaction", 3, 3, Ordered),
-    m("restorea", 5, 5, Ordered),
-    m("undoa", 2, 2, Ordered),
-    m("vote", 1, 1, Ordered),
-    m("tpc_finish", 1, 1, Ordered),
-    m("tpc_abort", 1, 1, Ordered),
-    m("iterator_start", 0, 2, Ordered),
-    m("iterator_next", 1, 1, Ordered),
-    m("iterator_record_start", 2, 2, Ordered),
-    m("iterator_record_next", 1, 1, Ordered),
-    m("iterator_gc", 1, 1, Ordered),
-    m("set_client_label", 1, 1, Ordered),
-    m("storeBlobStart", 0, 0, Ordered),
-    m("storeBlobChunk", 1, 1, Ordered),
-    m("storeBlobEnd", 4, 4, Ordered),
-    m("storeBlobShared", 5, 5, Ordered),
-    m("sendBlob", 2, 2, Concurrent),
+    m("register", 2, 3, Ordered, r::register),
+    m("get_info", 0, 0, Concurrent, r::get_info),
+    point("get_size_info", 0, 0, r::get_size_info),
+    point("lastTransaction", 0, 0, r::last_transaction),
+    point("loadBefore", 2, 2, r::load_before),
+    point("loadSerial", 2, 2, r::load_serial),
+    point("getTid", 1, 1, r::get_tid),
+    m("history", 1, 2, Concurrent, r::history),
+    m("new_oids", 0, 1, Concurrent, r::new_oids),
+    m("new_oid", 0, 0, Concurrent, r::new_oid),
+    m("getInvalidations", 1, 1, Concurrent, r::get_invalidations),
+    m("pack", 1, 2, Concurrent, r::pack),
+    m("undoInfo", 0, 3, Concurrent, r::undo_info),
+    m("undoLog", 0, 2, Concurrent, r::undo_log),
+    m("record_iternext", 0, 1, Concurrent, r::record_iternext),
+    point("ping", 0, 0, r::ping),
+    m("server_status", 0, 0, Concurrent, r::server_status),
+    m("tpc_begin", 4, 6, Ordered, r::tpc_begin),
+    m("storea", 4, 4, Ordered, r::storea),
+    m("deleteObject", 3, 3, Ordered, r::delete_object),
+    m(
+        "checkCurrentSerialInTransaction",
+        3,
+        3,
+        Ordered,
+        r::check_current_serial_in_transaction,
+    ),
+    m("restorea", 5, 5, Ordered, r::restorea),
+    m("undoa", 2, 2, Ordered, r::undoa),
+    m("vote", 1, 1, Ordered, r::vote),
+    m("tpc_finish", 1, 1, Ordered, r::tpc_finish),
+    m("tpc_abort", 1, 1, Ordered, r::tpc_abort),
+    m("iterator_start", 0, 2, Ordered, r::iterator_start),
+    m("iterator_next", 1, 1, Ordered, r::iterator_next),
+    m(
+        "iterator_record_start",
+        2,
+        2,
+        Ordered,
+        r::iterator_record_start,
+    ),
+    m(
+        "iterator_record_next",
+        1,
+        1,
+        Ordered,
+        r::iterator_record_next,
+    ),
+    m("iterator_gc", 1, 1, Ordered, r::iterator_gc),
+    m("set_client_label", 1, 1, Ordered, r::set_client_label),
+    m("storeBlobStart", 0, 0, Ordered, r::store_blob_start),
+    m("storeBlobChunk", 1, 1, Ordered, r::store_blob_chunk),
+    m("storeBlobEnd", 4, 4, Ordered, r::store_blob_end),
+    m("storeBlobShared", 5, 5, Ordered, r::store_blob_shared),
+    m("sendBlob", 2, 2, Concurrent, r::send_blob),
 ];
 
-/// Point reads: cheap, bounded work that may run on the event loop itself
-/// when the storage's reads never block.
+/// Point reads (the table's `point_read`): cheap, bounded work that may run
+/// on the event loop itself when the storage's reads never block.
 pub fn is_point_read(name: &str) -> bool {
-    matches!(
-        name,
-        "loadBefore" | "loadSerial" | "getTid" | "lastTransaction" | "ping" | "get_size_info"
-    )
+    lookup(name).is_some_and(|m| m.point_read)
 }
 
 /// Look a method up by name.
 pub fn lookup(name: &str) -> Option<&'static Method> {
     METHODS.iter().find(|m| m.name == name)
+}
+
+/// Decode a call into its typed request: the name and arity checked
+/// ([`check`]; refused as [`Refusal::error`]), then the arguments' types by
+/// the method's decoder.
+pub(crate) fn decode(msg: &Message) -> Result<Request<'_>, Error> {
+    let args = msg.arg_list();
+    let method = check(&msg.method, args.len()).map_err(|r| r.error())?;
+    (method.decode)(args)
 }
 
 /// Why a call cannot be dispatched.
@@ -119,6 +168,22 @@ impl std::fmt::Display for Refusal {
                 f,
                 "{name}() takes {min} to {max} arguments but {given} were given"
             ),
+        }
+    }
+}
+
+impl Refusal {
+    /// The error a refused call is answered with, as ZEO's server raises
+    /// it: `AttributeError` for an unknown method, `TypeError` for a wrong
+    /// number of arguments.
+    pub fn error(&self) -> Error {
+        let class = match self {
+            Refusal::Unknown(_) => "builtins.AttributeError",
+            Refusal::Arity { .. } => "builtins.TypeError",
+        };
+        Error::Remote {
+            class: class.into(),
+            message: self.to_string(),
         }
     }
 }

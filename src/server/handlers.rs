@@ -3,11 +3,13 @@
 //! [`concurrent`] answers the stateless reads; [`ordered`] runs the
 //! transaction, iterator and blob-upload messages in arrival order with
 //! the session's state locked (`vote` and `tpc_finish` are in
-//! [`super::commit`]).
+//! [`super::commit`]). Both let a call through [`admit`] first: its name
+//! and arity, what its method needs of the session, then its arguments,
+//! decoded once into a [`Request`] the handler matches on.
 
 use super::blobs::{self, Upload};
 use super::commit::{finish, vote};
-use super::methods::{self, Kind};
+use super::methods::{self, Kind, Needs};
 use super::request::Request;
 use super::session::{check_txn, release_lock, Flow, IterState, Session, State, TxnState};
 use super::status::{get_info, info_message, size_info_value, status_json};
@@ -33,11 +35,13 @@ pub(super) fn loaded_value(loaded: Option<crate::storage::Loaded>) -> Value {
 }
 
 /// Stateless reads, run concurrently (or on the event loop, see
-/// [`super::worker::run_inline`]). The session must be registered; that is
-/// checked before the arguments.
+/// [`super::worker::run_inline`]).
 pub(super) fn concurrent(shared: &Shared, sess: &Session, msg: &Message) -> Result<Value> {
+    let req = match admit(sess, None, msg)? {
+        Admitted::Run(req) => req,
+        Admitted::Answered(v) => return Ok(v),
+    };
     let entry = sess.entry()?;
-    let req = methods::decode(msg)?;
     let st = &entry.storage;
     match req {
         Request::LoadBefore { oid, before } => {
@@ -70,11 +74,6 @@ pub(super) fn concurrent(shared: &Shared, sess: &Session, msg: &Message) -> Resu
             ))
         }
         Request::LastTransaction => Ok(tid_value(st.last_transaction()?)),
-        Request::NewOids { .. } | Request::NewOid
-            if sess.read_only.load(Ordering::Relaxed) || entry.read_only =>
-        {
-            Err(Error::ReadOnly)
-        }
         Request::NewOids { n } => Ok(oids_value(&st.new_oids(n)?)),
         Request::NewOid => st
             .new_oids(1)?
@@ -158,14 +157,14 @@ pub(super) fn ordered(shared: &Shared, sess: &Session, msg: &Message) -> Flow {
         // A read that arrived before register() completed took the ordered path.
         return Flow::Reply(concurrent(shared, sess, msg));
     }
-    let req = match methods::decode(msg) {
-        Ok(req) => req,
-        Err(e) => return Flow::Reply(Err(e)),
-    };
-    let r = match req {
-        Request::Vote { id } => return vote(shared, sess, &mut lock(&sess.state), msg, id),
-        Request::TpcFinish { id } => return finish(shared, sess, &mut lock(&sess.state), msg, id),
-        req => in_order(shared, sess, &mut lock(&sess.state), &msg.method, req),
+    let mut guard = lock(&sess.state);
+    let st = &mut *guard;
+    let r = match admit(sess, Some(st), msg) {
+        Err(e) => Err(e),
+        Ok(Admitted::Answered(v)) => Ok(v),
+        Ok(Admitted::Run(Request::Vote { id })) => return vote(shared, sess, st, msg, id),
+        Ok(Admitted::Run(Request::TpcFinish { id })) => return finish(shared, sess, st, msg, id),
+        Ok(Admitted::Run(req)) => in_order(shared, sess, st, &msg.method, req),
     };
     if msg.is_oneway() && r.is_ok() {
         Flow::Done
@@ -174,8 +173,66 @@ pub(super) fn ordered(shared: &Shared, sess: &Session, msg: &Message) -> Flow {
     }
 }
 
+/// A call let through to its handler, or answered already.
+enum Admitted<'a> {
+    Run(Request<'a>),
+    /// Answered without running (a repeated `tpc_begin`).
+    Answered(Value),
+}
+
+/// Let a call through, or refuse it, in this order: its name and arity
+/// ([`methods::check`]), what its method needs of the session
+/// ([`Needs`]; `st` is the session's state for an ordered call, `None` for
+/// a concurrent one, which needs no more than the storage), then its
+/// arguments (the method's decoder, [`super::request`]).
+fn admit<'a>(sess: &Session, st: Option<&mut State>, msg: &'a Message) -> Result<Admitted<'a>> {
+    let args = msg.arg_list();
+    let method = methods::check(&msg.method, args.len()).map_err(|r| r.error())?;
+    let writable = || -> Result<()> {
+        if sess.read_only.load(Ordering::Relaxed) || sess.entry()?.read_only {
+            return Err(Error::ReadOnly);
+        }
+        Ok(())
+    };
+    match (method.needs, st) {
+        (Needs::Nothing, _) => {}
+        (Needs::Storage, _) => {
+            sess.entry()?;
+        }
+        (Needs::Writable, _) => writable()?,
+        (Needs::NoStorage, _) => {
+            if sess.is_registered() {
+                return Err(Error::Value("duplicate register() call".into()));
+            }
+        }
+        (Needs::Txn(n), Some(st)) => {
+            check_txn(sess, st, &args[n], &msg.method)?;
+        }
+        (Needs::StorageTxn(n), Some(st)) => {
+            sess.entry()?;
+            check_txn(sess, st, &args[n], &msg.method)?;
+        }
+        (Needs::NewTxn, Some(st)) => {
+            writable()?;
+            if let Some(t) = &st.txn {
+                if t.id == args[0] {
+                    log::info!("duplicate tpc_begin({}) from {}", args[0], sess.peer);
+                    return Ok(Admitted::Answered(Value::Nil));
+                }
+                return Err(Error::Transaction(
+                    "Multiple simultaneous tpc_begin requests from one client.".into(),
+                ));
+            }
+        }
+        // (No concurrent method needs a transaction.)
+        (Needs::Txn(_) | Needs::StorageTxn(_) | Needs::NewTxn, None) => {}
+    }
+    Ok(Admitted::Run((method.decode)(args)?))
+}
+
 /// The ordered methods but `vote` and `tpc_finish`, with the session's
-/// state locked; `name` is the method's, for error messages.
+/// state locked and what the method needs of it checked ([`admit`]);
+/// `name` is the method's, for error messages.
 fn in_order(
     shared: &Shared,
     sess: &Session,
@@ -193,19 +250,8 @@ fn in_order(
             tid,
             status,
         } => {
+            // (No other transaction: see `Needs::NewTxn`.)
             let entry = sess.entry()?;
-            if sess.read_only.load(Ordering::Relaxed) || entry.read_only {
-                return Err(Error::ReadOnly);
-            }
-            if let Some(t) = &st.txn {
-                if t.id == *id {
-                    log::info!("duplicate tpc_begin({id}) from {}", sess.peer);
-                    return Ok(Value::Nil);
-                }
-                return Err(Error::Transaction(
-                    "Multiple simultaneous tpc_begin requests from one client.".into(),
-                ));
-            }
             st.txn = Some(TxnState::new(id.clone(), meta, tid, status));
             entry.stats.active_txns.fetch_add(1, Ordering::Relaxed);
             Ok(Value::Nil)
@@ -473,9 +519,6 @@ fn blob_staging(sess: &Session) -> Result<std::path::PathBuf> {
 /// `register(storage, read_only)`: the session serves `name` from now on;
 /// the storage's last transaction.
 fn register(shared: &Shared, sess: &Session, name: &str, ro: bool) -> Result<Tid> {
-    if sess.is_registered() {
-        return Err(Error::Value("duplicate register() call".into()));
-    }
     let entry = shared
         .storages
         .get(name)
@@ -495,4 +538,269 @@ fn register(shared: &Shared, sess: &Session, name: &str, ro: bool) -> Result<Tid
         if ro { " read-only" } else { "" }
     );
     Ok(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::commit_lock::CommitLock;
+    use super::super::invalidations::InvalidationHistory;
+    use super::super::StorageEntry;
+    use super::*;
+    use crate::storage::memory::MemoryStorage;
+    use crate::storage::TxnMeta;
+    use std::collections::BTreeSet;
+    use std::sync::{Mutex, RwLock};
+    use std::time::Instant;
+
+    /// The session a case starts from.
+    #[derive(Clone, Copy, Debug)]
+    enum Given {
+        Unregistered,
+        Registered,
+        /// Registered read-only.
+        ReadOnlySession,
+        /// Registered with a read-only storage (as read-only).
+        ReadOnlyStorage,
+        /// Registered, in transaction "t1".
+        InTxn,
+        /// Registered read-only, with transaction "t1" (as if begun before).
+        ReadOnlyInTxn,
+    }
+
+    fn entry(read_only: bool) -> Arc<StorageEntry> {
+        Arc::new(StorageEntry {
+            name: "main".into(),
+            storage: Arc::new(MemoryStorage::new("main", read_only)),
+            read_only,
+            lock: Mutex::new(CommitLock::new()),
+            invq: Mutex::new(InvalidationHistory::new(10)),
+            clients: RwLock::new(BTreeSet::new()),
+            visibility: RwLock::new(()),
+            committer: None,
+            resolver: None,
+            stats: Default::default(),
+            started: Instant::now(),
+        })
+    }
+
+    fn given(g: Given) -> (Session, State) {
+        let sess = Session::new(1, "test".into());
+        let mut st = State::default();
+        let (storage_ro, session_ro, txn) = match g {
+            Given::Unregistered => return (sess, st),
+            Given::Registered => (false, false, false),
+            Given::ReadOnlySession => (false, true, false),
+            Given::ReadOnlyStorage => (true, true, false),
+            Given::InTxn => (false, false, true),
+            Given::ReadOnlyInTxn => (false, true, true),
+        };
+        let _ = sess.storage.set(entry(storage_ro));
+        sess.read_only.store(session_ro, Ordering::Relaxed);
+        if txn {
+            st.txn = Some(TxnState::new(
+                Value::from("t1"),
+                TxnMeta::default(),
+                None,
+                b' ',
+            ));
+        }
+        (sess, st)
+    }
+
+    fn wrong(what: &str, shown: &str) -> Error {
+        Error::Value(format!("argument {what} has the wrong type: {shown}"))
+    }
+
+    /// What a session is checked for comes before the arguments' types,
+    /// and the name and arity before both.
+    #[test]
+    fn admit_checks_the_session_before_the_arguments() {
+        use Given::*;
+        let s = Value::from;
+        let i = |n: i64| Value::from(n);
+        let nil = Value::Nil;
+        let first = || Error::Value("register() must be called first".into());
+        let txn_error = |m: &str| Error::Transaction(m.into());
+        let run = Ok("run");
+        type Outcome = std::result::Result<&'static str, Error>;
+        let cases: Vec<(Given, &str, Vec<Value>, Outcome)> = vec![
+            (
+                Unregistered,
+                "nonsense",
+                vec![],
+                Err(Error::Remote {
+                    class: "builtins.AttributeError".into(),
+                    message: "unknown method \"nonsense\"".into(),
+                }),
+            ),
+            (
+                Unregistered,
+                "loadBefore",
+                vec![i(1)],
+                Err(Error::Remote {
+                    class: "builtins.TypeError".into(),
+                    message: "loadBefore() takes 2 arguments but 1 were given".into(),
+                }),
+            ),
+            (
+                Unregistered,
+                "loadBefore",
+                vec![i(1), nil.clone()],
+                Err(first()),
+            ),
+            (
+                Registered,
+                "loadBefore",
+                vec![i(1), nil.clone()],
+                Err(wrong("oid", "1")),
+            ),
+            (Unregistered, "new_oids", vec![s("x")], Err(first())),
+            (
+                ReadOnlySession,
+                "new_oids",
+                vec![s("x")],
+                Err(Error::ReadOnly),
+            ),
+            (
+                Registered,
+                "new_oids",
+                vec![s("x")],
+                Err(wrong("n", "\"x\"")),
+            ),
+            (Registered, "new_oids", vec![i(3)], run.clone()),
+            (
+                Registered,
+                "register",
+                vec![i(5), nil.clone()],
+                Err(Error::Value("duplicate register() call".into())),
+            ),
+            (
+                Unregistered,
+                "register",
+                vec![i(5), nil.clone()],
+                Err(wrong("storage_id", "5")),
+            ),
+            (
+                Unregistered,
+                "tpc_begin",
+                vec![s("t1"), i(1), i(2), nil.clone()],
+                Err(first()),
+            ),
+            (
+                ReadOnlyStorage,
+                "tpc_begin",
+                vec![s("t1"), i(1), i(2), nil.clone()],
+                Err(Error::ReadOnly),
+            ),
+            (
+                InTxn,
+                "tpc_begin",
+                vec![s("t1"), i(1), i(2), nil.clone()],
+                Ok("answered"),
+            ),
+            (
+                InTxn,
+                "tpc_begin",
+                vec![s("t2"), i(1), i(2), nil.clone()],
+                Err(txn_error(
+                    "Multiple simultaneous tpc_begin requests from one client.",
+                )),
+            ),
+            (
+                Registered,
+                "tpc_begin",
+                vec![s("t1"), i(1), i(2), nil.clone()],
+                Err(wrong("user", "1")),
+            ),
+            (
+                Registered,
+                "tpc_begin",
+                vec![s("t1"), s("u"), s("d"), nil.clone()],
+                run.clone(),
+            ),
+            (
+                Registered,
+                "storea",
+                vec![nil.clone(), nil.clone(), nil.clone(), s("t1")],
+                Err(txn_error("no current transaction: storea()")),
+            ),
+            (
+                InTxn,
+                "storea",
+                vec![nil.clone(), nil.clone(), nil.clone(), s("t2")],
+                Err(txn_error(
+                    "storea(\"t2\") invalid; current transaction = \"t1\"",
+                )),
+            ),
+            (
+                ReadOnlyInTxn,
+                "storea",
+                vec![nil.clone(), nil.clone(), nil.clone(), s("t1")],
+                Err(Error::ReadOnly),
+            ),
+            (
+                InTxn,
+                "storea",
+                vec![nil.clone(), nil.clone(), nil.clone(), s("t1")],
+                Err(wrong("oid", "nil")),
+            ),
+            (
+                InTxn,
+                "undoa",
+                vec![s("not an id"), s("t2")],
+                Err(txn_error(
+                    "undoa(\"t2\") invalid; current transaction = \"t1\"",
+                )),
+            ),
+            (
+                Unregistered,
+                "storeBlobShared",
+                vec![nil.clone(), nil.clone(), nil.clone(), nil.clone(), s("t1")],
+                Err(first()),
+            ),
+            (
+                Registered,
+                "storeBlobShared",
+                vec![nil.clone(), nil.clone(), nil.clone(), nil.clone(), s("t1")],
+                Err(txn_error("no current transaction: storeBlobShared()")),
+            ),
+            (Unregistered, "iterator_start", vec![i(1)], Err(first())),
+            (
+                Registered,
+                "iterator_start",
+                vec![i(1)],
+                Err(wrong("start", "1")),
+            ),
+            (
+                Unregistered,
+                "iterator_next",
+                vec![s("x")],
+                Err(wrong("iid", "\"x\"")),
+            ),
+            (
+                Unregistered,
+                "storeBlobChunk",
+                vec![i(5)],
+                Err(wrong("chunk", "5")),
+            ),
+            // vote and tpc_finish check the transaction themselves.
+            (Unregistered, "vote", vec![s("t9")], run.clone()),
+            (Registered, "tpc_finish", vec![s("t9")], run.clone()),
+        ];
+        for (g, method, args, want) in cases {
+            let (sess, mut st) = given(g);
+            let msg = Message {
+                msgid: Value::from(1),
+                flags: 0,
+                method: method.into(),
+                args: Value::Array(args.clone()),
+            };
+            let ordered = methods::lookup(method).map(|m| m.kind) != Some(Kind::Concurrent);
+            let got = admit(&sess, ordered.then_some(&mut st), &msg).map(|a| match a {
+                Admitted::Run(_) => "run",
+                Admitted::Answered(_) => "answered",
+            });
+            assert_eq!(got, want, "{g:?} {method}{args:?}");
+        }
+    }
 }

@@ -8,9 +8,10 @@
 //!    against [`methods`] and hands it to the pool as a `Job` — concurrent
 //!    reads directly, transaction messages through the session's ordered
 //!    queue (`session`).
-//! 2. A worker (`zeoraid-worker-N`, `worker`) decodes the call once into a
-//!    typed `request::Request` ([`methods`]' table pairs each name with its
-//!    decoder), runs its handler (`handlers`) against the
+//! 2. A worker (`zeoraid-worker-N`, `worker`) checks what the method
+//!    needs of the session and decodes the call once into a typed
+//!    `request::Request` ([`methods`]' table gives both for each name),
+//!    runs its handler (`handlers`) against the
 //!    [`crate::storage::Storage`] and sends the reply back as an `Out`
 //!    over a channel, waking the loop with a mio `Waker`.
 //! 3. `io` writes it out, buffering when the socket is full.

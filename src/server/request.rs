@@ -3,11 +3,13 @@
 //!
 //! Each method has one decoder here, named after it; the method table
 //! ([`super::methods::METHODS`]) pairs it with the method's name, arity and
-//! scheduling, and [`super::methods::decode`] checks the arity before the
-//! decoder runs, so a decoder may index its arguments. Decoders are pure:
-//! they look at the arguments only, never at the session or the storage.
-//! Arguments are decoded in the order the handlers always read them, so
-//! a call with several bad arguments names the same one.
+//! scheduling, and the arity is checked before the decoder runs
+//! ([`super::methods::check`]), so a decoder may index its arguments.
+//! Decoders are pure: they look at the arguments only, never at the session
+//! or the storage (what a method needs of the session is checked before
+//! its decoder runs, [`super::methods::Needs`]). Arguments are decoded in
+//! the order the handlers always read them, so a call with several bad
+//! arguments names the same one.
 //!
 //! A request borrows from its message (transaction ids, blob chunks,
 //! `undoInfo`'s filter), so nothing is copied twice.

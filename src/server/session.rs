@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+/// A session's ordered messages waiting for a worker, and whether one is
+/// scheduled to drain them or they wait on a parked vote.
 #[derive(Default)]
 pub(super) struct Queue {
     /// Ordered messages and their frame sizes.

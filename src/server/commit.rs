@@ -2,22 +2,21 @@
 //! commit lock, merging conflicts on the server when a resolver is
 //! configured, keeping the lock while the client resolves the rest) and
 //! `tpc_finish` (answered before the lock passes on, or handed to the
-//! commit thread for group commit), and the announcement of a committed
-//! transaction to every other client.
+//! commit thread for group commit, [`super::committer`], which also
+//! announces a committed transaction to every other client).
 
 use super::commit_lock::Acquire;
-use super::committer::{Finished, Msg as CommitMsg};
+use super::committer::{announce, Finished, Msg as CommitMsg};
 use super::session::{check_txn, release_lock, Flow, Session, State};
 use super::status::info_message;
 use super::wire::{conflict_value, oids_value};
-use super::{lock, ConnId, Out, Shared, StorageEntry};
-use crate::locks::{read, write};
+use super::{lock, Out, Shared, StorageEntry};
+use crate::locks::write;
 use crate::storage::{Error, Oid, Op, Result, Tid, Txn, Vote};
 use crate::zeo::message::{self, tid_value, Message};
 use rmpv::Value;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Instant;
 
 /// Keep only the last store of each oid: after client-side conflict
@@ -223,13 +222,20 @@ fn wait_published(entry: &StorageEntry, committed: Option<Tid>) {
 /// How long a conflicting vote waits for the transaction it conflicts with.
 const PUBLISH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-pub(super) fn vote(shared: &Shared, sess: &Session, st: &mut State, msg: &Message) -> Flow {
-    let a = msg.arg_list();
+/// `vote(id)`: run now if the commit lock is free, else park the session's
+/// queue until [`super::commit_lock`] hands the lock over.
+pub(super) fn vote(
+    shared: &Shared,
+    sess: &Session,
+    st: &mut State,
+    msg: &Message,
+    id: &Value,
+) -> Flow {
     let entry = match sess.entry() {
         Ok(e) => e.clone(),
         Err(e) => return Flow::Reply(Err(e)),
     };
-    match check_txn(sess, st, &a[0], "vote") {
+    match check_txn(sess, st, id, &msg.method) {
         Err(e) => return Flow::Reply(Err(e)),
         // Voted already: the storage holds it prepared; voting again would
         // ask the storage to prepare a second time.
@@ -262,8 +268,16 @@ pub(super) fn vote(shared: &Shared, sess: &Session, st: &mut State, msg: &Messag
     }
 }
 
-pub(super) fn finish(shared: &Shared, sess: &Session, st: &mut State, msg: &Message) -> Flow {
-    match finish_txn(shared, sess, st, msg) {
+/// `tpc_finish(id)`: answered as it completes (see [`finish_txn`]); only
+/// an error is left for the caller to answer.
+pub(super) fn finish(
+    shared: &Shared,
+    sess: &Session,
+    st: &mut State,
+    msg: &Message,
+    id: &Value,
+) -> Flow {
+    match finish_txn(shared, sess, st, msg, id) {
         Ok(()) => Flow::Done,
         Err(e) => Flow::Reply(Err(e)),
     }
@@ -272,13 +286,15 @@ pub(super) fn finish(shared: &Shared, sess: &Session, st: &mut State, msg: &Mess
 /// `tpc_finish`. Success is answered here, before the commit lock passes
 /// on, or by the commit thread once durable ([`super::committer`]); an
 /// error is returned for the caller to answer.
-fn finish_txn(shared: &Shared, sess: &Session, st: &mut State, msg: &Message) -> Result<()> {
+fn finish_txn(
+    shared: &Shared,
+    sess: &Session,
+    st: &mut State,
+    msg: &Message,
+    id: &Value,
+) -> Result<()> {
     let entry = sess.entry()?.clone();
-    let a = msg.arg_list();
-    let id = a
-        .first()
-        .ok_or_else(|| Error::Value("tpc_finish needs a transaction".into()))?;
-    let t = check_txn(sess, st, id, "tpc_finish")?;
+    let t = check_txn(sess, st, id, &msg.method)?;
     if !t.locked {
         if let Some(&(oid, committed, read)) = t.conflicts.first() {
             log::info!(
@@ -361,40 +377,11 @@ fn finish_txn(shared: &Shared, sess: &Session, st: &mut State, msg: &Message) ->
     Ok(())
 }
 
-/// A transaction became visible: count it, remember its invalidations for
-/// `getInvalidations` and send them to every other client of the storage.
-/// The caller holds the write side of the storage's visibility lock around
-/// making the transaction visible and this: every load reply is queued
-/// either before both (old state, then the invalidation) or after both (new
-/// state). Without it a client can cache a stale state as current (ZEO
-/// issue #155, ZODB's test_race_load_vs_external_invalidate).
-pub(super) fn announce(
-    shared: &Shared,
-    entry: &StorageEntry,
-    committer: ConnId,
-    tid: Tid,
-    invalidated: &[Oid],
-) {
-    entry.stats.commits.fetch_add(1, Ordering::Relaxed);
-    lock(&entry.invq).push(tid, invalidated.to_vec());
-    let others: Vec<ConnId> = read(&entry.clients)
-        .iter()
-        .copied()
-        .filter(|c| *c != committer)
-        .collect();
-    if !others.is_empty() {
-        let inv = message::encode_oneway(
-            "invalidateTransaction",
-            vec![tid_value(tid), oids_value(invalidated)],
-        );
-        shared.send(Out::Broadcast(others, Arc::new(inv)));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::storage::Data;
+    use std::sync::Arc;
 
     #[test]
     fn compact_keeps_last_store_per_oid() {

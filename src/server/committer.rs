@@ -13,17 +13,52 @@
 //!
 //! Nothing is acknowledged before it is durable. When durability fails the
 //! whole batch gets the error and the storage refuses later commits.
+//!
+//! [`announce`], which every commit ends with (here, or on the worker for a
+//! storage without group commit), sends a visible transaction's
+//! invalidations to the storage's other clients.
 
-use super::commit::announce;
-use super::session::guarded;
+use super::guard::guarded;
 use super::status::info_message;
-use super::{ConnId, Out, Shared, StorageEntry};
+use super::wire::oids_value;
+use super::{lock, ConnId, Out, Shared, StorageEntry};
 use crate::handoff::Receiver;
-use crate::locks::write;
+use crate::locks::{read, write};
 use crate::storage::{Oid, Tid};
 use crate::zeo::message::{self, tid_value};
 use rmpv::Value;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+
+/// A transaction became visible: count it, remember its invalidations for
+/// `getInvalidations` and send them to every other client of the storage.
+/// The caller holds the write side of the storage's visibility lock around
+/// making the transaction visible and this: every load reply is queued
+/// either before both (old state, then the invalidation) or after both (new
+/// state). Without it a client can cache a stale state as current (ZEO
+/// issue #155, ZODB's test_race_load_vs_external_invalidate).
+pub(super) fn announce(
+    shared: &Shared,
+    entry: &StorageEntry,
+    committer: ConnId,
+    tid: Tid,
+    invalidated: &[Oid],
+) {
+    entry.stats.commits.fetch_add(1, Ordering::Relaxed);
+    lock(&entry.invq).push(tid, invalidated.to_vec());
+    let others: Vec<ConnId> = read(&entry.clients)
+        .iter()
+        .copied()
+        .filter(|c| *c != committer)
+        .collect();
+    if !others.is_empty() {
+        let inv = message::encode_oneway(
+            "invalidateTransaction",
+            vec![tid_value(tid), oids_value(invalidated)],
+        );
+        shared.send(Out::Broadcast(others, Arc::new(inv)));
+    }
+}
 
 /// A logged transaction waiting to be made durable and acknowledged.
 pub(crate) struct Finished {

@@ -13,9 +13,9 @@
 use super::refusals::{host_of, suppressed_note, Refusals, Verdict};
 use super::session::{self, Session};
 use super::transport::{tls_failure, Listener, Transport};
+use super::worker;
 use super::{methods, ConnId, Job, Out, Shared};
 use crate::locks::write;
-use crate::storage;
 use crate::zeo::frame::{FrameDecoder, FrameError};
 use crate::zeo::message::{self, Message};
 use crate::zeo::PROTOCOL;
@@ -403,14 +403,7 @@ impl Loop {
                     self.close(id);
                 } else {
                     log::warn!("{}: {refusal}", conn.peer);
-                    let class = match refusal {
-                        methods::Refusal::Unknown(_) => "builtins.AttributeError",
-                        methods::Refusal::Arity { .. } => "builtins.TypeError",
-                    };
-                    let err = storage::Error::Remote {
-                        class: class.into(),
-                        message: refusal.to_string(),
-                    };
+                    let err = refusal.error();
                     conn.outq
                         .push_back(OutFrame::new(Payload::Owned(message::encode_error(
                             &msg.msgid, &err,
@@ -422,15 +415,15 @@ impl Loop {
         };
         let session = conn.session.clone();
         if method.kind == methods::Kind::Concurrent && session.is_registered() {
-            if session.reads_never_block() && methods::is_point_read(&msg.method) {
+            if session.reads_never_block() && method.point_read {
                 // In-memory point reads: answering here saves two thread
                 // hand-offs per request.
-                match session::run_inline(&self.shared, &session, &msg) {
+                match worker::run_inline(&self.shared, &session, &msg) {
                     Ok(Some(payload)) => self.queue(id, Payload::Owned(payload)),
                     Ok(None) => {}
                     Err(()) => self.close(id),
                 }
-            } else if let Some(payload) = session::try_load_inline(&session, &msg) {
+            } else if let Some(payload) = worker::try_load_inline(&session, &msg) {
                 // A file storage load the page cache could answer at once.
                 self.queue(id, Payload::Owned(payload));
             } else {

@@ -5,6 +5,16 @@
 //! stateless reads and may run on any worker at once (a ZODB client shares
 //! one connection between all its threads, so loads must not queue behind
 //! each other or behind a parked vote).
+//!
+//! Each row also says what the method needs of its session ([`Needs`]) and
+//! names its decoder (`super::request`): a call is refused for its name or
+//! arity first, then for what the session lacks, then for its arguments'
+//! types (`handlers::admit`). The table is the only list of method names:
+//! the handlers match on the decoded request.
+
+use super::request::{self as r, Decode, Request};
+use crate::storage::Error;
+use crate::zeo::message::Message;
 
 /// How a method is scheduled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,79 +23,168 @@ pub enum Kind {
     Concurrent,
 }
 
-/// One row of the table.
+/// What a method needs of its session. It is checked after the name and
+/// arity and before the arguments' types, so a call that is both out of
+/// place and malformed is refused for being out of place (the order in
+/// which ZEO's server, and zeoraid's handlers always, looked).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// Nothing: its handler decides.
+    Nothing,
+    /// A registered storage (else "register() must be called first").
+    Storage,
+    /// A registered storage the session may write to (else ReadOnlyError).
+    Writable,
+    /// No registered storage yet (else "duplicate register() call").
+    NoStorage,
+    /// The current transaction, named by argument `n`, in a session that
+    /// may write (else ReadOnlyError or StorageTransactionError).
+    Txn(usize),
+    /// A registered storage, then [`Needs::Txn`].
+    StorageTxn(usize),
+    /// A writable storage and no other transaction (`tpc_begin`); a repeat
+    /// of the current transaction's `tpc_begin` is answered at once.
+    NewTxn,
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, Copy)]
 pub struct Method {
     pub name: &'static str,
     pub min_args: usize,
     pub max_args: usize,
     pub kind: Kind,
+    /// A point read: cheap, bounded work that may run on the event loop
+    /// itself when the storage's reads never block.
+    pub point_read: bool,
+    pub needs: Needs,
+    /// The method's arguments to its typed request ([`super::request`]).
+    pub(crate) decode: Decode,
 }
 
-const fn m(name: &'static str, min_args: usize, max_args: usize, kind: Kind) -> Method {
+const fn m(
+    name: &'static str,
+    min_args: usize,
+    max_args: usize,
+    kind: Kind,
+    needs: Needs,
+    decode: Decode,
+) -> Method {
     Method {
         name,
         min_args,
         max_args,
         kind,
+        point_read: false,
+        needs,
+        decode,
     }
 }
 
+/// A concurrent read of the registered storage.
+const fn read(name: &'static str, min_args: usize, max_args: usize, decode: Decode) -> Method {
+    m(name, min_args, max_args, Concurrent, Storage, decode)
+}
+
+/// A concurrent read that is a point read.
+const fn point(name: &'static str, min_args: usize, max_args: usize, decode: Decode) -> Method {
+    Method {
+        point_read: true,
+        ..read(name, min_args, max_args, decode)
+    }
+}
+
+/// An ordered method.
+const fn ordered(
+    name: &'static str,
+    min_args: usize,
+    max_args: usize,
+    needs: Needs,
+    decode: Decode,
+) -> Method {
+    m(name, min_args, max_args, Ordered, needs, decode)
+}
+
 use Kind::*;
+use Needs::*;
 
 /// Every method we answer (ZEO's `registered_methods` plus `register`).
 pub const METHODS: &[Method] = &[
-    m("register", 2, 3, Ordered),
-    m("get_info", 0, 0, Concurrent),
-    m("get_size_info", 0, 0, Concurrent),
-    m("lastTransaction", 0, 0, Concurrent),
-    m("loadBefore", 2, 2, Concurrent),
-    m("loadSerial", 2, 2, Concurrent),
-    m("getTid", 1, 1, Concurrent),
-    m("history", 1, 2, Concurrent),
-    m("new_oids", 0, 1, Concurrent),
-    m("new_oid", 0, 0, Concurrent),
-    m("getInvalidations", 1, 1, Concurrent),
-    m("pack", 1, 2, Concurrent),
-    m("undoInfo", 0, 3, Concurrent),
-    m("undoLog", 0, 2, Concurrent),
-    m("record_iternext", 0, 1, Concurrent),
-    m("ping", 0, 0, Concurrent),
-    m("server_status", 0, 0, Concurrent),
-    m("tpc_begin", 4, 6, Ordered),
-    m("storea", 4, 4, Ordered),
-    m("deleteObject", 3, 3, Ordered),
-    m("checkCurrentSerialInTransaction", 3, 3, Ordered),
-    m("restorea", 5, 5, Ordered),
-    m("undoa", 2, 2, Ordered),
-    m("vote", 1, 1, Ordered),
-    m("tpc_finish", 1, 1, Ordered),
-    m("tpc_abort", 1, 1, Ordered),
-    m("iterator_start", 0, 2, Ordered),
-    m("iterator_next", 1, 1, Ordered),
-    m("iterator_record_start", 2, 2, Ordered),
-    m("iterator_record_next", 1, 1, Ordered),
-    m("iterator_gc", 1, 1, Ordered),
-    m("set_client_label", 1, 1, Ordered),
-    m("storeBlobStart", 0, 0, Ordered),
-    m("storeBlobChunk", 1, 1, Ordered),
-    m("storeBlobEnd", 4, 4, Ordered),
-    m("storeBlobShared", 5, 5, Ordered),
-    m("sendBlob", 2, 2, Concurrent),
+    ordered("register", 2, 3, NoStorage, r::register),
+    read("get_info", 0, 0, r::get_info),
+    point("get_size_info", 0, 0, r::get_size_info),
+    point("lastTransaction", 0, 0, r::last_transaction),
+    point("loadBefore", 2, 2, r::load_before),
+    point("loadSerial", 2, 2, r::load_serial),
+    point("getTid", 1, 1, r::get_tid),
+    read("history", 1, 2, r::history),
+    m("new_oids", 0, 1, Concurrent, Writable, r::new_oids),
+    m("new_oid", 0, 0, Concurrent, Writable, r::new_oid),
+    read("getInvalidations", 1, 1, r::get_invalidations),
+    read("pack", 1, 2, r::pack),
+    read("undoInfo", 0, 3, r::undo_info),
+    read("undoLog", 0, 2, r::undo_log),
+    read("record_iternext", 0, 1, r::record_iternext),
+    point("ping", 0, 0, r::ping),
+    read("server_status", 0, 0, r::server_status),
+    ordered("tpc_begin", 4, 6, NewTxn, r::tpc_begin),
+    ordered("storea", 4, 4, Txn(3), r::storea),
+    ordered("deleteObject", 3, 3, Txn(2), r::delete_object),
+    ordered(
+        "checkCurrentSerialInTransaction",
+        3,
+        3,
+        Txn(2),
+        r::check_current_serial_in_transaction,
+    ),
+    ordered("restorea", 5, 5, Txn(4), r::restorea),
+    ordered("undoa", 2, 2, Txn(1), r::undoa),
+    ordered("vote", 1, 1, Nothing, r::vote),
+    ordered("tpc_finish", 1, 1, Nothing, r::tpc_finish),
+    ordered("tpc_abort", 1, 1, Nothing, r::tpc_abort),
+    ordered("iterator_start", 0, 2, Storage, r::iterator_start),
+    ordered("iterator_next", 1, 1, Nothing, r::iterator_next),
+    ordered(
+        "iterator_record_start",
+        2,
+        2,
+        Nothing,
+        r::iterator_record_start,
+    ),
+    ordered(
+        "iterator_record_next",
+        1,
+        1,
+        Nothing,
+        r::iterator_record_next,
+    ),
+    ordered("iterator_gc", 1, 1, Nothing, r::iterator_gc),
+    ordered("set_client_label", 1, 1, Nothing, r::set_client_label),
+    ordered("storeBlobStart", 0, 0, Nothing, r::store_blob_start),
+    ordered("storeBlobChunk", 1, 1, Nothing, r::store_blob_chunk),
+    ordered("storeBlobEnd", 4, 4, Txn(3), r::store_blob_end),
+    ordered("storeBlobShared", 5, 5, StorageTxn(4), r::store_blob_shared),
+    read("sendBlob", 2, 2, r::send_blob),
 ];
 
-/// Point reads: cheap, bounded work that may run on the event loop itself
-/// when the storage's reads never block.
+/// Point reads (the table's `point_read`): cheap, bounded work that may run
+/// on the event loop itself when the storage's reads never block.
 pub fn is_point_read(name: &str) -> bool {
-    matches!(
-        name,
-        "loadBefore" | "loadSerial" | "getTid" | "lastTransaction" | "ping" | "get_size_info"
-    )
+    lookup(name).is_some_and(|m| m.point_read)
 }
 
 /// Look a method up by name.
 pub fn lookup(name: &str) -> Option<&'static Method> {
     METHODS.iter().find(|m| m.name == name)
+}
+
+/// Decode a call into its typed request: the name and arity checked
+/// ([`check`]; refused as [`Refusal::error`]), then the arguments' types by
+/// the method's decoder.
+pub(crate) fn decode(msg: &Message) -> Result<Request<'_>, Error> {
+    let args = msg.arg_list();
+    let method = check(&msg.method, args.len()).map_err(|r| r.error())?;
+    (method.decode)(args)
 }
 
 /// Why a call cannot be dispatched.
@@ -119,6 +218,22 @@ impl std::fmt::Display for Refusal {
                 f,
                 "{name}() takes {min} to {max} arguments but {given} were given"
             ),
+        }
+    }
+}
+
+impl Refusal {
+    /// The error a refused call is answered with, as ZEO's server raises
+    /// it: `AttributeError` for an unknown method, `TypeError` for a wrong
+    /// number of arguments.
+    pub fn error(&self) -> Error {
+        let class = match self {
+            Refusal::Unknown(_) => "builtins.AttributeError",
+            Refusal::Arity { .. } => "builtins.TypeError",
+        };
+        Error::Remote {
+            class: class.into(),
+            message: self.to_string(),
         }
     }
 }
@@ -165,6 +280,15 @@ mod tests {
         for (name, n, want) in cases {
             let got = check(name, *n).map(|m| m.kind).map_err(|r| r.to_string());
             assert_eq!(got, want.map_err(str::to_string), "{name}/{n}");
+        }
+    }
+
+    #[test]
+    fn a_named_transaction_is_an_argument_every_call_has() {
+        for m in METHODS {
+            if let Txn(n) | StorageTxn(n) = m.needs {
+                assert!(n < m.min_args, "{}", m.name);
+            }
         }
     }
 

@@ -4,34 +4,65 @@
 //!
 //! Flow of a request:
 //! 1. `io` (thread `zeoraid-io`) reads bytes, cuts frames, answers the
-//!    handshake, decodes messages and hands them to the pool as `Job`s —
-//!    concurrent reads directly, transaction messages through the session's
-//!    ordered queue (`session`).
-//! 2. A worker (`zeoraid-worker-N`) runs the method against the
+//!    handshake, decodes messages, checks each call's name and arity
+//!    against [`methods`] and hands it to the pool as a `Job` — concurrent
+//!    reads directly, transaction messages through the session's ordered
+//!    queue (`session`).
+//! 2. A worker (`zeoraid-worker-N`, `worker`) checks what the method
+//!    needs of the session and decodes the call once into a typed
+//!    `request::Request` ([`methods`]' table gives both for each name),
+//!    runs its handler (`handlers`) against the
 //!    [`crate::storage::Storage`] and sends the reply back as an `Out`
 //!    over a channel, waking the loop with a mio `Waker`.
 //! 3. `io` writes it out, buffering when the socket is full.
 //!
 //! A session's two-phase commit (vote, the conflict hold, finish) is in
-//! `commit`. Decisions live in pure modules: [`methods`] (dispatch table),
+//! `commit`; group commit's durable half and the announcement of a
+//! committed transaction in `committer`. Decisions live in pure modules:
+//! [`methods`] (the method table), `request` (argument decoding),
 //! [`commit_lock`] (who holds the lock, who is next), [`invalidations`]
 //! (bounded history for `getInvalidations`). `wire` shapes values as ZEO's
 //! Python side expects them; `status` answers `get_info`, `server_status`
 //! and `ruok`.
+//!
+//! Layering (`a ──► b`: `a` imports `b`; no arrow points back up, so
+//! there is no import circle):
+//!
+//! ```text
+//! io        ──► worker, session, methods
+//! worker    ──► handlers, commit, session, methods, guard
+//! handlers  ──► commit, session, methods, request
+//! commit    ──► committer, session
+//! committer ──► guard
+//! methods   ──► request ──► wire
+//! session   ──► (nothing above: the state of a connection)
+//! ```
+//!
+//! `worker` is the loop (queues drained, panics caught by `guard`, votes
+//! parked and resumed); `handlers` run the methods; `commit` is `vote` and
+//! `tpc_finish`; `committer` group commit and `announce`; `session` holds
+//! `Session`, `Queue`, `State`, `TxnState`, `Flow` and the helpers every
+//! layer uses (`check_txn`, `release_lock`). All of them may use this
+//! module's shared types (`Shared`, `StorageEntry`, `Job`, `Out`) and the
+//! pure modules.
 
 pub(crate) mod blobs;
 mod commit;
 pub mod commit_lock;
 mod committer;
+mod guard;
+mod handlers;
 pub mod invalidations;
 mod io;
 pub mod methods;
 mod refusals;
+mod request;
 mod session;
 mod status;
 mod transport;
 mod watchdog;
 mod wire;
+mod worker;
 
 use crate::handoff::{self, Receiver, Sender};
 use crate::locks::read;
@@ -304,7 +335,7 @@ impl Server {
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("zeoraid-worker-{i}"))
-                    .spawn(move || session::worker(shared, rx))?,
+                    .spawn(move || worker::run(shared, rx))?,
             );
         }
         let mut committers = Vec::new();

@@ -8,7 +8,7 @@
 //! times a second: on two cores under 8 committing clients the spinning
 //! and yielding was an eighth of an array's CPU (`perf record
 //! --call-graph dwarf` during `cargo bench --bench offsite -- commit`:
-//! crossbeam's `Backoff::snooze` in `session::worker` and the committer),
+//! crossbeam's `Backoff::snooze` in `worker::run` and the committer),
 //! and every yield hands the core to whatever else is runnable — an
 //! off-site shipper at idle priority, say. This queue sleeps at once (a
 //! futex, through the standard mutex and condition variable), and a send

@@ -6,27 +6,51 @@
 //!
 //! ## A tour of the layers
 //!
-//! Each layer knows only the ones below it.
+//! Each layer imports only the ones above it in this list (no arrow points
+//! back up; the leaves at the top import nothing of the crate):
 //!
+//! - [`net`] (leaf): addresses (host:port or a Unix socket path), TLS
+//!   files to rustls configurations, Unix socket files.
+//! - [`status`] (leaf): the status document's types, shared by whoever
+//!   writes it (server, array) and whoever reads it (admin, `ctl`).
 //! - [`storage`]: the ZODB storage contract as the [`storage::Storage`]
 //!   trait (load, two-phase commit, undo, iteration, pack), its value
 //!   types, and the storages zeoraid serves: [`storage::memory`] and
 //!   [`storage::file`] (ZODB's own `Data.fs` format, interchangeable with
 //!   Python's FileStorage). [`storage::commit`] and [`storage::load`] use
-//!   any storage in-process.
+//!   any storage in-process. Imports `status`.
 //! - [`zeo`]: the ZEO 5 wire protocol and a client,
 //!   [`zeo::client::Client`], which is itself a `Storage` (a remote ZEO
-//!   server, Python `runzeo` or zeoraid, used like a local one).
+//!   server, Python `runzeo` or zeoraid, used like a local one). Imports
+//!   `storage`, `net`.
+//! - `server` (internal): the ZEO server — a mio event loop, a worker
+//!   pool, sessions, typed requests, the commit lock and group commit —
+//!   serving any `Storage`. Imports `zeo`, `storage`, `net`, `status`.
 //! - [`raid`]: the RAID-1 array, [`raid::RaidStorage`]: a `Storage` over
 //!   several backends (files, memory, ZEO servers) that mirrors every
 //!   transaction onto all of them in parallel, spreads reads, degrades a
 //!   failing backend and recovers it online; off-site mirrors trail over
-//!   slow links.
-//! - [`config`]: the configuration, from TOML or built in code, and
-//!   [`open`], which turns a [`config::StorageConfig`] into a storage.
+//!   slow links. Its decisions are pure functions in [`raid::state`].
+//!   Imports `zeo`, `storage`, `status`; knows nothing of the config (it
+//!   persists a description of added backends its opener gives it).
+//! - [`config`]: the configuration, from TOML or built in code. Imports
+//!   `raid`'s and `server`'s option types, `zeo`'s, `net`.
+//! - [`open`]: turns a [`config::StorageConfig`] into a storage, and an
+//!   array's typed handle for its operators ([`open::Opened`]); what a
+//!   reload changes ([`open::members`]). Imports `config`, `raid`,
+//!   `storage`, `zeo`.
+//! - `admin` (internal, feature `admin`): the admin HTTP listener,
+//!   `zeoraid ctl`, the status rendered as a Nagios line, a table and
+//!   Prometheus text. Imports `open`, `config`, `raid`, `server`,
+//!   `status`, `net`.
 //! - [`Zeoraid`]: one running server — its storages, the ZEO listener and
-//!   (feature `admin`) the admin listener — started from a
-//!   [`config::Config`], stopped by its owner.
+//!   the admin listener — started from a [`config::Config`], stopped by
+//!   its owner. Then the `zeoraid` binary (`src/main.rs`), a thin command
+//!   line over it.
+//!
+//! Two small helpers sit beside the leaves: `locks` (poison-tolerant lock
+//! guards) and `handoff` (the workers' wait queue). `tests/layers.rs`
+//! checks this order on the source: an import that points up fails it.
 //!
 //! ## Serving ZEO clients from a program
 //!
@@ -65,8 +89,9 @@
 //! ## The public API
 //!
 //! The documented items — [`Zeoraid`], [`Stopper`], [`StartError`],
-//! [`config`], [`open`], [`storage`], [`raid::RaidStorage`] and its
-//! options, [`zeo::client`] and [`net`]'s address and TLS file types — are
+//! [`config`], [`open`], [`storage`], [`status`], [`raid::RaidStorage`]
+//! and its options, [`zeo::client`] and [`net`]'s address and TLS file
+//! types — are
 //! the API this crate keeps stable across minor releases. Modules hidden
 //! from these docs (the server's internals, the admin listener, the
 //! benchmark tool, lock helpers) are public only for the `zeoraid` binary,

@@ -11,9 +11,10 @@ use super::balance;
 use super::state::BackendState;
 use super::Core;
 use crate::locks::{lock, read, write};
+use crate::status::Role;
 use crate::storage::{Error, Result, Storage};
 use crate::zeo::client::{Client, ClientOptions, ServerEvent};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -172,6 +173,18 @@ pub(crate) struct Attempts {
     pub(crate) disabled: bool,
 }
 
+const ROLE_OPTIMAL: u8 = 0;
+const ROLE_DEGRADED: u8 = 1;
+const ROLE_RECOVERING: u8 = 2;
+
+fn role_code(r: Role) -> u8 {
+    match r {
+        Role::Optimal => ROLE_OPTIMAL,
+        Role::Degraded => ROLE_DEGRADED,
+        Role::Recovering => ROLE_RECOVERING,
+    }
+}
+
 /// One mirror and what the array knows of it.
 pub(crate) struct Backend {
     pub(crate) name: String,
@@ -184,7 +197,10 @@ pub(crate) struct Backend {
     pub(crate) reopen: Option<Reopen>,
     /// In process (file, memory): its calls are CPU, not round trips.
     pub(crate) local: bool,
-    pub(crate) state: RwLock<BackendState>,
+    /// Its role as `state::roles` last published it (`Role` as a byte):
+    /// read without a lock on every call. The roles own the state and the
+    /// reason; this is their view for the read and write paths.
+    role: AtomicU8,
     /// Moving average of call latency, microseconds (f64 bits).
     pub(crate) latency_us: AtomicU64,
     /// Every call's latency, for the metrics' histogram.
@@ -233,7 +249,7 @@ impl Backend {
             zeo,
             reopen: spec.reopen,
             local,
-            state: RwLock::new(state),
+            role: AtomicU8::new(role_code(state.role())),
             latency_us: AtomicU64::new(0f64.to_bits()),
             calls: Histogram::default(),
             reads: AtomicU64::new(0),
@@ -260,7 +276,24 @@ impl Backend {
     }
 
     pub(crate) fn is_optimal(&self) -> bool {
-        self.is_open() && !self.is_removed() && read(&self.state).is_optimal()
+        self.is_open() && !self.is_removed() && self.role() == Role::Optimal
+    }
+
+    /// Its role as last published.
+    pub(crate) fn role(&self) -> Role {
+        match self.role.load(Ordering::Acquire) {
+            ROLE_OPTIMAL => Role::Optimal,
+            ROLE_RECOVERING => Role::Recovering,
+            _ => Role::Degraded,
+        }
+    }
+
+    /// Take what the roles say of it (the shell, after each step).
+    pub(crate) fn publish(&self, state: &BackendState, removed: bool) {
+        self.role.store(role_code(state.role()), Ordering::Release);
+        if removed {
+            self.removed.store(true, Ordering::Release);
+        }
     }
 
     /// Taken out of the array at runtime (its slot stays).

@@ -15,10 +15,11 @@
 use super::backend::{Backend, BackendSource, BackendSpec};
 use super::balance::ReadPolicy;
 use super::fanout::Mode;
+use super::state::roles::Event;
 use super::state::BackendState;
 use super::statefile::Recipe;
 use super::RaidStorage;
-use crate::locks::{lock, read};
+use crate::locks::lock;
 use crate::zeo::client::Client;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -75,7 +76,7 @@ impl RaidStorage {
             BackendSource::Local(s) => (Some(s.clone()), None),
             BackendSource::Unavailable(why) => (None, Some(why.clone())),
         };
-        let why = super::Reason::Added(problem);
+        let why = super::Reason::Added(problem.clone());
         let name = spec.name.clone();
         let b = Backend::new(spec, storage, BackendState::Degraded(why), true);
         let at = core
@@ -83,15 +84,11 @@ impl RaidStorage {
             .push(b)
             .ok_or_else(|| "no room for another backend".to_string())?;
         debug_assert_eq!(at, i);
-        {
-            let _g = lock(&core.states);
-            let mut m = lock(&core.members);
-            m.1.retain(|n| n != &name);
-            m.0.retain(|b| b.name() != Some(&name));
-            m.0.push(recipe);
-            drop(m);
-            core.save_state();
-        }
+        core.step(Event::Added {
+            name: name.clone(),
+            recipe,
+            problem,
+        });
         log::info!(
             "RAID array {:?}: backend {name:?} added; it is recovered before it serves \
              ({} backends now)",
@@ -111,7 +108,7 @@ impl RaidStorage {
         let _one_at_a_time = lock(&core.reconfig);
         let i = self.position(name)?;
         let b = &core.backends[i];
-        if matches!(*read(&b.state), BackendState::Recovering(_)) {
+        if b.role() == crate::status::Role::Recovering {
             return Err(format!(
                 "backend {name:?} is recovering; remove it when the recovery has ended (or \
                  disable it first)"
@@ -136,26 +133,23 @@ impl RaidStorage {
                 core.opts.min_optimal
             ));
         }
+        // Out of the optimal set at once, under the commit lock: no later
+        // vote chooses it. The roles (and the state file) take it next,
+        // outside the lock.
         b.removed.store(true, Ordering::Release);
         drop(g);
+        core.step(Event::Removed {
+            at: i,
+            added: b.added,
+        });
         // A transaction it logged before the lock passed on is made
         // durable and published on it before it is closed.
         if let super::state::inflight::Readiness::Logged(tid) = core.wait_ended(i) {
             log::warn!(
-                "RAID array {:?}: backend {name:?} is removed with transaction {tid} logged                  but not durable on it",
+                "RAID array {:?}: backend {name:?} is removed with transaction {tid} logged \
+                 but not durable on it",
                 core.opts.name
             );
-        }
-        {
-            let _g = lock(&core.states);
-            let mut m = lock(&core.members);
-            if b.added {
-                m.0.retain(|c| c.name() != Some(name));
-            } else if !m.1.iter().any(|n| n == name) {
-                m.1.push(name.to_string());
-            }
-            drop(m);
-            core.save_state();
         }
         // Closed and let go of (a file backend's lock is released, so the
         // same file can be added again).

@@ -210,8 +210,10 @@ pub(crate) struct Core {
     /// Packs in progress: backends pack at their own pace, so an object
     /// one has already collected is not evidence of a missing object then.
     packing: AtomicU64,
-    /// Serialises state changes and state-file writes.
-    states: Mutex<()>,
+    /// Each backend's role and the membership ([`state::roles`]): the
+    /// one place they change; each change's `Ready` (state file, log) is
+    /// carried out under this lock, in order.
+    roles: Mutex<state::roles::Roles>,
     group: bool,
     /// The array's own commit lock, from vote to finish or abort: a
     /// recovery takes it to copy the last transactions and rejoin.
@@ -229,8 +231,6 @@ pub(crate) struct Core {
     reconfig: Mutex<()>,
     /// `read-policy` (a reload may change it).
     read_policy: std::sync::atomic::AtomicU8,
-    /// Backends added and removed at runtime (the state file keeps them).
-    members: Mutex<(Vec<statefile::Recipe>, Vec<String>)>,
     /// Set when the array closes: recoveries stop, the supervisor ends.
     closing: std::sync::atomic::AtomicBool,
     closing_cv: (Mutex<()>, Condvar),
@@ -335,12 +335,24 @@ impl RaidStorage {
                         }
                         (None, None) => BackendState::Optimal,
                     };
-                    Backend::new(spec, storage, state, added)
+                    (Backend::new(spec, storage, state.clone(), added), state)
                 })
                 .collect::<Vec<_>>();
             let group = backends
                 .iter()
-                .all(|b| read(&b.storage).as_ref().is_some_and(|s| s.group_commit()));
+                .all(|(b, _)| read(&b.storage).as_ref().is_some_and(|s| s.group_commit()));
+            let roles = state::roles::Roles::new(
+                &opts.name,
+                opts.min_optimal,
+                opts.fail_mode,
+                backends
+                    .iter()
+                    .map(|(b, st)| (b.name.clone(), st.clone()))
+                    .collect(),
+                saved.added.clone(),
+                saved.removed.clone(),
+            );
+            let backends: Vec<Backend> = backends.into_iter().map(|(b, _)| b).collect();
             let capacity = backends.len() + EXTRA_BACKENDS;
             Core {
                 opts: opts.clone(),
@@ -354,7 +366,7 @@ impl RaidStorage {
                 next_oid: Mutex::new(0),
                 reads: AtomicU64::new(0),
                 packing: AtomicU64::new(0),
-                states: Mutex::new(()),
+                roles: Mutex::new(roles),
                 group,
                 gate: Mutex::new(Gate::default()),
                 gate_cv: Condvar::new(),
@@ -362,7 +374,6 @@ impl RaidStorage {
                 credit_cv: Condvar::new(),
                 busy: Mutex::new(None),
                 requests: Mutex::new(Default::default()),
-                members: Mutex::new((saved.added.clone(), saved.removed.clone())),
                 read_policy: std::sync::atomic::AtomicU8::new(opts.read_policy.code()),
                 reconfig: Mutex::new(()),
                 closing: std::sync::atomic::AtomicBool::new(false),
@@ -370,8 +381,8 @@ impl RaidStorage {
                 offsite: RwLock::new(Vec::new()),
             }
         });
-        for b in &core.backends {
-            if let Some(why) = read(&b.state).reason() {
+        for (i, b) in core.backends.iter().enumerate() {
+            if let Some(why) = core.state_of(i).reason() {
                 log::warn!(
                     "RAID array {:?}: backend {:?} starts degraded: {why}",
                     core.opts.name,
@@ -384,8 +395,8 @@ impl RaidStorage {
         // file) are on disk before anything is served: after a crash a
         // backend that missed this run's commits is never trusted alone.
         if core.optimal().len() < core.total() {
-            let _g = lock(&core.states);
-            core.persist().map_err(|e| {
+            let roles = lock(&core.roles);
+            core.persist(&roles.saved()).map_err(|e| {
                 format!("{e} (the array must remember its degraded backends before it serves)")
             })?;
         }
@@ -463,82 +474,69 @@ impl Core {
             .collect()
     }
 
-    /// Degrade backend `i` with `why` (idempotent), log it, persist it.
+    /// Degrade backend `i` with `why` (if it is optimal), log it,
+    /// persist it.
     fn degrade(&self, i: usize, why: Reason) {
-        let _g = lock(&self.states);
-        let b = &self.backends[i];
-        {
-            let mut st = write(&b.state);
-            if !st.is_optimal() {
-                return;
-            }
-            *st = BackendState::Degraded(why.clone());
-        }
-        b.errors.fetch_add(1, Ordering::Relaxed);
-        let left = self.optimal().len();
-        log::error!(
-            "RAID array {:?}: backend {:?} degraded: {why}; {left} of {} backends optimal, array {}",
-            self.opts.name,
-            b.name,
-            self.total(),
-            self.array_state()
-        );
-        if left < self.opts.min_optimal.max(1) {
-            log::error!(
-                "RAID array {:?} has failed: fewer than min-optimal = {} optimal backends; {}",
-                self.opts.name,
-                self.opts.min_optimal,
-                match self.opts.fail_mode {
-                    FailMode::Close => "every request is refused until backends are repaired and the server restarted",
-                    FailMode::ReadOnly => "it serves reads only (writes get ReadOnlyError) until backends are repaired",
-                }
-            );
-        }
-        self.save_state();
+        self.step(state::roles::Event::Failed { at: i, reason: why });
     }
 
-    fn save_state(&self) {
-        if let Err(e) = self.persist() {
-            log::error!(
-                "RAID array {:?}: {e}; a restart may trust a degraded backend again",
-                self.opts.name
-            );
-        }
-    }
-
-    /// Write every non-optimal backend and its reason to the state file.
-    fn persist(&self) -> std::result::Result<(), String> {
-        let Some(path) = &self.opts.state_file else {
-            return Ok(());
-        };
-        let mut saved = statefile::Saved::default();
-        {
-            let m = lock(&self.members);
-            saved.added = m.0.clone();
-            saved.removed = m.1.clone();
-        }
-        for b in self.backends.iter().filter(|b| !b.is_removed()) {
-            match &*read(&b.state) {
-                BackendState::Optimal => {}
-                BackendState::Degraded(why) => {
-                    saved.degraded.insert(b.name.clone(), why.to_string());
-                }
-                BackendState::Recovering(why) => {
-                    saved
-                        .degraded
-                        .insert(b.name.clone(), format!("recovery did not finish ({why})"));
-                }
+    /// Advance the roles by `event` and carry out its `Ready` under their
+    /// lock: publish each backend's role to the backend, count errors, log,
+    /// write the state file. Whether a role changed.
+    fn step(&self, event: state::roles::Event) -> bool {
+        use state::roles::Level;
+        let mut roles = lock(&self.roles);
+        let open = |i: usize| i < self.backends.len() && self.backends[i].is_open();
+        let ready = roles.step(event, open);
+        for (i, m) in roles.members().iter().enumerate() {
+            if i < self.backends.len() {
+                self.backends[i].publish(&m.state, m.removed);
             }
         }
-        statefile::save(path, &saved)
+        for &i in &ready.errors {
+            if i < self.backends.len() {
+                self.backends[i].errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        for (level, line) in &ready.log {
+            match level {
+                Level::Error => log::error!("{line}"),
+                Level::Warn => log::warn!("{line}"),
+                Level::Info => log::info!("{line}"),
+            }
+        }
+        if let Some(saved) = &ready.persist {
+            if let Err(e) = self.persist(saved) {
+                log::error!(
+                    "RAID array {:?}: {e}; a restart may trust a degraded backend again",
+                    self.opts.name
+                );
+            }
+        }
+        ready.changed
     }
 
+    /// Backend `i`'s state, with its reason, as the roles hold it.
+    fn state_of(&self, i: usize) -> BackendState {
+        lock(&self.roles).state(i)
+    }
+
+    /// Write `saved` to the state file (if the array has one).
+    fn persist(&self, saved: &statefile::Saved) -> std::result::Result<(), String> {
+        match &self.opts.state_file {
+            Some(path) => statefile::save(path, saved),
+            None => Ok(()),
+        }
+    }
+
+    /// The array's state from the roles the backends were last given
+    /// (lock-free: the read path asks it on every read).
     fn array_state(&self) -> state::ArrayState {
         let optimal = self.backends.iter().filter(|b| b.is_optimal()).count();
         let recovering = self
             .backends
             .iter()
-            .filter(|b| matches!(*read(&b.state), BackendState::Recovering(_)))
+            .filter(|b| !b.is_removed() && b.role() == crate::status::Role::Recovering)
             .count();
         state::array_state_of(optimal, recovering, self.total(), self.opts.min_optimal)
     }
@@ -839,10 +837,11 @@ impl Core {
         let backends = self
             .backends
             .iter()
-            .filter(|b| !b.is_removed())
-            .map(|b| {
+            .enumerate()
+            .filter(|(_, b)| !b.is_removed())
+            .map(|(i, b)| {
                 let attempts = lock(&b.attempts).clone();
-                let st = read(&b.state).clone();
+                let st = self.state_of(i);
                 let st = if !b.is_open() && st.is_optimal() {
                     BackendState::Degraded(Reason::NotOpen)
                 } else {

@@ -42,10 +42,12 @@
 //! after failures ([`super::state::recovery::next_to_recover`]). A target found
 //! diverged is left to the operator.
 
+use super::state::roles::Event;
 use super::state::{recovery as plan, Admission, BackendState, Credit, Reason, RecoveryError};
 use super::verify;
 use super::{Core, RaidStorage};
-use crate::locks::{lock, read};
+use crate::locks::lock;
+use crate::status::Role;
 use crate::storage::{timestamp, Error, Op, Storage, Tid, Txn, TxnRecord, Vote};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -248,7 +250,7 @@ impl RaidStorage {
         let core = &self.core;
         let i = self.position(name)?;
         let b = &core.backends[i];
-        match &*read(&b.state) {
+        match core.state_of(i) {
             BackendState::Optimal if b.is_open() => {
                 return Err(format!("backend {name:?} is optimal: nothing to recover"))
             }
@@ -406,10 +408,10 @@ fn supervise(weak: Weak<Core>) {
             .iter()
             .map(|b| {
                 let a = lock(&b.attempts).clone();
+                let role = b.role();
                 plan::Candidate {
                     degraded: !b.is_removed()
-                        && (matches!(*read(&b.state), BackendState::Degraded(_))
-                            || (!b.is_open() && read(&b.state).is_optimal())),
+                        && (role == Role::Degraded || (!b.is_open() && role == Role::Optimal)),
                     diverged: a.diverged || a.disabled,
                     since_attempt: a.last.map(|t| t.elapsed().as_secs_f64()),
                     failures: a.failures,
@@ -468,7 +470,7 @@ fn recover_now(
     if operator {
         lock(&b.attempts).disabled = false;
     }
-    let was = match &*read(&b.state) {
+    let was = match &core.state_of(i) {
         BackendState::Optimal if b.is_open() => {
             return Err(format!("backend {:?} is optimal: nothing to recover", b.name).into())
         }
@@ -497,13 +499,13 @@ fn recover_now(
         ),
         // It never started (the target or a source cannot be reached):
         // the backend keeps the reason it was degraded with.
-        Err(_) if !matches!(*read(&b.state), BackendState::Recovering(_)) => {}
+        Err(_) if b.role() != Role::Recovering => {}
         Err(why) => {
             b.errors.fetch_add(1, Ordering::Relaxed);
-            core.set_state(
-                i,
-                BackendState::Degraded(Reason::RecoveryFailed(why.to_string())),
-            );
+            core.step(Event::RecoveryFailed {
+                at: i,
+                why: why.to_string(),
+            });
             log::error!(
                 "RAID array {:?}: recovery of backend {:?} failed: {why}; it stays degraded",
                 core.opts.name,
@@ -542,7 +544,7 @@ fn attempt(core: &Arc<Core>, i: usize, force: bool, was: &Reason) -> Result<Repo
     });
     // Nothing of the array's may still be open on it (ended by the commit
     // path, or resolved now), and no vote may choose it from here on.
-    core.take_for_recovery(i, was)?;
+    core.take_for_recovery(i)?;
     log::info!(
         "RAID array {:?}: recovering backend {:?} from {:?} (it was degraded: {was})",
         core.opts.name,
@@ -873,7 +875,7 @@ impl Copier<'_> {
         b.note_attempt(&Ok(()));
         *lock(&core.credit) = None;
         core.credit_cv.notify_all();
-        core.set_state(i, BackendState::Optimal);
+        core.step(Event::Recovered { at: i });
         Ok(figures)
     }
 }

@@ -13,9 +13,8 @@
 //! reconnecting or reopening the backend before it reads its position.
 
 use super::state::inflight::{FinishEnd, FinishPlan, Readiness, VoteEnd};
-use super::state::BackendState;
 use super::Core;
-use crate::locks::{lock, write};
+use crate::locks::lock;
 use crate::storage::Tid;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -113,15 +112,11 @@ impl Core {
     }
 
     /// Start a recovery of backend `i` (degraded because `was`): once it
-    /// holds none of the array's transactions — ended by the commit path,
+    /// Start a recovery of backend `i` (degraded): once it
     /// or resolved here — mark it recovering, atomically with respect to
     /// votes choosing their backends. Refused (it stays degraded) when a
     /// transaction is still open on it after [`END_WAIT`].
-    pub(super) fn take_for_recovery(
-        self: &Arc<Self>,
-        i: usize,
-        was: &super::Reason,
-    ) -> Result<(), String> {
+    pub(super) fn take_for_recovery(self: &Arc<Self>, i: usize) -> Result<(), String> {
         loop {
             match self.wait_ended(i) {
                 Readiness::Idle => {
@@ -129,7 +124,7 @@ impl Core {
                     if inf.readiness(i) != Readiness::Idle {
                         continue;
                     }
-                    self.set_state(i, BackendState::Recovering(was.clone()));
+                    self.step(super::state::roles::Event::RecoveryStarted { at: i });
                     drop(inf);
                     return Ok(());
                 }
@@ -207,12 +202,5 @@ impl Core {
             }
         }
         Ok(())
-    }
-
-    /// Set backend `i`'s state (recovery's transitions), persist.
-    pub(super) fn set_state(&self, i: usize, st: BackendState) {
-        let _g = lock(&self.states);
-        *write(&self.backends[i].state) = st;
-        self.save_state();
     }
 }

@@ -381,8 +381,7 @@ impl Storage for RaidStorage {
                 s.close();
             }
         }
-        let _g = lock(&self.core.states);
-        self.core.save_state();
+        self.core.step(super::state::roles::Event::Persist);
     }
 }
 

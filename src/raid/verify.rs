@@ -12,10 +12,9 @@
 //! backend is degraded with "diverged at ...", so a recovery refuses it
 //! until the operator decides (a forced recovery rebuilds it).
 
-use super::state::BackendState;
 use super::Core;
 use super::RaidStorage;
-use crate::locks::{lock, read, write};
+use crate::locks::lock;
 use crate::storage::{Error, Oid, Storage, Tid, TxnRecord};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
@@ -241,21 +240,7 @@ fn verify_now(core: &Arc<Core>, i: usize) -> Result<Report, String> {
                 difference: d.to_string(),
                 reference: report.reference.clone(),
             };
-            let _g = lock(&core.states);
-            let was_optimal = read(&b.state).is_optimal();
-            *write(&b.state) = BackendState::Degraded(why.clone());
-            log::error!(
-                "RAID array {:?}: backend {:?} {}: {why}; array {}",
-                core.opts.name,
-                b.name,
-                if was_optimal {
-                    "degraded"
-                } else {
-                    "stays degraded"
-                },
-                core.array_state()
-            );
-            core.save_state();
+            core.step(super::state::roles::Event::Diverged { at: i, reason: why });
         }
     }
     Ok(report)

@@ -28,6 +28,7 @@ pub mod inflight;
 pub mod offsite;
 pub mod reason;
 pub mod recovery;
+pub mod roles;
 
 pub use credit::{Admission, Credit};
 pub use reason::{Reason, RecoveryError};

@@ -209,7 +209,8 @@ fn commit(a: &RaidStorage, ops: Vec<Op>) -> Result<Tid> {
 
 /// Why backend `i` was degraded (fails the test when it was not).
 fn reason(a: &RaidStorage, i: usize) -> String {
-    read(&a.core.backends[i].state)
+    a.core
+        .state_of(i)
         .reason()
         .unwrap_or_else(|| panic!("backend {i} is not degraded"))
         .to_string()
@@ -230,7 +231,7 @@ fn states(a: &RaidStorage) -> Vec<String> {
     a.core
         .backends
         .iter()
-        .map(|b| read(&b.state).label().to_string())
+        .map(|b| b.role().label().to_string())
         .collect()
 }
 

@@ -395,7 +395,7 @@ pub(super) fn states_by_name(a: &RaidStorage) -> std::collections::HashMap<Strin
         .backends
         .iter()
         .filter(|b| !b.is_removed())
-        .map(|b| (b.name.clone(), read(&b.state).label().to_string()))
+        .map(|b| (b.name.clone(), b.role().label().to_string()))
         .collect()
 }
 

@@ -96,7 +96,7 @@ impl Sim {
             .core
             .backends
             .iter()
-            .filter(|b| !b.is_removed() && read(&b.state).label() == state)
+            .filter(|b| !b.is_removed() && b.role().label() == state)
             .filter_map(|b| NAMES.iter().copied().find(|n| *n == b.name))
             .collect()
     }
@@ -295,7 +295,7 @@ impl Sim {
             .core
             .backends
             .iter()
-            .filter(|b| !b.is_removed() && read(&b.state).label() == "optimal")
+            .filter(|b| !b.is_removed() && b.role().label() == "optimal")
             .collect();
         if optimal.is_empty() {
             self.fail(&format!("no optimal backend: {states:?}"));
@@ -326,7 +326,7 @@ impl Sim {
         }
         let inflight = lock(&self.array.core.inflight).clone();
         for (i, b) in self.array.core.backends.iter().enumerate() {
-            let optimal = !b.is_removed() && read(&b.state).label() == "optimal";
+            let optimal = !b.is_removed() && b.role().label() == "optimal";
             match inflight.readiness(i) {
                 Readiness::Idle => {}
                 // Left to its recovery, which resolves it first.

@@ -771,13 +771,16 @@ impl Core {
         }
     }
 
-    /// Call `f` on the backends at `positions`, degrading those that fail
-    /// or miss the deadline. Returns (position, result) of those that answered.
+    /// Call `f` on the backends at `positions`, degrading those that miss
+    /// the deadline. Returns (position, result) of those that answered.
+    /// `call` is what kind of call it is ([`state::classify`]): a failure
+    /// that came when the deadline fired is reported as the timeout it is.
     /// `io`: the operation waits on IO even on an in-process backend
     /// (fsync, pack), so it is overlapped there too ([`fanout::plan`]).
     fn write_op<T: Send>(
         &self,
         what: &str,
+        call: state::Call,
         positions: &[usize],
         io: bool,
         f: impl Fn(&dyn Storage) -> Result<T> + Sync,
@@ -797,7 +800,7 @@ impl Core {
             // timeout: report it the same way.
             let outcome = match outcome {
                 Outcome::Done(Err(e), took)
-                    if state::classify(state::Call::Write, &e) == state::ErrorKind::Failure
+                    if state::classify(call, &e) == state::ErrorKind::Failure
                         && took >= self.opts.backend_timeout =>
                 {
                     Outcome::TimedOut
@@ -825,7 +828,7 @@ impl Core {
         if positions.is_empty() {
             return;
         }
-        self.write_op("tpc_abort", positions, false, |s| {
+        self.write_op("tpc_abort", state::Call::Write, positions, false, |s| {
             s.tpc_abort();
             Ok(())
         });

@@ -168,7 +168,9 @@ impl Storage for RaidStorage {
             // Every transaction up to `tid` is durable and published.
             return Ok(());
         }
-        let answered = core.write_op("make_durable", &logged, true, |s| s.make_durable(tid));
+        let answered = core.write_op("make_durable", state::Call::Finish, &logged, true, |s| {
+            s.make_durable(tid)
+        });
         let mut durable = 0;
         for (i, r) in answered {
             match r {
@@ -450,7 +452,7 @@ impl RaidStorage {
             .ops
             .iter()
             .any(|op| matches!(op, Op::StoreBlob { .. } | Op::RestoreBlob { .. }));
-        let answered = core.write_op("vote", optimal, false, |s| {
+        let answered = core.write_op("vote", state::Call::Write, optimal, false, |s| {
             if !has_blobs {
                 return s.tpc_vote(&whole);
             }
@@ -585,7 +587,7 @@ impl RaidStorage {
             }
             core.abort_held(&plan.abort);
         }
-        let answered = core.write_op(what, &plan.finish, false, f);
+        let answered = core.write_op(what, state::Call::Finish, &plan.finish, false, f);
         let ok = if logs {
             FinishEnd::Logged
         } else {

@@ -119,7 +119,7 @@ impl RaidStorage {
         }
         // Under the array's commit lock: no transaction between vote and
         // finish holds it.
-        let Some(g) = core.wait_gate(REMOVE_WAIT) else {
+        let Some(g) = core.commit.wait_gate(REMOVE_WAIT, &core.closing) else {
             return Err(format!(
                 "a transaction held the array's commit lock for more than {} s; try again",
                 REMOVE_WAIT.as_secs()

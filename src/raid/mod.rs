@@ -11,6 +11,10 @@
 //!   backend tells the array unasked;
 //! - `storage`: the ZODB storage contract for the array (reads, votes,
 //!   finish, group commit);
+//! - `commit`: the commit in flight as the shell holds it (the array's
+//!   commit lock, what each backend holds, the recovery credit: pure
+//!   states from [`state`] behind their locks, and the waits on them);
+//!   each backend's role is [`state::roles`]'s, stepped by events;
 //! - this file: [`RaidStorage`]'s opening, state changes, the read and
 //!   write paths that do the IO and ask the others.
 //!
@@ -63,7 +67,7 @@ pub mod statefile;
 pub mod verify;
 
 use crate::locks::{lock, read, write};
-use crate::storage::{Error, Result, Storage, Tid, Txn};
+use crate::storage::{Error, Result, Storage, Tid};
 use crate::zeo::client::{Client, ClientOptions};
 use balance::ReadPolicy;
 use fanout::{Mode, Outcome};
@@ -111,6 +115,7 @@ impl RaidOptions {
 }
 
 mod backend;
+mod commit;
 mod settle;
 mod storage;
 
@@ -181,28 +186,14 @@ fn describe(e: &Error) -> String {
 /// Room for backends added while the array runs (`zeoraid ctl add`).
 pub const EXTRA_BACKENDS: usize = 8;
 
-/// The transaction between vote and finish (which backends hold it, and
-/// how far, is [`state::inflight`]'s).
-#[derive(Default)]
-struct Pending {
-    tid: Option<Tid>,
-    /// The transaction, kept for the off-site mirrors' queues.
-    txn: Option<Txn>,
-}
-
 pub(crate) struct Core {
     opts: RaidOptions,
     backends: backend::Backends,
     fanout: fanout::Fanout,
-    pending: Mutex<Pending>,
-    /// Which backends hold the array's transactions, phase by phase: a
-    /// backend that leaves the optimal set mid-commit has its transaction
-    /// ended before a recovery or a removal touches it.
-    inflight: Mutex<state::inflight::Inflight>,
-    /// Signalled whenever a backend's share of a transaction ends.
-    inflight_cv: Condvar,
-    /// Last tid logged (voted and finished, perhaps not yet durable).
-    last_logged: Mutex<Tid>,
+    /// The commit in flight: the array's commit lock, the transaction
+    /// between vote and finish, what each backend holds of it, the
+    /// recovery credit ([`commit`]).
+    commit: commit::CommitPath,
     /// Last tid visible to loads.
     published: AtomicU64,
     next_oid: Mutex<u64>,
@@ -215,13 +206,6 @@ pub(crate) struct Core {
     /// carried out under this lock, in order.
     roles: Mutex<state::roles::Roles>,
     group: bool,
-    /// The array's own commit lock, from vote to finish or abort: a
-    /// recovery takes it to copy the last transactions and rejoin.
-    gate: Mutex<Gate>,
-    gate_cv: Condvar,
-    /// The recovery rate guarantee while a backend recovers.
-    credit: Mutex<Option<state::Credit>>,
-    credit_cv: Condvar,
     /// A recovery or verification is running (one at a time).
     busy: Mutex<Option<String>>,
     /// Recoveries an operator asked for, served by the supervisor.
@@ -237,15 +221,6 @@ pub(crate) struct Core {
     /// Off-site mirrors (`mode = "offsite"`): shipped to after the commit,
     /// never read, never voting.
     offsite: RwLock<Vec<Arc<offsite::Mirror>>>,
-}
-
-/// Who holds the array's commit lock.
-#[derive(Default)]
-struct Gate {
-    /// A transaction is between vote and finish/abort.
-    txn: bool,
-    /// A recovery is finishing: votes wait.
-    recovery: bool,
 }
 
 /// The array. Cheap to share; the server holds it as `Arc<dyn Storage>`.
@@ -358,20 +333,13 @@ impl RaidStorage {
                 opts: opts.clone(),
                 backends: backend::Backends::new(backends, capacity),
                 fanout,
-                pending: Mutex::new(Pending::default()),
-                inflight: Mutex::new(state::inflight::Inflight::default()),
-                inflight_cv: Condvar::new(),
-                last_logged: Mutex::new(Tid::ZERO),
+                commit: commit::CommitPath::default(),
                 published: AtomicU64::new(0),
                 next_oid: Mutex::new(0),
                 reads: AtomicU64::new(0),
                 packing: AtomicU64::new(0),
                 roles: Mutex::new(roles),
                 group,
-                gate: Mutex::new(Gate::default()),
-                gate_cv: Condvar::new(),
-                credit: Mutex::new(None),
-                credit_cv: Condvar::new(),
                 busy: Mutex::new(None),
                 requests: Mutex::new(Default::default()),
                 read_policy: std::sync::atomic::AtomicU8::new(opts.read_policy.code()),
@@ -422,7 +390,7 @@ impl RaidStorage {
         opts: &offsite::Options,
     ) -> std::result::Result<(), String> {
         let core = &self.core;
-        let last = *lock(&core.last_logged);
+        let last = *lock(&core.commit.last_logged);
         let m = Arc::new(offsite::Mirror::new(spec, opts, last));
         m.start(core)?;
         write(&core.offsite).push(m);
@@ -439,26 +407,6 @@ impl RaidStorage {
 }
 
 impl Core {
-    /// The array's commit lock once no transaction is between vote and
-    /// finish and no recovery finishes, waiting at most `within` (or until
-    /// the array closes); `None` when that did not happen.
-    fn wait_gate(&self, within: Duration) -> Option<std::sync::MutexGuard<'_, Gate>> {
-        let deadline = Instant::now() + within;
-        let mut g = lock(&self.gate);
-        while g.txn || g.recovery {
-            let now = Instant::now();
-            if now >= deadline || self.closing.load(Ordering::Acquire) {
-                return None;
-            }
-            g = self
-                .gate_cv
-                .wait_timeout(g, (deadline - now).min(Duration::from_millis(100)))
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        Some(g)
-    }
-
     fn read_policy(&self) -> ReadPolicy {
         ReadPolicy::from_code(self.read_policy.load(Ordering::Relaxed))
     }
@@ -576,7 +524,7 @@ impl Core {
             }
         }
         let last = lasts.iter().flatten().copied().max().unwrap_or(Tid::ZERO);
-        *lock(&self.last_logged) = last;
+        *lock(&self.commit.last_logged) = last;
         self.published.store(last.0, Ordering::Release);
         // `next_oid` is the last oid handed out: the first a backend
         // offers is still free (a fresh array hands out 1 first, as a
@@ -881,7 +829,7 @@ impl Core {
             read_policy: self.read_policy().label().to_string(),
             auto_recover: self.opts.auto_recover,
             recovery_ratio: self.opts.recovery_ratio,
-            throttle: lock(&self.credit).as_ref().map(|c| Throttle {
+            throttle: lock(&self.commit.credit).as_ref().map(|c| Throttle {
                 admitted: c.admitted,
                 throttled: c.throttled,
                 forced: c.forced,

@@ -43,7 +43,7 @@
 //! diverged is left to the operator.
 
 use super::state::roles::Event;
-use super::state::{recovery as plan, Admission, BackendState, Credit, Reason, RecoveryError};
+use super::state::{recovery as plan, BackendState, Credit, Reason, RecoveryError};
 use super::verify;
 use super::{Core, RaidStorage};
 use crate::locks::lock;
@@ -160,47 +160,6 @@ impl Core {
         self.closing.load(Ordering::Acquire)
     }
 
-    /// Wait for recovery credit before a commit (no-op when no backend
-    /// recovers). Never refuses: see [`state::credit`].
-    pub(crate) fn admit_commit(&self) {
-        let mut credit = lock(&self.credit);
-        let mut waited = false;
-        loop {
-            let Some(c) = credit.as_mut() else { return };
-            match c.admit(clock(), waited) {
-                Admission::Now => return,
-                Admission::Wait(secs) => {
-                    waited = true;
-                    let d = Duration::from_secs_f64(secs);
-                    credit = self
-                        .credit_cv
-                        .wait_timeout(credit, d)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                }
-            }
-        }
-    }
-
-    /// Enter the array's commit lock (vote): waits while a recovery
-    /// finishes.
-    pub(crate) fn gate_enter(&self) {
-        let mut g = lock(&self.gate);
-        while g.recovery {
-            g = self.gate_cv.wait(g).unwrap_or_else(|p| p.into_inner());
-        }
-        g.txn = true;
-    }
-
-    /// Leave it (finish, abort, a vote that prepared nothing). Idempotent.
-    pub(crate) fn gate_leave(&self) {
-        let mut g = lock(&self.gate);
-        if g.txn {
-            g.txn = false;
-            self.gate_cv.notify_all();
-        }
-    }
-
     /// The source for a recovery of `target`: an optimal backend, in
     /// process first (no network), else the fastest.
     pub(super) fn pick_source(&self, target: usize) -> Option<usize> {
@@ -221,13 +180,6 @@ impl Core {
                 })
             })
     }
-}
-
-/// Seconds on a monotonic clock (since the first call): the credit
-/// controller only compares times.
-fn clock() -> f64 {
-    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    ORIGIN.get_or_init(Instant::now).elapsed().as_secs_f64()
 }
 
 impl RaidStorage {
@@ -482,8 +434,7 @@ fn recover_now(
     };
     let result = attempt(core, i, force, &was);
     b.note_attempt(&result.as_ref().map(|_| ()).map_err(|e| e.clone()));
-    *lock(&core.credit) = None;
-    core.credit_cv.notify_all();
+    core.commit.set_credit(None);
     *lock(&b.recovery) = None;
     match &result {
         Ok(r) => log::info!(
@@ -537,7 +488,7 @@ fn attempt(core: &Arc<Core>, i: usize, force: bool, was: &Reason) -> Result<Repo
         from: None,
         first: None,
         at: Tid::ZERO,
-        goal: *lock(&core.last_logged),
+        goal: *lock(&core.commit.last_logged),
         copied: 0,
         bytes: 0,
         phase: "comparing",
@@ -585,7 +536,10 @@ fn attempt(core: &Arc<Core>, i: usize, force: bool, was: &Reason) -> Result<Repo
         r.at = from.unwrap_or(Tid::ZERO);
         r.phase = "copying";
     }
-    *lock(&core.credit) = Some(Credit::new(core.opts.recovery_ratio, clock()));
+    core.commit.set_credit(Some(Credit::new(
+        core.opts.recovery_ratio,
+        super::commit::clock(),
+    )));
     let mut copier = Copier {
         core,
         si,
@@ -606,7 +560,7 @@ fn attempt(core: &Arc<Core>, i: usize, force: bool, was: &Reason) -> Result<Repo
     if let Some(r) = lock(&b.recovery).as_mut() {
         r.phase = "finishing";
     }
-    let Some(mut g) = core.wait_gate(GATE_WAIT) else {
+    let Some(mut g) = core.commit.wait_gate(GATE_WAIT, &core.closing) else {
         return Err(format!(
             "a transaction held the array's commit lock for more than {} s; the copy is done \
              up to {}, the next attempt finishes it",
@@ -615,14 +569,10 @@ fn attempt(core: &Arc<Core>, i: usize, force: bool, was: &Reason) -> Result<Repo
         )
         .into());
     };
-    g.recovery = true;
+    g.set_recovery(true);
     drop(g);
     let finished = copier.finish_under_gate();
-    {
-        let mut g = lock(&core.gate);
-        g.recovery = false;
-        core.gate_cv.notify_all();
-    }
+    core.commit.recovery_done();
     let (copied, bytes) = finished?.map(|r| (r.copied, r.bytes)).unwrap_or((0, 0));
     Ok(Report {
         backend: b.name.clone(),
@@ -737,7 +687,7 @@ impl Copier<'_> {
         let b = &core.backends[i];
         let group = target.group_commit();
         let name = format!("zeoraid-recover-read-{}", b.name);
-        let goal = *lock(&core.last_logged);
+        let goal = *lock(&core.commit.last_logged);
         if let Some(r) = lock(&b.recovery).as_mut() {
             r.goal = goal;
         }
@@ -798,11 +748,11 @@ impl Copier<'_> {
                     since_durable = 0;
                 }
             }
-            if let Some(c) = lock(&core.credit).as_mut() {
+            if let Some(c) = lock(&core.commit.credit).as_mut() {
                 c.earn(1);
             }
-            core.credit_cv.notify_all();
-            let goal = *lock(&core.last_logged);
+            core.commit.credit_cv.notify_all();
+            let goal = *lock(&core.commit.last_logged);
             if let Some(r) = lock(&b.recovery).as_mut() {
                 r.at = rec.tid;
                 r.first.get_or_insert(rec.tid);
@@ -841,13 +791,13 @@ impl Copier<'_> {
     /// an optimal backend that still reports a recovery.
     fn finish_under_gate(&mut self) -> Result<Option<Running>, String> {
         let (core, i, target) = (self.core, self.i, self.target);
-        let last = *lock(&core.last_logged);
+        let last = *lock(&core.commit.last_logged);
         // Group commit: the last transactions may be logged but not yet
         // published (make_durable runs after the server's lock); the gate
         // keeps new ones out, so this ends soon.
         let deadline = Instant::now() + core.opts.backend_timeout;
         {
-            let mut g = lock(&core.gate);
+            let mut g = lock(&core.commit.gate);
             while core.published.load(Ordering::Acquire) < last.0 {
                 if Instant::now() >= deadline {
                     return Err(format!(
@@ -855,6 +805,7 @@ impl Copier<'_> {
                     ));
                 }
                 g = core
+                    .commit
                     .gate_cv
                     .wait_timeout(g, Duration::from_millis(10))
                     .unwrap_or_else(|p| p.into_inner())
@@ -873,8 +824,7 @@ impl Copier<'_> {
         b.latency_us.store(0f64.to_bits(), Ordering::Relaxed);
         let figures = lock(&b.recovery).take();
         b.note_attempt(&Ok(()));
-        *lock(&core.credit) = None;
-        core.credit_cv.notify_all();
+        core.commit.set_credit(None);
         core.step(Event::Recovered { at: i });
         Ok(figures)
     }

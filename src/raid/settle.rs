@@ -33,7 +33,7 @@ impl Core {
     /// The vote of `tid` starts: its participants are the optimal
     /// backends now, chosen under the same lock a recovery takes to start.
     pub(super) fn begin_txn(&self, tid: Tid) -> Vec<usize> {
-        let mut inf = lock(&self.inflight);
+        let mut inf = lock(&self.commit.inflight);
         let optimal = self.optimal();
         inf.begin(tid, &optimal);
         optimal
@@ -42,7 +42,7 @@ impl Core {
     /// The vote ended: `kept` hold it prepared, `answered` (the rest of
     /// those that answered) were aborted, the others got no answer.
     pub(super) fn vote_ended(&self, participants: &[usize], kept: &[usize], answered: &[usize]) {
-        let mut inf = lock(&self.inflight);
+        let mut inf = lock(&self.commit.inflight);
         for &i in participants {
             inf.voted(
                 i,
@@ -57,46 +57,46 @@ impl Core {
                 },
             );
         }
-        self.inflight_cv.notify_all();
+        self.commit.inflight_cv.notify_all();
     }
 
     /// Who gets the finish, and who left the optimal set since its vote.
     pub(super) fn finish_plan(&self) -> FinishPlan {
-        lock(&self.inflight).finish_plan(|i| self.backends[i].is_optimal())
+        lock(&self.commit.inflight).finish_plan(|i| self.backends[i].is_optimal())
     }
 
     /// Abort the open transaction on `positions` and note it ended there.
     pub(super) fn abort_held(&self, positions: &[usize]) {
         self.abort_on(positions);
-        let mut inf = lock(&self.inflight);
+        let mut inf = lock(&self.commit.inflight);
         for &i in positions {
             inf.aborted(i);
         }
-        self.inflight_cv.notify_all();
+        self.commit.inflight_cv.notify_all();
     }
 
     /// Backend `i`'s finish ended (committed as `tid`).
     pub(super) fn finish_ended(&self, i: usize, tid: Tid, end: FinishEnd) {
-        lock(&self.inflight).finished(i, tid, end);
-        self.inflight_cv.notify_all();
+        lock(&self.commit.inflight).finished(i, tid, end);
+        self.commit.inflight_cv.notify_all();
     }
 
     /// Backends with logged transactions up to `tid` not yet published.
     pub(super) fn logged_through(&self, tid: Tid) -> Vec<usize> {
-        lock(&self.inflight).logged_through(tid)
+        lock(&self.commit.inflight).logged_through(tid)
     }
 
     /// Backend `i` published everything up to `tid`.
     pub(super) fn published_on(&self, i: usize, tid: Tid) {
-        lock(&self.inflight).published(i, tid);
-        self.inflight_cv.notify_all();
+        lock(&self.commit.inflight).published(i, tid);
+        self.commit.inflight_cv.notify_all();
     }
 
     /// Wait (at most [`END_WAIT`]) until the commit path holds nothing
     /// open or logged on backend `i`; what is left then.
     pub(super) fn wait_ended(&self, i: usize) -> Readiness {
         let deadline = Instant::now() + END_WAIT;
-        let mut inf = lock(&self.inflight);
+        let mut inf = lock(&self.commit.inflight);
         loop {
             let r = inf.readiness(i);
             let now = Instant::now();
@@ -104,6 +104,7 @@ impl Core {
                 return r;
             }
             inf = self
+                .commit
                 .inflight_cv
                 .wait_timeout(inf, deadline - now)
                 .unwrap_or_else(|p| p.into_inner())
@@ -120,7 +121,7 @@ impl Core {
         loop {
             match self.wait_ended(i) {
                 Readiness::Idle => {
-                    let inf = lock(&self.inflight);
+                    let inf = lock(&self.commit.inflight);
                     if inf.readiness(i) != Readiness::Idle {
                         continue;
                     }
@@ -149,11 +150,11 @@ impl Core {
                     s.make_durable(tid)
                         .map_err(|e| format!("making its logged transaction {tid} durable: {e}"))?;
                     s.publish(tid);
-                    lock(&self.inflight).settled(i);
+                    lock(&self.commit.inflight).settled(i);
                 }
                 Readiness::Unknown(tid) => {
                     self.resolve_unknown(i, tid)?;
-                    lock(&self.inflight).settled(i);
+                    lock(&self.commit.inflight).settled(i);
                 }
             }
         }

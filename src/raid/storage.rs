@@ -4,10 +4,11 @@
 //! The decisions come from [`super::state`]; the calls go through
 //! [`super::fanout`].
 
+use super::commit::Pending;
 use super::fanout::Outcome;
 use super::state::inflight::FinishEnd;
 use super::state::{self, Reason, VoteKey};
-use super::{Backend, Pending, RaidStorage};
+use super::{Backend, RaidStorage};
 use crate::locks::{lock, read};
 use crate::storage::resolve::ConflictResolver;
 use crate::storage::{
@@ -72,9 +73,9 @@ fn replies<T, K>(
 /// finishing and the off-site shippers wait for this.
 fn mark_published(core: &super::Core, tid: Tid) {
     {
-        let _g = lock(&core.gate);
+        let _g = lock(&core.commit.gate);
         core.published.fetch_max(tid.0, Ordering::AcqRel);
-        core.gate_cv.notify_all();
+        core.commit.gate_cv.notify_all();
     }
     for m in read(&core.offsite).iter() {
         m.published();
@@ -128,18 +129,18 @@ impl Storage for RaidStorage {
 
     fn tpc_vote(&self, txn: &Txn) -> Result<Vote> {
         let core = &self.core;
-        core.admit_commit();
-        core.gate_enter();
+        core.commit.admit();
+        core.commit.enter();
         let r = self.vote_locked(txn);
         if !matches!(r, Ok(Vote::Prepared { .. })) {
-            core.gate_leave();
+            core.commit.leave();
         }
         r
     }
 
     fn tpc_finish(&self) -> Result<Tid> {
         let r = self.finish_with("tpc_finish", false, |s| s.tpc_finish());
-        self.core.gate_leave();
+        self.core.commit.leave();
         // Without group commit (an in-process caller), finishing also
         // made it durable and visible: tell whoever waits for that.
         if let Ok(tid) = r {
@@ -154,7 +155,7 @@ impl Storage for RaidStorage {
 
     fn finish_log(&self) -> Result<Tid> {
         let r = self.finish_with("finish_log", true, |s| s.finish_log());
-        self.core.gate_leave();
+        self.core.commit.leave();
         r
     }
 
@@ -217,10 +218,10 @@ impl Storage for RaidStorage {
 
     fn tpc_abort(&self) {
         let core = &self.core;
-        *lock(&core.pending) = Pending::default();
-        let held = lock(&core.inflight).abortable();
+        *lock(&core.commit.pending) = Pending::default();
+        let held = lock(&core.commit.inflight).abortable();
         core.abort_held(&held);
-        core.gate_leave();
+        core.commit.leave();
     }
 
     fn undo_log(&self, first: usize, last: usize) -> Result<Vec<UndoEntry>> {
@@ -281,7 +282,7 @@ impl Storage for RaidStorage {
             ))),
         };
         if packed.is_ok() {
-            let after = *lock(&core.last_logged);
+            let after = *lock(&core.commit.last_logged);
             for m in read(&core.offsite).iter() {
                 m.request_pack(after, t, gc);
             }
@@ -412,7 +413,7 @@ impl RaidStorage {
         answered_at: &mut Vec<usize>,
     ) -> Result<Vote> {
         let core = &self.core;
-        let last = *lock(&core.last_logged);
+        let last = *lock(&core.commit.last_logged);
         let tid = match txn.tid {
             Some(t) if t <= last => {
                 return Err(Error::Transaction(format!(
@@ -530,7 +531,7 @@ impl RaidStorage {
                     resolved: resolved.clone(),
                     invalidated: invalidated.clone(),
                 };
-                *lock(&core.pending) = Pending {
+                *lock(&core.commit.pending) = Pending {
                     tid: Some(tid),
                     txn: (!read(&core.offsite).is_empty()).then_some(whole),
                 };
@@ -570,7 +571,7 @@ impl RaidStorage {
         f: impl Fn(&dyn Storage) -> Result<Tid> + Sync,
     ) -> Result<Tid> {
         let core = &self.core;
-        let pending = std::mem::take(&mut *lock(&core.pending));
+        let pending = std::mem::take(&mut *lock(&core.commit.pending));
         let Some(tid) = pending.tid else {
             return Err(Error::Transaction(format!(
                 "{what} without a voted transaction"
@@ -655,7 +656,7 @@ impl RaidStorage {
                 Some(txn) if !read(&core.offsite).is_empty() => Some(entry_of(txn)),
                 _ => None,
             };
-            let mut last = lock(&core.last_logged);
+            let mut last = lock(&core.commit.last_logged);
             *last = (*last).max(tid);
             // In tid order (under last_logged), for the off-site mirrors
             // (one added meanwhile gets it too).

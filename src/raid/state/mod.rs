@@ -24,6 +24,7 @@
 //!   progress figures, and auto-recovery's backoff.
 
 pub mod credit;
+pub mod gate;
 pub mod inflight;
 pub mod offsite;
 pub mod reason;

@@ -151,7 +151,7 @@ fn commits_go_on_during_recovery_and_it_still_finishes() {
     assert_eq!(states(&a), vec!["optimal", "optimal"]);
     assert_eq!(history_of(b[0].as_ref()), history_of(b[1].as_ref()));
     assert!(
-        lock(&a.core.credit).is_none(),
+        lock(&a.core.commit.credit).is_none(),
         "the throttle ends with the recovery"
     );
     assert_eq!(a.status().backends[1].recovery, None);

@@ -324,7 +324,7 @@ impl Sim {
                 }
             }
         }
-        let inflight = lock(&self.array.core.inflight).clone();
+        let inflight = lock(&self.array.core.commit.inflight).clone();
         for (i, b) in self.array.core.backends.iter().enumerate() {
             let optimal = !b.is_removed() && b.role().label() == "optimal";
             match inflight.readiness(i) {

@@ -1,5 +1,6 @@
 //! The commit in flight, as the IO shell holds it: the array's commit
-//! lock ([`state::gate`]), the transaction between vote and finish, which
+//! lock ([`state::gate`]), the oid counter, the transaction between vote
+//! and finish, which
 //! backends hold what of it ([`state::inflight`]), the last tid logged,
 //! and the recovery rate guarantee ([`state::credit`]) — each a pure state
 //! from `raid::state` behind its own lock, with the condition variable
@@ -40,6 +41,9 @@ pub(super) struct CommitPath {
     /// Signalled when the commit lock is let go, and when transactions
     /// are published (a finishing recovery waits for that).
     pub(super) gate_cv: Condvar,
+    /// The last oid handed out (new oids come from the array's own
+    /// counter, see `raid`'s module doc).
+    pub(super) next_oid: Mutex<u64>,
     /// The recovery rate guarantee while a backend recovers.
     pub(super) credit: Mutex<Option<Credit>>,
     pub(super) credit_cv: Condvar,

@@ -95,8 +95,7 @@ impl RaidStorage {
             core.opts.name,
             core.total()
         );
-        let _g = lock(&core.closing_cv.0);
-        core.closing_cv.1.notify_all();
+        core.wake.wake_all();
         Ok(())
     }
 
@@ -119,7 +118,7 @@ impl RaidStorage {
         }
         // Under the array's commit lock: no transaction between vote and
         // finish holds it.
-        let Some(g) = core.commit.wait_gate(REMOVE_WAIT, &core.closing) else {
+        let Some(g) = core.commit.wait_gate(REMOVE_WAIT, core.wake.closing_flag()) else {
             return Err(format!(
                 "a transaction held the array's commit lock for more than {} s; try again",
                 REMOVE_WAIT.as_secs()

@@ -74,7 +74,7 @@ use fanout::{Mode, Outcome};
 use state::{BackendState, FailMode};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 /// The array's settings (the `kind = "raid"` storage section).
@@ -118,6 +118,7 @@ mod backend;
 mod commit;
 mod settle;
 mod storage;
+mod wake;
 
 use backend::{event_handler, Backend};
 pub use backend::{BackendSource, BackendSpec, Reopen};
@@ -196,7 +197,6 @@ pub(crate) struct Core {
     commit: commit::CommitPath,
     /// Last tid visible to loads.
     published: AtomicU64,
-    next_oid: Mutex<u64>,
     reads: AtomicU64,
     /// Packs in progress: backends pack at their own pace, so an object
     /// one has already collected is not evidence of a missing object then.
@@ -206,18 +206,15 @@ pub(crate) struct Core {
     /// carried out under this lock, in order.
     roles: Mutex<state::roles::Roles>,
     group: bool,
-    /// A recovery or verification is running (one at a time).
-    busy: Mutex<Option<String>>,
-    /// Recoveries an operator asked for, served by the supervisor.
-    requests: Mutex<std::collections::VecDeque<(usize, bool)>>,
+    /// The recovery or verification running, and those asked for.
+    work: recovery::Work,
     /// Serialises additions and removals (an added ZEO backend's event
     /// handler is bound to the position it will get).
     reconfig: Mutex<()>,
     /// `read-policy` (a reload may change it).
     read_policy: std::sync::atomic::AtomicU8,
-    /// Set when the array closes: recoveries stop, the supervisor ends.
-    closing: std::sync::atomic::AtomicBool,
-    closing_cv: (Mutex<()>, Condvar),
+    /// Whether the array closes, and the signal that wakes its sleepers.
+    wake: wake::Wake,
     /// Off-site mirrors (`mode = "offsite"`): shipped to after the commit,
     /// never read, never voting.
     offsite: RwLock<Vec<Arc<offsite::Mirror>>>,
@@ -335,17 +332,14 @@ impl RaidStorage {
                 fanout,
                 commit: commit::CommitPath::default(),
                 published: AtomicU64::new(0),
-                next_oid: Mutex::new(0),
                 reads: AtomicU64::new(0),
                 packing: AtomicU64::new(0),
                 roles: Mutex::new(roles),
                 group,
-                busy: Mutex::new(None),
-                requests: Mutex::new(Default::default()),
+                work: recovery::Work::default(),
                 read_policy: std::sync::atomic::AtomicU8::new(opts.read_policy.code()),
                 reconfig: Mutex::new(()),
-                closing: std::sync::atomic::AtomicBool::new(false),
-                closing_cv: (Mutex::new(()), Condvar::new()),
+                wake: wake::Wake::default(),
                 offsite: RwLock::new(Vec::new()),
             }
         });
@@ -543,7 +537,7 @@ impl Core {
                 ),
             }
         }
-        *lock(&self.next_oid) = next;
+        *lock(&self.commit.next_oid) = next;
         log::info!(
             "RAID array {:?}: {} ({} of {} backends optimal), last transaction {last}, {} fan-out, {} reads",
             self.opts.name,

@@ -517,14 +517,14 @@ fn run(m: &Arc<Mirror>, weak: &Weak<Core>) {
     let mut backoff = Duration::ZERO;
     loop {
         let Some(core) = weak.upgrade() else { return };
-        if core.closing.load(Ordering::Acquire) {
+        if core.wake.is_closing() {
             break;
         }
         if !backoff.is_zero() {
             // The inbox moves into the queue meanwhile, so what overflows
             // is the queue's oldest (the bounds hold either way).
             sleep(&core, backoff, || drop(m.queue()));
-            if core.closing.load(Ordering::Acquire) {
+            if core.wake.is_closing() {
                 break;
             }
         }
@@ -532,7 +532,7 @@ fn run(m: &Arc<Mirror>, weak: &Weak<Core>) {
         match step {
             Ok(()) => backoff = Duration::ZERO,
             Err(why) => {
-                if core.closing.load(Ordering::Acquire) {
+                if core.wake.is_closing() {
                     break;
                 }
                 let first = lock(&m.figures).state != OffsiteState::Degraded;
@@ -568,21 +568,8 @@ fn run(m: &Arc<Mirror>, weak: &Weak<Core>) {
 
 /// Sleep `d` (a backoff) unless the array closes, doing `every_200ms`.
 fn sleep(core: &Core, d: Duration, every_200ms: impl Fn()) {
-    let deadline = Instant::now() + d;
-    let mut g = lock(&core.closing_cv.0);
-    while !core.closing.load(Ordering::Acquire) {
-        every_200ms();
-        let now = Instant::now();
-        if now >= deadline {
-            return;
-        }
-        g = core
-            .closing_cv
-            .1
-            .wait_timeout(g, (deadline - now).min(Duration::from_millis(200)))
-            .unwrap_or_else(|p| p.into_inner())
-            .0;
-    }
+    core.wake
+        .sleep_doing(d, Duration::from_millis(200), every_200ms)
 }
 
 /// Wait at most `d` for work: a new transaction (a publish wakes the
@@ -719,7 +706,7 @@ impl Iterator for QueueFeed<'_> {
         }
         let deadline = Instant::now() + FEED_IDLE;
         let entries = loop {
-            if self.core.closing.load(Ordering::Acquire) {
+            if self.core.wake.is_closing() {
                 return None;
             }
             let visible = self.core.published.load(Ordering::Acquire);
@@ -861,7 +848,7 @@ fn settled_last(m: &Mirror, core: &Core, target: &Target) -> Result<Tid, String>
     let (started, mut still_since) = (Instant::now(), Instant::now());
     let mut said = false;
     loop {
-        if core.closing.load(Ordering::Acquire) {
+        if core.wake.is_closing() {
             return Err("the array is closing".into());
         }
         if started.elapsed() > SETTLE_AT_MOST {
@@ -994,7 +981,7 @@ fn ship(
             }
         });
     };
-    let closing = || core.closing.load(Ordering::Acquire);
+    let closing = || core.wake.is_closing();
     let result = match t.client() {
         // Pipelined, up to a transaction with blobs: that one goes alone
         // with its blob files (ZEO has no pipelined blob restore), then

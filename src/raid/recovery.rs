@@ -49,8 +49,9 @@ use super::{Core, RaidStorage};
 use crate::locks::lock;
 use crate::status::Role;
 use crate::storage::{timestamp, Error, Op, Storage, Tid, Txn, TxnRecord, Vote};
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 /// How often the supervisor looks for backends to recover.
@@ -133,19 +134,28 @@ pub struct Report {
     pub moved_aside: Option<String>,
 }
 
+/// The recovery (or verification) running, one at a time, and the
+/// recoveries operators asked for, which the supervisor serves in order.
+#[derive(Default)]
+pub(super) struct Work {
+    pub(super) busy: Mutex<Option<String>>,
+    /// (backend, forced).
+    pub(super) requests: Mutex<VecDeque<(usize, bool)>>,
+}
+
 /// Marks the array busy (one recovery or verification at a time).
 pub(crate) struct Busy<'a>(&'a Core);
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        *lock(&self.0.busy) = None;
+        *lock(&self.0.work.busy) = None;
     }
 }
 
 impl Core {
     /// Claim the array for `what`, or say what holds it.
     pub(crate) fn claim(&self, what: String) -> Result<Busy<'_>, String> {
-        let mut busy = lock(&self.busy);
+        let mut busy = lock(&self.work.busy);
         if let Some(other) = busy.as_deref() {
             return Err(format!(
                 "RAID array {:?} is busy: {other}; try again when it has finished",
@@ -157,7 +167,7 @@ impl Core {
     }
 
     fn closing(&self) -> bool {
-        self.closing.load(Ordering::Acquire)
+        self.wake.is_closing()
     }
 
     /// The source for a recovery of `target`: an optimal backend, in
@@ -211,7 +221,7 @@ impl RaidStorage {
             }
             _ => {}
         }
-        let mut q = lock(&core.requests);
+        let mut q = lock(&core.work.requests);
         if q.iter().any(|(j, _)| *j == i) {
             return Err(format!(
                 "a recovery of backend {name:?} is already asked for"
@@ -220,8 +230,7 @@ impl RaidStorage {
         q.push_back((i, force));
         drop(q);
         lock(&b.attempts).disabled = false;
-        let _g = lock(&core.closing_cv.0);
-        core.closing_cv.1.notify_all();
+        core.wake.wake_all();
         log::info!(
             "RAID array {:?}: recovery of backend {name:?} asked for{}",
             core.opts.name,
@@ -277,11 +286,7 @@ impl RaidStorage {
     /// Stop auto-recovery and any running recovery, and join the thread.
     pub(crate) fn stop_supervisor(&self) {
         let core = &self.core;
-        core.closing.store(true, Ordering::Release);
-        {
-            let _g = lock(&core.closing_cv.0);
-            core.closing_cv.1.notify_all();
-        }
+        core.wake.close();
         if let Some(h) = lock(&self.supervisor).take() {
             if h.join().is_err() {
                 log::error!(
@@ -340,7 +345,7 @@ fn supervise(weak: Weak<Core>) {
             return;
         }
         // Recoveries an operator asked for come first.
-        let asked = lock(&core.requests).pop_front();
+        let asked = lock(&core.work.requests).pop_front();
         if let Some((i, force)) = asked {
             if let Err(why) = run_on_thread(&core, i, force, false) {
                 log::warn!(
@@ -370,7 +375,7 @@ fn supervise(weak: Weak<Core>) {
                 }
             })
             .collect();
-        let busy = lock(&core.busy).is_some();
+        let busy = lock(&core.work.busy).is_some();
         if let Some(i) = plan::next_to_recover(&candidates, busy) {
             if core.pick_source(i).is_some() {
                 match run_on_thread(&core, i, false, false) {
@@ -399,12 +404,8 @@ fn supervise(weak: Weak<Core>) {
 /// Sleep a supervisor tick, or less when the array closes or an operator
 /// asks for a recovery.
 fn wait_tick(core: &Core) {
-    let (m, cv) = (&core.closing_cv.0, &core.closing_cv.1);
-    let g = lock(m);
-    if core.closing() || !lock(&core.requests).is_empty() {
-        return;
-    }
-    drop(cv.wait_timeout(g, SUPERVISOR_TICK));
+    core.wake
+        .sleep(SUPERVISOR_TICK, || !lock(&core.work.requests).is_empty());
 }
 
 /// Recover backend `i` on this thread.
@@ -560,7 +561,7 @@ fn attempt(core: &Arc<Core>, i: usize, force: bool, was: &Reason) -> Result<Repo
     if let Some(r) = lock(&b.recovery).as_mut() {
         r.phase = "finishing";
     }
-    let Some(mut g) = core.commit.wait_gate(GATE_WAIT, &core.closing) else {
+    let Some(mut g) = core.commit.wait_gate(GATE_WAIT, core.wake.closing_flag()) else {
         return Err(format!(
             "a transaction held the array's commit lock for more than {} s; the copy is done \
              up to {}, the next attempt finishes it",

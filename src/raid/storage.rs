@@ -121,7 +121,7 @@ impl Storage for RaidStorage {
     fn new_oids(&self, n: usize) -> Result<Vec<Oid>> {
         let core = &self.core;
         core.check_writable(core.optimal().len())?;
-        let mut next = lock(&core.next_oid);
+        let mut next = lock(&core.commit.next_oid);
         let first = *next + 1;
         *next += n as u64;
         Ok((first..=*next).map(Oid).collect())
@@ -241,7 +241,7 @@ impl Storage for RaidStorage {
         let core = &self.core;
         let optimal = core.optimal();
         core.check_writable(optimal.len())?;
-        if let Some(what) = lock(&core.busy).as_deref() {
+        if let Some(what) = lock(&core.work.busy).as_deref() {
             return Err(Error::Value(format!(
                 "RAID array {:?} cannot pack while {what}: its backends would no longer hold \
                  the same history; pack again when it has finished",
@@ -442,7 +442,7 @@ impl RaidStorage {
             .max()
             .unwrap_or(0);
         {
-            let mut next = lock(&core.next_oid);
+            let mut next = lock(&core.commit.next_oid);
             *next = (*next).max(top);
         }
         // Each backend commits its own copy of a blob (a backend moves the

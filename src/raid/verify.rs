@@ -274,7 +274,7 @@ fn compare(
         )?;
         let (mut n, mut bytes) = (0u64, 0u64);
         let result = loop {
-            if core.closing.load(Ordering::Acquire) {
+            if core.wake.is_closing() {
                 break Err("the array is closing".to_string());
             }
             let a = ra

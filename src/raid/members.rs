@@ -25,6 +25,18 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Serialises additions and removals (an added ZEO backend's event
+/// handler is bound to the position it will get).
+#[derive(Default)]
+pub(super) struct Reconfig(std::sync::Mutex<()>);
+
+impl Reconfig {
+    /// Held while one addition or removal runs.
+    pub(super) fn hold(&self) -> std::sync::MutexGuard<'_, ()> {
+        lock(&self.0)
+    }
+}
+
 /// Longest a removal waits for the transaction in flight.
 const REMOVE_WAIT: Duration = Duration::from_secs(30);
 
@@ -45,7 +57,7 @@ impl RaidStorage {
     pub fn add_backend(&self, spec: BackendSpec, recipe: impl Into<Recipe>) -> Result<(), String> {
         let recipe = recipe.into();
         let core = &self.core;
-        let _one_at_a_time = lock(&core.reconfig);
+        let _one_at_a_time = core.reconfig.hold();
         if self.backend_names().contains(&spec.name) {
             return Err(format!(
                 "RAID array {:?} already has a backend {:?}",
@@ -104,7 +116,7 @@ impl RaidStorage {
     /// `min-optimal` optimal backends or while it recovers.
     pub fn remove_backend(&self, name: &str) -> Result<(), String> {
         let core = &self.core;
-        let _one_at_a_time = lock(&core.reconfig);
+        let _one_at_a_time = core.reconfig.hold();
         let i = self.position(name)?;
         let b = &core.backends[i];
         if b.role() == crate::status::Role::Recovering {

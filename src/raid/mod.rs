@@ -66,7 +66,7 @@ pub mod state;
 pub mod statefile;
 pub mod verify;
 
-use crate::locks::{lock, read, write};
+use crate::locks::{lock, read};
 use crate::storage::{Error, Result, Storage, Tid};
 use crate::zeo::client::{Client, ClientOptions};
 use balance::ReadPolicy;
@@ -74,7 +74,7 @@ use fanout::{Mode, Outcome};
 use state::{BackendState, FailMode};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 /// The array's settings (the `kind = "raid"` storage section).
@@ -116,6 +116,7 @@ impl RaidOptions {
 
 mod backend;
 mod commit;
+mod roster;
 mod settle;
 mod storage;
 mod wake;
@@ -201,23 +202,22 @@ pub(crate) struct Core {
     /// Packs in progress: backends pack at their own pace, so an object
     /// one has already collected is not evidence of a missing object then.
     packing: AtomicU64,
-    /// Each backend's role and the membership ([`state::roles`]): the
-    /// one place they change; each change's `Ready` (state file, log) is
-    /// carried out under this lock, in order.
-    roles: Mutex<state::roles::Roles>,
+    /// Each backend's role and the membership ([`state::roles`]), and
+    /// the state file that follows them.
+    roster: roster::Roster,
     group: bool,
     /// The recovery or verification running, and those asked for.
     work: recovery::Work,
     /// Serialises additions and removals (an added ZEO backend's event
     /// handler is bound to the position it will get).
-    reconfig: Mutex<()>,
+    reconfig: members::Reconfig,
     /// `read-policy` (a reload may change it).
     read_policy: std::sync::atomic::AtomicU8,
     /// Whether the array closes, and the signal that wakes its sleepers.
     wake: wake::Wake,
     /// Off-site mirrors (`mode = "offsite"`): shipped to after the commit,
     /// never read, never voting.
-    offsite: RwLock<Vec<Arc<offsite::Mirror>>>,
+    offsite: offsite::Mirrors,
 }
 
 /// The array. Cheap to share; the server holds it as `Arc<dyn Storage>`.
@@ -334,13 +334,13 @@ impl RaidStorage {
                 published: AtomicU64::new(0),
                 reads: AtomicU64::new(0),
                 packing: AtomicU64::new(0),
-                roles: Mutex::new(roles),
+                roster: roster::Roster::new(roles, opts.state_file.clone(), &opts.name),
                 group,
                 work: recovery::Work::default(),
                 read_policy: std::sync::atomic::AtomicU8::new(opts.read_policy.code()),
-                reconfig: Mutex::new(()),
+                reconfig: members::Reconfig::default(),
                 wake: wake::Wake::default(),
-                offsite: RwLock::new(Vec::new()),
+                offsite: offsite::Mirrors::default(),
             }
         });
         for (i, b) in core.backends.iter().enumerate() {
@@ -357,8 +357,7 @@ impl RaidStorage {
         // file) are on disk before anything is served: after a crash a
         // backend that missed this run's commits is never trusted alone.
         if core.optimal().len() < core.total() {
-            let roles = lock(&core.roles);
-            core.persist(&roles.saved()).map_err(|e| {
+            core.roster.persist().map_err(|e| {
                 format!("{e} (the array must remember its degraded backends before it serves)")
             })?;
         }
@@ -387,13 +386,15 @@ impl RaidStorage {
         let last = *lock(&core.commit.last_logged);
         let m = Arc::new(offsite::Mirror::new(spec, opts, last));
         m.start(core)?;
-        write(&core.offsite).push(m);
+        core.offsite.push(m);
         Ok(())
     }
 
     /// The off-site mirrors' names.
     pub fn offsite_names(&self) -> Vec<String> {
-        read(&self.core.offsite)
+        self.core
+            .offsite
+            .list()
             .iter()
             .map(|m| m.name.clone())
             .collect()
@@ -422,53 +423,14 @@ impl Core {
         self.step(state::roles::Event::Failed { at: i, reason: why });
     }
 
-    /// Advance the roles by `event` and carry out its `Ready` under their
-    /// lock: publish each backend's role to the backend, count errors, log,
-    /// write the state file. Whether a role changed.
+    /// Advance the roles by `event` ([`roster::Roster::step`]).
     fn step(&self, event: state::roles::Event) -> bool {
-        use state::roles::Level;
-        let mut roles = lock(&self.roles);
-        let open = |i: usize| i < self.backends.len() && self.backends[i].is_open();
-        let ready = roles.step(event, open);
-        for (i, m) in roles.members().iter().enumerate() {
-            if i < self.backends.len() {
-                self.backends[i].publish(&m.state, m.removed);
-            }
-        }
-        for &i in &ready.errors {
-            if i < self.backends.len() {
-                self.backends[i].errors.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        for (level, line) in &ready.log {
-            match level {
-                Level::Error => log::error!("{line}"),
-                Level::Warn => log::warn!("{line}"),
-                Level::Info => log::info!("{line}"),
-            }
-        }
-        if let Some(saved) = &ready.persist {
-            if let Err(e) = self.persist(saved) {
-                log::error!(
-                    "RAID array {:?}: {e}; a restart may trust a degraded backend again",
-                    self.opts.name
-                );
-            }
-        }
-        ready.changed
+        self.roster.step(event, &self.backends)
     }
 
     /// Backend `i`'s state, with its reason, as the roles hold it.
     fn state_of(&self, i: usize) -> BackendState {
-        lock(&self.roles).state(i)
-    }
-
-    /// Write `saved` to the state file (if the array has one).
-    fn persist(&self, saved: &statefile::Saved) -> std::result::Result<(), String> {
-        match &self.opts.state_file {
-            Some(path) => statefile::save(path, saved),
-            None => Ok(()),
-        }
+        self.roster.state(i)
     }
 
     /// The array's state from the roles the backends were last given
@@ -830,7 +792,9 @@ impl Core {
                 credit: (c.balance() * 10.0).round() / 10.0,
             }),
             backends,
-            offsite: read(&self.offsite)
+            offsite: self
+                .offsite
+                .list()
                 .iter()
                 .map(|m| m.status(newest))
                 .collect(),

@@ -185,6 +185,25 @@ struct Figures {
     catching: Option<Catching>,
 }
 
+/// The array's off-site mirrors (added at open, before it serves).
+#[derive(Default)]
+pub(crate) struct Mirrors(std::sync::RwLock<Vec<Arc<Mirror>>>);
+
+impl Mirrors {
+    pub(crate) fn push(&self, m: Arc<Mirror>) {
+        crate::locks::write(&self.0).push(m);
+    }
+
+    /// The mirrors now (cheap: a few `Arc`s).
+    pub(crate) fn list(&self) -> Vec<Arc<Mirror>> {
+        crate::locks::read(&self.0).clone()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        crate::locks::read(&self.0).is_empty()
+    }
+}
+
 /// An off-site mirror of an array.
 pub(crate) struct Mirror {
     pub name: String,

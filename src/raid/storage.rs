@@ -9,7 +9,7 @@ use super::fanout::Outcome;
 use super::state::inflight::FinishEnd;
 use super::state::{self, Reason, VoteKey};
 use super::{Backend, RaidStorage};
-use crate::locks::{lock, read};
+use crate::locks::lock;
 use crate::storage::resolve::ConflictResolver;
 use crate::storage::{
     timestamp, CurrentRecord, Data, Error, HistoryEntry, Loaded, Oid, Op, Result, SizeInfo,
@@ -77,7 +77,7 @@ fn mark_published(core: &super::Core, tid: Tid) {
         core.published.fetch_max(tid.0, Ordering::AcqRel);
         core.commit.gate_cv.notify_all();
     }
-    for m in read(&core.offsite).iter() {
+    for m in core.offsite.list().iter() {
         m.published();
     }
 }
@@ -283,7 +283,7 @@ impl Storage for RaidStorage {
         };
         if packed.is_ok() {
             let after = *lock(&core.commit.last_logged);
-            for m in read(&core.offsite).iter() {
+            for m in core.offsite.list().iter() {
                 m.request_pack(after, t, gc);
             }
         }
@@ -375,7 +375,7 @@ impl Storage for RaidStorage {
 
     fn close(&self) {
         self.stop_supervisor();
-        let mirrors: Vec<_> = read(&self.core.offsite).clone();
+        let mirrors: Vec<_> = self.core.offsite.list();
         for m in mirrors {
             m.stop();
         }
@@ -533,7 +533,7 @@ impl RaidStorage {
                 };
                 *lock(&core.commit.pending) = Pending {
                     tid: Some(tid),
-                    txn: (!read(&core.offsite).is_empty()).then_some(whole),
+                    txn: (!core.offsite.is_empty()).then_some(whole),
                 };
                 *kept = prepared;
                 Ok(vote)
@@ -653,7 +653,7 @@ impl RaidStorage {
             // all of them: its records are shared).
             let entry_of = |txn| super::offsite::entry_of(tid, txn);
             let mut entry = match &pending.txn {
-                Some(txn) if !read(&core.offsite).is_empty() => Some(entry_of(txn)),
+                Some(txn) if !core.offsite.is_empty() => Some(entry_of(txn)),
                 _ => None,
             };
             let mut last = lock(&core.commit.last_logged);
@@ -661,14 +661,14 @@ impl RaidStorage {
             // In tid order (under last_logged), for the off-site mirrors
             // (one added meanwhile gets it too).
             if let Some(txn) = &pending.txn {
-                for m in read(&core.offsite).iter() {
+                for m in core.offsite.list().iter() {
                     m.enqueue(tid, entry.get_or_insert_with(|| entry_of(txn)));
                 }
             }
         }
         if !core.group {
             core.published.fetch_max(tid.0, Ordering::AcqRel);
-            for m in read(&core.offsite).iter() {
+            for m in core.offsite.list().iter() {
                 m.published();
             }
         }

@@ -603,36 +603,16 @@ impl RaidStorage {
         }
         let mut finished = 0;
         for (i, r) in answered {
-            match r {
-                Ok(t) if t == tid => {
-                    core.finish_ended(i, tid, ok);
+            let judged = state::judge_finish(what, tid, r.as_ref().map(|t| *t), ok);
+            core.finish_ended(i, judged.at, judged.end);
+            match judged.degrade {
+                None => {
                     finished += 1;
                     let b = &core.backends[i];
                     b.last_tid.store(tid.0, Ordering::Relaxed);
                     b.writes.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(t) => {
-                    core.finish_ended(i, t, ok);
-                    core.degrade(
-                        i,
-                        Reason::WrongTid {
-                            what: what.to_string(),
-                            committed: t,
-                            given: tid,
-                        },
-                    )
-                }
-                Err(e) => {
-                    core.finish_ended(i, tid, FinishEnd::Unknown);
-                    core.degrade(
-                        i,
-                        Reason::FinishFailed {
-                            what: what.to_string(),
-                            tid,
-                            error: e.to_string(),
-                        },
-                    )
-                }
+                Some(why) => core.degrade(i, why),
             }
         }
         // Timed-out backends were degraded by write_op.

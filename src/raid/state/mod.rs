@@ -195,6 +195,54 @@ pub fn classify(call: Call, e: &Error) -> ErrorKind {
     }
 }
 
+/// What a backend's answer to the array's finish of `tid` means: how its
+/// share of the transaction ended (for [`inflight`]), at which tid, and
+/// whether it leaves the optimal set. `done` is how a finish that took
+/// ends (`Logged` for group commit's `finish_log`, else `Committed`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FinishJudged {
+    pub end: inflight::FinishEnd,
+    pub at: Tid,
+    pub degrade: Option<Reason>,
+}
+
+/// Judge one backend's finish answer (see [`FinishJudged`]): the tid the
+/// array gave is success; another tid means it committed the transaction
+/// under a tid the others do not have (degraded: recover it); an error
+/// means it may or may not hold it (unknown, degraded).
+pub fn judge_finish(
+    what: &str,
+    tid: Tid,
+    answer: std::result::Result<Tid, &Error>,
+    done: inflight::FinishEnd,
+) -> FinishJudged {
+    match answer {
+        Ok(t) if t == tid => FinishJudged {
+            end: done,
+            at: tid,
+            degrade: None,
+        },
+        Ok(t) => FinishJudged {
+            end: done,
+            at: t,
+            degrade: Some(Reason::WrongTid {
+                what: what.to_string(),
+                committed: t,
+                given: tid,
+            }),
+        },
+        Err(e) => FinishJudged {
+            end: inflight::FinishEnd::Unknown,
+            at: tid,
+            degrade: Some(Reason::FinishFailed {
+                what: what.to_string(),
+                tid,
+                error: e.to_string(),
+            }),
+        },
+    }
+}
+
 /// What a read does with a backend that failed it ([`classify`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadFailure {
@@ -517,6 +565,34 @@ mod tests {
                 _ => panic!("{got:?} {want:?}"),
             }
         }
+    }
+
+    #[test]
+    fn judge_finish_table() {
+        use inflight::FinishEnd::*;
+        let (tid, other) = (Tid(10), Tid(11));
+        let err = Error::Io("disk gone".into());
+        // (answer, done, want end, want at, degraded?)
+        let table: Vec<(std::result::Result<Tid, &Error>, _, _, Tid, bool)> = vec![
+            (Ok(tid), Committed, Committed, tid, false),
+            (Ok(tid), Logged, Logged, tid, false),
+            (Ok(other), Committed, Committed, other, true),
+            (Err(&err), Logged, Unknown, tid, true),
+        ];
+        for (answer, done, end, at, degraded) in table {
+            let j = judge_finish("tpc_finish", tid, answer, done);
+            assert_eq!(
+                (j.end, j.at, j.degrade.is_some()),
+                (end, at, degraded),
+                "{answer:?}"
+            );
+        }
+        let j = judge_finish("finish_log", tid, Err(&err), Logged);
+        assert!(j
+            .degrade
+            .unwrap()
+            .to_string()
+            .starts_with("finish_log of 0x000000000000000a failed: "));
     }
 
     #[test]

@@ -1,23 +1,121 @@
-//! Simulated backends for the array's tests (issue #22): a storage
-//! wrapper over an in-process file mirror whose fault plan makes a chosen
-//! call (`load_before`, `tpc_vote`, `finish_log`, `make_durable`,
-//! `tpc_abort`, `last_transaction`, `new_oids`, `iterator`) at a chosen
-//! occurrence fail (a dropped connection or an IO error, before or after
-//! doing the work), hang (answer late, past the array's deadline), answer
-//! slowly, disagree, or drop the connection (every call fails until the
-//! backend is reopened, and the array hears of it as a ZEO backend's
-//! event); and the server's half of a commit (its commit lock, its group
-//! committer), so several clients can commit at once as through a server.
+//! A seeded campaign over the array with simulated backends and
+//! concurrent clients (issue #22, second step after `sim.rs`).
 //!
-//! A campaign over them follows; here, the bug it found first.
+//! Each seed opens an array of three in-process file mirrors, each behind
+//! a [`SimBackend`]: a storage wrapper whose fault plan, drawn from the
+//! seed's RNG, makes a chosen call (`load_before`/`load_serial`,
+//! `tpc_vote`, `finish_log`, `make_durable`, `tpc_abort`,
+//! `last_transaction`, `iterator`; `new_oids` and `last_transaction` when
+//! the array opens) at a chosen occurrence fail (a dropped connection or
+//! an IO error, before or after doing the work), hang (block for [`HANG`],
+//! past the array's short `backend-timeout`, then do the work: a late
+//! answer; whatever still hangs when the step ends is released), answer
+//! slowly (within the timeout), disagree (a vote that prepared and then
+//! answers what no other backend does), or drop the connection (every
+//! call fails until the backend is reopened or the connection comes back
+//! when the step ends, and the array hears of it as it hears of a ZEO
+//! backend's, through its event handler). A step arms at most as many
+//! faults on optimal backends, plus disables and removals, as leaves one
+//! optimal backend untouched.
+//!
+//! Two or three writer threads commit all the time, each its own object,
+//! through a model of the server's half of a commit ([`Server`]: vote and
+//! `finish_log` under its commit lock, then a group committer that makes
+//! batches durable and publishes them in tid order before it answers).
+//! The fan-out is parallel (the default; with in-process backends that
+//! overlaps `make_durable`, while votes and finishes run on the caller in
+//! order, see `fanout::plan`) until a reload changes it. At a random
+//! moment of the step the driver acts as an operator: disable, recover,
+//! remove, add back, verify, or change the modes as a reload does
+//! (`set_modes`). Then the writers are paused at a safe point (between
+//! two commits), the hangs are released, the connections come back, the
+//! plans are cleared, and the invariants are checked:
+//!
+//! - every acknowledged commit is on every optimal backend, with its data;
+//! - the optimal backends are identical (same last tid, same history
+//!   record by record) and their last tid is the array's;
+//! - the array's status (`status()`: every backend's role, the optimal
+//!   count) is what the array's own state says, and what the backends hold
+//!   bears it out;
+//! - the commit path holds nothing on an optimal backend (`inflight`), no
+//!   backend is left recovering;
+//! - no commit lock is held forever: every commit ends within
+//!   [`COMMIT_BOUND`] (the writers must reach their safe point by then);
+//! - a degraded backend is recoverable: at random checks (and at the end,
+//!   for every backend) it is recovered, which must succeed, and verify
+//!   then finds it identical. A recovery or verify the driver runs while
+//!   faults are armed may fail (the fault is the reason); once the plan is
+//!   cleared it must not;
+//! - a commit that fails fails with an error the client sees (never a
+//!   conflict: each writer has its own object, so a conflict would mean a
+//!   failed commit is there after all); a writer's read of its own object
+//!   returns its last acknowledged data.
+//!
+//! At the end of a seed every removed backend is added back, every backend
+//! recovered and verified, and every acknowledged commit is on all of them.
+//!
+//! **What replays and what does not.** The fault plan and the driver's
+//! actions (which backend, which call, which occurrence, what fault, which
+//! action, how long the writers run around it) are a pure function of the
+//! seed: `ZEORAID_SIM_SEED=N cargo test --lib sim_backends` runs the same
+//! plan again. What they meet is not: the writers are real threads, so
+//! which commit a fault lands in, whether an action finds a commit between
+//! its vote and its finish, and how many commits a step makes depend on
+//! thread timing (and on the machine's load: a 200 ms deadline on a busy
+//! host may degrade a backend nobody faulted, which the invariants allow).
+//! A failure prints the seed and the trail: the plan of every step and
+//! what happened (which faults fired, what the actions answered, commits
+//! acknowledged and failed). A failure that depends on an interleaving may
+//! need several replays; the trail says what each step met.
+//! `ZEORAID_SIM_BACKEND_SEEDS` sets how many seeds a run takes (default
+//! [`DEFAULT_SEEDS`], each of [`STEPS`] steps); the run ends by printing
+//! seeds, steps, acknowledged and failed commits and faults injected
+//! (shown with `--nocapture`); a replayed seed also prints its trail. A
+//! seed costs about half a second of wall time (the deadlines and hangs
+//! are real time, the CPU is mostly idle), so this campaign runs tens of
+//! seeds where `sim.rs`, one thread and no timers, runs a thousand.
+//!
+//! **Why not `shuttle` or `loom`.** Issue #22 asks to weigh a controlled
+//! scheduler. Both need every synchronisation primitive the code under
+//! test uses to be theirs: the array uses `std::sync` mutexes, condvars
+//! and atomics directly, a rayon pool for its fan-out, crossbeam channels
+//! with deadlines, `std::thread::scope` in recovery, and wall-clock
+//! deadlines (`Instant`) throughout; a file backend does real IO. Swapping
+//! all of that behind a facade for a test build is a refactor of its own
+//! (and loom's exhaustive search does not scale to a whole commit path
+//! with three backends and a recovery). Until then this campaign takes
+//! the cheaper half: a deterministic plan, real threads, invariants
+//! checked at safe points, and enough seeds to shake interleavings out.
 
+use super::phases::states_by_name;
 use super::*;
+use crate::raid::balance::ReadPolicy;
+use crate::raid::state::inflight::Readiness;
+use crate::status::Role;
 use crate::storage::file::{FileOptions, FileStorage};
 use crate::zeo::client::{EventHandler, ServerEvent};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{HashMap, HashSet};
 use std::sync::Condvar;
 
-/// How long a hung call blocks unless it is released first.
-const HANG: Duration = Duration::from_millis(320);
+const NAMES: [&str; 3] = ["a", "b", "c"];
+/// The array's `backend-timeout`: short, so a hang is a timeout soon.
+const TIMEOUT: Duration = Duration::from_millis(200);
+/// How long a hung call blocks unless the step releases it first: past
+/// the timeout, so the array gives up on it.
+const HANG: Duration = Duration::from_millis(260);
+/// Every commit ends within this (a hang costs a timeout per call; a
+/// recovery or removal waits a transaction out): longer is a commit lock
+/// held forever.
+const COMMIT_BOUND: Duration = Duration::from_secs(10);
+/// A writer's pause between two commits.
+const THINK: Duration = Duration::from_millis(2);
+/// Steps per seed.
+const STEPS: usize = 12;
+/// Seeds a default run takes (about 17 s in a debug build on two cores:
+/// wall time spent in deadlines, hangs and the writers' steps, not CPU).
+const DEFAULT_SEEDS: u64 = 32;
 
 /// A call of the storage contract a fault can be armed on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,9 +130,57 @@ enum Call {
     Iterator,
 }
 
+const CALLS: [Call; 7] = [
+    Call::LoadBefore,
+    Call::Vote,
+    Call::FinishLog,
+    Call::MakeDurable,
+    Call::Abort,
+    Call::LastTransaction,
+    Call::Iterator,
+];
+
+/// What the commit path calls on an optimal backend (votes and finishes
+/// twice as often).
+const COMMIT_CALLS: [Call; 7] = [
+    Call::LoadBefore,
+    Call::Vote,
+    Call::Vote,
+    Call::FinishLog,
+    Call::FinishLog,
+    Call::MakeDurable,
+    Call::Abort,
+];
+
+/// What a recovery calls on its target (a restore is a vote and a
+/// finish).
+const RECOVERY_CALLS: [Call; 5] = [
+    Call::LastTransaction,
+    Call::Vote,
+    Call::FinishLog,
+    Call::MakeDurable,
+    Call::Iterator,
+];
+
+/// What the array calls on every backend when it opens.
+const START_CALLS: [Call; 2] = [Call::LastTransaction, Call::NewOids];
+
+/// The fault an armed `call` gets.
+fn draw_fault(rng: &mut StdRng, call: Call) -> Fault {
+    match (call, rng.gen_range(0..100)) {
+        (Call::Abort, 0..=49) => Fault::Hang,
+        (Call::Abort, _) => Fault::Slow(rng.gen_range(5..120)),
+        (_, 0..=14) => Fault::Disconnect,
+        (_, 15..=29) => Fault::Io,
+        (_, 30..=44) => Fault::FailsAfterDoing,
+        (_, 45..=54) => Fault::Hang,
+        (_, 55..=69) => Fault::Slow(rng.gen_range(5..120)),
+        (Call::Vote, 70..=84) => Fault::Disagree,
+        _ => Fault::Drop,
+    }
+}
+
 /// What an armed call does.
-// The campaign (next) arms every kind; this commit's test one.
-#[allow(dead_code)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fault {
     /// Fails at once, as a lost connection ("storage unavailable").
@@ -156,7 +302,6 @@ impl SimCell {
         lock(&self.plan).dropped = false;
     }
 
-    #[allow(dead_code)]
     fn active(&self) -> bool {
         let p = lock(&self.plan);
         p.dropped || !p.armed.is_empty() || !p.fired.is_empty()
@@ -429,6 +574,804 @@ impl Server {
             let _ = t.join();
         }
     }
+}
+
+/// What the writers did, for the driver (read while they are paused).
+#[derive(Default)]
+struct Log {
+    acked: u64,
+    failed: u64,
+    /// Failures as the client saw them (the first few of a step).
+    errors: Vec<String>,
+    /// What no client may see: a silent loss, a stale read, a conflict.
+    wrong: Vec<String>,
+    longest: Duration,
+}
+
+#[derive(Default)]
+struct Ctl {
+    go: bool,
+    stop: bool,
+    parked: usize,
+}
+
+/// The writer threads and the switch that pauses them between commits.
+struct Writers {
+    ctl: Arc<(Mutex<Ctl>, Condvar)>,
+    counters: Vec<Arc<Mutex<Own>>>,
+    log: Arc<Mutex<Log>>,
+    server: Arc<Server>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Writers {
+    fn start(array: &Arc<RaidStorage>, n: usize) -> Writers {
+        let ctl: Arc<(Mutex<Ctl>, Condvar)> = Arc::default();
+        let log: Arc<Mutex<Log>> = Arc::default();
+        let server = Arc::new(Server::start(array));
+        let counters: Vec<Arc<Mutex<Own>>> = (0..n)
+            .map(|_| Arc::new(Mutex::new(Own::new(array))))
+            .collect();
+        let threads = counters
+            .iter()
+            .enumerate()
+            .map(|(w, c)| {
+                let (ctl, log, c, a) = (ctl.clone(), log.clone(), c.clone(), array.clone());
+                let server = server.clone();
+                std::thread::Builder::new()
+                    .name(format!("sim-writer-{w}"))
+                    .spawn(move || write_loop(w, &ctl, &log, &c, &server, &a))
+                    .expect("a writer thread starts")
+            })
+            .collect();
+        Writers {
+            ctl,
+            counters,
+            log,
+            server,
+            threads,
+        }
+    }
+
+    fn go(&self) {
+        lock(&self.ctl.0).go = true;
+        self.ctl.1.notify_all();
+    }
+
+    /// Pause them between two commits; false when one did not get there
+    /// within [`COMMIT_BOUND`].
+    fn pause(&self) -> bool {
+        let deadline = Instant::now() + COMMIT_BOUND;
+        let mut c = lock(&self.ctl.0);
+        c.go = false;
+        while c.parked < self.counters.len() {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            c = self
+                .ctl
+                .1
+                .wait_timeout(c, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+
+    fn stop(&mut self) {
+        lock(&self.ctl.0).stop = true;
+        self.ctl.1.notify_all();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.server.stop();
+    }
+}
+
+fn write_loop(
+    w: usize,
+    ctl: &(Mutex<Ctl>, Condvar),
+    log: &Mutex<Log>,
+    counter: &Mutex<Own>,
+    server: &Server,
+    a: &RaidStorage,
+) {
+    loop {
+        {
+            let mut c = lock(&ctl.0);
+            c.parked += 1;
+            ctl.1.notify_all();
+            while !c.go && !c.stop {
+                c = ctl.1.wait(c).unwrap_or_else(|e| e.into_inner());
+            }
+            c.parked -= 1;
+            if c.stop {
+                return;
+            }
+        }
+        let c = lock(counter);
+        // Read your own writes: the last acknowledged value, from
+        // whichever backend the read policy picks.
+        if let Some((t, data)) = c.acked.last().cloned() {
+            match a.load_before(c.oid, Tid::MAX) {
+                Ok(Some(l)) if l.start == t && l.data[..] == data[..] => {}
+                Ok(other) => lock(log).wrong.push(format!(
+                    "writer {w} read its object {} and got {:?} instead of its acknowledged {t}",
+                    c.oid,
+                    other.map(|l| l.start)
+                )),
+                // No backend left to answer: the client sees the error.
+                Err(_) => {}
+            }
+        }
+        drop(c);
+        // A client's think time between transactions: the histories stay
+        // short enough to compare at every step.
+        std::thread::sleep(THINK);
+        let mut c = lock(counter);
+        let started = Instant::now();
+        let r = c.commit(server, a);
+        let took = started.elapsed();
+        let mut l = lock(log);
+        l.longest = l.longest.max(took);
+        match r {
+            Ok(_) => l.acked += 1,
+            Err(e) => {
+                l.failed += 1;
+                let conflict = matches!(e, Error::Conflict { .. })
+                    || matches!(&e, Error::Value(m) if m.starts_with("conflicts"));
+                if conflict {
+                    l.wrong.push(format!(
+                        "writer {w}'s commit met a conflict on its own object: a commit it \
+                         was told failed is there after all ({e})"
+                    ));
+                }
+                if l.errors.len() < 3 {
+                    l.errors.push(format!("writer {w}: {e}"));
+                }
+            }
+        }
+    }
+}
+
+struct Sim {
+    seed: u64,
+    dir: tempfile::TempDir,
+    array: Arc<RaidStorage>,
+    cells: HashMap<&'static str, Arc<SimCell>>,
+    removed: Vec<&'static str>,
+    writers: Writers,
+    rng: StdRng,
+    trail: Vec<String>,
+    /// Faults armed, faults that fired.
+    faults: u64,
+    fired: u64,
+    steps: u64,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        for c in self.cells.values() {
+            c.clear();
+        }
+        self.writers.stop();
+    }
+}
+
+impl Sim {
+    fn new(seed: u64) -> Sim {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cells = HashMap::new();
+        let specs = NAMES
+            .iter()
+            .map(|&n| {
+                let c = Arc::new(SimCell::default());
+                cells.insert(n, c.clone());
+                sim_spec(n, dir.path().join(format!("{n}.fs")), &c).expect("the file opens")
+            })
+            .collect();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut trail = Vec::new();
+        let mut faults = 0;
+        // Sometimes a backend already fails while the array opens.
+        if rng.gen_bool(0.2) {
+            let n = NAMES[rng.gen_range(0..NAMES.len())];
+            let call = START_CALLS[rng.gen_range(0..START_CALLS.len())];
+            let a = Armed {
+                call,
+                skip: 0,
+                fault: draw_fault(&mut rng, call),
+            };
+            trail.push(format!("open: {n}: {:?} {:?}", a.call, a.fault));
+            cells[n].arm(a);
+            faults += 1;
+        }
+        let opts = RaidOptions {
+            backend_timeout: TIMEOUT,
+            ..opts()
+        };
+        let array = Arc::new(RaidStorage::open(opts, specs).expect("array opens"));
+        let fired: Vec<String> = NAMES
+            .iter()
+            .flat_map(|n| {
+                cells[n]
+                    .clear()
+                    .into_iter()
+                    .map(move |f| format!("{n}: {f}"))
+            })
+            .collect();
+        trail.push(format!(
+            "opened: fired [{}]; states {:?}",
+            fired.join(", "),
+            states_by_name(&array)
+        ));
+        let writers = Writers::start(&array, rng.gen_range(2..=3));
+        let sim = Sim {
+            seed,
+            dir,
+            array,
+            cells,
+            removed: Vec::new(),
+            writers,
+            rng,
+            trail,
+            faults,
+            fired: fired.len() as u64,
+            steps: 0,
+        };
+        for n in NAMES {
+            sim.bind_events(n);
+        }
+        sim
+    }
+
+    /// Backend `n`'s dropped connection is told to the array as a ZEO
+    /// backend's event (at its position now).
+    fn bind_events(&self, n: &str) {
+        let i = self.array.position(n).expect("present");
+        let h = super::super::backend::event_handler(Arc::downgrade(&self.array.core), i);
+        *lock(&self.cells[n].on_drop) = Some(h);
+    }
+
+    fn fail(&self, what: &str) -> ! {
+        panic!(
+            "seed {} failed: {what}\ntrail:\n  {}\nreplay: ZEORAID_SIM_SEED={} cargo test --lib \
+             sim_backends (the plan replays; thread timing may differ)",
+            self.seed,
+            self.trail.join("\n  "),
+            self.seed
+        )
+    }
+
+    fn backend(&self, n: &str) -> Option<&Backend> {
+        self.array
+            .core
+            .backends
+            .iter()
+            .find(|b| b.name == n && !b.is_removed())
+    }
+
+    fn with_role(&self, role: Role) -> Vec<&'static str> {
+        NAMES
+            .iter()
+            .copied()
+            .filter(|n| {
+                self.backend(n)
+                    .is_some_and(|b| read(&b.state).role() == role && b.is_open())
+            })
+            .collect()
+    }
+
+    fn present(&self) -> Vec<&'static str> {
+        NAMES
+            .iter()
+            .copied()
+            .filter(|n| !self.removed.contains(n))
+            .collect()
+    }
+
+    fn pick<T: Copy>(&mut self, from: &[T]) -> Option<T> {
+        if from.is_empty() {
+            None
+        } else {
+            Some(from[self.rng.gen_range(0..from.len())])
+        }
+    }
+
+    fn any_active(&self) -> bool {
+        self.cells.values().any(|c| c.active())
+    }
+
+    fn step(&mut self, k: usize) {
+        self.steps += 1;
+        let optimal = self.with_role(Role::Optimal);
+        // How many backends this step may take out: one optimal backend
+        // always stays (with none left there is nothing to recover from).
+        let mut budget = optimal.len().saturating_sub(1);
+        let mut plan = Vec::new();
+        let action = self.rng.gen_range(0..100);
+        // Recovery and verify read where the backends stand: their calls
+        // are worth a fault when the step recovers or verifies.
+        let reads = action < 30 || (65..80).contains(&action);
+        let nfaults = self.rng.gen_range(0..=2usize);
+        for _ in 0..nfaults {
+            let candidates: Vec<&'static str> = if action < 30 {
+                self.present()
+            } else {
+                optimal.clone()
+            };
+            let Some(n) = self.pick(&candidates) else {
+                break;
+            };
+            let calls: &[Call] = if optimal.contains(&n) {
+                if budget == 0 {
+                    continue;
+                }
+                budget -= 1;
+                if reads {
+                    &CALLS
+                } else {
+                    &COMMIT_CALLS
+                }
+            } else {
+                &RECOVERY_CALLS
+            };
+            let call = calls[self.rng.gen_range(0..calls.len())];
+            let a = Armed {
+                call,
+                skip: self.rng.gen_range(0..3),
+                fault: draw_fault(&mut self.rng, call),
+            };
+            plan.push(format!("{n}: {:?} #{} {:?}", a.call, a.skip + 1, a.fault));
+            self.cells[n].arm(a);
+            self.faults += 1;
+        }
+        let lead = Duration::from_millis(self.rng.gen_range(0..15));
+        let tail = Duration::from_millis(self.rng.gen_range(0..15));
+        self.trail.push(format!(
+            "step {k}: faults [{}], action {action} after {lead:?}",
+            plan.join(", ")
+        ));
+        self.writers.go();
+        std::thread::sleep(lead);
+        self.act(action, budget);
+        std::thread::sleep(tail);
+        let paused = self.writers.pause();
+        let mut fired = Vec::new();
+        for n in NAMES {
+            for f in self.cells[n].clear() {
+                fired.push(format!("{n}: {f}"));
+            }
+        }
+        self.fired += fired.len() as u64;
+        if !paused {
+            self.fail(&format!(
+                "a commit did not end within {COMMIT_BOUND:?} after the faults were released \
+                 (the commit lock held forever?)"
+            ));
+        }
+        let (acked, failed, errors, wrong, longest) = {
+            let mut l = lock(&self.writers.log);
+            (
+                l.acked,
+                l.failed,
+                std::mem::take(&mut l.errors),
+                std::mem::take(&mut l.wrong),
+                l.longest,
+            )
+        };
+        self.trail.push(format!(
+            "  fired [{}]; {acked} acknowledged, {failed} failed so far{}; states {:?}",
+            fired.join(", "),
+            if errors.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", errors.join("; "))
+            },
+            self.states()
+        ));
+        if !wrong.is_empty() {
+            self.fail(&wrong.join("\n"));
+        }
+        if longest > COMMIT_BOUND {
+            self.fail(&format!("a commit took {longest:?}"));
+        }
+        self.check();
+        if self.rng.gen_bool(0.4) {
+            for n in self.degraded() {
+                self.trail.push(format!("  check: recover {n}"));
+                self.recover(n, true);
+            }
+            self.check();
+        }
+    }
+
+    fn degraded(&self) -> Vec<&'static str> {
+        NAMES
+            .iter()
+            .copied()
+            .filter(|n| {
+                self.backend(n)
+                    .is_some_and(|b| !read(&b.state).is_optimal() || !b.is_open())
+            })
+            .collect()
+    }
+
+    fn states(&self) -> Vec<String> {
+        NAMES
+            .iter()
+            .map(|n| match self.backend(n) {
+                Some(b) => format!("{n} {}", read(&b.state).label()),
+                None => format!("{n} removed"),
+            })
+            .collect()
+    }
+
+    /// An operator action while the writers commit.
+    fn act(&mut self, r: u32, budget: usize) {
+        match r {
+            0..=29 => {
+                if let Some(n) = self.pick(&self.degraded()) {
+                    self.trail.push(format!("  recover {n}"));
+                    self.recover(n, false);
+                }
+            }
+            30..=44 if budget > 0 => {
+                if let Some(n) = self.pick(&self.with_role(Role::Optimal)) {
+                    match self.array.disable(n) {
+                        Ok(()) => self.trail.push(format!("  disable {n}")),
+                        Err(e) => self.trail.push(format!("  disable {n} refused: {e}")),
+                    }
+                }
+            }
+            45..=54 if budget > 0 => {
+                if let Some(n) = self.pick(&self.present()) {
+                    self.remove(n);
+                }
+            }
+            55..=64 => {
+                if let Some(n) = self.pick(&self.removed.clone()) {
+                    self.add_back(n);
+                }
+            }
+            65..=79 => {
+                let optimal = self.with_role(Role::Optimal);
+                if let Some(n) = self.pick(&optimal) {
+                    match self.array.verify(n) {
+                        Ok(v) => self.trail.push(format!(
+                            "  verify {n}: {:?}",
+                            v.difference.map(|d| d.to_string())
+                        )),
+                        Err(e) => self.trail.push(format!("  verify {n} failed: {e}")),
+                    }
+                }
+            }
+            80..=89 => {
+                let fanout = if self.rng.gen_bool(0.7) {
+                    Mode::Parallel
+                } else {
+                    Mode::Sequential
+                };
+                let policy = [
+                    ReadPolicy::RoundRobin,
+                    ReadPolicy::Random,
+                    ReadPolicy::LeastLatency,
+                    ReadPolicy::Primary,
+                ][self.rng.gen_range(0..4)];
+                let changed = self.array.set_modes(fanout, policy);
+                self.trail.push(format!("  reload: {changed:?}"));
+            }
+            _ => {}
+        }
+    }
+
+    fn remove(&mut self, n: &'static str) {
+        match self.array.remove_backend(n) {
+            Ok(()) => {
+                self.trail.push(format!("  remove {n}"));
+                self.removed.push(n);
+            }
+            Err(e) if e.contains("min-optimal") || e.contains("last backend") => {
+                self.trail.push(format!("  remove {n} refused: {e}"))
+            }
+            Err(e) => self.fail(&format!("removing {n}: {e}")),
+        }
+    }
+
+    fn add_back(&mut self, n: &'static str) {
+        let path = self.dir.path().join(format!("{n}.fs"));
+        let spec = match sim_spec(n, path.clone(), &self.cells[n]) {
+            Ok(s) => s,
+            Err(e) => self.fail(&format!(
+                "backend {n}'s file cannot be opened again after its removal: {e}"
+            )),
+        };
+        if let Err(e) = self
+            .array
+            .add_backend(spec, crate::config::BackendConfig::file(n, path))
+        {
+            self.fail(&format!("adding {n} back: {e}"));
+        }
+        self.removed.retain(|r| *r != n);
+        self.bind_events(n);
+        self.trail.push(format!("  add {n} back"));
+    }
+
+    /// Recover `n`; `must`: the plan is cleared and the writers paused,
+    /// so it must succeed and verify must find it identical.
+    fn recover(&mut self, n: &str, must: bool) {
+        let active = self.any_active();
+        match self.array.recover(n, false) {
+            Ok(r) => {
+                self.trail
+                    .push(format!("    recovered {n}: {} copied", r.copied));
+                if self.backend(n).is_some_and(|b| !b.is_optimal()) {
+                    // A fault still armed on it may take it out again as
+                    // soon as it rejoins.
+                    if must || !active {
+                        self.fail(&format!("{n} is not optimal after its recovery succeeded"));
+                    }
+                    self.trail.push(format!(
+                        "    {n} degraded again at once: {:?}",
+                        self.states()
+                    ));
+                    return;
+                }
+                match self.array.verify(n) {
+                    Ok(v) if v.difference.is_none() => {}
+                    Ok(v) if !must => self.trail.push(format!(
+                        "    verify {n} after recovery: {:?}",
+                        v.difference.map(|d| d.to_string())
+                    )),
+                    Ok(v) => self.fail(&format!(
+                        "verify {n} after its recovery: {:?}",
+                        v.difference.map(|d| d.to_string())
+                    )),
+                    Err(e) if !must && active => self
+                        .trail
+                        .push(format!("    verify {n} after recovery failed: {e}")),
+                    Err(e) => self.fail(&format!("verify {n} after its recovery: {e}")),
+                }
+            }
+            Err(e) if !must && active => self
+                .trail
+                .push(format!("    recovery of {n} failed, faults armed: {e}")),
+            Err(e) if !must && e.contains("is optimal: nothing to recover") => {}
+            Err(e) => self.fail(&format!("recovery of {n}: {e}")),
+        }
+    }
+
+    /// The invariants, writers paused, plans cleared.
+    fn check(&self) {
+        let a = &self.array;
+        let core = &a.core;
+        let optimal: Vec<&Backend> = core.backends.iter().filter(|b| b.is_optimal()).collect();
+        if optimal.is_empty() {
+            self.fail(&format!("no optimal backend left: {:?}", self.states()));
+        }
+        if core.backends.iter().any(|b| {
+            !b.is_removed() && matches!(*read(&b.state), state::BackendState::Recovering(_))
+        }) {
+            self.fail(&format!("a backend left recovering: {:?}", self.states()));
+        }
+        // Optimal backends identical, at the array's last tid.
+        let last = match a.last_transaction() {
+            Ok(t) => t,
+            Err(e) => self.fail(&format!("the array's last transaction: {e}")),
+        };
+        let history = |b: &Backend| -> History {
+            match b.storage() {
+                Ok(s) => history_of(s.as_ref()),
+                Err(e) => self.fail(&format!("optimal {} has no storage: {e}", b.name)),
+            }
+        };
+        let reference = history(optimal[0]);
+        for b in &optimal {
+            let s = b.storage().expect("open");
+            let t = s.last_transaction().unwrap_or(Tid::ZERO);
+            if t != last {
+                self.fail(&format!(
+                    "optimal {} is at {t}, the array at {last}",
+                    b.name
+                ));
+            }
+            if history(b) != reference {
+                self.fail(&format!(
+                    "optimal {} and {} hold different histories",
+                    b.name, optimal[0].name
+                ));
+            }
+        }
+        // Every acknowledged commit, with its data.
+        let held: HashMap<(Oid, Tid), Option<Data>> = reference
+            .iter()
+            .flat_map(|(t, recs)| recs.iter().map(move |(o, d)| ((*o, *t), d.clone())))
+            .collect();
+        for (w, c) in self.writers.counters.iter().enumerate() {
+            let c = lock(c);
+            for (t, data) in &c.acked {
+                match held.get(&(c.oid, *t)) {
+                    Some(Some(d)) if d[..] == data[..] => {}
+                    other => self.fail(&format!(
+                        "writer {w}'s acknowledged commit {t} is not on the optimal backends \
+                         ({:?})",
+                        other.map(|d| d.as_ref().map(|d| d.len()))
+                    )),
+                }
+            }
+        }
+        // The status document says what the array's state says.
+        let st = a.status();
+        let names: HashSet<String> = st.backends.iter().map(|b| b.name.clone()).collect();
+        let present: HashSet<String> = self.present().iter().map(|n| n.to_string()).collect();
+        if names != present {
+            self.fail(&format!(
+                "status lists {names:?}, the array has {present:?}"
+            ));
+        }
+        for bs in &st.backends {
+            let b = self.backend(&bs.name).expect("present");
+            let role = if b.is_optimal() {
+                Role::Optimal
+            } else {
+                match read(&b.state).role() {
+                    Role::Optimal => Role::Degraded,
+                    r => r,
+                }
+            };
+            if bs.state != role {
+                self.fail(&format!(
+                    "status says {} is {:?}, the array holds it {:?}",
+                    bs.name, bs.state, role
+                ));
+            }
+            if role == Role::Optimal && bs.last_transaction != format!("{:016x}", last.0) {
+                self.fail(&format!(
+                    "status says optimal {} is at {}, the array and its storage at {last}",
+                    bs.name, bs.last_transaction
+                ));
+            }
+            // A backend degraded by a verify's difference must differ.
+            if bs
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("found by verify"))
+                && b.storage()
+                    .is_ok_and(|s| history_of(s.as_ref()) == reference)
+            {
+                self.fail(&format!(
+                    "{} was degraded by a verify that found a difference, but it holds the \
+                     optimal backends' history: {:?}",
+                    bs.name, bs.reason
+                ));
+            }
+        }
+        if st.optimal as usize != optimal.len() {
+            self.fail(&format!(
+                "status counts {} optimal, the array {}",
+                st.optimal,
+                optimal.len()
+            ));
+        }
+        // Nothing left held.
+        let inflight = lock(&core.inflight).clone();
+        for (i, b) in core.backends.iter().enumerate() {
+            if b.is_removed() {
+                continue;
+            }
+            match inflight.readiness(i) {
+                Readiness::Idle => {}
+                Readiness::Unknown(_) if !b.is_optimal() => {}
+                other => self.fail(&format!(
+                    "between steps, {} (optimal: {}) is {other:?}",
+                    b.name,
+                    b.is_optimal()
+                )),
+            }
+        }
+    }
+
+    /// The end: writers stopped, everything back, recovered, verified,
+    /// every acknowledged commit on every backend.
+    /// Returns the commits acknowledged and failed.
+    fn finish(&mut self) -> (u64, u64) {
+        self.writers.stop();
+        for n in self.removed.clone() {
+            self.add_back(n);
+        }
+        for n in self.degraded() {
+            self.trail.push(format!("end: recover {n}"));
+            self.recover(n, true);
+        }
+        self.check();
+        for n in NAMES {
+            if self.backend(n).is_some_and(|b| !b.is_optimal()) {
+                self.fail(&format!("{n} is not optimal at the end"));
+            }
+        }
+        for n in &NAMES[1..] {
+            match self.array.verify(n) {
+                Ok(v) if v.difference.is_none() => {}
+                other => self.fail(&format!(
+                    "verify {n} at the end: {:?}",
+                    other.map(|v| v.difference.map(|d| d.to_string()))
+                )),
+            }
+        }
+        let (acked, failed) = {
+            let l = lock(&self.writers.log);
+            (l.acked, l.failed)
+        };
+        self.array.close();
+        (acked, failed)
+    }
+}
+
+fn run_seed(seed: u64, show: bool) -> Totals {
+    let mut sim = Sim::new(seed);
+    for k in 0..STEPS {
+        sim.step(k);
+    }
+    let (acked, failed) = sim.finish();
+    if show {
+        println!("seed {seed}:\n  {}", sim.trail.join("\n  "));
+    }
+    Totals {
+        steps: sim.steps,
+        acked,
+        failed,
+        faults: sim.faults,
+        fired: sim.fired,
+    }
+}
+
+/// A run's figures.
+#[derive(Default)]
+struct Totals {
+    steps: u64,
+    acked: u64,
+    failed: u64,
+    faults: u64,
+    fired: u64,
+}
+
+#[test]
+fn simulated_backends_and_concurrent_clients_keep_every_invariant() {
+    let one: Option<u64> = std::env::var("ZEORAID_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    let seeds: Vec<u64> = match one {
+        Some(seed) => vec![seed],
+        None => {
+            let n = std::env::var("ZEORAID_SIM_BACKEND_SEEDS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(DEFAULT_SEEDS);
+            (0..n).collect()
+        }
+    };
+    let started = Instant::now();
+    let mut t = Totals::default();
+    for &seed in &seeds {
+        let r = run_seed(seed, one.is_some());
+        t.steps += r.steps;
+        t.acked += r.acked;
+        t.failed += r.failed;
+        t.faults += r.faults;
+        t.fired += r.fired;
+    }
+    println!(
+        "{} seeds, {} steps, {} acknowledged commits ({} failed, as the client was told), {} \
+         faults injected ({} fired; the others met no call) in {:.1} s",
+        seeds.len(),
+        t.steps,
+        t.acked,
+        t.failed,
+        t.faults,
+        t.fired,
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// Found by the simulation campaign (issue #22): a recovery pass that

@@ -671,6 +671,11 @@ impl Writers {
     fn stop(&mut self) {
         lock(&self.ctl.0).stop = true;
         self.ctl.1.notify_all();
+        if std::thread::panicking() {
+            // A seed failed, perhaps on a commit that never ends: do not
+            // wait for it, the failure is reported.
+            return;
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -994,8 +999,8 @@ impl Sim {
         self.fired += fired.len() as u64;
         if !paused {
             self.fail(&format!(
-                "a commit did not end within {COMMIT_BOUND:?} after the faults were released \
-                 (the commit lock held forever?)"
+                "a commit did not end within {COMMIT_BOUND:?} of the writers being asked to \
+                 pause (a hung call lasts {HANG:?}): the commit lock held forever?"
             ));
         }
         let (acked, failed, errors, wrong, longest) = {

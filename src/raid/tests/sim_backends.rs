@@ -27,7 +27,11 @@
 //! order, see `fanout::plan`) until a reload changes it. At a random
 //! moment of the step the driver acts as an operator: disable, recover,
 //! remove, add back, verify, or change the modes as a reload does
-//! (`set_modes`). Then the writers are paused at a safe point (between
+//! (`set_modes`); sometimes a second action follows during the first's
+//! effects, and sometimes a second operator acts at the same time on its
+//! own thread (recover, verify, disable, reload: [`Aside`]), where the
+//! array's refusals of colliding actions ([`COLLISIONS`]: busy, already
+//! recovering, ...) are answers, not failures. Then the writers are paused at a safe point (between
 //! two commits), the hangs are released, the connections come back, the
 //! plans are cleared, and the invariants are checked:
 //!
@@ -585,6 +589,44 @@ impl Server {
     }
 }
 
+/// A second operator's action, on its own thread, during the driver's.
+#[derive(Clone, Copy, Debug)]
+enum Aside {
+    Recover(&'static str),
+    Verify(&'static str),
+    Disable(&'static str),
+    Reload(Mode, ReadPolicy),
+}
+
+impl Aside {
+    fn run(self, a: &RaidStorage) -> std::result::Result<String, String> {
+        match self {
+            Aside::Recover(n) => a.recover(n, false).map(|r| format!("{} copied", r.copied)),
+            Aside::Verify(n) => a
+                .verify(n)
+                .map(|v| format!("{:?}", v.difference.map(|d| d.to_string()))),
+            Aside::Disable(n) => a.disable(n).map(|()| "done".into()),
+            Aside::Reload(m, p) => Ok(format!("{:?}", a.set_modes(m, p))),
+        }
+    }
+}
+
+/// What two operators' actions may answer when they meet: the array
+/// refuses the second of two recoveries or verifies, a recovery of what
+/// the other one recovered, a removal of what is recovering, a verify or
+/// a disable that would leave nothing to compare with or too few optimal,
+/// a recovery whose source the other one disabled.
+const COLLISIONS: [&str; 8] = [
+    "is busy",
+    "nothing to recover",
+    "already recovering",
+    "is recovering",
+    "no optimal backend to copy from",
+    "no other optimal backend",
+    "min-optimal",
+    "was degraded meanwhile",
+];
+
 /// What the writers did, for the driver (read while they are paused).
 #[derive(Default)]
 struct Log {
@@ -770,6 +812,8 @@ struct Sim {
     writers: Writers,
     rng: StdRng,
     trail: Vec<String>,
+    /// The other operator's action is running.
+    aside: bool,
     /// Faults armed, faults that fired.
     faults: u64,
     fired: u64,
@@ -844,6 +888,7 @@ impl Sim {
             writers,
             rng,
             trail,
+            aside: false,
             faults,
             fired: fired.len() as u64,
             steps: 0,
@@ -979,14 +1024,49 @@ impl Sim {
         } else {
             None
         };
+        // Sometimes another operator acts at the same time, on its own
+        // thread (drawn now, resolved against the state when it starts).
+        let other = if self.rng.gen_bool(0.3) {
+            Some((
+                self.rng.gen_range(0..4u32),
+                self.rng.gen_range(0..1000usize),
+                Duration::from_millis(self.rng.gen_range(0..8)),
+            ))
+        } else {
+            None
+        };
         self.writers.go();
         std::thread::sleep(lead);
+        let aside = other.and_then(|(kind, pick, after)| {
+            let op = self.aside_for(kind, pick, &mut budget)?;
+            let a = self.array.clone();
+            self.aside = true;
+            Some((
+                op,
+                std::thread::spawn(move || {
+                    std::thread::sleep(after);
+                    op.run(&a)
+                }),
+            ))
+        });
         self.act(action, &mut budget);
         if let Some((action, after)) = second {
             std::thread::sleep(after);
             self.trail
                 .push(format!("  then action {action} after {after:?}"));
             self.act(action, &mut budget);
+        }
+        if let Some((op, h)) = aside {
+            let active = self.any_active();
+            match h.join() {
+                Ok(Ok(what)) => self.trail.push(format!("  other operator: {op:?}: {what}")),
+                Ok(Err(e)) if active || COLLISIONS.iter().any(|c| e.contains(c)) => self
+                    .trail
+                    .push(format!("  other operator: {op:?} refused: {e}")),
+                Ok(Err(e)) => self.fail(&format!("the other operator's {op:?}: {e}")),
+                Err(_) => self.fail(&format!("the other operator's {op:?} panicked")),
+            }
+            self.aside = false;
         }
         std::thread::sleep(tail);
         let paused = self.writers.pause();
@@ -1036,6 +1116,38 @@ impl Sim {
                 self.recover(n, true);
             }
             self.check();
+        }
+    }
+
+    /// An error an action may meet while the other operator's runs.
+    fn excused(&self, e: &str) -> bool {
+        self.aside && COLLISIONS.iter().any(|c| e.contains(c))
+    }
+
+    /// The other operator's action, resolved against the state now.
+    fn aside_for(&mut self, kind: u32, pick: usize, budget: &mut usize) -> Option<Aside> {
+        let nth = |v: Vec<&'static str>| (!v.is_empty()).then(|| v[pick % v.len()]);
+        match kind {
+            0 => nth(self.degraded()).map(Aside::Recover),
+            1 => nth(self.with_role(Role::Optimal)).map(Aside::Verify),
+            2 if *budget > 0 => {
+                *budget -= 1;
+                nth(self.with_role(Role::Optimal)).map(Aside::Disable)
+            }
+            2 => None,
+            _ => Some(Aside::Reload(
+                if pick.is_multiple_of(3) {
+                    Mode::Sequential
+                } else {
+                    Mode::Parallel
+                },
+                [
+                    ReadPolicy::RoundRobin,
+                    ReadPolicy::Random,
+                    ReadPolicy::LeastLatency,
+                    ReadPolicy::Primary,
+                ][pick % 4],
+            )),
         }
     }
 
@@ -1126,7 +1238,9 @@ impl Sim {
                 self.trail.push(format!("  remove {n}"));
                 self.removed.push(n);
             }
-            Err(e) if e.contains("min-optimal") || e.contains("last backend") => {
+            Err(e)
+                if e.contains("min-optimal") || e.contains("last backend") || self.excused(&e) =>
+            {
                 self.trail.push(format!("  remove {n} refused: {e}"))
             }
             Err(e) => self.fail(&format!("removing {n}: {e}")),
@@ -1163,7 +1277,7 @@ impl Sim {
                 if self.backend(n).is_some_and(|b| !b.is_optimal()) {
                     // A fault still armed on it may take it out again as
                     // soon as it rejoins.
-                    if must || !active {
+                    if must || !(active || self.aside) {
                         self.fail(&format!("{n} is not optimal after its recovery succeeded"));
                     }
                     self.trail.push(format!(
@@ -1182,7 +1296,7 @@ impl Sim {
                         "verify {n} after its recovery: {:?}",
                         v.difference.map(|d| d.to_string())
                     )),
-                    Err(e) if !must && active => self
+                    Err(e) if !must && (active || self.excused(&e)) => self
                         .trail
                         .push(format!("    verify {n} after recovery failed: {e}")),
                     Err(e) => self.fail(&format!("verify {n} after its recovery: {e}")),
@@ -1191,6 +1305,9 @@ impl Sim {
             Err(e) if !must && active => self
                 .trail
                 .push(format!("    recovery of {n} failed, faults armed: {e}")),
+            Err(e) if !must && self.excused(&e) => self
+                .trail
+                .push(format!("    recovery of {n} met the other operator: {e}")),
             Err(e) if !must && e.contains("is optimal: nothing to recover") => {}
             Err(e) => self.fail(&format!("recovery of {n}: {e}")),
         }

@@ -26,14 +26,16 @@
 //! overlaps `make_durable`, while votes and finishes run on the caller in
 //! order, see `fanout::plan`) until a reload changes it. At a random
 //! moment of the step the driver acts as an operator: disable, recover,
-//! remove, add back, verify, or change the modes as a reload does
-//! (`set_modes`); sometimes a second action follows during the first's
+//! remove, add back, verify, ask for a recovery the supervisor runs
+//! meanwhile (`request_recovery`, as `ctl recover` without `--wait`), or
+//! change the modes as a reload does (`set_modes`); sometimes a second action follows during the first's
 //! effects, and sometimes a second operator acts at the same time on its
 //! own thread (recover, verify, disable, reload: [`Aside`]), where the
 //! array's refusals of colliding actions ([`COLLISIONS`]: busy, already
 //! recovering, ...) are answers, not failures. Then the writers are paused at a safe point (between
 //! two commits), the hangs are released, the connections come back, the
-//! plans are cleared, and the invariants are checked:
+//! plans are cleared, the recoveries asked for have run (auto-recovery is
+//! off: nothing else starts one), and the invariants are checked:
 //!
 //! - every acknowledged commit is on every optimal backend, with its data;
 //! - the optimal backends are identical (same last tid, same history
@@ -814,6 +816,8 @@ struct Sim {
     trail: Vec<String>,
     /// The other operator's action is running.
     aside: bool,
+    /// A recovery was asked for (`request_recovery`) and may be running.
+    requested: bool,
     /// Faults armed, faults that fired.
     faults: u64,
     fired: u64,
@@ -889,6 +893,7 @@ impl Sim {
             rng,
             trail,
             aside: false,
+            requested: false,
             faults,
             fired: fired.len() as u64,
             steps: 0,
@@ -974,10 +979,11 @@ impl Sim {
         let action = self.rng.gen_range(0..100);
         // Recovery and verify read where the backends stand: their calls
         // are worth a fault when the step recovers or verifies.
-        let reads = action < 30 || (65..80).contains(&action);
+        let recovers = action < 30 || (90..98).contains(&action);
+        let reads = recovers || (65..80).contains(&action);
         let nfaults = self.rng.gen_range(0..=2usize);
         for _ in 0..nfaults {
-            let candidates: Vec<&'static str> = if action < 30 {
+            let candidates: Vec<&'static str> = if recovers {
                 self.present()
             } else {
                 optimal.clone()
@@ -1109,6 +1115,7 @@ impl Sim {
         if longest > COMMIT_BOUND {
             self.fail(&format!("a commit took {longest:?}"));
         }
+        self.settle_requests();
         self.check();
         if self.rng.gen_bool(0.4) {
             for n in self.degraded() {
@@ -1119,9 +1126,32 @@ impl Sim {
         }
     }
 
-    /// An error an action may meet while the other operator's runs.
+    /// An error an action may meet while the other operator's runs (or
+    /// a recovery asked for earlier).
     fn excused(&self, e: &str) -> bool {
-        self.aside && COLLISIONS.iter().any(|c| e.contains(c))
+        (self.aside || self.requested) && COLLISIONS.iter().any(|c| e.contains(c))
+    }
+
+    /// Wait for the recoveries asked for to have run (the supervisor
+    /// starts nothing else: no auto-recovery here).
+    fn settle_requests(&mut self) {
+        if !self.requested {
+            return;
+        }
+        let core = &self.array.core;
+        let deadline = Instant::now() + COMMIT_BOUND;
+        while !lock(&core.requests).is_empty() || lock(&core.busy).is_some() {
+            if Instant::now() >= deadline {
+                self.fail(&format!(
+                    "a recovery asked for has not ended after {COMMIT_BOUND:?}: {:?}",
+                    lock(&core.busy)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.requested = false;
+        self.trail
+            .push(format!("  recoveries asked for ran: {:?}", self.states()));
     }
 
     /// The other operator's action, resolved against the state now.
@@ -1227,6 +1257,21 @@ impl Sim {
                 ][self.rng.gen_range(0..4)];
                 let changed = self.array.set_modes(fanout, policy);
                 self.trail.push(format!("  reload: {changed:?}"));
+            }
+            90..=97 => {
+                // `zeoraid ctl recover` without --wait: the supervisor
+                // runs it, through the next steps perhaps.
+                if let Some(n) = self.pick(&self.degraded()) {
+                    match self.array.request_recovery(n, false) {
+                        Ok(()) => {
+                            self.requested = true;
+                            self.trail.push(format!("  recovery of {n} asked for"));
+                        }
+                        Err(e) => self
+                            .trail
+                            .push(format!("  recovery of {n} asked for, refused: {e}")),
+                    }
+                }
             }
             _ => {}
         }
@@ -1462,6 +1507,7 @@ impl Sim {
     /// Returns the commits acknowledged and failed.
     fn finish(&mut self) -> (u64, u64) {
         self.writers.stop();
+        self.settle_requests();
         for n in self.removed.clone() {
             self.add_back(n);
         }

@@ -50,8 +50,9 @@
 //! - a degraded backend is recoverable: at random checks (and at the end,
 //!   for every backend) it is recovered, which must succeed, and verify
 //!   then finds it identical. A recovery or verify the driver runs while
-//!   faults are armed may fail (the fault is the reason); once the plan is
-//!   cleared it must not;
+//!   faults are armed may fail (the fault is the reason); it is tried
+//!   again at the check, once the plans are cleared, and must not fail
+//!   then;
 //! - a commit that fails fails with an error the client sees, and only
 //!   with the array's own refusal (no backend could vote or finish it) or
 //!   a vote's winning answer (a disagreement that ties with the one other
@@ -818,6 +819,9 @@ struct Sim {
     aside: bool,
     /// A recovery was asked for (`request_recovery`) and may be running.
     requested: bool,
+    /// Recoveries that failed while faults were armed: tried again at
+    /// the check.
+    retry: Vec<&'static str>,
     /// Faults armed, faults that fired.
     faults: u64,
     fired: u64,
@@ -894,6 +898,7 @@ impl Sim {
             trail,
             aside: false,
             requested: false,
+            retry: Vec::new(),
             faults,
             fired: fired.len() as u64,
             steps: 0,
@@ -1117,8 +1122,18 @@ impl Sim {
         }
         self.settle_requests();
         self.check();
-        if self.rng.gen_bool(0.4) {
-            for n in self.degraded() {
+        // A recovery that failed while faults were armed is tried again
+        // now that they are cleared: it must succeed. Other degraded
+        // backends are, at random checks.
+        let all = self.rng.gen_bool(0.4);
+        let retry = std::mem::take(&mut self.retry);
+        let again: Vec<&'static str> = self
+            .degraded()
+            .into_iter()
+            .filter(|n| all || retry.contains(n))
+            .collect();
+        if !again.is_empty() {
+            for n in again {
                 self.trail.push(format!("  check: recover {n}"));
                 self.recover(n, true);
             }
@@ -1140,14 +1155,20 @@ impl Sim {
         }
         let core = &self.array.core;
         let deadline = Instant::now() + COMMIT_BOUND;
-        while !lock(&core.requests).is_empty() || lock(&core.busy).is_some() {
+        // The supervisor takes a request off the queue before the
+        // recovery claims the array (on a thread of its own): idle means
+        // nothing queued and nothing running twice, some time apart.
+        let idle = || lock(&core.requests).is_empty() && lock(&core.busy).is_none();
+        let mut quiet = 0;
+        while quiet < 2 {
             if Instant::now() >= deadline {
                 self.fail(&format!(
                     "a recovery asked for has not ended after {COMMIT_BOUND:?}: {:?}",
                     lock(&core.busy)
                 ));
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(25));
+            quiet = if idle() { quiet + 1 } else { 0 };
         }
         self.requested = false;
         self.trail
@@ -1347,9 +1368,13 @@ impl Sim {
                     Err(e) => self.fail(&format!("verify {n} after its recovery: {e}")),
                 }
             }
-            Err(e) if !must && active => self
-                .trail
-                .push(format!("    recovery of {n} failed, faults armed: {e}")),
+            Err(e) if !must && active => {
+                self.trail
+                    .push(format!("    recovery of {n} failed, faults armed: {e}"));
+                if let Some(n) = NAMES.iter().copied().find(|m| *m == n) {
+                    self.retry.push(n);
+                }
+            }
             Err(e) if !must && self.excused(&e) => self
                 .trail
                 .push(format!("    recovery of {n} met the other operator: {e}")),

@@ -592,6 +592,20 @@ impl Server {
     }
 }
 
+/// What the driver's action number `r` does ([`Sim::act`]).
+fn action_name(r: u32) -> &'static str {
+    match r {
+        0..=29 => "recover",
+        30..=44 => "disable",
+        45..=54 => "remove",
+        55..=64 => "add back",
+        65..=79 => "verify",
+        80..=89 => "reload",
+        90..=97 => "ask for a recovery",
+        _ => "nothing",
+    }
+}
+
 /// A second operator's action, on its own thread, during the driver's.
 #[derive(Clone, Copy, Debug)]
 enum Aside {
@@ -1022,8 +1036,9 @@ impl Sim {
         let lead = Duration::from_millis(self.rng.gen_range(0..15));
         let tail = Duration::from_millis(self.rng.gen_range(0..15));
         self.trail.push(format!(
-            "step {k}: faults [{}], action {action} after {lead:?}",
-            plan.join(", ")
+            "step {k}: faults [{}], {} after {lead:?}",
+            plan.join(", "),
+            action_name(action)
         ));
         // Sometimes a second action lands while the first one's effects
         // are still going on.
@@ -1064,7 +1079,7 @@ impl Sim {
         if let Some((action, after)) = second {
             std::thread::sleep(after);
             self.trail
-                .push(format!("  then action {action} after {after:?}"));
+                .push(format!("  then {} after {after:?}", action_name(action)));
             self.act(action, &mut budget);
         }
         if let Some((op, h)) = aside {

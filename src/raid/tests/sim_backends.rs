@@ -629,12 +629,15 @@ impl Aside {
 }
 
 /// What two operators' actions may answer when they meet: the array
-/// refuses the second of two recoveries or verifies, a recovery of what
+/// refuses the second of two recoveries or verifies, an action on a
+/// backend the other one removed, a recovery of what
 /// the other one recovered, a removal of what is recovering, a verify or
 /// a disable that would leave nothing to compare with or too few optimal,
 /// a recovery whose source the other one disabled.
-const COLLISIONS: [&str; 8] = [
+const COLLISIONS: [&str; 10] = [
     "is busy",
+    "has no backend",
+    "was removed",
     "nothing to recover",
     "already recovering",
     "is recovering",

@@ -28,21 +28,24 @@
 //! moment of the step the driver acts as an operator: disable, recover,
 //! remove, add back, verify, ask for a recovery the supervisor runs
 //! meanwhile (`request_recovery`, as `ctl recover` without `--wait`), or
-//! change the modes as a reload does (`set_modes`); sometimes a second action follows during the first's
-//! effects, and sometimes a second operator acts at the same time on its
-//! own thread (recover, verify, disable, reload: [`Aside`]), where the
-//! array's refusals of colliding actions ([`COLLISIONS`]: busy, already
-//! recovering, ...) are answers, not failures. Then the writers are paused at a safe point (between
-//! two commits), the hangs are released, the connections come back, the
-//! plans are cleared, the recoveries asked for have run (auto-recovery is
-//! off: nothing else starts one), and the invariants are checked:
+//! change the modes as a reload does (`set_modes`). Sometimes a second
+//! action follows during the first's effects, and sometimes a second
+//! operator acts at the same time on its own thread (recover, verify,
+//! disable, reload: [`Aside`]); the array's refusals of colliding actions
+//! ([`COLLISIONS`]: busy, already recovering, no such backend, ...) are
+//! answers, not failures. Then the writers are paused at a safe point
+//! (between two commits), the hangs are released, the connections come
+//! back, the plans are cleared, the recoveries asked for have run
+//! (auto-recovery is off: nothing else starts one), and the invariants
+//! are checked:
 //!
 //! - every acknowledged commit is on every optimal backend, with its data;
 //! - the optimal backends are identical (same last tid, same history
 //!   record by record) and their last tid is the array's;
-//! - the array's status (`status()`: every backend's role, the optimal
-//!   count) is what the array's own state says, and what the backends hold
-//!   bears it out;
+//! - the array's status (`status()`: the backends it lists, each one's
+//!   role, an optimal one's last transaction, the optimal count) is what
+//!   the array's own state says, and what the backends hold bears it out
+//!   (a backend a verify degraded for a difference does differ);
 //! - the commit path holds nothing on an optimal backend (`inflight`), no
 //!   backend is left recovering;
 //! - no commit lock is held forever: every commit ends within
@@ -64,6 +67,8 @@
 //!
 //! At the end of a seed every removed backend is added back, every backend
 //! recovered and verified, and every acknowledged commit is on all of them.
+//! The bug the campaign found (a recovery that failed after logging on its
+//! target left it unrecoverable) has its own test at the end of the file.
 //!
 //! **What replays and what does not.** The random draws are a pure
 //! function of the seed (the opening's and the writers' count from the

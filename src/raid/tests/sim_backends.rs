@@ -597,6 +597,28 @@ impl Server {
     }
 }
 
+// The array's internals this file reads, in one place.
+
+/// Backend `b`'s role as the array holds it.
+fn role_of(b: &Backend) -> Role {
+    read(&b.state).role()
+}
+
+/// What the commit path holds, backend by backend.
+fn inflight_of(a: &RaidStorage) -> crate::raid::state::inflight::Inflight {
+    lock(&a.core.inflight).clone()
+}
+
+/// No recovery asked for is queued and none (or verify) is running.
+fn recoveries_idle(a: &RaidStorage) -> bool {
+    lock(&a.core.requests).is_empty() && lock(&a.core.busy).is_none()
+}
+
+/// What holds the array's one recovery-or-verify slot.
+fn busy_with(a: &RaidStorage) -> Option<String> {
+    lock(&a.core.busy).clone()
+}
+
 /// What the driver's action number `r` does ([`Sim::act`]).
 fn action_name(r: u32) -> &'static str {
     match r {
@@ -963,7 +985,7 @@ impl Sim {
             .copied()
             .filter(|n| {
                 self.backend(n)
-                    .is_some_and(|b| read(&b.state).role() == role && b.is_open())
+                    .is_some_and(|b| role_of(b) == role && b.is_open())
             })
             .collect()
     }
@@ -1176,18 +1198,17 @@ impl Sim {
         if !self.requested {
             return;
         }
-        let core = &self.array.core;
         let deadline = Instant::now() + COMMIT_BOUND;
         // The supervisor takes a request off the queue before the
         // recovery claims the array (on a thread of its own): idle means
         // nothing queued and nothing running twice, some time apart.
-        let idle = || lock(&core.requests).is_empty() && lock(&core.busy).is_none();
+        let idle = || recoveries_idle(&self.array);
         let mut quiet = 0;
         while quiet < 2 {
             if Instant::now() >= deadline {
                 self.fail(&format!(
                     "a recovery asked for has not ended after {COMMIT_BOUND:?}: {:?}",
-                    lock(&core.busy)
+                    busy_with(&self.array)
                 ));
             }
             std::thread::sleep(Duration::from_millis(25));
@@ -1231,7 +1252,7 @@ impl Sim {
             .copied()
             .filter(|n| {
                 self.backend(n)
-                    .is_some_and(|b| !read(&b.state).is_optimal() || !b.is_open())
+                    .is_some_and(|b| role_of(b) != Role::Optimal || !b.is_open())
             })
             .collect()
     }
@@ -1240,7 +1261,7 @@ impl Sim {
         NAMES
             .iter()
             .map(|n| match self.backend(n) {
-                Some(b) => format!("{n} {}", read(&b.state).label()),
+                Some(b) => format!("{n} {}", role_of(b).label()),
                 None => format!("{n} removed"),
             })
             .collect()
@@ -1414,9 +1435,11 @@ impl Sim {
         if optimal.is_empty() {
             self.fail(&format!("no optimal backend left: {:?}", self.states()));
         }
-        if core.backends.iter().any(|b| {
-            !b.is_removed() && matches!(*read(&b.state), state::BackendState::Recovering(_))
-        }) {
+        if core
+            .backends
+            .iter()
+            .any(|b| !b.is_removed() && role_of(b) == Role::Recovering)
+        {
             self.fail(&format!("a backend left recovering: {:?}", self.states()));
         }
         // Optimal backends identical, at the array's last tid.
@@ -1493,7 +1516,7 @@ impl Sim {
             let role = if b.is_optimal() {
                 Role::Optimal
             } else {
-                match read(&b.state).role() {
+                match role_of(b) {
                     Role::Optimal => Role::Degraded,
                     r => r,
                 }
@@ -1533,7 +1556,7 @@ impl Sim {
             ));
         }
         // Nothing left held.
-        let inflight = lock(&core.inflight).clone();
+        let inflight = inflight_of(a);
         for (i, b) in core.backends.iter().enumerate() {
             if b.is_removed() {
                 continue;

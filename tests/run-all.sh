@@ -6,7 +6,8 @@
 #      when something is missing, so a second run skips this in a second).
 #   2. cargo build --bins
 #   3. cargo test, with ZEORAID_PYTHON=.venv/bin/python exported: Rust tests
-#      use it to start Python runzeo servers and Python ZEO clients; then
+#      use it to start Python runzeo servers and Python ZEO clients; the
+#      array's seeded simulations on their own, their seed counts shown; then
 #      cargo test --no-default-features (the embedder's core) and cargo doc
 #      with warnings as errors.
 #   4. The interop suite (tests/interop/run.py): stock ZEO.ClientStorage and
@@ -112,7 +113,15 @@ cargo_status=0
 # Unit, integration, example and doc tests with the default features;
 # --no-fail-fast: a failing test binary does not keep the others from
 # running (the totals count every test).
-cargo test --no-fail-fast 2>&1 | tee -a "$cargo_log" || cargo_status=1
+# The seeded simulations of the array run in the next section, where their
+# seed counts are shown.
+cargo test --no-fail-fast -- --skip raid::tests::sim 2>&1 | tee -a "$cargo_log" || cargo_status=1
+
+section "the array's seeded simulations (src/raid/tests/sim.rs, sim_backends.rs)"
+# Their own lines (how many seeds and steps, commits, faults) are printed;
+# a failing seed prints itself and how to replay it.
+cargo test --no-fail-fast --lib raid::tests::sim -- --show-output 2>&1 | tee -a "$cargo_log" \
+    || cargo_status=1
 
 section "cargo test --no-default-features (the core an embedder keeps)"
 # Without tls, admin and bench: the server, storages, array and client
@@ -120,8 +129,9 @@ section "cargo test --no-default-features (the core an embedder keeps)"
 # compiled out).
 # In a target directory of its own: its zeoraid binary (without TLS and
 # the admin listener) must not replace the one the interop suite runs.
-CARGO_TARGET_DIR=$TARGET_DIR/no-default-features cargo test --no-fail-fast --no-default-features 2>&1 \
-    | tee -a "$cargo_log" || cargo_status=1
+# (The simulations ran above; they use no feature.)
+CARGO_TARGET_DIR=$TARGET_DIR/no-default-features cargo test --no-fail-fast --no-default-features \
+    -- --skip raid::tests::sim 2>&1 | tee -a "$cargo_log" || cargo_status=1
 
 section "cargo doc (no warnings)"
 # Broken links and other rustdoc warnings fail the docs, counted as one

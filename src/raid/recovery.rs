@@ -42,6 +42,7 @@
 //! after failures ([`super::state::recovery::next_to_recover`]). A target found
 //! diverged is left to the operator.
 
+use super::state::inflight::FinishEnd;
 use super::state::roles::Event;
 use super::state::{recovery as plan, BackendState, Credit, Reason, RecoveryError};
 use super::verify;
@@ -712,6 +713,29 @@ impl Copier<'_> {
         rx: &crossbeam_channel::Receiver<Result<TxnRecord, Error>>,
         group: bool,
     ) -> Result<u64, String> {
+        let mut at_risk = None;
+        let written = self.write_each(rx, group, &mut at_risk);
+        if let (Err(_), Some(tid)) = (&written, at_risk) {
+            // The pass stopped with transactions logged on the target
+            // (`finish_log`) and not yet made durable and published: its
+            // last transaction does not show them, yet its next vote
+            // refuses their tids. As after a commit's failed finish, the
+            // next recovery makes the target's position honest first
+            // (reopens it: a local one keeps what it logged) before it
+            // reads where it stands.
+            self.core.finish_ended(self.i, tid, FinishEnd::Unknown);
+        }
+        written
+    }
+
+    /// [`Copier::write_all`]'s loop; `at_risk`: the newest transaction
+    /// the target may hold logged but not published (group commit).
+    fn write_each(
+        &mut self,
+        rx: &crossbeam_channel::Receiver<Result<TxnRecord, Error>>,
+        group: bool,
+        at_risk: &mut Option<Tid>,
+    ) -> Result<u64, String> {
         let (core, si, source, target) = (self.core, self.si, self.source, self.target);
         let b = &core.backends[self.i];
         let source_name = &core.backends[si].name;
@@ -737,6 +761,9 @@ impl Copier<'_> {
             if self.after.is_some_and(|a| rec.tid <= a) {
                 continue;
             }
+            if group {
+                *at_risk = Some(rec.tid);
+            }
             let bytes = restore(Some(source.as_ref()), target.as_ref(), &rec, group)?;
             self.after = Some(rec.tid);
             copied += 1;
@@ -746,6 +773,7 @@ impl Copier<'_> {
                 if rx.is_empty() || since_durable >= DURABLE_EVERY {
                     make_durable(rec.tid)?;
                     undurable = None;
+                    *at_risk = None;
                     since_durable = 0;
                 }
             }
@@ -781,6 +809,7 @@ impl Copier<'_> {
         }
         if let Some(t) = undurable {
             make_durable(t)?;
+            *at_risk = None;
         }
         Ok(copied)
     }

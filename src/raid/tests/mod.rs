@@ -4,6 +4,7 @@ mod offsite;
 mod phases;
 mod recovery;
 mod sim;
+mod sim_backends;
 
 use super::*;
 use crate::storage::memory::MemoryStorage;

@@ -381,7 +381,12 @@ fn seeded_fault_campaign_keeps_every_invariant() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);
+    let started = std::time::Instant::now();
     for seed in 0..seeds {
         run_seed(seed);
     }
+    println!(
+        "{seeds} seeds of {STEPS} steps over three file mirrors, every invariant held, in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }

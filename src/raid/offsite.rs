@@ -194,7 +194,15 @@ impl Mirrors {
         crate::locks::write(&self.0).push(m);
     }
 
-    /// The mirrors now (cheap: a few `Arc`s).
+    /// Call `f` on each mirror, under the list's read lock (the commit
+    /// path's way: no copy of the list per transaction).
+    pub(crate) fn each(&self, mut f: impl FnMut(&Mirror)) {
+        for m in crate::locks::read(&self.0).iter() {
+            f(m);
+        }
+    }
+
+    /// The mirrors now, to keep past the lock (closing, status).
     pub(crate) fn list(&self) -> Vec<Arc<Mirror>> {
         crate::locks::read(&self.0).clone()
     }

@@ -77,9 +77,7 @@ fn mark_published(core: &super::Core, tid: Tid) {
         core.published.fetch_max(tid.0, Ordering::AcqRel);
         core.commit.gate_cv.notify_all();
     }
-    for m in core.offsite.list().iter() {
-        m.published();
-    }
+    core.offsite.each(|m| m.published());
 }
 
 impl Storage for RaidStorage {
@@ -283,9 +281,7 @@ impl Storage for RaidStorage {
         };
         if packed.is_ok() {
             let after = *lock(&core.commit.last_logged);
-            for m in core.offsite.list().iter() {
-                m.request_pack(after, t, gc);
-            }
+            core.offsite.each(|m| m.request_pack(after, t, gc));
         }
         packed
     }
@@ -641,16 +637,13 @@ impl RaidStorage {
             // In tid order (under last_logged), for the off-site mirrors
             // (one added meanwhile gets it too).
             if let Some(txn) = &pending.txn {
-                for m in core.offsite.list().iter() {
-                    m.enqueue(tid, entry.get_or_insert_with(|| entry_of(txn)));
-                }
+                core.offsite
+                    .each(|m| m.enqueue(tid, entry.get_or_insert_with(|| entry_of(txn))));
             }
         }
         if !core.group {
             core.published.fetch_max(tid.0, Ordering::AcqRel);
-            for m in core.offsite.list().iter() {
-                m.published();
-            }
+            core.offsite.each(|m| m.published());
         }
         if finished < core.opts.min_optimal.max(1) {
             log::error!(

@@ -699,13 +699,9 @@ impl Core {
         let mut answered = Vec::with_capacity(positions.len());
         for (&i, outcome) in positions.iter().zip(outcomes) {
             let b = &self.backends[i];
-            // A call that failed when its own deadline (the same
-            // backend-timeout) fired is the same event as a fan-out
-            // timeout: report it the same way.
             let outcome = match outcome {
-                Outcome::Done(Err(e), took)
-                    if state::classify(call, &e) == state::ErrorKind::Failure
-                        && took >= self.opts.backend_timeout =>
+                Outcome::Done(r, took)
+                    if state::timed_out(call, &r, took, self.opts.backend_timeout) =>
                 {
                     Outcome::TimedOut
                 }

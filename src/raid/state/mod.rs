@@ -36,6 +36,7 @@ pub use reason::{Reason, RecoveryError};
 
 use crate::storage::{timestamp, Error, Oid, Tid};
 use std::fmt;
+use std::time::Duration;
 
 /// One backend's state.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -192,6 +193,24 @@ pub fn classify(call: Call, e: &Error) -> ErrorKind {
             ErrorKind::Failure
         }
         (Call::Write, _) => ErrorKind::Answer,
+    }
+}
+
+/// Whether a backend's `answer` to a `call`, which took `took` against
+/// the array's `deadline` (`backend-timeout`), is the backend timing out:
+/// a failure that came when the call's own deadline (the same
+/// backend-timeout) fired is the same event as a fan-out timeout, and is
+/// reported as one ([`Reason::TimedOut`]); a storage answer, however late,
+/// is an answer.
+pub fn timed_out<T>(
+    call: Call,
+    answer: &Result<T, Error>,
+    took: Duration,
+    deadline: Duration,
+) -> bool {
+    match answer {
+        Err(e) => classify(call, e) == ErrorKind::Failure && took >= deadline,
+        Ok(_) => false,
     }
 }
 
@@ -645,6 +664,33 @@ mod tests {
         assert!(read_allowed(ArrayState::Degraded, FailMode::Close));
         assert!(!read_allowed(ArrayState::Failed, FailMode::Close));
         assert!(read_allowed(ArrayState::Failed, FailMode::ReadOnly));
+    }
+
+    #[test]
+    fn a_failure_at_the_deadline_is_a_timeout() {
+        let d = Duration::from_secs(2);
+        let late = Duration::from_secs(2);
+        let early = Duration::from_millis(10);
+        let lost: Result<(), Error> = Err(Error::Disconnected("gone".into()));
+        let missing: Result<(), Error> = Err(Error::PosKey(crate::storage::Oid(1)));
+        // (call, answer, took, timed out)
+        let cases: [(Call, &Result<(), Error>, Duration, bool); 8] = [
+            (Call::Write, &lost, late, true),
+            (Call::Write, &lost, early, false),
+            (Call::Finish, &missing, late, true),
+            (Call::Write, &missing, late, false),
+            (Call::Read, &missing, late, false),
+            (Call::Read, &lost, late, true),
+            (Call::Write, &Ok(()), late, false),
+            (Call::Finish, &Ok(()), early, false),
+        ];
+        for (call, answer, took, want) in cases {
+            assert_eq!(
+                timed_out(call, answer, took, d),
+                want,
+                "{call:?} {answer:?} {took:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The Rust ZEO client (`zeoraid::zeo::client`) against stock Python
-//! `runzeo` (ZEO 6, `msgpack true`).
+//! `runzeo` (ZEO 6): `msgpack true`, and its default configuration (pickle).
 //!
 //! The Python interpreter comes from `ZEORAID_PYTHON` (a virtualenv with
 //! ZODB and ZEO installed), else `.venv/bin/python` at the crate root. If
@@ -154,7 +154,16 @@ fn ext_map(ext: &[u8]) -> Value {
 /// history and undoLog.
 #[test]
 fn commit_and_load_back() {
-    let z = RunZeo::start();
+    commit_and_load_back_on(RunZeo::start());
+}
+
+/// The same over a runzeo with its default configuration (pickle).
+#[test]
+fn commit_and_load_back_pickle() {
+    commit_and_load_back_on(RunZeo::start_pickle_with(true));
+}
+
+fn commit_and_load_back_on(z: RunZeo) {
     let c = connect(&z);
     assert!(c.supports_undo(), "FileStorage supports undo");
     assert!(c.name().contains("Data.fs"), "name {:?}", c.name());
@@ -222,7 +231,16 @@ fn commit_and_load_back() {
 /// (b) The iterator sees exactly the committed transactions and records.
 #[test]
 fn iterate_transactions_and_records() {
-    let z = RunZeo::start();
+    iterate_transactions_and_records_on(RunZeo::start());
+}
+
+/// The same over a runzeo with its default configuration (pickle).
+#[test]
+fn iterate_transactions_and_records_pickle() {
+    iterate_transactions_and_records_on(RunZeo::start_pickle_with(true));
+}
+
+fn iterate_transactions_and_records_on(z: RunZeo) {
     let c = connect(&z);
     let Committed { o1, o2, o3, t1, t2 } = commit_two(&c);
 
@@ -317,7 +335,16 @@ fn iterate_transactions_and_records() {
 /// invalidation.
 #[test]
 fn invalidations_from_a_python_client() {
-    let z = RunZeo::start();
+    invalidations_from_a_python_client_on(RunZeo::start());
+}
+
+/// The same over a runzeo with its default configuration (pickle).
+#[test]
+fn invalidations_from_a_python_client_pickle() {
+    invalidations_from_a_python_client_on(RunZeo::start_pickle_with(true));
+}
+
+fn invalidations_from_a_python_client_on(z: RunZeo) {
     let (c, events) = connect_with_events(&z.addr(), opts(&z.addr()));
     let script = r#"
 import sys, ZEO, transaction
@@ -372,7 +399,16 @@ db.close()
 /// `tpc_begin`, `restorea`) travel through the server.
 #[test]
 fn undo_and_restore() {
-    let z = RunZeo::start();
+    undo_and_restore_on(RunZeo::start());
+}
+
+/// The same over a runzeo with its default configuration (pickle).
+#[test]
+fn undo_and_restore_pickle() {
+    undo_and_restore_on(RunZeo::start_pickle_with(true));
+}
+
+fn undo_and_restore_on(z: RunZeo) {
     let c = connect(&z);
     let Committed { o1, o3, t1, t2, .. } = commit_two(&c);
 
@@ -452,7 +488,16 @@ fn undo_and_restore() {
 /// conflict with the right serials; resolving and voting again works.
 #[test]
 fn write_conflict_is_reported() {
-    let z = RunZeo::start();
+    write_conflict_is_reported_on(RunZeo::start());
+}
+
+/// The same over a runzeo with its default configuration (pickle).
+#[test]
+fn write_conflict_is_reported_pickle() {
+    write_conflict_is_reported_on(RunZeo::start_pickle_with(true));
+}
+
+fn write_conflict_is_reported_on(z: RunZeo) {
     let c = connect(&z);
     let [o]: [Oid; 1] = fresh_oids(&c, 1).try_into().expect("one oid");
     let t1 = commit(
@@ -592,22 +637,6 @@ fn silent_server_times_out() {
     assert!(c.load_before(Oid(1), Tid::MAX).is_err());
     assert!(started.elapsed() < Duration::from_secs(3));
     c.close();
-    server.join().expect("server thread");
-}
-
-/// The pickle flavour is refused with a clear error.
-#[test]
-fn pickle_protocol_is_refused() {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr").to_string();
-    let server = thread::spawn(move || {
-        if let Ok((mut s, _)) = l.accept() {
-            let _ = frame::write_frame(&mut s, b"Z5");
-            drain(s);
-        }
-    });
-    let err = Client::connect(opts(&addr)).expect_err("pickle must be refused");
-    assert!(err.to_string().contains("msgpack true"), "{err}");
     server.join().expect("server thread");
 }
 

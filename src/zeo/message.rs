@@ -36,6 +36,8 @@ pub enum DecodeError {
     Msgpack(String),
     #[error("message is not [msgid, flags, method, args]: {0}")]
     Shape(String),
+    #[error("malformed or refused pickle: {0}")]
+    Pickle(String),
 }
 
 impl Message {

@@ -203,6 +203,9 @@ pub struct RunZeo {
     conflict_resolution: bool,
     /// Its FileStorage has a `blob-dir` (`dir/blobs`).
     blobs: bool,
+    /// `msgpack true` in its `<zeo>` section; false: runzeo's default
+    /// configuration, the pickle flavour ("Z5").
+    msgpack: bool,
     pub python: PathBuf,
 }
 
@@ -214,12 +217,23 @@ impl RunZeo {
     /// `conflict_resolution`: runzeo's `client-conflict-resolution`, which
     /// makes `vote` answer conflicts instead of raising ConflictError.
     pub fn start_with(conflict_resolution: bool) -> RunZeo {
+        RunZeo::start_flavour(conflict_resolution, true)
+    }
+
+    /// A runzeo with its default `<zeo>` section (no `msgpack` line): it
+    /// speaks the pickle flavour.
+    pub fn start_pickle_with(conflict_resolution: bool) -> RunZeo {
+        RunZeo::start_flavour(conflict_resolution, false)
+    }
+
+    fn start_flavour(conflict_resolution: bool, msgpack: bool) -> RunZeo {
         let mut z = RunZeo {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
             conflict_resolution,
             blobs: false,
+            msgpack,
             python: python(),
         };
         z.spawn();
@@ -234,6 +248,7 @@ impl RunZeo {
             dir: tempfile::tempdir().expect("tempdir"),
             conflict_resolution: true,
             blobs: true,
+            msgpack: true,
             python: python(),
         };
         z.spawn();
@@ -258,9 +273,10 @@ impl RunZeo {
         std::fs::write(
             &conf,
             format!(
-                "<zeo>\n  address 127.0.0.1:{}\n  msgpack true\n  client-conflict-resolution {}\n</zeo>\n\
+                "<zeo>\n  address 127.0.0.1:{}\n{}  client-conflict-resolution {}\n</zeo>\n\
                  <filestorage 1>\n  path {}\n{}</filestorage>\n",
                 self.port,
+                if self.msgpack { "  msgpack true\n" } else { "" },
                 self.conflict_resolution,
                 dir.join("Data.fs").display(),
                 if self.blobs {

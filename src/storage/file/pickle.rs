@@ -56,7 +56,7 @@ pub fn ext_from_pickle(pickle: &[u8]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-fn write_str(out: &mut Vec<u8>, s: &[u8]) -> Result<(), String> {
+pub(crate) fn write_str(out: &mut Vec<u8>, s: &[u8]) -> Result<(), String> {
     let n = u32::try_from(s.len()).map_err(|_| "string too long".to_string())?;
     out.push(b'X');
     out.extend_from_slice(&n.to_le_bytes());
@@ -64,7 +64,7 @@ fn write_str(out: &mut Vec<u8>, s: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-fn write_bytes(out: &mut Vec<u8>, b: &[u8]) -> Result<(), String> {
+pub(crate) fn write_bytes(out: &mut Vec<u8>, b: &[u8]) -> Result<(), String> {
     match u8::try_from(b.len()) {
         Ok(n) => {
             out.push(b'C');
@@ -80,7 +80,7 @@ fn write_bytes(out: &mut Vec<u8>, b: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-fn write_int(out: &mut Vec<u8>, v: i128) {
+pub(crate) fn write_int(out: &mut Vec<u8>, v: i128) {
     if (0..256).contains(&v) {
         out.push(b'K');
         out.push(v as u8);

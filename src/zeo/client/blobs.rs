@@ -183,16 +183,16 @@ pub(super) fn store(
 ) -> Result<()> {
     let mut f = std::fs::File::open(path)
         .map_err(|e| Error::Io(format!("cannot open the blob file {}: {e}", path.display())))?;
-    conn.send(&[OutFrame::whole(message::encode_oneway(
-        "storeBlobStart",
-        vec![],
-    ))])?;
+    conn.send(&[OutFrame::whole(
+        conn.flavour().encode_oneway("storeBlobStart", vec![]),
+    )])?;
     let mut buf = vec![0u8; CHUNK];
     loop {
         let n = crate::storage::blobdir::read_full(&mut f, &mut buf)
             .map_err(|e| Error::Io(format!("cannot read the blob file {}: {e}", path.display())))?;
         if n > 0 {
             conn.send(&[OutFrame::oneway(
+                conn.flavour(),
                 "storeBlobChunk",
                 &[],
                 Some(&buf[..n]),
@@ -204,6 +204,7 @@ pub(super) fn store(
         }
     }
     conn.send(&[OutFrame::oneway(
+        conn.flavour(),
         "storeBlobEnd",
         &[oid_value(oid), tid_value(serial)],
         Some(data),

@@ -8,6 +8,7 @@
 use super::wire::Wire;
 use crate::locks::lock;
 use crate::storage::{Error, Result};
+use crate::zeo::flavour::Flavour;
 use crate::zeo::message;
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use rmpv::Value;
@@ -39,11 +40,21 @@ impl<'a> OutFrame<'a> {
 
     /// A one-way call `method(*before, data, *after)`; `data` `None` is nil.
     pub(super) fn oneway(
+        flavour: Flavour,
         method: &str,
         before: &[Value],
         data: Option<&'a [u8]>,
         after: &[Value],
     ) -> Self {
+        if flavour == Flavour::Pickle {
+            let (prefix, suffix) =
+                crate::zeo::pickle::oneway_parts(method, before, data.map(<[u8]>::len), after);
+            return OutFrame {
+                prefix,
+                data: data.unwrap_or_default(),
+                suffix,
+            };
+        }
         let mut prefix = Vec::with_capacity(64);
         // Writing to a Vec cannot fail.
         let _ = rmp::encode::write_array_len(&mut prefix, 4);
@@ -82,13 +93,14 @@ impl<'a> OutFrame<'a> {
     /// `tpc_begin(id, user, description, ext, tid, status)`, one-way;
     /// `ext` already decoded from the metadata's extension bytes.
     pub(super) fn tpc_begin(
+        flavour: Flavour,
         id: &Value,
         meta: &crate::storage::TxnMeta,
         ext: Value,
         tid: Option<crate::storage::Tid>,
         status: u8,
     ) -> OutFrame<'static> {
-        OutFrame::whole(message::encode_oneway(
+        OutFrame::whole(flavour.encode_oneway(
             "tpc_begin",
             vec![
                 id.clone(),
@@ -104,6 +116,7 @@ impl<'a> OutFrame<'a> {
     /// `restorea(oid, serial, data, prev_txn, id)`, one-way, the data
     /// written from the caller's buffer.
     pub(super) fn restorea(
+        flavour: Flavour,
         oid: crate::storage::Oid,
         serial: crate::storage::Tid,
         data: Option<&'a [u8]>,
@@ -111,6 +124,7 @@ impl<'a> OutFrame<'a> {
         id: &Value,
     ) -> OutFrame<'a> {
         OutFrame::oneway(
+            flavour,
             "restorea",
             &[message::oid_value(oid), message::tid_value(serial)],
             data,
@@ -166,17 +180,25 @@ pub(super) struct Conn {
     control: Wire,
     pending: Mutex<Pending>,
     last_write: Mutex<Instant>,
+    /// The encoding the server announced.
+    flavour: Flavour,
 }
 
 impl Conn {
-    pub(super) fn new(addr: &str, stream: &Wire) -> io::Result<Conn> {
+    pub(super) fn new(addr: &str, stream: &Wire, flavour: Flavour) -> io::Result<Conn> {
         Ok(Conn {
             addr: addr.to_string(),
             writer: Mutex::new(stream.try_clone()?),
             control: stream.try_clone()?,
             pending: Mutex::new(Pending::Open(HashMap::new())),
             last_write: Mutex::new(Instant::now()),
+            flavour,
         })
+    }
+
+    /// The encoding of this connection's messages.
+    pub(super) fn flavour(&self) -> Flavour {
+        self.flavour
     }
 
     pub(super) fn alive(&self) -> bool {
@@ -264,7 +286,7 @@ impl Conn {
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
         };
-        match write_frames(&mut *w, &[OutFrame::whole(message::heartbeat())]) {
+        match write_frames(&mut *w, &[OutFrame::whole(self.flavour.heartbeat())]) {
             Ok(()) => {
                 *lock(&self.last_write) = Instant::now();
                 Ok(())
@@ -279,7 +301,7 @@ impl Conn {
     }
 
     pub(super) fn send_oneway(&self, method: &str, args: Vec<Value>) -> Result<()> {
-        self.send(&[OutFrame::whole(message::encode_oneway(method, args))])
+        self.send(&[OutFrame::whole(self.flavour.encode_oneway(method, args))])
     }
 
     /// Register for the reply to `msgid` (sent by the caller later).
@@ -331,7 +353,7 @@ impl Conn {
         timeout: Duration,
     ) -> Result<Value> {
         let rx = self.expect(msgid)?;
-        let payload = message::encode(msgid, 0, method, &Value::Array(args));
+        let payload = self.flavour.encode(msgid, 0, method, &Value::Array(args));
         if let Err(e) = self.send(&[OutFrame::whole(payload)]) {
             self.forget(msgid);
             return Err(e);
@@ -359,6 +381,7 @@ mod tests {
         let cases: Vec<(OutFrame<'_>, Vec<u8>)> = vec![
             (
                 OutFrame::oneway(
+                    Flavour::Msgpack,
                     "storea",
                     &[oidv(1), tidv(2)],
                     Some(b"abc"),
@@ -371,6 +394,7 @@ mod tests {
             ),
             (
                 OutFrame::oneway(
+                    Flavour::Msgpack,
                     "storea",
                     &[oidv(1), tidv(2)],
                     Some(&data),
@@ -383,6 +407,7 @@ mod tests {
             ),
             (
                 OutFrame::oneway(
+                    Flavour::Msgpack,
                     "restorea",
                     &[oidv(1), tidv(2)],
                     None,

@@ -239,7 +239,9 @@ impl Inner {
 
     /// Route one frame from the server. An error closes the connection.
     fn handle_frame(&self, conn: &Conn, payload: &[u8]) -> std::result::Result<(), String> {
-        let msg = message::decode(payload)
+        let msg = conn
+            .flavour()
+            .decode(payload)
             .map_err(|e| format!("malformed message from the server: {e}"))?;
         if msg.method == REPLY {
             if msg.is_heartbeat() {

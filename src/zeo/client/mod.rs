@@ -481,16 +481,42 @@ mod tests {
     }
 
     #[test]
-    fn pickle_servers_are_refused() {
+    fn pickle_servers_are_spoken_to_in_pickle() {
+        use crate::zeo::pickle;
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
         let h = thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
             send(&mut s, b"Z5");
-            thread::sleep(Duration::from_millis(200));
+            assert_eq!(frame::read_frame(&mut s, 1 << 20).unwrap(), b"Z5");
+            loop {
+                let Ok(f) = frame::read_frame(&mut s, 1 << 20) else {
+                    return;
+                };
+                let m = pickle::decode(&f).expect("the client pickles");
+                let reply = match m.method.as_str() {
+                    "register" => pickle::encode(&m.msgid, 0, REPLY, &tidv(42)),
+                    "get_info" => pickle::encode(&m.msgid, 0, REPLY, &map(vec![])),
+                    "echo" => pickle::encode(&m.msgid, 0, REPLY, &m.args),
+                    _ => pickle::encode(
+                        &m.msgid,
+                        2,
+                        REPLY,
+                        &Value::Array(vec![
+                            s_("ZODB.POSException.POSKeyError"),
+                            Value::Array(vec![oidv(5)]),
+                        ]),
+                    ),
+                };
+                send(&mut s, &reply);
+            }
         });
-        let err = Client::connect(quick(&addr)).unwrap_err();
-        assert!(err.to_string().contains("msgpack true"), "{err}");
+        let c = Client::connect(quick(&addr)).expect("connects to a pickle server");
+        assert_eq!(c.registered_last_tid(), Tid(42));
+        let args = vec![oidv(1), s_("x"), Value::from(7)];
+        assert_eq!(c.call("echo", args.clone()).unwrap(), Value::Array(args));
+        assert_eq!(c.call("nope", vec![]).unwrap_err(), Error::PosKey(Oid(5)));
+        c.close();
         h.join().unwrap();
     }
 

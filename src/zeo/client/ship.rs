@@ -10,7 +10,6 @@ use super::conn::{Conn, OutFrame, Reply};
 use super::reply::{decode_ext, parse_vote, tid_of};
 use super::Client;
 use crate::storage::{Error, Result, Tid, TxnRecord};
-use crate::zeo::message;
 use crossbeam_channel::Receiver;
 use rmpv::Value;
 use std::collections::VecDeque;
@@ -104,6 +103,7 @@ impl Client {
             let id = inner.next_txn_id.fetch_add(1, Ordering::Relaxed);
             let idv = Value::from(id);
             frames.push(OutFrame::tpc_begin(
+                conn.flavour(),
                 &idv,
                 &rec.meta,
                 decode_ext(&rec.meta.extension)?,
@@ -112,6 +112,7 @@ impl Client {
             ));
             for r in &rec.records {
                 frames.push(OutFrame::restorea(
+                    conn.flavour(),
                     r.oid,
                     rec.tid,
                     r.data.as_deref(),
@@ -123,13 +124,13 @@ impl Client {
             let vote_rx = conn.expect(vote_id)?;
             let finish_id = inner.msgid();
             let finish_rx = conn.expect(finish_id)?;
-            frames.push(OutFrame::whole(message::encode(
+            frames.push(OutFrame::whole(conn.flavour().encode(
                 vote_id,
                 0,
                 "vote",
                 &Value::Array(vec![idv.clone()]),
             )));
-            frames.push(OutFrame::whole(message::encode(
+            frames.push(OutFrame::whole(conn.flavour().encode(
                 finish_id,
                 0,
                 "tpc_finish",

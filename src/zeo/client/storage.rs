@@ -73,7 +73,12 @@ impl Client {
 
         let mut frames = Vec::with_capacity(txn.ops.len() + 1);
         frames.push(OutFrame::tpc_begin(
-            &idv, &txn.meta, ext, txn.tid, txn.status,
+            conn.flavour(),
+            &idv,
+            &txn.meta,
+            ext,
+            txn.tid,
+            txn.status,
         ));
         let oid = message::oid_value;
         let tid = message::tid_value;
@@ -84,29 +89,39 @@ impl Client {
                     serial,
                     data,
                 } => OutFrame::oneway(
+                    conn.flavour(),
                     "storea",
                     &[oid(*o), tid(*serial)],
                     Some(data),
                     std::slice::from_ref(&idv),
                 ),
-                Op::Delete { oid: o, serial } => OutFrame::whole(message::encode_oneway(
-                    "deleteObject",
-                    vec![oid(*o), tid(*serial), idv.clone()],
-                )),
-                Op::CheckCurrent { oid: o, serial } => OutFrame::whole(message::encode_oneway(
-                    "checkCurrentSerialInTransaction",
-                    vec![oid(*o), tid(*serial), idv.clone()],
-                )),
+                Op::Delete { oid: o, serial } => OutFrame::whole(
+                    conn.flavour()
+                        .encode_oneway("deleteObject", vec![oid(*o), tid(*serial), idv.clone()]),
+                ),
+                Op::CheckCurrent { oid: o, serial } => {
+                    OutFrame::whole(conn.flavour().encode_oneway(
+                        "checkCurrentSerialInTransaction",
+                        vec![oid(*o), tid(*serial), idv.clone()],
+                    ))
+                }
                 Op::Restore {
                     oid: o,
                     serial,
                     data,
                     prev_txn,
-                } => OutFrame::restorea(*o, *serial, data.as_deref(), *prev_txn, &idv),
-                Op::Undo { txn: t } => OutFrame::whole(message::encode_oneway(
-                    "undoa",
-                    vec![Value::Binary(undo_id(*t)), idv.clone()],
-                )),
+                } => OutFrame::restorea(
+                    conn.flavour(),
+                    *o,
+                    *serial,
+                    data.as_deref(),
+                    *prev_txn,
+                    &idv,
+                ),
+                Op::Undo { txn: t } => OutFrame::whole(
+                    conn.flavour()
+                        .encode_oneway("undoa", vec![Value::Binary(undo_id(*t)), idv.clone()]),
+                ),
                 Op::StoreBlob {
                     oid: o,
                     serial,

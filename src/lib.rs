@@ -33,6 +33,10 @@
 //!   slow links. Its decisions are pure functions in [`raid::state`].
 //!   Imports `zeo`, `storage`, `status`; knows nothing of the config (it
 //!   persists a description of added backends its opener gives it).
+//! - [`ha`]: controller high availability's edge to etcd — a
+//!   synchronous etcd v3 client over the JSON gateway ([`ha::etcd`]) and
+//!   leader election on a lease-bound key ([`ha::lease`]). Imports
+//!   nothing of the crate above `status`.
 //! - [`config`]: the configuration, from TOML or built in code. Imports
 //!   `raid`'s and `server`'s option types, `zeo`'s, `net`.
 //! - [`open`]: turns a [`config::StorageConfig`] into a storage, and an
@@ -114,6 +118,7 @@ pub mod admin;
 #[doc(hidden)]
 pub mod bench;
 pub mod config;
+pub mod ha;
 pub(crate) mod handoff;
 mod instance;
 #[doc(hidden)]

@@ -293,6 +293,19 @@ impl Zeoraid {
         )
     }
 
+    /// A probe of whether the event loop and the workers still turn (the
+    /// systemd watchdog's evidence, see `notify`).
+    #[doc(hidden)]
+    pub fn liveness(&self) -> crate::server::Liveness {
+        self.server().liveness()
+    }
+
+    /// A handle that reads every served storage's status document.
+    #[doc(hidden)]
+    pub fn status_source(&self) -> crate::server::StatusSource {
+        self.server().status_source()
+    }
+
     fn tls_switch(&self) -> Option<TlsSwitch> {
         self.server().tls_switch()
     }

@@ -47,6 +47,9 @@
 //!   `zeoraid ctl`, the status rendered as a Nagios line, a table and
 //!   Prometheus text. Imports `open`, `config`, `raid`, `server`,
 //!   `status`, `net`.
+//! - `notify` (internal): systemd's `sd_notify` protocol — `READY=1`,
+//!   reloads, `STOPPING=1`, `STATUS=` and the watchdog pings that stop
+//!   when the event loop or the workers hang. Imports `server`, `status`.
 //! - [`Zeoraid`]: one running server — its storages, the ZEO listener and
 //!   the admin listener — started from a [`config::Config`], stopped by
 //!   its owner. Then the `zeoraid` binary (`src/main.rs`), a thin command
@@ -124,6 +127,8 @@ mod instance;
 #[doc(hidden)]
 pub mod locks;
 pub mod net;
+#[doc(hidden)]
+pub mod notify;
 pub mod open;
 pub mod raid;
 #[doc(hidden)]

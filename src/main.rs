@@ -1,6 +1,6 @@
-//! The `zeoraid` command line: `serve`, `ctl` and `bench`. Everything else lives in the library.
+//! The `zeoraid` command line: `serve`, `ctl`, `bench`, `completions` and `man`. Everything else lives in the library.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +37,14 @@ enum Cmd {
     /// `bench fanout`: parallel vs sequential fan-out of an array over ZEO servers.
     #[cfg(feature = "bench")]
     Bench(zeoraid::bench::BenchCommand),
+    /// Print a shell completion script (e.g. `zeoraid completions bash >
+    /// /etc/bash_completion.d/zeoraid`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff; `zeoraid man | man -l -`).
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -46,6 +54,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve { config, listen } => serve(config, listen),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "zeoraid",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Cmd::Man => match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("zeoraid man: {e}");
+                ExitCode::from(1)
+            }
+        },
         Cmd::Ctl(args) => ExitCode::from(zeoraid::admin::ctl::run(&args)),
         #[cfg(feature = "bench")]
         Cmd::Bench(args) => match zeoraid::bench::run_command(&args) {
@@ -88,17 +112,61 @@ fn serve(path: PathBuf, listen: Option<String>) -> ExitCode {
         let _ = writeln!(out, "zeoraid: admin on {a}");
     }
     let _ = out.flush();
+    // Under systemd (Type=notify): ready now, a watchdog while we turn.
+    let notifier = zeoraid::notify::Notifier::from_env().map(std::sync::Arc::new);
+    let status = zeoraid.status_source();
+    let status_line = || zeoraid::notify::status_line(&status.document());
+    let watch = notifier.as_ref().and_then(|n| {
+        n.send(&format!("READY=1\nSTATUS={}", status_line()));
+        let interval = zeoraid::notify::watchdog_interval(
+            std::env::var("WATCHDOG_USEC").ok().as_deref(),
+            std::env::var("WATCHDOG_PID").ok().as_deref(),
+            std::process::id(),
+        );
+        let status = status.clone();
+        match zeoraid::notify::Watch::start(
+            n.clone(),
+            interval,
+            zeoraid.liveness(),
+            Box::new(move || status.document()),
+        ) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                log::error!("cannot start the systemd notification thread: {e}");
+                None
+            }
+        }
+    });
     let mut signals = signals;
     for sig in signals.forever() {
         if sig == signal_hook::consts::SIGHUP {
             // SIGHUP: apply the config file to the running arrays.
-            if let Err(e) = zeoraid.reload() {
+            if let Some(n) = &notifier {
+                n.send(&zeoraid::notify::reloading(
+                    zeoraid::notify::monotonic_usec(),
+                ));
+            }
+            let outcome = zeoraid.reload();
+            if let Err(e) = &outcome {
                 log::error!("reload of {} (SIGHUP): {e}", path.display());
+            }
+            if let Some(n) = &notifier {
+                let line = match &outcome {
+                    Ok(_) => status_line(),
+                    Err(e) => format!("reload failed: {e}; {}", status_line()),
+                };
+                n.send(&format!("READY=1\nSTATUS={}", line.replace('\n', " ")));
             }
             continue;
         }
         log::info!("received signal {sig}; shutting down");
         break;
+    }
+    if let Some(n) = &notifier {
+        n.send("STOPPING=1\nSTATUS=shutting down");
+    }
+    if let Some(w) = watch {
+        w.stop();
     }
     zeoraid.shutdown();
     ExitCode::SUCCESS

@@ -147,3 +147,22 @@ fn the_example_configs_are_valid_and_the_default_serves_a_mirrored_array() {
         assert_eq!(fs.last_transaction().unwrap(), tid, "mirror {mirror}");
     }
 }
+
+#[test]
+fn completions_and_the_man_page_come_from_the_cli_definition() {
+    for args in [
+        vec!["completions", "bash"],
+        vec!["completions", "zsh"],
+        vec!["completions", "fish"],
+        vec!["man"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_zeoraid"))
+            .args(&args)
+            .output()
+            .expect("run zeoraid");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("zeoraid"), "{args:?}: {text}");
+        assert!(text.contains("serve"), "{args:?} names the subcommands");
+    }
+}

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 /// Bottom first. `bench` (feature `bench`) uses anything below `admin`.
 const LAYERS: &[&str] = &[
     "net", "status", "locks", "handoff", "storage", "zeo", "server", "raid", "ha", "config",
-    "open", "bench", "admin", "instance",
+    "open", "bench", "admin", "notify", "instance",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

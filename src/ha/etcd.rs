@@ -715,7 +715,8 @@ mod tests {
 
     #[test]
     fn answers_and_errors() {
-        let cases: &[(u16, &str, Result<&str, (i64, &str)>)] = &[
+        type Case<'a> = (u16, &'a str, Result<&'a str, (i64, &'a str)>);
+        let cases: &[Case] = &[
             (200, r#"{"header":{"revision":"5"},"ID":"7","TTL":"3"}"#, Ok("7")),
             (200, "{\"result\":{\"ID\":\"9\",\"TTL\":\"2\"}}\n", Ok("9")),
             (404, r#"{"error":"etcdserver: requested lease not found","code":5}"#, Err((5, "etcdserver: requested lease not found"))),

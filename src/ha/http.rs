@@ -329,7 +329,8 @@ mod tests {
 
     #[test]
     fn heads() {
-        let cases: &[(&str, Result<(u16, bool, Option<usize>), ()>)] = &[
+        type Head = (u16, bool, Option<usize>);
+        let cases: &[(&str, Result<Head, ()>)] = &[
             (
                 "HTTP/1.1 200 OK\r\nContent-Length: 12",
                 Ok((200, false, Some(12))),

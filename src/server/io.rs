@@ -471,6 +471,10 @@ impl Loop {
                 self.flush(id);
                 self.close(id);
             }
+            Out::Probe(answered) => {
+                stall_hook();
+                let _ = self.shared.jobs.send(Job::Probe(answered));
+            }
         }
     }
 
@@ -643,3 +647,22 @@ fn peer_went_away(kind: io::ErrorKind) -> bool {
             | io::ErrorKind::BrokenPipe
     )
 }
+
+/// Test hook (debug builds only): while the file named by
+/// `ZEORAID_DEBUG_STALL_LOOP` exists, the event loop sleeps here when a
+/// liveness probe reaches it, as a hung loop would, so a test can check
+/// that the systemd watchdog pings stop. Release builds have no hook.
+#[cfg(debug_assertions)]
+fn stall_hook() {
+    use std::sync::OnceLock;
+    static FILE: OnceLock<Option<std::path::PathBuf>> = OnceLock::new();
+    let file = FILE.get_or_init(|| std::env::var_os("ZEORAID_DEBUG_STALL_LOOP").map(Into::into));
+    if let Some(f) = file {
+        while f.exists() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn stall_hook() {}

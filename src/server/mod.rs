@@ -149,6 +149,9 @@ pub(crate) enum Job {
     Resume(ConnId),
     /// The connection is gone: abort its transaction, forget it.
     Disconnected(ConnId),
+    /// A liveness probe that came through the event loop: count it
+    /// (see [`Liveness`]).
+    Probe(Arc<AtomicU64>),
     Stop,
 }
 
@@ -162,6 +165,30 @@ pub(crate) enum Out {
     /// The connection's queue drained: read from it again.
     ResumeReading(ConnId),
     Close(ConnId),
+    /// A liveness probe: hand it on to the pool (see [`Liveness`]).
+    Probe(Arc<AtomicU64>),
+}
+
+/// Whether the event loop and the worker pool still turn, for the systemd
+/// watchdog (`notify`): a probe goes to the event loop, which hands it to
+/// the pool, where a worker counts it. A count that stops growing while
+/// probes are sent means one of them is stuck.
+#[derive(Clone)]
+pub struct Liveness {
+    shared: Arc<Shared>,
+    answered: Arc<AtomicU64>,
+}
+
+impl Liveness {
+    /// Send one probe through the event loop and the pool.
+    pub fn probe(&self) {
+        self.shared.send(Out::Probe(self.answered.clone()));
+    }
+
+    /// How many probes have come through so far.
+    pub fn answered(&self) -> u64 {
+        self.answered.load(Ordering::Acquire)
+    }
 }
 
 /// Per-storage counters, as ZEO's `server_status` reports them.
@@ -406,6 +433,15 @@ impl Server {
     /// Where the server listens: TCP address or Unix socket path.
     pub fn listening(&self) -> &Listen {
         &self.listening
+    }
+
+    /// A handle that probes whether the event loop and the workers turn
+    /// (for the systemd watchdog).
+    pub fn liveness(&self) -> Liveness {
+        Liveness {
+            shared: self.shared.clone(),
+            answered: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     /// A handle to replace the TLS configuration on reload; `None` for a

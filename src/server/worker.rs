@@ -29,6 +29,9 @@ pub(crate) fn run(shared: Arc<Shared>, jobs: Receiver<Job>) {
     while let Some(job) = jobs.recv() {
         match job {
             Job::Stop => break,
+            Job::Probe(answered) => {
+                answered.fetch_add(1, Ordering::AcqRel);
+            }
             Job::Concurrent(id, mut msgs) => {
                 if let Some(sess) = shared.session(id) {
                     // Reads that are round trips to other servers run side

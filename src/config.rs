@@ -28,6 +28,9 @@
 //! timeout = 10
 //! ```
 
+pub mod import;
+pub mod zconfig;
+
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::net::SocketAddr;

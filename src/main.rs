@@ -37,6 +37,16 @@ enum Cmd {
     /// `bench fanout`: parallel vs sequential fan-out of an array over ZEO servers.
     #[cfg(feature = "bench")]
     Bench(zeoraid::bench::BenchCommand),
+    /// Translate a runzeo / gocept.zeoraid ZConfig file (zeo.conf) into
+    /// the equivalent zeoraid.toml; settings without an equivalent become
+    /// comments saying so.
+    ImportConfig {
+        /// The ZConfig file (`runzeo -C FILE`).
+        file: PathBuf,
+        /// Write here instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Print a shell completion script (e.g. `zeoraid completions bash >
     /// /etc/bash_completion.d/zeoraid`).
     Completions {
@@ -54,6 +64,31 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve { config, listen } => serve(config, listen),
+        Cmd::ImportConfig { file, output } => {
+            match zeoraid::config::import::import_file(&file, output.as_deref()) {
+                Ok(toml) => {
+                    let written = match &output {
+                        Some(o) => {
+                            std::fs::write(o, toml).map_err(|e| format!("{}: {e}", o.display()))
+                        }
+                        None => std::io::stdout()
+                            .write_all(toml.as_bytes())
+                            .map_err(|e| e.to_string()),
+                    };
+                    match written {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(e) => {
+                            eprintln!("zeoraid import-config: {e}");
+                            ExitCode::from(1)
+                        }
+                    }
+                }
+                Err(e) => {
+                    eprintln!("zeoraid import-config: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Cmd::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -78,6 +78,12 @@ pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
             cur.len()
         )));
     }
+    from_value(v)
+}
+
+/// A decoded message tuple `(msgid, flags, method, args)`, whichever
+/// flavour it came in ([`crate::zeo::pickle::decode`] too), as a [`Message`].
+pub fn from_value(v: Value) -> Result<Message, DecodeError> {
     let mut items = match v {
         Value::Array(items) if items.len() == 4 => items,
         other => return Err(DecodeError::Shape(short(&other))),

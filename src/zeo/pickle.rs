@@ -357,21 +357,8 @@ impl<'a> Unpickler<'a> {
         if b.len() > 9 {
             return Err(self.err(at, "integer wider than 64 bits"));
         }
-        let fill = if b.last().is_some_and(|x| x & 0x80 != 0) {
-            0xff
-        } else {
-            0
-        };
-        let mut a = [fill; 16];
-        a[..b.len()].copy_from_slice(b);
-        let v = i128::from_le_bytes(a);
-        if let Ok(i) = i64::try_from(v) {
-            Ok(Value::from(i))
-        } else if let Ok(u) = u64::try_from(v) {
-            Ok(Value::from(u))
-        } else {
-            Err(self.err(at, "integer wider than 64 bits"))
-        }
+        crate::storage::file::pickle::le_int(b)
+            .ok_or_else(|| self.err(at, "integer wider than 64 bits"))
     }
 
     /// `callable(*args)` for the whitelisted callables.
@@ -571,40 +558,7 @@ pub fn unpickle(payload: &[u8]) -> Result<Value, DecodeError> {
 /// Decode one frame payload of the pickle flavour.
 pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
     let v = unpickle(payload)?;
-    let mut items = match v {
-        Value::Array(items) if items.len() == 4 => items,
-        other => {
-            return Err(DecodeError::Shape(crate::zeo::message::short(&other)));
-        }
-    };
-    let args = items.pop().unwrap_or(Value::Nil);
-    let method = match items.pop() {
-        Some(Value::String(s)) => s
-            .into_str()
-            .ok_or_else(|| DecodeError::Shape("method is not UTF-8".into()))?,
-        Some(Value::Binary(b)) => {
-            String::from_utf8(b).map_err(|_| DecodeError::Shape("method is not UTF-8".into()))?
-        }
-        other => return Err(DecodeError::Shape(format!("method {other:?}"))),
-    };
-    let flags = match items.pop() {
-        Some(Value::Boolean(b)) => b as u8,
-        Some(Value::Integer(i)) => i
-            .as_u64()
-            .and_then(|f| u8::try_from(f).ok())
-            .ok_or_else(|| DecodeError::Shape(format!("flags {i}")))?,
-        Some(Value::Nil) => 0,
-        other => return Err(DecodeError::Shape(format!("flags {other:?}"))),
-    };
-    let msgid = items
-        .pop()
-        .ok_or_else(|| DecodeError::Shape("no msgid".into()))?;
-    Ok(Message {
-        msgid,
-        flags,
-        method,
-        args,
-    })
+    crate::zeo::message::from_value(v)
 }
 
 #[cfg(test)]

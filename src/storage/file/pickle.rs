@@ -293,23 +293,7 @@ impl<'a> Unpickler<'a> {
     }
 
     fn long(b: &[u8]) -> Result<Value, String> {
-        if b.is_empty() {
-            return Ok(Value::from(0));
-        }
-        if b.len() > 16 {
-            return Err("pickled integer too large".to_string());
-        }
-        let fill = if b[b.len() - 1] & 0x80 != 0 { 0xff } else { 0 };
-        let mut a = [fill; 16];
-        a[..b.len()].copy_from_slice(b);
-        let v = i128::from_le_bytes(a);
-        if let Ok(i) = i64::try_from(v) {
-            Ok(Value::from(i))
-        } else if let Ok(u) = u64::try_from(v) {
-            Ok(Value::from(u))
-        } else {
-            Err("pickled integer out of range".to_string())
-        }
+        le_int(b).ok_or_else(|| "pickled integer out of range".to_string())
     }
 
     fn load(mut self) -> Result<Value, String> {
@@ -494,6 +478,29 @@ impl<'a> Unpickler<'a> {
                 return Err("pickle too large".to_string());
             }
         }
+    }
+}
+
+/// A pickled `LONG1`/`LONG4` integer (little-endian two's complement,
+/// `b.len()` bytes; empty is 0) as a msgpack value, or `None` when it does
+/// not fit 64 bits (signed, or unsigned if positive). Shared with ZEO's
+/// pickle flavour (`zeo::pickle`).
+pub fn le_int(b: &[u8]) -> Option<Value> {
+    if b.len() > 16 {
+        return None;
+    }
+    let fill = if b.last().is_some_and(|x| x & 0x80 != 0) {
+        0xff
+    } else {
+        0
+    };
+    let mut a = [fill; 16];
+    a[..b.len()].copy_from_slice(b);
+    let v = i128::from_le_bytes(a);
+    if let Ok(i) = i64::try_from(v) {
+        Some(Value::from(i))
+    } else {
+        u64::try_from(v).ok().map(Value::from)
     }
 }
 

@@ -612,6 +612,7 @@ impl Core {
                 // other backend could be asked (not when one failed).
                 return Err(match (kept, missing) {
                     (Some(e), _) => e,
+                    // state::MissingObject::Believe: nobody else has it.
                     (None, Some((_, e))) => e,
                     (None, None) => Error::Disconnected(format!(
                         "RAID array {:?}: no optimal backend left to serve {what}",
@@ -628,17 +629,20 @@ impl Core {
             match r {
                 Ok(v) => {
                     if let Some((j, Error::PosKey(oid))) = missing {
-                        if self.packing.load(Ordering::Acquire) > 0 {
-                            log::debug!("{oid} missing on one backend during a pack");
-                            return Ok(v);
+                        let packing = self.packing.load(Ordering::Acquire) > 0;
+                        match state::on_missing_object(true, packing) {
+                            state::MissingObject::Degrade => self.degrade(
+                                j,
+                                Reason::MissingObject {
+                                    oid,
+                                    on: b.name.clone(),
+                                },
+                            ),
+                            state::MissingObject::Tolerate => {
+                                log::debug!("{oid} missing on one backend during a pack")
+                            }
+                            state::MissingObject::Believe => {}
                         }
-                        self.degrade(
-                            j,
-                            Reason::MissingObject {
-                                oid,
-                                on: b.name.clone(),
-                            },
-                        );
                     }
                     return Ok(v);
                 }

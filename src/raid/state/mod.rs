@@ -285,6 +285,32 @@ pub fn on_read_failure(e: &Error, others: usize, min_optimal: usize) -> ReadFail
     }
 }
 
+/// What a read does with a backend that answered "no such object"
+/// (`POSKeyError`) once another optimal backend has been asked too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MissingObject {
+    /// Another backend has the object and no pack runs: the first one lost
+    /// data the array committed; degrade it (recovery copies it back).
+    Degrade,
+    /// Another backend has it, but a pack is running: the backends pack one
+    /// after another, so one may have dropped it first. Serve the other's
+    /// answer and keep both.
+    Tolerate,
+    /// No other backend has it (or none could be asked): the object does
+    /// not exist and the POSKeyError is the client's answer.
+    Believe,
+}
+
+/// [`MissingObject`] for a POSKeyError from one backend, given whether an
+/// other optimal backend `found` the object and whether a pack is running.
+pub fn on_missing_object(found: bool, packing: bool) -> MissingObject {
+    match (found, packing) {
+        (false, _) => MissingObject::Believe,
+        (true, true) => MissingObject::Tolerate,
+        (true, false) => MissingObject::Degrade,
+    }
+}
+
 /// One backend's reply to a call, reduced to what is compared: `Ok(key)`,
 /// or `Err(reason)` when the backend failed (or missed the deadline).
 pub type Reply<K> = Result<K, String>;
@@ -664,6 +690,23 @@ mod tests {
         assert!(read_allowed(ArrayState::Degraded, FailMode::Close));
         assert!(!read_allowed(ArrayState::Failed, FailMode::Close));
         assert!(read_allowed(ArrayState::Failed, FailMode::ReadOnly));
+    }
+
+    #[test]
+    fn a_missing_object_is_believed_only_when_no_other_backend_has_it() {
+        use MissingObject::*;
+        for (found, packing, want) in [
+            (false, false, Believe),
+            (false, true, Believe),
+            (true, true, Tolerate),
+            (true, false, Degrade),
+        ] {
+            assert_eq!(
+                on_missing_object(found, packing),
+                want,
+                "found {found}, packing {packing}"
+            );
+        }
     }
 
     #[test]

@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -60,15 +59,7 @@ fn serve(toml: &Path, listen: Option<&str>) -> (Child, String) {
         .stdout(Stdio::piped())
         .spawn()
         .expect("start zeoraid");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("the listening line");
-    let addr = line
-        .trim()
-        .strip_prefix("zeoraid: listening on ")
-        .unwrap_or_else(|| panic!("zeoraid did not start: {line:?}"))
-        .to_string();
+    let addr = common::listening_on(&mut child);
     (child, addr)
 }
 

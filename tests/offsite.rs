@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -61,11 +60,7 @@ impl Zeoraid {
             .stdout(Stdio::piped())
             .spawn()
             .expect("start zeoraid");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("listening line");
-        assert!(line.starts_with("zeoraid: listening"), "{line:?}");
+        common::listening_addr(&mut child);
         Zeoraid { child, port, admin }
     }
 

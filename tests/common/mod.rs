@@ -124,9 +124,10 @@ pub fn assert_fstest_clean(path: &Path) {
     ]);
 }
 
-/// The address from the line `zeoraid serve` prints once it listens (its
-/// stdout must be piped); fails the test when the first line is not that.
-pub fn listening_addr(child: &mut Child) -> SocketAddr {
+/// What follows "zeoraid: listening on " in the line `zeoraid serve`
+/// prints once it listens (`HOST:PORT` or `unix:PATH`; its stdout must be
+/// piped); fails the test when the first line is not that.
+pub fn listening_on(child: &mut Child) -> String {
     let stdout = child.stdout.take().expect("stdout");
     let mut line = String::new();
     BufReader::new(stdout)
@@ -134,8 +135,15 @@ pub fn listening_addr(child: &mut Child) -> SocketAddr {
         .expect("read the listening line");
     line.trim()
         .strip_prefix("zeoraid: listening on ")
-        .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("zeoraid did not start: first line {line:?}"))
+        .to_string()
+}
+
+/// [`listening_on`] for a TCP listener: its address.
+pub fn listening_addr(child: &mut Child) -> SocketAddr {
+    let at = listening_on(child);
+    at.parse()
+        .unwrap_or_else(|_| panic!("zeoraid listens on {at:?}, not a TCP address"))
 }
 
 /// A `zeoraid serve` child process, killed on drop.

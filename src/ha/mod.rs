@@ -1,8 +1,9 @@
 //! Controller high availability (issue #26), the IO edge to etcd: a
 //! synchronous etcd v3 client over its HTTP/JSON gateway ([`etcd`]) and
-//! leader election on a lease-bound key ([`lease`]). What to do with
-//! leadership (serve, stand by, fence) is decided elsewhere; this layer
-//! only talks to etcd, with a deadline on every call.
+//! leader election on a lease-bound key ([`lease`]); and what to do with
+//! leadership (stand by, fence, reconcile, serve, demote) as a pure state
+//! machine ([`role`]) that the IO shell steps with what etcd and the
+//! backends answered. Every call to etcd has a deadline.
 //!
 //! No dependency beyond the core's: the HTTP/1.1 exchange is the small
 //! hand-written `http` module (per-read timeouts, cancellable streams),
@@ -12,3 +13,4 @@
 pub mod etcd;
 mod http;
 pub mod lease;
+pub mod role;

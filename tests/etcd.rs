@@ -1,8 +1,8 @@
 //! The etcd client and the election (`zeoraid::ha`) against a real etcd
 //! (issue #26): leases, keys, each compare-and-set outcome, a prefix watch
-//! (including the delete a lease's expiry causes), elections between two
-//! controllers, and a three-member cluster losing the member the client
-//! talks to. etcd comes from `$ZEORAID_ETCD` or `PATH`
+//! (including the delete a lease's expiry causes, and a compacted start),
+//! elections between two controllers, and a three-member cluster losing
+//! the member the client talks to. etcd comes from `$ZEORAID_ETCD` or `PATH`
 //! (`tests/common/etcd.rs`); without it these tests fail, saying how to
 //! install it.
 
@@ -238,6 +238,20 @@ fn watch_sees_puts_and_deletes_under_a_prefix_including_lease_expiry() {
         e => panic!("want the delete of arr/b by lease expiry, got {e:?}"),
     }
     drop(w); // cancels and joins the etcd-watch thread
+
+    // A watch from a revision compacted away says so, with the revision
+    // to re-read from, and ends.
+    c.compact(rb).expect("compact");
+    let w = c
+        .watch_prefix(b"arr/", Some(ra), Duration::from_secs(2))
+        .expect("watch");
+    assert_eq!(
+        w.events.recv_timeout(Duration::from_secs(5)),
+        Ok(WatchEvent::Compacted {
+            compact_revision: rb
+        })
+    );
+    assert!(w.events.recv_timeout(Duration::from_secs(1)).is_err());
 }
 
 #[test]

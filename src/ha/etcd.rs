@@ -118,6 +118,12 @@ pub enum WatchEvent {
     /// The stream broke; the watch has ended. Watch again from the last
     /// revision seen + 1.
     Lost(Error),
+    /// etcd canceled the watch because its start revision was compacted
+    /// away: the events before `compact_revision` are gone. The watch has
+    /// ended; re-read the state and watch from after what was read.
+    Compacted {
+        compact_revision: i64,
+    },
 }
 
 // ---------------------------------------------------------------------------
@@ -350,14 +356,17 @@ pub fn parse_txn(v: &Value) -> Result<Cas, String> {
 pub fn parse_watch_line(line: &[u8]) -> Result<Vec<WatchEvent>, (i64, String)> {
     let v = parse_answer(200, line)?;
     if v.get("canceled").and_then(Value::as_bool) == Some(true) {
+        // etcd 3.4 gives no cancel_reason for a compacted start revision,
+        // only compact_revision, and keeps the stream open.
+        let compact_revision = int(&v, "compact_revision").map_err(|d| (-1, d))?;
+        if compact_revision > 0 {
+            return Ok(vec![WatchEvent::Compacted { compact_revision }]);
+        }
         let reason = v
             .get("cancel_reason")
             .and_then(Value::as_str)
-            .unwrap_or("canceled");
-        return Err((
-            int(&v, "compact_revision").unwrap_or(0),
-            format!("watch canceled: {reason}"),
-        ));
+            .unwrap_or("no reason given");
+        return Err((-1, format!("watch canceled: {reason}")));
     }
     let mut out = Vec::new();
     for e in v
@@ -534,6 +543,16 @@ impl Client {
         int(&v, "deleted").map_err(Self::proto(ep))
     }
 
+    /// Discards the history before `revision` (a watch from before it is
+    /// then answered [`WatchEvent::Compacted`]).
+    pub fn compact(&self, revision: i64) -> Result<(), Error> {
+        self.call(
+            "/v3/kv/compaction",
+            &json!({"revision": revision.to_string()}),
+        )
+        .map(|_| ())
+    }
+
     /// Creates the key with `value` bound to `lease` if it does not exist;
     /// else [`Cas::Stale`] with whoever holds it.
     pub fn create_if_absent(&self, key: &[u8], value: &[u8], lease: LeaseId) -> Result<Cas, Error> {
@@ -675,7 +694,8 @@ impl Client {
                             match parse_watch_line(&line) {
                                 Ok(evs) => {
                                     for e in evs {
-                                        if tx.send(e).is_err() {
+                                        let end = matches!(e, WatchEvent::Compacted { .. });
+                                        if tx.send(e).is_err() || end {
                                             return;
                                         }
                                     }
@@ -870,9 +890,18 @@ mod tests {
                 revision: 5
             }])
         );
-        let canceled =
-            br#"{"result":{"canceled":true,"compact_revision":"2","cancel_reason":"compacted"}}"#;
-        assert!(parse_watch_line(canceled).is_err());
+        // etcd 3.4.23's answer to a watch from a compacted revision.
+        let compacted = br#"{"result":{"header":{"cluster_id":"324952591200643719","member_id":"3319814642761637952","raft_term":"2"},"canceled":true,"compact_revision":"4"}}"#;
+        assert_eq!(
+            parse_watch_line(compacted),
+            Ok(vec![WatchEvent::Compacted {
+                compact_revision: 4
+            }])
+        );
+        let canceled = br#"{"result":{"canceled":true,"cancel_reason":"permission denied"}}"#;
+        assert!(
+            matches!(parse_watch_line(canceled), Err((-1, m)) if m.contains("permission denied"))
+        );
         assert!(parse_watch_line(b"{oops").is_err());
     }
 

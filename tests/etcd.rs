@@ -2,7 +2,8 @@
 //! (issue #26): leases, keys, each compare-and-set outcome, a prefix watch
 //! (including the delete a lease's expiry causes, and a compacted start),
 //! elections between two controllers, and a three-member cluster losing
-//! the member the client talks to. etcd comes from `$ZEORAID_ETCD` or `PATH`
+//! the member the client talks to (killed, or hung: only the deadline
+//! tells). etcd comes from `$ZEORAID_ETCD` or `PATH`
 //! (`tests/common/etcd.rs`); without it these tests fail, saying how to
 //! install it.
 
@@ -354,9 +355,11 @@ fn a_three_member_cluster_survives_losing_the_member_in_use() {
     etcd.kill(leader);
     // Within a few seconds (a raft election) everything works again
     // through the other members.
+    let t0 = Instant::now();
     let renewed = wait_for(Duration::from_secs(10), "renew after the kill", || {
         a.renew(&la).ok()
     });
+    eprintln!("renewed {:?} after the leader was killed", t0.elapsed());
     assert!(renewed > Duration::ZERO);
     assert_ne!(a.client().current_endpoint(), eps[0]);
     assert_eq!(
@@ -397,4 +400,41 @@ fn a_three_member_cluster_survives_losing_the_member_in_use() {
     let st = b.client().status();
     assert!(matches!(st[0].1, Err(Error::Unreachable(_))), "{st:?}");
     assert!(st[1..].iter().all(|(_, s)| s.is_ok()), "{st:?}");
+}
+
+#[test]
+fn a_hung_member_is_passed_over_within_the_lease() {
+    let mut etcd = Etcd::start(3);
+    let ttl = Duration::from_secs(5);
+    let mut opts = Options::new(etcd.endpoints());
+    opts.request_timeout = Duration::from_millis(700);
+    let a = Election::new(Client::new(opts).expect("a client"), b"ctl/leader", ttl);
+    let Outcome::Won(la) = a.campaign(b"a").expect("campaign") else {
+        panic!("the first campaign must win")
+    };
+    assert_eq!(a.client().current_endpoint(), etcd.endpoint(0));
+    // Member 0 stops answering but keeps its sockets open: no connection
+    // error, only the deadline tells.
+    etcd.freeze(0, false);
+    let t0 = Instant::now();
+    let renewed = wait_for(
+        Duration::from_secs(10),
+        "renew past the hung member",
+        || a.renew(&la).ok(),
+    );
+    let took = t0.elapsed();
+    eprintln!("renewed {took:?} after member 0 hung");
+    assert!(renewed > Duration::ZERO);
+    assert!(took < ttl, "renewal took {took:?}, longer than the lease");
+    assert_ne!(a.client().current_endpoint(), etcd.endpoint(0));
+    // Later calls go to the member that answered, without waiting again.
+    let t1 = Instant::now();
+    a.renew(&la).expect("renew");
+    assert!(
+        t1.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t1.elapsed()
+    );
+    etcd.freeze(0, true);
+    assert!(a.resign(&la).expect("resign"));
 }

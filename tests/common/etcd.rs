@@ -156,6 +156,21 @@ impl Etcd {
             let _ = c.wait();
         }
     }
+
+    /// SIGSTOPs member `i` (`cont`: SIGCONTs it): it keeps its sockets but
+    /// answers nothing, as a hung or partitioned member would.
+    pub fn freeze(&mut self, i: usize, cont: bool) {
+        let Some(c) = self.members[i].child.as_ref() else {
+            panic!("etcd {} is not running", self.members[i].name)
+        };
+        let sig = if cont { "-CONT" } else { "-STOP" };
+        let st = Command::new("kill")
+            .arg(sig)
+            .arg(c.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill {sig} {}: {st}", c.id());
+    }
 }
 
 impl Drop for Etcd {

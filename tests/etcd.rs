@@ -413,6 +413,10 @@ fn a_hung_member_is_passed_over_within_the_lease() {
         panic!("the first campaign must win")
     };
     assert_eq!(a.client().current_endpoint(), etcd.endpoint(0));
+    let w = a
+        .client()
+        .watch(b"ctl/leader", None, Duration::from_secs(1))
+        .expect("watch");
     // Member 0 stops answering but keeps its sockets open: no connection
     // error, only the deadline tells.
     etcd.freeze(0, false);
@@ -435,6 +439,12 @@ fn a_hung_member_is_passed_over_within_the_lease() {
         "{:?}",
         t1.elapsed()
     );
+    // The watch on the hung member is silent; its idle probe finds out.
+    match w.events.recv_timeout(Duration::from_secs(5)) {
+        Ok(WatchEvent::Lost(_)) => {}
+        e => panic!("want the watch on the hung member lost, got {e:?}"),
+    }
+    drop(w);
     etcd.freeze(0, true);
     assert!(a.resign(&la).expect("resign"));
 }

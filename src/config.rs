@@ -27,7 +27,10 @@
 //! path = ["/srv/app/src"]
 //! timeout = 10
 //! ```
+//!
+//! `[ha]` (controllers taking turns through etcd) is described in [`ha`].
 
+pub mod ha;
 pub mod import;
 pub mod zconfig;
 
@@ -68,6 +71,10 @@ pub struct Config {
     /// The admin listener (`zeoraid ctl`, `/metrics`); absent: none.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// Controller high availability through etcd ([`ha`]); absent: this
+    /// controller serves alone. Read and checked, not acted on yet.
+    #[serde(default)]
+    pub ha: Option<ha::HaConfig>,
 }
 
 /// `[admin]`: where the admin HTTP listener listens, and the token that
@@ -857,6 +864,9 @@ impl Config {
                     "is used by more than one [[storage]]",
                 ));
             }
+        }
+        if let Some(h) = &self.ha {
+            ha::validate(h, &self.storage, &invalid)?;
         }
         Ok(())
     }

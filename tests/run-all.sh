@@ -4,13 +4,17 @@
 #   1. Python environment: .venv at the crate root with the pinned stock
 #      ZODB/ZEO from tests/interop/requirements.txt (created or repaired only
 #      when something is missing, so a second run skips this in a second).
-#   2. cargo build --bins
-#   3. cargo test, with ZEORAID_PYTHON=.venv/bin/python exported: Rust tests
-#      use it to start Python runzeo servers and Python ZEO clients; the
+#   2. etcd (tests/etcd.rs runs the HA client against real members): the
+#      one on PATH, else the Debian package etcd-server is installed (as
+#      root, or with `sudo -n`) without letting its service start.
+#   3. cargo build --bins
+#   4. cargo test, with ZEORAID_PYTHON=.venv/bin/python and ZEORAID_ETCD
+#      exported: Rust tests use them to start Python runzeo servers, Python
+#      ZEO clients and etcd members; the
 #      array's seeded simulations on their own, their seed counts shown; then
 #      cargo test --no-default-features (the embedder's core) and cargo doc
 #      with warnings as errors.
-#   4. The interop suite (tests/interop/run.py): stock ZEO.ClientStorage and
+#   5. The interop suite (tests/interop/run.py): stock ZEO.ClientStorage and
 #      ZODB's storage conformance tests against target/debug/zeoraid.
 #
 # Every stage runs even if an earlier test stage failed (a failed build
@@ -20,6 +24,8 @@
 #
 # Environment:
 #   ZEORAID_BOOTSTRAP_PYTHON  interpreter that creates .venv (default python3)
+#   ZEORAID_ETCD              the etcd binary (default: etcd on PATH, installed
+#                             if missing)
 #   CARGO_TARGET_DIR          honoured for finding the zeoraid binary
 #   ZEORAID_INTEROP_*         passed through to tests/interop/run.py
 set -euo pipefail
@@ -98,6 +104,70 @@ fi
 export ZEORAID_PYTHON=$VENV/bin/python
 
 # ---------------------------------------------------------------------------
+section "etcd (tests/etcd.rs)"
+
+ETCD_PACKAGE=etcd-server
+POLICY_RC_D=/usr/sbin/policy-rc.d
+
+# Installs $ETCD_PACKAGE with apt-get, as root or through `sudo -n`. The
+# package's maintainer scripts would start (and enable) a system etcd on
+# 127.0.0.1:2379: a policy-rc.d that answers 101 ("action forbidden",
+# honoured by invoke-rc.d and deb-systemd-invoke) keeps them from starting
+# it, and a service that started anyway (a policy-rc.d already there that
+# allowed it) is stopped.
+install_etcd() {
+    local -a as_root=()
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 \
+            || die "etcd not found, and not root and no sudo to install $ETCD_PACKAGE: install etcd 3.4+ (Debian: apt-get install $ETCD_PACKAGE) or set ZEORAID_ETCD"
+        as_root=(sudo -n)
+    fi
+    command -v apt-get >/dev/null 2>&1 \
+        || die "etcd not found and no apt-get to install it: install etcd 3.4+ and put it on PATH, or set ZEORAID_ETCD to the binary"
+    local policy=$POLICY_RC_D ours=0 was_active=0
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
+        was_active=1
+    fi
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\n# run-all.sh: no service starts while it installs %s\nexit 101\n' "$ETCD_PACKAGE" \
+            | "${as_root[@]}" tee "$policy" >/dev/null \
+            && "${as_root[@]}" chmod 755 "$policy" \
+            || die "cannot write $policy (as root${as_root:+ with ${as_root[*]}}): run as root or give passwordless sudo, or install $ETCD_PACKAGE yourself"
+        ours=1
+    fi
+    echo "installing $ETCD_PACKAGE with ${as_root[*]:+${as_root[*]} }apt-get"
+    local ok=1
+    # A fresh machine has no package lists; an offline one may have some.
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q \
+        || echo "apt-get update failed; trying the install with the lists there are"
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$ETCD_PACKAGE" \
+        || ok=0
+    [ "$ours" -eq 0 ] || "${as_root[@]}" rm -f "$policy"
+    if [ "$was_active" -eq 0 ] && command -v systemctl >/dev/null 2>&1 \
+            && systemctl is-active --quiet etcd 2>/dev/null; then
+        echo "stopping and disabling the etcd service the package started"
+        "${as_root[@]}" systemctl stop etcd || true
+        "${as_root[@]}" systemctl disable --quiet etcd || true
+    fi
+    [ "$ok" -eq 1 ] || die "apt-get install $ETCD_PACKAGE failed${as_root:+ (with ${as_root[*]}: needs passwordless sudo)}: install etcd 3.4+ yourself or set ZEORAID_ETCD"
+}
+
+if [ -n "${ZEORAID_ETCD:-}" ]; then
+    echo "ZEORAID_ETCD=$ZEORAID_ETCD (given)"
+elif command -v etcd >/dev/null 2>&1; then
+    ZEORAID_ETCD=$(command -v etcd)
+else
+    echo "etcd is not on PATH"
+    install_etcd
+    command -v etcd >/dev/null 2>&1 || die "$ETCD_PACKAGE is installed but etcd is still not on PATH"
+    ZEORAID_ETCD=$(command -v etcd)
+fi
+etcd_version=$("$ZEORAID_ETCD" --version 2>&1 | head -1) \
+    || die "$ZEORAID_ETCD --version failed: $etcd_version"
+echo "$ZEORAID_ETCD: $etcd_version"
+export ZEORAID_ETCD
+
+# ---------------------------------------------------------------------------
 section "cargo build --bins"
 cargo build --bins || die "cargo build --bins failed"
 ZEORAID_BIN=$TARGET_DIR/debug/zeoraid
@@ -106,7 +176,7 @@ ZEORAID_BIN=$TARGET_DIR/debug/zeoraid
 status=0
 
 # ---------------------------------------------------------------------------
-section "cargo test (ZEORAID_PYTHON=$ZEORAID_PYTHON)"
+section "cargo test (ZEORAID_PYTHON=$ZEORAID_PYTHON, ZEORAID_ETCD=$ZEORAID_ETCD)"
 cargo_log=$LOG_DIR/cargo-test.log
 : > "$cargo_log"
 cargo_status=0

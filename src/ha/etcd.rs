@@ -118,6 +118,12 @@ pub enum WatchEvent {
     /// The stream broke; the watch has ended. Watch again from the last
     /// revision seen + 1.
     Lost(Error),
+    /// etcd canceled the watch because its start revision was compacted
+    /// away: the events before `compact_revision` are gone. The watch has
+    /// ended; re-read the state and watch from after what was read.
+    Compacted {
+        compact_revision: i64,
+    },
 }
 
 // ---------------------------------------------------------------------------
@@ -175,6 +181,21 @@ fn int(v: &Value, field: &str) -> Result<i64, String> {
             .as_i64()
             .ok_or_else(|| format!("{field}: {n} out of range")),
         Some(o) => Err(format!("{field}: {o} is not an integer")),
+    }
+}
+
+/// A uint64 field (member and cluster ids are random 64-bit numbers, half
+/// of them above `i64::MAX`): a JSON string or a number; absent is 0.
+fn uint(v: &Value, field: &str) -> Result<u64, String> {
+    match v.get(field) {
+        None | Some(Value::Null) => Ok(0),
+        Some(Value::String(s)) => s
+            .parse()
+            .map_err(|_| format!("{field}: {s:?} is not an unsigned integer")),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .ok_or_else(|| format!("{field}: {n} out of range")),
+        Some(o) => Err(format!("{field}: {o} is not an unsigned integer")),
     }
 }
 
@@ -283,6 +304,35 @@ pub fn txn_json(key: &[u8], compares: &[Compare], put: Option<(&[u8], Option<Lea
     })
 }
 
+/// A `/v3/maintenance/status` answer.
+pub fn parse_status(v: &Value) -> Result<MemberStatus, String> {
+    let h = v.get("header").unwrap_or(&Value::Null);
+    Ok(MemberStatus {
+        version: v
+            .get("version")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .into(),
+        member_id: uint(h, "member_id")?,
+        leader: uint(v, "leader")?,
+        raft_term: uint(v, "raftTerm")?,
+    })
+}
+
+/// The end of the range of every key that starts with `prefix` (etcd's
+/// `range_end`): the prefix with its last byte below 0xff incremented and
+/// what follows dropped; `[0]` (every key) when there is no such byte.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    match prefix.iter().rposition(|b| *b < 0xff) {
+        Some(i) => {
+            let mut end = prefix[..=i].to_vec();
+            end[i] += 1;
+            end
+        }
+        None => vec![0],
+    }
+}
+
 /// A transaction's answer as [`Cas`].
 pub fn parse_txn(v: &Value) -> Result<Cas, String> {
     let succeeded = v.get("succeeded").and_then(Value::as_bool).unwrap_or(false);
@@ -306,14 +356,17 @@ pub fn parse_txn(v: &Value) -> Result<Cas, String> {
 pub fn parse_watch_line(line: &[u8]) -> Result<Vec<WatchEvent>, (i64, String)> {
     let v = parse_answer(200, line)?;
     if v.get("canceled").and_then(Value::as_bool) == Some(true) {
+        // etcd 3.4 gives no cancel_reason for a compacted start revision,
+        // only compact_revision, and keeps the stream open.
+        let compact_revision = int(&v, "compact_revision").map_err(|d| (-1, d))?;
+        if compact_revision > 0 {
+            return Ok(vec![WatchEvent::Compacted { compact_revision }]);
+        }
         let reason = v
             .get("cancel_reason")
             .and_then(Value::as_str)
-            .unwrap_or("canceled");
-        return Err((
-            int(&v, "compact_revision").unwrap_or(0),
-            format!("watch canceled: {reason}"),
-        ));
+            .unwrap_or("no reason given");
+        return Err((-1, format!("watch canceled: {reason}")));
     }
     let mut out = Vec::new();
     for e in v
@@ -367,6 +420,13 @@ impl Client {
 
     pub fn endpoints(&self) -> &[String] {
         &self.opts.endpoints
+    }
+
+    /// The endpoint that answered last (the first configured before any
+    /// call): the one the next call tries first.
+    pub fn current_endpoint(&self) -> &str {
+        let n = self.opts.endpoints.len();
+        &self.opts.endpoints[self.preferred.load(Ordering::Relaxed) % n]
     }
 
     /// The endpoints in the order to try them.
@@ -471,7 +531,9 @@ impl Client {
 
     /// Sets the key (bound to `lease` if given); the new revision.
     pub fn put(&self, key: &[u8], value: &[u8], lease: Option<LeaseId>) -> Result<i64, Error> {
-        let (ep, v) = self.call("/v3/kv/put", &put_json(key, value, lease))?;
+        let (ep, v) = self
+            .call("/v3/kv/put", &put_json(key, value, lease))
+            .map_err(|e| lease_gone(e, lease))?;
         int(v.get("header").unwrap_or(&Value::Null), "revision").map_err(Self::proto(ep))
     }
 
@@ -479,6 +541,16 @@ impl Client {
     pub fn delete(&self, key: &[u8]) -> Result<i64, Error> {
         let (ep, v) = self.call("/v3/kv/deleterange", &json!({"key": b64_encode(key)}))?;
         int(&v, "deleted").map_err(Self::proto(ep))
+    }
+
+    /// Discards the history before `revision` (a watch from before it is
+    /// then answered [`WatchEvent::Compacted`]).
+    pub fn compact(&self, revision: i64) -> Result<(), Error> {
+        self.call(
+            "/v3/kv/compaction",
+            &json!({"revision": revision.to_string()}),
+        )
+        .map(|_| ())
     }
 
     /// Creates the key with `value` bound to `lease` if it does not exist;
@@ -513,7 +585,10 @@ impl Client {
         compares: &[Compare],
         put: Option<(&[u8], Option<LeaseId>)>,
     ) -> Result<Cas, Error> {
-        let (ep, v) = self.call("/v3/kv/txn", &txn_json(key, compares, put))?;
+        let lease = put.and_then(|(_, l)| l);
+        let (ep, v) = self
+            .call("/v3/kv/txn", &txn_json(key, compares, put))
+            .map_err(|e| lease_gone(e, lease))?;
         parse_txn(&v).map_err(Self::proto(ep))
     }
 
@@ -525,24 +600,7 @@ impl Client {
             .iter()
             .map(|ep| {
                 let r = match self.one(ep, "/v3/maintenance/status", body) {
-                    Ok(v) => {
-                        let h = v.get("header").unwrap_or(&Value::Null);
-                        let p = |r: Result<i64, String>| {
-                            r.map(|x| x as u64).map_err(Self::proto(ep.clone()))
-                        };
-                        (|| {
-                            Ok(MemberStatus {
-                                version: v
-                                    .get("version")
-                                    .and_then(Value::as_str)
-                                    .unwrap_or("")
-                                    .into(),
-                                member_id: p(int(h, "member_id"))?,
-                                leader: p(int(&v, "leader"))?,
-                                raft_term: p(int(&v, "raftTerm"))?,
-                            })
-                        })()
-                    }
+                    Ok(v) => parse_status(&v).map_err(Self::proto(ep.clone())),
                     Err(Attempt::Next(why)) => Err(Error::Unreachable(why)),
                     Err(Attempt::Final(e)) => Err(e),
                 };
@@ -562,7 +620,30 @@ impl Client {
         start_revision: Option<i64>,
         idle: Duration,
     ) -> Result<Watch, Error> {
+        self.watch_range(key, None, start_revision, idle)
+    }
+
+    /// Watches every key that starts with `prefix`, as [`Client::watch`].
+    pub fn watch_prefix(
+        &self,
+        prefix: &[u8],
+        start_revision: Option<i64>,
+        idle: Duration,
+    ) -> Result<Watch, Error> {
+        self.watch_range(prefix, Some(&prefix_end(prefix)), start_revision, idle)
+    }
+
+    fn watch_range(
+        &self,
+        key: &[u8],
+        range_end: Option<&[u8]>,
+        start_revision: Option<i64>,
+        idle: Duration,
+    ) -> Result<Watch, Error> {
         let mut create = json!({"key": b64_encode(key)});
+        if let Some(end) = range_end {
+            create["range_end"] = Value::String(b64_encode(end));
+        }
         if let Some(r) = start_revision {
             create["start_revision"] = Value::String(r.to_string());
         }
@@ -613,7 +694,8 @@ impl Client {
                             match parse_watch_line(&line) {
                                 Ok(evs) => {
                                     for e in evs {
-                                        if tx.send(e).is_err() {
+                                        let end = matches!(e, WatchEvent::Compacted { .. });
+                                        if tx.send(e).is_err() || end {
                                             return;
                                         }
                                     }
@@ -656,6 +738,15 @@ impl Client {
             closer: Mutex::new(Some(closer)),
             thread: Some(thread),
         })
+    }
+}
+
+/// A write bound to `lease` that etcd refused with gRPC code 5 (NotFound:
+/// "requested lease not found") as [`Error::LeaseNotFound`].
+fn lease_gone(e: Error, lease: Option<LeaseId>) -> Error {
+    match (e, lease) {
+        (Error::Server { code: 5, .. }, Some(l)) => Error::LeaseNotFound(l),
+        (e, _) => e,
     }
 }
 
@@ -799,9 +890,74 @@ mod tests {
                 revision: 5
             }])
         );
-        let canceled =
-            br#"{"result":{"canceled":true,"compact_revision":"2","cancel_reason":"compacted"}}"#;
-        assert!(parse_watch_line(canceled).is_err());
+        // etcd 3.4.23's answer to a watch from a compacted revision.
+        let compacted = br#"{"result":{"header":{"cluster_id":"324952591200643719","member_id":"3319814642761637952","raft_term":"2"},"canceled":true,"compact_revision":"4"}}"#;
+        assert_eq!(
+            parse_watch_line(compacted),
+            Ok(vec![WatchEvent::Compacted {
+                compact_revision: 4
+            }])
+        );
+        let canceled = br#"{"result":{"canceled":true,"cancel_reason":"permission denied"}}"#;
+        assert!(
+            matches!(parse_watch_line(canceled), Err((-1, m)) if m.contains("permission denied"))
+        );
         assert!(parse_watch_line(b"{oops").is_err());
+    }
+
+    #[test]
+    fn member_status_with_ids_above_i64_max() {
+        // A real etcd 3.4.23 answer; member ids are random uint64s, and
+        // this one does not fit an i64.
+        let v: Value = serde_json::from_str(
+            r#"{"header":{"cluster_id":"324952591200643719","member_id":"13319814642761637952","revision":"1","raft_term":"2"},"version":"3.4.23","dbSize":"28672","leader":"13319814642761637952","raftIndex":"7","raftTerm":"2","raftAppliedIndex":"7","dbSizeInUse":"16384"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            parse_status(&v),
+            Ok(MemberStatus {
+                version: "3.4.23".into(),
+                member_id: 13319814642761637952,
+                leader: 13319814642761637952,
+                raft_term: 2,
+            })
+        );
+        let bad: Value = serde_json::from_str(r#"{"header":{"member_id":"-1"}}"#).unwrap();
+        assert!(parse_status(&bad).is_err());
+    }
+
+    #[test]
+    fn prefix_ends() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"arr/", b"arr0"),
+            (b"a", b"b"),
+            (b"a\xff", b"b"),
+            (b"a\xfe\xff\xff", b"a\xff"),
+            (b"\xff\xff", b"\x00"),
+            (b"", b"\x00"),
+        ];
+        for (prefix, end) in cases {
+            assert_eq!(prefix_end(prefix), *end, "{prefix:?}");
+        }
+    }
+
+    #[test]
+    fn writes_on_a_gone_lease_name_it() {
+        // What etcd answers a put or txn on a revoked lease (HTTP 404).
+        let body = br#"{"error":"etcdserver: requested lease not found","message":"etcdserver: requested lease not found","code":5}"#;
+        let (code, message) = parse_answer(404, body).unwrap_err();
+        let e = Error::Server {
+            endpoint: "e".into(),
+            code,
+            message,
+        };
+        assert_eq!(lease_gone(e.clone(), Some(7)), Error::LeaseNotFound(7));
+        assert_eq!(lease_gone(e.clone(), None), e);
+        let other = Error::Server {
+            endpoint: "e".into(),
+            code: 3,
+            message: "bad".into(),
+        };
+        assert_eq!(lease_gone(other.clone(), Some(7)), other);
     }
 }

@@ -1,9 +1,10 @@
 //! Helpers shared by the integration tests: the Python interpreter with
-//! stock ZODB/ZEO, a `zeoraid serve` child process, an in-process server
-//! and a one-store commit.
+//! stock ZODB/ZEO, a `zeoraid serve` child process, an in-process server,
+//! a one-store commit and real etcd members ([`etcd`]).
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod etcd;
 pub mod gate;
 
 use std::ffi::OsStr;

@@ -682,3 +682,93 @@ fn backends_added_and_removed_at_runtime_survive_a_restart() {
     assert_eq!(array.status().state.label(), "optimal");
     array.close();
 }
+
+/// Two controllers' arrays over the same backends (`addrs`): the first
+/// leads and commits; the second fences the backends and takes over; the
+/// first's next vote fails at the fence on every backend, nothing of it is
+/// committed, no backend is degraded for it, and it refuses writes after.
+fn stale_controller_is_fenced_out(addrs: &[String]) {
+    let specs = |_: ()| {
+        addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| zeo(["a", "b"][i], a.clone()))
+            .collect::<Vec<_>>()
+    };
+    let old = RaidStorage::open(opts("1"), specs(())).expect("array of the old leader");
+    let new = RaidStorage::open(opts("1"), specs(())).expect("array of the new leader");
+    new.stand_by();
+    let refused = commit(&new, vec![store(Oid(9), Tid(0), b"no")]);
+    assert!(
+        matches!(&refused, Err(Error::Disconnected(m)) if m.contains("stands by")),
+        "{refused:?}"
+    );
+    // The old leader: a root, its fence, commits (one storing the root).
+    let root0 = commit(&old, vec![store(Oid(0), Tid(0), b"root")]).unwrap_or_else(|e| {
+        panic!(
+            "root: {e}; {:?}",
+            (backend_state(&old, 0), backend_state(&old, 1))
+        )
+    });
+    let f = old.take_fence(1, "old").expect("fence at epoch 1");
+    assert!(f.serial > root0);
+    let t1 = commit(&old, vec![store(Oid(1), Tid(0), b"one")]).expect("guarded commit");
+    let root1 = commit(&old, vec![store(Oid(0), f.serial, b"root 2")]).expect("root again");
+    commit(&old, vec![store(Oid(2), Tid(0), b"two")]).expect("after the root moved");
+    let _ = (t1, root1);
+    // The takeover.
+    let g = new.take_fence(2, "new").expect("fence at epoch 2");
+    let last = g.serial;
+    // The stale leader's next vote fails at the fence.
+    let stale = commit(&old, vec![store(Oid(3), Tid(0), b"stale")]);
+    assert!(
+        matches!(&stale, Err(Error::Disconnected(m)) if m.contains("fenced out")),
+        "{stale:?}"
+    );
+    assert!(matches!(
+        old.fence_state(),
+        zeoraid::raid::fence::FenceState::Lost { epoch: 1 }
+    ));
+    let again = commit(&old, vec![store(Oid(4), Tid(0), b"stale")]);
+    assert!(matches!(&again, Err(Error::Disconnected(_))), "{again:?}");
+    for addr in addrs {
+        let c = client(addr.clone());
+        assert_eq!(c.last_transaction().expect("last"), last, "{addr}");
+        assert!(matches!(
+            c.load_before(Oid(3), Tid(u64::MAX)),
+            Err(Error::PosKey(_)) | Ok(None)
+        ));
+    }
+    // The new leader commits; neither array degraded anything.
+    commit(&new, vec![store(Oid(5), Tid(0), b"new")]).expect("the new leader commits");
+    let root = zeoraid::storage::load(&new, Oid(0)).expect("root");
+    assert_eq!(
+        &root.data[..],
+        b"root 2",
+        "the fence left the root's state alone"
+    );
+    for i in 0..addrs.len() {
+        assert_eq!(backend_state(&old, i).0, "optimal");
+        assert_eq!(backend_state(&new, i).0, "optimal");
+    }
+    assert_eq!(history(addrs[0].clone()), history(addrs[1].clone()));
+    old.close();
+    new.close();
+}
+
+#[test]
+fn a_stale_controller_is_fenced_out_at_zeoraid_backends() {
+    let servers = [memory_server(), memory_server()];
+    let addrs: Vec<String> = servers.iter().map(|s| s.local_addr().to_string()).collect();
+    stale_controller_is_fenced_out(&addrs);
+}
+
+#[test]
+fn a_stale_controller_is_fenced_out_at_default_config_runzeo() {
+    let backends = [
+        RunZeo::start_pickle_with(true),
+        RunZeo::start_pickle_with(true),
+    ];
+    let addrs: Vec<String> = backends.iter().map(|z| z.addr()).collect();
+    stale_controller_is_fenced_out(&addrs);
+}

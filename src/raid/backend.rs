@@ -449,6 +449,15 @@ pub(crate) fn event_handler(core: Weak<Core>, i: usize) -> crate::zeo::client::E
     Arc::new(move |ev: ServerEvent| {
         let Some(core) = core.upgrade() else { return };
         match ev {
+            // Another controller leads: its commits, expected.
+            ServerEvent::Invalidate { .. } if lock(&core.commit.fence).others_write() => {}
+            // Someone else rewrote the fencing object: a takeover.
+            ServerEvent::Invalidate { tid, oids } if core.fenced_by(&oids) => log::error!(
+                "RAID array {:?}: backend {:?} committed {tid}, which rewrites the fencing \
+                 object: another controller took over; this one refuses writes from now on",
+                core.opts.name,
+                core.backends[i].name
+            ),
             ServerEvent::Invalidate { tid, oids } => core.degrade(
                 i,
                 super::Reason::WrittenDirectly {

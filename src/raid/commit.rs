@@ -21,6 +21,8 @@ pub(super) struct Pending {
     pub(super) tid: Option<Tid>,
     /// The transaction, kept for the off-site mirrors' queues.
     pub(super) txn: Option<Txn>,
+    /// What it does to the fencing object's serial.
+    pub(super) fence_move: Option<super::fence::Move>,
 }
 
 /// See the module doc.
@@ -47,6 +49,8 @@ pub(super) struct CommitPath {
     /// The recovery rate guarantee while a backend recovers.
     pub(super) credit: Mutex<Option<Credit>>,
     pub(super) credit_cv: Condvar,
+    /// The fence this controller's votes carry ([`super::fence`]).
+    pub(super) fence: Mutex<super::fence::FenceState>,
 }
 
 /// Seconds on a monotonic clock (since the first call): the credit

@@ -59,6 +59,7 @@
 pub mod balance;
 mod blobs;
 pub mod fanout;
+pub mod fence;
 pub mod members;
 pub mod offsite;
 pub mod recovery;
@@ -529,7 +530,24 @@ impl Core {
         )
     }
 
+    /// Whether an invalidation of `oids` that this array did not commit
+    /// rewrites the fencing object while it holds a fence: another
+    /// controller took over. If so, the fence is lost (writes refused).
+    fn fenced_by(&self, oids: &[crate::storage::Oid]) -> bool {
+        let mut state = lock(&self.commit.fence);
+        match *state {
+            fence::FenceState::Held(f) if oids.contains(&fence::FENCE_OID) => {
+                *state = fence::FenceState::Lost { epoch: f.epoch };
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn check_writable(&self, optimal: usize) -> Result<()> {
+        if let Some(e) = lock(&self.commit.fence).refusal(&self.opts.name) {
+            return Err(e);
+        }
         state::write_allowed(
             optimal,
             self.opts.min_optimal,

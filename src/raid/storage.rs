@@ -6,6 +6,7 @@
 
 use super::commit::Pending;
 use super::fanout::Outcome;
+use super::fence::{self, Fence, FenceState};
 use super::state::inflight::FinishEnd;
 use super::state::{self, Reason, VoteKey};
 use super::{Backend, RaidStorage};
@@ -428,6 +429,14 @@ impl RaidStorage {
         let optimal = &*optimal;
         let mut whole = txn.clone();
         whole.tid = Some(tid);
+        let fence_move = fence::moves(&whole.ops);
+        let held = match *lock(&core.commit.fence) {
+            FenceState::Held(f) => Some(f),
+            _ => None,
+        };
+        if let Some(f) = &held {
+            fence::guard(&mut whole.ops, f);
+        }
         // Oids stored with ids the array did not hand out (restores, or a
         // client that allocated elsewhere) move its counter past them.
         let top = txn
@@ -456,6 +465,43 @@ impl RaidStorage {
             let (own, _copies) = super::blobs::for_backend(&whole, s)?;
             s.tpc_vote(&own)
         });
+        // Every backend called and not kept prepared is aborted, whatever it
+        // answered (`tpc_abort` is a no-op where nothing is prepared), and
+        // so is an in-process one that answered too late (its call has
+        // ended; it may have prepared). A ZEO backend that missed the
+        // deadline is not called again (it is degraded, and would only make
+        // this commit wait once more); its server drops the transaction
+        // when the connection goes or by its own transaction-timeout.
+        *answered_at = answered.iter().map(|(i, _)| *i).collect();
+        let answered_at = &*answered_at;
+        let abort_all_but = |keep: &[usize]| {
+            let others: Vec<usize> = optimal
+                .iter()
+                .copied()
+                .filter(|i| !keep.contains(i))
+                .filter(|i| answered_at.contains(i) || core.backends[*i].local)
+                .collect();
+            core.abort_on(&others);
+        };
+        // Another controller's fence on any backend: this one no longer
+        // leads. Nothing is degraded for it (the backends are fine) and
+        // nothing more is written.
+        if let Some(f) = held {
+            if let Some((i, _)) = answered.iter().find(|(_, r)| fence::fenced_out(r, &f)) {
+                abort_all_but(&[]);
+                *lock(&core.commit.fence) = FenceState::Lost { epoch: f.epoch };
+                log::error!(
+                    "RAID array {:?}: backend {:?} carries another controller's fence (the \
+                     root was written by someone else since this controller fenced at epoch \
+                     {}): this controller no longer leads and refuses writes; transaction \
+                     {tid} was aborted everywhere",
+                    core.opts.name,
+                    core.backends[*i].name,
+                    f.epoch
+                );
+                return Err(fence::lost_error(&core.opts.name, f.epoch));
+            }
+        }
         let mut keys = replies(&answered, vote_key);
         if state::unify_resolution(&mut keys) {
             log::debug!(
@@ -477,24 +523,6 @@ impl RaidStorage {
         // Answers of the winners, in configuration order.
         let winners: Vec<&(usize, Result<Vote>)> =
             decision.agree.iter().map(|&p| &answered[p]).collect();
-        // Every backend called and not kept prepared is aborted, whatever it
-        // answered (`tpc_abort` is a no-op where nothing is prepared), and
-        // so is an in-process one that answered too late (its call has
-        // ended; it may have prepared). A ZEO backend that missed the
-        // deadline is not called again (it is degraded, and would only make
-        // this commit wait once more); its server drops the transaction
-        // when the connection goes or by its own transaction-timeout.
-        *answered_at = answered.iter().map(|(i, _)| *i).collect();
-        let answered_at = &*answered_at;
-        let abort_all_but = |keep: &[usize]| {
-            let others: Vec<usize> = optimal
-                .iter()
-                .copied()
-                .filter(|i| !keep.contains(i))
-                .filter(|i| answered_at.contains(i) || core.backends[*i].local)
-                .collect();
-            core.abort_on(&others);
-        };
         match decision.winner {
             None => {
                 abort_all_but(&[]);
@@ -530,6 +558,7 @@ impl RaidStorage {
                 *lock(&core.commit.pending) = Pending {
                     tid: Some(tid),
                     txn: (!core.offsite.is_empty()).then_some(whole),
+                    fence_move: held.map(|_| fence_move),
                 };
                 *kept = prepared;
                 Ok(vote)
@@ -645,6 +674,9 @@ impl RaidStorage {
             core.published.fetch_max(tid.0, Ordering::AcqRel);
             core.offsite.each(|m| m.published());
         }
+        if let Some(how) = pending.fence_move {
+            self.fence_committed(how, tid);
+        }
         if finished < core.opts.min_optimal.max(1) {
             log::error!(
                 "RAID array {:?}: transaction {tid} committed on only {finished} backend(s), fewer \
@@ -654,5 +686,79 @@ impl RaidStorage {
             );
         }
         Ok(tid)
+    }
+}
+
+/// Fencing (issue #26): what the HA layer calls, and the commit path's
+/// bookkeeping of the fencing object's serial ([`fence`]'s module doc).
+impl RaidStorage {
+    /// Where this array stands with fencing.
+    pub fn fence_state(&self) -> FenceState {
+        *lock(&self.core.commit.fence)
+    }
+
+    /// Stand by: refuse writes, and take the backends' invalidations for
+    /// the leader's commits (see [`FenceState::Standby`]).
+    pub fn stand_by(&self) {
+        *lock(&self.core.commit.fence) = FenceState::Standby;
+    }
+
+    /// Fence every optimal backend at `epoch` for `controller`: rewrite the
+    /// root with its own data, then guard every vote with its new serial.
+    /// A root changed meanwhile (a stale controller still committing)
+    /// makes the rewrite conflict; it is retried on the new root, a few
+    /// times.
+    pub fn take_fence(&self, epoch: u64, controller: &str) -> Result<Fence> {
+        *lock(&self.core.commit.fence) = FenceState::Taking { epoch };
+        let mut last = None;
+        for _ in 0..5 {
+            let root = crate::storage::load(self, fence::FENCE_OID)?;
+            match crate::storage::commit(self, &fence::fence_txn(epoch, controller, &root)) {
+                Ok(tid) => {
+                    let f = Fence { epoch, serial: tid };
+                    *lock(&self.core.commit.fence) = FenceState::Held(f);
+                    log::info!(
+                        "RAID array {:?}: fenced the backends at epoch {epoch} for {controller:?} \
+                         (root rewritten at {tid}); every vote now checks it",
+                        self.core.opts.name
+                    );
+                    return Ok(f);
+                }
+                Err(e @ Error::Conflict { .. }) => last = Some(e),
+                Err(e) => {
+                    self.stand_by();
+                    return Err(e);
+                }
+            }
+        }
+        self.stand_by();
+        Err(last.unwrap_or_else(|| Error::Transaction("fencing failed".into())))
+    }
+
+    /// After a guarded commit at `tid` (under the array's commit lock):
+    /// keep the fence's serial current.
+    fn fence_committed(&self, how: fence::Move, tid: Tid) {
+        let mut state = lock(&self.core.commit.fence);
+        let FenceState::Held(f) = *state else {
+            return;
+        };
+        *state = match fence::after_commit(f, how, tid) {
+            Some(f) => FenceState::Held(f),
+            // An undo may have restored the root: read its serial back.
+            None => match crate::storage::load(self, fence::FENCE_OID) {
+                Ok(root) => FenceState::Held(Fence {
+                    serial: root.start,
+                    ..f
+                }),
+                Err(e) => {
+                    log::error!(
+                        "RAID array {:?}: cannot read the root back after undo {tid} ({e}); \
+                         refusing writes until this controller fences again",
+                        self.core.opts.name
+                    );
+                    FenceState::Lost { epoch: f.epoch }
+                }
+            },
+        };
     }
 }

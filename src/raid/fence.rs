@@ -1,0 +1,302 @@
+//! Fencing at the backends (issue #26, layer b): a controller that lost
+//! leadership must not get one more transaction committed on a backend
+//! that saw the takeover, without its cooperation and with stock
+//! `runzeo`.
+//!
+//! The fencing object is the database root (oid 0). A leader taking over
+//! rewrites the root on every backend with its own data, unchanged (the
+//! fence transaction, [`fence_txn`]), which gives the root a new serial;
+//! from then on each of its votes carries ZEO's
+//! `checkCurrentSerialInTransaction` of the root at the serial it knows
+//! ([`guard`]). A stale leader's next vote meets a root serial it did not
+//! write and fails with a `ReadConflictError` (or, when it also stores the
+//! root, a conflict) on every fenced backend ([`fenced_out`]), so nothing of
+//! it commits there.
+//!
+//! Why the root: it is reachable by definition, so no pack, with or
+//! without garbage collection, ever removes it; it already exists in every
+//! database a client opened; and applications see nothing but one more
+//! revision of it, with the same state, per takeover (their caches reload
+//! it on the invalidation). The leader keeps the serial it knows current:
+//! its own commits that store the root move it to their tid
+//! ([`after_commit`]), and an undo, which may restore the root, makes it
+//! read the root's serial back.
+
+use crate::storage::{Conflict, Error, Loaded, Oid, Op, Tid, Txn, TxnMeta, Vote};
+
+/// The fencing object: the database root.
+pub const FENCE_OID: Oid = Oid(0);
+
+/// The fence this controller holds: its epoch and the root serial its
+/// votes check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub epoch: u64,
+    pub serial: Tid,
+}
+
+/// Where the array stands with fencing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FenceState {
+    /// A single controller: votes carry no fence.
+    #[default]
+    Off,
+    /// Leading at a fence: every vote checks it.
+    Held(Fence),
+    /// A vote met another controller's fence: no more writes until this
+    /// controller takes over again.
+    Lost { epoch: u64 },
+    /// Writing the fence of `epoch`: the fence transaction goes through
+    /// unguarded, and a stale leader's commits meanwhile are expected.
+    Taking { epoch: u64 },
+    /// Another controller leads: no writes here, and the backends'
+    /// invalidations are its commits, not writes behind the array's back.
+    Standby,
+}
+
+impl FenceState {
+    /// Whether transactions committed on the backends by someone else are
+    /// expected (another controller leads), rather than a reason to
+    /// degrade the backend.
+    pub fn others_write(&self) -> bool {
+        matches!(
+            self,
+            FenceState::Lost { .. } | FenceState::Standby | FenceState::Taking { .. }
+        )
+    }
+
+    /// The error a write gets here, if it is refused.
+    pub fn refusal(&self, array: &str) -> Option<Error> {
+        match self {
+            FenceState::Off | FenceState::Held(_) | FenceState::Taking { .. } => None,
+            FenceState::Lost { epoch } => Some(lost_error(array, *epoch)),
+            FenceState::Standby => Some(Error::Disconnected(format!(
+                "RAID array {array:?}: this controller stands by; another controller leads. \
+                 Connect to the leader (ZEO clients given every controller's address do so by \
+                 themselves)"
+            ))),
+        }
+    }
+}
+
+/// Add the fence check to a vote's operations.
+pub fn guard(ops: &mut Vec<Op>, fence: &Fence) {
+    ops.push(Op::CheckCurrent {
+        oid: FENCE_OID,
+        serial: fence.serial,
+    });
+}
+
+/// What committing `ops` does to the root's serial.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Move {
+    /// Leaves it.
+    Keeps,
+    /// Sets it to the transaction's tid.
+    ToTid,
+    /// Perhaps changes it (an undo): read it back.
+    Unknown,
+}
+
+/// [`Move`] for a transaction's operations.
+pub fn moves(ops: &[Op]) -> Move {
+    let mut m = Move::Keeps;
+    for op in ops {
+        match op {
+            Op::Store { oid, .. }
+            | Op::Delete { oid, .. }
+            | Op::StoreBlob { oid, .. }
+            | Op::RestoreBlob { oid, .. }
+            | Op::Restore { oid, .. }
+                if *oid == FENCE_OID =>
+            {
+                return Move::ToTid
+            }
+            Op::Undo { .. } => m = Move::Unknown,
+            _ => {}
+        }
+    }
+    m
+}
+
+/// The fence after a commit at `tid` that moved the root `how`; `None`
+/// when it must be read back.
+pub fn after_commit(fence: Fence, how: Move, tid: Tid) -> Option<Fence> {
+    match how {
+        Move::Keeps => Some(fence),
+        Move::ToTid => Some(Fence {
+            serial: tid,
+            ..fence
+        }),
+        Move::Unknown => None,
+    }
+}
+
+/// Whether a backend's answer to a vote guarded by `fence` says another
+/// controller wrote the root since: a conflict on the root whose
+/// committed serial is not the one this controller knows. (A conflict on
+/// the root at the serial it knows is the client's own, and is relayed.)
+pub fn fenced_out(answer: &Result<Vote, Error>, fence: &Fence) -> bool {
+    let foreign = |c: &Conflict| c.oid == FENCE_OID && c.committed != fence.serial;
+    match answer {
+        Err(Error::Conflict { oid, committed, .. }) => {
+            *oid == FENCE_OID && *committed != fence.serial
+        }
+        Ok(Vote::Conflicts(cs)) => cs.iter().any(foreign),
+        _ => false,
+    }
+}
+
+/// The fence transaction of `epoch`, taken by `controller`: the root
+/// stored again with its own current data (`root`, as loaded).
+pub fn fence_txn(epoch: u64, controller: &str, root: &Loaded) -> Txn {
+    let mut t = Txn::new(vec![Op::Store {
+        oid: FENCE_OID,
+        serial: root.start,
+        data: root.data.clone(),
+    }]);
+    t.meta = TxnMeta {
+        user: b"zeoraid".to_vec(),
+        description: format!("zeoraid: {controller} took over; fencing epoch {epoch}").into_bytes(),
+        extension: Vec::new(),
+    };
+    t
+}
+
+/// The error a vote met at another controller's fence gives the client:
+/// it says what happened and what to do.
+pub fn lost_error(array: &str, epoch: u64) -> Error {
+    Error::Disconnected(format!(
+        "RAID array {array:?}: this controller (fencing epoch {epoch}) was fenced out at \
+         the backends: another controller took over; the transaction was not committed. \
+         Reconnect to the current leader (ZEO clients given every controller's address do \
+         so by themselves) and retry"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(oid: u64) -> Op {
+        Op::Store {
+            oid: Oid(oid),
+            serial: Tid(1),
+            data: Default::default(),
+        }
+    }
+
+    #[test]
+    fn what_moves_the_root() {
+        for (ops, want) in [
+            (vec![], Move::Keeps),
+            (vec![store(5), store(7)], Move::Keeps),
+            (vec![store(5), store(0)], Move::ToTid),
+            (vec![Op::Undo { txn: Tid(3) }], Move::Unknown),
+            (vec![Op::Undo { txn: Tid(3) }, store(0)], Move::ToTid),
+            (
+                vec![Op::CheckCurrent {
+                    oid: Oid(0),
+                    serial: Tid(2),
+                }],
+                Move::Keeps,
+            ),
+        ] {
+            assert_eq!(moves(&ops), want, "{ops:?}");
+        }
+        let f = Fence {
+            epoch: 4,
+            serial: Tid(10),
+        };
+        assert_eq!(after_commit(f, Move::Keeps, Tid(20)), Some(f));
+        assert_eq!(
+            after_commit(f, Move::ToTid, Tid(20)).map(|f| f.serial),
+            Some(Tid(20))
+        );
+        assert_eq!(after_commit(f, Move::Unknown, Tid(20)), None);
+    }
+
+    #[test]
+    fn only_a_root_written_by_someone_else_fences_out() {
+        let f = Fence {
+            epoch: 4,
+            serial: Tid(10),
+        };
+        let conflict = |oid, committed| Error::Conflict {
+            oid: Oid(oid),
+            committed: Tid(committed),
+            read: Tid(10),
+            message: "x".into(),
+            read_conflict: true,
+            class_name: None,
+        };
+        let resolvable = |oid, committed| {
+            Ok(Vote::Conflicts(vec![Conflict {
+                oid: Oid(oid),
+                committed: Tid(committed),
+                read: Tid(9),
+                data: Default::default(),
+            }]))
+        };
+        for (answer, want) in [
+            (Err(conflict(0, 11)), true),
+            (Err(conflict(0, 10)), false),
+            (Err(conflict(3, 11)), false),
+            (resolvable(0, 12), true),
+            (resolvable(0, 10), false),
+            (resolvable(5, 12), false),
+            (Err(Error::ReadOnly), false),
+            (Err(Error::PosKey(Oid(0))), false),
+        ] {
+            assert_eq!(fenced_out(&answer, &f), want, "{answer:?}");
+        }
+    }
+
+    #[test]
+    fn the_fence_rewrites_the_root_as_it_is() {
+        let root = Loaded {
+            data: vec![1, 2, 3].into(),
+            start: Tid(77),
+            end: None,
+        };
+        let t = fence_txn(9, "b", &root);
+        assert!(matches!(
+            &t.ops[..],
+            [Op::Store { oid: Oid(0), serial: Tid(77), data }] if data[..] == [1, 2, 3]
+        ));
+        assert!(String::from_utf8_lossy(&t.meta.description).contains("epoch 9"));
+        let mut ops = vec![store(4)];
+        guard(
+            &mut ops,
+            &Fence {
+                epoch: 9,
+                serial: Tid(78),
+            },
+        );
+        assert!(matches!(
+            ops[1],
+            Op::CheckCurrent {
+                oid: Oid(0),
+                serial: Tid(78)
+            }
+        ));
+        assert!(lost_error("main", 3).to_string().contains("retry"));
+        for (state, refused, others) in [
+            (FenceState::Off, false, false),
+            (
+                FenceState::Held(Fence {
+                    epoch: 1,
+                    serial: Tid(2),
+                }),
+                false,
+                false,
+            ),
+            (FenceState::Lost { epoch: 1 }, true, true),
+            (FenceState::Standby, true, true),
+            (FenceState::Taking { epoch: 2 }, false, true),
+        ] {
+            assert_eq!(state.refusal("a").is_some(), refused, "{state:?}");
+            assert_eq!(state.others_write(), others, "{state:?}");
+        }
+    }
+}

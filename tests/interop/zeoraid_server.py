@@ -754,30 +754,38 @@ def announced_protocol(addr, timeout=5.0):
 
 def pickle_problems(server):
     """Why the array of ``server`` is not talking pickle to its
-    "runzeo-pickle" backends, or [] if it is: each has no ``msgpack`` line
-    in its config, announces b"Z5", and logged that zeoraid answered the
-    handshake with b"Z5" (runzeo logs "received handshake 'Z5'"), never
-    b"M5"."""
-    problems = []
+    "runzeo-pickle" backends, or [] if it is (``pickle_backend_problems``
+    of each)."""
     kinds = [kind for spec in server.storages for kind in spec.backends
              if not isinstance(kind, tuple) and kind in SERVER_BACKENDS]
     pickled = [backend for kind, backend in zip(kinds, server.backend_servers)
                if kind == "runzeo-pickle"]
     if not pickled:
-        problems.append("the array has no runzeo-pickle backend")
-    for backend in pickled:
-        with open(backend.config_path) as f:
-            if re.search(r"(?m)^\s*msgpack\b", f.read()):
-                problems.append(f"{backend.config_path} sets msgpack")
-        if backend.is_running():
-            announced = announced_protocol(backend.addr)
-            if announced != b"Z5":
-                problems.append(f"{backend.addr} announced {announced!r}")
-        log = backend.log_text()
-        if "received handshake 'Z5'" not in log:
-            problems.append(f"{backend.addr} never logged a Z5 handshake")
-        if "received handshake 'M5'" in log:
-            problems.append(f"{backend.addr} logged an M5 handshake")
+        return ["the array has no runzeo-pickle backend"]
+    return [p for backend in pickled for p in pickle_backend_problems(backend)]
+
+
+def pickle_backend_problems(backend):
+    """Why a runzeo ``backend`` (a Server) is not being spoken to in
+    pickle, or [] if it is: it has no ``msgpack`` line in its config,
+    announces b"Z5", and logged that its clients answered the handshake
+    with b"Z5" (runzeo logs "received handshake 'Z5'"), never b"M5".  (A
+    ZEO server takes whichever encoding the client answers with, so only
+    its log shows what a client really spoke.)  Call it before the test's
+    own stock clients talk to the backend."""
+    problems = []
+    with open(backend.config_path) as f:
+        if re.search(r"(?m)^\s*msgpack\b", f.read()):
+            problems.append(f"{backend.config_path} sets msgpack")
+    if backend.is_running():
+        announced = announced_protocol(backend.addr)
+        if announced != b"Z5":
+            problems.append(f"{backend.addr} announced {announced!r}")
+    log = backend.log_text()
+    if "received handshake 'Z5'" not in log:
+        problems.append(f"{backend.addr} never logged a Z5 handshake")
+    if "received handshake 'M5'" in log:
+        problems.append(f"{backend.addr} logged an M5 handshake")
     return problems
 
 

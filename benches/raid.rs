@@ -22,7 +22,12 @@
 //!   zeoraid (targets ≥ 0.8× commits/s, ≥ 0.9× loads/s); an array over two
 //!   Python `runzeo` (`<filestorage>`, `msgpack true`,
 //!   `client-conflict-resolution true`) vs one `runzeo` straight (targets
-//!   ≥ 0.9× commits/s, ≥ 1.0× loads/s).
+//!   ≥ 0.9× commits/s, ≥ 1.0× loads/s); and, measured interleaved with
+//!   those, the same array over two default-config `runzeo` (no `msgpack`
+//!   line: the pickle flavour) vs over the two msgpack ones (target ≥
+//!   0.95× commits/s and loads/s: what the pickle codec costs), and for
+//!   reference one pickle `runzeo` vs one msgpack `runzeo` straight (what
+//!   the flavour costs `runzeo` itself).
 //!
 //! Run: `cargo bench --bench raid [-- fanout|reads|overhead] [-- --save-plot]`
 //! (all sections by default). `cargo bench --bench raid -- profile` (not
@@ -40,7 +45,7 @@
 //! tables assert nothing about timing.
 
 mod common;
-use common::{env, mark, ratio, start_runzeo};
+use common::{env, mark, ratio, start_runzeo, start_runzeo_with};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -604,7 +609,15 @@ fn measure_load(addr: &str, k: &Knobs, into: &mut Load) {
     into.loads16.push(l16.per_second);
 }
 
-fn overhead_table(title: &str, rows: &[(&str, &Load)], targets: (f64, f64)) {
+/// The table of `rows`, with the ratio of the first row to the second
+/// (`ratio_label`) and its targets (commits/s, loads/s; `None`: a figure
+/// for reference).
+fn overhead_table(
+    title: &str,
+    rows: &[(&str, &Load)],
+    ratio_label: &str,
+    targets: Option<(f64, f64)>,
+) {
     println!("{title}\n");
     println!(
         "| server | commits/s | commit p99 ms | loads/s | load p99 ms | loads/s, 16 in flight |"
@@ -624,14 +637,15 @@ fn overhead_table(title: &str, rows: &[(&str, &Load)], targets: (f64, f64)) {
     let rc = ratio(median(&array.commits), median(&single.commits));
     let rl = ratio(median(&array.loads), median(&single.loads));
     let rl16 = ratio(median(&array.loads16), median(&single.loads16));
-    println!("| **ratio array/single** | **{rc:.2}x** | | **{rl:.2}x** | | **{rl16:.2}x** |");
-    println!(
-        "\nTargets ≥ {:.1}x commits/s: {}; ≥ {:.1}x loads/s: {}.\n",
-        targets.0,
-        mark(rc >= targets.0),
-        targets.1,
-        mark(rl >= targets.1)
-    );
+    println!("| **ratio {ratio_label}** | **{rc:.2}x** | | **{rl:.2}x** | | **{rl16:.2}x** |");
+    match targets {
+        Some((tc, tl)) => println!(
+            "\nTargets ≥ {tc:.2}x commits/s: {}; ≥ {tl:.2}x loads/s: {}.\n",
+            mark(rc >= tc),
+            mark(rl >= tl)
+        ),
+        None => println!(),
+    }
 }
 
 fn file_storage(path: &Path) -> Arc<dyn Storage> {
@@ -680,7 +694,8 @@ fn overhead(k: &Knobs) {
         overhead_table(
             "**Two file mirrors** (in-process, fsync on every commit) vs one file storage, both served by zeoraid:",
             &[("array over 2 file mirrors", &a), ("1 file storage", &s)],
-            (0.8, 0.9),
+            "array/single",
+            Some((0.8, 0.9)),
         );
         drop(raid);
         single.shutdown();
@@ -691,30 +706,59 @@ fn overhead(k: &Knobs) {
             start_runzeo(&dir.path().join("a"), true),
             start_runzeo(&dir.path().join("b"), true),
             start_runzeo(&dir.path().join("single"), true),
+            // runzeo's default config: the pickle flavour.
+            start_runzeo_with(&dir.path().join("pickle-a"), true, false),
+            start_runzeo_with(&dir.path().join("pickle-b"), true, false),
+            start_runzeo_with(&dir.path().join("pickle-single"), true, false),
         ];
-        let raid = Served::new(
-            array(
-                Mode::Parallel,
-                ReadPolicy::RoundRobin,
-                vec![zeo(py[0].addr), zeo(py[1].addr)],
-            ),
-            // What `zeoraid serve` picks for an array with two ZEO backends.
-            k.workers
-                .or(Some((zeoraid::config::default_workers() + 16).min(64))),
-        );
+        // What `zeoraid serve` picks for an array with two ZEO backends.
+        let workers = k
+            .workers
+            .or(Some((zeoraid::config::default_workers() + 16).min(64)));
+        let over = |a: usize, b: usize| {
+            Served::new(
+                array(
+                    Mode::Parallel,
+                    ReadPolicy::RoundRobin,
+                    vec![zeo(py[a].addr), zeo(py[b].addr)],
+                ),
+                workers,
+            )
+        };
+        let raid = over(0, 1);
+        let pickled = over(3, 4);
         let single_addr = py[2].addr.to_string();
+        let pickle_single_addr = py[5].addr.to_string();
         let (mut a, mut s) = (Load::default(), Load::default());
+        let (mut p, mut ps) = (Load::default(), Load::default());
         for rep in 0..k.repeat {
             eprintln!("overhead (python): repeat {} of {}", rep + 1, k.repeat);
             measure_load(&raid.addr(), k, &mut a);
             measure_load(&single_addr, k, &mut s);
+            measure_load(&pickled.addr(), k, &mut p);
+            measure_load(&pickle_single_addr, k, &mut ps);
         }
         assert_all_optimal(&raid.raid, "after the runzeo runs");
+        assert_all_optimal(&pickled.raid, "after the pickle runzeo runs");
         overhead_table(
             "**Two Python `runzeo`** (`<filestorage>`, `msgpack true`, `client-conflict-resolution true`) under an array served by zeoraid vs one `runzeo` straight:",
             &[("array over 2 runzeo", &a), ("1 runzeo", &s)],
-            (0.9, 1.0),
+            "array/single",
+            Some((0.9, 1.0)),
         );
+        overhead_table(
+            "**The same array over two default-config `runzeo`** (no `msgpack` line: zeoraid speaks the pickle flavour to them) vs over the two msgpack ones, measured interleaved with the table above:",
+            &[("array over 2 pickle runzeo", &p), ("array over 2 msgpack runzeo", &a)],
+            "pickle/msgpack",
+            Some((0.95, 0.95)),
+        );
+        overhead_table(
+            "For reference, what the flavour costs `runzeo` itself: one default-config `runzeo` vs one msgpack `runzeo`, both straight (the load generator speaks pickle to the first), measured interleaved with the tables above:",
+            &[("1 pickle runzeo", &ps), ("1 msgpack runzeo", &s)],
+            "pickle/msgpack",
+            None,
+        );
+        drop(pickled);
         drop(raid);
     }
 }

@@ -709,3 +709,26 @@ fn reconnects_after_a_server_restart() {
     assert_eq!(c.last_transaction().unwrap(), t2);
     c.close();
 }
+
+/// `zeoraid bench`'s load phase (its own pipelined connections, not the
+/// client) against a default-config runzeo: it speaks the pickle flavour
+/// the server announces instead of refusing it (it used to insist on
+/// msgpack), and each load is answered.
+#[test]
+fn bench_load_phase_pickle() {
+    let z = RunZeo::start_pickle_with(true);
+    let addr = z.addr();
+    let c = zeoraid::bench::commit_phase(addr.as_str(), "1", 2, Duration::from_millis(300), 1, 64)
+        .unwrap_or_else(|e| panic!("commit phase: {e}\n{}", z.log()));
+    assert!(!c.written.is_empty(), "commits were made");
+    let l = zeoraid::bench::load_phase(
+        addr.as_str(),
+        "1",
+        2,
+        Duration::from_millis(300),
+        4,
+        &c.written,
+    )
+    .unwrap_or_else(|e| panic!("load phase: {e}\n{}", z.log()));
+    assert!(l.per_second > 0.0, "loads were answered");
+}

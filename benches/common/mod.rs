@@ -48,11 +48,24 @@ pub fn write_runzeo_conf(
     storage: &str,
     client_conflict_resolution: bool,
 ) -> PathBuf {
+    write_runzeo_conf_with(dir, port, storage, client_conflict_resolution, true)
+}
+
+/// [`write_runzeo_conf`], with `msgpack false` leaving the line out:
+/// runzeo's default config, the pickle flavour ("Z5").
+pub fn write_runzeo_conf_with(
+    dir: &Path,
+    port: u16,
+    storage: &str,
+    client_conflict_resolution: bool,
+    msgpack: bool,
+) -> PathBuf {
     let conf = dir.join("zeo.conf");
     let mut f = std::fs::File::create(&conf).expect("zeo.conf");
+    let msgpack = if msgpack { "  msgpack true\n" } else { "" };
     writeln!(
         f,
-        "<zeo>\n  address 127.0.0.1:{port}\n  msgpack true\n  client-conflict-resolution {}\n</zeo>\n\
+        "<zeo>\n  address 127.0.0.1:{port}\n{msgpack}  client-conflict-resolution {}\n</zeo>\n\
          {storage}\n\
          <eventlog>\n  level ERROR\n  <logfile>\n    path STDERR\n  </logfile>\n</eventlog>",
         client_conflict_resolution,
@@ -78,13 +91,19 @@ impl Drop for Runzeo {
 /// true`, errors-only logging, and `client-conflict-resolution` as asked
 /// (ZEO's default: off).
 pub fn start_runzeo(dir: &Path, client_conflict_resolution: bool) -> Runzeo {
+    start_runzeo_with(dir, client_conflict_resolution, true)
+}
+
+/// [`start_runzeo`], with `msgpack false` for runzeo's default config
+/// (the pickle flavour).
+pub fn start_runzeo_with(dir: &Path, client_conflict_resolution: bool, msgpack: bool) -> Runzeo {
     std::fs::create_dir_all(dir).expect("data dir");
     let port = free_port();
     let storage = format!(
         "<filestorage 1>\n  path {}\n</filestorage>",
         dir.join("Data.fs").display()
     );
-    let conf = write_runzeo_conf(dir, port, &storage, client_conflict_resolution);
+    let conf = write_runzeo_conf_with(dir, port, &storage, client_conflict_resolution, msgpack);
     let (child, addr) = spawn_runzeo(&conf, port, None);
     Runzeo { child, addr }
 }

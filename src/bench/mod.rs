@@ -22,6 +22,7 @@ use crate::net::tls::ClientFiles;
 use crate::storage::Oid;
 use crate::zeo::client::wire::Wire;
 use crate::zeo::client::{parse_oids, Client, ClientOptions};
+use crate::zeo::flavour::Flavour;
 use crate::zeo::frame;
 use crate::zeo::message::{self, bin, oid_value};
 use rand::Rng;
@@ -380,6 +381,8 @@ pub fn load_phase(
 struct RawConn {
     stream: Wire,
     reader: BufReader<Wire>,
+    // The server's flavour: msgpack, or pickle (a default-config runzeo).
+    flavour: Flavour,
     next: i64,
     out: Vec<u8>,
 }
@@ -394,20 +397,19 @@ impl RawConn {
             .set_read_timeout(Some(Duration::from_secs(30)))
             .map_err(|err| e("cannot configure", err))?;
         let reader = BufReader::new(stream.try_clone().map_err(|err| e("cannot clone", err))?);
+        let mut reader = reader;
+        let hello =
+            frame::read_frame(&mut reader, 1 << 20).map_err(|err| e("no handshake from", err))?;
+        let flavour = Flavour::from_announcement(addr, &hello).map_err(|err| err.to_string())?;
         let mut c = RawConn {
             stream,
             reader,
+            flavour,
             next: 1,
             out: Vec::new(),
         };
-        let hello =
-            frame::read_frame(&mut c.reader, 1 << 20).map_err(|err| e("no handshake from", err))?;
-        if hello.first() != Some(&b'M') {
-            return Err(format!(
-                "{addr} does not speak the msgpack protocol (start runzeo with `msgpack true`)"
-            ));
-        }
-        frame::write_frame(&mut c.stream, b"M5").map_err(|err| e("cannot write to", err))?;
+        frame::write_frame(&mut c.stream, flavour.protocol())
+            .map_err(|err| e("cannot write to", err))?;
         c.send(
             "register",
             vec![Value::from(storage), Value::Boolean(false)],
@@ -418,7 +420,9 @@ impl RawConn {
     }
 
     fn send(&mut self, method: &str, args: Vec<Value>) {
-        let payload = message::encode(self.next, 0, method, &Value::Array(args));
+        let payload = self
+            .flavour
+            .encode(self.next, 0, method, &Value::Array(args));
         self.next += 1;
         self.out
             .extend_from_slice(&(payload.len() as u32).to_be_bytes());
@@ -436,7 +440,7 @@ impl RawConn {
         loop {
             let f = frame::read_frame(&mut self.reader, 1 << 30)
                 .map_err(|e| format!("reading a reply: {e}"))?;
-            let m = message::decode(&f).map_err(|e| e.to_string())?;
+            let m = self.flavour.decode(&f).map_err(|e| e.to_string())?;
             if m.method != message::REPLY {
                 continue;
             }

@@ -24,6 +24,9 @@ server is started and stopped by the test, on loopback.  What is checked:
   transaction and record by record, both pass ``fstest``, and stock
   ``FileStorage(blob_dir=...)`` finds the same blob files, byte for byte,
   for every blob record of either history.
+* ``test_kill_a_default_config_runzeo_while_clients_store_blobs``: the
+  same over two runzeo of runzeo's default config (no ``msgpack`` line:
+  the pickle flavour), checking that zeoraid spoke pickle to both.
 * ``test_two_gib_blob_with_bounded_server_memory``: zeoraid with a file
   storage and ``blob-dir``; one client stores a single blob of
   ``ZEORAID_INTEROP_BIG_BLOB_MB`` MiB (default 2048), a file written in
@@ -80,7 +83,6 @@ from blob_interchange import tid_hex
 from blob_interchange import tmp_files
 from blob_interchange import writer_ready
 from test_raid import ruok
-from test_recovery import RECOVERED_RE
 from test_recovery import RecoveryTests
 from test_recovery import data_fs_tail
 from test_recovery import file_history
@@ -261,14 +263,28 @@ class BlobRaidTests(BlobClientFixture, unittest.TestCase):
     dir_prefix = "zeoraid-blobraid-"
 
     assert_fstest = RecoveryTests.assert_fstest
+    log_text = RecoveryTests.log_text
+    wait_for_log = RecoveryTests.wait_for_log
+    recovered_line = RecoveryTests.recovered_line
 
     # -- 1. kill -9 of a runzeo backend under blob writers -----------------
 
     def test_kill_a_backend_while_clients_store_blobs(self):
+        self.kill_a_backend_while_clients_store_blobs("runzeo2")
+
+    def test_kill_a_default_config_runzeo_while_clients_store_blobs(self):
+        # runzeo without "msgpack true": blobs through the pickle flavour.
+        self.kill_a_backend_while_clients_store_blobs("runzeo-pickle2")
+
+    def kill_a_backend_while_clients_store_blobs(self, layout):
+        """The first test over ``layout`` (a RAID_LAYOUTS name of two
+        runzeo)."""
         if zeoraid_server.target() != "zeoraid":
             self.skipTest("RAID arrays are a zeoraid feature")
+        kinds = zeoraid_server.RAID_LAYOUTS[layout]
+        victim_name = f"{kinds[1]}-1"
         server = self.start_server([StorageSpec(
-            name="1", kind="raid", backends=("runzeo", "runzeo"),
+            name="1", kind="raid", backends=kinds,
             backend_blobs=True,
             raid_options=f"backend-timeout = {BACKEND_TIMEOUT}")])
         backends = list(server.backend_servers)
@@ -371,11 +387,10 @@ class BlobRaidTests(BlobClientFixture, unittest.TestCase):
                          "backend 1 was never optimal while it was dead")
         self.assertEqual(other_states, {"optimal"},
                          "backend 0 stayed optimal all along")
-        line = None
-        for m in RECOVERED_RE.finditer(server.log_text()):
-            if m["backend"] == "runzeo-1":
-                line = m
-        self.assertIsNotNone(line, "a 'recovered from' line for runzeo-1")
+        # ruok can say optimal a moment before the line is logged: wait.
+        line = self.recovered_line(server, victim_name)
+        if "runzeo-pickle" in kinds:
+            self.assertEqual([], zeoraid_server.pickle_problems(server))
 
         # Every acknowledged revision, read directly from both runzeo
         # servers' blob directories.
@@ -446,7 +461,7 @@ class BlobRaidTests(BlobClientFixture, unittest.TestCase):
         longest = max(a[5] for a in acked)
         print(f"[{len(acked)} acknowledged blob commits ({mb:.0f} MB) by "
               f"{WRITERS} writers, 0 errors: {before} before the SIGKILL, "
-              f"{down} while runzeo-1 was down, {after} after its restart; "
+              f"{down} while {victim_name} was down, {after} after its restart; "
               f"killed with its Data.fs {tail}, {len(staged)} uploads in "
               f"its tmp/; degraded {noticed:.2f} s after the kill; states "
               f"{' -> '.join(s for s, _ in states)}; optimal "

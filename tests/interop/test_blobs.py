@@ -33,6 +33,10 @@ zeoraid standing where ZEO's forked ``runzeo`` stands:
    ``MemorySharedBlobs``
        ``kind = "memory"`` with ``blob-dir = NAME`` shared with the client.
 
+   and three arrays, non-shared (``REUSABLE_TARGETS``): over two file
+   backends, over two runzeo and over two default-config runzeo (the
+   pickle flavour, ``RaidRunzeoPickle2NonSharedBlobs``).
+
    zope.testrunner runs the suite in its ``MonotonicallyIncreasing
    TimeMinimalTestLayer``; plain unittest ignores layers, so each test is
    wrapped in the layer's ``testSetUp``/``testTearDown`` (``time.time`` in
@@ -148,6 +152,8 @@ REUSABLE_TARGETS = [
     # it loads).
     ("RaidFile2NonSharedBlobs", "raid:file2", False),
     ("RaidRunzeo2NonSharedBlobs", "raid:runzeo2", False),
+    # ... and over two runzeo of runzeo's default config (pickle).
+    ("RaidRunzeoPickle2NonSharedBlobs", "raid:runzeo-pickle2", False),
 ]
 
 # Seconds a ClientStorage waits for its first connection (ZEO's default is

@@ -19,6 +19,9 @@ status is the ``raid.offsite`` entry of the ``ruok`` document;
   acknowledged commit is on it and its history is identical to both
   synchronous backends' (every transaction, its metadata and every
   record, through stock iterators).
+* ``test_converges_onto_a_default_config_runzeo``: the same with an
+  off-site runzeo of runzeo's default config (no ``msgpack`` line: the
+  pickle flavour), checking that zeoraid spoke pickle to it.
 * ``test_link_outage_heals_without_an_operator``: the link is cut
   (connections closed, new ones black-holed) while writers make a few
   hundred commits.  No writer notices; the mirror is ``degraded`` with a
@@ -234,12 +237,13 @@ class OffsiteTests(WritersFixture, unittest.TestCase):
     # -- setting up ----------------------------------------------------------
 
     def start_array(self, delay=DELAY, bandwidth=BANDWIDTH, max_lag=60,
-                    queue_transactions=None):
+                    queue_transactions=None, dr_msgpack=True):
         """Start the off-site runzeo, the link to it and zeoraid; returns
-        an Array."""
+        an Array.  ``dr_msgpack=False``: the off-site runzeo has runzeo's
+        default config (the pickle flavour)."""
         dr = zeoraid_server.Server(
             [StorageSpec(name="1", kind="file")], target_name="runzeo",
-            client_conflict_resolution=False)
+            client_conflict_resolution=False, msgpack=dr_msgpack)
         link = None
         try:
             dr.start()
@@ -419,7 +423,14 @@ class OffsiteTests(WritersFixture, unittest.TestCase):
     # -- the tests --------------------------------------------------------------
 
     def test_converges_over_a_slow_link_under_load(self):
-        array = self.start_array()
+        self.converge_over_a_slow_link()
+
+    def test_converges_onto_a_default_config_runzeo(self):
+        # The off-site runzeo without "msgpack true": pickle on the link.
+        self.converge_over_a_slow_link(dr_msgpack=False)
+
+    def converge_over_a_slow_link(self, dr_msgpack=True):
+        array = self.start_array(dr_msgpack=dr_msgpack)
         watch = MirrorWatch()
         acked, done, ran = self.run_writers(
             array, 3.0, during=lambda: watch.poll(array.server.addr))
@@ -441,6 +452,9 @@ class OffsiteTests(WritersFixture, unittest.TestCase):
         self.assertGreaterEqual(m["shipped"], len(acked), m)
         self.assertNotIn("degraded", watch.states)
         self.assert_array_optimal(array)
+        if not dr_msgpack:
+            self.assertEqual(
+                [], zeoraid_server.pickle_backend_problems(array.dr))
         n = self.stop_and_compare(array, acked)
         longest = max(o["max_wait"] for o in done.values())
         print(f"[{len(acked)} commits in {ran:.1f} s, "

@@ -9,7 +9,15 @@ storage whose backends are
   resolution) -- ``RaidRunzeoConformance``;
 * two in-process Data.fs files -- ``RaidFileConformance``;
 * one of each -- ``RaidMixedConformance``;
-* two other zeoraid servers -- ``RaidZeoraidConformance``.
+* two other zeoraid servers -- ``RaidZeoraidConformance``;
+* two default-config runzeo (no ``msgpack`` line: the pickle flavour,
+  "Z5", which zeoraid's backend client speaks too) --
+  ``RaidRunzeoPickleConformance``.  The whole set over this layout takes
+  about two minutes on a two-core machine, so it runs the mixins that put
+  the most variety on the wire (Basic, Revision, Synchronization, MT,
+  Packable, Iterator, TransactionalUndo, ConflictResolution, History) and
+  ``test_backends_talk_pickle``, which checks that the backends really
+  were spoken to in pickle.
 
 Every test must pass exactly as it does against a single storage: the
 array is invisible to the client.  These run against the zeoraid target
@@ -19,9 +27,20 @@ skipped.
 
 import unittest
 
+from ZODB.tests import BasicStorage
+from ZODB.tests import ConflictResolution
+from ZODB.tests import HistoryStorage
+from ZODB.tests import IteratorStorage
+from ZODB.tests import MTStorage
+from ZODB.tests import PackableStorage
+from ZODB.tests import RevisionStorage
+from ZODB.tests import Synchronization
+from ZODB.tests import TransactionalUndoStorage
+
 import harness
 import zeoraid_server
 from test_conformance import MemoryStorageConformance
+from test_conformance import ZEOServerTestBase
 from zeoraid_server import RAID_LAYOUTS
 from zeoraid_server import StorageSpec
 
@@ -29,8 +48,9 @@ from zeoraid_server import StorageSpec
 KNOWN_FAILURES = {}
 
 
-class RaidConformance(MemoryStorageConformance):
-    """The conformance mixins against an array of ``layout``."""
+class RaidArray:
+    """Mixin for a ZEOServerTestBase: the server is an array of
+    ``layout``, zeoraid only."""
 
     layout = None
 
@@ -42,6 +62,10 @@ class RaidConformance(MemoryStorageConformance):
     def _start(self):
         return self.start_server([StorageSpec(
             name="1", kind="raid", backends=RAID_LAYOUTS[self.layout])])
+
+
+class RaidConformance(RaidArray, MemoryStorageConformance):
+    """The conformance mixins against an array of ``layout``."""
 
 
 class RaidRunzeoConformance(RaidConformance):
@@ -60,8 +84,31 @@ class RaidZeoraidConformance(RaidConformance):
     layout = "zeoraid2"
 
 
+class RaidRunzeoPickleConformance(
+        RaidArray, ZEOServerTestBase,
+        BasicStorage.BasicStorage,
+        RevisionStorage.RevisionStorage,
+        Synchronization.SynchronizedStorage,
+        MTStorage.MTStorage,
+        PackableStorage.PackableStorage,
+        IteratorStorage.IteratorStorage,
+        TransactionalUndoStorage.TransactionalUndoStorage,
+        ConflictResolution.ConflictResolvingStorage,
+        HistoryStorage.HistoryStorage):
+    """The wire-heavy mixins against an array of two default-config
+    (pickle) runzeo."""
+
+    layout = "runzeo-pickle2"
+
+    def test_backends_talk_pickle(self):
+        self._dostore()
+        self.assertEqual(
+            [], zeoraid_server.pickle_problems(self._interop_servers[0]))
+
+
 TEST_CLASSES = [RaidRunzeoConformance, RaidFileConformance,
-                RaidMixedConformance, RaidZeoraidConformance]
+                RaidMixedConformance, RaidZeoraidConformance,
+                RaidRunzeoPickleConformance]
 
 load_suite = harness.prepare_module(
     TEST_CLASSES, KNOWN_FAILURES, mark=zeoraid_server.target() == "zeoraid")

@@ -17,6 +17,9 @@ and its finish.  What is checked:
   on; no writer sees an error; every acknowledged commit is on both
   backends; both histories are identical (every transaction, its metadata
   and every record, read through stock clients).
+* ``test_recovery_under_four_stock_writers_runzeo_pickle``: the same over
+  two default-config runzeo (no ``msgpack`` line: the pickle flavour),
+  checking that the array spoke pickle to both (``pickle_problems``).
 * ``test_recovery_file_source_runzeo_target``: the same with a zeoraid file
   backend as the source and the runzeo as the target; the file also passes
   ZODB's ``fstest``.
@@ -67,6 +70,7 @@ import harness
 import zeoraid_server
 from test_hot_objects import CONNECT_DEADLINE, _MP, _read, _write
 from test_raid import WritersFixture, keyed_writer, ruok
+from zeoraid_server import RAID_LAYOUTS
 from zeoraid_server import StorageSpec
 
 
@@ -273,7 +277,7 @@ class RecoveryTests(WritersFixture, unittest.TestCase):
         """The runzeo Server behind backend ``index`` of array "1"."""
         spec = server.storages[0]
         started = [i for i, kind in enumerate(spec.backends)
-                   if kind in ("runzeo", "zeoraid")]
+                   if kind in zeoraid_server.SERVER_BACKENDS]
         return server.backend_servers[started.index(index)]
 
     @staticmethod
@@ -502,9 +506,18 @@ class RecoveryTests(WritersFixture, unittest.TestCase):
                    f"{len(acked)} in all; throttle {watch.throttle}")
         return server, acked, figures
 
-    def test_recovery_under_four_stock_writers_runzeo_to_runzeo(self):
+    def recover_runzeo_to_runzeo(self, layout):
+        """kill_and_recover_under_writers over two runzeo of ``layout`` (a
+        RAID_LAYOUTS name); both end with every acknowledged commit and
+        identical histories.  Over default-config runzeo, the array (not
+        only the stock clients that read the backends at the end) spoke
+        pickle to both."""
+        backends = RAID_LAYOUTS[layout]
         server, acked, figures = self.kill_and_recover_under_writers(
-            ("runzeo", "runzeo"))
+            backends)
+        if "runzeo-pickle" in backends:
+            # Before any stock client of the test's own talks to them.
+            self.assertEqual([], zeoraid_server.pickle_problems(server))
         b0, b1 = server.backend_servers
         server.stop(stop_backends=False)
         self.assertIsNone(server.graceful_problem())
@@ -513,9 +526,17 @@ class RecoveryTests(WritersFixture, unittest.TestCase):
                                  f"runzeo {b.addr}")
         h0, h1 = zeo_history(b0.addr), zeo_history(b1.addr)
         self.assertGreater(len(h0), len(acked))
-        self.assert_same_history(h0, h1, "runzeo-0 vs runzeo-1")
+        self.assert_same_history(h0, h1,
+                                 f"{backends[0]}-0 vs {backends[1]}-1")
         print(f"[{figures}; identical over {len(h0)} transactions]",
               end=" ... ", flush=True)
+
+    def test_recovery_under_four_stock_writers_runzeo_to_runzeo(self):
+        self.recover_runzeo_to_runzeo("runzeo2")
+
+    def test_recovery_under_four_stock_writers_runzeo_pickle(self):
+        # Default-config runzeo: the pickle flavour both ways.
+        self.recover_runzeo_to_runzeo("runzeo-pickle2")
 
     def test_recovery_file_source_runzeo_target(self):
         server, acked, figures = self.kill_and_recover_under_writers(

@@ -17,7 +17,9 @@ can stand behind it, chosen by the environment variable
 ``runzeo``
     Stock Python ``ZEO.runzeo`` (through ``runzeo_shim.py``, which prints the
     same listening line), with ``msgpack true`` so it speaks the protocol
-    zeoraid speaks.  This validates the harness and the tests themselves
+    zeoraid serves (``Server(..., msgpack=False)`` leaves the line out:
+    runzeo's default, the pickle flavour "Z5", which zeoraid's backend
+    client also speaks; an array's backend kind "runzeo-pickle").  This validates the harness and the tests themselves
     against the reference implementation, configured as ZEO's own test
     suite configures it.  Conflicts are resolved on the server, as ZEO does
     by default; ``ZEORAID_INTEROP_RUNZEO_CLIENT_CR=1`` adds
@@ -153,8 +155,10 @@ class StorageSpec:
     path: str = None         # kind="file": data file; default in server dir
     # kind="raid": one entry per backend, in order: "file" or "memory" (in
     # process), "runzeo" (a stock Python ZEO server this harness starts,
-    # msgpack on, otherwise ZEO's defaults: it resolves conflicts itself) or
-    # "zeoraid" (a second zeoraid server with a memory storage).  Or a
+    # msgpack on, otherwise ZEO's defaults: it resolves conflicts itself),
+    # "runzeo-pickle" (the same without the msgpack line: runzeo's default
+    # config, the pickle flavour) or "zeoraid" (a second zeoraid server
+    # with a memory storage).  Or a
     # tuple ("zeo", ADDRESS) for a ZEO server the test runs itself, or
     # ("zeo", ADDRESS, EXTRA) where EXTRA is TOML added to that backend's
     # section (e.g. its [storage.backend.tls] table).
@@ -177,9 +181,18 @@ class StorageSpec:
 # issue's (a) to (d)).
 RAID_LAYOUTS = {
     "runzeo2": ("runzeo", "runzeo"),
+    "runzeo-pickle2": ("runzeo-pickle", "runzeo-pickle"),
     "file2": ("file", "file"),
     "mixed": ("runzeo", "file"),
     "zeoraid2": ("zeoraid", "zeoraid"),
+}
+
+# The backend kinds the harness starts a server process for (the others
+# live inside zeoraid), and for each its (target, msgpack).
+SERVER_BACKENDS = {
+    "runzeo": ("runzeo", True),
+    "runzeo-pickle": ("runzeo", False),
+    "zeoraid": ("zeoraid", True),
 }
 
 
@@ -229,7 +242,8 @@ class Server:
     def __init__(self, storages=None, workers=4, invalidation_queue_size=100,
                  target_name=None, extra_toml="", resolver=True,
                  transaction_timeout=None, client_conflict_resolution=None,
-                 listen=None, server_toml="", tls=None, log_level=None):
+                 listen=None, server_toml="", tls=None, log_level=None,
+                 msgpack=True):
         self.storages = list(storages or [StorageSpec()])
         self.workers = workers
         self.invalidation_queue_size = invalidation_queue_size
@@ -255,6 +269,12 @@ class Server:
         # RUST_LOG for zeoraid (None: the environment's, or zeoraid's
         # default, info).
         self.log_level = log_level
+        # runzeo only: False leaves out ``msgpack true`` (runzeo's default
+        # config: the pickle flavour).
+        self.msgpack = msgpack
+        if not msgpack and self.target != "runzeo":
+            raise HarnessError("msgpack=False is a runzeo setting (zeoraid "
+                               "serves msgpack only)")
         if listen is not None and self.target != "zeoraid":
             raise HarnessError("listen= is supported for zeoraid only")
         self.dir = tempfile.mkdtemp(prefix="zeoraid-interop-", dir=_BASE_TMP)
@@ -355,17 +375,19 @@ class Server:
                         blobs = os.path.join(self.dir,
                                              f"raid-{spec.name}-{i}.blobs")
                         lines.append(f"blob-dir = {q(blobs)}")
-            elif kind in ("runzeo", "zeoraid"):
+            elif kind in SERVER_BACKENDS:
+                backend_target, msgpack = SERVER_BACKENDS[kind]
                 blobs = None
                 if spec.backend_blobs:
                     blobs = os.path.join(self.dir,
                                          f"raid-{spec.name}-{i}.server-blobs")
                     lines.append(f"blob-dir = {q(os.path.join(self.dir, f'raid-{spec.name}-{i}.cache'))}")
                 backend = Server(
-                    [StorageSpec(name="1", kind="file" if kind == "runzeo"
-                                 else "memory", blob_dir=blobs)],
-                    target_name=kind, resolver=self.resolver,
-                    client_conflict_resolution=False)
+                    [StorageSpec(name="1", kind="file"
+                                 if backend_target == "runzeo" else "memory",
+                                 blob_dir=blobs)],
+                    target_name=backend_target, resolver=self.resolver,
+                    client_conflict_resolution=False, msgpack=msgpack)
                 self.backend_servers.append(backend)
                 host, port = backend.start()
                 lines += ['kind = "zeo"', f"address = {q(f'{host}:{port}')}",
@@ -375,12 +397,11 @@ class Server:
         return lines
 
     def _runzeo_config(self):
-        lines = [
-            "<zeo>",
-            "  address 127.0.0.1:0",
-            "  msgpack true",
-            f"  invalidation-queue-size {int(self.invalidation_queue_size)}",
-        ]
+        lines = ["<zeo>", "  address 127.0.0.1:0"]
+        if self.msgpack:
+            lines.append("  msgpack true")
+        lines.append(
+            f"  invalidation-queue-size {int(self.invalidation_queue_size)}")
         client_cr = self.client_conflict_resolution
         if client_cr is None:
             client_cr = os.environ.get(RUNZEO_CLIENT_CR_ENV, "0") not in (
@@ -711,6 +732,61 @@ class Server:
                 f"command: {' '.join(self.argv or [])}\n"
                 f"--- config ---\n{config}"
                 f"--- server stderr ---\n{self.log_tail()}")
+
+
+def announced_protocol(addr, timeout=5.0):
+    """The first frame a ZEO server at ``(host, port)`` sends: its protocol,
+    b"M5" (msgpack) or b"Z5" (pickle)."""
+    import socket
+    import struct
+    with socket.create_connection(addr, timeout=timeout) as sock:
+        data = b""
+        while len(data) < 4 or len(data) < 4 + struct.unpack(
+                ">I", data[:4])[0]:
+            chunk = sock.recv(64)
+            if not chunk:
+                raise HarnessError(f"{addr} closed before announcing its "
+                                   f"protocol (got {data!r})")
+            data += chunk
+        size = struct.unpack(">I", data[:4])[0]
+        return data[4:4 + size]
+
+
+def pickle_problems(server):
+    """Why the array of ``server`` is not talking pickle to its
+    "runzeo-pickle" backends, or [] if it is (``pickle_backend_problems``
+    of each)."""
+    kinds = [kind for spec in server.storages for kind in spec.backends
+             if not isinstance(kind, tuple) and kind in SERVER_BACKENDS]
+    pickled = [backend for kind, backend in zip(kinds, server.backend_servers)
+               if kind == "runzeo-pickle"]
+    if not pickled:
+        return ["the array has no runzeo-pickle backend"]
+    return [p for backend in pickled for p in pickle_backend_problems(backend)]
+
+
+def pickle_backend_problems(backend):
+    """Why a runzeo ``backend`` (a Server) is not being spoken to in
+    pickle, or [] if it is: it has no ``msgpack`` line in its config,
+    announces b"Z5", and logged that its clients answered the handshake
+    with b"Z5" (runzeo logs "received handshake 'Z5'"), never b"M5".  (A
+    ZEO server takes whichever encoding the client answers with, so only
+    its log shows what a client really spoke.)  Call it before the test's
+    own stock clients talk to the backend."""
+    problems = []
+    with open(backend.config_path) as f:
+        if re.search(r"(?m)^\s*msgpack\b", f.read()):
+            problems.append(f"{backend.config_path} sets msgpack")
+    if backend.is_running():
+        announced = announced_protocol(backend.addr)
+        if announced != b"Z5":
+            problems.append(f"{backend.addr} announced {announced!r}")
+    log = backend.log_text()
+    if "received handshake 'Z5'" not in log:
+        problems.append(f"{backend.addr} never logged a Z5 handshake")
+    if "received handshake 'M5'" in log:
+        problems.append(f"{backend.addr} logged an M5 handshake")
+    return problems
 
 
 class ServerFixture:

@@ -128,6 +128,16 @@ impl Zeoraid {
             Some(p) => StartError::Config(format!("{e} (in {})", p.display())),
             None => StartError::Config(e),
         };
+        // Refused rather than ignored: an operator must not believe a
+        // controller is redundant when it is not.
+        if cfg.ha.is_some() {
+            return Err(within(
+                "[ha]: controller high availability is not served yet (this build has the etcd \
+                 client, the HA state machine and backend fencing, not the standby and \
+                 takeover); remove the [ha] section to run a single controller"
+                    .into(),
+            ));
+        }
         // A write past the file-size limit (RLIMIT_FSIZE) must fail that
         // commit with EFBIG, like a full disk, instead of killing the
         // process.

@@ -62,6 +62,13 @@ fn start_up_errors_name_what_to_fix() {
             "[[storage]]\nname = \"1\"\nkind = \"file\"\npath = \"junk.fs\"\n".into(),
             vec!["storage \"1\"".into(), "junk.fs".into(), "bad magic".into()],
         ),
+        (
+            "[[storage]]\nname = \"1\"\nkind = \"raid\"\n[[storage.backend]]\nname = \"a\"\n\
+             kind = \"zeo\"\naddress = \"127.0.0.1:1\"\n[ha]\nendpoints = [\"127.0.0.1:2379\"]\n\
+             cluster = \"c\"\nname = \"x\"\n"
+                .into(),
+            vec!["[ha]".into(), "remove the [ha] section".into()],
+        ),
     ];
     std::fs::write(dir.path().join("junk.fs"), b"this is not a Data.fs").expect("junk");
     for (config, needles) in cases {

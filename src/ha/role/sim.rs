@@ -741,12 +741,7 @@ impl Sim {
                     "{name}: vote of {} fails at the fence of {b}",
                     t.id
                 ));
-                for &v in &t.targets {
-                    self.backends[v].unlock(c);
-                }
-                self.ctls[c].work = Work::Idle;
-                let actions = self.ctls[c].machine.step(self.now, Event::FencedOut);
-                self.perform(c, actions);
+                self.give_up(c, t);
                 return;
             }
             t.next += 1;
@@ -799,13 +794,19 @@ impl Sim {
                 "{name}: finish of {} failed on {b}, cannot degrade",
                 t.id
             ));
-            for &v in &t.targets {
-                self.backends[v].unlock(c);
-            }
-            self.ctls[c].work = Work::Idle;
-            let actions = self.ctls[c].machine.step(self.now, Event::FencedOut);
-            self.perform(c, actions);
+            self.give_up(c, t);
         }
+    }
+
+    /// Abort commit `t` of controller `c` (its locks go) and step its
+    /// machine on being fenced out.
+    fn give_up(&mut self, c: usize, t: &Commit) {
+        for &v in &t.targets {
+            self.backends[v].unlock(c);
+        }
+        self.ctls[c].work = Work::Idle;
+        let actions = self.ctls[c].machine.step(self.now, Event::FencedOut);
+        self.perform(c, actions);
     }
 
     fn check_acked(&self) {

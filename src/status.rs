@@ -118,6 +118,10 @@ pub struct ArrayStatus {
     /// The recovery rate guarantee, while a backend recovers.
     #[serde(default)]
     pub throttle: Option<Throttle>,
+    /// Fencing at the backends (controller HA); absent for a single
+    /// controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<FenceStatus>,
     #[serde(default)]
     pub backends: Vec<BackendStatus>,
     #[serde(default)]
@@ -126,6 +130,16 @@ pub struct ArrayStatus {
     /// config file's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub differs_from_config: Option<ConfigDiff>,
+}
+
+/// Where an array stands with fencing: `state` is `held` (its votes
+/// carry the fence of `epoch`), `taking` (writing it), `lost` (another
+/// controller fenced it out at `epoch`; writes refused) or `standby`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct FenceStatus {
+    pub state: String,
+    pub epoch: Option<u64>,
 }
 
 /// Commits admitted, throttled and forced while a backend recovers.
@@ -376,6 +390,7 @@ mod tests {
                     auto_recover: true,
                     recovery_ratio: 2.0,
                     throttle: None,
+                    fence: None,
                     backends: vec![BackendStatus {
                         name: "b".into(),
                         state: Role::Recovering,

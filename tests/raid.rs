@@ -729,6 +729,9 @@ fn stale_controller_is_fenced_out(addrs: &[String]) {
         old.fence_state(),
         zeoraid::raid::fence::FenceState::Lost { epoch: 1 }
     ));
+    let shown = |a: &RaidStorage| a.status().fence.map(|f| (f.state, f.epoch));
+    assert_eq!(shown(&old), Some(("lost".to_string(), Some(1))));
+    assert_eq!(shown(&new), Some(("held".to_string(), Some(2))));
     let again = commit(&old, vec![store(Oid(4), Tid(0), b"stale")]);
     assert!(matches!(&again, Err(Error::Disconnected(_))), "{again:?}");
     for addr in addrs {

@@ -260,6 +260,18 @@ pub fn details_text(doc: &Document) -> String {
                 th.admitted, th.throttled, th.forced
             );
         }
+        if let Some(f) = &r.fence {
+            let epoch = f
+                .epoch
+                .map(|e| format!(" at epoch {e}"))
+                .unwrap_or_default();
+            let what = match f.state.as_str() {
+                "lost" => " (another controller took over: writes refused)",
+                "standby" => " (another controller leads: writes refused)",
+                _ => "",
+            };
+            let _ = writeln!(out, "  fence: {}{epoch}{what}", f.state);
+        }
         let _ = writeln!(
             out,
             "  {:<12} {:<6} {:<11} {:<18} {:>10} {:>9} {:>9}  WHERE",
@@ -418,6 +430,26 @@ pub fn prometheus(doc: &Document) -> String {
             &l,
             r.optimal as f64,
         );
+        if let Some(f) = &r.fence {
+            for st in ["held", "taking", "lost", "standby"] {
+                m.add(
+                    "zeoraid_fence_state",
+                    "gauge",
+                    "1 for where the array stands with fencing (controller HA)",
+                    &format!("{l},state=\"{st}\""),
+                    f64::from(u8::from(f.state == st)),
+                );
+            }
+            if let Some(e) = f.epoch {
+                m.add(
+                    "zeoraid_fence_epoch",
+                    "gauge",
+                    "the fencing epoch this controller holds or lost",
+                    &l,
+                    e as f64,
+                );
+            }
+        }
         if let Some(th) = &r.throttle {
             m.add(
                 "zeoraid_recovery_throttle_admitted",
@@ -824,6 +856,30 @@ mod tests {
             ),
             "{m}"
         );
+    }
+
+    #[test]
+    fn the_fence_shows_in_details_and_metrics() {
+        let mut doc = json!({"1": array("optimal", 2, &[("a", "optimal"), ("b", "optimal")])});
+        let text = details_text(&d(&doc));
+        assert!(
+            !text.contains("fence"),
+            "one controller: no fence line\n{text}"
+        );
+        doc["1"]["raid"]["fence"] = json!({"state": "lost", "epoch": 7});
+        let text = details_text(&d(&doc));
+        assert!(
+            text.contains("fence: lost at epoch 7 (another controller took over"),
+            "{text}"
+        );
+        let t = prometheus(&d(&doc));
+        for want in [
+            "zeoraid_fence_state{storage=\"1\",state=\"lost\"} 1\n",
+            "zeoraid_fence_state{storage=\"1\",state=\"held\"} 0\n",
+            "zeoraid_fence_epoch{storage=\"1\"} 7\n",
+        ] {
+            assert!(t.contains(want), "{want} in {t}");
+        }
     }
 
     #[test]

@@ -55,6 +55,21 @@ pub enum FenceState {
 }
 
 impl FenceState {
+    /// For the status document (`None`: no fencing, one controller).
+    pub fn status(&self) -> Option<crate::status::FenceStatus> {
+        let (state, epoch) = match *self {
+            FenceState::Off => return None,
+            FenceState::Held(f) => ("held", Some(f.epoch)),
+            FenceState::Taking { epoch } => ("taking", Some(epoch)),
+            FenceState::Lost { epoch } => ("lost", Some(epoch)),
+            FenceState::Standby => ("standby", None),
+        };
+        Some(crate::status::FenceStatus {
+            state: state.into(),
+            epoch,
+        })
+    }
+
     /// Whether transactions committed on the backends by someone else are
     /// expected (another controller leads), rather than a reason to
     /// degrade the backend.
@@ -296,6 +311,7 @@ mod tests {
             (FenceState::Taking { epoch: 2 }, false, true),
         ] {
             assert_eq!(state.refusal("a").is_some(), refused, "{state:?}");
+            assert_eq!(state.status().is_none(), state == FenceState::Off);
             assert_eq!(state.others_write(), others, "{state:?}");
         }
     }

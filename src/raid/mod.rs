@@ -809,6 +809,7 @@ impl Core {
                 forced: c.forced,
                 credit: (c.balance() * 10.0).round() / 10.0,
             }),
+            fence: lock(&self.commit.fence).status(),
             backends,
             offsite: self
                 .offsite

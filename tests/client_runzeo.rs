@@ -713,7 +713,9 @@ fn reconnects_after_a_server_restart() {
 /// `zeoraid bench`'s load phase (its own pipelined connections, not the
 /// client) against a default-config runzeo: it speaks the pickle flavour
 /// the server announces instead of refusing it (it used to insist on
-/// msgpack), and each load is answered.
+/// msgpack), and each load is answered. (`zeoraid bench` is the `bench`
+/// feature's.)
+#[cfg(feature = "bench")]
 #[test]
 fn bench_load_phase_pickle() {
     let z = RunZeo::start_pickle_with(true);

@@ -162,8 +162,11 @@ else
     command -v etcd >/dev/null 2>&1 || die "$ETCD_PACKAGE is installed but etcd is still not on PATH"
     ZEORAID_ETCD=$(command -v etcd)
 fi
-etcd_version=$("$ZEORAID_ETCD" --version 2>&1 | head -1) \
+# All of it, then the first line: `| head -1` could end etcd with SIGPIPE
+# and fail the pipeline now and then.
+etcd_version=$("$ZEORAID_ETCD" --version 2>&1) \
     || die "$ZEORAID_ETCD --version failed: $etcd_version"
+etcd_version=${etcd_version%%$'\n'*}
 echo "$ZEORAID_ETCD: $etcd_version"
 export ZEORAID_ETCD
 
@@ -263,7 +266,7 @@ if [ "$cargo_status" -ne 0 ]; then
     grep -E '^test .* \.\.\. FAILED$|^test result: FAILED.*\(cargo doc\)$' "$cargo_log" \
         | sed 's/^/  /' || true
     grep -E '^error(\[E[0-9]+\])?: ' "$cargo_log" | head -10 | sed 's/^/  /' || true
-    awk '/^---- .* stdout ----$/ { n = 8 } n > 0 { print "    " $0; n-- }' "$cargo_log" | head -60
+    awk '/^---- .* stdout ----$/ { n = 8 } n > 0 { print "    " $0; n-- }' "$cargo_log" | head -60 || true
 fi
 if [ "$interop_status" -ne 0 ]; then
     echo "interop tests that failed:"

@@ -21,7 +21,7 @@
 //! than [`MAX_VALUES`] values — is a [`DecodeError`], never a panic or an
 //! allocation larger than the input justifies.
 
-use crate::storage::file::pickle::{write_bytes, write_int, write_str};
+use crate::storage::file::pickle::{write_int, write_scalar, write_str};
 use crate::zeo::message::{DecodeError, Message, REPLY};
 use rmpv::Value;
 
@@ -41,36 +41,12 @@ const EXT_SET: i8 = 103;
 // ---------------------------------------------------------------------------
 
 fn write_value(out: &mut Vec<u8>, v: &Value) {
+    // Lengths above 4 GiB cannot be framed anyway (the frame writer
+    // refuses such a message), so a too-long string's error is dropped.
+    if write_scalar(out, v).is_some() {
+        return;
+    }
     match v {
-        Value::Nil => out.push(b'N'),
-        Value::Boolean(true) => out.push(0x88),
-        Value::Boolean(false) => out.push(0x89),
-        Value::Integer(i) => write_int(
-            out,
-            i.as_i64()
-                .map(i128::from)
-                .or_else(|| i.as_u64().map(i128::from))
-                .unwrap_or(0),
-        ),
-        Value::F32(f) => {
-            out.push(b'G');
-            out.extend_from_slice(&f64::from(*f).to_be_bytes());
-        }
-        Value::F64(f) => {
-            out.push(b'G');
-            out.extend_from_slice(&f.to_be_bytes());
-        }
-        // Lengths above 4 GiB cannot be framed anyway; the frame writer
-        // refuses such a message.
-        Value::String(s) => {
-            let _ = match s.as_str() {
-                Some(t) => write_str(out, t.as_bytes()),
-                None => write_bytes(out, s.as_bytes()),
-            };
-        }
-        Value::Binary(b) => {
-            let _ = write_bytes(out, b);
-        }
         Value::Array(items) => write_tuple(out, items.iter()),
         Value::Map(entries) => {
             out.push(b'}');
@@ -92,6 +68,8 @@ fn write_value(out: &mut Vec<u8>, v: &Value) {
         }
         // Never built by the client; pickled as None rather than refused.
         Value::Ext(..) => out.push(b'N'),
+        // Written by write_scalar above.
+        _ => {}
     }
 }
 

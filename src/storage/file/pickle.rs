@@ -64,7 +64,7 @@ pub(crate) fn write_str(out: &mut Vec<u8>, s: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-pub(crate) fn write_bytes(out: &mut Vec<u8>, b: &[u8]) -> Result<(), String> {
+fn write_bytes(out: &mut Vec<u8>, b: &[u8]) -> Result<(), String> {
     match u8::try_from(b.len()) {
         Ok(n) => {
             out.push(b'C');
@@ -113,31 +113,10 @@ fn write_value(out: &mut Vec<u8>, v: &Value, depth: usize) -> Result<(), String>
     if depth > MAX_DEPTH {
         return Err("the transaction extension is nested too deeply".to_string());
     }
+    if let Some(done) = write_scalar(out, v) {
+        return done;
+    }
     match v {
-        Value::Nil => out.push(b'N'),
-        Value::Boolean(true) => out.push(0x88),
-        Value::Boolean(false) => out.push(0x89),
-        Value::Integer(i) => {
-            let n = i
-                .as_i64()
-                .map(i128::from)
-                .or_else(|| i.as_u64().map(i128::from))
-                .unwrap_or(0);
-            write_int(out, n);
-        }
-        Value::F32(f) => {
-            out.push(b'G');
-            out.extend_from_slice(&f64::from(*f).to_be_bytes());
-        }
-        Value::F64(f) => {
-            out.push(b'G');
-            out.extend_from_slice(&f.to_be_bytes());
-        }
-        Value::String(s) => match s.as_str() {
-            Some(t) => write_str(out, t.as_bytes())?,
-            None => write_bytes(out, s.as_bytes())?,
-        },
-        Value::Binary(b) => write_bytes(out, b)?,
         Value::Array(items) => {
             out.push(b']');
             if !items.is_empty() {
@@ -162,8 +141,47 @@ fn write_value(out: &mut Vec<u8>, v: &Value, depth: usize) -> Result<(), String>
         Value::Ext(..) => {
             return Err("msgpack extension types cannot be pickled".to_string());
         }
+        // Written by write_scalar above.
+        _ => {}
     }
     Ok(())
+}
+
+/// Pickle a value that is not a container (None, bool, int, float, str,
+/// bytes) as protocol 3 does; `None` for a list, dict or extension, which
+/// each writer frames its own way. Shared by the extension writer and
+/// the ZEO client's pickler.
+pub(crate) fn write_scalar(out: &mut Vec<u8>, v: &Value) -> Option<Result<(), String>> {
+    match v {
+        Value::Nil => out.push(b'N'),
+        Value::Boolean(true) => out.push(0x88),
+        Value::Boolean(false) => out.push(0x89),
+        Value::Integer(i) => {
+            let n = i
+                .as_i64()
+                .map(i128::from)
+                .or_else(|| i.as_u64().map(i128::from))
+                .unwrap_or(0);
+            write_int(out, n);
+        }
+        Value::F32(f) => {
+            out.push(b'G');
+            out.extend_from_slice(&f64::from(*f).to_be_bytes());
+        }
+        Value::F64(f) => {
+            out.push(b'G');
+            out.extend_from_slice(&f.to_be_bytes());
+        }
+        Value::String(s) => {
+            return Some(match s.as_str() {
+                Some(t) => write_str(out, t.as_bytes()),
+                None => write_bytes(out, s.as_bytes()),
+            })
+        }
+        Value::Binary(b) => return Some(write_bytes(out, b)),
+        Value::Array(_) | Value::Map(_) | Value::Ext(..) => return None,
+    }
+    Some(Ok(()))
 }
 
 /// A stack item while unpickling.

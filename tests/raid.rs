@@ -712,10 +712,9 @@ fn stale_controller_is_fenced_out(addrs: &[String]) {
     });
     let f = old.take_fence(1, "old").expect("fence at epoch 1");
     assert!(f.serial > root0);
-    let t1 = commit(&old, vec![store(Oid(1), Tid(0), b"one")]).expect("guarded commit");
-    let root1 = commit(&old, vec![store(Oid(0), f.serial, b"root 2")]).expect("root again");
+    commit(&old, vec![store(Oid(1), Tid(0), b"one")]).expect("guarded commit");
+    commit(&old, vec![store(Oid(0), f.serial, b"root 2")]).expect("root again");
     commit(&old, vec![store(Oid(2), Tid(0), b"two")]).expect("after the root moved");
-    let _ = (t1, root1);
     // The takeover.
     let g = new.take_fence(2, "new").expect("fence at epoch 2");
     let last = g.serial;

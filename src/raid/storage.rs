@@ -429,7 +429,6 @@ impl RaidStorage {
         let optimal = &*optimal;
         let mut whole = txn.clone();
         whole.tid = Some(tid);
-        let fence_move = fence::moves(&whole.ops);
         let held = match *lock(&core.commit.fence) {
             FenceState::Held(f) => Some(f),
             _ => None,
@@ -555,10 +554,12 @@ impl RaidStorage {
                     resolved: resolved.clone(),
                     invalidated: invalidated.clone(),
                 };
+                // Only a fenced array follows the root's serial.
+                let fence_move = held.map(|_| fence::moves(&whole.ops));
                 *lock(&core.commit.pending) = Pending {
                     tid: Some(tid),
                     txn: (!core.offsite.is_empty()).then_some(whole),
-                    fence_move: held.map(|_| fence_move),
+                    fence_move,
                 };
                 *kept = prepared;
                 Ok(vote)

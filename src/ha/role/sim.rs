@@ -263,18 +263,14 @@ impl Sim {
     }
 
     fn fail(&self, what: &str) -> ! {
-        let tail: Vec<&String> = self.trail.iter().rev().take(60).collect();
-        let tail: Vec<&String> = tail.into_iter().rev().collect();
+        let tail = &self.trail[self.trail.len().saturating_sub(60)..];
         panic!(
             "seed {} at {} ms: {what}\nreplay: ZEORAID_HA_SIM_SEED={} cargo test --lib ha::role\n\
              last steps:\n{}\nbackends: {:#?}",
             self.seed,
             self.now,
             self.seed,
-            tail.iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join("\n"),
+            tail.join("\n"),
             self.backends.iter().map(|b| &b.history).collect::<Vec<_>>()
         )
     }

@@ -32,6 +32,7 @@
 
 pub mod ha;
 pub mod import;
+pub mod size;
 pub mod zconfig;
 
 use serde::Deserialize;
@@ -486,6 +487,11 @@ pub struct StorageConfig {
     /// transactions per new commit (default 2, more than 1).
     #[serde(default)]
     pub recovery_ratio: Option<f64>,
+    /// `kind = "raid"`: the shared object cache's size (bytes, or
+    /// `"256MB"`; default 64MB; 0 turns it off). Reads through the array
+    /// are answered from it; a reload may change it, not turn it on or off.
+    #[serde(default)]
+    pub cache_size: Option<size::ByteSize>,
     /// `kind = "raid"`: the mirrors, in order of trust (ties go to the first).
     #[serde(default)]
     pub backend: Vec<BackendConfig>,
@@ -511,6 +517,7 @@ impl StorageConfig {
             state_file: None,
             auto_recover: None,
             recovery_ratio: None,
+            cache_size: None,
             backend: Vec::new(),
         }
     }
@@ -840,6 +847,7 @@ impl Config {
                     ("state-file", s.state_file.is_some()),
                     ("auto-recover", s.auto_recover.is_some()),
                     ("recovery-ratio", s.recovery_ratio.is_some()),
+                    ("cache-size", s.cache_size.is_some()),
                     ("backend", !s.backend.is_empty()),
                 ];
                 if let Some((key, _)) = raid_only.iter().find(|(_, set)| *set) {

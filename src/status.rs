@@ -122,6 +122,9 @@ pub struct ArrayStatus {
     /// controller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence: Option<FenceStatus>,
+    /// The shared object cache; absent when it is off (`cache-size = 0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheStatus>,
     #[serde(default)]
     pub backends: Vec<BackendStatus>,
     #[serde(default)]
@@ -140,6 +143,33 @@ pub struct ArrayStatus {
 pub struct FenceStatus {
     pub state: String,
     pub epoch: Option<u64>,
+}
+
+/// The array's shared object cache: its size limit and what it holds
+/// (bytes), its hits and misses since start, evictions, and the bytes of
+/// data it answered instead of a backend.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct CacheStatus {
+    pub capacity: u64,
+    pub size: u64,
+    pub objects: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub evictions: u64,
+    pub bytes_saved: u64,
+}
+
+impl CacheStatus {
+    /// Hits per read it was asked for (0 before the first).
+    pub fn hit_rate(&self) -> f64 {
+        let asked = self.hits + self.misses;
+        if asked == 0 {
+            0.0
+        } else {
+            self.hits as f64 / asked as f64
+        }
+    }
 }
 
 /// Commits admitted, throttled and forced while a backend recovers.
@@ -391,6 +421,7 @@ mod tests {
                     recovery_ratio: 2.0,
                     throttle: None,
                     fence: None,
+                    cache: None,
                     backends: vec![BackendStatus {
                         name: "b".into(),
                         state: Role::Recovering,

@@ -6,6 +6,7 @@
 //! one the `ruok` probe answers: storage name → its counters and, for an
 //! array, `raid`).
 
+use crate::config::size::ByteSize;
 use crate::status::{ArrayState, Document, Histogram, OffsiteState, OffsiteStatus, Role};
 use serde::Serialize;
 use serde_json::Value;
@@ -272,6 +273,20 @@ pub fn details_text(doc: &Document) -> String {
             };
             let _ = writeln!(out, "  fence: {}{epoch}{what}", f.state);
         }
+        if let Some(c) = &r.cache {
+            let _ = writeln!(
+                out,
+                "  object cache: {} of {} in {} objects, {:.1}% of {} reads hit, {} evictions, {} \
+                 answered from memory",
+                ByteSize(c.size),
+                ByteSize(c.capacity),
+                c.objects,
+                c.hit_rate() * 100.0,
+                c.hits + c.misses,
+                c.evictions,
+                ByteSize(c.bytes_saved)
+            );
+        }
         let _ = writeln!(
             out,
             "  {:<12} {:<6} {:<11} {:<18} {:>10} {:>9} {:>9}  WHERE",
@@ -448,6 +463,54 @@ pub fn prometheus(doc: &Document) -> String {
                     &l,
                     e as f64,
                 );
+            }
+        }
+        if let Some(c) = &r.cache {
+            for (name, kind, help, v) in [
+                (
+                    "zeoraid_cache_capacity_bytes",
+                    "gauge",
+                    "the object cache's size limit (cache-size)",
+                    c.capacity,
+                ),
+                (
+                    "zeoraid_cache_size_bytes",
+                    "gauge",
+                    "bytes the object cache holds",
+                    c.size,
+                ),
+                (
+                    "zeoraid_cache_objects",
+                    "gauge",
+                    "objects the object cache holds",
+                    c.objects,
+                ),
+                (
+                    "zeoraid_cache_hits_total",
+                    "counter",
+                    "reads answered from the object cache",
+                    c.hits,
+                ),
+                (
+                    "zeoraid_cache_misses_total",
+                    "counter",
+                    "reads the object cache could not answer",
+                    c.misses,
+                ),
+                (
+                    "zeoraid_cache_evictions_total",
+                    "counter",
+                    "objects evicted from the object cache",
+                    c.evictions,
+                ),
+                (
+                    "zeoraid_cache_saved_bytes_total",
+                    "counter",
+                    "bytes of data answered from the object cache instead of a backend",
+                    c.bytes_saved,
+                ),
+            ] {
+                m.add(name, kind, help, &l, v as f64);
             }
         }
         if let Some(th) = &r.throttle {
@@ -877,6 +940,36 @@ mod tests {
             "zeoraid_fence_state{storage=\"1\",state=\"lost\"} 1\n",
             "zeoraid_fence_state{storage=\"1\",state=\"held\"} 0\n",
             "zeoraid_fence_epoch{storage=\"1\"} 7\n",
+        ] {
+            assert!(t.contains(want), "{want} in {t}");
+        }
+    }
+
+    #[test]
+    fn the_object_cache_shows_in_details_and_metrics() {
+        let mut doc = json!({"1": array("optimal", 2, &[("a", "optimal"), ("b", "optimal")])});
+        assert!(!details_text(&d(&doc)).contains("object cache"), "off: no line");
+        doc["1"]["raid"]["cache"] = json!({
+            "capacity": 64 << 20, "size": 3 << 20, "objects": 1200, "hits": 900,
+            "misses": 100, "evictions": 5, "bytes-saved": 2 << 20,
+        });
+        let text = details_text(&d(&doc));
+        assert!(
+            text.contains(
+                "object cache: 3MB of 64MB in 1200 objects, 90.0% of 1000 reads hit, 5 evictions, \
+                 2MB answered from memory"
+            ),
+            "{text}"
+        );
+        let t = prometheus(&d(&doc));
+        for want in [
+            "zeoraid_cache_capacity_bytes{storage=\"1\"} 67108864\n",
+            "zeoraid_cache_size_bytes{storage=\"1\"} 3145728\n",
+            "zeoraid_cache_hits_total{storage=\"1\"} 900\n",
+            "zeoraid_cache_misses_total{storage=\"1\"} 100\n",
+            "zeoraid_cache_evictions_total{storage=\"1\"} 5\n",
+            "zeoraid_cache_saved_bytes_total{storage=\"1\"} 2097152\n",
+            "# TYPE zeoraid_cache_hits_total counter\n",
         ] {
             assert!(t.contains(want), "{want} in {t}");
         }

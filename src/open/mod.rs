@@ -115,6 +115,7 @@ pub fn raid_options(s: &StorageConfig) -> RaidOptions {
         state_file: s.state_file.clone(),
         auto_recover: s.auto_recover.unwrap_or(d.auto_recover),
         recovery_ratio: s.recovery_ratio.unwrap_or(d.recovery_ratio),
+        cache_size: s.cache_size.map_or(d.cache_size, |c| c.0),
         ..d
     }
 }
@@ -308,6 +309,17 @@ pub fn reload(
             s.read_policy.unwrap_or_default(),
         ) {
             changes.push(format!("storage {name}: {c}"));
+        }
+        let cache_size = s
+            .cache_size
+            .map_or(crate::raid::cache::DEFAULT_SIZE, |c| c.0);
+        match raid.set_cache_size(cache_size) {
+            Ok(true) => changes.push(format!(
+                "storage {name}: cache-size = {}",
+                crate::config::size::ByteSize(cache_size)
+            )),
+            Ok(false) => {}
+            Err(e) => problems.push(format!("storage {name:?}: {e}")),
         }
         let (sync, offsite) = members::split_modes(&s.backend);
         if offsite != raid.offsite_names() {

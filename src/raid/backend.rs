@@ -452,19 +452,26 @@ pub(crate) fn event_handler(core: Weak<Core>, i: usize) -> crate::zeo::client::E
             // Another controller leads: its commits, expected.
             ServerEvent::Invalidate { .. } if lock(&core.commit.fence).others_write() => {}
             // Someone else rewrote the fencing object: a takeover.
-            ServerEvent::Invalidate { tid, oids } if core.fenced_by(&oids) => log::error!(
-                "RAID array {:?}: backend {:?} committed {tid}, which rewrites the fencing \
-                 object: another controller took over; this one refuses writes from now on",
-                core.opts.name,
-                core.backends[i].name
-            ),
-            ServerEvent::Invalidate { tid, oids } => core.degrade(
-                i,
-                super::Reason::WrittenDirectly {
-                    tid,
-                    objects: oids.len(),
-                },
-            ),
+            ServerEvent::Invalidate { tid, oids } if core.fenced_by(&oids) => {
+                core.cache.forget_all("another controller took over");
+                log::error!(
+                    "RAID array {:?}: backend {:?} committed {tid}, which rewrites the fencing \
+                     object: another controller took over; this one refuses writes from now on",
+                    core.opts.name,
+                    core.backends[i].name
+                )
+            }
+            ServerEvent::Invalidate { tid, oids } => {
+                // What the cache holds may be what was just overwritten.
+                core.cache.forget_all("a backend was written to directly");
+                core.degrade(
+                    i,
+                    super::Reason::WrittenDirectly {
+                        tid,
+                        objects: oids.len(),
+                    },
+                )
+            }
             ServerEvent::Disconnected(why) => {
                 core.degrade(i, super::Reason::ConnectionLost(why.to_string()))
             }

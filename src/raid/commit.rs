@@ -23,6 +23,8 @@ pub(super) struct Pending {
     pub(super) txn: Option<Txn>,
     /// What it does to the fencing object's serial.
     pub(super) fence_move: Option<super::fence::Move>,
+    /// What it does to the object cache once published.
+    pub(super) cached: Vec<super::cache::Change>,
 }
 
 /// See the module doc.

@@ -182,6 +182,12 @@ impl RaidStorage {
         Ok(())
     }
 
+    /// Change the object cache's size (a reload): `Ok(true)` if it
+    /// changed; turning it on or off needs a restart.
+    pub fn set_cache_size(&self, bytes: u64) -> std::result::Result<bool, String> {
+        self.core.cache.resize(bytes)
+    }
+
     /// Change the fan-out mode and the read policy (a reload).
     pub fn set_modes(&self, fanout: Mode, read_policy: ReadPolicy) -> Vec<String> {
         let core = &self.core;

@@ -58,6 +58,7 @@
 
 pub mod balance;
 mod blobs;
+pub mod cache;
 pub mod fanout;
 pub mod fence;
 pub mod members;
@@ -95,6 +96,8 @@ pub struct RaidOptions {
     /// While a backend recovers, at least this many transactions are
     /// copied per new commit (> 1; see [`state::credit`]).
     pub recovery_ratio: f64,
+    /// The shared object cache's size in bytes (`cache-size`; 0: off).
+    pub cache_size: u64,
 }
 
 impl RaidOptions {
@@ -111,6 +114,7 @@ impl RaidOptions {
             state_file: None,
             auto_recover: true,
             recovery_ratio: 2.0,
+            cache_size: cache::DEFAULT_SIZE,
         }
     }
 }
@@ -219,6 +223,8 @@ pub(crate) struct Core {
     /// Off-site mirrors (`mode = "offsite"`): shipped to after the commit,
     /// never read, never voting.
     offsite: offsite::Mirrors,
+    /// The shared object cache ([`cache`]).
+    cache: cache::Cache,
 }
 
 /// The array. Cheap to share; the server holds it as `Arc<dyn Storage>`.
@@ -342,6 +348,7 @@ impl RaidStorage {
                 reconfig: members::Reconfig::default(),
                 wake: wake::Wake::default(),
                 offsite: offsite::Mirrors::default(),
+                cache: cache::Cache::new(opts.cache_size),
             }
         });
         for (i, b) in core.backends.iter().enumerate() {
@@ -810,6 +817,18 @@ impl Core {
                 credit: (c.balance() * 10.0).round() / 10.0,
             }),
             fence: lock(&self.commit.fence).status(),
+            cache: self.cache.enabled().then(|| {
+                let c = self.cache.counters();
+                crate::status::CacheStatus {
+                    capacity: c.capacity,
+                    size: c.size,
+                    objects: c.objects,
+                    hits: c.hits,
+                    misses: c.misses,
+                    evictions: c.evictions,
+                    bytes_saved: c.bytes_saved,
+                }
+            }),
             backends,
             offsite: self
                 .offsite

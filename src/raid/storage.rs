@@ -73,6 +73,7 @@ fn replies<T, K>(
 /// Transactions up to `tid` are visible on the backends: a recovery
 /// finishing and the off-site shippers wait for this.
 fn mark_published(core: &super::Core, tid: Tid) {
+    core.cache.published(tid);
     {
         let _g = lock(&core.commit.gate);
         core.published.fetch_max(tid.0, Ordering::AcqRel);
@@ -104,13 +105,33 @@ impl Storage for RaidStorage {
     }
 
     fn load_before(&self, oid: Oid, before: Tid) -> Result<Option<Loaded>> {
-        self.core
-            .read_op("loadBefore", |s| s.load_before(oid, before))
+        let core = &self.core;
+        let cache = &core.cache;
+        if cache.enabled() {
+            core.check_readable()?;
+            if let Some(hit) = cache.load_before(oid, before) {
+                core.reads.fetch_add(1, Ordering::Relaxed);
+                return Ok(Some(hit));
+            }
+        }
+        let ticket = cache.ticket(oid);
+        let r = core.read_op("loadBefore", |s| s.load_before(oid, before));
+        if let Ok(Some(loaded)) = &r {
+            cache.fill(oid, ticket, loaded);
+        }
+        r
     }
 
     fn load_serial(&self, oid: Oid, serial: Tid) -> Result<Data> {
-        self.core
-            .read_op("loadSerial", |s| s.load_serial(oid, serial))
+        let core = &self.core;
+        if core.cache.enabled() {
+            core.check_readable()?;
+            if let Some(data) = core.cache.load_serial(oid, serial) {
+                core.reads.fetch_add(1, Ordering::Relaxed);
+                return Ok(data);
+            }
+        }
+        core.read_op("loadSerial", |s| s.load_serial(oid, serial))
     }
 
     fn history(&self, oid: Oid, size: usize) -> Result<Vec<HistoryEntry>> {
@@ -257,6 +278,9 @@ impl Storage for RaidStorage {
             |b| b.storage().and_then(|s| s.pack(t, gc)),
         );
         core.packing.fetch_sub(1, Ordering::AcqRel);
+        // Whatever the outcome: revisions a backend collected must not be
+        // served from memory.
+        core.cache.forget_all("the array packed");
         let answered: Vec<(usize, Result<()>)> = optimal
             .iter()
             .zip(outcomes)
@@ -318,16 +342,24 @@ impl Storage for RaidStorage {
         if !core.readable() {
             return None;
         }
+        if let Some(hit) = core.cache.load_before(oid, before) {
+            core.reads.fetch_add(1, Ordering::Relaxed);
+            return Some(Ok(Some(hit)));
+        }
         // A peek: if this backend cannot answer at once, the worker's
         // read picks the same one.
         let b = &core.backends[core.pick_optimal_reader(false)?];
         if !b.local {
             return None;
         }
+        let ticket = core.cache.ticket(oid);
         match b.storage().ok()?.load_before_nowait(oid, before)? {
             Ok(loaded) => {
                 core.reads.fetch_add(1, Ordering::Relaxed);
                 b.reads.fetch_add(1, Ordering::Relaxed);
+                if let Some(l) = &loaded {
+                    core.cache.fill(oid, ticket, l);
+                }
                 Some(Ok(loaded))
             }
             Err(_) => None,
@@ -556,10 +588,16 @@ impl RaidStorage {
                 };
                 // Only a fenced array follows the root's serial.
                 let fence_move = held.map(|_| fence::moves(&whole.ops));
+                let cached = if core.cache.enabled() {
+                    super::cache::changes(&whole.ops, resolved, invalidated)
+                } else {
+                    Vec::new()
+                };
                 *lock(&core.commit.pending) = Pending {
                     tid: Some(tid),
                     txn: (!core.offsite.is_empty()).then_some(whole),
                     fence_move,
+                    cached,
                 };
                 *kept = prepared;
                 Ok(vote)
@@ -678,6 +716,7 @@ impl RaidStorage {
         if let Some(how) = pending.fence_move {
             self.fence_committed(how, tid);
         }
+        core.cache.logged(tid, pending.cached);
         if finished < core.opts.min_optimal.max(1) {
             log::error!(
                 "RAID array {:?}: transaction {tid} committed on only {finished} backend(s), fewer \
@@ -702,6 +741,9 @@ impl RaidStorage {
     /// the leader's commits (see [`FenceState::Standby`]).
     pub fn stand_by(&self) {
         *lock(&self.core.commit.fence) = FenceState::Standby;
+        self.core
+            .cache
+            .forget_all("another controller leads: its commits do not pass through this one");
     }
 
     /// Fence every optimal backend at `epoch` for `controller`: rewrite the
@@ -711,6 +753,10 @@ impl RaidStorage {
     /// times.
     pub fn take_fence(&self, epoch: u64, controller: &str) -> Result<Fence> {
         *lock(&self.core.commit.fence) = FenceState::Taking { epoch };
+        // Another controller committed since this one's cache was filled.
+        self.core
+            .cache
+            .forget_all("this controller takes over from another one");
         let mut last = None;
         for _ in 0..5 {
             let root = crate::storage::load(self, fence::FENCE_OID)?;

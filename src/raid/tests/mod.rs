@@ -153,6 +153,15 @@ impl Storage for Faulty {
     }
 }
 
+/// [`opts`] without the object cache: for tests of which backend serves
+/// a read.
+fn uncached() -> RaidOptions {
+    RaidOptions {
+        cache_size: 0,
+        ..opts()
+    }
+}
+
 fn opts() -> RaidOptions {
     RaidOptions {
         backend_timeout: Duration::from_secs(5),
@@ -503,6 +512,8 @@ fn a_missing_object_is_confirmed_on_a_second_backend() {
     let a = array_over(
         &b,
         RaidOptions {
+            // Reads of what the array committed must reach the backends here.
+            cache_size: 0,
             read_policy: ReadPolicy::Primary,
             ..opts()
         },
@@ -528,7 +539,7 @@ fn a_missing_object_is_confirmed_on_a_second_backend() {
 #[test]
 fn reads_are_spread_and_a_failed_read_is_retried_elsewhere() {
     let b = faulty(3);
-    let a = array_over(&b, opts());
+    let a = array_over(&b, uncached());
     let oid = a.new_oids(1).unwrap()[0];
     commit(&a, vec![store(oid, Tid::ZERO, b"v")]).unwrap();
     let before: Vec<u64> = a
@@ -567,6 +578,8 @@ fn fail_modes_when_too_few_backends_remain() {
         let a = array_over(
             &b,
             RaidOptions {
+                // Reads of what the array committed must reach the backends here.
+                cache_size: 0,
                 fail_mode: mode,
                 min_optimal: 2,
                 ..opts()
@@ -749,7 +762,7 @@ fn a_load_the_event_loop_cannot_answer_goes_to_the_backend_round_robin_chose() {
     // path); the server then loads on a worker. Round-robin must still
     // alternate: the event loop's pick is a peek.
     let b = faulty(2);
-    let a = array_over(&b, opts());
+    let a = array_over(&b, uncached());
     let oid = a.new_oids(1).unwrap()[0];
     commit(&a, vec![store(oid, Tid::ZERO, b"x")]).unwrap();
     for _ in 0..100 {

@@ -948,7 +948,10 @@ mod tests {
     #[test]
     fn the_object_cache_shows_in_details_and_metrics() {
         let mut doc = json!({"1": array("optimal", 2, &[("a", "optimal"), ("b", "optimal")])});
-        assert!(!details_text(&d(&doc)).contains("object cache"), "off: no line");
+        assert!(
+            !details_text(&d(&doc)).contains("object cache"),
+            "off: no line"
+        );
         doc["1"]["raid"]["cache"] = json!({
             "capacity": 64 << 20, "size": 3 << 20, "objects": 1200, "hits": 900,
             "misses": 100, "evictions": 5, "bytes-saved": 2 << 20,

@@ -494,7 +494,8 @@ mod tests {
             rev(20, Some(30), "b"),
             rev(10, Some(20), "a"),
         ]);
-        let table: &[(u64, Option<(&str, u64, Option<u64>)>)] = &[
+        type Want = Option<(&'static str, u64, Option<u64>)>;
+        let table: &[(u64, Want)] = &[
             // before <= first start: not in the cache (the backend may
             // say "did not exist" or hold an older revision).
             (5, None),

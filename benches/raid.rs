@@ -147,6 +147,9 @@ fn array(mode: Mode, policy: ReadPolicy, sources: Vec<BackendSource>) -> Arc<Rai
             fanout: mode,
             read_policy: policy,
             auto_recover: false,
+            // What the array's relay costs: every read reaches a backend
+            // (`cargo bench --bench cache` measures the object cache).
+            cache_size: 0,
             ..RaidOptions::new("1")
         },
         specs,

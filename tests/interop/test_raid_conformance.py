@@ -8,6 +8,9 @@ storage whose backends are
 * two stock Python ZEO servers (``runzeo``, msgpack, client conflict
   resolution) -- ``RaidRunzeoConformance``;
 * two in-process Data.fs files -- ``RaidFileConformance``;
+* two Data.fs files behind a 2 KB object cache (always evicting) --
+  ``RaidFileTinyCacheConformance`` (the others run with the default
+  cache, 64 MB);
 * one of each -- ``RaidMixedConformance``;
 * two other zeoraid servers -- ``RaidZeoraidConformance``;
 * two default-config runzeo (no ``msgpack`` line: the pickle flavour,
@@ -41,6 +44,7 @@ import harness
 import zeoraid_server
 from test_conformance import MemoryStorageConformance
 from test_conformance import ZEOServerTestBase
+from test_raid import ruok
 from zeoraid_server import RAID_LAYOUTS
 from zeoraid_server import StorageSpec
 
@@ -53,6 +57,7 @@ class RaidArray:
     ``layout``, zeoraid only."""
 
     layout = None
+    raid_options = ""
 
     def setUp(self):
         if zeoraid_server.target() != "zeoraid":
@@ -61,7 +66,8 @@ class RaidArray:
 
     def _start(self):
         return self.start_server([StorageSpec(
-            name="1", kind="raid", backends=RAID_LAYOUTS[self.layout])])
+            name="1", kind="raid", backends=RAID_LAYOUTS[self.layout],
+            raid_options=self.raid_options)])
 
 
 class RaidConformance(RaidArray, MemoryStorageConformance):
@@ -74,6 +80,22 @@ class RaidRunzeoConformance(RaidConformance):
 
 class RaidFileConformance(RaidConformance):
     layout = "file2"
+
+
+class RaidFileTinyCacheConformance(RaidConformance):
+    """Two file mirrors behind an object cache of 2 KB: it evicts at
+    nearly every fill, so every mixin runs through fills, evictions and
+    misses racing commits.  (Every other class runs with the default
+    cache, 64 MB: nearly everything it reads after a commit is a hit.)"""
+
+    layout = "file2"
+    raid_options = 'cache-size = "2KB"'
+
+    def test_the_object_cache_is_tiny_and_used(self):
+        self._dostore()
+        status = ruok(self._interop_servers[0].addr)["1"]["raid"]["cache"]
+        self.assertEqual(status["capacity"], 2048)
+        self.assertLessEqual(status["size"], 2048)
 
 
 class RaidMixedConformance(RaidConformance):
@@ -107,6 +129,7 @@ class RaidRunzeoPickleConformance(
 
 
 TEST_CLASSES = [RaidRunzeoConformance, RaidFileConformance,
+                RaidFileTinyCacheConformance,
                 RaidMixedConformance, RaidZeoraidConformance,
                 RaidRunzeoPickleConformance]
 

@@ -22,13 +22,13 @@
 //! with the servers; nothing here asserts timing.
 
 mod common;
-use common::{env, mark, median, python, ratio, start_runzeo, status_kib, wanted};
+use common::{cpu_seconds, env, mark, median, python, ratio, start_runzeo, status_kib, wanted};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use zeoraid::bench::fanout::local_server_options;
-use zeoraid::bench::{commit_phase, fill};
+use zeoraid::bench::{commit_phase, fill, load_phase};
 use zeoraid::raid::cache::Cache;
 use zeoraid::raid::{BackendSource, BackendSpec, RaidOptions, RaidStorage};
 use zeoraid::server::Server;
@@ -37,13 +37,13 @@ use zeoraid::storage::memory::MemoryStorage;
 use zeoraid::storage::{Loaded, Oid, Storage, Tid};
 use zeoraid::zeo::client::ClientOptions;
 
-const PROCESSES: usize = 8;
 const OBJECTS: usize = 20_000;
 const SIZE: usize = 512;
 const CLIENT_CACHE: usize = 100_000;
 
 /// One reader process: loads random objects of the working set (oids in
-/// the file, one hex per line) from its start time for `seconds`; prints
+/// the file, one hex per line) from its start time for `seconds`, 50 at a
+/// time, each batch first handed to ZEO's `prefetch` when asked; prints
 /// loads per second.
 const READER_PY: &str = r#"
 import sys, time, random
@@ -52,6 +52,7 @@ from ZODB.utils import p64
 host, port = sys.argv[1].rsplit(":", 1)
 oids = [p64(int(l, 16)) for l in open(sys.argv[2]) if l.strip()]
 seconds, cache, seed, start = float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
+batch = int(sys.argv[7])
 cs = ClientStorage((host, int(port)), "1", cache_size=cache, wait_timeout=60)
 rnd = random.Random(seed)
 cs.load(oids[0])
@@ -61,12 +62,21 @@ t0 = time.time()
 end = t0 + seconds
 n = 0
 while time.time() < end:
-    for _ in range(50):
-        cs.load(oids[rnd.randrange(len(oids))])
+    wanted = [oids[rnd.randrange(len(oids))] for _ in range(50)]
+    if batch:
+        # ZEO's prefetch: the loads go out at once, in the background.
+        cs.prefetch(wanted, cs.lastTransaction())
+    for oid in wanted:
+        cs.load(oid)
     n += 50
 print(n / (time.time() - t0))
 cs.close()
 "#;
+
+/// Reader processes (`ZEORAID_BENCH_PROCESSES`, default 8).
+fn processes() -> usize {
+    env("ZEORAID_BENCH_PROCESSES").unwrap_or(8)
+}
 
 fn seconds() -> f64 {
     env("ZEORAID_BENCH_SECONDS").unwrap_or(5.0)
@@ -127,6 +137,16 @@ fn file_storage(path: &Path) -> Arc<dyn Storage> {
 }
 
 fn main() {
+    // One memory measurement, in a process of its own (see `memory`).
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(mb) = args
+        .iter()
+        .position(|a| a == "memory-child")
+        .and_then(|i| args.get(i + 1)?.parse::<u64>().ok())
+    {
+        memory_child(mb);
+        return;
+    }
     if wanted("python") {
         python_readers();
     }
@@ -142,52 +162,98 @@ fn main() {
 // Python readers.
 // ---------------------------------------------------------------------------
 
-/// A server the readers read from, with the working set written to it.
+/// A server the readers read from, with the working set written to it,
+/// and the processes whose CPU serves its reads.
 struct Target {
     name: &'static str,
     addr: String,
-    oids: std::path::PathBuf,
+    oids: Vec<Oid>,
+    oid_file: std::path::PathBuf,
     raid: Option<Arc<RaidStorage>>,
+    /// Server processes outside this one (runzeo).
+    pids: Vec<u32>,
+    /// Served by this process (zeoraid in process).
+    here: bool,
 }
 
-fn prepare(name: &'static str, addr: String, dir: &Path, raid: Option<Arc<RaidStorage>>) -> Target {
-    let oids = fill(&addr, "1", OBJECTS, 100, SIZE)
-        .unwrap_or_else(|e| panic!("filling {name}: {e}"));
-    let path = dir.join(format!("{}.oids", name.replace(' ', "-")));
-    let text: String = oids.iter().map(|o| format!("{:x}\n", o.0)).collect();
-    std::fs::write(&path, text).expect("write the oid list");
-    Target {
-        name,
-        addr,
-        oids: path,
-        raid,
+impl Target {
+    fn cpu(&self) -> f64 {
+        let mut t: f64 = self.pids.iter().map(|&p| cpu_seconds(p)).sum();
+        if self.here {
+            t += cpu_seconds(std::process::id());
+        }
+        t
     }
 }
 
+fn prepare(
+    name: &'static str,
+    addr: String,
+    dir: &Path,
+    raid: Option<Arc<RaidStorage>>,
+    pids: Vec<u32>,
+) -> Target {
+    let oids =
+        fill(&addr, "1", OBJECTS, 100, SIZE).unwrap_or_else(|e| panic!("filling {name}: {e}"));
+    let oid_file = dir.join(format!("{}.oids", name.replace(' ', "-")));
+    let text: String = oids.iter().map(|o| format!("{:x}\n", o.0)).collect();
+    std::fs::write(&oid_file, text).expect("write the oid list");
+    let here = raid.is_some() || pids.is_empty();
+    Target {
+        name,
+        addr,
+        oids,
+        oid_file,
+        raid,
+        pids,
+        here,
+    }
+}
+
+/// One measured run: loads/s and the servers' CPU microseconds per load.
+#[derive(Clone, Copy)]
+struct Run {
+    rate: f64,
+    cpu_us: f64,
+}
+
 /// All processes at once; their summed loads/s.
-fn read_run(script: &Path, t: &Target, secs: f64, seed: u64) -> f64 {
+fn read_run(script: &Path, t: &Target, secs: f64, seed: u64, prefetch: bool) -> Run {
     let start = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_secs_f64()
         + 4.0;
-    let children: Vec<_> = (0..PROCESSES)
+    let children: Vec<_> = (0..processes())
         .map(|i| {
             Command::new(python())
                 .arg(script)
                 .arg(&t.addr)
-                .arg(&t.oids)
+                .arg(&t.oid_file)
                 .arg(secs.to_string())
                 .arg(CLIENT_CACHE.to_string())
                 .arg((seed * 100 + i as u64).to_string())
                 .arg(start.to_string())
+                .arg(if prefetch { "1" } else { "0" })
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
                 .spawn()
                 .expect("start a reader")
         })
         .collect();
-    children
+    // The servers' CPU over the measured seconds only (the readers sleep
+    // until `start`; connecting and imports come before).
+    let now = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs_f64()
+    };
+    std::thread::sleep(Duration::from_secs_f64((start - now()).max(0.0)));
+    let cpu0 = t.cpu();
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    let cpu = t.cpu() - cpu0;
+    let rate: f64 = children
         .into_iter()
         .map(|c| {
             let out = c.wait_with_output().expect("reader ends");
@@ -196,7 +262,11 @@ fn read_run(script: &Path, t: &Target, secs: f64, seed: u64) -> f64 {
                 .parse::<f64>()
                 .unwrap_or_else(|_| panic!("{}: a reader printed {text:?}", t.name))
         })
-        .sum()
+        .sum();
+    Run {
+        rate,
+        cpu_us: cpu * 1e6 / (rate * secs).max(1.0),
+    }
 }
 
 fn python_readers() {
@@ -231,26 +301,37 @@ fn python_readers() {
             over_runzeo_server.local_addr().to_string(),
             dir.path(),
             Some(over_runzeo.clone()),
+            vec![py[0].child.id(), py[1].child.id()],
         ),
-        prepare("1 runzeo straight", py[2].addr.to_string(), dir.path(), None),
+        prepare(
+            "1 runzeo straight",
+            py[2].addr.to_string(),
+            dir.path(),
+            None,
+            vec![py[2].child.id()],
+        ),
         prepare(
             "array over 2 file mirrors, cache on",
             over_files_server.local_addr().to_string(),
             dir.path(),
             Some(over_files.clone()),
+            vec![],
         ),
         prepare(
             "1 file storage (zeoraid)",
             single_file.local_addr().to_string(),
             dir.path(),
             None,
+            vec![],
         ),
     ];
     for t in &targets {
         eprintln!("python readers: warming {}", t.name);
-        read_run(&script, t, 2.0, 0);
+        read_run(&script, t, 2.0, 0, false);
     }
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); targets.len()];
+    let mut prefetched: Vec<Vec<Run>> = vec![Vec::new(); targets.len()];
+    let mut rust: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
     for rep in 0..reps {
         eprintln!("python readers: repeat {} of {reps}", rep + 1);
         // Interleaved, in a different order each time.
@@ -258,37 +339,72 @@ fn python_readers() {
         if rep % 2 == 1 {
             order.reverse();
         }
-        for i in order {
-            rates[i].push(read_run(&script, &targets[i], secs, rep as u64 + 1));
+        for &i in &order {
+            runs[i].push(read_run(&script, &targets[i], secs, rep as u64 + 1, false));
+        }
+        for &i in &order {
+            prefetched[i].push(read_run(&script, &targets[i], secs, rep as u64 + 1, true));
+        }
+        for &i in &order {
+            let t = &targets[i];
+            let r = load_phase(&t.addr, "1", 8, Duration::from_secs_f64(secs), 16, &t.oids)
+                .unwrap_or_else(|e| panic!("{}: {e}", t.name));
+            rust[i].push(r.per_second);
         }
     }
     println!(
         "### The object cache: stock Python readers\n\n\
-         {PROCESSES} stock ZODB client processes (`ClientStorage`, {CLIENT_CACHE}-byte client cache), \
+         {} stock ZODB client processes (`ClientStorage`, {CLIENT_CACHE}-byte client cache), \
          each loading random objects of one shared working set of {OBJECTS} objects of {SIZE} \
-         bytes for {secs} s; loads/s summed over the processes, median of {reps} interleaved runs \
-         after one warm-up run each.\n"
+         bytes for {secs} s; loads/s summed over the processes, and the CPU the servers spent \
+         per load (zeoraid and the runzeo processes it uses, or the runzeo read straight); \
+         the same with each batch of 50 loads first handed to ZEO's `prefetch` (the loads go \
+         out together); then the Rust load generator on the same working set, 8 connections \
+         with 16 loads in flight each. Medians of {reps} interleaved runs, after one warm-up \
+         run each.\n",
+        processes()
     );
-    println!("| server | loads/s | runs | cache hit rate |");
-    println!("|---|---|---|---|");
-    for (t, r) in targets.iter().zip(&rates) {
+    println!(
+        "| server | Python readers, loads/s | server CPU µs per load | prefetching, loads/s | server CPU µs per load | Rust generator, loads/s | cache hit rate |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let med = |v: &[Run], f: fn(&Run) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
+    for (i, t) in targets.iter().enumerate() {
         let hit = t
             .raid
             .as_ref()
             .and_then(|a| a.status().cache)
             .map(|c| format!("{:.1}%", c.hit_rate() * 100.0))
             .unwrap_or_default();
-        let runs: Vec<String> = r.iter().map(|v| format!("{v:.0}")).collect();
-        println!("| {} | {:.0} | {} | {hit} |", t.name, median(r), runs.join(", "));
+        println!(
+            "| {} | {:.0} | {:.1} | {:.0} | {:.1} | {:.0} | {hit} |",
+            t.name,
+            med(&runs[i], |x| x.rate),
+            med(&runs[i], |x| x.cpu_us),
+            med(&prefetched[i], |x| x.rate),
+            med(&prefetched[i], |x| x.cpu_us),
+            median(&rust[i])
+        );
     }
-    let rz = ratio(median(&rates[0]), median(&rates[1]));
-    let rf = ratio(median(&rates[2]), median(&rates[3]));
-    println!(
-        "\n**array over 2 runzeo ÷ 1 runzeo: {rz:.2}x** (target ≥ 2x: {}); \
-         **array over 2 file mirrors ÷ 1 file storage: {rf:.2}x** (target ≥ 1.2x: {}).\n",
-        mark(rz >= 2.0),
-        mark(rf >= 1.2)
-    );
+    for (a, b, target, what) in [
+        (0, 1, 2.0, "array over 2 runzeo ÷ 1 runzeo"),
+        (2, 3, 1.2, "array over 2 file mirrors ÷ 1 file storage"),
+    ] {
+        let py = ratio(med(&runs[a], |x| x.rate), med(&runs[b], |x| x.rate));
+        let cpu = ratio(med(&runs[b], |x| x.cpu_us), med(&runs[a], |x| x.cpu_us));
+        let pre = ratio(
+            med(&prefetched[a], |x| x.rate),
+            med(&prefetched[b], |x| x.rate),
+        );
+        let gen = ratio(median(&rust[a]), median(&rust[b]));
+        println!(
+            "\n**{what}**: Python readers' loads/s **{py:.2}x** (target ≥ {target}x: {}); \
+             loads per server CPU second **{cpu:.2}x**; prefetching Python readers **{pre:.2}x**; \
+             Rust generator **{gen:.2}x**.",
+            mark(py >= target)
+        );
+    }
+    println!();
     over_runzeo_server.shutdown();
     over_files_server.shutdown();
     single_file.shutdown();
@@ -315,7 +431,10 @@ fn commits() {
                 })
                 .collect()
         };
-        let on = serve(array(zeoraid::raid::cache::DEFAULT_SIZE, mirrors("on")), None);
+        let on = serve(
+            array(zeoraid::raid::cache::DEFAULT_SIZE, mirrors("on")),
+            None,
+        );
         let off = serve(array(0, mirrors("off")), None);
         let (mut r_on, mut r_off) = (Vec::new(), Vec::new());
         for rep in 0..reps {
@@ -376,46 +495,54 @@ fn memory() {
     println!(
         "### The object cache: memory\n\n\
          A cache filled through its load path with three times its size of objects (sizes \
-         64 bytes to 4 kB, uniformly), so that it evicts all along; the process's resident \
-         memory grown by it, ÷ `cache-size`.\n"
+         64 bytes to 4 kB, uniformly), so that it evicts all along; the resident memory it \
+         added to a fresh process, ÷ `cache-size`.\n"
     );
     println!("| cache-size | objects held | bytes counted | RSS growth | growth ÷ cache-size |");
     println!("|---|---|---|---|---|");
-    use rand::{Rng, SeedableRng};
     for mb in [64u64, 256] {
-        let capacity = mb << 20;
-        let before = rss_bytes();
-        let cache = Cache::new(capacity);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(mb);
-        let mut written = 0u64;
-        let mut oid = 0u64;
-        while written < 3 * capacity {
-            let size = rng.gen_range(64..4096usize);
-            let data: zeoraid::storage::Data = vec![b'x'; size].into();
-            oid += 1;
-            let ticket = cache.ticket(Oid(oid));
-            cache.fill(
-                Oid(oid),
-                ticket,
-                &Loaded {
-                    data,
-                    start: Tid(1),
-                    end: None,
-                },
-            );
-            written += size as u64;
-        }
-        let grown = rss_bytes() - before;
-        let c = cache.counters();
-        let r = grown / capacity as f64;
-        println!(
-            "| {mb} MB | {} | {:.1} MB | {:.1} MB | **{r:.2}** {} |",
-            c.objects,
-            c.size as f64 / 1048576.0,
-            grown / 1048576.0,
-            mark(r <= 1.10)
-        );
-        drop(cache);
+        let out = Command::new(std::env::current_exe().expect("this bench"))
+            .args(["memory-child", &mb.to_string()])
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run the measurement");
+        print!("{}", String::from_utf8_lossy(&out.stdout));
     }
     println!("\nTarget ≤ 1.10.\n");
+}
+
+fn memory_child(mb: u64) {
+    use rand::{Rng, SeedableRng};
+    let capacity = mb << 20;
+    let before = rss_bytes();
+    let cache = Cache::new(capacity);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(mb);
+    let mut written = 0u64;
+    let mut oid = 0u64;
+    while written < 3 * capacity {
+        let size = rng.gen_range(64..4096usize);
+        let data: zeoraid::storage::Data = vec![b'x'; size].into();
+        oid += 1;
+        let ticket = cache.ticket(Oid(oid));
+        cache.fill(
+            Oid(oid),
+            ticket,
+            &Loaded {
+                data,
+                start: Tid(1),
+                end: None,
+            },
+        );
+        written += size as u64;
+    }
+    let grown = rss_bytes() - before;
+    let c = cache.counters();
+    let r = grown / capacity as f64;
+    println!(
+        "| {mb} MB | {} | {:.1} MB | {:.1} MB | **{r:.2}** {} |",
+        c.objects,
+        c.size as f64 / 1048576.0,
+        grown / 1048576.0,
+        mark(r <= 1.10)
+    );
 }

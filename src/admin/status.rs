@@ -6,7 +6,7 @@
 //! one the `ruok` probe answers: storage name → its counters and, for an
 //! array, `raid`).
 
-use crate::config::size::ByteSize;
+use crate::config::size::human;
 use crate::status::{ArrayState, Document, Histogram, OffsiteState, OffsiteStatus, Role};
 use serde::Serialize;
 use serde_json::Value;
@@ -278,13 +278,13 @@ pub fn details_text(doc: &Document) -> String {
                 out,
                 "  object cache: {} of {} in {} objects, {:.1}% of {} reads hit, {} evictions, {} \
                  answered from memory",
-                ByteSize(c.size),
-                ByteSize(c.capacity),
+                human(c.size),
+                human(c.capacity),
                 c.objects,
                 c.hit_rate() * 100.0,
                 c.hits + c.misses,
                 c.evictions,
-                ByteSize(c.bytes_saved)
+                human(c.bytes_saved)
             );
         }
         let _ = writeln!(
@@ -959,8 +959,8 @@ mod tests {
         let text = details_text(&d(&doc));
         assert!(
             text.contains(
-                "object cache: 3MB of 64MB in 1200 objects, 90.0% of 1000 reads hit, 5 evictions, \
-                 2MB answered from memory"
+                "object cache: 3.0 MB of 64.0 MB in 1200 objects, 90.0% of 1000 reads hit, 5 \
+                 evictions, 2.0 MB answered from memory"
             ),
             "{text}"
         );

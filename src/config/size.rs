@@ -77,6 +77,23 @@ impl fmt::Display for ByteSize {
     }
 }
 
+/// `bytes` for people: "512 bytes", "904.8 KB", "64.0 MB" (powers of 1024).
+pub fn human(bytes: u64) -> String {
+    if bytes < 1024 {
+        return format!("{bytes} bytes");
+    }
+    let mut value = bytes as f64;
+    let mut unit = "bytes";
+    for u in ["KB", "MB", "GB", "TB"] {
+        if value < 1024.0 {
+            break;
+        }
+        value /= 1024.0;
+        unit = u;
+    }
+    format!("{value:.1} {unit}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +129,14 @@ mod tests {
         assert_eq!(ByteSize(1536 << 20).to_string(), "1536MB");
         assert_eq!(ByteSize(1000).to_string(), "1000");
         assert_eq!(ByteSize(0).to_string(), "0");
+    }
+
+    #[test]
+    fn for_people() {
+        assert_eq!(human(512), "512 bytes");
+        assert_eq!(human(926_464), "904.8 KB");
+        assert_eq!(human(64 << 20), "64.0 MB");
+        assert_eq!(human(3 << 30), "3.0 GB");
     }
 
     #[test]

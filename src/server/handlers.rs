@@ -519,6 +519,8 @@ fn blob_staging(sess: &Session) -> Result<std::path::PathBuf> {
 /// `register(storage, read_only)`: the session serves `name` from now on;
 /// the storage's last transaction.
 fn register(shared: &Shared, sess: &Session, name: &str, ro: bool) -> Result<Tid> {
+    // An HA standby sends clients to the leader.
+    shared.gate.admit()?;
     let entry = shared
         .storages
         .get(name)

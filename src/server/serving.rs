@@ -1,0 +1,98 @@
+//! Whether this server takes new clients: the gate controller high
+//! availability (issue #26) flips. A standby controller refuses
+//! `register` with the reason (which controller leads), so a stock
+//! `ZEO.ClientStorage([a, b])` drops the connection and tries the other
+//! address; when it stops leading it also closes the connected clients,
+//! which then reconnect to the new leader.
+//!
+//! Without `[ha]` the gate is open from the start and never closes: a
+//! single controller behaves exactly as before. Checking it is one atomic
+//! load per `register`; the reason is read only when refusing.
+
+use super::{Out, Shared};
+use crate::locks::{read, write};
+use crate::status::HaStatus;
+use crate::storage::Error;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// The gate's state, in [`Shared`].
+pub(crate) struct Gate {
+    open: AtomicBool,
+    /// Why `register` is refused while closed.
+    refusal: RwLock<String>,
+    /// The controller's HA role, for the status document (`None`: no
+    /// `[ha]`).
+    ha: RwLock<Option<HaStatus>>,
+}
+
+impl Gate {
+    /// Open: a single controller.
+    pub(crate) fn open() -> Gate {
+        Gate {
+            open: AtomicBool::new(true),
+            refusal: RwLock::new(String::new()),
+            ha: RwLock::new(None),
+        }
+    }
+
+    /// Closed from the start, refusing with `refusal` (an HA controller
+    /// starts as a standby).
+    pub(crate) fn closed(refusal: String, ha: HaStatus) -> Gate {
+        Gate {
+            open: AtomicBool::new(false),
+            refusal: RwLock::new(refusal),
+            ha: RwLock::new(Some(ha)),
+        }
+    }
+
+    /// `Ok` when `register` may proceed; else the refusal.
+    pub(crate) fn admit(&self) -> Result<(), Error> {
+        if self.open.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        Err(Error::Disconnected(read(&self.refusal).clone()))
+    }
+
+    pub(crate) fn ha(&self) -> Option<HaStatus> {
+        read(&self.ha).clone()
+    }
+}
+
+/// The handle the HA controller flips the gate with (see
+/// [`super::Server::serving`]).
+#[derive(Clone)]
+pub struct ServeSwitch(pub(crate) Arc<Shared>);
+
+impl ServeSwitch {
+    /// Take new clients.
+    pub fn serve(&self) {
+        self.0.gate.open.store(true, Ordering::Release);
+    }
+
+    /// Refuse `register` with `refusal` from now on (an already closed gate
+    /// gets the new reason, say a new leader's name). Connected clients stay.
+    pub fn refuse(&self, refusal: String) {
+        *write(&self.0.gate.refusal) = refusal;
+        self.0.gate.open.store(false, Ordering::Release);
+    }
+
+    /// Refuse `register` with `refusal` and close every connection (their
+    /// transactions are aborted); ZEO clients reconnect, to the leader.
+    pub fn stop_serving(&self, refusal: String) {
+        self.refuse(refusal);
+        let ids: Vec<_> = read(&self.0.sessions).keys().copied().collect();
+        for id in ids {
+            self.0.send(Out::Close(id));
+        }
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.0.gate.open.load(Ordering::Acquire)
+    }
+
+    /// What the status document shows about the controller's HA role.
+    pub fn set_status(&self, ha: HaStatus) {
+        *write(&self.0.gate.ha) = Some(ha);
+    }
+}

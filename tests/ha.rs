@@ -1,0 +1,291 @@
+//! Controller high availability end to end (issue #26): a real 1-member
+//! etcd (`tests/common/etcd.rs`), two in-process zeoraid servers on
+//! `Data.fs` files as the backends, and two zeoraid controllers with
+//! `[ha]` serving one RAID array over both. Exactly one leads and takes a
+//! ZEO `register` and commits; the other refuses `register`, naming the
+//! leader; when the leader stops (cleanly: it resigns) or is killed
+//! (SIGKILL: its lease expires), the standby fences the backends, serves,
+//! and what was committed before reads back through it. Starting with an
+//! unreachable etcd, or under the name of a live controller, is refused.
+
+mod common;
+
+use common::etcd::Etcd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use zeoraid::config::{BackendConfig, Config, StorageConfig};
+use zeoraid::server::Server;
+use zeoraid::storage::file::{FileOptions, FileStorage};
+use zeoraid::storage::{Oid, Tid};
+use zeoraid::zeo::client::{Client, ClientOptions};
+use zeoraid::Zeoraid;
+
+const LEASE_TTL: u64 = 2;
+
+/// Polls `f` every 50 ms until it gives `Some`, failing after `limit`.
+fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Two backends: zeoraid servers on a `Data.fs` each, with a database root
+/// (fencing rewrites it) committed through a plain array over both, so
+/// they hold the same history.
+struct Backends {
+    _dir: tempfile::TempDir,
+    servers: Vec<Server>,
+}
+
+impl Backends {
+    fn start() -> Backends {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let servers: Vec<Server> = ["a", "b"]
+            .iter()
+            .map(|n| {
+                let fs =
+                    FileStorage::open(&dir.path().join(format!("{n}.fs")), FileOptions::default())
+                        .expect("a Data.fs");
+                common::serve_with(Arc::new(fs), 4)
+            })
+            .collect();
+        let b = Backends { _dir: dir, servers };
+        let mut cfg = b.config(None);
+        cfg.ha = None;
+        let plain = Zeoraid::start(&cfg).expect("a plain array over the backends");
+        let array = plain.storage("1").expect("storage 1");
+        common::commit_store(&*array, Oid(0), Tid(0), b"root").expect("commit the root");
+        plain.shutdown();
+        b
+    }
+
+    fn addrs(&self) -> Vec<String> {
+        self.servers
+            .iter()
+            .map(|s| s.local_addr().to_string())
+            .collect()
+    }
+
+    /// A controller's config: the array over both backends and, with
+    /// `ha`, `[ha]` as (etcd endpoints, controller name).
+    fn config(&self, ha: Option<(Vec<String>, &str)>) -> Config {
+        let mut cfg = Config::default();
+        cfg.server.listen = "127.0.0.1:0".into();
+        cfg.server.workers = Some(2);
+        let addrs = self.addrs();
+        cfg.storage.push(StorageConfig::raid(
+            "1",
+            vec![
+                BackendConfig::zeo("a", &addrs[0], "1"),
+                BackendConfig::zeo("b", &addrs[1], "1"),
+            ],
+        ));
+        cfg.ha = ha.map(|(endpoints, name)| zeoraid::config::ha::HaConfig {
+            endpoints,
+            cluster: "test".into(),
+            name: name.into(),
+            lease_ttl: Some(LEASE_TTL),
+            renew_interval: Some(0.5),
+        });
+        cfg
+    }
+
+    /// The same as a TOML file for `zeoraid serve`.
+    fn toml(&self, etcd: &str, name: &str) -> String {
+        let a = self.addrs();
+        format!(
+            "[server]\nworkers = 2\n\n[[storage]]\nname = \"1\"\nkind = \"raid\"\n\n\
+             [[storage.backend]]\nname = \"a\"\nkind = \"zeo\"\naddress = \"{}\"\nstorage = \"1\"\n\n\
+             [[storage.backend]]\nname = \"b\"\nkind = \"zeo\"\naddress = \"{}\"\nstorage = \"1\"\n\n\
+             [ha]\nendpoints = [\"{etcd}\"]\ncluster = \"test\"\nname = \"{name}\"\n\
+             lease-ttl = {LEASE_TTL}\nrenew-interval = 0.5\n",
+            a[0], a[1]
+        )
+    }
+}
+
+fn connect(addr: String) -> zeoraid::storage::Result<Client> {
+    Client::connect(ClientOptions {
+        call_timeout: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(2),
+        ..ClientOptions::new(addr)
+    })
+}
+
+/// The HA part of a running controller's status.
+fn role(z: &Zeoraid) -> zeoraid::status::HaStatus {
+    let doc = z.status_source().document();
+    doc.get("1")
+        .and_then(|s| s.ha.clone())
+        .expect("the status shows the HA role")
+}
+
+fn leads(z: &Zeoraid) -> bool {
+    role(z).role == "leader"
+}
+
+/// Commits `data` to `oid` (new) through a ZEO client of `addr`.
+fn commit_through(addr: String, oid: u64, data: &[u8]) -> Tid {
+    let c = connect(addr.clone()).unwrap_or_else(|e| panic!("register at {addr}: {e}"));
+    let tid = common::commit_store(&c, Oid(oid), Tid(0), data)
+        .unwrap_or_else(|e| panic!("commit through {addr}: {e}"));
+    c.close();
+    tid
+}
+
+fn read_through(addr: String, oid: u64) -> Vec<u8> {
+    let c = connect(addr.clone()).unwrap_or_else(|e| panic!("register at {addr}: {e}"));
+    let got = zeoraid::storage::load(&c, Oid(oid))
+        .unwrap_or_else(|e| panic!("load {oid} through {addr}: {e}"));
+    c.close();
+    got.data.to_vec()
+}
+
+/// `register` at a standby fails, naming the leader.
+fn assert_refused(addr: String, leader: &str) {
+    match connect(addr.clone()) {
+        Ok(_) => panic!("the standby at {addr} accepted register"),
+        Err(e) => {
+            let e = e.to_string();
+            assert!(
+                e.contains("is a standby; the leader is ") && e.contains(leader),
+                "standby's refusal: {e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn one_controller_leads_and_the_standby_takes_over_when_it_stops() {
+    let etcd = Etcd::start(1);
+    let backends = Backends::start();
+    let a = Zeoraid::start(&backends.config(Some((etcd.endpoints(), "ctl-a")))).expect("ctl-a");
+    wait_for(Duration::from_secs(10), "ctl-a leads", || {
+        leads(&a).then_some(())
+    });
+    let b = Zeoraid::start(&backends.config(Some((etcd.endpoints(), "ctl-b")))).expect("ctl-b");
+    let seen = wait_for(Duration::from_secs(5), "ctl-b sees ctl-a lead", || {
+        let r = role(&b);
+        (r.leader.as_deref() == Some("ctl-a")).then_some(r)
+    });
+    assert_eq!(seen.role, "standby");
+    assert_eq!(seen.leader_changes, 0);
+    let ra = role(&a);
+    assert_eq!(
+        (ra.leader.as_deref(), ra.leader_changes, ra.epoch.is_some()),
+        (Some("ctl-a"), 1, true)
+    );
+
+    let (a_addr, b_addr) = (a.local_addr().to_string(), b.local_addr().to_string());
+    commit_through(a_addr.clone(), 1, b"before");
+    assert_refused(b_addr.clone(), "ctl-a");
+
+    let stopped = Instant::now();
+    a.shutdown();
+    wait_for(Duration::from_secs(5), "ctl-b leads", || {
+        leads(&b).then_some(())
+    });
+    // Resigned: no need to wait for the lease to expire.
+    assert!(
+        stopped.elapsed() < Duration::from_secs(LEASE_TTL),
+        "took {:?}",
+        stopped.elapsed()
+    );
+    assert_eq!(read_through(b_addr.clone(), 1), b"before");
+    commit_through(b_addr.clone(), 2, b"after");
+    assert_eq!(read_through(b_addr.clone(), 2), b"after");
+    let rb = role(&b);
+    assert_eq!(
+        (rb.leader.as_deref(), rb.leader_changes),
+        (Some("ctl-b"), 1)
+    );
+    // Both backends hold both commits (mirrored, nothing degraded).
+    for addr in backends.addrs() {
+        let c = connect(addr).expect("a backend");
+        for (oid, want) in [(1, &b"before"[..]), (2, &b"after"[..])] {
+            assert_eq!(
+                &zeoraid::storage::load(&c, Oid(oid)).expect("load").data[..],
+                want
+            );
+        }
+    }
+    b.shutdown();
+}
+
+#[test]
+fn the_standby_takes_over_from_a_killed_leader() {
+    let etcd = Etcd::start(1);
+    let backends = Backends::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&da).expect("mkdir");
+    std::fs::create_dir_all(&db).expect("mkdir");
+    let ep = etcd.endpoint(0);
+    let a = common::ZeoraidProcess::start(&da, &backends.toml(&ep, "ctl-a"));
+    let a_addr = a.addr.to_string();
+    wait_for(Duration::from_secs(10), "ctl-a takes register", || {
+        connect(a_addr.clone()).ok().map(|c| c.close())
+    });
+    let b = common::ZeoraidProcess::start(&db, &backends.toml(&ep, "ctl-b"));
+    let b_addr = b.addr.to_string();
+    commit_through(a_addr.clone(), 1, b"before");
+    wait_for(
+        Duration::from_secs(5),
+        "ctl-b refuses, naming ctl-a",
+        || match connect(b_addr.clone()) {
+            Err(e) if e.to_string().contains("the leader is ctl-a") => Some(()),
+            _ => None,
+        },
+    );
+    assert_refused(b_addr.clone(), "ctl-a");
+
+    let killed = Instant::now();
+    a.kill9();
+    let c = wait_for(
+        Duration::from_secs(LEASE_TTL + 8),
+        "ctl-b takes register after ctl-a's lease expired",
+        || connect(b_addr.clone()).ok(),
+    );
+    let took = killed.elapsed();
+    assert!(
+        took >= Duration::from_millis(1000),
+        "before the lease expired: {took:?}"
+    );
+    c.close();
+    assert_eq!(read_through(b_addr.clone(), 1), b"before");
+    commit_through(b_addr.clone(), 2, b"after");
+    assert_eq!(read_through(b_addr.clone(), 2), b"after");
+    drop(b);
+}
+
+#[test]
+fn start_is_refused_without_etcd_or_under_a_live_controllers_name() {
+    let backends = Backends::start();
+    let nowhere = format!("127.0.0.1:{}", common::free_port());
+    let e = Zeoraid::start(&backends.config(Some((vec![nowhere.clone()], "ctl-a"))))
+        .err()
+        .expect("refused without etcd");
+    let e = e.to_string();
+    assert!(
+        e.contains("cannot reach etcd at") && e.contains(&nowhere),
+        "{e}"
+    );
+
+    let etcd = Etcd::start(1);
+    let a = Zeoraid::start(&backends.config(Some((etcd.endpoints(), "ctl-a")))).expect("ctl-a");
+    wait_for(Duration::from_secs(10), "ctl-a leads", || {
+        leads(&a).then_some(())
+    });
+    let e = Zeoraid::start(&backends.config(Some((etcd.endpoints(), "ctl-a"))))
+        .err()
+        .expect("a second ctl-a is refused");
+    let e = e.to_string();
+    assert!(e.contains("another live controller named \"ctl-a\""), "{e}");
+    assert!(leads(&a), "the first ctl-a still leads");
+    a.shutdown();
+}

@@ -168,7 +168,12 @@ fn one_controller_leads_and_the_standby_takes_over_when_it_stops() {
     wait_for(Duration::from_secs(10), "ctl-a leads", || {
         leads(&a).then_some(())
     });
-    let b = Zeoraid::start(&backends.config(Some((etcd.endpoints(), "ctl-b")))).expect("ctl-b");
+    let mut cfg = backends.config(Some((etcd.endpoints(), "ctl-b")));
+    cfg.admin = Some(zeoraid::config::AdminConfig {
+        listen: "127.0.0.1:0".into(),
+        token_file: None,
+    });
+    let b = Zeoraid::start(&cfg).expect("ctl-b");
     let seen = wait_for(Duration::from_secs(5), "ctl-b sees ctl-a lead", || {
         let r = role(&b);
         (r.leader.as_deref() == Some("ctl-a")).then_some(r)
@@ -184,6 +189,24 @@ fn one_controller_leads_and_the_standby_takes_over_when_it_stops() {
     let (a_addr, b_addr) = (a.local_addr().to_string(), b.local_addr().to_string());
     commit_through(a_addr.clone(), 1, b"before");
     assert_refused(b_addr.clone(), "ctl-a");
+    // `ctl status` (Nagios): a healthy standby is OK; `/metrics` has the role.
+    let admin = b.admin_addr().expect("ctl-b's admin listener");
+    let health: serde_json::Value =
+        serde_json::from_str(&common::http_get(admin, "/status")).expect("a health document");
+    assert_eq!(health["code"], 0, "{health}");
+    let line = health["line"].as_str().unwrap_or_default();
+    assert!(
+        line.ends_with("controller ctl-b: standby (leader ctl-a)"),
+        "{line}"
+    );
+    let metrics = common::http_get(admin, "/metrics");
+    let l = "controller=\"ctl-b\",cluster=\"test\"";
+    for want in [
+        format!("zeoraid_ha_role{{{l},role=\"standby\"}} 1\n"),
+        format!("zeoraid_ha_leader{{{l},leader=\"ctl-a\"}} 1\n"),
+    ] {
+        assert!(metrics.contains(&want), "{want} in {metrics}");
+    }
 
     let stopped = Instant::now();
     a.shutdown();

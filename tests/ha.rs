@@ -312,3 +312,59 @@ fn start_is_refused_without_etcd_or_under_a_live_controllers_name() {
     assert!(leads(&a), "the first ctl-a still leads");
     a.shutdown();
 }
+
+#[test]
+fn a_leader_that_etcd_says_lost_the_key_stops_serving_and_closes_its_clients() {
+    let etcd = Etcd::start(1);
+    let backends = Backends::start();
+    let a = Zeoraid::start(&backends.config(Some((etcd.endpoints(), "ctl-a")))).expect("ctl-a");
+    wait_for(Duration::from_secs(10), "ctl-a leads", || {
+        leads(&a).then_some(())
+    });
+    let b = Zeoraid::start(&backends.config(Some((etcd.endpoints(), "ctl-b")))).expect("ctl-b");
+    let (a_addr, b_addr) = (a.local_addr().to_string(), b.local_addr().to_string());
+    commit_through(a_addr.clone(), 1, b"before");
+    let held = connect(a_addr.clone()).expect("register at ctl-a");
+    assert!(held.is_connected());
+
+    // The key now names a third controller (as after ctl-a's lease ran
+    // out and ctl-x won): ctl-a learns it at its next renewal.
+    let etcd_client =
+        zeoraid::ha::etcd::Client::new(zeoraid::ha::etcd::Options::new(etcd.endpoints()))
+            .expect("an etcd client");
+    let (lease, _) = etcd_client
+        .grant(Duration::from_secs(LEASE_TTL))
+        .expect("a lease");
+    etcd_client.delete(b"test/leader").expect("delete the key");
+    etcd_client
+        .put(b"test/leader", b"ctl-x", Some(lease))
+        .expect("put the key");
+    wait_for(Duration::from_secs(5), "ctl-a stands by", || {
+        let r = role(&a);
+        (r.role == "standby" && r.leader.as_deref() == Some("ctl-x")).then_some(())
+    });
+    wait_for(Duration::from_secs(5), "ctl-a closed its client", || {
+        (!held.is_connected()).then_some(())
+    });
+    assert_refused(a_addr.clone(), "ctl-x");
+    wait_for(Duration::from_secs(5), "ctl-b sees ctl-x", || {
+        (role(&b).leader.as_deref() == Some("ctl-x")).then_some(())
+    });
+    assert_refused(b_addr.clone(), "ctl-x");
+    held.close();
+
+    // ctl-x goes away: one of the two takes over, and serves.
+    etcd_client.revoke(lease).expect("revoke");
+    let leader = wait_for(Duration::from_secs(10), "a new leader", || {
+        match (leads(&a), leads(&b)) {
+            (true, false) => Some(a_addr.clone()),
+            (false, true) => Some(b_addr.clone()),
+            _ => None,
+        }
+    });
+    assert_eq!(read_through(leader.clone(), 1), b"before");
+    commit_through(leader.clone(), 2, b"after");
+    assert!(!(leads(&a) && leads(&b)), "exactly one controller leads");
+    a.shutdown();
+    b.shutdown();
+}

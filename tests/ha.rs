@@ -5,7 +5,9 @@
 //! ZEO `register` and commits; the other refuses `register`, naming the
 //! leader; when the leader stops (cleanly: it resigns) or is killed
 //! (SIGKILL: its lease expires), the standby fences the backends, serves,
-//! and what was committed before reads back through it. Starting with an
+//! and what was committed before reads back through it; on a new database
+//! the first leader creates the root as its fence. A leader etcd says lost
+//! the key closes its clients and stands by. Starting with an
 //! unreachable etcd, or under the name of a live controller, is refused.
 
 mod common;
@@ -34,9 +36,10 @@ fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) ->
     }
 }
 
-/// Two backends: zeoraid servers on a `Data.fs` each, with a database root
-/// (fencing rewrites it) committed through a plain array over both, so
-/// they hold the same history.
+/// Two backends: zeoraid servers on a `Data.fs` each; with `root`, a
+/// database root (fencing rewrites it) committed through a plain array over
+/// both, so they hold the same history. Without, the first leader creates
+/// the root as its fence.
 struct Backends {
     _dir: tempfile::TempDir,
     servers: Vec<Server>,
@@ -44,6 +47,10 @@ struct Backends {
 
 impl Backends {
     fn start() -> Backends {
+        Backends::start_with(true)
+    }
+
+    fn start_with(root: bool) -> Backends {
         let dir = tempfile::tempdir().expect("tempdir");
         let servers: Vec<Server> = ["a", "b"]
             .iter()
@@ -55,6 +62,9 @@ impl Backends {
             })
             .collect();
         let b = Backends { _dir: dir, servers };
+        if !root {
+            return b;
+        }
         let mut cfg = b.config(None);
         cfg.ha = None;
         let plain = Zeoraid::start(&cfg).expect("a plain array over the backends");
@@ -241,9 +251,10 @@ fn one_controller_leads_and_the_standby_takes_over_when_it_stops() {
 }
 
 #[test]
-fn the_standby_takes_over_from_a_killed_leader() {
+fn the_standby_takes_over_from_a_killed_leader_of_a_new_database() {
     let etcd = Etcd::start(1);
-    let backends = Backends::start();
+    // No root yet: ctl-a creates it (as ZODB would) when it fences.
+    let backends = Backends::start_with(false);
     let dir = tempfile::tempdir().expect("tempdir");
     let (da, db) = (dir.path().join("a"), dir.path().join("b"));
     std::fs::create_dir_all(&da).expect("mkdir");
@@ -266,6 +277,11 @@ fn the_standby_takes_over_from_a_killed_leader() {
         },
     );
     assert_refused(b_addr.clone(), "ctl-a");
+    for addr in backends.addrs() {
+        let c = connect(addr.clone()).expect("a backend");
+        let root = zeoraid::storage::load(&c, Oid(0)).expect("the root ctl-a created");
+        assert_eq!(&root.data[..], zeoraid::raid::fence::NEW_ROOT, "{addr}");
+    }
 
     let killed = Instant::now();
     a.kill9();
@@ -283,6 +299,11 @@ fn the_standby_takes_over_from_a_killed_leader() {
     assert_eq!(read_through(b_addr.clone(), 1), b"before");
     commit_through(b_addr.clone(), 2, b"after");
     assert_eq!(read_through(b_addr.clone(), 2), b"after");
+    // ctl-b fenced by rewriting the root ctl-a created, unchanged.
+    assert_eq!(
+        &read_through(b_addr.clone(), 0)[..],
+        zeoraid::raid::fence::NEW_ROOT
+    );
     drop(b);
 }
 

@@ -442,8 +442,7 @@ impl Driver {
             if let Err(e) = array.take_fence(epoch, &self.settings.name) {
                 log::error!(
                     "[ha]: controller {} cannot fence array {name:?} at epoch {epoch}: {e}; \
-                     retrying. Check that the array's backends run (an empty database needs \
-                     its root object: open it once with a ZODB client on a backend)",
+                     retrying. Check that the array's backends run and answer",
                     self.settings.name
                 );
                 return Fence::Failed;

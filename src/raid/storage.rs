@@ -705,7 +705,8 @@ impl RaidStorage {
     }
 
     /// Fence every optimal backend at `epoch` for `controller`: rewrite the
-    /// root with its own data, then guard every vote with its new serial.
+    /// root with its own data (create it, in a database that has none),
+    /// then guard every vote with its new serial.
     /// A root changed meanwhile (a stale controller still committing)
     /// makes the rewrite conflict; it is retried on the new root, a few
     /// times.
@@ -713,7 +714,7 @@ impl RaidStorage {
         *lock(&self.core.commit.fence) = FenceState::Taking { epoch };
         let mut last = None;
         for _ in 0..5 {
-            let root = crate::storage::load(self, fence::FENCE_OID)?;
+            let root = fence::root_to_fence(crate::storage::load(self, fence::FENCE_OID))?;
             match crate::storage::commit(self, &fence::fence_txn(epoch, controller, &root)) {
                 Ok(tid) => {
                     let f = Fence { epoch, serial: tid };

@@ -389,3 +389,56 @@ fn a_leader_that_etcd_says_lost_the_key_stops_serving_and_closes_its_clients() {
     a.shutdown();
     b.shutdown();
 }
+
+#[test]
+fn a_leader_fenced_out_at_the_backends_stops_serving_without_etcd_saying_so() {
+    let etcd = Etcd::start(1);
+    let backends = Backends::start();
+    let a = Zeoraid::start(&backends.config(Some((etcd.endpoints(), "ctl-a")))).expect("ctl-a");
+    wait_for(Duration::from_secs(10), "ctl-a leads", || {
+        leads(&a).then_some(())
+    });
+    let b = Zeoraid::start(&backends.config(Some((etcd.endpoints(), "ctl-b")))).expect("ctl-b");
+    let (a_addr, b_addr) = (a.local_addr().to_string(), b.local_addr().to_string());
+    commit_through(a_addr.clone(), 1, b"before");
+    let held = connect(a_addr.clone()).expect("register at ctl-a");
+
+    // Another controller fences the backends behind etcd's back (say it
+    // won the key while ctl-a was paused, and ctl-a has not renewed yet).
+    let mut plain = backends.config(None);
+    plain.ha = None;
+    let other = zeoraid::open::open_served(&plain.storage[0]).expect("another controller's array");
+    let other_array = other.array.clone().expect("a RAID array");
+    other_array
+        .take_fence(1 << 40, "ctl-x")
+        .expect("ctl-x fences the backends");
+    let refused = common::commit_store(&held, Oid(3), Tid(0), b"stale");
+    assert!(
+        matches!(&refused, Err(e) if e.to_string().contains("fenced out")),
+        "{refused:?}"
+    );
+    other.storage.close();
+    wait_for(Duration::from_secs(5), "ctl-a closed its client", || {
+        (!held.is_connected()).then_some(())
+    });
+    held.close();
+    // ctl-a gave its key up: one of the two takes over and fences anew.
+    let leader = wait_for(Duration::from_secs(10), "a new leader", || {
+        match (leads(&a) && role(&a).leader_changes == 2, leads(&b)) {
+            (true, false) => Some(a_addr.clone()),
+            (false, true) => Some(b_addr.clone()),
+            _ => None,
+        }
+    });
+    assert_eq!(read_through(leader.clone(), 1), b"before");
+    commit_through(leader.clone(), 2, b"after");
+    for addr in backends.addrs() {
+        let c = connect(addr).expect("a backend");
+        assert!(
+            zeoraid::storage::load(&c, Oid(3)).is_err(),
+            "nothing stale committed"
+        );
+    }
+    a.shutdown();
+    b.shutdown();
+}

@@ -156,6 +156,26 @@ fn read_through(addr: String, oid: u64) -> Vec<u8> {
     got.data.to_vec()
 }
 
+/// `ctl status` (through the admin listener of `z`) is OK and its line
+/// has `line`; each of `metrics` ends a `zeoraid_ha_*` sample line.
+#[cfg(feature = "admin")]
+fn admin_shows(z: &Zeoraid, line: &str, metrics: &[&str]) {
+    let admin = z.admin_addr().expect("an admin listener");
+    let health: serde_json::Value =
+        serde_json::from_str(&common::http_get(admin, "/status")).expect("a health document");
+    assert_eq!(health["code"], 0, "{health}");
+    let got = health["line"].as_str().unwrap_or_default();
+    assert!(got.contains(line), "{line:?} in {got}");
+    let text = common::http_get(admin, "/metrics");
+    for want in metrics {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("zeoraid_ha_") && l.ends_with(want)),
+            "{want} in {text}"
+        );
+    }
+}
+
 /// `register` at a standby fails, naming the leader.
 fn assert_refused(addr: String, leader: &str) {
     match connect(addr.clone()) {
@@ -178,11 +198,15 @@ fn one_controller_leads_and_the_standby_takes_over_when_it_stops() {
     wait_for(Duration::from_secs(10), "ctl-a leads", || {
         leads(&a).then_some(())
     });
+    #[allow(unused_mut)]
     let mut cfg = backends.config(Some((etcd.endpoints(), "ctl-b")));
-    cfg.admin = Some(zeoraid::config::AdminConfig {
-        listen: "127.0.0.1:0".into(),
-        token_file: None,
-    });
+    #[cfg(feature = "admin")]
+    {
+        cfg.admin = Some(zeoraid::config::AdminConfig {
+            listen: "127.0.0.1:0".into(),
+            token_file: None,
+        });
+    }
     let b = Zeoraid::start(&cfg).expect("ctl-b");
     let seen = wait_for(Duration::from_secs(5), "ctl-b sees ctl-a lead", || {
         let r = role(&b);
@@ -200,23 +224,12 @@ fn one_controller_leads_and_the_standby_takes_over_when_it_stops() {
     commit_through(a_addr.clone(), 1, b"before");
     assert_refused(b_addr.clone(), "ctl-a");
     // `ctl status` (Nagios): a healthy standby is OK; `/metrics` has the role.
-    let admin = b.admin_addr().expect("ctl-b's admin listener");
-    let health: serde_json::Value =
-        serde_json::from_str(&common::http_get(admin, "/status")).expect("a health document");
-    assert_eq!(health["code"], 0, "{health}");
-    let line = health["line"].as_str().unwrap_or_default();
-    assert!(
-        line.ends_with("controller ctl-b: standby (leader ctl-a)"),
-        "{line}"
+    #[cfg(feature = "admin")]
+    admin_shows(
+        &b,
+        "controller ctl-b: standby (leader ctl-a)",
+        &["role=\"standby\"} 1", "leader=\"ctl-a\"} 1"],
     );
-    let metrics = common::http_get(admin, "/metrics");
-    let l = "controller=\"ctl-b\",cluster=\"test\"";
-    for want in [
-        format!("zeoraid_ha_role{{{l},role=\"standby\"}} 1\n"),
-        format!("zeoraid_ha_leader{{{l},leader=\"ctl-a\"}} 1\n"),
-    ] {
-        assert!(metrics.contains(&want), "{want} in {metrics}");
-    }
 
     let stopped = Instant::now();
     a.shutdown();
@@ -236,6 +249,15 @@ fn one_controller_leads_and_the_standby_takes_over_when_it_stops() {
     assert_eq!(
         (rb.leader.as_deref(), rb.leader_changes),
         (Some("ctl-b"), 1)
+    );
+    #[cfg(feature = "admin")]
+    admin_shows(
+        &b,
+        "controller ctl-b: leader (epoch ",
+        &[
+            "role=\"leader\"} 1",
+            "zeoraid_ha_leader_changes_total{controller=\"ctl-b\",cluster=\"test\"} 1",
+        ],
     );
     // Both backends hold both commits (mirrored, nothing degraded).
     for addr in backends.addrs() {

@@ -194,6 +194,12 @@ struct Driver {
     stopping: bool,
     /// The refusal last given to the gate.
     refusing: String,
+    /// A failed fence's answer, held for the next round so that the lease
+    /// is renewed between attempts (a fence retried in a tight loop would
+    /// let it expire unnoticed).
+    deferred: Option<Event>,
+    /// Fence attempts failed in a row (logged at 1, 2, 4, 8, ...).
+    fence_failures: u32,
 }
 
 impl Controller {
@@ -219,6 +225,8 @@ impl Controller {
             stop: stop_rx,
             stopping: false,
             refusing: String::new(),
+            deferred: None,
+            fence_failures: 0,
             settings,
         };
         d.publish();
@@ -272,6 +280,9 @@ impl Driver {
         let every = tick_every(self.settings.renew_interval);
         while !self.stopping {
             self.step(Event::Tick);
+            if let Some(e) = self.deferred.take() {
+                self.step(e);
+            }
             if matches!(self.machine.role(), Role::Leader { .. }) && self.fenced_out() {
                 self.step(Event::FencedOut);
             }
@@ -304,9 +315,18 @@ impl Driver {
             if self.stopping {
                 return;
             }
-            if let Some(answer) = self.carry_out(action) {
-                let now = self.now();
-                todo.extend(self.machine.step(now, answer));
+            match self.carry_out(action) {
+                Some(
+                    e @ Event::Fenced {
+                        outcome: Fence::Failed,
+                        ..
+                    },
+                ) => self.deferred = Some(e),
+                Some(answer) => {
+                    let now = self.now();
+                    todo.extend(self.machine.step(now, answer));
+                }
+                None => {}
             }
         }
     }
@@ -326,14 +346,10 @@ impl Driver {
                     Event::Campaigned(Campaign::Unreachable)
                 }
             }),
-            Action::Fence { epoch } => {
-                let outcome = self.fence(epoch);
-                if outcome == Fence::Failed {
-                    // The machine retries at once; give the backends a moment.
-                    self.pause(self.settings.renew_interval);
-                }
-                Some(Event::Fenced { epoch, outcome })
-            }
+            Action::Fence { epoch } => Some(Event::Fenced {
+                epoch,
+                outcome: self.fence(epoch),
+            }),
             Action::Reconcile { epoch } => {
                 // TODO(#26): reconcile the old leader's in-doubt
                 // transaction (voted on some backends, finished on none or
@@ -440,14 +456,20 @@ impl Driver {
     fn fence(&mut self, epoch: u64) -> Fence {
         for (name, array) in &self.arrays {
             if let Err(e) = array.take_fence(epoch, &self.settings.name) {
-                log::error!(
-                    "[ha]: controller {} cannot fence array {name:?} at epoch {epoch}: {e}; \
-                     retrying. Check that the array's backends run and answer",
-                    self.settings.name
-                );
+                self.fence_failures = self.fence_failures.saturating_add(1);
+                if self.fence_failures.is_power_of_two() {
+                    log::error!(
+                        "[ha]: controller {} cannot fence array {name:?} at epoch {epoch} \
+                         ({} attempts): {e}; retrying, not serving meanwhile. Check that the \
+                         array's backends run and answer",
+                        self.settings.name,
+                        self.fence_failures
+                    );
+                }
                 return Fence::Failed;
             }
         }
+        self.fence_failures = 0;
         Fence::Done
     }
 

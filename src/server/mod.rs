@@ -169,6 +169,8 @@ pub(crate) enum Out {
     Close(ConnId),
     /// A liveness probe: hand it on to the pool (see [`Liveness`]).
     Probe(Arc<AtomicU64>),
+    /// The serving gate opened: greet the connections that wait for it.
+    Greet,
 }
 
 /// Whether the event loop and the worker pool still turn, for the systemd

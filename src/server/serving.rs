@@ -1,9 +1,15 @@
 //! Whether this server takes new clients: the gate controller high
-//! availability (issue #26) flips. A standby controller refuses
-//! `register` with the reason (which controller leads), so a stock
-//! `ZEO.ClientStorage([a, b])` drops the connection and tries the other
-//! address; when it stops leading it also closes the connected clients,
-//! which then reconnect to the new leader.
+//! availability (issue #26) flips. A standby controller accepts
+//! connections but does not greet them (the event loop greets them when
+//! the gate opens), so a stock `ZEO.ClientStorage([a, b])` registers
+//! with the leader and, when the leader dies, with this controller as
+//! soon as it took over. (A standby that answered `register` with an
+//! error would not be asked again: the client retries only once every
+//! attempt ended, and the attempt on a dead leader's address never ends.)
+//! A connection greeted just before the gate closed has its `register`
+//! refused with the reason (which controller leads). When the controller
+//! stops leading it also closes the connected clients, which reconnect to
+//! the new leader.
 //!
 //! Without `[ha]` the gate is open from the start and never closes: a
 //! single controller behaves exactly as before. Checking it is one atomic
@@ -46,6 +52,10 @@ impl Gate {
         }
     }
 
+    pub(crate) fn is_open(&self) -> bool {
+        self.open.load(Ordering::Acquire)
+    }
+
     /// `Ok` when `register` may proceed; else the refusal.
     pub(crate) fn admit(&self) -> Result<(), Error> {
         if self.open.load(Ordering::Acquire) {
@@ -65,9 +75,10 @@ impl Gate {
 pub struct ServeSwitch(pub(crate) Arc<Shared>);
 
 impl ServeSwitch {
-    /// Take new clients.
+    /// Take new clients, and greet those that waited.
     pub fn serve(&self) {
         self.0.gate.open.store(true, Ordering::Release);
+        self.0.send(Out::Greet);
     }
 
     /// Refuse `register` with `refusal` from now on (an already closed gate

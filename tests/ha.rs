@@ -5,7 +5,8 @@
 //! ZEO `register` and commits; the other accepts connections but does not
 //! greet them (its status names the leader); when the leader stops (cleanly: it resigns) or is killed
 //! (SIGKILL: its lease expires), the standby fences the backends, greets
-//! the client that waited on it (as stock `ZEO.ClientStorage` does), serves,
+//! the client that waited on it (as stock `ZEO.ClientStorage` does: one
+//! test runs Python ZEO 5 through a SIGKILL failover), serves,
 //! and what was committed before reads back through it; on a new database
 //! the first leader creates the root as its fence. A leader etcd says lost
 //! the key closes its clients and stands by. Starting with an
@@ -477,4 +478,97 @@ fn a_leader_fenced_out_at_the_backends_stops_serving_without_etcd_saying_so() {
     }
     a.shutdown();
     b.shutdown();
+}
+
+/// Stock `ZEO.ClientStorage([standby, leader])` through a failover: it
+/// commits through the leader, and after the leader is SIGKILLed its next
+/// commit (retried by the application, as ZODB apps retry a
+/// `ClientDisconnected`) goes through the new leader, which sees the
+/// earlier one.
+const STOCK_CLIENT: &str = r#"
+import sys, time, transaction, ZEO.ClientStorage
+from ZODB import DB
+standby, leader = int(sys.argv[1]), int(sys.argv[2])
+st = ZEO.ClientStorage.ClientStorage(
+    [('127.0.0.1', standby), ('127.0.0.1', leader)], wait_timeout=5)
+db = DB(st)
+conn = db.open()
+root = conn.root()
+root['x'] = 1
+transaction.commit()
+print('first', flush=True)
+sys.stdin.readline()
+deadline = time.time() + 30
+while True:
+    try:
+        transaction.begin()
+        root['x'] = root['x'] + 1
+        transaction.commit()
+        break
+    except Exception as e:
+        transaction.abort()
+        if time.time() > deadline:
+            raise
+        time.sleep(0.2)
+print('second', root['x'], flush=True)
+db.close()
+"#;
+
+#[test]
+fn a_stock_zeo_client_fails_over_when_the_leader_is_killed() {
+    use std::io::{BufRead, BufReader, Write};
+    let python = common::python();
+    let etcd = Etcd::start(1);
+    // A new database: ZODB opens the root ctl-a creates when it fences.
+    let backends = Backends::start_with(false);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&da).expect("mkdir");
+    std::fs::create_dir_all(&db).expect("mkdir");
+    let ep = etcd.endpoint(0);
+    let a = common::ZeoraidProcess::start(&da, &backends.toml(&ep, "ctl-a"));
+    let a_addr = a.addr.to_string();
+    wait_for(Duration::from_secs(10), "ctl-a takes register", || {
+        connect(a_addr.clone()).ok().map(|c| c.close())
+    });
+    let b = common::ZeoraidProcess::start(&db, &backends.toml(&ep, "ctl-b"));
+    let mut client = std::process::Command::new(python)
+        .args(["-c", STOCK_CLIENT])
+        .arg(b.addr.port().to_string())
+        .arg(a.addr.port().to_string())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the stock ZEO client");
+    let mut out = BufReader::new(client.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("read");
+    if line.trim() != "first" {
+        let _ = client.kill();
+        let mut err = String::new();
+        if let Some(mut e) = client.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        panic!("the stock client did not commit through ctl-a: {line}\n{err}");
+    }
+    let killed = Instant::now();
+    a.kill9();
+    writeln!(client.stdin.as_mut().expect("stdin")).expect("tell the client");
+    line.clear();
+    out.read_line(&mut line).expect("read");
+    let status = client.wait().expect("the client ends");
+    let mut err = String::new();
+    if let Some(mut e) = client.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    assert!(status.success(), "stock client: {line}\n{err}");
+    assert_eq!(line.trim(), "second 2", "through ctl-b, after x = 1\n{err}");
+    assert!(
+        killed.elapsed() < Duration::from_secs(25),
+        "{:?}",
+        killed.elapsed()
+    );
+    drop(b);
 }

@@ -23,7 +23,9 @@
 //! [`commit_lock`] (who holds the lock, who is next), [`invalidations`]
 //! (bounded history for `getInvalidations`). `wire` shapes values as ZEO's
 //! Python side expects them; `status` answers `get_info`, `server_status`
-//! and `ruok`.
+//! and `ruok`. `serving` is the gate controller HA closes on a standby
+//! (connections wait for their greeting, `register` is refused) and opens
+//! on the leader ([`ServeSwitch`]); without `[ha]` it is always open.
 //!
 //! Layering (`a ──► b`: `a` imports `b`; no arrow points back up, so
 //! there is no import circle):

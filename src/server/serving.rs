@@ -107,3 +107,26 @@ impl ServeSwitch {
         *write(&self.0.gate.ha) = Some(ha);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_open_gate_admits_and_a_closed_one_says_why() {
+        let open = Gate::open();
+        assert!(open.is_open() && open.admit().is_ok() && open.ha().is_none());
+        let ha = HaStatus {
+            controller: "b".into(),
+            role: "standby".into(),
+            ..Default::default()
+        };
+        let closed = Gate::closed("b is a standby; the leader is a".into(), ha.clone());
+        assert!(!closed.is_open());
+        assert!(matches!(
+            closed.admit(),
+            Err(Error::Disconnected(m)) if m == "b is a standby; the leader is a"
+        ));
+        assert_eq!(closed.ha(), Some(ha));
+    }
+}

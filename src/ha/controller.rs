@@ -312,9 +312,6 @@ impl Driver {
         let now = self.now();
         let mut todo: VecDeque<Action> = self.machine.step(now, event).into();
         while let Some(action) = todo.pop_front() {
-            if self.stopping {
-                return;
-            }
             match self.carry_out(action) {
                 Some(
                     e @ Event::Fenced {

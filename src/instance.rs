@@ -1,7 +1,8 @@
-//! One running zeoraid — its storages, the ZEO server and (with the `admin`
-//! feature) the admin listener — started from a [`Config`] value and
-//! stopped when its owner says so. `zeoraid serve` is this plus signal
-//! handling; an embedder uses it directly.
+//! One running zeoraid — its storages, the ZEO server, (with the `admin`
+//! feature) the admin listener and (with `[ha]`) the HA controller thread
+//! that makes it a standby or the leader — started from a [`Config`]
+//! value and stopped when its owner says so. `zeoraid serve` is this plus
+//! signal handling; an embedder uses it directly.
 
 use crate::config::{Config, ConfigError};
 use crate::open::Opened;
@@ -393,7 +394,8 @@ impl Zeoraid {
         self.shutdown();
     }
 
-    /// Stop now: the HA controller (a leader resigns), the admin listener, then the server (clients are
+    /// Stop now: the HA controller (a leader closes its clients and
+    /// resigns), the admin listener, then the server (clients are
     /// disconnected, in-flight transactions aborted, worker threads
     /// joined), then the storages (files closed, arrays' threads joined).
     pub fn shutdown(self) {

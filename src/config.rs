@@ -73,7 +73,8 @@ pub struct Config {
     #[serde(default)]
     pub admin: Option<AdminConfig>,
     /// Controller high availability through etcd ([`ha`]); absent: this
-    /// controller serves alone. Read and checked, not acted on yet.
+    /// controller serves alone. With it, `serve` runs a standby or leader
+    /// controller ([`crate::ha::controller`]).
     #[serde(default)]
     pub ha: Option<ha::HaConfig>,
 }

@@ -1,7 +1,8 @@
-//! One running zeoraid — its storages, the ZEO server and (with the `admin`
-//! feature) the admin listener — started from a [`Config`] value and
-//! stopped when its owner says so. `zeoraid serve` is this plus signal
-//! handling; an embedder uses it directly.
+//! One running zeoraid — its storages, the ZEO server, (with the `admin`
+//! feature) the admin listener and (with `[ha]`) the HA controller thread
+//! that makes it a standby or the leader — started from a [`Config`]
+//! value and stopped when its owner says so. `zeoraid serve` is this plus
+//! signal handling; an embedder uses it directly.
 
 use crate::config::{Config, ConfigError};
 use crate::open::Opened;
@@ -93,6 +94,8 @@ impl Stopper {
 /// ```
 pub struct Zeoraid {
     server: Server,
+    /// The HA controller thread, with `[ha]`.
+    controller: Option<crate::ha::controller::Controller>,
     #[cfg(feature = "admin")]
     admin: Option<crate::admin::Admin>,
     storages: Vec<(String, Opened)>,
@@ -128,16 +131,27 @@ impl Zeoraid {
             Some(p) => StartError::Config(format!("{e} (in {})", p.display())),
             None => StartError::Config(e),
         };
-        // Refused rather than ignored: an operator must not believe a
-        // controller is redundant when it is not.
-        if cfg.ha.is_some() {
-            return Err(within(
-                "[ha]: controller high availability is not served yet (this build has the etcd \
-                 client, the HA state machine and backend fencing, not the standby and \
-                 takeover); remove the [ha] section to run a single controller"
-                    .into(),
-            ));
-        }
+        // Controller HA: etcd must answer, and no live controller may hold
+        // the leader key under this name, before anything listens.
+        let ha = match &cfg.ha {
+            None => None,
+            Some(h) => {
+                let settings = crate::ha::controller::Settings {
+                    endpoints: h.endpoints.clone(),
+                    cluster: h.cluster.clone(),
+                    name: h.name.clone(),
+                    lease_ttl: h.lease_ttl(),
+                    renew_interval: h.renew_interval(),
+                };
+                let election = crate::ha::controller::preflight(&settings).map_err(|e| {
+                    StartError::Host(match file {
+                        Some(p) => format!("{e} (in {})", p.display()),
+                        None => e,
+                    })
+                })?;
+                Some((settings, election))
+            }
+        };
         // A write past the file-size limit (RLIMIT_FSIZE) must fail that
         // commit with EFBIG, like a full disk, instead of killing the
         // process.
@@ -178,6 +192,11 @@ impl Zeoraid {
         for s in &cfg.storage {
             let opened = crate::open::open_served(s)
                 .map_err(|e| within(format!("cannot open storage {:?}: {e}", s.name)))?;
+            if let (Some(array), Some(_)) = (&opened.array, &ha) {
+                // Another controller may lead: no writes until this one
+                // fences, and the backends' new transactions are its.
+                array.stand_by();
+            }
             opened_all.push((s.name.clone(), opened.clone()));
             served.push((s.name.clone(), opened.storage, s.read_only));
         }
@@ -213,13 +232,54 @@ impl Zeoraid {
             conflict_resolver: resolver.clone().map(|r| r as Arc<dyn ConflictResolver>),
         };
         let storages = opened_all;
-        let server = Server::start(opts, served).map_err(|e| {
+        let started = match &ha {
+            None => Server::start(opts, served),
+            Some((s, _)) => Server::start_standby(
+                opts,
+                served,
+                crate::ha::controller::refusal(
+                    &s.name,
+                    &s.cluster,
+                    &crate::ha::role::Role::Standby { leader: None },
+                ),
+                crate::status::HaStatus {
+                    controller: s.name.clone(),
+                    cluster: s.cluster.clone(),
+                    role: "standby".into(),
+                    ..Default::default()
+                },
+            ),
+        };
+        let server = started.map_err(|e| {
             StartError::Host(format!(
                 "cannot listen on {listen}: {e} (is another server using it? set server.listen{})",
                 file.map(|p| format!(" in {}", p.display()))
                     .unwrap_or_default()
             ))
         })?;
+        let controller = match ha {
+            None => None,
+            Some((settings, election)) => {
+                let arrays = storages
+                    .iter()
+                    .filter_map(|(n, o)| o.array.clone().map(|a| (n.clone(), a)))
+                    .collect();
+                match crate::ha::controller::Controller::start(
+                    settings,
+                    election,
+                    arrays,
+                    server.serving(),
+                ) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        server.shutdown();
+                        return Err(StartError::Host(format!(
+                            "cannot start the HA controller thread: {e}"
+                        )));
+                    }
+                }
+            }
+        };
         #[cfg(feature = "admin")]
         let admin = match &cfg.admin {
             None => None,
@@ -233,6 +293,9 @@ impl Zeoraid {
             ) {
                 Ok(admin) => Some(admin),
                 Err(e) => {
+                    if let Some(c) = controller {
+                        c.shutdown();
+                    }
                     server.shutdown();
                     return Err(StartError::Host(match file {
                         Some(p) => format!("{e} (in {})", p.display()),
@@ -243,6 +306,7 @@ impl Zeoraid {
         };
         Ok(Zeoraid {
             server,
+            controller,
             #[cfg(feature = "admin")]
             admin,
             storages,
@@ -330,11 +394,17 @@ impl Zeoraid {
         self.shutdown();
     }
 
-    /// Stop now: the admin listener, then the server (clients are
+    /// Stop now: the HA controller (a leader closes its clients and
+    /// resigns), the admin listener, then the server (clients are
     /// disconnected, in-flight transactions aborted, worker threads
     /// joined), then the storages (files closed, arrays' threads joined).
     pub fn shutdown(self) {
         self.stopper.stop();
+        // A leader closes its clients and resigns first, so a standby
+        // takes over while this one winds down.
+        if let Some(c) = self.controller {
+            c.shutdown();
+        }
         #[cfg(feature = "admin")]
         if let Some(a) = self.admin {
             a.shutdown();

@@ -35,8 +35,10 @@
 //!   persists a description of added backends its opener gives it).
 //! - [`ha`]: controller high availability's edge to etcd — a
 //!   synchronous etcd v3 client over the JSON gateway ([`ha::etcd`]) and
-//!   leader election on a lease-bound key ([`ha::lease`]). Imports
-//!   nothing of the crate above `status`.
+//!   leader election on a lease-bound key ([`ha::lease`]); the role
+//!   machine ([`ha::role`]) and the controller thread that drives it,
+//!   fencing the arrays and gating the server's `register`
+//!   ([`ha::controller`]). Imports `server`, `raid`, `status`.
 //! - [`config`]: the configuration, from TOML or built in code. Imports
 //!   `raid`'s and `server`'s option types, `zeo`'s, `net`.
 //! - [`open`]: turns a [`config::StorageConfig`] into a storage, and an

@@ -58,6 +58,24 @@ pub struct StorageStatus {
     pub last_transaction: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raid: Option<ArrayStatus>,
+    /// The controller's HA role (the same for every storage of the
+    /// server); absent without `[ha]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ha: Option<HaStatus>,
+}
+
+/// A controller's HA role (issue #26): `role` is `standby`, `fencing`,
+/// `reconciling` or `leader`; `leader` the holder of the leader key last
+/// seen; `leader-changes` how often this controller took the key.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct HaStatus {
+    pub controller: String,
+    pub cluster: String,
+    pub role: String,
+    pub leader: Option<String>,
+    pub epoch: Option<u64>,
+    pub leader_changes: u64,
 }
 
 /// The array's state (see `raid::state::array_state`).

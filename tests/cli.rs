@@ -62,13 +62,6 @@ fn start_up_errors_name_what_to_fix() {
             "[[storage]]\nname = \"1\"\nkind = \"file\"\npath = \"junk.fs\"\n".into(),
             vec!["storage \"1\"".into(), "junk.fs".into(), "bad magic".into()],
         ),
-        (
-            "[[storage]]\nname = \"1\"\nkind = \"raid\"\n[[storage.backend]]\nname = \"a\"\n\
-             kind = \"zeo\"\naddress = \"127.0.0.1:1\"\n[ha]\nendpoints = [\"127.0.0.1:2379\"]\n\
-             cluster = \"c\"\nname = \"x\"\n"
-                .into(),
-            vec!["[ha]".into(), "remove the [ha] section".into()],
-        ),
     ];
     std::fs::write(dir.path().join("junk.fs"), b"this is not a Data.fs").expect("junk");
     for (config, needles) in cases {
@@ -80,6 +73,30 @@ fn start_up_errors_name_what_to_fix() {
         }
         assert!(out.stdout.is_empty(), "it must not claim to listen");
     }
+}
+
+/// `[ha]` with no etcd answering: the start fails (exit 1: the host, not
+/// the file), naming the endpoints, before anything listens.
+#[test]
+fn an_unreachable_etcd_refuses_the_start_naming_the_endpoints() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nowhere = format!("127.0.0.1:{}", common::free_port());
+    let config = format!(
+        "[[storage]]\nname = \"1\"\nkind = \"raid\"\n[[storage.backend]]\nname = \"a\"\n\
+         kind = \"zeo\"\naddress = \"127.0.0.1:1\"\n[ha]\nendpoints = [\"{nowhere}\"]\n\
+         cluster = \"c\"\nname = \"x\"\n"
+    );
+    let out = serve(dir.path(), &config);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for n in [
+        "[ha]: cannot reach etcd at ",
+        nowhere.as_str(),
+        "ha.endpoints",
+    ] {
+        assert!(err.contains(n), "{n:?} not in {err:?}");
+    }
+    assert!(out.stdout.is_empty(), "it must not claim to listen");
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //! array, `raid`).
 
 use crate::config::size::human;
-use crate::status::{ArrayState, Document, Histogram, OffsiteState, OffsiteStatus, Role};
+use crate::status::{ArrayState, Document, HaStatus, Histogram, OffsiteState, OffsiteStatus, Role};
 use serde::Serialize;
 use serde_json::Value;
 use std::fmt::Write;
@@ -101,6 +101,10 @@ pub fn health(doc: &Document) -> Result<(State, String), String> {
         worst = worst.max(state);
         parts.push(format!("storage {name}: {what}"));
     }
+    // A healthy standby is OK: the role is told, it does not count.
+    if let Some(ha) = ha_of(doc) {
+        parts.push(ha_words(ha));
+    }
     Ok((
         worst,
         format!(
@@ -110,6 +114,25 @@ pub fn health(doc: &Document) -> Result<(State, String), String> {
             parts.join("; ")
         ),
     ))
+}
+
+/// The controller's HA role, when it runs with `[ha]` (every storage
+/// carries the same).
+pub fn ha_of(doc: &Document) -> Option<&HaStatus> {
+    doc.values().find_map(|s| s.ha.as_ref())
+}
+
+/// "controller ctl-b: standby (leader ctl-a)".
+fn ha_words(ha: &HaStatus) -> String {
+    let leader = match (ha.role.as_str(), &ha.leader) {
+        ("leader", _) => match ha.epoch {
+            Some(e) => format!("epoch {e}"),
+            None => "leading".into(),
+        },
+        (_, Some(l)) => format!("leader {l}"),
+        (_, None) => "no leader known".into(),
+    };
+    format!("controller {}: {} ({leader})", ha.controller, ha.role)
 }
 
 /// Days before expiry from which the server certificate makes the status
@@ -213,6 +236,15 @@ pub fn details_text(doc: &Document) -> String {
     let mut out = String::new();
     if doc.is_empty() {
         return "no storages\n".into();
+    }
+    if let Some(ha) = ha_of(doc) {
+        let _ = writeln!(
+            out,
+            "{} of cluster {}, {} leader change(s) here",
+            ha_words(ha),
+            ha.cluster,
+            ha.leader_changes
+        );
     }
     for (name, s) in doc {
         let _ = writeln!(
@@ -390,6 +422,9 @@ fn esc(s: &str) -> String {
 /// Prometheus text (version 0.0.4) of the status document.
 pub fn prometheus(doc: &Document) -> String {
     let mut m = Metrics::default();
+    if let Some(ha) = ha_of(doc) {
+        ha_metrics(&mut m, ha);
+    }
     for (name, s) in doc {
         let l = format!("storage=\"{}\"", esc(name));
         let counters = [
@@ -698,6 +733,41 @@ pub fn prometheus(doc: &Document) -> String {
     m.render()
 }
 
+/// The controller's role (one sample per role, 1 for the current one),
+/// the leader it sees, and how often it took the leader key.
+fn ha_metrics(m: &mut Metrics, ha: &HaStatus) {
+    let l = format!(
+        "controller=\"{}\",cluster=\"{}\"",
+        esc(&ha.controller),
+        esc(&ha.cluster)
+    );
+    for role in ["standby", "fencing", "reconciling", "leader"] {
+        m.add(
+            "zeoraid_ha_role",
+            "gauge",
+            "1 for this controller's HA role",
+            &format!("{l},role=\"{role}\""),
+            f64::from(u8::from(ha.role == role)),
+        );
+    }
+    if let Some(leader) = &ha.leader {
+        m.add(
+            "zeoraid_ha_leader",
+            "gauge",
+            "1 for the controller this one sees leading",
+            &format!("{l},leader=\"{}\"", esc(leader)),
+            1.0,
+        );
+    }
+    m.add(
+        "zeoraid_ha_leader_changes_total",
+        "counter",
+        "times this controller took the leader key",
+        &l,
+        ha.leader_changes as f64,
+    );
+}
+
 /// Samples grouped by metric (the text format wants each metric's
 /// samples together, after one HELP and TYPE).
 #[derive(Default)]
@@ -976,6 +1046,50 @@ mod tests {
         ] {
             assert!(t.contains(want), "{want} in {t}");
         }
+    }
+
+    #[test]
+    fn the_ha_role_shows_in_status_details_and_metrics() {
+        let mut doc = json!({"1": array("optimal", 2, &[("a", "optimal"), ("b", "optimal")])});
+        let (_, line) = health(&d(&doc)).expect("health");
+        assert!(!line.contains("controller"), "no [ha]: {line}");
+        assert!(!prometheus(&d(&doc)).contains("zeoraid_ha_"));
+        doc["1"]["ha"] = json!({
+            "controller": "ctl-b", "cluster": "prod", "role": "standby",
+            "leader": "ctl-a", "leader-changes": 2
+        });
+        let (state, line) = health(&d(&doc)).expect("health");
+        assert_eq!(state, State::Optimal, "a healthy standby is OK");
+        assert!(
+            line.starts_with("ZEORAID OK - ")
+                && line.ends_with("; controller ctl-b: standby (leader ctl-a)"),
+            "{line}"
+        );
+        let text = details_text(&d(&doc));
+        assert!(
+            text.starts_with(
+                "controller ctl-b: standby (leader ctl-a) of cluster prod, 2 leader change(s) here\n"
+            ),
+            "{text}"
+        );
+        let t = prometheus(&d(&doc));
+        let l = "controller=\"ctl-b\",cluster=\"prod\"";
+        for want in [
+            format!("zeoraid_ha_role{{{l},role=\"standby\"}} 1\n"),
+            format!("zeoraid_ha_role{{{l},role=\"leader\"}} 0\n"),
+            format!("zeoraid_ha_leader{{{l},leader=\"ctl-a\"}} 1\n"),
+            format!("zeoraid_ha_leader_changes_total{{{l}}} 2\n"),
+        ] {
+            assert!(t.contains(&want), "{want} in {t}");
+        }
+        doc["1"]["ha"]["role"] = json!("leader");
+        doc["1"]["ha"]["leader"] = json!("ctl-b");
+        doc["1"]["ha"]["epoch"] = json!(9);
+        let (_, line) = health(&d(&doc)).expect("health");
+        assert!(
+            line.ends_with("; controller ctl-b: leader (epoch 9)"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -27,6 +27,28 @@ use crate::storage::{Conflict, Error, Loaded, Oid, Op, Tid, Txn, TxnMeta, Vote};
 /// The fencing object: the database root.
 pub const FENCE_OID: Oid = Oid(0);
 
+/// The root of a new database, byte for byte as ZODB's `DB` writes it (an
+/// empty `persistent.mapping.PersistentMapping`, pickle protocol 3). A
+/// takeover on a database that has no root yet (no ZODB client opened it:
+/// none could, before a leader served) creates this one as its fence; a
+/// ZODB client opening the database later finds its root there.
+pub const NEW_ROOT: &[u8] = b"\x80\x03cpersistent.mapping\nPersistentMapping\nq\x00.\
+\x80\x03}q\x01X\x04\x00\x00\x00dataq\x02}q\x03s.";
+
+/// The root to fence on, from what loading it gave: a missing root is
+/// created (as [`NEW_ROOT`], over no previous revision); other errors
+/// stay errors.
+pub fn root_to_fence(loaded: Result<Loaded, Error>) -> Result<Loaded, Error> {
+    match loaded {
+        Err(Error::PosKey(oid)) if oid == FENCE_OID => Ok(Loaded {
+            data: NEW_ROOT.into(),
+            start: Tid(0),
+            end: None,
+        }),
+        other => other,
+    }
+}
+
 /// The fence this controller holds: its epoch and the root serial its
 /// votes check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,6 +221,25 @@ mod tests {
             serial: Tid(1),
             data: Default::default(),
         }
+    }
+
+    #[test]
+    fn a_missing_root_is_fenced_by_creating_it() {
+        let new = root_to_fence(Err(Error::PosKey(FENCE_OID))).expect("a new root");
+        assert_eq!((&new.data[..], new.start), (NEW_ROOT, Tid(0)));
+        let t = fence_txn(3, "ctl-a", &new);
+        assert!(matches!(
+            &t.ops[..],
+            [Op::Store { oid, serial, data }] if *oid == FENCE_OID && *serial == Tid(0) && &data[..] == NEW_ROOT
+        ));
+        assert!(matches!(
+            root_to_fence(Err(Error::PosKey(Oid(7)))),
+            Err(Error::PosKey(_))
+        ));
+        assert!(matches!(
+            root_to_fence(Err(Error::Disconnected("x".into()))),
+            Err(Error::Disconnected(_))
+        ));
     }
 
     #[test]

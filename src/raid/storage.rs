@@ -747,7 +747,8 @@ impl RaidStorage {
     }
 
     /// Fence every optimal backend at `epoch` for `controller`: rewrite the
-    /// root with its own data, then guard every vote with its new serial.
+    /// root with its own data (create it, in a database that has none),
+    /// then guard every vote with its new serial.
     /// A root changed meanwhile (a stale controller still committing)
     /// makes the rewrite conflict; it is retried on the new root, a few
     /// times.
@@ -759,7 +760,7 @@ impl RaidStorage {
             .forget_all("this controller takes over from another one");
         let mut last = None;
         for _ in 0..5 {
-            let root = crate::storage::load(self, fence::FENCE_OID)?;
+            let root = fence::root_to_fence(crate::storage::load(self, fence::FENCE_OID))?;
             match crate::storage::commit(self, &fence::fence_txn(epoch, controller, &root)) {
                 Ok(tid) => {
                     let f = Fence { epoch, serial: tid };

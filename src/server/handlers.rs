@@ -519,6 +519,12 @@ fn blob_staging(sess: &Session) -> Result<std::path::PathBuf> {
 /// `register(storage, read_only)`: the session serves `name` from now on;
 /// the storage's last transaction.
 fn register(shared: &Shared, sess: &Session, name: &str, ro: bool) -> Result<Tid> {
+    // An HA standby sends clients to the leader: routine, so not a warning
+    // (a client retries it; the worker does not log it either).
+    if let Err(e) = shared.gate.admit() {
+        log::debug!("register from {} refused: {e}", sess.peer);
+        return Err(e);
+    }
     let entry = shared
         .storages
         .get(name)
@@ -528,7 +534,9 @@ fn register(shared: &Shared, sess: &Session, name: &str, ro: bool) -> Result<Tid
         return Err(Error::ReadOnly);
     }
     sess.read_only.store(ro, Ordering::Relaxed);
-    let last = entry.storage.last_transaction()?;
+    let last = entry.storage.last_transaction().inspect_err(|e| {
+        log::warn!("register from connection {} failed: {e}", sess.id);
+    })?;
     write(&entry.clients).insert(sess.id);
     let _ = sess.storage.set(entry);
     log::info!(

@@ -9,6 +9,13 @@
 //! on the decrypted bytes; a client that does not complete its TLS
 //! handshake in time (a plaintext client on the TLS port waits for our
 //! greeting forever) is closed with a log line that says so.
+//!
+//! While the serving gate is closed (an HA standby, see `serving`) a new
+//! connection is accepted but not greeted: a ZEO client waits for the
+//! greeting, and is greeted once this controller leads (or it gave up and
+//! closed). Stock `ZEO.ClientStorage([a, b])` needs exactly this to fail
+//! over: it keeps the attempt on every address open and registers with
+//! the first that greets.
 
 use super::refusals::{host_of, suppressed_note, Refusals, Verdict};
 use super::session::{self, Session};
@@ -77,6 +84,8 @@ struct Conn {
     want_write: bool,
     close_after_flush: bool,
     session: Arc<Session>,
+    /// Not greeted yet: accepted while the serving gate was closed.
+    waiting: bool,
     /// Not read while its session's queue is over `session::QUEUE_HIGH`
     /// (resumed by `Out::ResumeReading`).
     paused: bool,
@@ -101,6 +110,9 @@ struct Loop {
     read_buf: Vec<u8>,
     /// Connections with queued output not yet written this turn.
     dirty: Vec<ConnId>,
+    /// Connections accepted while the serving gate was closed, to greet
+    /// when it opens.
+    ungreeted: Vec<ConnId>,
 }
 
 pub(super) fn run(
@@ -130,6 +142,7 @@ pub(super) fn run(
         max_frame,
         read_buf: vec![0u8; 64 << 10],
         dirty: Vec::new(),
+        ungreeted: Vec::new(),
     };
     let mut events = Events::with_capacity(1024);
     loop {
@@ -205,6 +218,7 @@ impl Loop {
                     log::debug!("connection {id} from {peer}");
                     let session = Arc::new(Session::new(id, peer.clone()));
                     write(&self.shared.sessions).insert(id, session.clone());
+                    let waiting = !self.shared.gate.is_open();
                     let mut conn = Conn {
                         transport,
                         peer,
@@ -214,10 +228,20 @@ impl Loop {
                         want_write: false,
                         close_after_flush: false,
                         session,
+                        waiting,
                         paused: false,
                     };
-                    conn.outq
-                        .push_back(OutFrame::new(Payload::Owned(PROTOCOL.to_vec())));
+                    if waiting {
+                        log::debug!(
+                            "connection {id} from {} waits for its greeting: this \
+                             controller stands by",
+                            conn.peer
+                        );
+                        self.ungreeted.push(id);
+                    } else {
+                        conn.outq
+                            .push_back(OutFrame::new(Payload::Owned(PROTOCOL.to_vec())));
+                    }
                     self.conns.insert(id, conn);
                     self.flush(id);
                 }
@@ -475,6 +499,22 @@ impl Loop {
                 stall_hook();
                 let _ = self.shared.jobs.send(Job::Probe(answered));
             }
+            Out::Greet => self.greet_waiting(),
+        }
+    }
+
+    /// The serving gate opened: greet the connections that waited.
+    fn greet_waiting(&mut self) {
+        for id in std::mem::take(&mut self.ungreeted) {
+            let Some(conn) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            if conn.waiting {
+                conn.waiting = false;
+                conn.outq
+                    .push_front(OutFrame::new(Payload::Owned(PROTOCOL.to_vec())));
+                self.flush(id);
+            }
         }
     }
 
@@ -578,6 +618,9 @@ impl Loop {
 
     fn close(&mut self, id: ConnId) {
         if let Some(mut conn) = self.conns.remove(&id) {
+            if conn.waiting {
+                self.ungreeted.retain(|w| *w != id);
+            }
             conn.transport.close_notify();
             let _ = self.poll.registry().deregister(conn.transport.source());
             log::debug!("connection {id} from {} closed", conn.peer);

@@ -23,7 +23,9 @@
 //! [`commit_lock`] (who holds the lock, who is next), [`invalidations`]
 //! (bounded history for `getInvalidations`). `wire` shapes values as ZEO's
 //! Python side expects them; `status` answers `get_info`, `server_status`
-//! and `ruok`.
+//! and `ruok`. `serving` is the gate controller HA closes on a standby
+//! (connections wait for their greeting, `register` is refused) and opens
+//! on the leader ([`ServeSwitch`]); without `[ha]` it is always open.
 //!
 //! Layering (`a ──► b`: `a` imports `b`; no arrow points back up, so
 //! there is no import circle):
@@ -57,6 +59,7 @@ mod io;
 pub mod methods;
 mod refusals;
 mod request;
+mod serving;
 mod session;
 mod status;
 mod transport;
@@ -77,6 +80,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+pub use serving::ServeSwitch;
 pub use session::Session;
 pub use transport::Listen;
 
@@ -167,6 +171,8 @@ pub(crate) enum Out {
     Close(ConnId),
     /// A liveness probe: hand it on to the pool (see [`Liveness`]).
     Probe(Arc<AtomicU64>),
+    /// The serving gate opened: greet the connections that wait for it.
+    Greet,
 }
 
 /// Whether the event loop and the worker pool still turn, for the systemd
@@ -261,6 +267,8 @@ pub(crate) struct Shared {
     pub tls: Option<Arc<TlsState>>,
     /// `Options::max_blob_size`.
     pub max_blob_size: Option<u64>,
+    /// Whether `register` is admitted (closed on an HA standby).
+    pub gate: serving::Gate,
 }
 
 impl Shared {
@@ -307,6 +315,25 @@ pub type Served = (String, Arc<dyn Storage>, bool);
 impl Server {
     /// Bind the listener and start the event loop and the worker pool.
     pub fn start(opts: Options, storages: Vec<Served>) -> std::io::Result<Server> {
+        Server::start_gated(opts, storages, serving::Gate::open())
+    }
+
+    /// [`Server::start`] as a controller-HA standby: `register` is refused
+    /// with `refusal` until the controller flips [`Server::serving`].
+    pub fn start_standby(
+        opts: Options,
+        storages: Vec<Served>,
+        refusal: String,
+        ha: crate::status::HaStatus,
+    ) -> std::io::Result<Server> {
+        Server::start_gated(opts, storages, serving::Gate::closed(refusal, ha))
+    }
+
+    fn start_gated(
+        opts: Options,
+        storages: Vec<Served>,
+        gate: serving::Gate,
+    ) -> std::io::Result<Server> {
         let (listener, listening) = transport::Listener::bind(&opts.listen, opts.socket_mode)?;
         let poll = mio::Poll::new()?;
         let waker = Arc::new(mio::Waker::new(poll.registry(), io::WAKER)?);
@@ -354,6 +381,7 @@ impl Server {
                 })
             }),
             max_blob_size: opts.max_blob_size,
+            gate,
         });
         let mut workers = Vec::new();
         for i in 0..opts.workers.max(1) {
@@ -442,6 +470,12 @@ impl Server {
             shared: self.shared.clone(),
             answered: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// The gate on `register` that controller HA flips (a single
+    /// controller never closes it).
+    pub fn serving(&self) -> ServeSwitch {
+        ServeSwitch(self.shared.clone())
     }
 
     /// A handle to replace the TLS configuration on reload; `None` for a

@@ -80,6 +80,7 @@ pub(crate) fn storage_status(entry: &StorageEntry) -> StorageStatus {
         uptime_seconds: entry.started.elapsed().as_secs(),
         last_transaction: last,
         raid: entry.storage.raid_status(),
+        ha: None,
     }
 }
 
@@ -94,6 +95,10 @@ pub(crate) fn status_document(shared: &Shared) -> Document {
     shared
         .storages
         .iter()
-        .map(|(name, entry)| (name.clone(), storage_status(entry)))
+        .map(|(name, entry)| {
+            let mut s = storage_status(entry);
+            s.ha = shared.gate.ha();
+            (name.clone(), s)
+        })
         .collect()
 }

@@ -152,7 +152,11 @@ fn encode_reply(id: ConnId, msg: &Message, result: Result<Value>) -> Option<Vec<
     Some(match &result {
         Ok(v) => message::encode_reply(&msg.msgid, v),
         Err(e) => {
-            if !matches!(e, Error::PosKey(_) | Error::Conflict { .. }) {
+            // A refused register is logged by `register` itself (an HA
+            // standby's refusal is routine).
+            let routine = matches!(e, Error::PosKey(_) | Error::Conflict { .. })
+                || (msg.method == "register" && matches!(e, Error::Disconnected(_)));
+            if !routine {
                 log::warn!("{} from connection {id} failed: {e}", msg.method);
             }
             message::encode_error(&msg.msgid, e)

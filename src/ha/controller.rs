@@ -1,0 +1,619 @@
+//! The HA controller: the IO shell around the pure role machine
+//! ([`super::role`]). One named thread (`zeoraid-ha`) owns the
+//! [`Machine`], steps it with a clock tick and with what the
+//! [`Election`] answered (campaign, renew, the key's holder), and carries
+//! out what it asks for: fence every served array at the epoch
+//! ([`RaidStorage::take_fence`]), reconcile, open the server's
+//! [`ServeSwitch`] to serve, close it (refusing `register` and closing the
+//! clients, so ZEO clients given every controller's address go to the
+//! leader) to stand by, resign the key. A vote that failed at the fence
+//! (an array's [`FenceState::Lost`]) demotes it. What it decides (the
+//! refusal's words, the status, whether a name is taken) are pure
+//! functions below.
+//!
+//! Every etcd call has the client's deadlines (connect and request
+//! timeouts per endpoint), so a silent etcd delays a step by a bounded
+//! time; a leader that cannot reach etcd keeps serving (the machine's
+//! rule). [`preflight`] runs before the server listens: an unreachable
+//! etcd, or a live controller of the same name holding the leader key,
+//! refuses the start. On shutdown the thread is joined; a leader closes
+//! its clients and resigns, so a standby takes over at once.
+
+use super::etcd::{Client, Error, KeyValue, Options};
+use super::lease::{Election, Leadership, Outcome};
+use super::role::{Action, Campaign, Demotion, Event, Fence, Machine, Renewal, Role, Timing};
+use crate::raid::fence::FenceState;
+use crate::raid::RaidStorage;
+use crate::server::ServeSwitch;
+use crate::status::HaStatus;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// What the controller needs of `[ha]` (the config layer builds it).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub endpoints: Vec<String>,
+    pub cluster: String,
+    pub name: String,
+    pub lease_ttl: Duration,
+    pub renew_interval: Duration,
+}
+
+impl Settings {
+    /// The cluster's leader key.
+    pub fn leader_key(&self) -> Vec<u8> {
+        format!("{}/leader", self.cluster).into_bytes()
+    }
+
+    fn timing(&self) -> Timing {
+        Timing {
+            ttl_ms: self.lease_ttl.as_millis() as u64,
+            renew_ms: (self.renew_interval.as_millis() as u64).max(1),
+        }
+    }
+
+    fn endpoints_text(&self) -> String {
+        self.endpoints.join(", ")
+    }
+}
+
+/// How often the thread steps the machine with a tick (it decides what
+/// is due): often enough that a due renewal is at most this late.
+fn tick_every(renew: Duration) -> Duration {
+    (renew / 4).clamp(Duration::from_millis(20), Duration::from_millis(250))
+}
+
+/// Why `register` is refused in `role` (pure).
+pub fn refusal(name: &str, cluster: &str, role: &Role) -> String {
+    match role {
+        Role::Standby {
+            leader: Some(leader),
+        } => format!(
+            "zeoraid controller {name} is a standby; the leader is {leader}. Connect to the \
+             leader (ZEO clients given every controller's address do so by themselves)"
+        ),
+        Role::Standby { leader: None } => format!(
+            "zeoraid controller {name} is a standby; no leader of cluster {cluster} is known \
+             yet (a takeover is under way, or etcd is unreachable). Retry, or connect to \
+             another controller"
+        ),
+        Role::Fencing { .. } | Role::Reconciling { .. } => format!(
+            "zeoraid controller {name} is taking over cluster {cluster} ({}); retry in a moment",
+            role.name()
+        ),
+        Role::Leader { .. } => format!("zeoraid controller {name} stopped leading"),
+    }
+}
+
+/// What the status document shows of the machine (pure).
+pub fn status_of(name: &str, cluster: &str, m: &Machine) -> HaStatus {
+    let role = m.role();
+    let leader = match role {
+        Role::Standby { leader } => leader.clone(),
+        _ => Some(name.to_string()),
+    };
+    HaStatus {
+        controller: name.into(),
+        cluster: cluster.into(),
+        role: role.name().into(),
+        leader,
+        epoch: role.epoch(),
+        leader_changes: m.leader_changes,
+    }
+}
+
+/// Whether the leader key, seen holding `name` at first and again after
+/// more than a lease's TTL, shows another live controller of that name:
+/// the same key (creation) under the same lease, so it was renewed (pure).
+pub fn name_taken(name: &[u8], first: &KeyValue, later: Option<&KeyValue>) -> bool {
+    first.value == name
+        && later.is_some_and(|k| {
+            k.value == name && k.lease == first.lease && k.create_revision == first.create_revision
+        })
+}
+
+/// The holder's name as etcd has it.
+fn holder_name(kv: &KeyValue) -> String {
+    String::from_utf8_lossy(&kv.value).into_owned()
+}
+
+/// The fencing epoch of a leader key created at etcd revision `rev`.
+fn epoch_of(rev: i64) -> u64 {
+    u64::try_from(rev).unwrap_or(0)
+}
+
+/// Before the server listens: reach etcd, and make sure no live controller
+/// of this name holds the leader key. A key left by a crashed controller
+/// of this name expires within a lease's TTL, which this waits out.
+pub fn preflight(s: &Settings) -> Result<Election, String> {
+    let client = Client::new(Options::new(s.endpoints.clone()))
+        .map_err(|e| format!("[ha]: {e} (set ha.endpoints)"))?;
+    let election = Election::new(client, &s.leader_key(), s.lease_ttl);
+    let unreachable = |e: Error| {
+        format!(
+            "[ha]: cannot reach etcd at {} ({e}); a controller does not start without etcd, \
+             since it could not tell whether another controller leads. Start etcd, or fix \
+             ha.endpoints",
+            s.endpoints_text()
+        )
+    };
+    let key = s.leader_key();
+    let Some(first) = election.client().get(&key).map_err(unreachable)? else {
+        return Ok(election);
+    };
+    if first.value != s.name.as_bytes() {
+        return Ok(election);
+    }
+    log::warn!(
+        "[ha]: the leader key of cluster {} names this controller ({}) under etcd lease {}: \
+         a previous run that did not resign, or another controller with the same name. \
+         Waiting up to one lease TTL ({:?}) for it to expire",
+        s.cluster,
+        s.name,
+        first.lease,
+        s.lease_ttl
+    );
+    let deadline = Instant::now() + s.lease_ttl + s.renew_interval;
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let later = election.client().get(&key).map_err(unreachable)?;
+        if !name_taken(s.name.as_bytes(), &first, later.as_ref()) {
+            return Ok(election);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "[ha]: another live controller named {:?} leads cluster {:?} (its etcd lease \
+                 {} is being renewed): every controller needs a name of its own. Set a \
+                 different ha.name, or stop the other controller",
+                s.name, s.cluster, first.lease
+            ));
+        }
+    }
+}
+
+/// The running controller thread.
+pub struct Controller {
+    stop: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What the thread owns.
+struct Driver {
+    settings: Settings,
+    election: Election,
+    key: Vec<u8>,
+    machine: Machine,
+    leadership: Option<Leadership>,
+    arrays: Vec<(String, Arc<RaidStorage>)>,
+    switch: ServeSwitch,
+    started: Instant,
+    stop: Receiver<()>,
+    stopping: bool,
+    /// The refusal last given to the gate.
+    refusing: String,
+    /// A failed fence's answer, held for the next round so that the lease
+    /// is renewed between attempts (a fence retried in a tight loop would
+    /// let it expire unnoticed).
+    deferred: Option<Event>,
+    /// Fence attempts failed in a row (logged at 1, 2, 4, 8, ...).
+    fence_failures: u32,
+}
+
+impl Controller {
+    /// Start the thread. The arrays must already stand by and the server's
+    /// gate be closed ([`crate::server::Server::start_standby`]).
+    pub fn start(
+        settings: Settings,
+        election: Election,
+        arrays: Vec<(String, Arc<RaidStorage>)>,
+        switch: ServeSwitch,
+    ) -> std::io::Result<Controller> {
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
+        let machine = Machine::new(settings.timing(), 0);
+        let key = settings.leader_key();
+        let mut d = Driver {
+            election,
+            key,
+            machine,
+            leadership: None,
+            arrays,
+            switch,
+            started: Instant::now(),
+            stop: stop_rx,
+            stopping: false,
+            refusing: String::new(),
+            deferred: None,
+            fence_failures: 0,
+            settings,
+        };
+        d.publish();
+        let thread = std::thread::Builder::new()
+            .name("zeoraid-ha".into())
+            .spawn(move || d.run())?;
+        Ok(Controller {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stop the thread (a leader closes its clients and resigns) and join it.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        // Dropping the sender wakes the thread.
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                log::error!("the HA controller thread panicked (a zeoraid bug)");
+            }
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+impl Driver {
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    fn run(mut self) {
+        log::info!(
+            "[ha]: controller {} of cluster {} stands by; etcd at {}",
+            self.name(),
+            self.settings.cluster,
+            self.settings.endpoints_text()
+        );
+        let every = tick_every(self.settings.renew_interval);
+        while !self.stopping {
+            self.step(Event::Tick);
+            if let Some(e) = self.deferred.take() {
+                self.step(e);
+            }
+            if matches!(self.machine.role(), Role::Leader { .. }) && self.fenced_out() {
+                self.step(Event::FencedOut);
+            }
+            self.publish();
+            self.pause(every);
+        }
+        self.leave();
+    }
+
+    /// Wait `d` unless asked to stop.
+    fn pause(&mut self, d: Duration) {
+        match self.stop.recv_timeout(d) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => self.stopping = true,
+        }
+    }
+
+    fn fenced_out(&self) -> bool {
+        self.arrays
+            .iter()
+            .any(|(_, a)| matches!(a.fence_state(), FenceState::Lost { .. }))
+    }
+
+    /// Step the machine on `event` and carry out what follows, answering
+    /// each action's outcome back to it.
+    fn step(&mut self, event: Event) {
+        let now = self.now();
+        let mut todo: VecDeque<Action> = self.machine.step(now, event).into();
+        while let Some(action) = todo.pop_front() {
+            match self.carry_out(action) {
+                Some(
+                    e @ Event::Fenced {
+                        outcome: Fence::Failed,
+                        ..
+                    },
+                ) => self.deferred = Some(e),
+                Some(answer) => {
+                    let now = self.now();
+                    todo.extend(self.machine.step(now, answer));
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn carry_out(&mut self, action: Action) -> Option<Event> {
+        match action {
+            Action::Campaign => Some(Event::Campaigned(self.campaign())),
+            Action::Renew => Some(Event::Renewed(self.renew())),
+            Action::LookAtKey => Some(match self.election.client().get(&self.key) {
+                Ok(kv) => Event::Holder(kv.as_ref().map(holder_name)),
+                Err(e) => {
+                    log::warn!(
+                        "[ha]: controller {} cannot look at the leader key: {e}",
+                        self.name()
+                    );
+                    // A standby's "etcd did not answer": look again later.
+                    Event::Campaigned(Campaign::Unreachable)
+                }
+            }),
+            Action::Fence { epoch } => Some(Event::Fenced {
+                epoch,
+                outcome: self.fence(epoch),
+            }),
+            Action::Reconcile { epoch } => {
+                // TODO(#26): reconcile the old leader's in-doubt
+                // transaction (voted on some backends, finished on none or
+                // some): complete it on every backend or degrade the ones
+                // that disagree, before serving. Until then a takeover
+                // relies on the arrays' own recovery of a backend that
+                // differs.
+                log::info!(
+                    "[ha]: controller {} fenced every array at epoch {epoch}; reconciling \
+                     in-doubt transactions is not implemented yet",
+                    self.name()
+                );
+                Some(Event::Reconciled { epoch })
+            }
+            Action::Serve { epoch } => {
+                self.switch.serve();
+                log::warn!(
+                    "[ha]: controller {} leads cluster {} at epoch {epoch}: serving clients",
+                    self.name(),
+                    self.settings.cluster
+                );
+                None
+            }
+            Action::StopServing { why } => {
+                self.stop_serving(&why);
+                None
+            }
+            Action::Resign => {
+                self.resign();
+                None
+            }
+        }
+    }
+
+    fn campaign(&mut self) -> Campaign {
+        match self.election.campaign(self.settings.name.as_bytes()) {
+            Ok(Outcome::Won(l)) => {
+                let epoch = epoch_of(l.create_revision);
+                log::info!(
+                    "[ha]: controller {} won the leader key of cluster {} (epoch {epoch}); \
+                     fencing the backends",
+                    self.name(),
+                    self.settings.cluster
+                );
+                self.leadership = Some(l);
+                Campaign::Won { epoch }
+            }
+            Ok(Outcome::Lost(kv)) => Campaign::Lost {
+                holder: kv.as_ref().map(holder_name),
+            },
+            Err(e) => {
+                log::warn!(
+                    "[ha]: controller {} cannot campaign for leadership: {e}",
+                    self.name()
+                );
+                Campaign::Unreachable
+            }
+        }
+    }
+
+    fn renew(&mut self) -> Renewal {
+        let Some(l) = &self.leadership else {
+            return Renewal::Lost { holder: None };
+        };
+        match self.election.renew(l) {
+            Ok(_) => match self.election.client().get(&self.key) {
+                Ok(Some(kv)) if kv.lease == l.lease && kv.create_revision == l.create_revision => {
+                    Renewal::Held
+                }
+                Ok(kv) => Renewal::Lost {
+                    holder: kv.as_ref().map(holder_name),
+                },
+                Err(e) => {
+                    log::warn!(
+                        "[ha]: leader {} cannot read the leader key back: {e}; still \
+                         serving (a controller taking over fences this one first)",
+                        self.name()
+                    );
+                    Renewal::Unreachable
+                }
+            },
+            Err(Error::LeaseNotFound(_)) => Renewal::Lost {
+                holder: self
+                    .election
+                    .client()
+                    .get(&self.key)
+                    .ok()
+                    .flatten()
+                    .as_ref()
+                    .map(holder_name),
+            },
+            Err(e) => {
+                log::warn!(
+                    "[ha]: leader {} cannot renew its lease: {e}; still serving (a \
+                     controller taking over fences this one first). Check etcd",
+                    self.name()
+                );
+                Renewal::Unreachable
+            }
+        }
+    }
+
+    /// Fence every array at `epoch`.
+    fn fence(&mut self, epoch: u64) -> Fence {
+        for (name, array) in &self.arrays {
+            if let Err(e) = array.take_fence(epoch, &self.settings.name) {
+                self.fence_failures = self.fence_failures.saturating_add(1);
+                if self.fence_failures.is_power_of_two() {
+                    log::error!(
+                        "[ha]: controller {} cannot fence array {name:?} at epoch {epoch} \
+                         ({} attempts): {e}; retrying, not serving meanwhile. Check that the \
+                         array's backends run and answer",
+                        self.settings.name,
+                        self.fence_failures
+                    );
+                }
+                return Fence::Failed;
+            }
+        }
+        self.fence_failures = 0;
+        Fence::Done
+    }
+
+    fn stop_serving(&mut self, why: &Demotion) {
+        for (_, a) in &self.arrays {
+            a.stand_by();
+        }
+        // A demoted controller gives the key up if it still has it.
+        self.resign();
+        let reason = refusal(
+            &self.settings.name,
+            &self.settings.cluster,
+            self.machine.role(),
+        );
+        self.switch.stop_serving(reason.clone());
+        self.refusing = reason;
+        log::warn!(
+            "[ha]: controller {} stopped leading: {why}; clients closed, standing by",
+            self.name()
+        );
+    }
+
+    fn resign(&mut self) {
+        let Some(l) = self.leadership.take() else {
+            return;
+        };
+        match self.election.resign(&l) {
+            Ok(true) => log::info!("[ha]: controller {} resigned the leader key", self.name()),
+            Ok(false) => {}
+            Err(e) => log::warn!(
+                "[ha]: controller {} cannot resign the leader key: {e}; it expires with the \
+                 lease ({:?})",
+                self.name(),
+                l.ttl
+            ),
+        }
+    }
+
+    /// Show the role in the status, and keep the gate's refusal current.
+    fn publish(&mut self) {
+        let (name, cluster) = (&self.settings.name, &self.settings.cluster);
+        self.switch
+            .set_status(status_of(name, cluster, &self.machine));
+        let role = self.machine.role();
+        if !matches!(role, Role::Leader { .. }) {
+            let reason = refusal(name, cluster, role);
+            if reason != self.refusing {
+                self.switch.refuse(reason.clone());
+                self.refusing = reason;
+            }
+        }
+    }
+
+    /// On shutdown: a controller holding the key closes its clients and
+    /// resigns, so a standby takes over without waiting for the lease.
+    fn leave(&mut self) {
+        if self.machine.role().epoch().is_some() {
+            let name = self.settings.name.clone();
+            self.switch.stop_serving(format!(
+                "zeoraid controller {name} is shutting down; connect to another controller"
+            ));
+            for (_, a) in &self.arrays {
+                a.stand_by();
+            }
+        }
+        self.resign();
+        log::info!("[ha]: controller {} stopped", self.name());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(value: &str, lease: i64, create: i64) -> KeyValue {
+        KeyValue {
+            key: b"c/leader".to_vec(),
+            value: value.as_bytes().to_vec(),
+            create_revision: create,
+            mod_revision: create,
+            version: 1,
+            lease,
+        }
+    }
+
+    #[test]
+    fn a_name_is_taken_only_by_a_renewed_key_of_that_name() {
+        let first = kv("a", 7, 10);
+        assert!(name_taken(b"a", &first, Some(&kv("a", 7, 10))));
+        // Expired, or taken anew by a restarted controller, or by another.
+        assert!(!name_taken(b"a", &first, None));
+        assert!(!name_taken(b"a", &first, Some(&kv("a", 8, 12))));
+        assert!(!name_taken(b"a", &first, Some(&kv("b", 9, 13))));
+        assert!(!name_taken(b"a", &kv("b", 7, 10), Some(&kv("b", 7, 10))));
+    }
+
+    #[test]
+    fn refusals_name_the_leader() {
+        let r = refusal(
+            "ctl-b",
+            "c",
+            &Role::Standby {
+                leader: Some("ctl-a".into()),
+            },
+        );
+        assert!(
+            r.starts_with("zeoraid controller ctl-b is a standby; the leader is ctl-a"),
+            "{r}"
+        );
+        let r = refusal("ctl-b", "c", &Role::Standby { leader: None });
+        assert!(r.contains("no leader of cluster c is known"), "{r}");
+        let r = refusal("ctl-b", "c", &Role::Fencing { epoch: 3 });
+        assert!(r.contains("taking over cluster c (fencing)"), "{r}");
+    }
+
+    #[test]
+    fn the_status_follows_the_machine() {
+        let t = Timing::with_ttl(3000);
+        let mut m = Machine::new(t, 0);
+        let s = status_of("a", "c", &m);
+        assert_eq!(
+            (s.role.as_str(), s.leader, s.epoch),
+            ("standby", None, None)
+        );
+        m.step(0, Event::Tick);
+        m.step(0, Event::Campaigned(Campaign::Won { epoch: 5 }));
+        let s = status_of("a", "c", &m);
+        assert_eq!(
+            (
+                s.role.as_str(),
+                s.leader.as_deref(),
+                s.epoch,
+                s.leader_changes
+            ),
+            ("fencing", Some("a"), Some(5), 1)
+        );
+    }
+
+    #[test]
+    fn ticks_are_frequent_but_bounded() {
+        assert_eq!(
+            tick_every(Duration::from_secs(1)),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            tick_every(Duration::from_millis(40)),
+            Duration::from_millis(20)
+        );
+    }
+}

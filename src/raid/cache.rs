@@ -53,6 +53,16 @@ pub const OBJECT_OVERHEAD: u64 = 160;
 /// data's allocation header).
 pub const REVISION_OVERHEAD: u64 = 64;
 
+/// The most shards a cache has (see [`Cache::new`]).
+pub const SHARDS: usize = 16;
+
+/// Shards for a cache of `capacity` bytes: one per MB, a power of two,
+/// 1 to [`SHARDS`].
+pub fn shards_for(capacity: u64) -> usize {
+    let per_mb = (capacity >> 20).clamp(1, SHARDS as u64) as usize;
+    1 << per_mb.ilog2()
+}
+
 /// `cache-size`'s default: 64 MiB.
 pub const DEFAULT_SIZE: u64 = 64 << 20;
 
@@ -251,15 +261,39 @@ impl quick_cache::Weighter<Oid, Arc<Revisions>> for Weigh {
 }
 
 /// Counts evictions; what is evicted is dropped after the shard's lock.
+/// `quick_cache` reports a value replaced by an insert of its key the same
+/// way: [`Insert::of`] names the insert, so that a replacement is not
+/// counted (an insert too heavy to keep, rejected at once, is).
 #[derive(Clone, Default)]
 struct Evictions(Arc<AtomicU64>);
 
-impl quick_cache::Lifecycle<Oid, Arc<Revisions>> for Evictions {
-    type RequestState = Vec<Arc<Revisions>>;
+/// One insert's state for [`Evictions`].
+#[derive(Default)]
+struct Insert {
+    key: Option<Oid>,
+    new: Option<*const Revisions>,
+    dropped: Vec<Arc<Revisions>>,
+}
 
-    fn on_evict(&self, dropped: &mut Self::RequestState, _oid: Oid, v: Arc<Revisions>) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        dropped.push(v);
+impl Insert {
+    fn of(key: Oid, new: &Arc<Revisions>) -> Insert {
+        Insert {
+            key: Some(key),
+            new: Some(Arc::as_ptr(new)),
+            dropped: Vec::new(),
+        }
+    }
+}
+
+impl quick_cache::Lifecycle<Oid, Arc<Revisions>> for Evictions {
+    type RequestState = Insert;
+
+    fn on_evict(&self, state: &mut Insert, oid: Oid, v: Arc<Revisions>) {
+        let replaced = state.key == Some(oid) && state.new != Some(Arc::as_ptr(&v));
+        if !replaced {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+        state.dropped.push(v);
     }
 }
 
@@ -270,6 +304,12 @@ type Map = quick_cache::sync::Cache<
     std::collections::hash_map::RandomState,
     Evictions,
 >;
+
+fn insert(map: &Map, oid: Oid, revisions: Revisions) {
+    let value = Arc::new(revisions);
+    let mut state = Insert::of(oid, &value);
+    map.insert_with_lifecycle(oid, value, &mut state);
+}
 
 /// See the module doc. `capacity` 0: off (every call is a no-op).
 pub struct Cache {
@@ -291,13 +331,30 @@ impl Cache {
         let map = (capacity > 0).then(|| {
             // Items are a few hundred bytes to a few kB in most databases.
             let items = (capacity / 512).clamp(64, 1 << 24) as usize;
-            Map::with(
-                items,
-                capacity,
-                Weigh,
-                std::collections::hash_map::RandomState::new(),
-                evictions.clone(),
-            )
+            // quick_cache splits the capacity among its shards, and an
+            // object heavier than a shard's share is never kept: at most
+            // 16 (its default grows with the cores), and one per MB of
+            // cache-size, so shares stay at least 1 MB or the whole.
+            let options = quick_cache::OptionsBuilder::new()
+                .estimated_items_capacity(items)
+                .weight_capacity(capacity)
+                .shards(shards_for(capacity))
+                .build();
+            match options {
+                Ok(o) => Map::with_options(
+                    o,
+                    Weigh,
+                    std::collections::hash_map::RandomState::new(),
+                    evictions.clone(),
+                ),
+                Err(_) => Map::with(
+                    items,
+                    capacity,
+                    Weigh,
+                    std::collections::hash_map::RandomState::new(),
+                    evictions.clone(),
+                ),
+            }
         });
         Cache {
             map,
@@ -368,7 +425,7 @@ impl Cache {
         }
         let old = map.peek(&oid);
         if let Some(new) = Revisions::with_load(old.as_deref(), loaded) {
-            map.insert(oid, Arc::new(new));
+            insert(map, oid, new);
         }
     }
 
@@ -396,7 +453,7 @@ impl Cache {
                 *generation += 1;
                 let old = map.peek(&oid);
                 match data.and_then(|d| Revisions::with_commit(old.as_deref(), t, d)) {
-                    Some(new) => map.insert(oid, Arc::new(new)),
+                    Some(new) => insert(map, oid, new),
                     None => {
                         map.remove(&oid);
                     }
@@ -690,6 +747,37 @@ mod tests {
         cache.logged(Tid(30), vec![(oid, None)]);
         cache.published(Tid(30));
         assert_eq!(cache.load_before(oid, Tid(15)), None);
+    }
+
+    #[test]
+    fn shards_keep_a_sizeable_share() {
+        for (capacity, want) in [
+            (2048, 1),
+            (1 << 20, 1),
+            (3 << 20, 2),
+            (64 << 20, 16),
+            (1 << 40, 16),
+        ] {
+            assert_eq!(shards_for(capacity), want, "{capacity}");
+        }
+    }
+
+    #[test]
+    fn a_replaced_object_is_not_an_eviction() {
+        let cache = Cache::new(1 << 20);
+        let oid = Oid(3);
+        for t in 1..=5u64 {
+            cache.logged(Tid(t * 10), vec![(oid, Some(d("v")))]);
+            cache.published(Tid(t * 10));
+        }
+        let c = cache.counters();
+        assert_eq!((c.objects, c.evictions), (1, 0), "{c:?}");
+        // One too heavy for its shard is not kept, and counts.
+        let big = Cache::new(4 << 20);
+        let ticket = big.ticket(oid);
+        big.fill(oid, ticket, &loaded(10, None, &"x".repeat(2 << 20)));
+        let c = big.counters();
+        assert_eq!((c.objects, c.evictions), (0, 1), "{c:?}");
     }
 
     #[test]

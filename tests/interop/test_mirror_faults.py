@@ -135,7 +135,8 @@ class MirrorFaultTests(WritersFixture, unittest.TestCase):
         server = self.start_server(
             [StorageSpec(name="1", kind="raid",
                          backends=("file", ("zeo", address)),
-                         raid_options="auto-recover = false")])
+                         # Every read must reach a mirror: no object cache.
+                         raid_options="auto-recover = false\ncache-size = 0")])
         values = {f"k{i}": f"value {i}" for i in range(20)}
         if populated:
             db = ZEO.DB(server.addr)
@@ -147,7 +148,8 @@ class MirrorFaultTests(WritersFixture, unittest.TestCase):
                 db.close()
             self.assertEqual(self.backend_state(server, 1)[0], "optimal")
             open(flag, "w").close()
-        # A fresh client with no cache: every read reaches the array.
+        # A fresh client with no cache: every read reaches the array, and
+        # (its cache off) a mirror.
         db = ZEO.DB(server.addr, cache_size=0)
         try:
             with db.transaction() as conn:

@@ -237,10 +237,11 @@ class OffsiteTests(WritersFixture, unittest.TestCase):
     # -- setting up ----------------------------------------------------------
 
     def start_array(self, delay=DELAY, bandwidth=BANDWIDTH, max_lag=60,
-                    queue_transactions=None, dr_msgpack=True):
+                    queue_transactions=None, dr_msgpack=True, cache=True):
         """Start the off-site runzeo, the link to it and zeoraid; returns
         an Array.  ``dr_msgpack=False``: the off-site runzeo has runzeo's
-        default config (the pickle flavour)."""
+        default config (the pickle flavour); ``cache=False``: the array's
+        object cache off, so that every read reaches a mirror."""
         dr = zeoraid_server.Server(
             [StorageSpec(name="1", kind="file")], target_name="runzeo",
             client_conflict_resolution=False, msgpack=dr_msgpack)
@@ -264,7 +265,8 @@ class OffsiteTests(WritersFixture, unittest.TestCase):
             [StorageSpec(name="1", kind="raid",
                          backends=("runzeo", "file",
                                    ("zeo", link.address, *mirror)),
-                         raid_options=f"backend-timeout = {BACKEND_TIMEOUT}")],
+                         raid_options=f"backend-timeout = {BACKEND_TIMEOUT}"
+                         + ("" if cache else "\ncache-size = 0"))],
             extra_toml=f'[admin]\nlisten = "127.0.0.1:{admin}"\n')
         m = self.mirror(array)
         self.assertEqual((m["name"], m["mode"]), (MIRROR, "offsite"), m)
@@ -613,7 +615,8 @@ class OffsiteTests(WritersFixture, unittest.TestCase):
               f"transactions]", end=" ... ", flush=True)
 
     def test_no_reads_and_its_death_costs_clients_nothing(self):
-        array = self.start_array()
+        # Every load must reach a mirror, to count where they went.
+        array = self.start_array(cache=False)
         objects = 300
 
         def populate(root):

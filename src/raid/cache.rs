@@ -240,16 +240,7 @@ pub struct Ticket {
 }
 
 /// The counters shown in `ctl details` and `/metrics`.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Counters {
-    pub capacity: u64,
-    pub size: u64,
-    pub objects: u64,
-    pub hits: u64,
-    pub misses: u64,
-    pub evictions: u64,
-    pub bytes_saved: u64,
-}
+pub type Counters = crate::status::CacheStatus;
 
 #[derive(Clone)]
 struct Weigh;

@@ -817,18 +817,7 @@ impl Core {
                 credit: (c.balance() * 10.0).round() / 10.0,
             }),
             fence: lock(&self.commit.fence).status(),
-            cache: self.cache.enabled().then(|| {
-                let c = self.cache.counters();
-                crate::status::CacheStatus {
-                    capacity: c.capacity,
-                    size: c.size,
-                    objects: c.objects,
-                    hits: c.hits,
-                    misses: c.misses,
-                    evictions: c.evictions,
-                    bytes_saved: c.bytes_saved,
-                }
-            }),
+            cache: self.cache.enabled().then(|| self.cache.counters()),
             backends,
             offsite: self
                 .offsite

@@ -572,3 +572,68 @@ fn a_stock_zeo_client_fails_over_when_the_leader_is_killed() {
     );
     drop(b);
 }
+
+/// `getInvalidations(tid)` through `c`: `None` (drop the cache) or the
+/// newest tid and the oids changed after `tid`.
+fn get_invalidations(c: &Client, since: Tid) -> Option<(Tid, Vec<Oid>)> {
+    let got = c
+        .call(
+            "getInvalidations",
+            vec![zeoraid::zeo::message::tid_value(since)],
+        )
+        .expect("getInvalidations");
+    match got {
+        rmpv::Value::Nil => None,
+        rmpv::Value::Array(a) => {
+            Some(zeoraid::zeo::client::parse_invalidation(&a).expect("a (tid, oids) reply"))
+        }
+        other => panic!("getInvalidations answered {other:?}"),
+    }
+}
+
+#[test]
+fn a_new_leader_answers_get_invalidations_for_the_old_leaders_commits() {
+    use zeoraid::storage::Storage as _;
+    let etcd = Etcd::start(1);
+    let backends = Backends::start();
+    let a = Zeoraid::start(&backends.config(Some((etcd.endpoints(), "ctl-a")))).expect("ctl-a");
+    wait_for(Duration::from_secs(10), "ctl-a leads", || {
+        leads(&a).then_some(())
+    });
+    let b = Zeoraid::start(&backends.config(Some((etcd.endpoints(), "ctl-b")))).expect("ctl-b");
+    wait_for(Duration::from_secs(5), "ctl-b sees ctl-a lead", || {
+        (role(&b).leader.as_deref() == Some("ctl-a")).then_some(())
+    });
+    let (a_addr, b_addr) = (a.local_addr().to_string(), b.local_addr().to_string());
+    // A client of ctl-a saw this commit last, then others committed.
+    let seen = commit_through(a_addr.clone(), 1, b"seen");
+    let mut last = seen;
+    for oid in [7, 3, 5] {
+        last = commit_through(a_addr.clone(), oid, b"after");
+    }
+    let on_a = connect(a_addr).expect("register at ctl-a");
+    assert_eq!(
+        get_invalidations(&on_a, seen),
+        Some((last, vec![Oid(3), Oid(5), Oid(7)]))
+    );
+    on_a.close();
+
+    a.shutdown();
+    wait_for(Duration::from_secs(10), "ctl-b leads", || {
+        leads(&b).then_some(())
+    });
+    let c = connect(b_addr).expect("register at ctl-b");
+    let newest = c.last_transaction().expect("lastTransaction at ctl-b");
+    // ctl-b's fence rewrote the root after ctl-a's last commit: the
+    // client learns that too, and nothing it keeps is stale.
+    assert!(newest > last, "the fence committed after {last}: {newest}");
+    assert_eq!(
+        get_invalidations(&c, seen),
+        Some((newest, vec![Oid(0), Oid(3), Oid(5), Oid(7)])),
+        "the old leader's commits after the client's tid, and the fence"
+    );
+    assert_eq!(get_invalidations(&c, last), Some((newest, vec![Oid(0)])));
+    assert_eq!(get_invalidations(&c, newest), Some((newest, vec![])));
+    c.close();
+    b.shutdown();
+}

@@ -21,11 +21,13 @@
 
 use super::etcd::{Client, Error, KeyValue, Options};
 use super::lease::{Election, Leadership, Outcome};
+use super::prime;
 use super::role::{Action, Campaign, Demotion, Event, Fence, Machine, Renewal, Role, Timing};
 use crate::raid::fence::FenceState;
 use crate::raid::RaidStorage;
 use crate::server::ServeSwitch;
 use crate::status::HaStatus;
+use crate::storage::Storage;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -362,6 +364,7 @@ impl Driver {
                 Some(Event::Reconciled { epoch })
             }
             Action::Serve { epoch } => {
+                self.prime_invalidations();
                 self.switch.serve();
                 log::warn!(
                     "[ha]: controller {} leads cluster {} at epoch {epoch}: serving clients",
@@ -468,6 +471,52 @@ impl Driver {
         }
         self.fence_failures = 0;
         Fence::Done
+    }
+
+    /// Before serving: load each array's newest transactions into its
+    /// invalidation queue, so that clients the old leader served keep
+    /// their caches ([`super::prime`]); bounded by [`prime::budget`].
+    fn prime_invalidations(&mut self) {
+        let deadline = Instant::now() + prime::budget(self.settings.renew_interval);
+        for (name, array) in &self.arrays {
+            let Some(bound) = self.switch.invalidation_queue_size(name) else {
+                continue;
+            };
+            let started = Instant::now();
+            let loaded = match array.last_transaction() {
+                Ok(last) => {
+                    let read = prime::read_recent(array.as_ref(), last, bound, deadline);
+                    prime::primed(&read, last, bound).map(|q| (q, last))
+                }
+                Err(e) => {
+                    log::warn!(
+                        "[ha]: controller {} cannot read the last transaction of {name:?}: {e}",
+                        self.settings.name
+                    );
+                    None
+                }
+            };
+            match loaded {
+                Some((q, last)) => {
+                    let (n, oldest) = (q.len(), q.first().map(|t| t.0));
+                    self.switch.prime_invalidations(name, q);
+                    log::info!(
+                        "[ha]: controller {} primed the invalidation queue of {name:?} with {n}                          transactions ({} to {last}) in {:?}",
+                        self.settings.name,
+                        oldest.map(|t| t.to_string()).unwrap_or_default(),
+                        started.elapsed()
+                    );
+                }
+                None => {
+                    self.switch.prime_invalidations(name, Vec::new());
+                    log::warn!(
+                        "[ha]: controller {} could not read the recent history of {name:?}                          within {:?}: its invalidation queue starts empty, so reconnecting                          clients drop their caches (more load at first, nothing stale)",
+                        self.settings.name,
+                        prime::budget(self.settings.renew_interval)
+                    );
+                }
+            }
+        }
     }
 
     fn stop_serving(&mut self, why: &Demotion) {

@@ -16,4 +16,5 @@ pub mod controller;
 pub mod etcd;
 mod http;
 pub mod lease;
+pub mod prime;
 pub mod role;

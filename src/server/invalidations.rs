@@ -30,6 +30,20 @@ impl InvalidationHistory {
         self.entries.push_back((tid, oids));
     }
 
+    /// Forget every entry and remember `entries` (oldest first, the newest
+    /// `bound` of them) instead: a controller that takes over primes its
+    /// queue from the array's history ([`crate::ha::prime`]).
+    pub fn replace(&mut self, entries: Vec<(Tid, Vec<Oid>)>) {
+        self.entries.clear();
+        let skip = entries.len().saturating_sub(self.bound);
+        self.entries.extend(entries.into_iter().skip(skip));
+    }
+
+    /// The queue's size (`invalidation-queue-size`).
+    pub fn bound(&self) -> usize {
+        self.bound
+    }
+
     /// Changes after `since`: `(newest tid, oids)`, or `None` when the
     /// window does not reach back to `since`.
     pub fn since(&self, since: Tid) -> Option<(Tid, Vec<Oid>)> {
@@ -78,5 +92,27 @@ mod tests {
             "oldest entry fell out of the window"
         );
         assert_eq!(h.since(Tid(20)), Some((Tid(40), vec![Oid(3), Oid(4)])));
+    }
+
+    #[test]
+    fn replacing_keeps_the_newest_within_the_bound() {
+        let mut h = InvalidationHistory::new(2);
+        h.push(Tid(1), vec![Oid(9)]);
+        h.replace(vec![
+            (Tid(10), vec![Oid(1)]),
+            (Tid(20), vec![Oid(2)]),
+            (Tid(30), vec![Oid(3)]),
+        ]);
+        let cases = [
+            (Tid(1), None),
+            (Tid(10), None),
+            (Tid(20), Some((Tid(30), vec![Oid(3)]))),
+        ];
+        for (since, want) in cases {
+            assert_eq!(h.since(since), want, "since {since}");
+        }
+        h.replace(Vec::new());
+        assert_eq!(h.since(Tid(20)), None, "an empty queue knows nothing");
+        assert_eq!(h.bound(), 2);
     }
 }

@@ -16,9 +16,9 @@
 //! load per `register`; the reason is read only when refusing.
 
 use super::{Out, Shared};
-use crate::locks::{read, write};
+use crate::locks::{lock, read, write};
 use crate::status::HaStatus;
-use crate::storage::Error;
+use crate::storage::{Error, Oid, Tid};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -96,6 +96,21 @@ impl ServeSwitch {
         for id in ids {
             self.0.send(Out::Close(id));
         }
+    }
+
+    /// The invalidation queue's size of storage `name` (`None`: not served).
+    pub fn invalidation_queue_size(&self, name: &str) -> Option<usize> {
+        self.0.storages.get(name).map(|e| lock(&e.invq).bound())
+    }
+
+    /// Replace storage `name`'s invalidation queue with `entries` (oldest
+    /// first), before serving; false when `name` is not served.
+    pub fn prime_invalidations(&self, name: &str, entries: Vec<(Tid, Vec<Oid>)>) -> bool {
+        let Some(e) = self.0.storages.get(name) else {
+            return false;
+        };
+        lock(&e.invq).replace(entries);
+        true
     }
 
     pub fn is_serving(&self) -> bool {

@@ -141,6 +141,15 @@ fn leads(z: &Zeoraid) -> bool {
     role(z).role == "leader"
 }
 
+/// A controller `name` over `backends`, once it leads (10 s at most).
+fn start_leading(backends: &Backends, etcd: &Etcd, name: &str) -> Zeoraid {
+    let z = Zeoraid::start(&backends.config(Some((etcd.endpoints(), name)))).expect(name);
+    wait_for(Duration::from_secs(10), &format!("{name} leads"), || {
+        leads(&z).then_some(())
+    });
+    z
+}
+
 /// Commits `data` to `oid` (new) through a ZEO client of `addr`.
 fn commit_through(addr: String, oid: u64, data: &[u8]) -> Tid {
     let c = connect(addr.clone()).unwrap_or_else(|e| panic!("register at {addr}: {e}"));
@@ -205,10 +214,7 @@ fn connect_waiting(addr: String) -> std::thread::JoinHandle<zeoraid::storage::Re
 fn one_controller_leads_and_the_standby_takes_over_when_it_stops() {
     let etcd = Etcd::start(1);
     let backends = Backends::start();
-    let a = Zeoraid::start(&backends.config(Some((etcd.endpoints(), "ctl-a")))).expect("ctl-a");
-    wait_for(Duration::from_secs(10), "ctl-a leads", || {
-        leads(&a).then_some(())
-    });
+    let a = start_leading(&backends, &etcd, "ctl-a");
     #[allow(unused_mut)]
     let mut cfg = backends.config(Some((etcd.endpoints(), "ctl-b")));
     #[cfg(feature = "admin")]
@@ -358,10 +364,7 @@ fn start_is_refused_without_etcd_or_under_a_live_controllers_name() {
     );
 
     let etcd = Etcd::start(1);
-    let a = Zeoraid::start(&backends.config(Some((etcd.endpoints(), "ctl-a")))).expect("ctl-a");
-    wait_for(Duration::from_secs(10), "ctl-a leads", || {
-        leads(&a).then_some(())
-    });
+    let a = start_leading(&backends, &etcd, "ctl-a");
     let e = Zeoraid::start(&backends.config(Some((etcd.endpoints(), "ctl-a"))))
         .err()
         .expect("a second ctl-a is refused");
@@ -375,10 +378,7 @@ fn start_is_refused_without_etcd_or_under_a_live_controllers_name() {
 fn a_leader_that_etcd_says_lost_the_key_stops_serving_and_closes_its_clients() {
     let etcd = Etcd::start(1);
     let backends = Backends::start();
-    let a = Zeoraid::start(&backends.config(Some((etcd.endpoints(), "ctl-a")))).expect("ctl-a");
-    wait_for(Duration::from_secs(10), "ctl-a leads", || {
-        leads(&a).then_some(())
-    });
+    let a = start_leading(&backends, &etcd, "ctl-a");
     let b = Zeoraid::start(&backends.config(Some((etcd.endpoints(), "ctl-b")))).expect("ctl-b");
     let (a_addr, b_addr) = (a.local_addr().to_string(), b.local_addr().to_string());
     commit_through(a_addr.clone(), 1, b"before");
@@ -431,10 +431,7 @@ fn a_leader_that_etcd_says_lost_the_key_stops_serving_and_closes_its_clients() {
 fn a_leader_fenced_out_at_the_backends_stops_serving_without_etcd_saying_so() {
     let etcd = Etcd::start(1);
     let backends = Backends::start();
-    let a = Zeoraid::start(&backends.config(Some((etcd.endpoints(), "ctl-a")))).expect("ctl-a");
-    wait_for(Duration::from_secs(10), "ctl-a leads", || {
-        leads(&a).then_some(())
-    });
+    let a = start_leading(&backends, &etcd, "ctl-a");
     let b = Zeoraid::start(&backends.config(Some((etcd.endpoints(), "ctl-b")))).expect("ctl-b");
     let (a_addr, b_addr) = (a.local_addr().to_string(), b.local_addr().to_string());
     commit_through(a_addr.clone(), 1, b"before");
@@ -596,10 +593,7 @@ fn a_new_leader_answers_get_invalidations_for_the_old_leaders_commits() {
     use zeoraid::storage::Storage as _;
     let etcd = Etcd::start(1);
     let backends = Backends::start();
-    let a = Zeoraid::start(&backends.config(Some((etcd.endpoints(), "ctl-a")))).expect("ctl-a");
-    wait_for(Duration::from_secs(10), "ctl-a leads", || {
-        leads(&a).then_some(())
-    });
+    let a = start_leading(&backends, &etcd, "ctl-a");
     let b = Zeoraid::start(&backends.config(Some((etcd.endpoints(), "ctl-b")))).expect("ctl-b");
     wait_for(Duration::from_secs(5), "ctl-b sees ctl-a lead", || {
         (role(&b).leader.as_deref() == Some("ctl-a")).then_some(())

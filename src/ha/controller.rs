@@ -202,6 +202,13 @@ struct Driver {
     deferred: Option<Event>,
     /// Fence attempts failed in a row (logged at 1, 2, 4, 8, ...).
     fence_failures: u32,
+    /// The fence being written, on its own thread: a backend whose commit
+    /// lock a paused controller holds keeps the fence's vote waiting (up
+    /// to the backends' `transaction-timeout`), and the lease must be
+    /// renewed meanwhile.
+    fencing: Option<(u64, JoinHandle<Result<(), String>>)>,
+    /// A fence asked for while another was being written.
+    fence_next: Option<u64>,
 }
 
 impl Controller {
@@ -229,6 +236,8 @@ impl Controller {
             refusing: String::new(),
             deferred: None,
             fence_failures: 0,
+            fencing: None,
+            fence_next: None,
             settings,
         };
         d.publish();
@@ -285,6 +294,7 @@ impl Driver {
             if let Some(e) = self.deferred.take() {
                 self.step(e);
             }
+            self.poll_fence();
             if matches!(self.machine.role(), Role::Leader { .. }) && self.fenced_out() {
                 self.step(Event::FencedOut);
             }
@@ -314,18 +324,9 @@ impl Driver {
         let now = self.now();
         let mut todo: VecDeque<Action> = self.machine.step(now, event).into();
         while let Some(action) = todo.pop_front() {
-            match self.carry_out(action) {
-                Some(
-                    e @ Event::Fenced {
-                        outcome: Fence::Failed,
-                        ..
-                    },
-                ) => self.deferred = Some(e),
-                Some(answer) => {
-                    let now = self.now();
-                    todo.extend(self.machine.step(now, answer));
-                }
-                None => {}
+            if let Some(answer) = self.carry_out(action) {
+                let now = self.now();
+                todo.extend(self.machine.step(now, answer));
             }
         }
     }
@@ -345,10 +346,14 @@ impl Driver {
                     Event::Campaigned(Campaign::Unreachable)
                 }
             }),
-            Action::Fence { epoch } => Some(Event::Fenced {
-                epoch,
-                outcome: self.fence(epoch),
-            }),
+            Action::Fence { epoch } => {
+                if self.fencing.is_some() {
+                    self.fence_next = Some(epoch);
+                } else {
+                    self.start_fence(epoch);
+                }
+                None
+            }
             Action::Reconcile { epoch } => {
                 // TODO(#26): reconcile the old leader's in-doubt
                 // transaction (voted on some backends, finished on none or
@@ -388,12 +393,21 @@ impl Driver {
         match self.election.campaign(self.settings.name.as_bytes()) {
             Ok(Outcome::Won(l)) => {
                 let epoch = epoch_of(l.create_revision);
-                log::info!(
-                    "[ha]: controller {} won the leader key of cluster {} (epoch {epoch}); \
-                     fencing the backends",
-                    self.name(),
-                    self.settings.cluster
-                );
+                if matches!(self.machine.role(), Role::Leader { .. }) {
+                    log::warn!(
+                        "[ha]: leader {} found its etcd lease dropped with nobody holding the \
+                         key (etcd lost its quorum, or was restarted) and won the key again \
+                         (epoch {epoch}); still serving, its fence unchanged",
+                        self.name()
+                    );
+                } else {
+                    log::info!(
+                        "[ha]: controller {} won the leader key of cluster {} (epoch {epoch}); \
+                         fencing the backends",
+                        self.name(),
+                        self.settings.cluster
+                    );
+                }
                 self.leadership = Some(l);
                 Campaign::Won { epoch }
             }
@@ -452,25 +466,87 @@ impl Driver {
         }
     }
 
-    /// Fence every array at `epoch`.
-    fn fence(&mut self, epoch: u64) -> Fence {
-        for (name, array) in &self.arrays {
-            if let Err(e) = array.take_fence(epoch, &self.settings.name) {
+    /// Start fencing every array at `epoch` on the fence thread; its
+    /// outcome is stepped by [`Driver::poll_fence`].
+    fn start_fence(&mut self, epoch: u64) {
+        let arrays = self.arrays.clone();
+        let name = self.settings.name.clone();
+        let spawned = std::thread::Builder::new()
+            .name("zeoraid-ha-fence".into())
+            .spawn(move || {
+                for (array, a) in &arrays {
+                    a.take_fence(epoch, &name)
+                        .map_err(|e| format!("array {array:?}: {e}"))?;
+                }
+                Ok(())
+            });
+        match spawned {
+            Ok(h) => self.fencing = Some((epoch, h)),
+            Err(e) => {
+                log::error!("[ha]: cannot start the fence thread: {e}; retrying");
+                self.deferred = Some(Event::Fenced {
+                    epoch,
+                    outcome: Fence::Failed,
+                });
+            }
+        }
+    }
+
+    /// Step the fence's outcome once its thread ended (`wait`: wait for
+    /// it). A fence that ended after this controller stopped fencing at
+    /// its epoch (the lease went meanwhile) is undone: the arrays stand by.
+    fn poll_fence(&mut self) {
+        self.end_fence(false);
+        if self.fencing.is_none() {
+            if let Some(epoch) = self.fence_next.take() {
+                self.start_fence(epoch);
+            }
+        }
+    }
+
+    fn end_fence(&mut self, wait: bool) {
+        match &self.fencing {
+            Some((_, h)) if wait || h.is_finished() => {}
+            _ => return,
+        }
+        let Some((epoch, h)) = self.fencing.take() else {
+            return;
+        };
+        let result = h
+            .join()
+            .unwrap_or_else(|_| Err("the fence thread panicked (a zeoraid bug)".into()));
+        let outcome = match result {
+            Ok(()) => {
+                self.fence_failures = 0;
+                Fence::Done
+            }
+            Err(e) => {
                 self.fence_failures = self.fence_failures.saturating_add(1);
                 if self.fence_failures.is_power_of_two() {
                     log::error!(
-                        "[ha]: controller {} cannot fence array {name:?} at epoch {epoch} \
-                         ({} attempts): {e}; retrying, not serving meanwhile. Check that the \
-                         array's backends run and answer",
+                        "[ha]: controller {} cannot fence {e} at epoch {epoch} ({} attempts);                          retrying, not serving meanwhile. Check that the array's backends run                          and answer, and that they set a transaction-timeout (a paused                          controller holding their commit lock keeps every fence waiting                          without one)",
                         self.settings.name,
                         self.fence_failures
                     );
                 }
-                return Fence::Failed;
+                Fence::Failed
             }
+        };
+        let current = matches!(self.machine.role(), Role::Fencing { epoch: e } if *e == epoch);
+        if !current || wait {
+            for (_, a) in &self.arrays {
+                a.stand_by();
+            }
+            return;
         }
-        self.fence_failures = 0;
-        Fence::Done
+        let failed = outcome == Fence::Failed;
+        let event = Event::Fenced { epoch, outcome };
+        if failed {
+            // Retried on the next round, after the lease is renewed.
+            self.deferred = Some(event);
+        } else {
+            self.step(event);
+        }
     }
 
     /// Before serving: load each array's newest transactions into its
@@ -572,6 +648,9 @@ impl Driver {
     /// On shutdown: a controller holding the key closes its clients and
     /// resigns, so a standby takes over without waiting for the lease.
     fn leave(&mut self) {
+        // A fence being written ends (bounded by the backends' deadline)
+        // and is undone.
+        self.end_fence(true);
         if self.machine.role().epoch().is_some() {
             let name = self.settings.name.clone();
             self.switch.stop_serving(format!(

@@ -275,10 +275,37 @@ impl Machine {
             // Late answers for a role already left change nothing.
             (Role::Standby { .. }, _) => {}
 
+            (Role::Leader { .. }, Event::Campaigned(c)) => {
+                self.asking = false;
+                match c {
+                    Campaign::Won { epoch } => {
+                        self.role = Role::Leader { epoch };
+                        self.renewed_at = Some(now);
+                        self.due = now + self.timing.renew_ms;
+                    }
+                    Campaign::Lost { holder } => {
+                        self.demote(now, Demotion::LostKey { holder }, &mut out)
+                    }
+                    Campaign::Unreachable => {
+                        self.demote(now, Demotion::LostKey { holder: None }, &mut out)
+                    }
+                }
+            }
+
             (_, Event::Renewed(r)) => {
                 self.asking = false;
                 match r {
                     Renewal::Held => self.renewed_at = Some(now),
+                    // A serving leader whose lease etcd dropped while nobody
+                    // took the key (say etcd lost its quorum and revoked
+                    // expired leases as it came back) asks for the key
+                    // again before anything else: won, it keeps serving
+                    // (its fence still guards every vote: a controller that
+                    // took over meanwhile made that fence fail).
+                    Renewal::Lost { holder: None } if matches!(self.role, Role::Leader { .. }) => {
+                        self.asking = true;
+                        out.push(Action::Campaign);
+                    }
                     Renewal::Lost { holder } => {
                         self.demote(now, Demotion::LostKey { holder }, &mut out)
                     }
@@ -453,10 +480,6 @@ mod tests {
         let other = Some("b".to_string());
         for (event, want) in [
             (
-                Event::Renewed(Renewal::Lost { holder: None }),
-                stop(Demotion::LostKey { holder: None }),
-            ),
-            (
                 Event::Renewed(Renewal::Lost {
                     holder: other.clone(),
                 }),
@@ -499,6 +522,47 @@ mod tests {
             let label = format!("{event:?}");
             assert_eq!(m.step(100, event), want, "{label}");
             assert_eq!(m.role().epoch().is_none(), !want.is_empty(), "{label}");
+        }
+    }
+
+    /// A leader whose lease etcd dropped while nobody took the key asks
+    /// for it again and, won, keeps serving under the new epoch; lost or
+    /// unanswered, it demotes.
+    #[test]
+    fn a_leader_whose_lease_was_dropped_asks_for_the_key_again() {
+        let cases = [
+            (Campaign::Won { epoch: 9 }, Some(9), vec![]),
+            (
+                Campaign::Lost {
+                    holder: Some("b".into()),
+                },
+                None,
+                vec![Action::StopServing {
+                    why: Demotion::LostKey {
+                        holder: Some("b".into()),
+                    },
+                }],
+            ),
+            (
+                Campaign::Unreachable,
+                None,
+                vec![Action::StopServing {
+                    why: Demotion::LostKey { holder: None },
+                }],
+            ),
+        ];
+        for (answer, epoch, want) in cases {
+            let mut m = Machine::new(T, 0);
+            leader(&mut m, 0, 5);
+            let changes = m.leader_changes;
+            assert_eq!(
+                m.step(100, Event::Renewed(Renewal::Lost { holder: None })),
+                vec![Action::Campaign]
+            );
+            let label = format!("{answer:?}");
+            assert_eq!(m.step(110, Event::Campaigned(answer)), want, "{label}");
+            assert_eq!(m.role().epoch(), epoch, "{label}");
+            assert_eq!(m.leader_changes, changes, "not a leader change: {label}");
         }
     }
 

@@ -472,6 +472,17 @@ pub(crate) fn event_handler(core: Weak<Core>, i: usize) -> crate::zeo::client::E
                     },
                 )
             }
+            // A controller that does not write (standing by, fenced out)
+            // does not judge backends: it lets the connection go and
+            // connects again; the takeover judges ([`Core::reconcile`]).
+            ServerEvent::Disconnected(why) if lock(&core.commit.fence).stands_by() => {
+                log::info!(
+                    "RAID array {:?}: lost the connection to backend {:?} ({why}); standing                      by, so it is connected again rather than degraded",
+                    core.opts.name,
+                    core.backends[i].name
+                );
+                core.backends[i].set_storage(None);
+            }
             ServerEvent::Disconnected(why) => {
                 core.degrade(i, super::Reason::ConnectionLost(why.to_string()))
             }

@@ -102,6 +102,12 @@ impl FenceState {
         )
     }
 
+    /// Whether this controller does not write at all (another leads, or
+    /// a vote met another's fence): it does not judge backends then.
+    pub fn stands_by(&self) -> bool {
+        matches!(self, FenceState::Lost { .. } | FenceState::Standby)
+    }
+
     /// The error a write gets here, if it is refused.
     pub fn refusal(&self, array: &str) -> Option<Error> {
         match self {
@@ -113,6 +119,17 @@ impl FenceState {
                  themselves)"
             ))),
         }
+    }
+}
+
+/// Whether a client whose call `method` failed with `e` is sent away (its
+/// connection closed, see `Storage::sends_writers_away`): under HA only,
+/// a refusal because this controller cannot write (it does not lead, or
+/// its array failed: another controller may serve), or a failed finish.
+pub fn sends_away(state: &FenceState, method: &str, e: &Error) -> bool {
+    match state {
+        FenceState::Off => false,
+        _ => matches!(e, Error::Disconnected(_)) || method == "tpc_finish",
     }
 }
 
@@ -220,6 +237,34 @@ mod tests {
             oid: Oid(oid),
             serial: Tid(1),
             data: Default::default(),
+        }
+    }
+
+    #[test]
+    fn who_is_sent_away() {
+        let gone = Error::Disconnected("x".into());
+        let io = Error::Io("x".into());
+        let held = FenceState::Held(Fence {
+            epoch: 2,
+            serial: Tid(5),
+        });
+        let cases = [
+            (FenceState::Off, "vote", &gone, false),
+            (FenceState::Off, "tpc_finish", &io, false),
+            (FenceState::Standby, "vote", &gone, true),
+            (FenceState::Lost { epoch: 2 }, "vote", &gone, true),
+            (FenceState::Lost { epoch: 2 }, "vote", &io, false),
+            (held, "tpc_finish", &io, true),
+            (held, "vote", &io, false),
+            (held, "vote", &gone, true),
+            (FenceState::Taking { epoch: 3 }, "tpc_finish", &gone, true),
+        ];
+        for (state, method, e, away) in cases {
+            assert_eq!(
+                sends_away(&state, method, e),
+                away,
+                "{state:?} {method} {e}"
+            );
         }
     }
 
@@ -354,6 +399,11 @@ mod tests {
             assert_eq!(state.refusal("a").is_some(), refused, "{state:?}");
             assert_eq!(state.status().is_none(), state == FenceState::Off);
             assert_eq!(state.others_write(), others, "{state:?}");
+            assert_eq!(
+                state.stands_by(),
+                matches!(state, FenceState::Lost { .. } | FenceState::Standby),
+                "{state:?}"
+            );
         }
     }
 }

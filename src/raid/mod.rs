@@ -501,7 +501,27 @@ impl Core {
     /// (recovery copies them once this controller holds the fence: never
     /// left silently different); the array's last tid and oid counter
     /// move past everything the old leader handed out.
-    pub(crate) fn reconcile(&self) -> Result<()> {
+    pub(crate) fn reconcile(self: &Arc<Self>) -> Result<()> {
+        // What this controller judged while it led before, or stood by,
+        // may be stale: another controller may have led since. Backends
+        // degraded for a connection's or a call's sake are reached again
+        // and judged by their last transaction below.
+        for (i, b) in self.backends.iter().enumerate() {
+            let rejudged = matches!(
+                self.state_of(i),
+                BackendState::Degraded(r) if r.rejudged_at_takeover()
+            );
+            if !rejudged || b.is_removed() {
+                continue;
+            }
+            b.set_storage(None);
+            if b.reopen(Arc::downgrade(self), i, false, self.opts.backend_timeout)
+                .is_ok()
+            {
+                self.step(state::roles::Event::Rejoined { at: i });
+            }
+        }
+        self.reconnect_idle(true);
         let lasts = self.last_tids("at takeover");
         for (i, behind) in state::behind_at_start(&lasts).into_iter().enumerate() {
             if let Some(why) = behind {
@@ -523,6 +543,27 @@ impl Core {
             self.total()
         );
         Ok(())
+    }
+
+    /// Connect the optimal ZEO backends whose connection went while this
+    /// controller stood by (nothing is written). `judge`: one that cannot
+    /// be reached is degraded (at a takeover); otherwise it is tried
+    /// again later.
+    pub(crate) fn reconnect_idle(self: &Arc<Self>, judge: bool) {
+        for (i, b) in self.backends.iter().enumerate() {
+            if b.is_removed() || b.is_open() || self.state_of(i) != BackendState::Optimal {
+                continue;
+            }
+            match b.reopen(Arc::downgrade(self), i, false, self.opts.backend_timeout) {
+                Ok(_) => log::info!(
+                    "RAID array {:?}: connected to backend {:?} again",
+                    self.opts.name,
+                    b.name
+                ),
+                Err(e) if judge => self.degrade(i, Reason::Unavailable(e)),
+                Err(_) => {}
+            }
+        }
     }
 
     /// Each optimal backend's last transaction (`None` for the others);

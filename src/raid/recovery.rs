@@ -359,7 +359,11 @@ fn supervise(weak: Weak<Core>) {
         }
         // Another controller leads (or this one is taking over): only the
         // fence holder writes to the backends, recoveries included.
-        if !core.opts.auto_recover || lock(&core.commit.fence).others_write() {
+        let stands_by = lock(&core.commit.fence).stands_by();
+        if stands_by {
+            core.reconnect_idle(false);
+        }
+        if !core.opts.auto_recover || stands_by || lock(&core.commit.fence).others_write() {
             wait_tick(&core);
             continue;
         }

@@ -169,6 +169,10 @@ impl Storage for RaidStorage {
         r
     }
 
+    fn sends_writers_away(&self, method: &str, e: &Error) -> bool {
+        fence::sends_away(&lock(&self.core.commit.fence), method, e)
+    }
+
     fn group_commit(&self) -> bool {
         self.core.group
     }

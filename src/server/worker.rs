@@ -175,6 +175,11 @@ fn drain(shared: &Arc<Shared>, sess: &Arc<Session>) {
         let flow = guarded(&msg.method, || ordered(shared, sess, &msg))
             .unwrap_or_else(|e| Flow::Reply(Err(e)));
         match flow {
+            Flow::Reply(r) if sent_away(sess, &msg, &r) => {
+                sess.mark_closed();
+                shared.send(Out::Close(sess.id));
+                return;
+            }
             Flow::Reply(r) => {
                 if msg.is_oneway() && r.is_err() {
                     // ZEO closes the connection; run nothing more from it.
@@ -193,6 +198,18 @@ fn drain(shared: &Arc<Shared>, sess: &Arc<Session>) {
     }
 }
 
+/// Whether `result` of `msg` sends the client away: its storage refused a
+/// write because this controller does not lead
+/// ([`crate::storage::Storage::sends_writers_away`]).
+fn sent_away(sess: &Session, msg: &Message, result: &Result<Value>) -> bool {
+    match result {
+        Err(e) if msg.method != "register" => sess
+            .entry()
+            .is_ok_and(|entry| entry.storage.sends_writers_away(&msg.method, e)),
+        _ => false,
+    }
+}
+
 fn resume(shared: &Arc<Shared>, sess: &Arc<Session>) {
     let outcome = guarded("vote", || {
         let mut st = lock(&sess.state);
@@ -207,7 +224,12 @@ fn resume(shared: &Arc<Shared>, sess: &Arc<Session>) {
                 method: "vote".into(),
                 args: Value::Nil,
             };
-            reply(shared, sess.id, &msg, result);
+            if sent_away(sess, &msg, &result) {
+                sess.mark_closed();
+                shared.send(Out::Close(sess.id));
+            } else {
+                reply(shared, sess.id, &msg, result);
+            }
         }
         Ok(None) => {
             // The transaction went away (aborted or disconnected): pass the lock on.

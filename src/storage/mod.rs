@@ -452,6 +452,17 @@ pub trait Storage: Send + Sync {
     fn load_before_nowait(&self, _oid: Oid, _before: Tid) -> Option<Result<Option<Loaded>>> {
         None
     }
+    /// Whether the error `e` of the client's call `method` means the client
+    /// should write through another server (an HA controller standing by,
+    /// fenced out, or one whose finish failed on every backend: the
+    /// outcome is for the next leader to settle). The server then closes
+    /// the client's connection rather than answer, as a ZEO server that
+    /// went away would, so a stock client raises `ClientDisconnected`
+    /// (which applications retry; in `tpc_finish`, ZODB's "outcome
+    /// unknown") and reconnects to another address.
+    fn sends_writers_away(&self, _method: &str, _e: &Error) -> bool {
+        false
+    }
     /// Use `r` to merge states where an undo meets later changes (see
     /// [`resolve`]); storages that never merge ignore it.
     fn set_conflict_resolver(&self, _r: Arc<dyn resolve::ConflictResolver>) {}

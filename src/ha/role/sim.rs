@@ -478,6 +478,13 @@ impl Sim {
         }
     }
 
+    /// The key revision controller `c` believes it holds: its role's epoch,
+    /// which moves on when a leader wins the key again under a new lease
+    /// (its fence, and `serving`, stay).
+    fn key_epoch(&self, c: usize) -> Epoch {
+        self.ctls[c].machine.role().epoch().unwrap_or(0)
+    }
+
     fn campaign(&mut self, c: usize) -> Campaign {
         if !self.reaches_etcd(c) {
             return Campaign::Unreachable;
@@ -541,7 +548,7 @@ impl Sim {
         match work {
             Work::Idle => {
                 if let Some(epoch) = self.ctls[c].serving {
-                    match self.recover(c, epoch) {
+                    match self.recover(c) {
                         Step::Done => {}
                         Step::Wait => return,
                         Step::FencedOut => {
@@ -613,7 +620,7 @@ impl Sim {
                 self.log(format!("{name} fenced backend {next} at epoch {epoch}"));
             }
             Work::Reconciling { epoch } => {
-                let event = match self.reconcile(c, epoch) {
+                let event = match self.reconcile(c) {
                     Step::Wait => return,
                     Step::Done => Event::Reconciled { epoch },
                     Step::FencedOut => Event::FencedOut,
@@ -630,7 +637,7 @@ impl Sim {
     /// longest optimal history's data or is completed to it (when the
     /// missing transactions can go after its last one) or is degraded.
     /// Its writes carry the fence check like every other.
-    fn reconcile(&mut self, c: usize, epoch: Epoch) -> Step {
+    fn reconcile(&mut self, c: usize) -> Step {
         let optimal = self.optimal();
         let Some(&longest) = optimal
             .iter()
@@ -671,7 +678,7 @@ impl Sim {
                     missing.len()
                 ));
                 self.backends[b].history.extend(missing);
-            } else if self.reaches_etcd(c) && self.etcd.degrade(c, epoch, b) {
+            } else if self.reaches_etcd(c) && self.etcd.degrade(c, self.key_epoch(c), b) {
                 self.log(format!(
                     "{name} degrades {b}: an in-doubt transaction is behind its fence"
                 ));
@@ -686,7 +693,7 @@ impl Sim {
     /// optimal one) when nothing is in flight: the copy's writes carry the
     /// fence check; the backend is optimal again only once etcd took that
     /// from the key's holder.
-    fn recover(&mut self, c: usize, epoch: Epoch) -> Step {
+    fn recover(&mut self, c: usize) -> Step {
         let Some(&target) = self.etcd.degraded.iter().next() else {
             return Step::Done;
         };
@@ -707,7 +714,7 @@ impl Sim {
         self.backends[target].history = self.backends[source].history.clone();
         self.ctls[c].known[target] = self.ctls[c].known[source];
         let name = self.ctls[c].name.clone();
-        let held = matches!(self.etcd.key, Some((h, _, rev)) if h == c && rev == epoch);
+        let held = matches!(self.etcd.key, Some((h, _, rev)) if h == c && rev == self.key_epoch(c));
         if self.reaches_etcd(c) && held {
             self.etcd.degraded.remove(&target);
             self.etcd.revision += 1;
@@ -777,7 +784,7 @@ impl Sim {
             self.backends[b].unlock(c);
             t.finished += 1;
             self.ctls[c].work = Work::Commit(t.clone());
-        } else if self.reaches_etcd(c) && self.etcd.degrade(c, t.epoch, b) {
+        } else if self.reaches_etcd(c) && self.etcd.degrade(c, self.key_epoch(c), b) {
             // The backend aborted it (transaction timeout): degrade it.
             self.log(format!(
                 "{name}: finish of {} failed on {b}, degraded",

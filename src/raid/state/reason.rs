@@ -69,6 +69,30 @@ pub enum Reason {
     NotOpen,
 }
 
+impl Reason {
+    /// Whether a controller taking over (issue #26) judges this backend
+    /// again by its last transaction rather than keep it degraded: the
+    /// reason is about a connection or a call (this controller's view,
+    /// which another controller may have led past since), not about its
+    /// data. Divergences, writes behind the array's back, lost or
+    /// mismatched transactions, an operator's decision and anything
+    /// remembered only as text stay degraded.
+    pub fn rejudged_at_takeover(&self) -> bool {
+        matches!(
+            self,
+            Reason::Unavailable(_)
+                | Reason::Behind { .. }
+                | Reason::StartUp { .. }
+                | Reason::Failed { .. }
+                | Reason::TimedOut { .. }
+                | Reason::Vote { .. }
+                | Reason::FinishFailed { .. }
+                | Reason::ConnectionLost(_)
+                | Reason::NotOpen
+        )
+    }
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -230,6 +254,49 @@ impl From<Divergence> for RecoveryError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn which_reasons_a_takeover_judges_again() {
+        let cases = [
+            (Reason::ConnectionLost("x".into()), true),
+            (Reason::Unavailable("x".into()), true),
+            (
+                Reason::Behind {
+                    last: Tid(1),
+                    newest: Tid(2),
+                },
+                true,
+            ),
+            (
+                Reason::TimedOut {
+                    what: "vote".into(),
+                    after: Duration::from_secs(1),
+                },
+                true,
+            ),
+            (
+                Reason::WrittenDirectly {
+                    tid: Tid(3),
+                    objects: 1,
+                },
+                false,
+            ),
+            (Reason::Disabled, false),
+            (Reason::BeforeRestart("x".into()), false),
+            (
+                Reason::Diverged {
+                    difference: "x".into(),
+                    reference: "a".into(),
+                },
+                false,
+            ),
+            (Reason::RecoveryFailed("x".into()), false),
+            (Reason::Added(None), false),
+        ];
+        for (r, again) in cases {
+            assert_eq!(r.rejudged_at_takeover(), again, "{r}");
+        }
+    }
 
     /// What operators read: each reason says what happened and, where
     /// there is something to do, what.

@@ -45,6 +45,10 @@ pub enum Event {
     Recovered { at: usize },
     /// The recovery that had taken it failed.
     RecoveryFailed { at: usize, why: String },
+    /// A controller taking over reached it again and it was degraded for
+    /// a reason a takeover judges again ([`Reason::rejudged_at_takeover`]):
+    /// optimal, to be compared by its last transaction.
+    Rejoined { at: usize },
     /// Added at runtime (at the next position), as `recipe` describes it;
     /// `problem`: why it cannot be reached yet.
     Added {
@@ -226,6 +230,24 @@ impl Roles {
                 }
                 m.state = BackendState::Optimal;
             }
+            Event::Rejoined { at } => {
+                let Some(m) = self.members.get_mut(at) else {
+                    return ready;
+                };
+                match &m.state {
+                    BackendState::Degraded(r) if r.rejudged_at_takeover() => {
+                        ready.log.push((
+                            Level::Warn,
+                            format!(
+                                "RAID array {:?}: backend {:?} was degraded ({r}); taking over,                                  this controller reached it again and judges it by its last                                  transaction",
+                                self.array, m.name
+                            ),
+                        ));
+                        m.state = BackendState::Optimal;
+                    }
+                    _ => return ready,
+                }
+            }
             Event::RecoveryFailed { at, why } => {
                 let Some(m) = self.members.get_mut(at) else {
                     return ready;
@@ -381,6 +403,35 @@ mod tests {
         let ready = r.step(failed(0), all_open);
         assert_eq!(r.array_state(all_open), ArrayState::Failed);
         assert!(ready.log.iter().any(|(_, l)| l.contains("has failed")));
+    }
+
+    #[test]
+    fn a_takeover_rejoins_only_what_it_judges_again() {
+        let lost = |at| Event::Failed {
+            at,
+            reason: Reason::ConnectionLost("x".into()),
+        };
+        let cases: Vec<(Vec<Event>, [&str; 2])> = vec![
+            (
+                vec![lost(1), Event::Rejoined { at: 1 }],
+                ["optimal", "optimal"],
+            ),
+            // Disabled by the operator: stays out.
+            (
+                vec![failed(1), Event::Rejoined { at: 1 }],
+                ["optimal", "degraded"],
+            ),
+            (vec![Event::Rejoined { at: 1 }], ["optimal", "optimal"]),
+            (vec![Event::Rejoined { at: 7 }], ["optimal", "optimal"]),
+        ];
+        for (events, labels) in cases {
+            let mut r = roles(&["a", "b"]);
+            for e in events.clone() {
+                r.step(e, all_open);
+            }
+            let got = [r.state(0).label(), r.state(1).label()];
+            assert_eq!(got, labels, "{events:?}");
+        }
     }
 
     /// (events, final labels): the recovery's transitions and what does

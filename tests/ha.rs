@@ -446,10 +446,21 @@ fn a_leader_fenced_out_at_the_backends_stops_serving_without_etcd_saying_so() {
     other_array
         .take_fence(1 << 40, "ctl-x")
         .expect("ctl-x fences the backends");
+    // Its vote fails at the fence; the client is sent away (its
+    // connection closed, as a ZEO server going away would), so a stock
+    // client raises ClientDisconnected, which applications retry.
     let refused = common::commit_store(&held, Oid(3), Tid(0), b"stale");
     assert!(
-        matches!(&refused, Err(e) if e.to_string().contains("fenced out")),
+        matches!(&refused, Err(zeoraid::storage::Error::Disconnected(e)) if e.contains("closed")),
         "{refused:?}"
+    );
+    assert!(
+        a.status_source().document()["1"]
+            .raid
+            .as_ref()
+            .and_then(|r| r.fence.as_ref())
+            .is_some_and(|f| f.state == "lost" || f.state == "standby"),
+        "ctl-a knows it was fenced out (and may already stand by)"
     );
     other.storage.close();
     wait_for(Duration::from_secs(5), "ctl-a closed its client", || {

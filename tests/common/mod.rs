@@ -30,13 +30,25 @@ pub fn serve_with(storage: Arc<dyn Storage>, workers: usize) -> Server {
 /// An in-process zeoraid server on `listen` (say, the port a stopped one
 /// had), as [`serve_with`].
 pub fn serve_on(listen: SocketAddr, storage: Arc<dyn Storage>, workers: usize) -> Server {
+    serve_on_with(listen, storage, workers, None)
+}
+
+/// [`serve_on`] with ZEO's `transaction-timeout` (a client holding the
+/// commit lock longer is disconnected and its transaction aborted).
+#[allow(dead_code)]
+pub fn serve_on_with(
+    listen: SocketAddr,
+    storage: Arc<dyn Storage>,
+    workers: usize,
+    transaction_timeout: Option<std::time::Duration>,
+) -> Server {
     Server::start(
         Options {
             listen: listen.into(),
             workers,
             max_frame: 1 << 24,
             invalidation_queue_size: 100,
-            transaction_timeout: None,
+            transaction_timeout,
             conflict_resolver: None,
             tls: None,
             socket_mode: None,

@@ -190,13 +190,11 @@ impl Zeoraid {
         let mut served: Vec<Served> = Vec::new();
         let mut opened_all: Vec<(String, Opened)> = Vec::new();
         for s in &cfg.storage {
-            let opened = crate::open::open_served(s)
+            // With `[ha]` another controller may lead: arrays open standing
+            // by (no writes until this one fences, and the backends' new
+            // transactions are the leader's).
+            let opened = crate::open::open_served_as(s, ha.is_some())
                 .map_err(|e| within(format!("cannot open storage {:?}: {e}", s.name)))?;
-            if let (Some(array), Some(_)) = (&opened.array, &ha) {
-                // Another controller may lead: no writes until this one
-                // fences, and the backends' new transactions are its.
-                array.stand_by();
-            }
             opened_all.push((s.name.clone(), opened.clone()));
             served.push((s.name.clone(), opened.storage, s.read_only));
         }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use zeoraid::config::{BackendConfig, Config, StorageConfig};
 use zeoraid::server::Server;
 use zeoraid::storage::file::{FileOptions, FileStorage};
-use zeoraid::storage::{Oid, Tid};
+use zeoraid::storage::{Oid, Storage, Tid};
 use zeoraid::zeo::client::{Client, ClientOptions};
 use zeoraid::Zeoraid;
 
@@ -629,5 +629,70 @@ fn a_new_leader_answers_get_invalidations_for_the_old_leaders_commits() {
     assert_eq!(get_invalidations(&c, last), Some((newest, vec![Oid(0)])));
     assert_eq!(get_invalidations(&c, newest), Some((newest, vec![])));
     c.close();
+    b.shutdown();
+}
+
+/// Every transaction of the backend at `addr`, oldest first.
+fn history_of(addr: String) -> Vec<zeoraid::storage::TxnRecord> {
+    let c = connect(addr).expect("a backend");
+    let h = c
+        .iterator(None, None)
+        .expect("iterate a backend")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("a backend's history");
+    c.close();
+    h
+}
+
+/// The old leader died between finishing a transaction on backend a and
+/// on backend b (simulated: the transaction is committed on a alone, with
+/// an oid past the array's). The standby sees the leader's commits
+/// without degrading anything; when it takes over it finds b behind,
+/// degrades it, fences, and recovers b (the in-doubt transaction and the
+/// fence copied): the backends end identical, the transaction kept, and
+/// new oids come after it.
+#[test]
+fn a_takeover_completes_the_old_leaders_in_doubt_transaction_on_every_backend() {
+    let etcd = Etcd::start(1);
+    let backends = Backends::start();
+    let addrs = backends.addrs();
+    let a = start_leading(&backends, &etcd, "ctl-a");
+    let b = Zeoraid::start(&backends.config(Some((etcd.endpoints(), "ctl-b")))).expect("ctl-b");
+    let optimal = |z: &Zeoraid| {
+        let doc = z.status_source().document();
+        doc.get("1").and_then(|s| s.raid.clone()).map(|r| r.optimal)
+    };
+    for oid in 40..45 {
+        commit_through(a.local_addr().to_string(), oid, b"through the leader");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        optimal(&b),
+        Some(2),
+        "the standby took the leader's commits for its own"
+    );
+    let on_a = connect(addrs[0].clone()).expect("backend a");
+    let in_doubt = common::commit_store(&on_a, Oid(99), Tid(0), b"in doubt").expect("on a alone");
+    on_a.close();
+    a.shutdown();
+
+    wait_for(Duration::from_secs(10), "ctl-b leads", || {
+        leads(&b).then_some(())
+    });
+    wait_for(Duration::from_secs(20), "backend b recovered", || {
+        (optimal(&b) == Some(2)).then_some(())
+    });
+    let (ha, hb) = (history_of(addrs[0].clone()), history_of(addrs[1].clone()));
+    assert_eq!(ha, hb, "the backends hold the same transactions");
+    assert!(
+        ha.iter().any(|t| t.tid == in_doubt),
+        "the in-doubt transaction is kept"
+    );
+    let addr = b.local_addr().to_string();
+    assert_eq!(read_through(addr.clone(), 99), b"in doubt");
+    let client = connect(addr).expect("register at ctl-b");
+    let oid = client.new_oids(1).expect("a new oid")[0];
+    assert!(oid.0 > 99, "new oids come after the old leader's: {oid}");
+    client.close();
     b.shutdown();
 }

@@ -40,6 +40,12 @@ pub fn open_storage(s: &StorageConfig) -> Result<Arc<dyn Storage>, String> {
 
 /// Open one configured storage, keeping an array's typed handle.
 pub fn open_served(s: &StorageConfig) -> Result<Opened, String> {
+    open_served_as(s, false)
+}
+
+/// [`open_served`] for a controller with `[ha]` when `stands_by`: an
+/// array opens standing by (see [`RaidOptions::stands_by`]).
+pub fn open_served_as(s: &StorageConfig, stands_by: bool) -> Result<Opened, String> {
     match s.kind {
         StorageKind::Memory => Ok(Opened::plain(Arc::new(MemoryStorage::with_blobs(
             &s.name,
@@ -61,7 +67,7 @@ pub fn open_served(s: &StorageConfig) -> Result<Opened, String> {
             )
             .map(Opened::plain)
         }
-        StorageKind::Raid => open_raid(s).map(|r| {
+        StorageKind::Raid => open_raid_as(s, stands_by).map(|r| {
             let array = Arc::new(r);
             Opened {
                 storage: array.clone(),
@@ -217,6 +223,11 @@ pub fn backend_spec(array: &str, b: &BackendConfig) -> BackendSpec {
 /// those removed at runtime, plus those added at runtime (the state file
 /// remembers both).
 pub fn open_raid(s: &StorageConfig) -> Result<RaidStorage, String> {
+    open_raid_as(s, false)
+}
+
+/// [`open_raid`], standing by if `stands_by` ([`RaidOptions::stands_by`]).
+pub fn open_raid_as(s: &StorageConfig, stands_by: bool) -> Result<RaidStorage, String> {
     let saved = match &s.state_file {
         Some(p) => crate::raid::statefile::load(p)?.unwrap_or_default(),
         None => Default::default(),
@@ -259,7 +270,11 @@ pub fn open_raid(s: &StorageConfig) -> Result<RaidStorage, String> {
         .iter()
         .partition(|b| b.mode == crate::config::BackendMode::Sync);
     let specs = sync.iter().map(|b| backend_spec(&s.name, b)).collect();
-    let raid = RaidStorage::open(raid_options(s), specs)?;
+    let opts = RaidOptions {
+        stands_by,
+        ..raid_options(s)
+    };
+    let raid = RaidStorage::open(opts, specs)?;
     for b in offsite {
         let max_lag = b.max_lag.unwrap_or(crate::config::DEFAULT_MAX_LAG);
         let mut opts = crate::raid::offsite::Options::new(max_lag);

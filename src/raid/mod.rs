@@ -98,6 +98,13 @@ pub struct RaidOptions {
     pub recovery_ratio: f64,
     /// The shared object cache's size in bytes (`cache-size`; 0: off).
     pub cache_size: u64,
+    /// Opened by a controller with `[ha]`: another controller may lead, so
+    /// the array starts standing by ([`fence::FenceState::Standby`]) from
+    /// its first moment: no writes, no recovery, the backends' new
+    /// transactions are the leader's (not writes behind its back), and
+    /// backends are not judged by their last transaction at start (the
+    /// leader commits meanwhile); that judgement is made when it fences.
+    pub stands_by: bool,
 }
 
 impl RaidOptions {
@@ -115,6 +122,7 @@ impl RaidOptions {
             auto_recover: true,
             recovery_ratio: 2.0,
             cache_size: cache::DEFAULT_SIZE,
+            stands_by: false,
         }
     }
 }
@@ -337,7 +345,14 @@ impl RaidStorage {
                 opts: opts.clone(),
                 backends: backend::Backends::new(backends, capacity),
                 fanout,
-                commit: commit::CommitPath::default(),
+                commit: commit::CommitPath {
+                    fence: Mutex::new(if opts.stands_by {
+                        fence::FenceState::Standby
+                    } else {
+                        fence::FenceState::Off
+                    }),
+                    ..commit::CommitPath::default()
+                },
                 published: AtomicU64::new(0),
                 reads: AtomicU64::new(0),
                 packing: AtomicU64::new(0),
@@ -455,9 +470,66 @@ impl Core {
 
     /// Compare last tids, pick the oid counter, report.
     fn start_up(&self) {
+        let lasts = self.last_tids("at start-up");
+        // A standby's backends move on under the leader while it reads
+        // them: it judges them when it fences ([`Core::reconcile`]).
+        if !self.opts.stands_by {
+            for (i, behind) in state::behind_at_start(&lasts).into_iter().enumerate() {
+                if let Some(why) = behind {
+                    self.degrade(i, why);
+                }
+            }
+        }
+        let last = self.adopt_last(&lasts);
+        self.adopt_next_oid("at start-up");
+        log::info!(
+            "RAID array {:?}: {} ({} of {} backends optimal), last transaction {last}, {} fan-out, {} reads",
+            self.opts.name,
+            self.array_state(),
+            self.optimal().len(),
+            self.total(),
+            self.fanout.mode().label(),
+            self.read_policy().label()
+        );
+    }
+
+    /// A controller taking over (issue #26), before it fences: the old
+    /// leader committed past what this one has seen, and may have died
+    /// between finishing a transaction on one backend and the next. Read
+    /// every optimal backend's last transaction: those behind the newest
+    /// miss the old leader's in-doubt transaction(s) and are degraded
+    /// (recovery copies them once this controller holds the fence: never
+    /// left silently different); the array's last tid and oid counter
+    /// move past everything the old leader handed out.
+    pub(crate) fn reconcile(&self) -> Result<()> {
+        let lasts = self.last_tids("at takeover");
+        for (i, behind) in state::behind_at_start(&lasts).into_iter().enumerate() {
+            if let Some(why) = behind {
+                log::warn!(
+                    "RAID array {:?}: backend {:?} lacks the previous controller's last                      transaction(s) (it died between finishing on one backend and the next):                      degraded, recovered once this controller holds the fence",
+                    self.opts.name,
+                    self.backends[i].name
+                );
+                self.degrade(i, why);
+            }
+        }
+        let last = self.adopt_last(&lasts);
+        self.adopt_next_oid("at takeover");
+        self.check_writable(self.optimal().len())?;
+        log::info!(
+            "RAID array {:?}: reconciled at takeover: last transaction {last}, {} of {} backends              optimal",
+            self.opts.name,
+            self.optimal().len(),
+            self.total()
+        );
+        Ok(())
+    }
+
+    /// Each optimal backend's last transaction (`None` for the others);
+    /// one that cannot say is degraded.
+    fn last_tids(&self, when: &'static str) -> Vec<Option<Tid>> {
         let optimal = self.optimal();
-        let lasts: Vec<Option<Tid>> = self
-            .backends
+        self.backends
             .iter()
             .enumerate()
             .map(|(i, b)| {
@@ -474,25 +546,30 @@ impl Core {
                             i,
                             Reason::StartUp {
                                 call: "lastTransaction",
-                                error: e.to_string(),
+                                error: format!("{e} ({when})"),
                             },
                         );
                         None
                     }
                 }
             })
-            .collect();
-        for (i, behind) in state::behind_at_start(&lasts).into_iter().enumerate() {
-            if let Some(why) = behind {
-                self.degrade(i, why);
-            }
-        }
-        let last = lasts.iter().flatten().copied().max().unwrap_or(Tid::ZERO);
-        *lock(&self.commit.last_logged) = last;
-        self.published.store(last.0, Ordering::Release);
-        // `next_oid` is the last oid handed out: the first a backend
-        // offers is still free (a fresh array hands out 1 first, as a
-        // single storage does).
+            .collect()
+    }
+
+    /// Make the newest of `lasts` the array's last tid (never lower).
+    fn adopt_last(&self, lasts: &[Option<Tid>]) -> Tid {
+        let newest = lasts.iter().flatten().copied().max().unwrap_or(Tid::ZERO);
+        let mut last = lock(&self.commit.last_logged);
+        *last = (*last).max(newest);
+        self.published.fetch_max(last.0, Ordering::AcqRel);
+        *last
+    }
+
+    /// Move the oid counter past every oid an optimal backend handed out.
+    /// `next_oid` is the last oid handed out: the first a backend offers
+    /// is still free (a fresh array hands out 1 first, as a single
+    /// storage does).
+    fn adopt_next_oid(&self, when: &'static str) {
         let mut next = 0u64;
         for i in self.optimal() {
             match self.backends[i].storage().and_then(|s| s.new_oids(1)) {
@@ -502,21 +579,13 @@ impl Core {
                     i,
                     Reason::StartUp {
                         call: "new_oids",
-                        error: e.to_string(),
+                        error: format!("{e} ({when})"),
                     },
                 ),
             }
         }
-        *lock(&self.commit.next_oid) = next;
-        log::info!(
-            "RAID array {:?}: {} ({} of {} backends optimal), last transaction {last}, {} fan-out, {} reads",
-            self.opts.name,
-            self.array_state(),
-            self.optimal().len(),
-            self.total(),
-            self.fanout.mode().label(),
-            self.read_policy().label()
-        );
+        let mut counter = lock(&self.commit.next_oid);
+        *counter = (*counter).max(next);
     }
 
     /// Whether reads are served now (without building the array's state:

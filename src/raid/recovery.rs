@@ -357,7 +357,9 @@ fn supervise(weak: Weak<Core>) {
             }
             continue;
         }
-        if !core.opts.auto_recover {
+        // Another controller leads (or this one is taking over): only the
+        // fence holder writes to the backends, recoveries included.
+        if !core.opts.auto_recover || lock(&core.commit.fence).others_write() {
             wait_tick(&core);
             continue;
         }
@@ -419,6 +421,14 @@ fn recover_now(
     let b = &core.backends[i];
     if b.is_removed() {
         return Err(format!("backend {:?} was removed", b.name).into());
+    }
+    if lock(&core.commit.fence).others_write() {
+        return Err(format!(
+            "this controller does not hold the fence (another controller leads, or it is \
+             taking over): recover backend {:?} through the leader",
+            b.name
+        )
+        .into());
     }
     let _busy = core.claim(format!("backend {:?} is recovering", b.name))?;
     if operator {

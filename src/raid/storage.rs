@@ -758,6 +758,10 @@ impl RaidStorage {
         self.core
             .cache
             .forget_all("this controller takes over from another one");
+        if let Err(e) = self.core.reconcile() {
+            self.stand_by();
+            return Err(e);
+        }
         let mut last = None;
         for _ in 0..5 {
             let root = fence::root_to_fence(crate::storage::load(self, fence::FENCE_OID))?;

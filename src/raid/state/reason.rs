@@ -19,7 +19,8 @@ pub enum Reason {
     BeforeRestart(String),
     /// At start-up its last transaction is behind another backend's.
     Behind { last: Tid, newest: Tid },
-    /// A call at start-up failed (`lastTransaction`, `new_oids`).
+    /// A call at start-up or at a takeover failed (`lastTransaction`,
+    /// `new_oids`); `error` says which of the two.
     StartUp { call: &'static str, error: String },
     /// Added while the array ran: it is recovered before it serves, or
     /// cannot be reached yet.
@@ -78,7 +79,7 @@ impl fmt::Display for Reason {
                 "missing transactions: its last transaction is {last}, another backend has \
                  {newest}; recover it"
             ),
-            Reason::StartUp { call, error } => write!(f, "{call} failed at start-up: {error}"),
+            Reason::StartUp { call, error } => write!(f, "{call} failed: {error}"),
             Reason::Added(None) => {
                 f.write_str("added at runtime: it is recovered from an optimal backend")
             }

@@ -139,7 +139,12 @@ impl Backends {
             let served: Arc<dyn Storage> = fs.clone();
             servers.push(
                 Server::start(
-                    local_server_options(Some(2)),
+                    // As the README asks of an HA site's backends: a paused
+                    // controller's commit lock is taken back after 3 s.
+                    zeoraid::server::Options {
+                        transaction_timeout: Some(Duration::from_secs(3)),
+                        ..local_server_options(Some(2))
+                    },
                     vec![("1".into(), served, false)],
                 )
                 .expect("a backend server"),
@@ -517,9 +522,24 @@ impl Committer {
     /// The first commit acknowledged after `t`: when and through which
     /// controller; `None` within `limit`.
     fn wait_commit_after(&self, t: Instant, limit: Duration) -> Option<(Instant, usize)> {
+        self.wait_commit_through(t, limit, None)
+    }
+
+    /// [`Committer::wait_commit_after`], not counting commits through
+    /// `not_via` (a controller just killed may still have acknowledged
+    /// one as the signal landed).
+    fn wait_commit_through(
+        &self,
+        t: Instant,
+        limit: Duration,
+        not_via: Option<usize>,
+    ) -> Option<(Instant, usize)> {
         poll(limit, || {
             let seen = self.seen.lock().expect("the committer's record");
-            seen.commits.iter().find(|(at, _)| *at > t).copied()
+            seen.commits
+                .iter()
+                .find(|(at, via)| *at > t && Some(*via) != not_via)
+                .copied()
         })
     }
 
@@ -636,7 +656,7 @@ fn failover(pair: &mut Pair) -> String {
         });
         let (at, via) = pair
             .client
-            .wait_commit_after(killed, Duration::from_secs(30))
+            .wait_commit_through(killed, Duration::from_secs(30), Some(old))
             .unwrap_or_else(|| {
                 panic!(
                     "round {}: no commit within 30 s of killing {}; {}: {:?}\n{}",
@@ -782,7 +802,9 @@ fn sigstop(pair: &mut Pair) -> String {
         let stopped = Instant::now();
         pair.ctls[old].signal(libc::SIGSTOP);
         let _ = go_tx.send(());
-        let first = pair.client.wait_commit_after(stopped, stop_for);
+        let first = pair
+            .client
+            .wait_commit_through(stopped, stop_for, Some(old));
         let remaining = stop_for.saturating_sub(stopped.elapsed());
         thread::sleep(remaining);
         let leads = pair.ctls[new].leads();

@@ -16,6 +16,8 @@
 //!
 //! etcd and Python (ZODB + ZEO) missing fail the tests, as in `tests/ha.rs`.
 
+#![cfg(feature = "admin")]
+
 mod common;
 
 use common::etcd::Etcd;

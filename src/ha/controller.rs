@@ -524,7 +524,11 @@ impl Driver {
                 self.fence_failures = self.fence_failures.saturating_add(1);
                 if self.fence_failures.is_power_of_two() {
                     log::error!(
-                        "[ha]: controller {} cannot fence {e} at epoch {epoch} ({} attempts);                          retrying, not serving meanwhile. Check that the array's backends run                          and answer, and that they set a transaction-timeout (a paused                          controller holding their commit lock keeps every fence waiting                          without one)",
+                        "[ha]: controller {} cannot fence {e} at epoch {epoch} ({} attempts); \
+                         retrying, not serving meanwhile. Check that the array's backends run \
+                         and answer, and that they set a transaction-timeout (a paused \
+                         controller holding their commit lock keeps every fence waiting \
+                         without one)",
                         self.settings.name,
                         self.fence_failures
                     );
@@ -577,7 +581,8 @@ impl Driver {
                     let (n, oldest) = (q.len(), q.first().map(|t| t.0));
                     self.switch.prime_invalidations(name, q);
                     log::info!(
-                        "[ha]: controller {} primed the invalidation queue of {name:?} with {n}                          transactions ({} to {last}) in {:?}",
+                        "[ha]: controller {} primed the invalidation queue of {name:?} with {n} \
+                         transactions ({} to {last}) in {:?}",
                         self.settings.name,
                         oldest.map(|t| t.to_string()).unwrap_or_default(),
                         started.elapsed()
@@ -586,7 +591,9 @@ impl Driver {
                 None => {
                     self.switch.prime_invalidations(name, Vec::new());
                     log::warn!(
-                        "[ha]: controller {} could not read the recent history of {name:?}                          within {:?}: its invalidation queue starts empty, so reconnecting                          clients drop their caches (more load at first, nothing stale)",
+                        "[ha]: controller {} could not read the recent history of {name:?} \
+                         within {:?}: its invalidation queue starts empty, so reconnecting \
+                         clients drop their caches (more load at first, nothing stale)",
                         self.settings.name,
                         prime::budget(self.settings.renew_interval)
                     );

@@ -477,7 +477,8 @@ pub(crate) fn event_handler(core: Weak<Core>, i: usize) -> crate::zeo::client::E
             // connects again; the takeover judges ([`Core::reconcile`]).
             ServerEvent::Disconnected(why) if lock(&core.commit.fence).stands_by() => {
                 log::info!(
-                    "RAID array {:?}: lost the connection to backend {:?} ({why}); standing                      by, so it is connected again rather than degraded",
+                    "RAID array {:?}: lost the connection to backend {:?} ({why}); standing \
+                     by, so it is connected again rather than degraded",
                     core.opts.name,
                     core.backends[i].name
                 );

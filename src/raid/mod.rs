@@ -526,7 +526,9 @@ impl Core {
         for (i, behind) in state::behind_at_start(&lasts).into_iter().enumerate() {
             if let Some(why) = behind {
                 log::warn!(
-                    "RAID array {:?}: backend {:?} lacks the previous controller's last                      transaction(s) (it died between finishing on one backend and the next):                      degraded, recovered once this controller holds the fence",
+                    "RAID array {:?}: backend {:?} lacks the previous controller's last \
+                     transaction(s) (it died between finishing on one backend and the next): \
+                     degraded, recovered once this controller holds the fence",
                     self.opts.name,
                     self.backends[i].name
                 );
@@ -537,7 +539,8 @@ impl Core {
         self.adopt_next_oid("at takeover");
         self.check_writable(self.optimal().len())?;
         log::info!(
-            "RAID array {:?}: reconciled at takeover: last transaction {last}, {} of {} backends              optimal",
+            "RAID array {:?}: reconciled at takeover: last transaction {last}, {} of {} backends \
+             optimal",
             self.opts.name,
             self.optimal().len(),
             self.total()

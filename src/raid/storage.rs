@@ -649,7 +649,8 @@ impl RaidStorage {
         if !plan.abort.is_empty() {
             for &i in &plan.abort {
                 log::info!(
-                    "RAID array {:?}: backend {:?} left the array between its vote and its finish                      of {tid}: aborted there (a recovery copies it)",
+                    "RAID array {:?}: backend {:?} left the array between its vote and its finish \
+                     of {tid}: aborted there (a recovery copies it)",
                     core.opts.name,
                     core.backends[i].name
                 );

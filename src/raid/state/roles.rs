@@ -239,7 +239,9 @@ impl Roles {
                         ready.log.push((
                             Level::Warn,
                             format!(
-                                "RAID array {:?}: backend {:?} was degraded ({r}); taking over,                                  this controller reached it again and judges it by its last                                  transaction",
+                                "RAID array {:?}: backend {:?} was degraded ({r}); taking over, \
+                                 this controller reached it again and judges it by its last \
+                                 transaction",
                                 self.array, m.name
                             ),
                         ));

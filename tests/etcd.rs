@@ -10,24 +10,13 @@
 mod common;
 
 use common::etcd::Etcd;
+use common::wait_for;
 use std::time::{Duration, Instant};
 use zeoraid::ha::etcd::{Cas, Client, Compare, Error, Options, WatchEvent};
 use zeoraid::ha::lease::{Election, Outcome};
 
 fn client(endpoints: Vec<String>) -> Client {
     Client::new(Options::new(endpoints)).expect("a client")
-}
-
-/// Polls `f` every 50 ms until it gives `Some`, failing after `limit`.
-fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(t) = f() {
-            return t;
-        }
-        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

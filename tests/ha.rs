@@ -15,6 +15,7 @@
 mod common;
 
 use common::etcd::Etcd;
+use common::wait_for;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use zeoraid::config::{BackendConfig, Config, StorageConfig};
@@ -25,18 +26,6 @@ use zeoraid::zeo::client::{Client, ClientOptions};
 use zeoraid::Zeoraid;
 
 const LEASE_TTL: u64 = 2;
-
-/// Polls `f` every 50 ms until it gives `Some`, failing after `limit`.
-fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(t) = f() {
-            return t;
-        }
-        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Two backends: zeoraid servers on a `Data.fs` each; with `root`, a
 /// database root (fencing rewrites it) committed through a plain array over
@@ -643,18 +632,6 @@ fn a_new_leader_answers_get_invalidations_for_the_old_leaders_commits() {
     b.shutdown();
 }
 
-/// Every transaction of the backend at `addr`, oldest first.
-fn history_of(addr: String) -> Vec<zeoraid::storage::TxnRecord> {
-    let c = connect(addr).expect("a backend");
-    let h = c
-        .iterator(None, None)
-        .expect("iterate a backend")
-        .collect::<Result<Vec<_>, _>>()
-        .expect("a backend's history");
-    c.close();
-    h
-}
-
 /// The old leader died between finishing a transaction on backend a and
 /// on backend b (simulated: the transaction is committed on a alone, with
 /// an oid past the array's). The standby sees the leader's commits
@@ -693,7 +670,10 @@ fn a_takeover_completes_the_old_leaders_in_doubt_transaction_on_every_backend() 
     wait_for(Duration::from_secs(20), "backend b recovered", || {
         (optimal(&b) == Some(2)).then_some(())
     });
-    let (ha, hb) = (history_of(addrs[0].clone()), history_of(addrs[1].clone()));
+    let (ha, hb) = (
+        common::history_of(addrs[0].clone()),
+        common::history_of(addrs[1].clone()),
+    );
     assert_eq!(ha, hb, "the backends hold the same transactions");
     assert!(
         ha.iter().any(|t| t.tid == in_doubt),

@@ -21,6 +21,7 @@
 mod common;
 
 use common::etcd::Etcd;
+use common::wait_for;
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -34,18 +35,6 @@ use zeoraid::storage::{Oid, Storage, Tid, TxnRecord};
 use zeoraid::zeo::client::{Client, ClientOptions};
 
 const LEASE_TTL: u64 = 2;
-
-/// Polls `f` every 50 ms until it gives `Some`, failing after `limit`.
-fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(t) = f() {
-            return t;
-        }
-        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Two backends: zeoraid servers on a `Data.fs` each, no root yet (the
 /// first leader creates it as its fence, as ZODB would).
@@ -102,14 +91,7 @@ impl Backends {
 
     /// Every transaction of backend `i`, oldest first.
     fn history(&self, i: usize) -> Vec<TxnRecord> {
-        let c = connect(self.addrs()[i].clone()).expect("a backend");
-        let h = c
-            .iterator(None, None)
-            .expect("iterate a backend")
-            .collect::<Result<Vec<_>, _>>()
-            .expect("a backend's history");
-        c.close();
-        h
+        common::history_of(self.addrs()[i].clone())
     }
 
     /// Both backends' histories, asserted identical.

@@ -359,11 +359,11 @@ fn supervise(weak: Weak<Core>) {
         }
         // Another controller leads (or this one is taking over): only the
         // fence holder writes to the backends, recoveries included.
-        let stands_by = lock(&core.commit.fence).stands_by();
-        if stands_by {
+        let fence = *lock(&core.commit.fence);
+        if fence.stands_by() {
             core.reconnect_idle(false);
         }
-        if !core.opts.auto_recover || stands_by || lock(&core.commit.fence).others_write() {
+        if !core.opts.auto_recover || fence.others_write() {
             wait_tick(&core);
             continue;
         }

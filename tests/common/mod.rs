@@ -59,6 +59,36 @@ pub fn serve_on_with(
     .expect("server starts")
 }
 
+/// Polls `f` every 50 ms until it gives `Some`, failing after `limit`.
+pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every transaction of the ZEO server at `addr` (storage "1"), oldest
+/// first.
+pub fn history_of(addr: String) -> Vec<zeoraid::storage::TxnRecord> {
+    let c = zeoraid::zeo::client::Client::connect(zeoraid::zeo::client::ClientOptions {
+        call_timeout: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(2),
+        ..zeoraid::zeo::client::ClientOptions::new(addr)
+    })
+    .expect("connect to a backend");
+    let h = c
+        .iterator(None, None)
+        .expect("iterate a backend")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("a backend's history");
+    c.close();
+    h
+}
+
 /// A commit of one store: `data` as the revision of `oid` after `serial`.
 /// Conflicts are an error (the caller is the object's only writer).
 pub fn commit_store(c: &dyn Storage, oid: Oid, serial: Tid, data: &[u8]) -> Result<Tid, Error> {

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use zeoraid::server::Server;
 use zeoraid::storage::file::{FileOptions, FileStorage};
-use zeoraid::storage::{Oid, Storage, Tid, TxnRecord};
+use zeoraid::storage::{Oid, Tid, TxnRecord};
 use zeoraid::zeo::client::{Client, ClientOptions};
 
 const LEASE_TTL: u64 = 2;

@@ -687,3 +687,72 @@ fn a_takeover_completes_the_old_leaders_in_doubt_transaction_on_every_backend() 
     client.close();
     b.shutdown();
 }
+
+/// The old leader voted a transaction on both backends and finishes it on
+/// a alone while the standby takes over (simulated: a ZEO client of each
+/// backend holds the vote, so the commit locks, then finishes on a and
+/// aborts on b once the standby is fencing). The standby read both
+/// backends' last transactions before it fenced, equal then; its fence
+/// waits for the commit locks, and under them it finds b behind: it
+/// degrades b, fences a, and recovers b. The backends end identical and
+/// the transaction is on both (fenced on both without that look, a would
+/// hold a transaction b never gets).
+#[test]
+fn a_transaction_the_old_leader_finishes_during_the_takeover_is_copied_not_lost() {
+    use zeoraid::storage::{Data, Op, Txn, TxnMeta, Vote};
+    let etcd = Etcd::start(1);
+    let backends = Backends::start();
+    let addrs = backends.addrs();
+    let a = start_leading(&backends, &etcd, "ctl-a");
+    let b = Zeoraid::start(&backends.config(Some((etcd.endpoints(), "ctl-b")))).expect("ctl-b");
+    for oid in 40..43 {
+        commit_through(a.local_addr().to_string(), oid, b"through the leader");
+    }
+    let txn = Txn {
+        meta: TxnMeta::default(),
+        tid: None,
+        status: b' ',
+        ops: vec![Op::Store {
+            oid: Oid(99),
+            serial: Tid(0),
+            data: Data::from(&b"in doubt"[..]),
+        }],
+    };
+    let on_a = connect(addrs[0].clone()).expect("backend a");
+    let on_b = connect(addrs[1].clone()).expect("backend b");
+    for (c, n) in [(&on_a, "a"), (&on_b, "b")] {
+        let v = c.tpc_vote(&txn);
+        assert!(matches!(v, Ok(Vote::Prepared { .. })), "vote on {n}: {v:?}");
+    }
+    a.shutdown();
+    wait_for(Duration::from_secs(10), "ctl-b fences", || {
+        (role(&b).role == "fencing").then_some(())
+    });
+    // Its fence's vote now waits for the commit locks.
+    std::thread::sleep(Duration::from_millis(500));
+    let in_doubt = on_a.tpc_finish().expect("finish on a");
+    on_b.tpc_abort();
+    on_b.close();
+    on_a.close();
+    wait_for(Duration::from_secs(10), "ctl-b leads", || {
+        leads(&b).then_some(())
+    });
+    let optimal = || {
+        let doc = b.status_source().document();
+        doc.get("1").and_then(|s| s.raid.clone()).map(|r| r.optimal)
+    };
+    wait_for(Duration::from_secs(20), "backend b recovered", || {
+        (optimal() == Some(2)).then_some(())
+    });
+    let (ha, hb) = (
+        common::history_of(addrs[0].clone()),
+        common::history_of(addrs[1].clone()),
+    );
+    assert!(
+        ha.iter().any(|t| t.tid == in_doubt),
+        "the transaction is on a"
+    );
+    assert_eq!(ha, hb, "the backends hold the same transactions");
+    assert_eq!(read_through(b.local_addr().to_string(), 99), b"in doubt");
+    b.shutdown();
+}

@@ -22,6 +22,7 @@
 //! ([`after_commit`]), and an undo, which may restore the root, makes it
 //! read the root's serial back.
 
+use super::state::Reason;
 use crate::storage::{Conflict, Error, Loaded, Oid, Op, Tid, Txn, TxnMeta, Vote};
 
 /// The fencing object: the database root.
@@ -120,6 +121,48 @@ impl FenceState {
             ))),
         }
     }
+}
+
+/// What a takeover does once its fence transaction `fence_tid` is
+/// prepared on every optimal backend, from each one's last transaction
+/// (`None`: not optimal) read while the fence holds their commit locks,
+/// so that nothing else commits on them until it finishes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UnderFence {
+    /// Finish the fence, after degrading these backends: they lack
+    /// transactions another backend has (the old leader finished one on
+    /// some backends only, perhaps while this one was taking over). A
+    /// recovery copies them, and the fence, once it holds.
+    Finish { behind: Vec<(usize, Reason)> },
+    /// A backend already holds a transaction at or past the fence's tid
+    /// (the old leader's, with a clock ahead of this one's): abort, move
+    /// the array's last tid to `newest` and vote the fence again.
+    Retry { newest: Tid },
+}
+
+/// [`UnderFence`] for `lasts` and the fence's tid.
+pub fn under_fence(lasts: &[Option<Tid>], fence_tid: Tid) -> UnderFence {
+    match lasts.iter().flatten().copied().max() {
+        Some(newest) if newest >= fence_tid => UnderFence::Retry { newest },
+        _ => UnderFence::Finish {
+            behind: super::state::behind_at_start(lasts)
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, why)| Some((i, why?)))
+                .collect(),
+        },
+    }
+}
+
+/// Whether this controller degrades a backend for `why` now. A controller
+/// that does not write (it stands by, or met another's fence) keeps no
+/// judgement of its own calls: a vote, finish or connection that failed
+/// because another controller took the backends over says nothing about
+/// the backend, and the takeover judges every such reason again anyway
+/// ([`Reason::rejudged_at_takeover`]). What is not judged again (an
+/// operator's `disable`, a divergence `verify` found) is kept.
+pub fn judges(state: &FenceState, why: &Reason) -> bool {
+    !(state.stands_by() && why.rejudged_at_takeover())
 }
 
 /// Whether a client whose call `method` failed with `e` is sent away (its
@@ -237,6 +280,73 @@ mod tests {
             oid: Oid(oid),
             serial: Tid(1),
             data: Default::default(),
+        }
+    }
+
+    #[test]
+    fn what_a_takeover_does_under_its_fence() {
+        let t = |n: u64| Some(Tid(n));
+        let behind = |v: &[usize]| -> Vec<usize> { v.to_vec() };
+        // (last tids, fence tid, the backends degraded; `None`: vote again)
+        type Case = (Vec<Option<Tid>>, u64, Option<Vec<usize>>);
+        let cases: Vec<Case> = vec![
+            // All equal: finish, nothing degraded.
+            (vec![t(5), t(5)], 9, Some(behind(&[]))),
+            // The old leader finished 7 on a only: b is behind.
+            (vec![t(7), t(5)], 9, Some(behind(&[1]))),
+            (vec![t(5), t(7), t(7)], 9, Some(behind(&[0]))),
+            // A degraded backend (None) is not judged.
+            (vec![None, t(5)], 9, Some(behind(&[]))),
+            // A backend already at or past the fence's tid: vote again.
+            (vec![t(9), t(5)], 9, None),
+            (vec![t(5), t(12)], 9, None),
+        ];
+        for (lasts, fence_tid, want) in cases {
+            let got = match under_fence(&lasts, Tid(fence_tid)) {
+                UnderFence::Finish { behind } => {
+                    assert!(behind
+                        .iter()
+                        .all(|(_, r)| matches!(r, Reason::Behind { .. })));
+                    Some(behind.into_iter().map(|(i, _)| i).collect())
+                }
+                UnderFence::Retry { newest } => {
+                    assert_eq!(Some(newest), lasts.iter().flatten().copied().max());
+                    None
+                }
+            };
+            assert_eq!(got, want, "{lasts:?} under fence {fence_tid}");
+        }
+    }
+
+    #[test]
+    fn a_controller_that_does_not_write_keeps_no_judgement_of_its_calls() {
+        let held = FenceState::Held(Fence {
+            epoch: 3,
+            serial: Tid(1),
+        });
+        let vote = Reason::Vote {
+            tid: Tid(2),
+            why: "x".into(),
+        };
+        let lost = Reason::ConnectionLost("x".into());
+        let diverged = Reason::Diverged {
+            difference: "x".into(),
+            reference: "a".into(),
+        };
+        let cases = [
+            (FenceState::Off, &vote, true),
+            (held, &vote, true),
+            (FenceState::Taking { epoch: 3 }, &vote, true),
+            (FenceState::Standby, &vote, false),
+            (FenceState::Standby, &lost, false),
+            (FenceState::Lost { epoch: 3 }, &lost, false),
+            // The operator's word and a divergence stand.
+            (FenceState::Standby, &Reason::Disabled, true),
+            (FenceState::Lost { epoch: 3 }, &Reason::Disabled, true),
+            (FenceState::Standby, &diverged, true),
+        ];
+        for (state, why, want) in cases {
+            assert_eq!(judges(&state, why), want, "{state:?} {why:?}");
         }
     }
 

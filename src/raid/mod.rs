@@ -442,7 +442,20 @@ impl Core {
 
     /// Degrade backend `i` with `why` (if it is optimal), log it,
     /// persist it.
+    /// A controller that does not write keeps no judgement of its own
+    /// calls ([`fence::judges`]): the backend is only let go, and
+    /// connected again.
     fn degrade(&self, i: usize, why: Reason) {
+        let fence = *lock(&self.commit.fence);
+        if !fence::judges(&fence, &why) {
+            log::info!(
+                "RAID array {:?}: backend {:?}: {why}; this controller does not lead, so the \
+                 backend is not degraded (a takeover judges it again)",
+                self.opts.name,
+                self.backends[i].name
+            );
+            return;
+        }
         self.step(state::roles::Event::Failed { at: i, reason: why });
     }
 
@@ -546,6 +559,28 @@ impl Core {
             self.total()
         );
         Ok(())
+    }
+
+    /// Make every ZEO backend's connection anew, for a controller that
+    /// stops leading: a transaction of its own still in flight is cut off
+    /// there (the server aborts it and lets its commit lock go), so the
+    /// new leader's fence neither waits for it nor deadlocks with it (each
+    /// holding one backend's commit lock and waiting for the other's), and
+    /// the worker that ran it gets an error (its client is sent away). One
+    /// that cannot be reached now is connected again later.
+    pub(crate) fn cut_off_writes(self: &Arc<Self>) {
+        for (i, b) in self.backends.iter().enumerate() {
+            if b.zeo.is_none() || b.is_removed() || !b.is_open() {
+                continue;
+            }
+            if let Err(e) = b.reset(Arc::downgrade(self), i, self.opts.backend_timeout) {
+                log::info!(
+                    "RAID array {:?}: backend {:?}: {e}; connected again later",
+                    self.opts.name,
+                    b.name
+                );
+            }
+        }
     }
 
     /// Connect the optimal ZEO backends whose connection went while this

@@ -742,10 +742,13 @@ impl RaidStorage {
         *lock(&self.core.commit.fence)
     }
 
-    /// Stand by: refuse writes, and take the backends' invalidations for
-    /// the leader's commits (see [`FenceState::Standby`]).
+    /// Stand by: refuse writes, cut off a transaction still in flight on
+    /// the backends (`Core::cut_off_writes`), and take the backends'
+    /// invalidations for the leader's commits (see
+    /// [`FenceState::Standby`]).
     pub fn stand_by(&self) {
         *lock(&self.core.commit.fence) = FenceState::Standby;
+        self.core.cut_off_writes();
         self.core
             .cache
             .forget_all("another controller leads: its commits do not pass through this one");
@@ -753,53 +756,107 @@ impl RaidStorage {
 
     /// Fence every optimal backend at `epoch` for `controller`: rewrite the
     /// root with its own data (create it, in a database that has none),
-    /// then guard every vote with its new serial.
-    /// A root changed meanwhile (a stale controller still committing)
-    /// makes the rewrite conflict; it is retried on the new root, a few
-    /// times.
+    /// then guard every vote with its new serial. A failure leaves the
+    /// array standing by.
     pub fn take_fence(&self, epoch: u64, controller: &str) -> Result<Fence> {
         *lock(&self.core.commit.fence) = FenceState::Taking { epoch };
         // Another controller committed since this one's cache was filled.
         self.core
             .cache
             .forget_all("this controller takes over from another one");
-        if let Err(e) = self.core.reconcile() {
-            self.stand_by();
-            return Err(e);
+        match self.fence_backends(epoch, controller) {
+            Ok(f) => {
+                *lock(&self.core.commit.fence) = FenceState::Held(f);
+                log::info!(
+                    "RAID array {:?}: fenced the backends at epoch {epoch} for {controller:?} \
+                     (root rewritten at {}); every vote now checks it",
+                    self.core.opts.name,
+                    f.serial
+                );
+                Ok(f)
+            }
+            Err(e) => {
+                self.stand_by();
+                Err(e)
+            }
         }
+    }
+
+    /// [`RaidStorage::take_fence`]'s work: reconcile, then commit the fence
+    /// transaction, judging the backends while it holds their commit locks
+    /// ([`fence::under_fence`]). A root changed meanwhile (a stale
+    /// controller still committing) makes the rewrite conflict; it is
+    /// retried on the new root, a few times.
+    fn fence_backends(&self, epoch: u64, controller: &str) -> Result<Fence> {
+        self.core.reconcile()?;
         let mut last = None;
         for _ in 0..5 {
             let root = fence::root_to_fence(crate::storage::load(self, fence::FENCE_OID))?;
-            match crate::storage::commit(self, &fence::fence_txn(epoch, controller, &root)) {
-                Ok(tid) => {
-                    let f = Fence { epoch, serial: tid };
-                    *lock(&self.core.commit.fence) = FenceState::Held(f);
+            let tid = match self.tpc_vote(&fence::fence_txn(epoch, controller, &root)) {
+                Ok(Vote::Prepared { tid, .. }) => tid,
+                Ok(Vote::Conflicts(c)) => {
+                    self.tpc_abort();
+                    last = Some(crate::storage::conflicts_error(&c));
+                    continue;
+                }
+                Err(e) => {
+                    self.tpc_abort();
+                    match e {
+                        Error::Conflict { .. } => {
+                            last = Some(e);
+                            continue;
+                        }
+                        e => return Err(e),
+                    }
+                }
+            };
+            let lasts = self.core.last_tids("under the takeover's fence");
+            match fence::under_fence(&lasts, tid) {
+                fence::UnderFence::Retry { newest } => {
+                    self.tpc_abort();
                     log::info!(
-                        "RAID array {:?}: fenced the backends at epoch {epoch} for {controller:?} \
-                         (root rewritten at {tid}); every vote now checks it",
+                        "RAID array {:?}: a backend already holds {newest}, past the fence's tid \
+                         {tid} (the previous controller's clock runs ahead): fencing again after it",
                         self.core.opts.name
                     );
-                    return Ok(f);
+                    self.core.adopt_last(&lasts);
+                    last = Some(Error::Transaction(format!(
+                        "a backend's last transaction {newest} stayed past the fence's tid"
+                    )));
+                    continue;
                 }
-                Err(e @ Error::Conflict { .. }) => last = Some(e),
-                Err(e) => {
-                    self.stand_by();
-                    return Err(e);
+                fence::UnderFence::Finish { behind } => {
+                    for (i, why) in behind {
+                        log::warn!(
+                            "RAID array {:?}: backend {:?} lacks the previous controller's last \
+                             transaction(s) (it finished them on other backends only, while \
+                             this controller took over): degraded, recovered once the fence \
+                             holds",
+                            self.core.opts.name,
+                            self.core.backends[i].name
+                        );
+                        self.core.degrade(i, why);
+                    }
                 }
             }
+            let serial = self.tpc_finish().inspect_err(|_| self.tpc_abort())?;
+            // The previous controller's last transactions may have used
+            // oids past what the backends offered before the fence.
+            self.core.adopt_next_oid("after the takeover's fence");
+            return Ok(Fence { epoch, serial });
         }
-        self.stand_by();
         Err(last.unwrap_or_else(|| Error::Transaction("fencing failed".into())))
     }
 
     /// After a guarded commit at `tid` (under the array's commit lock):
     /// keep the fence's serial current.
     fn fence_committed(&self, how: fence::Move, tid: Tid) {
-        let mut state = lock(&self.core.commit.fence);
-        let FenceState::Held(f) = *state else {
+        // Read without the fence's lock held: loading the root may
+        // degrade a backend, which looks at the fence.
+        let FenceState::Held(f) = self.fence_state() else {
             return;
         };
-        *state = match fence::after_commit(f, how, tid) {
+        let next = match fence::after_commit(f, how, tid) {
             Some(f) => FenceState::Held(f),
             // An undo may have restored the root: read its serial back.
             None => match crate::storage::load(self, fence::FENCE_OID) {
@@ -817,5 +874,10 @@ impl RaidStorage {
                 }
             },
         };
+        let mut state = lock(&self.core.commit.fence);
+        // Unless another controller's fence was seen meanwhile.
+        if *state == FenceState::Held(f) {
+            *state = next;
+        }
     }
 }

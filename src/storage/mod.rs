@@ -296,6 +296,20 @@ impl Txn {
     }
 }
 
+/// The error an in-process committer gets for a vote's conflicts: the
+/// first conflicting object's (it has no client to resolve them).
+pub fn conflicts_error(c: &[Conflict]) -> Error {
+    let first = c.first();
+    Error::Conflict {
+        oid: first.map_or(Oid(0), |c| c.oid),
+        committed: first.map_or(Tid::ZERO, |c| c.committed),
+        read: first.map_or(Tid::ZERO, |c| c.read),
+        message: format!("{} object(s) changed since they were read", c.len()),
+        read_conflict: false,
+        class_name: None,
+    }
+}
+
 /// Vote and finish `txn` on `s` (the storage's whole two-phase commit, as
 /// the server runs it for a client); returns the new transaction's tid.
 /// A conflict aborts and is answered as [`Error::Conflict`] for the first
@@ -306,15 +320,7 @@ pub fn commit(s: &dyn Storage, txn: &Txn) -> Result<Tid> {
         Ok(Vote::Prepared { .. }) => s.tpc_finish().inspect_err(|_| s.tpc_abort()),
         Ok(Vote::Conflicts(c)) => {
             s.tpc_abort();
-            let first = c.first();
-            Err(Error::Conflict {
-                oid: first.map_or(Oid(0), |c| c.oid),
-                committed: first.map_or(Tid::ZERO, |c| c.committed),
-                read: first.map_or(Tid::ZERO, |c| c.read),
-                message: format!("{} object(s) changed since they were read", c.len()),
-                read_conflict: false,
-                class_name: None,
-            })
+            Err(conflicts_error(&c))
         }
         Err(e) => {
             s.tpc_abort();

@@ -11,7 +11,11 @@
 //! The rules, and why:
 //! - A standby campaigns when it sees no holder, never while one holds the
 //!   key, and not for one lease after it resigned (so a switchover goes to
-//!   another controller).
+//!   another controller). Nor for two leases after etcd comes back from
+//!   not answering it: the leader served all along (below), and etcd may have
+//!   dropped its lease as it came back; it asks for the key again at once,
+//!   and the standby leaves it that time, so an etcd outage ends with no
+//!   failover.
 //! - Winning the key is not leading yet: the winner first fences every
 //!   backend at its epoch (the key's etcd create revision, which only
 //!   grows), then reconciles them (an in-doubt transaction of the old
@@ -212,6 +216,9 @@ pub struct Machine {
     asking: bool,
     /// No campaign before this (after a resignation).
     holdoff_until: u64,
+    /// A standby whose last look at the key or campaign etcd did not
+    /// answer: the first vacant key it sees after that starts a holdoff.
+    cut_off: bool,
     /// When the lease was last renewed (`None`: not leading).
     renewed_at: Option<u64>,
     /// Times this controller took the key.
@@ -227,6 +234,7 @@ impl Machine {
             due: now,
             asking: false,
             holdoff_until: now,
+            cut_off: false,
             renewed_at: None,
             leader_changes: 0,
         }
@@ -258,17 +266,36 @@ impl Machine {
                         out.push(Action::Fence { epoch });
                     }
                     Campaign::Lost { holder } => {
+                        self.cut_off = false;
                         self.role = Role::Standby { leader: holder };
                         self.due = now + self.timing.renew_ms;
                     }
-                    Campaign::Unreachable => self.due = now + self.timing.renew_ms,
+                    Campaign::Unreachable => {
+                        self.cut_off = true;
+                        self.due = now + self.timing.renew_ms;
+                    }
                 }
             }
             (Role::Standby { .. }, Event::Holder(holder)) => {
                 self.asking = false;
-                // Nobody holds it: campaign at once (the next tick).
                 if holder.is_none() {
-                    self.due = now;
+                    if std::mem::take(&mut self.cut_off) {
+                        // Back from an etcd outage the leader served
+                        // through: its turn to take the key again. Two
+                        // leases: the leader may still be in a renewal
+                        // etcd's silence stretched (a connect and a
+                        // request timeout per endpoint), then renews.
+                        self.holdoff_until = self.holdoff_until.max(now + 2 * self.timing.ttl_ms);
+                    }
+                    // Nobody holds it: campaign at once (the next tick),
+                    // or when the holdoff ends.
+                    self.due = if now < self.holdoff_until {
+                        (now + self.timing.renew_ms).min(self.holdoff_until)
+                    } else {
+                        now
+                    };
+                } else {
+                    self.cut_off = false;
                 }
                 self.role = Role::Standby { leader: holder };
             }
@@ -434,6 +461,47 @@ mod tests {
         assert_eq!(m.step(1020, Event::Tick), vec![Action::LookAtKey]);
         m.step(1030, Event::Holder(None));
         assert_eq!(m.step(1030, Event::Tick), vec![Action::Campaign]);
+    }
+
+    #[test]
+    fn a_standby_back_from_an_etcd_outage_leaves_the_key_to_the_leader_for_two_leases() {
+        let mut m = Machine::new(T, 0);
+        m.step(0, Event::Tick);
+        m.step(
+            1,
+            Event::Campaigned(Campaign::Lost {
+                holder: Some("a".into()),
+            }),
+        );
+        assert_eq!(m.step(1001, Event::Tick), vec![Action::LookAtKey]);
+        m.step(1002, Event::Campaigned(Campaign::Unreachable));
+        assert_eq!(m.step(2002, Event::Tick), vec![Action::LookAtKey]);
+        // etcd is back and dropped a's lease: the key is vacant.
+        m.step(2010, Event::Holder(None));
+        assert_eq!(m.step(2010, Event::Tick), vec![], "no campaign yet");
+        assert_eq!(m.step(3010, Event::Tick), vec![Action::LookAtKey]);
+        m.step(3011, Event::Holder(None));
+        assert_eq!(m.step(4011, Event::Tick), vec![Action::LookAtKey]);
+        m.step(4012, Event::Holder(None));
+        let mut t = 5012;
+        for _ in 0..3 {
+            assert_eq!(m.step(t, Event::Tick), vec![Action::LookAtKey], "at {t}");
+            m.step(t + 1, Event::Holder(None));
+            t += 1001;
+        }
+        assert_eq!(m.step(7900, Event::Tick), vec![]);
+        assert_eq!(
+            m.step(8010, Event::Tick),
+            vec![Action::Campaign],
+            "the leader did not come back: take over"
+        );
+        // Without an outage first, a vacant key is campaigned for at once.
+        let mut m = Machine::new(T, 0);
+        m.step(0, Event::Tick);
+        m.step(1, Event::Campaigned(Campaign::Lost { holder: None }));
+        m.step(1001, Event::Tick);
+        m.step(1002, Event::Holder(None));
+        assert_eq!(m.step(1002, Event::Tick), vec![Action::Campaign]);
     }
 
     #[test]
@@ -607,12 +675,9 @@ mod tests {
         m.step(100, Event::Switchover);
         assert_eq!(m.step(1100, Event::Tick), vec![Action::LookAtKey]);
         m.step(1100, Event::Holder(None));
-        assert_eq!(
-            m.step(1100, Event::Tick),
-            vec![Action::LookAtKey],
-            "held off"
-        );
-        m.step(1100, Event::Holder(None));
+        assert_eq!(m.step(1100, Event::Tick), vec![], "held off");
+        assert_eq!(m.step(2100, Event::Tick), vec![Action::LookAtKey]);
+        m.step(2100, Event::Holder(None));
         assert_eq!(m.step(3100, Event::Tick), vec![Action::Campaign]);
     }
 

@@ -288,6 +288,7 @@ impl Zeoraid {
                 storages.clone(),
                 file.map(Path::to_path_buf),
                 server.tls_switch(),
+                controller.as_ref().map(|c| c.handle()),
             ) {
                 Ok(admin) => Some(admin),
                 Err(e) => {

@@ -747,3 +747,112 @@ fn commits_go_on_while_the_etcd_majority_is_down_and_no_failover_follows() {
     site.wait_progress(&before, 2, Duration::from_secs(10), "after etcd returned");
     site.finish();
 }
+
+/// `zeoraid ctl ARGS` against controller `c`'s admin listener: exit code,
+/// stdout, stderr.
+fn ctl(c: &Ctl, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_zeoraid"))
+        .args(["ctl", "--admin", &format!("127.0.0.1:{}", c.admin)])
+        .args(args)
+        .output()
+        .expect("run zeoraid ctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Planned handovers under the four committing stock clients: `ctl
+/// switchover` on the leader (three rounds, alternately with `--to`)
+/// lets the commit in flight finish, sends the clients over and resigns;
+/// the standby takes over and the clients go on with nothing but retried
+/// disconnects. Asked of the wrong controller, both requests are refused
+/// with a reason. `ctl failover` on the standby while the leader is
+/// stopped (SIGSTOP) takes the key from it at once (not by its lease
+/// running out: the answer names the leader it took the key from); the
+/// woken leader stands by. Every acknowledged commit is on both
+/// backends, whose histories are identical.
+#[test]
+fn switchover_and_failover_on_request_under_four_committing_stock_clients() {
+    let mut site = Site::start(1);
+    let (code, _, err) = ctl(&site.ctls[1], &["switchover"]);
+    assert_eq!(code, 2, "a standby refuses a switchover: {err}");
+    assert!(err.contains("does not lead"), "{err}");
+    let (code, _, err) = ctl(&site.ctls[0], &["failover"]);
+    assert_eq!(code, 2, "the leader refuses a failover: {err}");
+    assert!(err.contains("not a standby"), "{err}");
+    let (code, _, err) = ctl(&site.ctls[0], &["switchover", "--to", "ctl-a"]);
+    assert_eq!(code, 2, "a switchover to itself: {err}");
+    for round in 0..3 {
+        let l = leader_of(&site.ctls, Duration::from_secs(10));
+        let other = 1 - l;
+        let to = site.ctls[other].name.clone();
+        let args: Vec<&str> = if round % 2 == 0 {
+            vec!["switchover"]
+        } else {
+            vec!["switchover", "--to", &to]
+        };
+        let before = site.acks();
+        let asked = Instant::now();
+        let (code, out, err) = ctl(&site.ctls[l], &args);
+        assert_eq!(code, 0, "round {round}: {args:?}: {out}{err}");
+        assert!(out.contains("stopped leading"), "{out}");
+        wait_for(
+            Duration::from_secs(10),
+            &format!("round {round}: {to} leads"),
+            || site.ctls[other].leads().then_some(()),
+        );
+        site.wait_progress(
+            &before,
+            2,
+            Duration::from_secs(20),
+            &format!("round {round}: through the new leader"),
+        );
+        eprintln!(
+            "round {round}: {args:?}: commits through {to} {:?} after the request",
+            asked.elapsed()
+        );
+        let leader = site.ctls[other].name.clone();
+        wait_for(
+            Duration::from_secs(10),
+            &format!("round {round}: the old leader stands by"),
+            || site.ctls[l].stands_by_for(&leader).then_some(()),
+        );
+    }
+    for c in &site.ctls {
+        assert!(
+            !c.log().contains("cut off"),
+            "a switchover cut a commit off:\n{}",
+            c.log()
+        );
+    }
+    // The leader is gone (stopped): the standby takes the key now.
+    let l = leader_of(&site.ctls, Duration::from_secs(10));
+    let other = 1 - l;
+    let before = site.acks();
+    site.ctls[l].signal("-STOP");
+    let (code, out, err) = ctl(&site.ctls[other], &["failover"]);
+    assert_eq!(code, 0, "failover: {out}{err}");
+    assert!(
+        out.contains(&format!("took the leader key from {}", site.ctls[l].name)),
+        "{out}"
+    );
+    wait_for(Duration::from_secs(10), "the standby leads", || {
+        site.ctls[other].leads().then_some(())
+    });
+    site.ctls[l].signal("-CONT");
+    site.wait_progress(
+        &before,
+        2,
+        Duration::from_secs(30),
+        "through the controller that failed over",
+    );
+    let leader = site.ctls[other].name.clone();
+    wait_for(
+        Duration::from_secs(10),
+        "the woken leader stands by",
+        || site.ctls[l].stands_by_for(&leader).then_some(()),
+    );
+    site.finish();
+}

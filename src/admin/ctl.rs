@@ -97,6 +97,18 @@ pub enum CtlCommand {
     Remove { backend: String },
     /// Apply the config file to the running arrays (as SIGHUP does).
     Reload,
+    /// `[ha]`, asked of the leader: hand leadership to a standby, after the
+    /// commit in flight (clients are sent over and retry there).
+    Switchover {
+        /// The controller to take over (default: whichever standby takes
+        /// the key first). The others wait one lease for it.
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// `[ha]`, asked of a standby: take over now from a leader that is
+    /// gone (killed, or cut off), rather than when its lease runs out. The
+    /// takeover fences the old leader at the backends, alive or not.
+    Failover,
 }
 
 /// An HTTP answer: status code and body.
@@ -324,6 +336,14 @@ pub fn run(args: &CtlArgs) -> u8 {
             )
         }
         CtlCommand::Reload => reload_cmd(&t, args.json),
+        CtlCommand::Switchover { to } => {
+            let q = to
+                .as_ref()
+                .map(|n| format!("?to={}", enc(n)))
+                .unwrap_or_default();
+            ha_cmd(&t, args.json, "switchover", &q)
+        }
+        CtlCommand::Failover => ha_cmd(&t, args.json, "failover", ""),
         CtlCommand::Recover {
             backend,
             wait,
@@ -353,6 +373,38 @@ pub fn run(args: &CtlArgs) -> u8 {
                 return code;
             }
             wait_recovered(&t, &storage, backend, before, args.json)
+        }
+    }
+}
+
+/// `switchover` / `failover`: what the controller did, or why not (exit 2).
+fn ha_cmd(t: &Target, json: bool, what: &str, query: &str) -> u8 {
+    match request(
+        t,
+        "POST",
+        &format!("/ha/{what}{query}"),
+        Duration::from_secs(90),
+    )
+    .and_then(|r| json_of(&r).map(|v| (r.code, v)))
+    {
+        Ok((200, v)) => {
+            if json {
+                println!("{v}");
+            } else {
+                println!("{}", v["done"].as_str().unwrap_or("done"));
+            }
+            0
+        }
+        Ok((code, v)) => {
+            eprintln!(
+                "zeoraid ctl {what}: {} (HTTP {code})",
+                v["error"].as_str().unwrap_or("?")
+            );
+            2
+        }
+        Err(e) => {
+            eprintln!("zeoraid ctl: {e}");
+            UNKNOWN
         }
     }
 }

@@ -37,6 +37,8 @@ struct Context {
     config: Option<std::path::PathBuf>,
     /// The listener's TLS configuration, re-read on reload.
     tls: Option<TlsSwitch>,
+    /// The HA controller (with `[ha]`), for switchover and failover.
+    ha: Option<crate::ha::controller::Handle>,
 }
 
 impl Admin {
@@ -48,6 +50,7 @@ impl Admin {
         storages: Vec<(String, Opened)>,
         config: Option<std::path::PathBuf>,
         tls: Option<TlsSwitch>,
+        ha: Option<crate::ha::controller::Handle>,
     ) -> Result<Admin, String> {
         let server = tiny_http::Server::http(listen).map_err(|e| {
             format!("cannot listen on {listen} for the admin interface: {e} (set [admin] listen)")
@@ -63,6 +66,7 @@ impl Admin {
             token,
             config,
             tls,
+            ha,
         });
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
@@ -294,6 +298,8 @@ fn answer(ctx: &Context, r: Route) -> tiny_http::Response<std::io::Cursor<Vec<u8
             Ok(changes) => json_response(200, &serde_json::json!({ "changes": changes })),
             Err(e) => error(409, &e),
         },
+        Route::Switchover { to } => ha_request(ctx, |h| h.switchover(to)),
+        Route::Failover => ha_request(ctx, |h| h.failover()),
         Route::Disable { storage, backend } => {
             match array(&storage).and_then(|a| a.disable(&backend)) {
                 Ok(()) => json_response(
@@ -303,6 +309,24 @@ fn answer(ctx: &Context, r: Route) -> tiny_http::Response<std::io::Cursor<Vec<u8
                 Err(e) => error(409, &e),
             }
         }
+    }
+}
+
+/// Ask the HA controller something: 200 with its answer, 409 with why
+/// not, 404 without `[ha]`.
+fn ha_request(
+    ctx: &Context,
+    ask: impl FnOnce(&crate::ha::controller::Handle) -> Result<String, String>,
+) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+    match &ctx.ha {
+        None => error(
+            404,
+            "this zeoraid runs without [ha]: there is no other controller to hand over to",
+        ),
+        Some(h) => match ask(h) {
+            Ok(done) => json_response(200, &serde_json::json!({ "done": done })),
+            Err(e) => error(409, &e),
+        },
     }
 }
 

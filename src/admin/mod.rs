@@ -14,6 +14,8 @@
 //! | `POST /add/STORAGE/BACKEND?kind=zeo&address=H:P[&storage=S]` or `?kind=file&path=P` | add a backend |
 //! | `POST /remove/STORAGE/BACKEND` | remove a backend |
 //! | `POST /reload` | apply the config file (as SIGHUP does) |
+//! | `POST /ha/switchover[?to=NAME]` | `[ha]` leader: hand leadership over |
+//! | `POST /ha/failover` | `[ha]` standby: take over from a leader that is gone |
 //!
 //! Reads need no token; with `token-file` configured, every change needs
 //! `Authorization: Bearer TOKEN` (compared in constant time; a refusal is
@@ -60,6 +62,12 @@ pub enum Route {
         backend: String,
     },
     Reload,
+    /// `[ha]`: the leader hands over (to `to`, if named).
+    Switchover {
+        to: Option<String>,
+    },
+    /// `[ha]`: a standby takes over from a leader that is gone.
+    Failover,
 }
 
 /// The backend an `add` request describes (its query string).
@@ -175,6 +183,15 @@ pub fn route(method: &str, url: &str) -> Result<Route, (u16, String)> {
         .any(|kv| kv == "force" || kv == "force=true" || kv == "force=1");
     match parts.as_slice() {
         ["reload"] => change(Route::Reload),
+        ["ha", "switchover"] => change(Route::Switchover {
+            to: query
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| *k == "to")
+                .map(|(_, v)| percent_decode(v))
+                .filter(|v| !v.is_empty()),
+        }),
+        ["ha", "failover"] => change(Route::Failover),
         ["status"] => read(Route::Status),
         ["details"] => read(Route::Details),
         ["metrics"] => read(Route::Metrics),
@@ -203,7 +220,8 @@ pub fn route(method: &str, url: &str) -> Result<Route, (u16, String)> {
             404,
             format!(
                 "no such request: {path} (GET /status, /details, /metrics; POST \
-                 /recover|verify|disable|add|remove/STORAGE/BACKEND, /reload)"
+                 /recover|verify|disable|add|remove/STORAGE/BACKEND, /reload, \
+                 /ha/switchover, /ha/failover)"
             ),
         )),
     }
@@ -289,6 +307,22 @@ mod tests {
             ("GET", "/metrics", Ok(Route::Metrics)),
             ("GET", "/metrics/", Ok(Route::Metrics)),
             ("POST", "/status", Err(405)),
+            ("POST", "/ha/switchover", Ok(Route::Switchover { to: None })),
+            (
+                "POST",
+                "/ha/switchover?to=ctl-b",
+                Ok(Route::Switchover {
+                    to: Some("ctl-b".into()),
+                }),
+            ),
+            (
+                "POST",
+                "/ha/switchover?to=",
+                Ok(Route::Switchover { to: None }),
+            ),
+            ("GET", "/ha/switchover", Err(405)),
+            ("POST", "/ha/failover", Ok(Route::Failover)),
+            ("POST", "/ha/elect", Err(404)),
             ("POST", "/recover/1/b", Ok(rec(false))),
             ("POST", "/recover/1/b?force=true", Ok(rec(true))),
             ("POST", "/recover/1/b?force", Ok(rec(true))),

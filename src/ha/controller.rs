@@ -7,7 +7,9 @@
 //! [`ServeSwitch`] to serve, close it (refusing `register` and closing the
 //! clients, so ZEO clients given every controller's address go to the
 //! leader) to stand by, resign the key. A vote that failed at the fence
-//! (an array's [`FenceState::Lost`]) demotes it. What it decides (the
+//! (an array's [`FenceState::Lost`]) demotes it. Operators' requests
+//! (`ctl switchover`, `ctl failover`) come in over a channel ([`Handle`])
+//! and are answered between ticks. What it decides (the
 //! refusal's words, the status, whether a name is taken) are pure
 //! functions below.
 //!
@@ -19,7 +21,7 @@
 //! refuses the start. On shutdown the thread is joined; a leader closes
 //! its clients and resigns, so a standby takes over at once.
 
-use super::etcd::{Client, Error, KeyValue, Options};
+use super::etcd::{Cas, Client, Compare, Error, KeyValue, Options};
 use super::lease::{Election, Leadership, Outcome};
 use super::prime;
 use super::role::{Action, Campaign, Demotion, Event, Fence, Machine, Renewal, Role, Timing};
@@ -28,7 +30,7 @@ use crate::raid::RaidStorage;
 use crate::server::ServeSwitch;
 use crate::status::HaStatus;
 use crate::storage::Storage;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -48,6 +50,12 @@ impl Settings {
     /// The cluster's leader key.
     pub fn leader_key(&self) -> Vec<u8> {
         format!("{}/leader", self.cluster).into_bytes()
+    }
+
+    /// The key a leader handing over with `ctl switchover --to` names its
+    /// successor in (bound to a lease of its own, so it goes by itself).
+    pub fn handover_key(&self) -> Vec<u8> {
+        format!("{}/handover", self.cluster).into_bytes()
     }
 
     fn timing(&self) -> Timing {
@@ -117,6 +125,17 @@ pub fn name_taken(name: &[u8], first: &KeyValue, later: Option<&KeyValue>) -> bo
         })
 }
 
+/// A role in words, for operators' answers (pure).
+fn describe(role: &Role) -> String {
+    match role {
+        Role::Standby { leader: Some(l) } => format!("standby; the leader is {l}"),
+        Role::Standby { leader: None } => "standby; no leader known".into(),
+        Role::Fencing { epoch } => format!("fencing the backends at epoch {epoch}"),
+        Role::Reconciling { epoch } => format!("reconciling at epoch {epoch}"),
+        Role::Leader { epoch } => format!("leader at epoch {epoch}"),
+    }
+}
+
 /// The holder's name as etcd has it.
 fn holder_name(kv: &KeyValue) -> String {
     String::from_utf8_lossy(&kv.value).into_owned()
@@ -176,9 +195,68 @@ pub fn preflight(s: &Settings) -> Result<Election, String> {
     }
 }
 
+/// An operator's request to the controller thread (`ctl switchover`,
+/// `ctl failover`), answered on `reply` with what happened or why not.
+#[derive(Debug)]
+pub enum Request {
+    /// The leader hands leadership over (to `to`, or to whichever standby
+    /// takes the key first), after the commit in flight.
+    Switchover {
+        to: Option<String>,
+        reply: Sender<Result<String, String>>,
+    },
+    /// A standby takes the key from a leader that is gone, now rather
+    /// than when its lease runs out.
+    Failover {
+        reply: Sender<Result<String, String>>,
+    },
+}
+
+/// What the admin listener holds to ask the controller thread things.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    requests: Sender<Request>,
+}
+
+impl Handle {
+    /// Ask for a switchover (see [`Request::Switchover`]).
+    pub fn switchover(&self, to: Option<String>) -> Result<String, String> {
+        self.ask(|reply| Request::Switchover { to, reply })
+    }
+
+    /// Ask for a failover (see [`Request::Failover`]).
+    pub fn failover(&self) -> Result<String, String> {
+        self.ask(|reply| Request::Failover { reply })
+    }
+
+    fn ask(
+        &self,
+        request: impl FnOnce(Sender<Result<String, String>>) -> Request,
+    ) -> Result<String, String> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.requests
+            .send(request(tx))
+            .map_err(|_| "the HA controller has stopped".to_string())?;
+        rx.recv_timeout(REQUEST_WAIT).map_err(|_| {
+            format!(
+                "the HA controller did not answer within {} s; see the log",
+                REQUEST_WAIT.as_secs()
+            )
+        })?
+    }
+}
+
+/// How long an operator's request waits for the controller's answer.
+const REQUEST_WAIT: Duration = Duration::from_secs(60);
+
+/// How long a switchover waits for the commit in flight before it cuts
+/// it off (its client retries on the new leader).
+const DRAIN_WAIT: Duration = Duration::from_secs(10);
+
 /// The running controller thread.
 pub struct Controller {
     stop: Option<Sender<()>>,
+    requests: Sender<Request>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -193,6 +271,7 @@ struct Driver {
     switch: ServeSwitch,
     started: Instant,
     stop: Receiver<()>,
+    requests: Receiver<Request>,
     stopping: bool,
     /// The refusal last given to the gate.
     refusing: String,
@@ -221,6 +300,7 @@ impl Controller {
         switch: ServeSwitch,
     ) -> std::io::Result<Controller> {
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
+        let (req_tx, req_rx) = crossbeam_channel::unbounded();
         let machine = Machine::new(settings.timing(), 0);
         let key = settings.leader_key();
         let mut d = Driver {
@@ -232,6 +312,7 @@ impl Controller {
             switch,
             started: Instant::now(),
             stop: stop_rx,
+            requests: req_rx,
             stopping: false,
             refusing: String::new(),
             deferred: None,
@@ -246,8 +327,16 @@ impl Controller {
             .spawn(move || d.run())?;
         Ok(Controller {
             stop: Some(stop_tx),
+            requests: req_tx,
             thread: Some(thread),
         })
+    }
+
+    /// A handle for operators' requests.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            requests: self.requests.clone(),
+        }
     }
 
     /// Stop the thread (a leader closes its clients and resigns) and join it.
@@ -304,11 +393,140 @@ impl Driver {
         self.leave();
     }
 
-    /// Wait `d` unless asked to stop.
+    /// Wait `d` unless asked to stop; an operator's request is answered
+    /// at once.
     fn pause(&mut self, d: Duration) {
-        match self.stop.recv_timeout(d) {
-            Err(RecvTimeoutError::Timeout) => {}
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => self.stopping = true,
+        crossbeam_channel::select! {
+            recv(self.stop) -> _ => self.stopping = true,
+            recv(self.requests) -> r => {
+                if let Ok(r) = r {
+                    self.answer(r);
+                }
+            }
+            default(d) => {}
+        }
+    }
+
+    fn answer(&mut self, r: Request) {
+        match r {
+            Request::Switchover { to, reply } => {
+                let _ = reply.send(self.switchover(to));
+            }
+            Request::Failover { reply } => {
+                let _ = reply.send(self.failover());
+            }
+        }
+        self.publish();
+    }
+
+    /// `ctl switchover [--to NAME]` on the leader: name the successor in
+    /// etcd (with `to`), let the commit in flight finish and refuse the
+    /// next votes (their clients are sent away and retry on the new
+    /// leader), then stand by and resign; this controller does not
+    /// campaign for a lease.
+    fn switchover(&mut self, to: Option<String>) -> Result<String, String> {
+        let me = self.settings.name.clone();
+        if !matches!(self.machine.role(), Role::Leader { .. }) {
+            return Err(format!(
+                "controller {me} does not lead ({}); ask the leader's admin listener, or run \
+                 `zeoraid ctl failover` on a standby if the leader is gone",
+                describe(self.machine.role())
+            ));
+        }
+        if to.as_deref() == Some(me.as_str()) {
+            return Err(format!("controller {me} leads already"));
+        }
+        if let Some(to) = &to {
+            self.name_successor(to)?;
+        }
+        for (name, a) in &self.arrays {
+            if !a.stand_by_after_commit(DRAIN_WAIT) {
+                log::warn!(
+                    "[ha]: array {name:?}: the commit in flight did not end within {} s of \
+                     the switchover; cut off (its client retries on the new leader)",
+                    DRAIN_WAIT.as_secs()
+                );
+            }
+        }
+        self.step(Event::Switchover);
+        let whom = to.map_or("the first standby to take the key".into(), |t| {
+            format!("{t:?}")
+        });
+        log::warn!("[ha]: controller {me} hands leadership over to {whom} (ctl switchover)");
+        Ok(format!(
+            "controller {me} stopped leading and resigned the leader key; {whom} takes over"
+        ))
+    }
+
+    /// Put the handover key naming `to`, on a lease of its own (one TTL:
+    /// the other standbys wait that long for `to`).
+    fn name_successor(&self, to: &str) -> Result<(), String> {
+        let client = self.election.client();
+        let unreachable =
+            |e: Error| format!("cannot name the successor in etcd: {e}; nothing was changed");
+        let (lease, _) = client.grant(self.settings.lease_ttl).map_err(unreachable)?;
+        client
+            .put(&self.settings.handover_key(), to.as_bytes(), Some(lease))
+            .map_err(unreachable)?;
+        Ok(())
+    }
+
+    /// `ctl failover` on a standby: drop the leader key of a leader that
+    /// is gone (only the holder seen now: compared by its creation) and
+    /// campaign at once; the takeover fences the old leader out, alive or
+    /// not.
+    fn failover(&mut self) -> Result<String, String> {
+        let me = self.settings.name.clone();
+        if !matches!(self.machine.role(), Role::Standby { .. }) {
+            return Err(format!(
+                "controller {me} is not a standby ({})",
+                describe(self.machine.role())
+            ));
+        }
+        let client = self.election.client();
+        let held = client
+            .get(&self.key)
+            .map_err(|e| format!("cannot read the leader key: {e}; check etcd"))?;
+        let from = match &held {
+            Some(kv) => {
+                let cas = client
+                    .compare_and_delete(&self.key, &[Compare::CreateRevision(kv.create_revision)])
+                    .map_err(|e| format!("cannot drop the leader key: {e}; check etcd"))?;
+                if !matches!(cas, Cas::Applied { .. }) {
+                    return Err(
+                        "the leader key changed meanwhile; look at `ctl status` and \
+                                retry"
+                            .into(),
+                    );
+                }
+                Some(holder_name(kv))
+            }
+            None => None,
+        };
+        self.step(Event::Failover);
+        self.step(Event::Tick);
+        let role = self.machine.role().clone();
+        log::warn!(
+            "[ha]: controller {me} takes over from {} (ctl failover): {}",
+            from.as_deref().unwrap_or("nobody"),
+            describe(&role)
+        );
+        match role {
+            Role::Standby { leader: Some(l) } => Err(format!(
+                "dropped the leader key of {}, but {l} took it first: it is alive; ask it for a \
+                 switchover instead",
+                from.as_deref().unwrap_or("nobody")
+            )),
+            Role::Standby { leader: None } => Err(
+                "dropped the leader key, but etcd did not answer the campaign; this controller \
+                 campaigns again by itself"
+                    .into(),
+            ),
+            _ => Ok(format!(
+                "controller {me} took the leader key from {} and is {}",
+                from.as_deref().unwrap_or("nobody"),
+                describe(&role)
+            )),
         }
     }
 
@@ -336,6 +554,10 @@ impl Driver {
             Action::Campaign => Some(Event::Campaigned(self.campaign())),
             Action::Renew => Some(Event::Renewed(self.renew())),
             Action::LookAtKey => Some(match self.election.client().get(&self.key) {
+                Ok(None) => {
+                    self.look_at_handover();
+                    Event::Holder(None)
+                }
                 Ok(kv) => Event::Holder(kv.as_ref().map(holder_name)),
                 Err(e) => {
                     log::warn!(
@@ -355,15 +577,10 @@ impl Driver {
                 None
             }
             Action::Reconcile { epoch } => {
-                // TODO(#26): reconcile the old leader's in-doubt
-                // transaction (voted on some backends, finished on none or
-                // some): complete it on every backend or degrade the ones
-                // that disagree, before serving. Until then a takeover
-                // relies on the arrays' own recovery of a backend that
-                // differs.
+                // Each array reconciled while it fenced: under the fence's
+                // commit locks ([`RaidStorage::take_fence`]).
                 log::info!(
-                    "[ha]: controller {} fenced every array at epoch {epoch}; reconciling \
-                     in-doubt transactions is not implemented yet",
+                    "[ha]: controller {} fenced and reconciled every array at epoch {epoch}",
                     self.name()
                 );
                 Some(Event::Reconciled { epoch })
@@ -389,6 +606,20 @@ impl Driver {
         }
     }
 
+    /// The key is vacant: if a leader handed it to another controller
+    /// (`ctl switchover --to`), leave it to that one for a lease.
+    fn look_at_handover(&mut self) {
+        let Ok(Some(kv)) = self.election.client().get(&self.settings.handover_key()) else {
+            return;
+        };
+        let to = holder_name(&kv);
+        if to != self.settings.name {
+            let now = self.now();
+            let actions = self.machine.step(now, Event::HandedOver { to });
+            debug_assert!(actions.is_empty(), "{actions:?}");
+        }
+    }
+
     fn campaign(&mut self) -> Campaign {
         match self.election.campaign(self.settings.name.as_bytes()) {
             Ok(Outcome::Won(l)) => {
@@ -409,6 +640,13 @@ impl Driver {
                     );
                 }
                 self.leadership = Some(l);
+                // A handover that named this controller is done.
+                let handover = self.settings.handover_key();
+                if let Ok(Some(kv)) = self.election.client().get(&handover) {
+                    if kv.value == self.settings.name.as_bytes() {
+                        let _ = self.election.client().delete(&handover);
+                    }
+                }
                 Campaign::Won { epoch }
             }
             Ok(Outcome::Lost(kv)) => Campaign::Lost {
@@ -659,13 +897,14 @@ impl Driver {
         // and is undone.
         self.end_fence(true);
         if self.machine.role().epoch().is_some() {
+            // The commit in flight ends first: its client is answered.
+            for (_, a) in &self.arrays {
+                a.stand_by_after_commit(DRAIN_WAIT);
+            }
             let name = self.settings.name.clone();
             self.switch.stop_serving(format!(
                 "zeoraid controller {name} is shutting down; connect to another controller"
             ));
-            for (_, a) in &self.arrays {
-                a.stand_by();
-            }
         }
         self.resign();
         log::info!("[ha]: controller {} stopped", self.name());

@@ -178,6 +178,14 @@ pub enum Event {
     FencedOut,
     /// `ctl switchover`: hand leadership to another controller.
     Switchover,
+    /// `ctl switchover --to`: the leader handed the key to `to`; a standby
+    /// that is not `to` leaves the vacant key to it for one lease.
+    HandedOver {
+        to: String,
+    },
+    /// `ctl failover` on a standby, once it dropped the gone leader's key:
+    /// campaign now, whatever held it off.
+    Failover,
 }
 
 /// What the IO shell is to do, in order.
@@ -275,6 +283,17 @@ impl Machine {
                         self.due = now + self.timing.renew_ms;
                     }
                 }
+            }
+            (Role::Standby { .. }, Event::HandedOver { to }) => {
+                self.holdoff_until = self.holdoff_until.max(now + self.timing.ttl_ms);
+                self.role = Role::Standby { leader: Some(to) };
+            }
+            (Role::Standby { .. }, Event::Failover) => {
+                self.holdoff_until = now;
+                self.cut_off = false;
+                self.asking = false;
+                self.due = now;
+                self.role = Role::Standby { leader: None };
             }
             (Role::Standby { .. }, Event::Holder(holder)) => {
                 self.asking = false;
@@ -502,6 +521,41 @@ mod tests {
         m.step(1001, Event::Tick);
         m.step(1002, Event::Holder(None));
         assert_eq!(m.step(1002, Event::Tick), vec![Action::Campaign]);
+    }
+
+    #[test]
+    fn a_handover_holds_the_others_off_and_a_failover_campaigns_at_once() {
+        let mut m = Machine::new(T, 0);
+        m.step(0, Event::Tick);
+        m.step(
+            1,
+            Event::Campaigned(Campaign::Lost {
+                holder: Some("a".into()),
+            }),
+        );
+        // a handed the key to c: this one (b) waits a lease.
+        m.step(500, Event::HandedOver { to: "c".into() });
+        m.step(1001, Event::Tick);
+        m.step(1002, Event::Holder(None));
+        assert_eq!(m.step(2002, Event::Tick), vec![Action::LookAtKey]);
+        m.step(2003, Event::Holder(None));
+        assert_eq!(m.step(3500, Event::Tick), vec![Action::Campaign]);
+
+        // Held off after an outage, a failover campaigns now.
+        let mut m = Machine::new(T, 0);
+        m.step(0, Event::Tick);
+        m.step(1, Event::Campaigned(Campaign::Unreachable));
+        m.step(1001, Event::Tick);
+        m.step(1002, Event::Holder(None));
+        assert_eq!(m.step(1500, Event::Tick), vec![]);
+        m.step(1600, Event::Failover);
+        assert_eq!(m.step(1600, Event::Tick), vec![Action::Campaign]);
+        // A leader ignores both.
+        let mut m = Machine::new(T, 0);
+        leader(&mut m, 0, 3);
+        assert_eq!(m.step(10, Event::Failover), vec![]);
+        assert_eq!(m.step(10, Event::HandedOver { to: "c".into() }), vec![]);
+        assert_eq!(m.role(), &Role::Leader { epoch: 3 });
     }
 
     #[test]

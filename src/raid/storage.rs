@@ -754,6 +754,23 @@ impl RaidStorage {
             .forget_all("another controller leads: its commits do not pass through this one");
     }
 
+    /// Stand by after the commit in flight, for a planned handover: wait
+    /// up to `within` for the array's commit lock to be free and refuse
+    /// writes while holding it, so that no transaction is cut off and no
+    /// vote starts after (its client is sent away and retries on the new
+    /// leader). Whether the commit lock was free in time (if not, the
+    /// transaction in flight is cut off, as [`RaidStorage::stand_by`] does).
+    pub fn stand_by_after_commit(&self, within: Duration) -> bool {
+        let core = &self.core;
+        let free = {
+            let gate = core.commit.wait_gate(within, core.wake.closing_flag());
+            *lock(&core.commit.fence) = FenceState::Standby;
+            gate.is_some()
+        };
+        self.stand_by();
+        free
+    }
+
     /// Fence every optimal backend at `epoch` for `controller`: rewrite the
     /// root with its own data (create it, in a database that has none),
     /// then guard every vote with its new serial. A failure leaves the

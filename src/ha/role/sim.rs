@@ -334,7 +334,7 @@ impl Sim {
         let c = self.rng.gen_range(0..self.ctls.len());
         let steps = self.rng.gen_range(1..80u64);
         let until = self.now + steps * STEP_MS;
-        let what = self.rng.gen_range(0..6);
+        let what = self.rng.gen_range(0..7);
         let name = self.ctls[c].name.clone();
         match what {
             0 => {
@@ -371,8 +371,44 @@ impl Sim {
             }
             4 => {
                 if matches!(self.ctls[c].machine.role(), Role::Leader { .. }) {
-                    self.log(format!("{name}: ctl switchover"));
+                    // Half the time with --to: the others see the handover.
+                    let to = (c + 1) % self.ctls.len();
+                    let named = self.rng.gen_bool(0.5);
+                    self.log(format!(
+                        "{name}: ctl switchover{}",
+                        if named {
+                            format!(" --to {}", self.ctls[to].name)
+                        } else {
+                            String::new()
+                        }
+                    ));
+                    if named && self.etcd.up {
+                        let to_name = self.ctls[to].name.clone();
+                        for o in 0..self.ctls.len() {
+                            if o != c && o != to && self.ctls[o].alive {
+                                let ev = Event::HandedOver {
+                                    to: to_name.clone(),
+                                };
+                                let actions = self.ctls[o].machine.step(self.now, ev);
+                                self.perform(o, actions);
+                            }
+                        }
+                    }
                     let actions = self.ctls[c].machine.step(self.now, Event::Switchover);
+                    self.perform(c, actions);
+                }
+            }
+            5 => {
+                // ctl failover on a standby that reaches etcd: it drops the
+                // key (the leader may well be alive) and campaigns now.
+                let ctl = &self.ctls[c];
+                let reaches = ctl.alive && self.now >= ctl.cut_until && self.etcd.up;
+                if reaches && matches!(ctl.machine.role(), Role::Standby { .. }) {
+                    self.log(format!("{name}: ctl failover"));
+                    if self.etcd.key.take().is_some() {
+                        self.etcd.revision += 1;
+                    }
+                    let actions = self.ctls[c].machine.step(self.now, Event::Failover);
                     self.perform(c, actions);
                 }
             }

@@ -66,7 +66,9 @@ pub struct StorageStatus {
 
 /// A controller's HA role (issue #26): `role` is `standby`, `fencing`,
 /// `reconciling` or `leader`; `leader` the holder of the leader key last
-/// seen; `leader-changes` how often this controller took the key.
+/// seen; `leader-changes` how often this controller took the key;
+/// `lease-age-ms` how long ago its lease was renewed, while it holds it;
+/// `key-seen-age-ms` how long ago etcd told a standby who leads.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case")]
 pub struct HaStatus {
@@ -76,6 +78,12 @@ pub struct HaStatus {
     pub leader: Option<String>,
     pub epoch: Option<u64>,
     pub leader_changes: u64,
+    /// Milliseconds since the lease was last renewed, while this
+    /// controller holds the key.
+    pub lease_age_ms: Option<u64>,
+    /// Milliseconds since etcd last told this standby who holds the key:
+    /// how fresh its view of the leader is.
+    pub key_seen_age_ms: Option<u64>,
 }
 
 /// The array's state (see `raid::state::array_state`).

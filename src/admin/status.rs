@@ -238,9 +238,15 @@ pub fn details_text(doc: &Document) -> String {
         return "no storages\n".into();
     }
     if let Some(ha) = ha_of(doc) {
+        let secs = |ms: u64| ms as f64 / 1000.0;
+        let lease = match (ha.lease_age_ms, ha.key_seen_age_ms) {
+            (Some(ms), _) => format!(", lease renewed {:.1} s ago", secs(ms)),
+            (None, Some(ms)) => format!(", leader key read {:.1} s ago", secs(ms)),
+            (None, None) => String::new(),
+        };
         let _ = writeln!(
             out,
-            "{} of cluster {}, {} leader change(s) here",
+            "{} of cluster {}, {} leader change(s) here{lease}",
             ha_words(ha),
             ha.cluster,
             ha.leader_changes
@@ -766,6 +772,24 @@ fn ha_metrics(m: &mut Metrics, ha: &HaStatus) {
         &l,
         ha.leader_changes as f64,
     );
+    if let Some(ms) = ha.key_seen_age_ms {
+        m.add(
+            "zeoraid_ha_key_seen_age_seconds",
+            "gauge",
+            "seconds since etcd last told this standby who holds the leader key",
+            &l,
+            ms as f64 / 1000.0,
+        );
+    }
+    if let Some(ms) = ha.lease_age_ms {
+        m.add(
+            "zeoraid_ha_lease_age_seconds",
+            "gauge",
+            "seconds since this controller last renewed its lease (while it holds the key)",
+            &l,
+            ms as f64 / 1000.0,
+        );
+    }
 }
 
 /// Samples grouped by metric (the text format wants each metric's
@@ -1085,11 +1109,45 @@ mod tests {
         doc["1"]["ha"]["role"] = json!("leader");
         doc["1"]["ha"]["leader"] = json!("ctl-b");
         doc["1"]["ha"]["epoch"] = json!(9);
+        doc["1"]["ha"]["lease-age-ms"] = json!(300);
         let (_, line) = health(&d(&doc)).expect("health");
         assert!(
             line.ends_with("; controller ctl-b: leader (epoch 9)"),
             "{line}"
         );
+        let text = details_text(&d(&doc));
+        assert!(
+            text.starts_with(
+                "controller ctl-b: leader (epoch 9) of cluster prod, 2 leader change(s) here, \
+                 lease renewed 0.3 s ago\n"
+            ),
+            "{text}"
+        );
+        let t = prometheus(&d(&doc));
+        assert!(
+            t.contains(&format!("zeoraid_ha_lease_age_seconds{{{l}}} 0.3\n")),
+            "{t}"
+        );
+        // A standby shows how fresh its view of the leader is.
+        doc["1"]["ha"]["role"] = json!("standby");
+        doc["1"]["ha"]["leader"] = json!("ctl-a");
+        doc["1"]["ha"]["epoch"] = json!(null);
+        doc["1"]["ha"]["lease-age-ms"] = json!(null);
+        doc["1"]["ha"]["key-seen-age-ms"] = json!(400);
+        let text = details_text(&d(&doc));
+        assert!(
+            text.starts_with(
+                "controller ctl-b: standby (leader ctl-a) of cluster prod, 2 leader change(s) \
+                 here, leader key read 0.4 s ago\n"
+            ),
+            "{text}"
+        );
+        let t = prometheus(&d(&doc));
+        assert!(
+            t.contains(&format!("zeoraid_ha_key_seen_age_seconds{{{l}}} 0.4\n")),
+            "{t}"
+        );
+        assert!(!t.contains("zeoraid_ha_lease_age_seconds"), "{t}");
     }
 
     #[test]

@@ -99,7 +99,7 @@ pub fn refusal(name: &str, cluster: &str, role: &Role) -> String {
 }
 
 /// What the status document shows of the machine (pure).
-pub fn status_of(name: &str, cluster: &str, m: &Machine) -> HaStatus {
+pub fn status_of(name: &str, cluster: &str, m: &Machine, now: u64) -> HaStatus {
     let role = m.role();
     let leader = match role {
         Role::Standby { leader } => leader.clone(),
@@ -112,6 +112,8 @@ pub fn status_of(name: &str, cluster: &str, m: &Machine) -> HaStatus {
         leader,
         epoch: role.epoch(),
         leader_changes: m.leader_changes,
+        lease_age_ms: m.lease_age(now),
+        key_seen_age_ms: m.key_seen_age(now),
     }
 }
 
@@ -877,9 +879,10 @@ impl Driver {
 
     /// Show the role in the status, and keep the gate's refusal current.
     fn publish(&mut self) {
+        let now = self.now();
         let (name, cluster) = (&self.settings.name, &self.settings.cluster);
         self.switch
-            .set_status(status_of(name, cluster, &self.machine));
+            .set_status(status_of(name, cluster, &self.machine, now));
         let role = self.machine.role();
         if !matches!(role, Role::Leader { .. }) {
             let reason = refusal(name, cluster, role);
@@ -960,23 +963,36 @@ mod tests {
     fn the_status_follows_the_machine() {
         let t = Timing::with_ttl(3000);
         let mut m = Machine::new(t, 0);
-        let s = status_of("a", "c", &m);
+        let s = status_of("a", "c", &m, 0);
         assert_eq!(
-            (s.role.as_str(), s.leader, s.epoch),
-            ("standby", None, None)
+            (s.role.as_str(), s.leader, s.epoch, s.lease_age_ms),
+            ("standby", None, None, None)
         );
+        assert_eq!(s.key_seen_age_ms, None, "etcd has not answered yet");
         m.step(0, Event::Tick);
         m.step(0, Event::Campaigned(Campaign::Won { epoch: 5 }));
-        let s = status_of("a", "c", &m);
+        let s = status_of("a", "c", &m, 400);
         assert_eq!(
             (
                 s.role.as_str(),
                 s.leader.as_deref(),
                 s.epoch,
-                s.leader_changes
+                s.leader_changes,
+                s.lease_age_ms
             ),
-            ("fencing", Some("a"), Some(5), 1)
+            ("fencing", Some("a"), Some(5), 1, Some(400))
         );
+        assert_eq!(s.key_seen_age_ms, None, "it holds the key");
+        let mut m = Machine::new(t, 0);
+        m.step(0, Event::Tick);
+        m.step(
+            100,
+            Event::Campaigned(Campaign::Lost {
+                holder: Some("b".into()),
+            }),
+        );
+        let s = status_of("a", "c", &m, 700);
+        assert_eq!((s.lease_age_ms, s.key_seen_age_ms), (None, Some(600)));
     }
 
     #[test]

@@ -229,6 +229,8 @@ pub struct Machine {
     cut_off: bool,
     /// When the lease was last renewed (`None`: not leading).
     renewed_at: Option<u64>,
+    /// When etcd last answered a standby's look at the key or campaign.
+    seen_at: Option<u64>,
     /// Times this controller took the key.
     pub leader_changes: u64,
 }
@@ -244,12 +246,22 @@ impl Machine {
             holdoff_until: now,
             cut_off: false,
             renewed_at: None,
+            seen_at: None,
             leader_changes: 0,
         }
     }
 
     pub fn role(&self) -> &Role {
         &self.role
+    }
+
+    /// Milliseconds since etcd last told this standby who holds the key
+    /// (`None` while it holds the key, or before etcd answered).
+    pub fn key_seen_age(&self, now: u64) -> Option<u64> {
+        match self.role {
+            Role::Standby { .. } => self.seen_at.map(|t| now.saturating_sub(t)),
+            _ => None,
+        }
     }
 
     /// Milliseconds since the lease was last renewed, while holding it.
@@ -265,6 +277,9 @@ impl Machine {
 
             (Role::Standby { .. }, Event::Campaigned(c)) => {
                 self.asking = false;
+                if c != Campaign::Unreachable {
+                    self.seen_at = Some(now);
+                }
                 match c {
                     Campaign::Won { epoch } => {
                         self.role = Role::Fencing { epoch };
@@ -297,6 +312,7 @@ impl Machine {
             }
             (Role::Standby { .. }, Event::Holder(holder)) => {
                 self.asking = false;
+                self.seen_at = Some(now);
                 if holder.is_none() {
                     if std::mem::take(&mut self.cut_off) {
                         // Back from an etcd outage the leader served

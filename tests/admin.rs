@@ -20,19 +20,7 @@ use zeoraid::storage::memory::MemoryStorage;
 use zeoraid::storage::{Oid, Storage, Tid};
 use zeoraid::zeo::client::{Client, ClientOptions};
 
-/// `zeoraid ctl ARGS`: (exit code, stdout, stderr).
-fn ctl(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_zeoraid"))
-        .arg("ctl")
-        .args(args)
-        .output()
-        .expect("run zeoraid ctl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::ctl;
 
 fn memory_zeo() -> Server {
     common::serve_with(Arc::new(MemoryStorage::new("1", false)), 4)

@@ -751,16 +751,10 @@ fn commits_go_on_while_the_etcd_majority_is_down_and_no_failover_follows() {
 /// `zeoraid ctl ARGS` against controller `c`'s admin listener: exit code,
 /// stdout, stderr.
 fn ctl(c: &Ctl, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_zeoraid"))
-        .args(["ctl", "--admin", &format!("127.0.0.1:{}", c.admin)])
-        .args(args)
-        .output()
-        .expect("run zeoraid ctl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let admin = format!("127.0.0.1:{}", c.admin);
+    let mut all = vec!["--admin", admin.as_str()];
+    all.extend_from_slice(args);
+    common::ctl(&all)
 }
 
 /// Planned handovers under the four committing stock clients: `ctl

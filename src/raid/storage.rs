@@ -746,8 +746,16 @@ impl RaidStorage {
     /// the backends (`Core::cut_off_writes`), and take the backends'
     /// invalidations for the leader's commits (see
     /// [`FenceState::Standby`]).
+    /// Standing by already, there is nothing of its own to cut off.
     pub fn stand_by(&self) {
-        *lock(&self.core.commit.fence) = FenceState::Standby;
+        let was = std::mem::replace(&mut *lock(&self.core.commit.fence), FenceState::Standby);
+        if was != FenceState::Standby {
+            self.left_the_lead();
+        }
+    }
+
+    /// What stopping to write involves besides refusing writes.
+    fn left_the_lead(&self) {
         self.core.cut_off_writes();
         self.core
             .cache
@@ -767,7 +775,7 @@ impl RaidStorage {
             *lock(&core.commit.fence) = FenceState::Standby;
             gate.is_some()
         };
-        self.stand_by();
+        self.left_the_lead();
         free
     }
 

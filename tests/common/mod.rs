@@ -89,6 +89,21 @@ pub fn history_of(addr: String) -> Vec<zeoraid::storage::TxnRecord> {
     h
 }
 
+/// `zeoraid ctl ARGS`: (exit code, stdout, stderr).
+#[allow(dead_code)]
+pub fn ctl(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zeoraid"))
+        .arg("ctl")
+        .args(args)
+        .output()
+        .expect("run zeoraid ctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A commit of one store: `data` as the revision of `oid` after `serial`.
 /// Conflicts are an error (the caller is the object's only writer).
 pub fn commit_store(c: &dyn Storage, oid: Oid, serial: Tid, data: &[u8]) -> Result<Tid, Error> {

@@ -688,6 +688,8 @@ fn backends_added_and_removed_at_runtime_survive_a_restart() {
 /// first's next vote fails at the fence on every backend, nothing of it is
 /// committed, no backend is degraded for it, and it refuses writes after.
 fn stale_controller_is_fenced_out(addrs: &[String]) {
+    // Shown when the test fails: which backend was degraded, and why.
+    let _ = env_logger::builder().is_test(true).try_init();
     let specs = |_: ()| {
         addrs
             .iter()
@@ -750,8 +752,9 @@ fn stale_controller_is_fenced_out(addrs: &[String]) {
         "the fence left the root's state alone"
     );
     for i in 0..addrs.len() {
-        assert_eq!(backend_state(&old, i).0, "optimal");
-        assert_eq!(backend_state(&new, i).0, "optimal");
+        let (o, n) = (backend_state(&old, i), backend_state(&new, i));
+        assert_eq!(o.0, "optimal", "the old leader's backend {i}: {o:?}");
+        assert_eq!(n.0, "optimal", "the new leader's backend {i}: {n:?}");
     }
     assert_eq!(history(addrs[0].clone()), history(addrs[1].clone()));
     old.close();

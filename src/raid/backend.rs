@@ -449,29 +449,32 @@ pub(crate) fn event_handler(core: Weak<Core>, i: usize) -> crate::zeo::client::E
     Arc::new(move |ev: ServerEvent| {
         let Some(core) = core.upgrade() else { return };
         match ev {
-            // Another controller leads: its commits, expected.
-            ServerEvent::Invalidate { .. } if lock(&core.commit.fence).others_write() => {}
-            // Someone else rewrote the fencing object: a takeover.
-            ServerEvent::Invalidate { tid, oids } if core.fenced_by(&oids) => {
-                core.cache.forget_all("another controller took over");
-                log::error!(
-                    "RAID array {:?}: backend {:?} committed {tid}, which rewrites the fencing \
-                     object: another controller took over; this one refuses writes from now on",
-                    core.opts.name,
-                    core.backends[i].name
-                )
-            }
-            ServerEvent::Invalidate { tid, oids } => {
-                // What the cache holds may be what was just overwritten.
-                core.cache.forget_all("a backend was written to directly");
-                core.degrade(
-                    i,
-                    super::Reason::WrittenDirectly {
-                        tid,
-                        objects: oids.len(),
-                    },
-                )
-            }
+            ServerEvent::Invalidate { tid, oids } => match core.invalidated(&oids) {
+                // Another controller leads: its commits, expected.
+                super::fence::Invalidated::Expected => {}
+                // Someone else rewrote the fencing object: a takeover.
+                super::fence::Invalidated::TakenOver { epoch } => {
+                    core.cache.forget_all("another controller took over");
+                    log::error!(
+                        "RAID array {:?}: backend {:?} committed {tid}, which rewrites the \
+                         fencing object: another controller took over from this one (epoch \
+                         {epoch}); this one refuses writes from now on",
+                        core.opts.name,
+                        core.backends[i].name
+                    )
+                }
+                super::fence::Invalidated::Foreign => {
+                    // What the cache holds may be what was just overwritten.
+                    core.cache.forget_all("a backend was written to directly");
+                    core.degrade(
+                        i,
+                        super::Reason::WrittenDirectly {
+                            tid,
+                            objects: oids.len(),
+                        },
+                    )
+                }
+            },
             // A controller that does not write (standing by, fenced out)
             // does not judge backends: it lets the connection go and
             // connects again; the takeover judges ([`Core::reconcile`]).

@@ -154,6 +154,36 @@ pub fn under_fence(lasts: &[Option<Tid>], fence_tid: Tid) -> UnderFence {
     }
 }
 
+/// What an invalidation this array did not commit says, judged from the
+/// fence state at the moment it is handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Invalidated {
+    /// Another controller leads or takes over: its commits, expected.
+    Expected,
+    /// It rewrites the fencing object while this controller holds a
+    /// fence: another controller took over. The state becomes `Lost`.
+    TakenOver { epoch: u64 },
+    /// Nobody's fence explains it: the backend was written behind the
+    /// array's back.
+    Foreign,
+}
+
+/// [`Invalidated`] for an invalidation of `oids` in `state`, and the state
+/// after it. One decision under one lock: every backend's connection
+/// carries the takeover's fence, and they are handled at the same time; a
+/// second connection that read `Held` before the first made it `Lost` must
+/// still see an expected commit, not a foreign write.
+pub fn invalidated(state: FenceState, oids: &[Oid]) -> (Invalidated, FenceState) {
+    match state {
+        FenceState::Held(f) if oids.contains(&FENCE_OID) => (
+            Invalidated::TakenOver { epoch: f.epoch },
+            FenceState::Lost { epoch: f.epoch },
+        ),
+        s if s.others_write() => (Invalidated::Expected, s),
+        s => (Invalidated::Foreign, s),
+    }
+}
+
 /// Whether this controller degrades a backend for `why` now. A controller
 /// that does not write (it stands by, or met another's fence) keeps no
 /// judgement of its own calls: a vote, finish or connection that failed
@@ -513,6 +543,64 @@ mod tests {
                 state.stands_by(),
                 matches!(state, FenceState::Lost { .. } | FenceState::Standby),
                 "{state:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_invalidation_is_judged_once_under_the_fence_state() {
+        let f = Fence {
+            epoch: 4,
+            serial: Tid(7),
+        };
+        let root = [FENCE_OID, Oid(3)];
+        let other = [Oid(3)];
+        let lost = FenceState::Lost { epoch: 4 };
+        let taking = FenceState::Taking { epoch: 5 };
+        let cases: &[(FenceState, &[Oid], Invalidated, FenceState)] = &[
+            // The takeover's fence, first seen: the fence is lost.
+            (
+                FenceState::Held(f),
+                &root,
+                Invalidated::TakenOver { epoch: 4 },
+                lost,
+            ),
+            // The same fence on a second backend's connection, or the new
+            // leader's later commits: expected, never a foreign write.
+            (lost, &root, Invalidated::Expected, lost),
+            (lost, &other, Invalidated::Expected, lost),
+            (
+                FenceState::Standby,
+                &root,
+                Invalidated::Expected,
+                FenceState::Standby,
+            ),
+            (taking, &other, Invalidated::Expected, taking),
+            // A leader, or a single controller, that did not commit it.
+            (
+                FenceState::Held(f),
+                &other,
+                Invalidated::Foreign,
+                FenceState::Held(f),
+            ),
+            (
+                FenceState::Off,
+                &root,
+                Invalidated::Foreign,
+                FenceState::Off,
+            ),
+            (
+                FenceState::Off,
+                &other,
+                Invalidated::Foreign,
+                FenceState::Off,
+            ),
+        ];
+        for (state, oids, verdict, after) in cases {
+            assert_eq!(
+                invalidated(*state, oids),
+                (*verdict, *after),
+                "{state:?} {oids:?}"
             );
         }
     }

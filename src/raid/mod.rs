@@ -685,22 +685,26 @@ impl Core {
         )
     }
 
-    /// Whether an invalidation of `oids` that this array did not commit
-    /// rewrites the fencing object while it holds a fence: another
-    /// controller took over. If so, the fence is lost (writes refused).
-    fn fenced_by(&self, oids: &[crate::storage::Oid]) -> bool {
+    /// Judge an invalidation of `oids` this array did not commit
+    /// ([`fence::invalidated`]), moving the fence state under the same
+    /// lock.
+    fn invalidated(&self, oids: &[crate::storage::Oid]) -> fence::Invalidated {
         let mut state = lock(&self.commit.fence);
-        match *state {
-            fence::FenceState::Held(f) if oids.contains(&fence::FENCE_OID) => {
-                *state = fence::FenceState::Lost { epoch: f.epoch };
-                true
-            }
-            _ => false,
-        }
+        let (verdict, next) = fence::invalidated(*state, oids);
+        *state = next;
+        verdict
     }
 
     fn check_writable(&self, optimal: usize) -> Result<()> {
-        if let Some(e) = lock(&self.commit.fence).refusal(&self.opts.name) {
+        let fence = *lock(&self.commit.fence);
+        self.check_writable_at(fence, optimal)
+    }
+
+    /// [`Core::check_writable`] for a fence state already read: a vote
+    /// reads it once, so that the state it was let through by is the one
+    /// whose fence it carries.
+    fn check_writable_at(&self, fence: fence::FenceState, optimal: usize) -> Result<()> {
+        if let Some(e) = fence.refusal(&self.opts.name) {
             return Err(e);
         }
         state::write_allowed(

@@ -457,7 +457,10 @@ impl RaidStorage {
             None => state::next_tid(timestamp::now(), last, &[]),
         };
         *optimal = core.begin_txn(tid);
-        if let Err(e) = core.check_writable(optimal.len()) {
+        // Read once: a fence seen lost between a check and a second read
+        // would let this vote through unguarded.
+        let fence_now = *lock(&core.commit.fence);
+        if let Err(e) = core.check_writable_at(fence_now, optimal.len()) {
             // None of them was called: none holds anything.
             answered_at.clone_from(optimal);
             return Err(e);
@@ -465,7 +468,7 @@ impl RaidStorage {
         let optimal = &*optimal;
         let mut whole = txn.clone();
         whole.tid = Some(tid);
-        let held = match *lock(&core.commit.fence) {
+        let held = match fence_now {
             FenceState::Held(f) => Some(f),
             _ => None,
         };

@@ -716,11 +716,25 @@ fn stale_controller_is_fenced_out(addrs: &[String]) {
     assert!(f.serial > root0);
     commit(&old, vec![store(Oid(1), Tid(0), b"one")]).expect("guarded commit");
     commit(&old, vec![store(Oid(0), f.serial, b"root 2")]).expect("root again");
-    commit(&old, vec![store(Oid(2), Tid(0), b"two")]).expect("after the root moved");
+    let old_last = commit(&old, vec![store(Oid(2), Tid(0), b"two")]).expect("after the root moved");
     // The takeover.
     let g = new.take_fence(2, "new").expect("fence at epoch 2");
     let last = g.serial;
-    // The stale leader's next vote fails at the fence.
+    // A leader paused in the middle of a vote wakes with a tid older than
+    // the takeover's: a backend may refuse that tid before it checks the
+    // fence. The client must still be told to go to the new leader (a
+    // disconnect it retries), not get the refusal as its error.
+    let paused = old.tpc_vote(&Txn {
+        meta: TxnMeta::default(),
+        tid: Some(Tid(old_last.0 + 1)),
+        status: b' ',
+        ops: vec![store(Oid(3), Tid(0), b"stale")],
+    });
+    assert!(
+        matches!(&paused, Err(Error::Disconnected(m)) if m.contains("fenced out")),
+        "{paused:?}"
+    );
+    // And so does the stale leader's next vote.
     let stale = commit(&old, vec![store(Oid(3), Tid(0), b"stale")]);
     assert!(
         matches!(&stale, Err(Error::Disconnected(m)) if m.contains("fenced out")),

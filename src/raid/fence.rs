@@ -274,6 +274,41 @@ pub fn fenced_out(answer: &Result<Vote, Error>, fence: &Fence) -> bool {
     }
 }
 
+/// How a vote guarded by `held` stands with the fence, from the
+/// backends' answers and the fence state once they are in (`now`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VoteFence {
+    /// Nobody else's fence: the answers count.
+    Clear,
+    /// The backend at this position of the answers carries another
+    /// controller's fence ([`fenced_out`]).
+    FencedAt(usize),
+    /// A takeover's fence was seen on a connection while the vote was
+    /// out (`now` is no longer `Held(held)`): every answer is a stale
+    /// controller's, whatever it says. A leader paused in the middle of
+    /// a vote wakes to a backend that refuses its tid as older than the
+    /// new leader's commits, before it checks the fence; that refusal
+    /// must send the client to the new leader, not end its transaction
+    /// with an error.
+    SeenMeanwhile,
+}
+
+/// [`VoteFence`] for `answers` (backend, answer) of a vote guarded by
+/// `held`, with the fence state `now`.
+pub fn vote_fence<T>(
+    held: &Fence,
+    now: &FenceState,
+    answers: &[(T, Result<Vote, Error>)],
+) -> VoteFence {
+    if let Some(p) = answers.iter().position(|(_, r)| fenced_out(r, held)) {
+        return VoteFence::FencedAt(p);
+    }
+    if *now != FenceState::Held(*held) {
+        return VoteFence::SeenMeanwhile;
+    }
+    VoteFence::Clear
+}
+
 /// The fence transaction of `epoch`, taken by `controller`: the root
 /// stored again with its own current data (`root`, as loaded).
 pub fn fence_txn(epoch: u64, controller: &str, root: &Loaded) -> Txn {
@@ -490,6 +525,71 @@ mod tests {
             (Err(Error::PosKey(Oid(0))), false),
         ] {
             assert_eq!(fenced_out(&answer, &f), want, "{answer:?}");
+        }
+    }
+
+    #[test]
+    fn a_vote_is_lost_when_a_backend_or_a_connection_shows_another_fence() {
+        let f = Fence {
+            epoch: 4,
+            serial: Tid(10),
+        };
+        let fenced = Err(Error::Conflict {
+            oid: FENCE_OID,
+            committed: Tid(11),
+            read: Tid(10),
+            message: "x".into(),
+            read_conflict: true,
+            class_name: None,
+        });
+        let prepared = || {
+            Ok(Vote::Prepared {
+                tid: Tid(12),
+                resolved: Vec::new(),
+                invalidated: Vec::new(),
+            })
+        };
+        let too_old = || Err(Error::Transaction("transaction id 12 is not later".into()));
+        let held = FenceState::Held(f);
+        let lost = FenceState::Lost { epoch: 4 };
+        type Answers = Vec<(usize, Result<Vote, Error>)>;
+        let cases: Vec<(FenceState, Answers, VoteFence)> = vec![
+            (
+                held,
+                vec![(0, prepared()), (1, prepared())],
+                VoteFence::Clear,
+            ),
+            // A backend's own error, with nobody else's fence: relayed.
+            (
+                held,
+                vec![(0, prepared()), (1, too_old())],
+                VoteFence::Clear,
+            ),
+            (
+                held,
+                vec![(0, prepared()), (1, fenced.clone())],
+                VoteFence::FencedAt(1),
+            ),
+            (
+                lost,
+                vec![(0, fenced.clone()), (1, too_old())],
+                VoteFence::FencedAt(0),
+            ),
+            // The takeover's fence came in on a connection: the tid
+            // refusal is the stale controller's.
+            (
+                lost,
+                vec![(0, too_old()), (1, too_old())],
+                VoteFence::SeenMeanwhile,
+            ),
+            (
+                FenceState::Standby,
+                vec![(0, prepared())],
+                VoteFence::SeenMeanwhile,
+            ),
+        ];
+        for (now, answers, want) in cases {
+            assert_eq!(vote_fence(&f, &now, &answers), want, "{now:?} {answers:?}");
         }
     }
 

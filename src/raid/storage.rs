@@ -525,17 +525,33 @@ impl RaidStorage {
         // leads. Nothing is degraded for it (the backends are fine) and
         // nothing more is written.
         if let Some(f) = held {
-            if let Some((i, _)) = answered.iter().find(|(_, r)| fence::fenced_out(r, &f)) {
-                abort_all_but(&[]);
-                *lock(&core.commit.fence) = FenceState::Lost { epoch: f.epoch };
-                log::error!(
-                    "RAID array {:?}: backend {:?} carries another controller's fence (the \
-                     root was written by someone else since this controller fenced at epoch \
-                     {}): this controller no longer leads and refuses writes; transaction \
-                     {tid} was aborted everywhere",
-                    core.opts.name,
-                    core.backends[*i].name,
+            let now = *lock(&core.commit.fence);
+            let met = match fence::vote_fence(&f, &now, &answered) {
+                fence::VoteFence::Clear => None,
+                fence::VoteFence::FencedAt(p) => Some(format!(
+                    "backend {:?} carries another controller's fence (the root was written by \
+                     someone else since this controller fenced at epoch {})",
+                    core.backends[answered[p].0].name, f.epoch
+                )),
+                fence::VoteFence::SeenMeanwhile => Some(format!(
+                    "another controller's fence reached a backend's connection while the vote \
+                     was out (this controller fenced at epoch {})",
                     f.epoch
+                )),
+            };
+            if let Some(met) = met {
+                abort_all_but(&[]);
+                {
+                    // (Unless it moved on meanwhile: stood by, say.)
+                    let mut state = lock(&core.commit.fence);
+                    if *state == FenceState::Held(f) {
+                        *state = FenceState::Lost { epoch: f.epoch };
+                    }
+                }
+                log::error!(
+                    "RAID array {:?}: {met}: this controller no longer leads and refuses \
+                     writes; transaction {tid} was aborted everywhere",
+                    core.opts.name,
                 );
                 return Err(fence::lost_error(&core.opts.name, f.epoch));
             }

@@ -94,14 +94,35 @@ impl Backends {
         common::history_of(self.addrs()[i].clone())
     }
 
-    /// Both backends' histories, asserted identical.
-    fn identical_histories(&self) -> Vec<TxnRecord> {
+    /// Both backends' histories, or where they part: the transactions
+    /// from the first that differs on, each as tid and description.
+    fn compared_histories(&self) -> Result<Vec<TxnRecord>, String> {
         let (a, b) = (self.history(0), self.history(1));
-        assert_eq!(a.len(), b.len(), "the backends hold as many transactions");
-        for (x, y) in a.iter().zip(&b) {
-            assert_eq!(x, y, "the backends' transaction {} differs", x.tid);
+        if a == b {
+            return Ok(a);
         }
-        a
+        let from = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+        let tail = |h: &[TxnRecord]| {
+            h.iter()
+                .skip(from)
+                .take(5)
+                .map(|t| {
+                    format!(
+                        "{} {:?}",
+                        t.tid,
+                        String::from_utf8_lossy(&t.meta.description)
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        Err(format!(
+            "the backends' histories ({} and {} transactions) part at transaction {from}: \
+             a has {:?}, b has {:?}",
+            a.len(),
+            b.len(),
+            tail(&a),
+            tail(&b)
+        ))
     }
 }
 
@@ -179,6 +200,31 @@ impl Ctl {
             self.name,
             self.log()
         );
+    }
+
+    /// Stop it cleanly (SIGTERM: the commit in flight finishes) and wait
+    /// for it to exit.
+    fn stop(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while c.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!(
+                    "{} did not stop within 20 s of SIGTERM:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn kill9(&mut self) {
@@ -572,7 +618,19 @@ impl Site {
             eprintln!("client retried {retried}");
             acks.push(c.acks());
         }
-        let history = self.backends.identical_histories();
+        // Nothing may commit while the histories are read (a client's
+        // last finish still under way, a takeover's fence): both
+        // controllers stop first, cleanly.
+        for c in self.ctls.iter_mut() {
+            c.stop();
+        }
+        let history = self.backends.compared_histories().unwrap_or_else(|e| {
+            panic!(
+                "{e}\nctl-a log:\n{}\nctl-b log:\n{}",
+                self.ctls[0].log(),
+                self.ctls[1].log()
+            )
+        });
         assert_acks_on_backends(&acks, &history);
         let total: usize = acks.iter().map(Vec::len).sum();
         eprintln!(
@@ -778,6 +836,26 @@ fn switchover_and_failover_on_request_under_four_committing_stock_clients() {
     assert!(err.contains("not a standby"), "{err}");
     let (code, _, err) = ctl(&site.ctls[0], &["switchover", "--to", "ctl-a"]);
     assert_eq!(code, 2, "a switchover to itself: {err}");
+    // `[ha]` is read at start only: a reload that would change it is
+    // refused, naming the change, and the controller goes on as it was.
+    let conf = site.ctls[0].dir.join("zeoraid.toml");
+    let running = std::fs::read_to_string(&conf).expect("the config");
+    let changed = running.replace(
+        &format!("lease-ttl = {LEASE_TTL}"),
+        &format!("lease-ttl = {}", LEASE_TTL + 1),
+    );
+    assert_ne!(changed, running, "the test changes the lease TTL");
+    std::fs::write(&conf, &changed).expect("write the config");
+    let (code, _, err) = ctl(&site.ctls[0], &["reload"]);
+    assert_eq!(code, 2, "a reload changing [ha]: {err}");
+    assert!(
+        err.contains("lease-ttl") && err.contains("restart this controller"),
+        "{err}"
+    );
+    std::fs::write(&conf, &running).expect("restore the config");
+    let (code, out, err) = ctl(&site.ctls[0], &["reload"]);
+    assert_eq!(code, 0, "the same [ha] reloads: {out}{err}");
+    assert!(site.ctls[0].leads(), "ctl-a still leads");
     for round in 0..3 {
         let l = leader_of(&site.ctls, Duration::from_secs(10));
         let other = 1 - l;

@@ -94,6 +94,8 @@ impl Stopper {
 /// ```
 pub struct Zeoraid {
     server: Server,
+    /// The `[ha]` it was started with (a reload refuses to change it).
+    ha_config: Option<crate::config::ha::HaConfig>,
     /// The HA controller thread, with `[ha]`.
     controller: Option<crate::ha::controller::Controller>,
     #[cfg(feature = "admin")]
@@ -288,7 +290,13 @@ impl Zeoraid {
                 storages.clone(),
                 file.map(Path::to_path_buf),
                 server.tls_switch(),
-                controller.as_ref().map(|c| c.handle()),
+                controller
+                    .as_ref()
+                    .zip(cfg.ha.clone())
+                    .map(|(c, config)| crate::admin::HaAccess {
+                        handle: c.handle(),
+                        config,
+                    }),
             ) {
                 Ok(admin) => Some(admin),
                 Err(e) => {
@@ -305,6 +313,7 @@ impl Zeoraid {
         };
         Ok(Zeoraid {
             server,
+            ha_config: cfg.ha.clone(),
             controller,
             #[cfg(feature = "admin")]
             admin,
@@ -363,6 +372,7 @@ impl Zeoraid {
             self.config_file.as_deref(),
             &running,
             self.tls_switch().as_ref(),
+            self.ha_config.as_ref(),
         )
     }
 

@@ -37,8 +37,17 @@ struct Context {
     config: Option<std::path::PathBuf>,
     /// The listener's TLS configuration, re-read on reload.
     tls: Option<TlsSwitch>,
-    /// The HA controller (with `[ha]`), for switchover and failover.
-    ha: Option<crate::ha::controller::Handle>,
+    /// The HA controller (with `[ha]`), for switchover, failover and
+    /// reload.
+    ha: Option<HaAccess>,
+}
+
+/// What the admin listener reaches of the HA controller (with `[ha]`): its
+/// requests (switchover, failover) and the `[ha]` it runs with, which a
+/// reload compares the file's with.
+pub struct HaAccess {
+    pub handle: crate::ha::controller::Handle,
+    pub config: crate::config::ha::HaConfig,
 }
 
 impl Admin {
@@ -50,7 +59,7 @@ impl Admin {
         storages: Vec<(String, Opened)>,
         config: Option<std::path::PathBuf>,
         tls: Option<TlsSwitch>,
-        ha: Option<crate::ha::controller::Handle>,
+        ha: Option<HaAccess>,
     ) -> Result<Admin, String> {
         let server = tiny_http::Server::http(listen).map_err(|e| {
             format!("cannot listen on {listen} for the admin interface: {e} (set [admin] listen)")
@@ -294,7 +303,12 @@ fn answer(ctx: &Context, r: Route) -> tiny_http::Response<std::io::Cursor<Vec<u8
                 Err(e) => error(409, &e),
             }
         }
-        Route::Reload => match reload(ctx.config.as_deref(), &ctx.storages, ctx.tls.as_ref()) {
+        Route::Reload => match reload(
+            ctx.config.as_deref(),
+            &ctx.storages,
+            ctx.tls.as_ref(),
+            ctx.ha.as_ref().map(|h| &h.config),
+        ) {
             Ok(changes) => json_response(200, &serde_json::json!({ "changes": changes })),
             Err(e) => error(409, &e),
         },
@@ -323,7 +337,7 @@ fn ha_request(
             404,
             "this zeoraid runs without [ha]: there is no other controller to hand over to",
         ),
-        Some(h) => match ask(h) {
+        Some(h) => match ask(&h.handle) {
             Ok(done) => json_response(200, &serde_json::json!({ "done": done })),
             Err(e) => error(409, &e),
         },

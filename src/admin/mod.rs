@@ -28,7 +28,7 @@ mod http;
 pub mod status;
 
 #[cfg(feature = "admin")]
-pub use http::Admin;
+pub use http::{Admin, HaAccess};
 
 use crate::open::Opened;
 use crate::server::TlsSwitch;
@@ -246,9 +246,13 @@ pub fn reload(
     config: Option<&std::path::Path>,
     storages: &HashMap<String, Opened>,
     tls: Option<&TlsSwitch>,
+    ha: Option<&crate::config::ha::HaConfig>,
 ) -> Result<Vec<String>, String> {
     let path = config.ok_or("this zeoraid was started without a config file to reload")?;
     let cfg = crate::config::Config::load(path).map_err(|e| format!("{e}; nothing was changed"))?;
+    if let Some(why) = crate::config::ha::reload_refusal(ha, cfg.ha.as_ref()) {
+        return Err(format!("{}: {why}", path.display()));
+    }
     // Certificates are read before anything changes, applied after.
     let new_tls = match (&cfg.server.tls, tls) {
         (Some(t), Some(_)) => Some(

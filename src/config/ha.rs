@@ -201,6 +201,60 @@ pub(super) fn validate(
     Ok(())
 }
 
+/// Why a reload cannot take the config file's `[ha]` (`None`: it is the
+/// running one). `[ha]` is read once, at start: the controller's etcd
+/// session, its name in the leader key and its lease live as long as the
+/// process, so a change needs a restart (a standby first, then a
+/// switchover, then the old leader), and the reload changes nothing
+/// rather than leave the file saying what does not run.
+pub fn reload_refusal(running: Option<&HaConfig>, file: Option<&HaConfig>) -> Option<String> {
+    let why = match (running, file) {
+        (None, None) => return None,
+        (Some(r), Some(f)) if r == f => return None,
+        (None, Some(_)) => "the config adds [ha]".to_string(),
+        (Some(_), None) => "the config drops [ha]".to_string(),
+        (Some(r), Some(f)) => {
+            let mut changed = Vec::new();
+            let mut differs = |key: &str, a: String, b: String| {
+                if a != b {
+                    changed.push(format!("{key} {a} -> {b}"));
+                }
+            };
+            differs(
+                "endpoints",
+                format!("{:?}", r.endpoints),
+                format!("{:?}", f.endpoints),
+            );
+            differs(
+                "cluster",
+                format!("{:?}", r.cluster),
+                format!("{:?}", f.cluster),
+            );
+            differs("name", format!("{:?}", r.name), format!("{:?}", f.name));
+            differs(
+                "lease-ttl",
+                format!("{:?}", r.lease_ttl()),
+                format!("{:?}", f.lease_ttl()),
+            );
+            differs(
+                "renew-interval",
+                format!("{:?}", r.renew_interval()),
+                format!("{:?}", f.renew_interval()),
+            );
+            if changed.is_empty() {
+                // The same settings, spelled differently (a default
+                // written out): nothing to refuse.
+                return None;
+            }
+            format!("the config changes [ha] ({})", changed.join(", "))
+        }
+    };
+    Some(format!(
+        "{why}: [ha] is read at start only; restart this controller to apply it (standbys \
+         first, then `zeoraid ctl switchover` and restart the old leader); nothing was changed"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::Config;
@@ -393,6 +447,51 @@ mod tests {
                 Config::parse(storages, Path::new("x.toml")).is_ok(),
                 "{storages}"
             );
+        }
+    }
+
+    #[test]
+    fn a_reload_refuses_a_changed_ha_and_names_what_changed() {
+        let ha = |ttl: Option<u64>, name: &str| HaConfig {
+            endpoints: vec!["127.0.0.1:2379".into()],
+            cluster: "c".into(),
+            name: name.into(),
+            lease_ttl: ttl,
+            renew_interval: None,
+        };
+        let running = ha(None, "a");
+        let cases: Vec<(Option<HaConfig>, Option<HaConfig>, Option<&str>)> = vec![
+            (None, None, None),
+            (Some(running.clone()), Some(running.clone()), None),
+            // The default written out is the same setting.
+            (
+                Some(running.clone()),
+                Some(ha(Some(DEFAULT_LEASE_TTL), "a")),
+                None,
+            ),
+            (None, Some(running.clone()), Some("the config adds [ha]")),
+            (Some(running.clone()), None, Some("the config drops [ha]")),
+            (
+                Some(running.clone()),
+                Some(ha(Some(6), "a")),
+                Some("lease-ttl 3s -> 6s, renew-interval 1s -> 2s"),
+            ),
+            (
+                Some(running.clone()),
+                Some(ha(None, "b")),
+                Some("name \"a\" -> \"b\""),
+            ),
+        ];
+        for (r, f, want) in cases {
+            let got = reload_refusal(r.as_ref(), f.as_ref());
+            match (want, &got) {
+                (None, None) => {}
+                (Some(w), Some(g)) => {
+                    assert!(g.contains(w), "{w}: {g}");
+                    assert!(g.ends_with("nothing was changed"), "{g}");
+                }
+                _ => panic!("{r:?} -> {f:?}: {got:?}"),
+            }
         }
     }
 }

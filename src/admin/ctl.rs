@@ -378,26 +378,30 @@ pub fn run(args: &CtlArgs) -> u8 {
 }
 
 /// `switchover` / `failover`: what the controller did, or why not (exit 2).
-fn ha_cmd(t: &Target, json: bool, what: &str, query: &str) -> u8 {
-    match request(
-        t,
-        "POST",
-        &format!("/ha/{what}{query}"),
-        Duration::from_secs(90),
-    )
-    .and_then(|r| json_of(&r).map(|v| (r.code, v)))
-    {
+/// A POST that changes something (`path`), answered as `zeoraid ctl
+/// COMMAND` does: the answer's JSON with `--json`, else `say`'s words for
+/// it (exit 0); the server's refusal on stderr (exit 2); no answer
+/// (UNKNOWN).
+fn post_cmd(
+    t: &Target,
+    json: bool,
+    command: &str,
+    path: &str,
+    deadline: Duration,
+    say: impl FnOnce(&Value) -> String,
+) -> u8 {
+    match request(t, "POST", path, deadline).and_then(|r| json_of(&r).map(|v| (r.code, v))) {
         Ok((200, v)) => {
             if json {
                 println!("{v}");
             } else {
-                println!("{}", v["done"].as_str().unwrap_or("done"));
+                println!("{}", say(&v));
             }
             0
         }
         Ok((code, v)) => {
             eprintln!(
-                "zeoraid ctl {what}: {} (HTTP {code})",
+                "zeoraid ctl {command}: {} (HTTP {code})",
                 v["error"].as_str().unwrap_or("?")
             );
             2
@@ -409,38 +413,32 @@ fn ha_cmd(t: &Target, json: bool, what: &str, query: &str) -> u8 {
     }
 }
 
+fn ha_cmd(t: &Target, json: bool, what: &str, query: &str) -> u8 {
+    let path = format!("/ha/{what}{query}");
+    post_cmd(t, json, what, &path, Duration::from_secs(90), |v| {
+        v["done"].as_str().unwrap_or("done").to_string()
+    })
+}
+
 fn reload_cmd(t: &Target, json: bool) -> u8 {
-    match request(t, "POST", "/reload", Duration::from_secs(120))
-        .and_then(|r| json_of(&r).map(|v| (r.code, v)))
-    {
-        Ok((200, v)) => {
-            if json {
-                println!("{v}");
+    post_cmd(
+        t,
+        json,
+        "reload",
+        "/reload",
+        Duration::from_secs(120),
+        |v| {
+            let changes: Vec<&str> = v["changes"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            if changes.is_empty() {
+                "reloaded: nothing to change".to_string()
             } else {
-                let changes: Vec<&str> = v["changes"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(Value::as_str).collect())
-                    .unwrap_or_default();
-                if changes.is_empty() {
-                    println!("reloaded: nothing to change");
-                } else {
-                    println!("reloaded: {}", changes.join("; "));
-                }
+                format!("reloaded: {}", changes.join("; "))
             }
-            0
-        }
-        Ok((code, v)) => {
-            eprintln!(
-                "zeoraid ctl reload: {} (HTTP {code})",
-                v["error"].as_str().unwrap_or("?")
-            );
-            2
-        }
-        Err(e) => {
-            eprintln!("zeoraid ctl: {e}");
-            UNKNOWN
-        }
-    }
+        },
+    )
 }
 
 fn status_cmd(t: &Target, json: bool) -> u8 {

@@ -360,6 +360,30 @@ fn start_is_refused_without_etcd_or_under_a_live_controllers_name() {
     let e = e.to_string();
     assert!(e.contains("another live controller named \"ctl-a\""), "{e}");
     assert!(leads(&a), "the first ctl-a still leads");
+    // A standby's name is taken as well (it holds no leader key, only its
+    // registration).
+    let b = Zeoraid::start(&backends.config(Some((etcd.endpoints(), "ctl-b")))).expect("ctl-b");
+    let e = Zeoraid::start(&backends.config(Some((etcd.endpoints(), "ctl-b"))))
+        .err()
+        .expect("a second ctl-b is refused");
+    let e = e.to_string();
+    assert!(
+        e.contains("another live controller named \"ctl-b\" runs in cluster"),
+        "{e}"
+    );
+    // A clean stop frees the name at once.
+    b.shutdown();
+    let started = Instant::now();
+    let b = Zeoraid::start(&backends.config(Some((etcd.endpoints(), "ctl-b"))))
+        .expect("ctl-b again, after the first one stopped");
+    // (A registration left behind would have cost the lease's TTL, 2 s.)
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "the name was free at once: {:?}",
+        started.elapsed()
+    );
+    b.shutdown();
+    assert!(leads(&a), "ctl-a leads throughout");
     a.shutdown();
 }
 

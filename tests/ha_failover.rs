@@ -836,6 +836,13 @@ fn switchover_and_failover_on_request_under_four_committing_stock_clients() {
     assert!(err.contains("not a standby"), "{err}");
     let (code, _, err) = ctl(&site.ctls[0], &["switchover", "--to", "ctl-a"]);
     assert_eq!(code, 2, "a switchover to itself: {err}");
+    let (code, _, err) = ctl(&site.ctls[0], &["switchover", "--to", "ctl-x"]);
+    assert_eq!(code, 2, "a switchover to a name nobody runs: {err}");
+    assert!(
+        err.contains("no controller named \"ctl-x\"") && err.contains("ctl-b"),
+        "{err}"
+    );
+    assert!(site.ctls[0].leads(), "ctl-a still leads");
     // `[ha]` is read at start only: a reload that would change it is
     // refused, naming the change, and the controller goes on as it was.
     let conf = site.ctls[0].dir.join("zeoraid.toml");

@@ -23,6 +23,7 @@
 
 use super::etcd::{Cas, Client, Compare, Error, KeyValue, Options};
 use super::lease::{Election, Leadership, Outcome};
+use super::members::Membership;
 use super::prime;
 use super::role::{Action, Campaign, Demotion, Event, Fence, Machine, Renewal, Role, Timing};
 use crate::raid::fence::FenceState;
@@ -151,7 +152,7 @@ fn epoch_of(rev: i64) -> u64 {
 /// Before the server listens: reach etcd, and make sure no live controller
 /// of this name holds the leader key. A key left by a crashed controller
 /// of this name expires within a lease's TTL, which this waits out.
-pub fn preflight(s: &Settings) -> Result<Election, String> {
+pub fn preflight(s: &Settings) -> Result<Joined, String> {
     let client = Client::new(Options::new(s.endpoints.clone()))
         .map_err(|e| format!("[ha]: {e} (set ha.endpoints)"))?;
     let election = Election::new(client, &s.leader_key(), s.lease_ttl);
@@ -163,12 +164,25 @@ pub fn preflight(s: &Settings) -> Result<Election, String> {
             s.endpoints_text()
         )
     };
+    let joined = |election: Election| -> Result<Joined, String> {
+        let membership = Membership::join(
+            election.client(),
+            &s.cluster,
+            &s.name,
+            s.lease_ttl,
+            s.renew_interval,
+        )?;
+        Ok(Joined {
+            election,
+            membership,
+        })
+    };
     let key = s.leader_key();
     let Some(first) = election.client().get(&key).map_err(unreachable)? else {
-        return Ok(election);
+        return joined(election);
     };
     if first.value != s.name.as_bytes() {
-        return Ok(election);
+        return joined(election);
     }
     log::warn!(
         "[ha]: the leader key of cluster {} names this controller ({}) under etcd lease {}: \
@@ -184,7 +198,7 @@ pub fn preflight(s: &Settings) -> Result<Election, String> {
         std::thread::sleep(Duration::from_millis(200));
         let later = election.client().get(&key).map_err(unreachable)?;
         if !name_taken(s.name.as_bytes(), &first, later.as_ref()) {
-            return Ok(election);
+            return joined(election);
         }
         if Instant::now() >= deadline {
             return Err(format!(
@@ -195,6 +209,13 @@ pub fn preflight(s: &Settings) -> Result<Election, String> {
             ));
         }
     }
+}
+
+/// What [`preflight`] hands the controller: the election, and this
+/// controller's registration under its name ([`Membership`]).
+pub struct Joined {
+    pub election: Election,
+    pub membership: Membership,
 }
 
 /// An operator's request to the controller thread (`ctl switchover`,
@@ -266,6 +287,9 @@ pub struct Controller {
 struct Driver {
     settings: Settings,
     election: Election,
+    membership: Membership,
+    /// When the member lease was last renewed (every renew interval).
+    membership_kept: Instant,
     key: Vec<u8>,
     machine: Machine,
     leadership: Option<Leadership>,
@@ -297,16 +321,22 @@ impl Controller {
     /// gate be closed ([`crate::server::Server::start_standby`]).
     pub fn start(
         settings: Settings,
-        election: Election,
+        joined: Joined,
         arrays: Vec<(String, Arc<RaidStorage>)>,
         switch: ServeSwitch,
     ) -> std::io::Result<Controller> {
+        let Joined {
+            election,
+            membership,
+        } = joined;
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
         let (req_tx, req_rx) = crossbeam_channel::unbounded();
         let machine = Machine::new(settings.timing(), 0);
         let key = settings.leader_key();
         let mut d = Driver {
             election,
+            membership,
+            membership_kept: Instant::now(),
             key,
             machine,
             leadership: None,
@@ -389,10 +419,19 @@ impl Driver {
             if matches!(self.machine.role(), Role::Leader { .. }) && self.fenced_out() {
                 self.step(Event::FencedOut);
             }
+            self.keep_membership();
             self.publish();
             self.pause(every);
         }
         self.leave();
+    }
+
+    /// Renew the member lease, once per renew interval.
+    fn keep_membership(&mut self) {
+        if self.membership_kept.elapsed() >= self.settings.renew_interval {
+            self.membership.keep(self.election.client());
+            self.membership_kept = Instant::now();
+        }
     }
 
     /// Wait `d` unless asked to stop; an operator's request is answered
@@ -435,10 +474,16 @@ impl Driver {
                 describe(self.machine.role())
             ));
         }
-        if to.as_deref() == Some(me.as_str()) {
-            return Err(format!("controller {me} leads already"));
-        }
         if let Some(to) = &to {
+            let members = self
+                .membership
+                .members(self.election.client())
+                .map_err(|e| {
+                    format!(
+                        "cannot read the cluster's controllers from etcd: {e}; nothing was changed"
+                    )
+                })?;
+            super::members::successor_check(to, &me, &self.settings.cluster, &members)?;
             self.name_successor(to)?;
         }
         for (name, a) in &self.arrays {
@@ -910,6 +955,7 @@ impl Driver {
             ));
         }
         self.resign();
+        self.membership.leave(self.election.client());
         log::info!("[ha]: controller {} stopped", self.name());
     }
 }

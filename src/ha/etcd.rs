@@ -227,6 +227,14 @@ pub fn parse_range(v: &Value) -> Result<Option<KeyValue>, String> {
     }
 }
 
+/// Every key of a range response (its `kvs`), in etcd's (key) order.
+pub fn parse_range_all(v: &Value) -> Result<Vec<KeyValue>, String> {
+    match v.get("kvs").and_then(Value::as_array) {
+        Some(kvs) => kvs.iter().map(parse_kv).collect(),
+        None => Ok(Vec::new()),
+    }
+}
+
 /// What an answer body says: the result, or the error etcd gave
 /// (`{"error":"etcdserver: requested lease not found","code":5}`; newer
 /// gateways say `message` too).
@@ -527,6 +535,15 @@ impl Client {
     pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, Error> {
         let (ep, v) = self.call("/v3/kv/range", &json!({"key": b64_encode(key)}))?;
         parse_range(&v).map_err(Self::proto(ep))
+    }
+
+    /// Every key that starts with `prefix`.
+    pub fn get_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, Error> {
+        let (ep, v) = self.call(
+            "/v3/kv/range",
+            &json!({"key": b64_encode(prefix), "range_end": b64_encode(&prefix_end(prefix))}),
+        )?;
+        parse_range_all(&v).map_err(Self::proto(ep))
     }
 
     /// Sets the key (bound to `lease` if given); the new revision.

@@ -1,6 +1,7 @@
 //! Controller high availability (issue #26), the IO edge to etcd: a
 //! synchronous etcd v3 client over its HTTP/JSON gateway ([`etcd`]) and
-//! leader election on a lease-bound key ([`lease`]); and what to do with
+//! leader election on a lease-bound key ([`lease`]), each controller's
+//! registration under its name ([`members`]); and what to do with
 //! leadership (stand by, fence, reconcile, serve, demote) as a pure state
 //! machine ([`role`]) that the IO shell steps with what etcd and the
 //! backends answered. Every call to etcd has a deadline. The
@@ -16,5 +17,6 @@ pub mod controller;
 pub mod etcd;
 mod http;
 pub mod lease;
+pub mod members;
 pub mod prime;
 pub mod role;

@@ -84,8 +84,12 @@ RAID_OPTIONS = f"backend-timeout = {BACKEND_TIMEOUT}"
 MISSED = 3000
 # How long a degraded backend may take to be optimal again after it is
 # back (auto-recovery's backoff doubles from 1 s after each failed
-# attempt, and every attempt on a dead target waits backend-timeout).
-RECOVER_DEADLINE = 30.0
+# attempt, and every attempt on a dead target waits backend-timeout). A
+# bound for "it does finish while the writers go on", not a speed target:
+# a slow run of the fresh-clone CI copied at 290 transactions/s under the
+# writers and needed more than 30 s (the recovery figures are in
+# benches/, in release builds).
+RECOVER_DEADLINE = 90.0
 POLL = 0.01
 
 # zeoraid's log lines about recoveries.

@@ -302,7 +302,7 @@ impl RunZeo {
             msgpack,
             python: python(),
         };
-        z.spawn();
+        z.spawn_on_a_free_port();
         z
     }
 
@@ -317,8 +317,23 @@ impl RunZeo {
             msgpack: true,
             python: python(),
         };
-        z.spawn();
+        z.spawn_on_a_free_port();
         z
+    }
+
+    /// The first start: a port [`free_port`] gave may be taken by another
+    /// test before runzeo binds it (runzeo then exits); take another one.
+    fn spawn_on_a_free_port(&mut self) {
+        for _ in 0..5 {
+            match self.try_spawn() {
+                Ok(()) => return,
+                Err(e) => {
+                    eprintln!("runzeo on port {}: {e}; trying another port", self.port);
+                    self.port = free_port();
+                }
+            }
+        }
+        panic!("runzeo did not start on five ports:\n{}", self.log());
     }
 
     pub fn blob_dir(&self) -> PathBuf {
@@ -333,7 +348,18 @@ impl RunZeo {
         std::fs::read_to_string(self.dir.path().join("runzeo.log")).unwrap_or_default()
     }
 
+    /// Start (again) on `self.port`; panics if it does not listen.
     fn spawn(&mut self) {
+        if let Err(e) = self.try_spawn() {
+            panic!("{e}:\n{}", self.log());
+        }
+    }
+
+    fn try_spawn(&mut self) -> Result<(), String> {
+        // Its own log line, not just an open port: another test's server
+        // may have the port, and answer for it.
+        let listening = format!("listening on ('127.0.0.1', {})", self.port);
+        let before = self.log().matches(&listening).count();
         let dir = self.dir.path();
         let conf = dir.join("zeo.conf");
         std::fs::write(
@@ -367,35 +393,35 @@ impl RunZeo {
             .spawn()
             .expect("start runzeo");
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready(&listening, before)
     }
 
-    /// Wait (bounded) until the port accepts connections.
-    fn wait_ready(&mut self) {
+    /// Wait (bounded) until this runzeo logs that it listens (once more
+    /// than `before` times) and the port accepts connections.
+    fn wait_ready(&mut self, listening: &str, before: usize) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if TcpStream::connect_timeout(
-                &format!("127.0.0.1:{}", self.port).parse().expect("addr"),
-                Duration::from_millis(200),
-            )
-            .is_ok()
+            if self.log().matches(listening).count() > before
+                && TcpStream::connect_timeout(
+                    &format!("127.0.0.1:{}", self.port).parse().expect("addr"),
+                    Duration::from_millis(200),
+                )
+                .is_ok()
             {
-                return;
+                return Ok(());
             }
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
-                    panic!(
-                        "runzeo exited with {status} before listening:\n{}",
-                        self.log()
-                    );
+                    self.child = None;
+                    return Err(format!("runzeo exited with {status} before listening"));
                 }
             }
             if Instant::now() > deadline {
-                panic!(
-                    "runzeo did not listen on port {} within 30 s:\n{}",
-                    self.port,
-                    self.log()
-                );
+                self.kill();
+                return Err(format!(
+                    "runzeo did not listen on port {} within 30 s",
+                    self.port
+                ));
             }
             thread::sleep(Duration::from_millis(50));
         }

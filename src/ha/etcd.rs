@@ -71,6 +71,11 @@ pub struct KeyValue {
     pub lease: LeaseId,
 }
 
+/// What [`Client::create_on_new_lease`] did: the key made on a new lease
+/// (the lease, its granted TTL, the key's creation revision), or who holds
+/// it (`None`: nobody any more).
+pub type Created = Result<(LeaseId, Duration, i64), Option<KeyValue>>;
+
 /// A lease's remaining and granted time to live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseTtl {
@@ -578,6 +583,34 @@ impl Client {
             &[Compare::CreateRevision(0)],
             Some((value, Some(lease))),
         )
+    }
+
+    /// Grants a lease of `ttl` and creates the key with `value` on it if
+    /// absent: the lease, its granted TTL and the key's creation revision;
+    /// or, with the new lease revoked, whoever holds the key (`None`: it
+    /// vanished between the two steps).
+    pub fn create_on_new_lease(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<Created, Error> {
+        let (lease, granted) = self.grant(ttl)?;
+        match self.create_if_absent(key, value, lease) {
+            Ok(Cas::Applied { revision }) => Ok(Ok((lease, granted, revision))),
+            // A retried request that had been applied: the key is ours.
+            Ok(Cas::Stale(Some(kv))) if kv.lease == lease => {
+                Ok(Ok((lease, granted, kv.create_revision)))
+            }
+            Ok(Cas::Stale(holder)) => {
+                let _ = self.revoke(lease);
+                Ok(Err(holder))
+            }
+            Err(e) => {
+                let _ = self.revoke(lease);
+                Err(e)
+            }
+        }
     }
 
     /// Puts `value` if every compare holds.

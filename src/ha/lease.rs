@@ -55,33 +55,17 @@ impl Election {
 
     /// Grants a lease and creates the key with `name` bound to it if absent.
     pub fn campaign(&self, name: &[u8]) -> Result<Outcome, Error> {
-        let (lease, ttl) = self.client.grant(self.ttl)?;
-        let cas = match self.client.create_if_absent(&self.key, name, lease) {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = self.client.revoke(lease);
-                return Err(e);
-            }
-        };
-        match cas {
-            Cas::Applied { revision } => Ok(Outcome::Won(Leadership {
-                lease,
-                value: name.to_vec(),
-                create_revision: revision,
-                ttl,
-            })),
-            // A retried request that had been applied: the key is ours.
-            Cas::Stale(Some(kv)) if kv.lease == lease => Ok(Outcome::Won(Leadership {
-                lease,
-                value: kv.value,
-                create_revision: kv.create_revision,
-                ttl,
-            })),
-            Cas::Stale(holder) => {
-                let _ = self.client.revoke(lease);
-                Ok(Outcome::Lost(holder))
-            }
-        }
+        Ok(
+            match self.client.create_on_new_lease(&self.key, name, self.ttl)? {
+                Ok((lease, ttl, create_revision)) => Outcome::Won(Leadership {
+                    lease,
+                    value: name.to_vec(),
+                    create_revision,
+                    ttl,
+                }),
+                Err(holder) => Outcome::Lost(holder),
+            },
+        )
     }
 
     /// One keepalive: the lease's new TTL, or [`Error::LeaseNotFound`] if

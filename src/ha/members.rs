@@ -11,7 +11,7 @@
 //! goes with its lease, within one TTL (a restart under the same name
 //! waits that long, as it does for the leader key).
 
-use super::etcd::{Cas, Client, Error, KeyValue, LeaseId};
+use super::etcd::{Client, Error, KeyValue, LeaseId};
 use std::time::{Duration, Instant};
 
 /// The key prefix of `cluster`'s members.
@@ -147,24 +147,11 @@ impl Membership {
     }
 
     fn take(&self, client: &Client) -> Result<Take, Error> {
-        let (lease, _) = client.grant(self.ttl)?;
-        let cas = client.create_if_absent(&self.key, self.name.as_bytes(), lease);
-        match cas {
-            Ok(Cas::Applied { .. }) => Ok(Take::Held(lease)),
-            // A retried request that had been applied: the key is ours.
-            Ok(Cas::Stale(Some(kv))) if kv.lease == lease => Ok(Take::Held(lease)),
-            Ok(Cas::Stale(other)) => {
-                let _ = client.revoke(lease);
-                match other {
-                    Some(kv) => Ok(Take::Taken(kv)),
-                    // Gone between the two steps: ask again.
-                    None => self.take(client),
-                }
-            }
-            Err(e) => {
-                let _ = client.revoke(lease);
-                Err(e)
-            }
+        match client.create_on_new_lease(&self.key, self.name.as_bytes(), self.ttl)? {
+            Ok((lease, _, _)) => Ok(Take::Held(lease)),
+            Err(Some(kv)) => Ok(Take::Taken(kv)),
+            // Gone between the two steps: ask again.
+            Err(None) => self.take(client),
         }
     }
 
